@@ -1,0 +1,35 @@
+"""openledger: payable, attributable AI.
+
+Layers are imported as subpackages (``openledger.models``, and as they land
+``openledger.data``, ``openledger.chain``, ``openledger.train``, ``openledger.serve``,
+``openledger.attribution``); they load lazily so that ``import openledger`` stays cheap
+and a torch-free layer never pulls torch in.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from openledger._version import __version__
+from openledger.exceptions import OpenLedgerError
+
+if TYPE_CHECKING:
+    from openledger import models as models
+
+__all__ = ["OpenLedgerError", "__version__", "models"]
+
+_LAYERS = frozenset({"models"})
+
+
+def __getattr__(name: str) -> Any:
+    # NOTE: PEP 562 lazy import so `ol.models` works without an explicit import.
+    if name in _LAYERS:
+        module = importlib.import_module(f"openledger.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'openledger' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAYERS)
