@@ -7,11 +7,21 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     OpenLedgerError
     ├── ConfigError(ValueError)             a setting or argument is out of range or malformed
     ├── MissingDependencyError(ImportError) an optional extra or package is not installed
-    └── ModelError                          base models (openledger.models)
-        ├── UnknownModelError(LookupError)  a name is no folder, alias or hub id
-        ├── ModelNotAvailableError(OSError) known, but its files cannot be had here
-        │                                   (offline and not cached, package missing ...)
-        └── ModelCacheError(OSError)        a converted cache is unusable and cannot be rebuilt
+    ├── ModelError                          base models (openledger.models)
+    │   ├── UnknownModelError(LookupError)  a name is no folder, alias or hub id
+    │   ├── ModelNotAvailableError(OSError) known, but its files cannot be had here
+    │   │                                   (offline and not cached, package missing ...)
+    │   └── ModelCacheError(OSError)        a converted cache is unusable and cannot be rebuilt
+    ├── CryptoError(ValueError)             malformed hash, address, key, proof or typed data
+    └── DataError                           datanets (openledger.data)
+        ├── SchemaError(ValueError)         a record violates its schema, size limit or UTF-8
+        ├── QualityError(ValueError)        a record breaks a datanet quality rule
+        ├── DuplicateRecordError(ValueError)  the record is already in the datanet
+        ├── SignatureError(ValueError)      bad, foreign or other-datanet signature
+        │   └── NonceError                  the contributor's nonce was used or skipped
+        ├── AccessDeniedError(PermissionError)  reading a private datanet without a grant
+        ├── DataNotFoundError(LookupError)  no such datanet, snapshot, record or request
+        └── StoreError(OSError)             the store file is unusable or from a newer version
 
 Messages say what was wrong and what to do about it.
 """
@@ -19,12 +29,22 @@ Messages say what was wrong and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "ConfigError",
+    "CryptoError",
+    "DataError",
+    "DataNotFoundError",
+    "DuplicateRecordError",
     "MissingDependencyError",
     "ModelCacheError",
     "ModelError",
     "ModelNotAvailableError",
+    "NonceError",
     "OpenLedgerError",
+    "QualityError",
+    "SchemaError",
+    "SignatureError",
+    "StoreError",
     "UnknownModelError",
 ]
 
@@ -59,3 +79,43 @@ class ModelNotAvailableError(ModelError, OSError):
 
 class ModelCacheError(ModelError, OSError):
     """A converted model cache is unusable and rebuilding it failed."""
+
+
+class CryptoError(OpenLedgerError, ValueError):
+    """A hash, address, key, signature, proof or typed-data value is malformed."""
+
+
+class DataError(OpenLedgerError):
+    """Base class for errors of :mod:`openledger.data`."""
+
+
+class SchemaError(DataError, ValueError):
+    """A record does not fit its schema, exceeds the size limit or is not valid UTF-8."""
+
+
+class QualityError(DataError, ValueError):
+    """A record breaks one of the datanet's quality rules (length, required field, deny-list)."""
+
+
+class DuplicateRecordError(DataError, ValueError):
+    """The record (same canonical hash) is already stored in the datanet."""
+
+
+class SignatureError(DataError, ValueError):
+    """A contribution or review signature is invalid, foreign, or made for another datanet."""
+
+
+class NonceError(SignatureError):
+    """The contributor's nonce was already used (a replay) or skips ahead."""
+
+
+class AccessDeniedError(DataError, PermissionError):
+    """Reading a private datanet without a valid, unexpired access grant."""
+
+
+class DataNotFoundError(DataError, LookupError):
+    """No such datanet, snapshot, record or access request."""
+
+
+class StoreError(DataError, OSError):
+    """The datanet store is unusable: not a datanet, corrupt, or written by a newer version."""

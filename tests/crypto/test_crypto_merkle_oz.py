@@ -1,0 +1,67 @@
+"""Roots and proofs against OpenZeppelin's own ``@openzeppelin/merkle-tree`` (run by node).
+
+CI installs the reference with ``npm ci --prefix tests/js``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openledger.crypto import StandardMerkleTree
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+SCRIPT = JS_DIR / "oz_reference.js"
+NODE = shutil.which("node")
+
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not installed"),
+    pytest.mark.skipif(
+        not (JS_DIR / "node_modules" / "@openzeppelin" / "merkle-tree").is_dir(),
+        reason="@openzeppelin/merkle-tree missing: run `npm ci --prefix tests/js`",
+    ),
+]
+
+
+def oz(encoding: list[str], values: list[list[Any]]) -> dict[str, Any]:
+    assert NODE is not None
+    out = subprocess.run(
+        [NODE, str(SCRIPT)],
+        input=json.dumps({"encoding": encoding, "values": values}),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=JS_DIR,
+        timeout=60,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 33, 100, 257])
+def test_bytes32_address_leaves_match_openzeppelin(n: int) -> None:
+    rng = random.Random(n)
+    values = [["0x" + rng.randbytes(32).hex(), "0x" + rng.randbytes(20).hex()] for _ in range(n)]
+    ours = StandardMerkleTree.of(values, ["bytes32", "address"])
+    ref = oz(["bytes32", "address"], values)
+    assert ours.root == ref["root"]
+    assert [ours.proof(i) for i in range(n)] == ref["proofs"]
+
+
+def test_duplicate_and_mixed_type_leaves_match_openzeppelin() -> None:
+    values = [
+        ["0x" + "11" * 20, "5", "abc", True],
+        ["0x" + "22" * 20, "1000000000000000000", "", False],
+        ["0x" + "11" * 20, "5", "abc", True],
+        ["0x" + "33" * 20, "0", "ünïcødé", True],
+    ]
+    encoding = ["address", "uint256", "string", "bool"]
+    ours = StandardMerkleTree.of([[a, int(u), s, b] for a, u, s, b in values], encoding)
+    ref = oz(encoding, values)
+    assert ours.root == ref["root"]
+    assert [ours.proof(i) for i in range(len(values))] == ref["proofs"]
