@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.28;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+
+/// @title AttributionRewards
+/// @notice Reward epochs settled from proof of attribution, claimed with Merkle proofs.
+/// @dev An epoch root is an OpenZeppelin StandardMerkleTree root over leaves
+///      `(address account, uint256 amount)`, i.e.
+///      `keccak256(bytes.concat(keccak256(abi.encode(account, amount))))`.
+///      A settler posts an epoch and funds its whole total in the same call; each account
+///      claims its amount once before the deadline; after it the settler sweeps what is left.
+///      The contract's balance always equals the sum of `remaining` over unswept epochs.
+contract AttributionRewards is AccessControl {
+    using SafeERC20 for IERC20;
+
+    // NOTE: `remaining`, `deadline` and `swept` share one slot so a claim touches two slots.
+    struct Epoch {
+        bytes32 root;
+        uint128 remaining;
+        uint64 deadline;
+        bool swept;
+        uint128 total;
+    }
+
+    /// @notice Role allowed to post and sweep epochs.
+    bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
+
+    /// @notice The ERC-20 every epoch is paid in.
+    IERC20 public immutable token;
+
+    mapping(uint256 epochId => Epoch) private _epochs;
+    mapping(uint256 epochId => mapping(address account => bool)) private _claimed;
+
+    event EpochPosted(uint256 indexed epochId, bytes32 root, uint256 total, uint64 deadline, address indexed settler);
+    event Claimed(uint256 indexed epochId, address indexed account, uint256 amount);
+    event Swept(uint256 indexed epochId, address indexed to, uint256 amount);
+
+    error ZeroAddress();
+    error ZeroRoot();
+    error ZeroTotal();
+    error TotalTooLarge(uint256 total);
+    error DeadlineNotInFuture(uint64 deadline, uint256 timestamp);
+    error EpochAlreadyPosted(uint256 epochId);
+    error UnknownEpoch(uint256 epochId);
+    error InsufficientFunding(uint256 epochId, uint256 required, uint256 available);
+    error FundingShortfall(uint256 epochId, uint256 expected, uint256 received);
+    error ClaimWindowClosed(uint256 epochId, uint64 deadline);
+    error AlreadyClaimed(uint256 epochId, address account);
+    error InvalidProof(uint256 epochId, address account, uint256 amount);
+    error ClaimExceedsRemaining(uint256 epochId, uint256 amount, uint256 remaining);
+    error EpochStillOpen(uint256 epochId, uint64 deadline);
+    error AlreadySwept(uint256 epochId);
+
+    constructor(IERC20 token_, address admin) {
+        if (address(token_) == address(0) || admin == address(0)) revert ZeroAddress();
+        token = token_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    /// @notice The Merkle leaf of one payout, as StandardMerkleTree builds it.
+    function rewardLeaf(address account, uint256 amount) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(account, amount))));
+    }
+
+    /// @notice Post epoch `epochId` and pull its `total` from the caller (settler only).
+    /// @dev The caller must have approved at least `total`; tokens that deliver less than the
+    ///      amount sent (fee on transfer) are refused with `FundingShortfall`.
+    function postEpoch(uint256 epochId, bytes32 root, uint256 total, uint64 deadline)
+        external
+        onlyRole(SETTLER_ROLE)
+    {
+        _checkNewEpoch(epochId, root, total, deadline);
+        uint256 available = _min(token.allowance(msg.sender, address(this)), token.balanceOf(msg.sender));
+        if (available < total) revert InsufficientFunding(epochId, total, available);
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), total);
+        uint256 received = token.balanceOf(address(this)) - before;
+        if (received != total) revert FundingShortfall(epochId, total, received);
+        _epochs[epochId] = Epoch(root, uint128(total), deadline, false, uint128(total));
+        emit EpochPosted(epochId, root, total, deadline, msg.sender);
+    }
+
+    /// @notice Claim the caller's `amount` of epoch `epochId`.
+    function claim(uint256 epochId, uint256 amount, bytes32[] calldata proof) external {
+        _claim(epochId, msg.sender, amount, proof);
+    }
+
+    /// @notice Pay `account` its `amount` of epoch `epochId`; anyone may relay it, the tokens
+    ///         always go to `account`.
+    function claimFor(uint256 epochId, address account, uint256 amount, bytes32[] calldata proof) external {
+        _claim(epochId, account, amount, proof);
+    }
+
+    /// @notice Send what is left of an epoch past its deadline to `to` (settler only).
+    function sweep(uint256 epochId, address to) external onlyRole(SETTLER_ROLE) returns (uint256 amount) {
+        if (to == address(0)) revert ZeroAddress();
+        Epoch storage epoch = _requireEpoch(epochId);
+        if (block.timestamp <= epoch.deadline) revert EpochStillOpen(epochId, epoch.deadline);
+        if (epoch.swept) revert AlreadySwept(epochId);
+        amount = epoch.remaining;
+        epoch.remaining = 0;
+        epoch.swept = true;
+        token.safeTransfer(to, amount);
+        emit Swept(epochId, to, amount);
+    }
+
+    /// @notice An epoch; reverts with `UnknownEpoch` if it was never posted.
+    function getEpoch(uint256 epochId) external view returns (Epoch memory) {
+        return _requireEpoch(epochId);
+    }
+
+    /// @notice Whether `account` has claimed from epoch `epochId`.
+    function isClaimed(uint256 epochId, address account) external view returns (bool) {
+        return _claimed[epochId][account];
+    }
+
+    function _claim(uint256 epochId, address account, uint256 amount, bytes32[] calldata proof) private {
+        Epoch storage epoch = _requireEpoch(epochId);
+        if (block.timestamp > epoch.deadline) revert ClaimWindowClosed(epochId, epoch.deadline);
+        if (_claimed[epochId][account]) revert AlreadyClaimed(epochId, account);
+        if (!MerkleProof.verifyCalldata(proof, epoch.root, rewardLeaf(account, amount))) {
+            revert InvalidProof(epochId, account, amount);
+        }
+        uint128 remaining = epoch.remaining;
+        // NOTE: only a root whose leaves sum past its funded total can get here.
+        if (amount > remaining) revert ClaimExceedsRemaining(epochId, amount, remaining);
+        _claimed[epochId][account] = true;
+        epoch.remaining = remaining - uint128(amount);
+        token.safeTransfer(account, amount);
+        emit Claimed(epochId, account, amount);
+    }
+
+    function _checkNewEpoch(uint256 epochId, bytes32 root, uint256 total, uint64 deadline) private view {
+        if (_epochs[epochId].root != bytes32(0)) revert EpochAlreadyPosted(epochId);
+        if (root == bytes32(0)) revert ZeroRoot();
+        if (total == 0) revert ZeroTotal();
+        if (total > type(uint128).max) revert TotalTooLarge(total);
+        if (deadline <= block.timestamp) revert DeadlineNotInFuture(deadline, block.timestamp);
+    }
+
+    function _requireEpoch(uint256 epochId) private view returns (Epoch storage epoch) {
+        epoch = _epochs[epochId];
+        if (epoch.root == bytes32(0)) revert UnknownEpoch(epochId);
+    }
+
+    function _min(uint256 a, uint256 b) private pure returns (uint256) {
+        return a < b ? a : b;
+    }
+}
