@@ -12,6 +12,12 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   ├── ModelNotAvailableError(OSError) known, but its files cannot be had here
     │   │                                   (offline and not cached, package missing ...)
     │   └── ModelCacheError(OSError)        a converted cache is unusable and cannot be rebuilt
+    ├── ChainError                          the EVM client and contracts (openledger.chain)
+    │   ├── ContractRevertError(RuntimeError)  a call or transaction reverted; carries the
+    │   │                                   decoded custom error's name and arguments
+    │   ├── TransactionTimeoutError(TimeoutError)  no receipt arrived within the timeout
+    │   ├── ChainConnectionError(ConnectionError)  the JSON-RPC node cannot be reached
+    │   └── ContractNotFoundError(LookupError)  no contract code at a given address
     ├── CryptoError(ValueError)             malformed hash, address, key, proof or typed data
     └── DataError                           datanets (openledger.data)
         ├── SchemaError(ValueError)         a record violates its schema, size limit or UTF-8
@@ -29,6 +35,11 @@ Messages say what was wrong and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "ChainConnectionError",
+    "ChainError",
+    "ContractNotFoundError",
+    "ContractRevertError",
+    "TransactionTimeoutError",
     "AccessDeniedError",
     "ConfigError",
     "CryptoError",
@@ -119,3 +130,42 @@ class DataNotFoundError(DataError, LookupError):
 
 class StoreError(DataError, OSError):
     """The datanet store is unusable: not a datanet, corrupt, or written by a newer version."""
+
+
+class ChainError(OpenLedgerError):
+    """Base class for errors of :mod:`openledger.chain`."""
+
+
+class ContractRevertError(ChainError, RuntimeError):
+    """A contract call or transaction reverted.
+
+    The revert data is decoded against the ABIs of the openledger contracts (and Solidity's
+    built-in ``Error(string)`` / ``Panic(uint256)``), the same way on every backend.
+
+    Attributes:
+        error_name: The custom error's name, e.g. ``"AlreadyClaimed"``; ``"Error"`` for a
+            ``require`` message, ``"Panic"`` for a panic, ``""`` when there was no data.
+        error_args: The error's arguments by parameter name (addresses checksummed,
+            ``bytes32`` as ``0x``-hex).
+        data: The raw revert data.
+    """
+
+    def __init__(self, error_name: str, error_args: dict[str, object], data: bytes) -> None:
+        self.error_name = error_name
+        self.error_args = error_args
+        self.data = data
+        shown = ", ".join(f"{k}={v!r}" for k, v in error_args.items())
+        label = error_name or "revert without data"
+        super().__init__(f"contract reverted: {label}({shown})" if error_name else label)
+
+
+class TransactionTimeoutError(ChainError, TimeoutError):
+    """A transaction was sent but no receipt arrived within the timeout; it may still land."""
+
+
+class ChainConnectionError(ChainError, ConnectionError):
+    """The JSON-RPC node at the given URL cannot be reached or is not an EVM node."""
+
+
+class ContractNotFoundError(ChainError, LookupError):
+    """There is no contract code at an address given for a protocol contract."""
