@@ -33,7 +33,9 @@ contract AttributionRewards is AccessControl {
     IERC20 public immutable token;
 
     mapping(uint256 epochId => Epoch) private _epochs;
-    mapping(uint256 epochId => mapping(address account => bool)) private _claimed;
+    // NOTE: claimed flags are a bitmap per account over 256 consecutive epoch ids, so an
+    //       account that claims epoch after epoch writes a non-zero slot (5k gas, not 22k).
+    mapping(address account => mapping(uint256 word => uint256 bits)) private _claimedBits;
 
     event EpochPosted(uint256 indexed epochId, bytes32 root, uint256 total, uint64 deadline, address indexed settler);
     event Claimed(uint256 indexed epochId, address indexed account, uint256 amount);
@@ -114,21 +116,21 @@ contract AttributionRewards is AccessControl {
     }
 
     /// @notice Whether `account` has claimed from epoch `epochId`.
-    function isClaimed(uint256 epochId, address account) external view returns (bool) {
-        return _claimed[epochId][account];
+    function isClaimed(uint256 epochId, address account) public view returns (bool) {
+        return (_claimedBits[account][epochId >> 8] >> (epochId & 0xff)) & 1 == 1;
     }
 
     function _claim(uint256 epochId, address account, uint256 amount, bytes32[] calldata proof) private {
         Epoch storage epoch = _requireEpoch(epochId);
         if (block.timestamp > epoch.deadline) revert ClaimWindowClosed(epochId, epoch.deadline);
-        if (_claimed[epochId][account]) revert AlreadyClaimed(epochId, account);
+        if (isClaimed(epochId, account)) revert AlreadyClaimed(epochId, account);
         if (!MerkleProof.verifyCalldata(proof, epoch.root, rewardLeaf(account, amount))) {
             revert InvalidProof(epochId, account, amount);
         }
         uint128 remaining = epoch.remaining;
         // NOTE: only a root whose leaves sum past its funded total can get here.
         if (amount > remaining) revert ClaimExceedsRemaining(epochId, amount, remaining);
-        _claimed[epochId][account] = true;
+        _claimedBits[account][epochId >> 8] |= 1 << (epochId & 0xff);
         epoch.remaining = remaining - uint128(amount);
         token.safeTransfer(account, amount);
         emit Claimed(epochId, account, amount);

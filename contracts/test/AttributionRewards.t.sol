@@ -179,4 +179,20 @@ contract AttributionRewardsTest is TestBase {
         rewards.claimFor(1, _recipient(1), 60, proof);
         assertEq(token.balanceOf(address(rewards)), 540, "epoch 2 untouched");
     }
+
+    /// Claimed flags of neighbouring epoch ids (same bitmap word and across words) stay apart.
+    function testFuzz_claimedFlagsAreIndependentPerEpoch(uint256 first, uint8 gap) public {
+        first = bound(first, 0, type(uint256).max - 300);
+        uint256 second = first + 1 + uint256(gap);
+        uint256[] memory amounts = new uint256[](2);
+        (amounts[0], amounts[1]) = (3, 4);
+        bytes32[] memory leaves = _post(first, amounts);
+        _post(second, amounts);
+        rewards.claimFor(first, _recipient(0), 3, TestMerkle.proof(leaves, 0));
+        assertTrue(rewards.isClaimed(first, _recipient(0)), "first claimed");
+        assertTrue(!rewards.isClaimed(second, _recipient(0)), "second untouched");
+        assertTrue(!rewards.isClaimed(first, _recipient(1)), "other account untouched");
+        rewards.claimFor(second, _recipient(0), 3, TestMerkle.proof(leaves, 0));
+        assertTrue(rewards.isClaimed(second, _recipient(0)), "second claimed");
+    }
 }

@@ -1,0 +1,97 @@
+"""The on-chain protocol: an EVM client and typed clients of the openledger contracts.
+
+Torch-free. ``connect()`` gives an in-process py-evm chain with funded dev accounts;
+``connect(url)`` any EVM JSON-RPC node (anvil's dev accounts are recognised)::
+
+    chain = openledger.chain.connect()
+    protocol = chain.deploy_protocol()            # or chain.protocol(addresses)
+    protocol.datanets.register_datanet("medqa")
+    tree = RewardTree({alice.address: 10**18})
+    protocol.rewards.post_reward_tree(1, tree, deadline=chain.block_timestamp() + 86400)
+    protocol.rewards.claim_from_tree(1, tree, alice)
+
+Every revert, on every backend, is raised as
+:class:`~openledger.exceptions.ContractRevertError` with the decoded custom error.
+"""
+
+from __future__ import annotations
+
+from openledger.chain._artifacts import CONTRACT_NAMES, Artifact, load_artifact
+from openledger.chain.bindings import Event, Receipt
+from openledger.chain.client import ANVIL_MNEMONIC, Backend, Chain, connect
+from openledger.chain.encoding import (
+    MANIFEST_TAG,
+    RECORD_LEAF_ENCODING,
+    REWARD_LEAF_ENCODING,
+    ModelManifest,
+    RewardTree,
+    datanet_id,
+    model_id,
+    record_leaf,
+    reward_leaf,
+)
+from openledger.chain.errors import decode_revert
+from openledger.chain.protocol import Protocol, ProtocolAddresses, deploy_protocol
+from openledger.chain.registries import (
+    DatanetInfo,
+    DatanetRegistryClient,
+    ModelInfo,
+    ModelRegistryClient,
+    ModelStatus,
+    SnapshotInfo,
+)
+from openledger.chain.rewards import (
+    SETTLER_ROLE,
+    AttributionRewardsClient,
+    EpochInfo,
+    OpenTokenClient,
+)
+from openledger.crypto import Account
+from openledger.exceptions import (
+    ChainConnectionError,
+    ChainError,
+    ContractNotFoundError,
+    ContractRevertError,
+    TransactionTimeoutError,
+)
+
+__all__ = [
+    "ANVIL_MNEMONIC",
+    "CONTRACT_NAMES",
+    "MANIFEST_TAG",
+    "RECORD_LEAF_ENCODING",
+    "REWARD_LEAF_ENCODING",
+    "SETTLER_ROLE",
+    "Account",
+    "Artifact",
+    "AttributionRewardsClient",
+    "Backend",
+    "Chain",
+    "ChainConnectionError",
+    "ChainError",
+    "ContractNotFoundError",
+    "ContractRevertError",
+    "DatanetInfo",
+    "DatanetRegistryClient",
+    "EpochInfo",
+    "Event",
+    "ModelInfo",
+    "ModelManifest",
+    "ModelRegistryClient",
+    "ModelStatus",
+    "OpenTokenClient",
+    "Protocol",
+    "ProtocolAddresses",
+    "Receipt",
+    "RewardTree",
+    "SnapshotInfo",
+    "TransactionTimeoutError",
+    "connect",
+    "datanet_id",
+    "decode_revert",
+    "deploy_protocol",
+    "load_artifact",
+    "model_id",
+    "record_leaf",
+    "reward_leaf",
+]

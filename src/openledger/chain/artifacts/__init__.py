@@ -1,0 +1,1 @@
+"""Compiled ABI + bytecode JSON of the contracts (written by contracts/scripts/build.mjs)."""

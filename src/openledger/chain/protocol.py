@@ -1,0 +1,118 @@
+"""The deployed protocol: addresses plus one typed client per contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from openledger.chain.registries import DatanetRegistryClient, ModelRegistryClient
+from openledger.chain.rewards import SETTLER_ROLE, AttributionRewardsClient, OpenTokenClient
+from openledger.crypto import Account, to_checksum_address
+
+if TYPE_CHECKING:
+    from openledger.chain.client import Chain
+
+__all__ = ["Protocol", "ProtocolAddresses", "deploy_protocol"]
+
+
+class ProtocolAddresses(BaseModel):
+    """Where the protocol's contracts live (JSON-friendly: ``model_dump()`` / ``(**dict)``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    datanets: str
+    models: str
+    rewards: str
+    token: str
+
+    @field_validator("datanets", "models", "rewards", "token", mode="before")
+    @classmethod
+    def _checksum(cls, value: str) -> str:
+        return to_checksum_address(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """Typed clients of one deployment.
+
+    Attributes:
+        chain: The chain it lives on.
+        addresses: The contract addresses.
+        datanets: ``DatanetRegistry`` client.
+        models: ``ModelRegistry`` client.
+        rewards: ``AttributionRewards`` client.
+        token: Client of the reward token.
+    """
+
+    chain: Chain
+    addresses: ProtocolAddresses
+    datanets: DatanetRegistryClient
+    models: ModelRegistryClient
+    rewards: AttributionRewardsClient
+    token: OpenTokenClient
+
+    @classmethod
+    def at(
+        cls,
+        chain: Chain,
+        addresses: ProtocolAddresses | dict[str, str],
+        sender: Account | None = None,
+    ) -> Protocol:
+        """Bind clients to deployed contracts.
+
+        Args:
+            chain: The chain.
+            addresses: A :class:`ProtocolAddresses` or a dict with its four keys.
+            sender: Default signer of every client's transactions.
+
+        Raises:
+            ContractNotFoundError: If an address holds no code.
+        """
+        found = (
+            addresses
+            if isinstance(addresses, ProtocolAddresses)
+            else ProtocolAddresses(**addresses)
+        )
+        token = OpenTokenClient(chain, found.token, sender)
+        return cls(
+            chain=chain,
+            addresses=found,
+            datanets=DatanetRegistryClient(chain, found.datanets, sender),
+            models=ModelRegistryClient(chain, found.models, sender),
+            rewards=AttributionRewardsClient(chain, found.rewards, token, sender),
+            token=token,
+        )
+
+
+def deploy_protocol(
+    chain: Chain,
+    *,
+    admin: Account | None = None,
+    token: str | None = None,
+    initial_supply: int = 10**27,
+) -> Protocol:
+    """Deploy the protocol and make ``admin`` its rewards admin and settler.
+
+    Args:
+        chain: Where to deploy.
+        admin: Deployer, rewards admin and settler (default: the chain's first dev account).
+        token: An existing ERC-20 to pay rewards in; ``None`` deploys an ``OpenToken`` that
+            mints ``initial_supply`` to ``admin``.
+        initial_supply: Tokens minted to ``admin`` when deploying ``OpenToken``.
+
+    Returns:
+        The protocol, with ``admin`` as every client's default sender.
+    """
+    owner = admin or chain.default_account
+    token_address = token or chain.deploy("OpenToken", owner.address, initial_supply, sender=owner)
+    addresses = ProtocolAddresses(
+        datanets=chain.deploy("DatanetRegistry", sender=owner),
+        models=chain.deploy("ModelRegistry", sender=owner),
+        rewards=chain.deploy("AttributionRewards", token_address, owner.address, sender=owner),
+        token=token_address,
+    )
+    protocol = Protocol.at(chain, addresses, sender=owner)
+    protocol.rewards.grant_role(SETTLER_ROLE, owner.address)
+    return protocol
