@@ -15,11 +15,13 @@ from openledger._version import __version__
 from openledger.exceptions import OpenLedgerError
 
 if TYPE_CHECKING:
+    from openledger import crypto as crypto
+    from openledger import data as data
     from openledger import models as models
 
-__all__ = ["OpenLedgerError", "__version__", "models"]
+__all__ = ["OpenLedgerError", "__version__", "crypto", "data", "models"]
 
-_LAYERS = frozenset({"models"})
+_LAYERS = frozenset({"crypto", "data", "models"})
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,127 @@
+"""Access requests and signed, expiring access grants for private datanets.
+
+A requester asks (``request_access``), the owner approves with a signature over
+``AccessGrant(datanet, grantee, requestId, expiresAt)`` or denies. A grant is checked by
+signature, datanet, expiry and the request's current status (so a revoked grant stops
+working even though its signature stays valid).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from openledger.data.signing import HexAddress, HexHash, HexSignature, grant_message, signer_of
+from openledger.data.store import Store
+from openledger.exceptions import AccessDeniedError, ConfigError, DataNotFoundError
+from openledger.types import Address
+
+__all__ = ["AccessGrant", "AccessRequest", "check_grant", "decide", "load_request", "new_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """A request to read a private datanet.
+
+    Attributes:
+        id: Request id within the datanet.
+        requester: Who asks.
+        purpose: What for, in the requester's words.
+        status: ``"pending"``, ``"approved"``, ``"denied"`` or ``"revoked"``.
+    """
+
+    id: int
+    requester: Address
+    purpose: str
+    status: str
+
+
+class AccessGrant(BaseModel):
+    """An owner-signed permission to read a datanet until ``expires_at``.
+
+    Attributes:
+        datanet_id: The datanet.
+        grantee: Who may read.
+        request_id: The request it answers.
+        expires_at: Unix time (seconds) after which it is void.
+        signature: The owner's EIP-712 signature, ``0x``-hex.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    datanet_id: HexHash
+    grantee: HexAddress
+    request_id: int = Field(ge=1)
+    expires_at: int = Field(ge=0)
+    signature: HexSignature
+
+
+def new_request(store: Store, requester: Address, purpose: str) -> AccessRequest:
+    """Store a pending request and return it."""
+    if not purpose.strip():
+        raise ConfigError("purpose must say what the data is for; got an empty string")
+    with store.write() as conn:
+        cursor = conn.execute(
+            "INSERT INTO access_requests (requester, purpose, created_at) VALUES (?, ?, ?)",
+            (requester, purpose, time.time()),
+        )
+    return AccessRequest(int(cursor.lastrowid or 0), requester, purpose, "pending")
+
+
+def load_request(store: Store, request_id: int) -> AccessRequest:
+    """Return one request.
+
+    Raises:
+        DataNotFoundError: If there is no such request.
+    """
+    row = store.conn.execute(
+        "SELECT id, requester, purpose, status FROM access_requests WHERE id = ?", (request_id,)
+    ).fetchone()
+    if row is None:
+        raise DataNotFoundError(f"no access request with id {request_id}")
+    return AccessRequest(int(row[0]), Address(row[1]), row[2], row[3])
+
+
+def decide(store: Store, request_id: int, status: str, grant: AccessGrant | None) -> None:
+    """Record the owner's decision (and the grant, when approving) in one transaction."""
+    with store.write() as conn:
+        conn.execute(
+            "UPDATE access_requests SET status = ?, decided_at = ? WHERE id = ?",
+            (status, time.time(), request_id),
+        )
+        if grant is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)",
+                (request_id, grant.grantee, grant.expires_at, bytes.fromhex(grant.signature[2:])),
+            )
+
+
+def check_grant(
+    store: Store,
+    grant: AccessGrant | None,
+    *,
+    datanet_id: str,
+    owner: str,
+    now: float | None = None,
+) -> None:
+    """Raise unless ``grant`` lets its holder read this datanet now.
+
+    Raises:
+        AccessDeniedError: Naming what is wrong: missing, foreign, expired, forged, revoked.
+    """
+    if grant is None:
+        raise AccessDeniedError(
+            "this datanet is private: pass grant=AccessGrant (request_access, then the "
+            "owner's approve) to read its records"
+        )
+    if grant.datanet_id != datanet_id:
+        raise AccessDeniedError(f"the grant is for datanet {grant.datanet_id}, not {datanet_id}")
+    if grant.expires_at <= (time.time() if now is None else now):
+        raise AccessDeniedError(f"the grant expired at unix time {grant.expires_at}; ask again")
+    data = grant_message(datanet_id, grant.grantee, grant.request_id, grant.expires_at)
+    if signer_of(data, grant.signature, what="grant") != owner:
+        raise AccessDeniedError("the grant is not signed by this datanet's owner")
+    status = load_request(store, grant.request_id).status
+    if status != "approved":
+        raise AccessDeniedError(f"access request {grant.request_id} is {status}, not approved")

@@ -1,0 +1,603 @@
+"""The :class:`Datanet` facade: a community dataset in one folder, with provenance.
+
+::
+
+    Datanet ── ingest (validate, encode, hash, rules) ── signing (EIP-712)
+       │                                                      │
+       └──────────── store (SQLite, WAL, one transaction per contribution) ── snapshot
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from openledger.crypto import Account, keccak256, to_hex
+from openledger.data import governance, io, queries
+from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
+from openledger.data.canonical import record_hash as _record_hash
+from openledger.data.ingest import (
+    DEFAULT_MAX_RECORD_BYTES,
+    PreparedBatch,
+    first_positions,
+    prepare_batch,
+)
+from openledger.data.quality import MinHasher, NearDuplicateIndex, QualityRule
+from openledger.data.receipts import ContributionReceipt, Reputation, StoredRecord
+from openledger.data.schemas import Record, resolve_schema, schema_hash, schema_ref
+from openledger.data.signing import (
+    SignedContribution,
+    as_account_address,
+    contribution_message,
+    records_root,
+    sign_contribution,
+    signer_of,
+)
+from openledger.data.snapshot import Snapshot, build_tree, make_manifest, manifest_hash, pack_leaf
+from openledger.data.store import Store
+from openledger.exceptions import (
+    ConfigError,
+    DataNotFoundError,
+    DuplicateRecordError,
+    NonceError,
+    SignatureError,
+    StoreError,
+)
+from openledger.types import Address, Hash32
+
+__all__ = ["Datanet"]
+
+Visibility = Literal["public", "private"]
+DuplicatePolicy = Literal["error", "skip"]
+_CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement
+
+
+class Datanet:
+    """A community dataset stored in one folder, every record traceable to its contributor.
+
+    Create one with :meth:`create`, reopen it with :meth:`open`. Not thread-safe; open one
+    ``Datanet`` per thread or process (many may read while one writes).
+    """
+
+    def __init__(
+        self, store: Store, schema: type[Record], rules: Sequence[QualityRule] = ()
+    ) -> None:
+        self._store = store
+        self.schema = schema
+        self.rules: tuple[QualityRule, ...] = tuple(rules)
+        meta = store.get_meta()
+        self.id = Hash32(meta["id"])
+        self.name = meta["name"]
+        self.visibility: Visibility = meta["visibility"]  # type: ignore[assignment]
+        self.owner: Address | None = Address(meta["owner"]) if meta.get("owner") else None
+        self.max_record_bytes = int(meta["max_record_bytes"])
+        self.duplicates: DuplicatePolicy = meta["duplicates"]  # type: ignore[assignment]
+        threshold = float(meta["near_duplicate_threshold"])
+        self._near = NearDuplicateIndex(MinHasher(), threshold) if threshold > 0 else None
+        self.path = store.file.parent
+
+    # -- creating and opening ------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        name: str,
+        schema: type[Record],
+        visibility: Visibility = "public",
+        owner: Account | str | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        duplicates: DuplicatePolicy = "error",
+        near_duplicate_threshold: float = 0.8,
+        rules: Sequence[QualityRule] = (),
+    ) -> Datanet:
+        """Create a new, empty datanet in the folder ``path``.
+
+        Args:
+            path: Folder to create (it may exist but must not hold a datanet).
+            name: Human-readable name.
+            schema: Record class, a built-in such as ``InstructionRecord`` or a subclass.
+            visibility: ``"public"`` (anyone reads) or ``"private"`` (reads need a grant).
+            owner: Account or address that approves access; required when private.
+            max_record_bytes: Size limit of one record's canonical encoding.
+            duplicates: ``"error"`` refuses a contribution holding a stored record;
+                ``"skip"`` drops such records and stores the rest.
+            near_duplicate_threshold: MinHash Jaccard estimate from which records are
+                flagged as near-duplicates; 0 turns the check off.
+            rules: Quality rules every contributed record must pass (not persisted).
+
+        Returns:
+            The open datanet.
+
+        Raises:
+            ConfigError: For an invalid argument, naming it.
+            StoreError: If ``path`` already holds a datanet.
+        """
+        settings = _validated_settings(
+            name, schema, visibility, owner, max_record_bytes, duplicates, near_duplicate_threshold
+        )
+        store = Store(path, create=True)
+        if store.get_meta():
+            store.close()
+            raise StoreError(f"{path} already holds a datanet; use Datanet.open")
+        settings["id"] = to_hex(keccak256(b"openledger.datanet/1" + name.encode() + os.urandom(32)))
+        with store.write() as conn:
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(settings.items()))
+        return cls(store, schema, rules)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        schema: type[Record] | None = None,
+        rules: Sequence[QualityRule] = (),
+    ) -> Datanet:
+        """Open an existing datanet.
+
+        Args:
+            path: The datanet folder.
+            schema: The record class; needed only when a user subclass cannot be imported
+                by its stored path. It must hash to the stored schema hash.
+            rules: Quality rules for contributions made through this handle.
+
+        Raises:
+            StoreError: If ``path`` is not a datanet or is unusable.
+            SchemaError: If the schema cannot be found or its fields changed.
+        """
+        store = Store(path)
+        meta = store.get_meta()
+        if "id" not in meta:
+            store.close()
+            raise StoreError(f"{path} holds an incomplete datanet (no metadata)")
+        found = schema or resolve_schema(meta["schema_id"], meta["schema_ref"])
+        if schema_hash(found) != meta["schema_hash"]:
+            store.close()
+            from openledger.exceptions import SchemaError
+
+            raise SchemaError(
+                f"schema {found.__name__} does not match the datanet's schema "
+                f"{meta['schema_id']} (its fields changed); open with the original class"
+            )
+        return cls(store, found, rules)
+
+    def close(self) -> None:
+        """Close the underlying store."""
+        self._store.close()
+
+    def __enter__(self) -> Datanet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- contributing --------------------------------------------------------------------
+
+    def next_nonce(self, contributor: Account | str) -> int:
+        """Return the nonce the contributor's next signed contribution must carry."""
+        address = as_account_address(contributor, what="contributor")
+        row = self._store.conn.execute(
+            "SELECT COALESCE(MAX(nonce) + 1, 0) FROM contributions WHERE contributor = ?",
+            (address,),
+        ).fetchone()
+        return int(row[0])
+
+    def sign(self, records: Iterable[Any], *, contributor: Account) -> SignedContribution:
+        """Sign records for this datanet without storing them (to contribute later or elsewhere)."""
+        batch = self._prepare(records)
+        return sign_contribution(
+            batch.hashes,
+            datanet_id=self.id,
+            contributor=contributor,
+            nonce=self.next_nonce(contributor),
+        )
+
+    def contribute(
+        self,
+        records: Iterable[Any],
+        *,
+        contributor: Account | None = None,
+        signed: SignedContribution | None = None,
+    ) -> list[ContributionReceipt]:
+        """Validate, sign (or verify), and store records in one transaction.
+
+        Args:
+            records: Dicts of fields or instances of the datanet's schema.
+            contributor: Sign here with this account (the usual path).
+            signed: Or a contribution signed elsewhere (see :meth:`sign`); only verified.
+
+        Returns:
+            One receipt per stored record (skipped duplicates have none).
+
+        Raises:
+            SchemaError, QualityError, DuplicateRecordError, SignatureError, NonceError:
+                On bad input; nothing is stored then.
+        """
+        if (contributor is None) == (signed is None):
+            raise ConfigError(
+                "pass exactly one of contributor=Account or signed=SignedContribution"
+            )
+        batch = self._prepare(records)
+        keep = first_positions(batch.hashes, skip=self.duplicates == "skip")
+        signatures = self._near_signatures(batch)
+        with self._store.write() as conn:
+            keep = self._drop_stored(conn, batch, keep)
+            if contributor is not None:
+                if not keep:
+                    return []
+                batch = batch.keep(keep)
+                signatures = None if signatures is None else signatures[keep]
+                keep = list(range(len(batch)))
+                signed = sign_contribution(
+                    batch.hashes,
+                    datanet_id=self.id,
+                    contributor=contributor,
+                    nonce=self._next_nonce_in(conn, contributor.address),
+                )
+            if signed is None:  # unreachable: exactly one of the two was checked above
+                raise ConfigError("pass signed=SignedContribution or contributor=Account")
+            self._verify(conn, batch, signed)
+            try:
+                return self._insert(conn, batch, keep, signed, signatures)
+            except BaseException:
+                self._reset_near_index()
+                raise
+
+    def _reset_near_index(self) -> None:
+        # NOTE: the index may now hold ids of a rolled-back batch; start over from the store.
+        if self._near is not None:
+            self._near = NearDuplicateIndex(self._near.hasher, self._near.threshold)
+
+    def _prepare(self, records: Iterable[Any]) -> PreparedBatch:
+        return prepare_batch(
+            self.schema, records, max_record_bytes=self.max_record_bytes, rules=self.rules
+        )
+
+    def _near_signatures(self, batch: PreparedBatch) -> Any:
+        return None if self._near is None else self._near.hasher.signatures(batch.texts)
+
+    def _drop_stored(self, conn: Any, batch: PreparedBatch, keep: list[int]) -> list[int]:
+        stored = queries.existing_hashes(conn, [batch.hashes[i] for i in keep])
+        if not stored:
+            return keep
+        if self.duplicates == "error":
+            position = next(i for i in keep if batch.hashes[i] in stored)
+            raise DuplicateRecordError(
+                f"record {position} is already in datanet {self.name!r} (hash "
+                f"{to_hex(batch.hashes[position])}); remove it or create with duplicates='skip'"
+            )
+        return [i for i in keep if batch.hashes[i] not in stored]
+
+    def _next_nonce_in(self, conn: Any, address: str) -> int:
+        row = conn.execute(
+            "SELECT COALESCE(MAX(nonce) + 1, 0) FROM contributions WHERE contributor = ?",
+            (address,),
+        ).fetchone()
+        return int(row[0])
+
+    def _verify(self, conn: Any, batch: PreparedBatch, signed: SignedContribution) -> None:
+        if signed.datanet_id != self.id:
+            raise SignatureError(
+                f"the contribution was signed for datanet {signed.datanet_id}, not this one "
+                f"({self.id}); sign it again for {self.name!r}"
+            )
+        expected = self._next_nonce_in(conn, signed.contributor)
+        if signed.nonce != expected:
+            word = "was already used (replay)" if signed.nonce < expected else "skips ahead"
+            raise NonceError(
+                f"nonce {signed.nonce} of {signed.contributor} {word}; the next nonce is "
+                f"{expected} (Datanet.next_nonce)"
+            )
+        if signed.count != len(batch) or records_root(batch.hashes) != signed.records_root:
+            raise SignatureError(
+                "the records do not match the signed records_root/count; sign exactly these records"
+            )
+        data = contribution_message(self.id, signed.records_root, signed.count, signed.nonce)
+        if signer_of(data, signed.signature, what="contribution") != signed.contributor:
+            raise SignatureError(
+                f"the signature was not made by {signed.contributor} (foreign or altered)"
+            )
+
+    def _insert(
+        self,
+        conn: Any,
+        batch: PreparedBatch,
+        keep: list[int],
+        signed: SignedContribution,
+        signatures: Any,
+    ) -> list[ContributionReceipt]:
+        contribution_id = queries.insert_contribution(conn, signed)
+        first_id = queries.insert_records(
+            conn, batch, keep, signed.contributor, contribution_id, signatures
+        )
+        ids = list(range(first_id, first_id + len(keep)))
+        near = self._flag_near_duplicates(conn, ids, signatures, keep)
+        contributor = Address(signed.contributor)
+        return [
+            ContributionReceipt(
+                Hash32(to_hex(batch.hashes[p])), contribution_id, p, contributor, near.get(rid, ())
+            )
+            for rid, p in zip(ids, keep, strict=True)
+        ]
+
+    def _flag_near_duplicates(
+        self, conn: Any, ids: list[int], signatures: Any, keep: list[int]
+    ) -> dict[int, tuple[Hash32, ...]]:
+        if self._near is None or signatures is None or not ids:
+            return {}
+        index = self._near
+        # NOTE: catch up with records other processes stored since this handle last looked,
+        # then index this batch one record at a time so in-batch near-duplicates are seen.
+        queries.load_signatures(conn, index, below=ids[0])
+        rows = signatures[keep] if len(keep) != len(signatures) else signatures
+        return queries.flag_near_duplicates(conn, index, ids, np.asarray(rows))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def _check_read(self, grant: AccessGrant | None) -> None:
+        if self.visibility == "private":
+            check_grant(self._store, grant, datanet_id=self.id, owner=self.owner or "")
+
+    def records(
+        self, *, grant: AccessGrant | None = None, include_rejected: bool = False
+    ) -> Iterator[StoredRecord]:
+        """Iterate stored records in arrival order.
+
+        Raises:
+            AccessDeniedError: For a private datanet without a valid grant.
+        """
+        self._check_read(grant)
+        where = "" if include_rejected else "WHERE status = 'accepted'"
+        return queries.iter_records(self._store.conn, self.schema, where, ())
+
+    def get(self, record_hash: str | bytes, *, grant: AccessGrant | None = None) -> StoredRecord:
+        """Return one stored record by hash.
+
+        Raises:
+            AccessDeniedError: For a private datanet without a valid grant.
+            DataNotFoundError: If no record has that hash.
+        """
+        self._check_read(grant)
+        return queries.get_record(self._store.conn, self.schema, record_hash)
+
+    def _records_by_ids(
+        self, ids: array[int], *, grant: AccessGrant | None
+    ) -> Iterator[StoredRecord]:
+        self._check_read(grant)
+        return queries.iter_records_by_ids(self._store.conn, self.schema, ids)
+
+    def record_hash(self, record: Any) -> Hash32:
+        """Return the hash the datanet would give ``record`` (validated against the schema)."""
+        return _record_hash(self._prepare([record]).records[0])
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Freeze the currently accepted records into a new immutable snapshot.
+
+        Raises:
+            DataNotFoundError: If there are no accepted records.
+        """
+        with self._store.write() as conn:
+            rows = conn.execute(
+                "SELECT id, hash, contributor FROM records WHERE status = 'accepted' ORDER BY id"
+            ).fetchall()
+            if not rows:
+                raise DataNotFoundError(
+                    f"datanet {self.name!r} has no accepted records to snapshot"
+                )
+            leaves = b"".join(pack_leaf(h, c) for _, h, c in rows)
+            ids = array("q", (r[0] for r in rows))
+            root = build_tree(leaves).root
+            snapshot_id = int(
+                conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM snapshots").fetchone()[0]
+            )
+            manifest = make_manifest(self._manifest_base(snapshot_id), leaves, root, time.time())
+            digest = manifest_hash(manifest)
+            conn.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    snapshot_id,
+                    bytes.fromhex(root[2:]),
+                    len(rows),
+                    manifest["created_at"],
+                    ids.tobytes(),
+                    leaves,
+                    queries.dump_json(manifest),
+                    bytes.fromhex(digest[2:]),
+                ),
+            )
+        return self.snapshot_at(snapshot_id)
+
+    def _manifest_base(self, snapshot_id: int) -> dict[str, Any]:
+        return {
+            "datanet_id": self.id,
+            "name": self.name,
+            "schema_id": self.schema.schema_id,
+            "schema_hash": schema_hash(self.schema),
+            "snapshot_id": snapshot_id,
+        }
+
+    def snapshot_at(self, snapshot_id: int) -> Snapshot:
+        """Reopen a snapshot by id.
+
+        Raises:
+            DataNotFoundError: If there is no such snapshot.
+        """
+        return queries.load_snapshot(self._store.conn, snapshot_id, self)
+
+    def snapshots(self) -> list[int]:
+        """Return the ids of all snapshots, oldest first."""
+        return [int(r[0]) for r in self._store.conn.execute("SELECT id FROM snapshots ORDER BY id")]
+
+    def latest_snapshot(self) -> Snapshot | None:
+        """Return the newest snapshot, or ``None`` if there is none."""
+        ids = self.snapshots()
+        return self.snapshot_at(ids[-1]) if ids else None
+
+    # -- governance: validators, reviews, reputation, access ----------------------------------
+
+    def add_validator(self, validator: Account | str, *, owner: Account) -> None:
+        """Let ``validator`` review records; only the owner may do this."""
+        self._require_owner(owner)
+        governance.add_validator(self._store, as_account_address(validator, what="validator"))
+
+    def validators(self) -> list[Address]:
+        """Return the addresses allowed to review (the owner is always allowed)."""
+        return governance.validators(self._store)
+
+    def review(
+        self, record_hash: str | bytes, *, accept: bool, reason: str, validator: Account
+    ) -> None:
+        """Accept or reject a stored record with a signed review; rejected records leave
+        future snapshots and lower the contributor's reputation.
+
+        Raises:
+            AccessDeniedError: If ``validator`` is neither the owner nor a validator.
+            DataNotFoundError: If the record is not stored.
+        """
+        governance.review(self, record_hash, accept=accept, reason=reason, validator=validator)
+
+    def flags(self, record_hash: str | bytes) -> list[tuple[str, str]]:
+        """Return ``(kind, detail)`` flags of a record, e.g. near-duplicate matches."""
+        return governance.flags(self._store.conn, record_hash)
+
+    def reputation(self, contributor: Account | str) -> Reputation:
+        """Return a contributor's record and rejection counts and score in this datanet."""
+        address = as_account_address(contributor, what="contributor")
+        return governance.reputation(self._store.conn, address)
+
+    def contributors(self) -> dict[Address, int]:
+        """Return the number of stored records per contributor."""
+        rows = self._store.conn.execute(
+            "SELECT contributor, COUNT(*) FROM records GROUP BY contributor ORDER BY contributor"
+        )
+        return {Address(a): int(n) for a, n in rows}
+
+    def request_access(self, requester: Account | str, purpose: str) -> AccessRequest:
+        """File a request to read this datanet; the owner approves or denies it."""
+        return governance.request_access(self, requester, purpose)
+
+    def access_request(self, request_id: int) -> AccessRequest:
+        """Return one access request (its current status)."""
+        return load_request(self._store, request_id)
+
+    def approve(
+        self, request_id: int, *, owner: Account, ttl_seconds: int = 30 * 24 * 3600
+    ) -> AccessGrant:
+        """Approve a pending request, returning the owner-signed grant valid ``ttl_seconds``."""
+        return governance.approve(self, request_id, owner=owner, ttl_seconds=ttl_seconds)
+
+    def deny(self, request_id: int, *, owner: Account) -> None:
+        """Deny a pending request."""
+        governance.deny(self, request_id, owner=owner)
+
+    def revoke(self, request_id: int, *, owner: Account) -> None:
+        """Revoke an approved request; its grant stops working at once."""
+        governance.revoke(self, request_id, owner=owner)
+
+    def _require_owner(self, owner: Account) -> None:
+        governance.require_owner(self, owner)
+
+    # -- exports and imports ----------------------------------------------------------------
+
+    def to_jsonl(self, path: str | os.PathLike[str], *, grant: AccessGrant | None = None) -> int:
+        """Write accepted records to JSONL (fields plus provenance); return the count."""
+        return io.write_jsonl(self.records(grant=grant), Path(path))
+
+    def to_parquet(self, path: str | os.PathLike[str], *, grant: AccessGrant | None = None) -> int:
+        """Write accepted records to Parquet (needs ``openledger[data]``); return the count."""
+        return io.write_parquet(self.records(grant=grant), Path(path))
+
+    def to_hf_dataset(self, *, grant: AccessGrant | None = None) -> Any:
+        """Return accepted records as a ``datasets.Dataset`` (needs ``openledger[data]``)."""
+        return io.write_hf_dataset(self.records(grant=grant))
+
+    def import_jsonl(
+        self, path: str | os.PathLike[str], *, contributor: Account, batch_size: int = 10_000
+    ) -> list[ContributionReceipt]:
+        """Contribute every row of a JSONL file, attributed to ``contributor``."""
+        return io.import_rows(
+            self, io.jsonl_rows(Path(path)), contributor=contributor, batch_size=batch_size
+        )
+
+    def import_parquet(
+        self, path: str | os.PathLike[str], *, contributor: Account, batch_size: int = 10_000
+    ) -> list[ContributionReceipt]:
+        """Contribute every row of a Parquet file, attributed to ``contributor``."""
+        return io.import_rows(
+            self, io.iter_parquet_rows(Path(path)), contributor=contributor, batch_size=batch_size
+        )
+
+    def import_hf_dataset(
+        self, dataset: Any, *, contributor: Account, batch_size: int = 10_000
+    ) -> list[ContributionReceipt]:
+        """Contribute every row of a ``datasets.Dataset``, attributed to ``contributor``."""
+        return io.import_rows(
+            self, io.iter_hf_rows(dataset), contributor=contributor, batch_size=batch_size
+        )
+
+    # -- display --------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        schema = self.schema.schema_id
+        return f"Datanet(name={self.name!r}, schema={schema!r}, path={str(self.path)!r})"
+
+    def _repr_html_(self) -> str:
+        from openledger.data.html import datanet_html
+
+        return datanet_html(self)
+
+
+def _validated_settings(
+    name: str,
+    schema: type[Record],
+    visibility: str,
+    owner: Account | str | None,
+    max_record_bytes: int,
+    duplicates: str,
+    threshold: float,
+) -> dict[str, str]:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("name must be a non-empty string")
+    if not (isinstance(schema, type) and issubclass(schema, Record)):
+        raise ConfigError(
+            f"schema must be a Record subclass such as InstructionRecord, got {schema!r}"
+        )
+    if visibility not in ("public", "private"):
+        raise ConfigError(f"visibility must be 'public' or 'private', got {visibility!r}")
+    if visibility == "private" and owner is None:
+        raise ConfigError("a private datanet needs owner=Account (who approves access)")
+    if duplicates not in ("error", "skip"):
+        raise ConfigError(f"duplicates must be 'error' or 'skip', got {duplicates!r}")
+    if (
+        isinstance(max_record_bytes, bool)
+        or not isinstance(max_record_bytes, int)
+        or max_record_bytes < 64
+    ):
+        raise ConfigError(f"max_record_bytes must be an int >= 64, got {max_record_bytes!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"near_duplicate_threshold must be in [0, 1], got {threshold!r}")
+    owner_address = "" if owner is None else as_account_address(owner, what="owner")
+    return {
+        "name": name,
+        "schema_id": schema.schema_id,
+        "schema_ref": schema_ref(schema),
+        "schema_hash": schema_hash(schema),
+        "visibility": visibility,
+        "owner": owner_address,
+        "max_record_bytes": str(max_record_bytes),
+        "duplicates": duplicates,
+        "near_duplicate_threshold": repr(float(threshold)),
+        "created_at": repr(time.time()),
+    }

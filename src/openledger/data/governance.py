@@ -1,0 +1,149 @@
+"""Validators, signed reviews, contributor reputation, and the owner's access decisions."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import TYPE_CHECKING
+
+from openledger.crypto import Account, from_hex, to_hex
+from openledger.data.access import AccessGrant, AccessRequest, decide, load_request, new_request
+from openledger.data.receipts import Reputation
+from openledger.data.signing import as_account_address, grant_message, review_message
+from openledger.data.store import Store
+from openledger.exceptions import AccessDeniedError, ConfigError, DataNotFoundError
+from openledger.types import Address
+
+if TYPE_CHECKING:
+    from openledger.data.datanet import Datanet
+
+__all__ = [
+    "add_validator",
+    "approve",
+    "deny",
+    "flags",
+    "reputation",
+    "request_access",
+    "require_owner",
+    "review",
+    "revoke",
+    "validators",
+]
+
+
+def require_owner(datanet: Datanet, owner: Account) -> None:
+    """Raise unless ``owner`` is the datanet's owner."""
+    if datanet.owner is None:
+        raise AccessDeniedError(
+            f"datanet {datanet.name!r} has no owner; create it with owner=Account to govern it"
+        )
+    if not isinstance(owner, Account) or owner.address != datanet.owner:
+        raise AccessDeniedError(f"only the owner {datanet.owner} may do this")
+
+
+def add_validator(store: Store, address: Address) -> None:
+    """Store ``address`` as a validator (idempotent)."""
+    with store.write() as conn:
+        conn.execute("INSERT OR IGNORE INTO validators VALUES (?)", (address,))
+
+
+def validators(store: Store) -> list[Address]:
+    """Return the stored validators, sorted."""
+    rows = store.conn.execute("SELECT address FROM validators ORDER BY address")
+    return [Address(r[0]) for r in rows]
+
+
+def review(
+    datanet: Datanet, record_hash: str | bytes, *, accept: bool, reason: str, validator: Account
+) -> None:
+    """Sign and store a review; the latest review decides the record's status."""
+    store = datanet._store
+    allowed = {*validators(store), *([datanet.owner] if datanet.owner else [])}
+    if not isinstance(validator, Account) or validator.address not in allowed:
+        raise AccessDeniedError(
+            "validator is not allowed to review this datanet; the owner adds validators "
+            "with add_validator"
+        )
+    if not reason.strip():
+        raise ConfigError("reason must explain the decision; got an empty string")
+    digest = from_hex(record_hash, size=32, what="record_hash")
+    signature = validator.sign_typed_data(
+        review_message(datanet.id, to_hex(digest), accept, reason)
+    )
+    with store.write() as conn:
+        row = conn.execute("SELECT id FROM records WHERE hash = ?", (digest,)).fetchone()
+        if row is None:
+            raise DataNotFoundError(f"no record with hash {to_hex(digest)} to review")
+        conn.execute(
+            "INSERT INTO reviews (record_id, validator, accept, reason, signature, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (row[0], validator.address, int(accept), reason, signature, time.time()),
+        )
+        status = "accepted" if accept else "rejected"
+        conn.execute("UPDATE records SET status = ? WHERE id = ?", (status, row[0]))
+
+
+def flags(conn: sqlite3.Connection, record_hash: str | bytes) -> list[tuple[str, str]]:
+    """Return ``(kind, detail)`` flags of one record."""
+    digest = from_hex(record_hash, size=32, what="record_hash")
+    rows = conn.execute(
+        "SELECT kind, detail FROM flags JOIN records ON records.id = flags.record_id"
+        " WHERE records.hash = ? ORDER BY flags.rowid",
+        (digest,),
+    )
+    return [(str(k), str(d)) for k, d in rows]
+
+
+def reputation(conn: sqlite3.Connection, address: Address) -> Reputation:
+    """Count a contributor's records and rejections."""
+    row = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(status = 'rejected'), 0) FROM records WHERE contributor = ?",
+        (address,),
+    ).fetchone()
+    return Reputation(address, int(row[0]), int(row[1]))
+
+
+def request_access(datanet: Datanet, requester: Account | str, purpose: str) -> AccessRequest:
+    """File a pending access request."""
+    if datanet.visibility == "public":
+        raise ConfigError(f"datanet {datanet.name!r} is public; reading it needs no grant")
+    address = as_account_address(requester, what="requester")
+    return new_request(datanet._store, address, purpose)
+
+
+def _pending(datanet: Datanet, request_id: int, owner: Account, wanted: str) -> AccessRequest:
+    require_owner(datanet, owner)
+    request = load_request(datanet._store, request_id)
+    if request.status != wanted:
+        raise ConfigError(f"access request {request_id} is {request.status}, not {wanted}")
+    return request
+
+
+def approve(datanet: Datanet, request_id: int, *, owner: Account, ttl_seconds: int) -> AccessGrant:
+    """Approve a pending request and return the signed grant."""
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+        raise ConfigError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
+    request = _pending(datanet, request_id, owner, "pending")
+    expires_at = int(time.time()) + ttl_seconds
+    message = grant_message(datanet.id, request.requester, request_id, expires_at)
+    grant = AccessGrant(
+        datanet_id=datanet.id,
+        grantee=request.requester,
+        request_id=request_id,
+        expires_at=expires_at,
+        signature=to_hex(owner.sign_typed_data(message)),
+    )
+    decide(datanet._store, request_id, "approved", grant)
+    return grant
+
+
+def deny(datanet: Datanet, request_id: int, *, owner: Account) -> None:
+    """Deny a pending request."""
+    _pending(datanet, request_id, owner, "pending")
+    decide(datanet._store, request_id, "denied", None)
+
+
+def revoke(datanet: Datanet, request_id: int, *, owner: Account) -> None:
+    """Revoke an approved request."""
+    _pending(datanet, request_id, owner, "approved")
+    decide(datanet._store, request_id, "revoked", None)

@@ -1,0 +1,236 @@
+"""SQL for records, contributions, near-duplicate flags and snapshots.
+
+Functions take an open connection (inside the caller's transaction where they write) so
+the facade decides transaction boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from openledger.crypto import from_hex, to_hex
+from openledger.data.ingest import PreparedBatch
+from openledger.data.quality import NearDuplicateIndex
+from openledger.data.receipts import StoredRecord
+from openledger.data.schemas import Record
+from openledger.data.signing import SignedContribution
+from openledger.data.snapshot import Snapshot
+from openledger.exceptions import DataNotFoundError
+from openledger.types import Address, Hash32
+
+__all__ = [
+    "dump_json",
+    "existing_hashes",
+    "flag_near_duplicates",
+    "get_record",
+    "insert_contribution",
+    "insert_records",
+    "iter_records",
+    "iter_records_by_ids",
+    "load_signatures",
+    "load_snapshot",
+]
+
+_CHUNK = 900  # under SQLite's default limit of bound parameters per statement
+_RECORD_COLUMNS = "payload, hash, contributor, contribution_id, position, status"
+
+
+def dump_json(value: Any) -> str:
+    """Return canonical JSON (sorted keys, no spaces, UTF-8 characters kept)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def existing_hashes(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> set[bytes]:
+    """Return which of ``hashes`` are already stored."""
+    found: set[bytes] = set()
+    for start in range(0, len(hashes), _CHUNK):
+        chunk = hashes[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT hash FROM records WHERE hash IN ({marks})", chunk)
+        found.update(r[0] for r in rows)
+    return found
+
+
+def insert_contribution(conn: sqlite3.Connection, signed: SignedContribution) -> int:
+    """Store the signed contribution row and return its id."""
+    cursor = conn.execute(
+        "INSERT INTO contributions (contributor, nonce, records_root, count, signature, created_at)"
+        " VALUES (?, ?, ?, ?, ?, julianday('now'))",
+        (
+            signed.contributor,
+            signed.nonce,
+            from_hex(signed.records_root),
+            signed.count,
+            from_hex(signed.signature),
+        ),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def insert_records(
+    conn: sqlite3.Connection,
+    batch: PreparedBatch,
+    positions: Sequence[int],
+    contributor: str,
+    contribution_id: int,
+    signatures: npt.NDArray[np.uint32] | None,
+) -> int:
+    """Insert the records at ``positions`` of ``batch``; return the first new record id.
+
+    Ids are consecutive because the caller holds the write lock for the whole transaction.
+    """
+    first = int(conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM records").fetchone()[0])
+    sigs: list[bytes | None] = (
+        [None] * len(positions) if signatures is None else [s.tobytes() for s in signatures]
+    )
+    rows = (
+        (first + n, batch.hashes[p], contributor, contribution_id, p, batch.payloads[p], sigs[n])
+        for n, p in enumerate(positions)
+    )
+    conn.executemany(
+        "INSERT INTO records (id, hash, contributor, contribution_id, position, payload, minhash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    return first
+
+
+def load_signatures(conn: sqlite3.Connection, index: NearDuplicateIndex, *, below: int) -> None:
+    """Add stored signatures with ids in ``(index.last_id, below)`` to ``index``."""
+    rows = conn.execute(
+        "SELECT id, minhash FROM records WHERE id > ? AND id < ? AND minhash IS NOT NULL"
+        " ORDER BY id",
+        (index.last_id, below),
+    ).fetchall()
+    if rows:
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint32)
+        index.add([int(r[0]) for r in rows], matrix.reshape(len(rows), -1))
+
+
+def flag_near_duplicates(
+    conn: sqlite3.Connection,
+    index: NearDuplicateIndex,
+    ids: Sequence[int],
+    signatures: npt.NDArray[np.uint32],
+) -> dict[int, tuple[Hash32, ...]]:
+    """Index new records, then flag each one that resembles an older record.
+
+    ``index`` must already hold every record stored before ``ids[0]``; "older" then means
+    any record with a smaller id, in the store or earlier in this batch.
+
+    Returns:
+        For each flagged new record id, the hashes of the records it resembles.
+    """
+    index.add(ids, signatures)
+    found: dict[int, list[int]] = {}
+    for rid, matches in zip(ids, index.query(signatures), strict=True):
+        older = [other for other, _ in matches if other < rid]
+        if older:
+            found[rid] = older
+    hashes = _hashes_of(conn, sorted({o for others in found.values() for o in others}))
+    conn.executemany(
+        "INSERT INTO flags (record_id, kind, detail) VALUES (?, 'near-duplicate', ?)",
+        [(rid, hashes[o]) for rid, others in found.items() for o in others],
+    )
+    return {rid: tuple(Hash32(hashes[o]) for o in others) for rid, others in found.items()}
+
+
+def _hashes_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = list(ids[start : start + _CHUNK])
+        marks = ",".join("?" * len(chunk))
+        for rid, digest in conn.execute(
+            f"SELECT id, hash FROM records WHERE id IN ({marks})", chunk
+        ):
+            out[int(rid)] = to_hex(digest)
+    return out
+
+
+def _stored(schema: type[Record], row: Sequence[Any]) -> StoredRecord:
+    payload, digest, contributor, contribution_id, position, status = row
+    record = schema.model_validate(json.loads(payload)["data"])
+    return StoredRecord(
+        record,
+        Hash32(to_hex(digest)),
+        Address(contributor),
+        int(contribution_id),
+        int(position),
+        status,
+    )
+
+
+def iter_records(
+    conn: sqlite3.Connection, schema: type[Record], where: str, params: Sequence[Any]
+) -> Iterator[StoredRecord]:
+    """Yield stored records matching a ``WHERE`` clause, in arrival order."""
+    cursor = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM records {where} ORDER BY id", params)
+    for row in cursor:
+        yield _stored(schema, row)
+
+
+def get_record(
+    conn: sqlite3.Connection, schema: type[Record], record_hash: str | bytes
+) -> StoredRecord:
+    """Return one stored record by hash.
+
+    Raises:
+        DataNotFoundError: If it is not stored.
+    """
+    digest = from_hex(record_hash, size=32, what="record_hash")
+    row = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM records WHERE hash = ?", (digest,)
+    ).fetchone()
+    if row is None:
+        raise DataNotFoundError(f"no record with hash {to_hex(digest)} in this datanet")
+    return _stored(schema, row)
+
+
+def iter_records_by_ids(
+    conn: sqlite3.Connection, schema: type[Record], ids: array[int]
+) -> Iterator[StoredRecord]:
+    """Yield the records with the given ids, in the given order."""
+    for start in range(0, len(ids), _CHUNK):
+        chunk = list(ids[start : start + _CHUNK])
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT id, {_RECORD_COLUMNS} FROM records WHERE id IN ({marks})", chunk
+        )
+        by_id = {int(r[0]): r[1:] for r in rows}
+        for rid in chunk:
+            yield _stored(schema, by_id[rid])
+
+
+def load_snapshot(conn: sqlite3.Connection, snapshot_id: int, datanet: Any) -> Snapshot:
+    """Load a snapshot row.
+
+    Raises:
+        DataNotFoundError: If there is no such snapshot.
+    """
+    row = conn.execute(
+        "SELECT id, root, count, created_at, record_ids, leaves, manifest, manifest_hash"
+        " FROM snapshots WHERE id = ?",
+        (snapshot_id,),
+    ).fetchone()
+    if row is None:
+        raise DataNotFoundError(f"no snapshot with id {snapshot_id}; see Datanet.snapshots()")
+    ids: array[int] = array("q")
+    ids.frombytes(row[4])
+    return Snapshot(
+        id=int(row[0]),
+        root=Hash32(to_hex(row[1])),
+        count=int(row[2]),
+        created_at=float(row[3]),
+        manifest=json.loads(row[6]),
+        manifest_hash=Hash32(to_hex(row[7])),
+        _leaves=bytes(row[5]),
+        _record_ids=ids,
+        _datanet=datanet,
+    )
