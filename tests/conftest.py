@@ -25,3 +25,29 @@ def openledger_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("OPENLEDGER_HOME", None)
     else:
         os.environ["OPENLEDGER_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(openledger_home: Path) -> Path:
+    """The converted SmolLM2-135M-Instruct cache (~40 s the first time in a test home).
+
+    Skips when the offline model package is missing, except under CI (which installs it),
+    where a skip would hide a broken set-up.
+    """
+    from openledger.models import ALIASES, ensure_converted
+
+    alias = ALIASES["smollm2-135m-instruct"]
+    if alias.find_gguf() is None:
+        reason = f"offline model package missing: {alias.install_command}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return ensure_converted(alias)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama folder (weights seeded with 1) with its tokenizer."""
+    from openledger.models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama", seed=1)

