@@ -19,15 +19,23 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   ├── ChainConnectionError(ConnectionError)  the JSON-RPC node cannot be reached
     │   └── ContractNotFoundError(LookupError)  no contract code at a given address
     ├── CryptoError(ValueError)             malformed hash, address, key, proof or typed data
-    └── DataError                           datanets (openledger.data)
-        ├── SchemaError(ValueError)         a record violates its schema, size limit or UTF-8
-        ├── QualityError(ValueError)        a record breaks a datanet quality rule
-        ├── DuplicateRecordError(ValueError)  the record is already in the datanet
-        ├── SignatureError(ValueError)      bad, foreign or other-datanet signature
-        │   └── NonceError                  the contributor's nonce was used or skipped
-        ├── AccessDeniedError(PermissionError)  reading a private datanet without a grant
-        ├── DataNotFoundError(LookupError)  no such datanet, snapshot, record or request
-        └── StoreError(OSError)             the store file is unusable or from a newer version
+    ├── DataError                           datanets (openledger.data)
+    │   ├── SchemaError(ValueError)         a record violates its schema, size limit or UTF-8
+    │   ├── QualityError(ValueError)        a record breaks a datanet quality rule
+    │   ├── DuplicateRecordError(ValueError)  the record is already in the datanet
+    │   ├── SignatureError(ValueError)      bad, foreign or other-datanet signature
+    │   │   └── NonceError                  the contributor's nonce was used or skipped
+    │   ├── AccessDeniedError(PermissionError)  reading a private datanet without a grant
+    │   ├── DataNotFoundError(LookupError)  no such datanet, snapshot, record or request
+    │   └── StoreError(OSError)             the store file is unusable or from a newer version
+    └── TrainError                          fine-tuning and adapters (openledger.train)
+        ├── RecipeError(ValueError)         a recipe field is invalid or does not fit the
+        │                                   model or machine (absent module, 4bit on CPU)
+        ├── TrainDataError(ValueError)      training data empty, unformattable or too long
+        │   └── ChatTemplateError           the template cannot mask turns, or never ends
+        │                                   an assistant turn with the tokenizer's EOS
+        └── ManifestError(ValueError)       an adapter folder or manifest is incomplete, or
+                                            its adapter id does not match its weights
 
 Messages say what was wrong and what to do about it.
 """
@@ -35,17 +43,18 @@ Messages say what was wrong and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "ChainConnectionError",
     "ChainError",
+    "ChatTemplateError",
+    "ConfigError",
     "ContractNotFoundError",
     "ContractRevertError",
-    "TransactionTimeoutError",
-    "AccessDeniedError",
-    "ConfigError",
     "CryptoError",
     "DataError",
     "DataNotFoundError",
     "DuplicateRecordError",
+    "ManifestError",
     "MissingDependencyError",
     "ModelCacheError",
     "ModelError",
@@ -53,9 +62,13 @@ __all__ = [
     "NonceError",
     "OpenLedgerError",
     "QualityError",
+    "RecipeError",
     "SchemaError",
     "SignatureError",
     "StoreError",
+    "TrainDataError",
+    "TrainError",
+    "TransactionTimeoutError",
     "UnknownModelError",
 ]
 
@@ -169,3 +182,30 @@ class ChainConnectionError(ChainError, ConnectionError):
 
 class ContractNotFoundError(ChainError, LookupError):
     """There is no contract code at an address given for a protocol contract."""
+
+
+class TrainError(OpenLedgerError):
+    """Base class for errors of :mod:`openledger.train`."""
+
+
+class RecipeError(TrainError, ValueError):
+    """A recipe field is invalid, or the recipe does not fit the model or the machine.
+
+    The message names the field, e.g. ``target_modules`` when a module is absent from the
+    base model, or ``quantization`` when 4bit/8bit is asked for without CUDA.
+    """
+
+
+class TrainDataError(TrainError, ValueError):
+    """The training data cannot be used: empty, an unformattable schema, every example too
+    long, or rows whose stated record hash does not match their fields."""
+
+
+class ChatTemplateError(TrainDataError):
+    """The chat template cannot be used for training: it is missing, its rendering of a
+    conversation is not prefix-stable, or it never ends an assistant turn with EOS."""
+
+
+class ManifestError(TrainError, ValueError):
+    """An adapter folder or its ``openledger_manifest.json`` is missing, incomplete, or its
+    adapter id does not match the weights file."""
