@@ -70,6 +70,10 @@ __all__ = [
     "TrainError",
     "TransactionTimeoutError",
     "UnknownModelError",
+    "ServeError",
+    "InvalidRequestError",
+    "UnsupportedModelError",
+    "EngineDeadError",
 ]
 
 
@@ -209,3 +213,22 @@ class ChatTemplateError(TrainDataError):
 class ManifestError(TrainError, ValueError):
     """An adapter folder or its ``openledger_manifest.json`` is missing, incomplete, or its
     adapter id does not match the weights file."""
+
+
+class ServeError(OpenLedgerError):
+    """Base class for errors of :mod:`openledger.serve`."""
+
+
+class InvalidRequestError(ServeError, ValueError):
+    """A request cannot be served as given: prompt too long, bad sampling parameter ...
+
+    Only the offending request is refused; requests already in the engine keep running.
+    """
+
+
+class UnsupportedModelError(ServeError, ValueError):
+    """The checkpoint's architecture or a setting of it (e.g. a RoPE type) is not supported."""
+
+
+class EngineDeadError(ServeError, RuntimeError):
+    """The async engine's background step loop raised; it serves no further requests."""
