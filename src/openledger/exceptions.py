@@ -28,6 +28,11 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   ├── AccessDeniedError(PermissionError)  reading a private datanet without a grant
     │   ├── DataNotFoundError(LookupError)  no such datanet, snapshot, record or request
     │   └── StoreError(OSError)             the store file is unusable or from a newer version
+    ├── ServeError                          the serving engine (openledger.serve)
+    │   ├── InvalidRequestError(ValueError) a prompt or sampling parameter is unusable; only
+    │   │                                   that request is refused, the engine keeps serving
+    │   ├── UnsupportedModelError(ValueError)  a checkpoint the engine has no model class for
+    │   └── EngineDeadError(RuntimeError)   the async engine's step loop failed and stopped
     └── TrainError                          fine-tuning and adapters (openledger.train)
         ├── RecipeError(ValueError)         a recipe field is invalid or does not fit the
         │                                   model or machine (absent module, 4bit on CPU)
