@@ -26,6 +26,7 @@ from openledger.crypto.merkle import (
     hash_pair,
     leaf_hash,
     process_proof,
+    root_of_leaves,
     verify_proof,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "leaf_hash",
     "process_proof",
     "recover_typed_data",
+    "root_of_leaves",
     "to_checksum_address",
     "to_hex",
     "typed_data",

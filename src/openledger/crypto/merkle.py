@@ -33,6 +33,7 @@ __all__ = [
     "hash_pair",
     "leaf_hash",
     "process_proof",
+    "root_of_leaves",
     "verify_proof",
 ]
 
@@ -128,6 +129,25 @@ def leaf_hash(value: Sequence[Any], leaf_encoding: Sequence[str]) -> bytes:
     if len(value) != len(leaf_encoding):
         raise CryptoError(f"leaf has {len(value)} values but the encoding has {len(leaf_encoding)}")
     return keccak256(keccak256(_make_encoder(leaf_encoding)(value)))
+
+
+def root_of_leaves(leaves: Sequence[bytes]) -> bytes:
+    """Return the StandardMerkleTree root over already-hashed 32-byte leaves (any order).
+
+    Cheaper than building a :class:`StandardMerkleTree` when only the root is needed.
+
+    Raises:
+        CryptoError: If there are no leaves.
+    """
+    if not leaves:
+        raise CryptoError("a Merkle tree needs at least one leaf, got none")
+    ordered = sorted(leaves)
+    size = 2 * len(ordered) - 1
+    tree: list[bytes] = [b""] * (size - len(ordered)) + ordered[::-1]
+    for k in range(size - 1 - len(ordered), -1, -1):
+        a, b = tree[2 * k + 1], tree[2 * k + 2]
+        tree[k] = keccak256(a + b if a <= b else b + a)
+    return tree[0]
 
 
 def process_proof(leaf: bytes | str, proof: Sequence[bytes | str]) -> bytes:

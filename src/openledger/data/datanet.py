@@ -229,26 +229,32 @@ class Datanet:
         signatures = self._near_signatures(batch)
         with self._store.write() as conn:
             keep = self._drop_stored(conn, batch, keep)
-            if contributor is not None:
+            if signed is None:
                 if not keep:
                     return []
                 batch = batch.keep(keep)
                 signatures = None if signatures is None else signatures[keep]
                 keep = list(range(len(batch)))
-                signed = sign_contribution(
-                    batch.hashes,
-                    datanet_id=self.id,
-                    contributor=contributor,
-                    nonce=self._next_nonce_in(conn, contributor.address),
-                )
-            if signed is None:  # unreachable: exactly one of the two was checked above
-                raise ConfigError("pass signed=SignedContribution or contributor=Account")
-            self._verify(conn, batch, signed)
+                signed = self._sign_in(conn, batch, contributor)
+            else:
+                self._verify(conn, batch, signed)
             try:
                 return self._insert(conn, batch, keep, signed, signatures)
             except BaseException:
                 self._reset_near_index()
                 raise
+
+    def _sign_in(
+        self, conn: Any, batch: PreparedBatch, contributor: Account | None
+    ) -> SignedContribution:
+        if not isinstance(contributor, Account):
+            raise ConfigError(
+                f"contributor must be an openledger Account, got {type(contributor).__name__}"
+            )
+        nonce = self._next_nonce_in(conn, contributor.address)
+        return sign_contribution(
+            batch.hashes, datanet_id=self.id, contributor=contributor, nonce=nonce
+        )
 
     def _reset_near_index(self) -> None:
         # NOTE: the index may now hold ids of a rolled-back batch; start over from the store.
@@ -257,7 +263,11 @@ class Datanet:
 
     def _prepare(self, records: Iterable[Any]) -> PreparedBatch:
         return prepare_batch(
-            self.schema, records, max_record_bytes=self.max_record_bytes, rules=self.rules
+            self.schema,
+            records,
+            max_record_bytes=self.max_record_bytes,
+            rules=self.rules,
+            with_text=self._near is not None,
         )
 
     def _near_signatures(self, batch: PreparedBatch) -> Any:

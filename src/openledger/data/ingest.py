@@ -64,6 +64,7 @@ def prepare_batch(
     *,
     max_record_bytes: int,
     rules: Sequence[QualityRule] = (),
+    with_text: bool = True,
 ) -> PreparedBatch:
     """Validate, encode, size-check, rule-check and hash every input.
 
@@ -72,6 +73,8 @@ def prepare_batch(
         inputs: Dicts of fields or record instances.
         max_record_bytes: Largest allowed canonical encoding.
         rules: Quality rules every record must pass.
+        with_text: Keep each record's searchable text (for near-duplicate checks); rules
+            get it either way.
 
     Returns:
         The prepared batch.
@@ -93,7 +96,7 @@ def prepare_batch(
                 f"record {index} is {len(payload)} bytes encoded, over this datanet's "
                 f"max_record_bytes={max_record_bytes}; split it or raise the limit"
             )
-        text = "\n".join(strings_of(fields))
+        text = "\n".join(strings_of(fields)) if rules or with_text else ""
         _check_rules(rules, record, text, index)
         batch.records.append(record)
         batch.payloads.append(payload)

@@ -12,7 +12,6 @@ flagged (stored beside the record) rather than refused, for validators to review
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -33,6 +32,7 @@ __all__ = [
     "RequiredFieldsRule",
     "record_text",
     "strings_of",
+    "word_hashes",
 ]
 
 SECRET_PATTERNS: dict[str, str] = {
@@ -142,14 +142,60 @@ class DenyPatternRule:
         return None
 
 
-_WORD = re.compile(r"\w+")
 _U32 = np.uint32
 
 
-class _WordHashes(dict[str, int]):
-    def __missing__(self, word: str) -> int:
-        value = self[word] = zlib.crc32(word.encode())
-        return value
+def _fmix64(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """MurmurHash3's 64-bit finaliser: spreads every input bit over the output."""
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xFF51AFD7ED558CCD)
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xC4CEB9FE1A85EC53)
+        return h ^ (h >> np.uint64(33))  # type: ignore[no-any-return]
+
+
+def _gather8(data: npt.NDArray[np.uint8], first: npt.NDArray[np.int64], size: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    """Pack up to 8 bytes ``data[first : first + size]`` per word into one uint64."""
+    offsets = np.arange(8, dtype=np.int64)
+    index = np.minimum(first[:, None] + offsets[None, :], len(data) - 1)
+    picked = np.where(offsets[None, :] < size[:, None], data[index], 0).astype(np.uint8)
+    return picked.view(np.uint64).ravel()
+
+
+def word_hashes(texts: Sequence[str]) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64]]:
+    """Hash every word of every text at once; return the hashes and each text's word count.
+
+    A word is a run of ASCII letters, digits, ``_`` or non-ASCII bytes in the lower-cased
+    UTF-8 text. A word's hash mixes its length with its first and last 8 bytes (longer
+    words that agree on both ends collide, which is harmless for flagging).
+    """
+    encoded = [t.lower().encode("utf-8", "replace") for t in texts]
+    lengths = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
+    data = np.frombuffer(b"\x00".join(encoded) + b"\x00", dtype=np.uint8)
+    edges = np.diff(_WORD_BYTE[data].view(np.int8), prepend=np.int8(0))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    size = ends - starts
+    head = _gather8(data, starts, np.minimum(size, 8))
+    tail_size = np.clip(size - 8, 0, 8)
+    tail = _gather8(data, ends - tail_size, tail_size)
+    with np.errstate(over="ignore"):
+        mixed = _fmix64(head ^ _fmix64(tail + size.astype(np.uint64)))
+    owners = np.searchsorted(np.cumsum(lengths), starts, side="right")
+    counts = np.bincount(owners, minlength=len(texts)).astype(np.int64)
+    return (mixed >> np.uint64(32)).astype(_U32), counts
+
+
+def _word_byte_table() -> npt.NDArray[np.bool_]:
+    table = np.zeros(256, dtype=np.bool_)
+    for ch in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
+        table[ch] = True
+    table[0x80:] = True
+    return table
+
+
+_WORD_BYTE = _word_byte_table()
 
 
 class MinHasher:
@@ -170,19 +216,19 @@ class MinHasher:
         # a weaker family than mod-prime hashing but plenty for flagging, and twice as fast.
         self._a = (rng.integers(0, 1 << 31, num_perm, dtype=np.uint64) * 2 + 1).astype(_U32)
         self._b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64).astype(_U32)
-        self._cache = _WordHashes()
-
-    def _word_hashes(self, text: str) -> list[int]:
-        if len(self._cache) > 1_000_000:
-            self._cache.clear()
-        # NOTE: map over the dict's C __getitem__; only unseen words reach Python code.
-        return list(map(self._cache.__getitem__, _WORD.findall(text.lower()))) or [0]
 
     def signatures(self, texts: Sequence[str]) -> npt.NDArray[np.uint32]:
-        """Return a ``(len(texts), num_perm)`` array of MinHash signatures."""
-        words = [self._word_hashes(t) for t in texts]
-        counts = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
-        flat = np.fromiter((h for w in words for h in w), dtype=_U32, count=int(counts.sum()))
+        """Return a ``(len(texts), num_perm)`` array of MinHash signatures.
+
+        A text without words gets the signature of one empty shingle.
+        """
+        flat, counts = word_hashes(texts)
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            # NOTE: give wordless texts one zero "word" so every text owns >= 1 shingle.
+            offsets = np.cumsum(counts) - counts
+            flat = np.insert(flat, offsets[empty], _U32(0))
+            counts = np.maximum(counts, 1)
         shingles, owners = self._shingles(flat, counts)
         hashed = np.empty((len(shingles), self.num_perm), dtype=_U32)
         with np.errstate(over="ignore"):
@@ -251,15 +297,26 @@ class NearDuplicateIndex:
         if record_ids:
             self.last_id = max(self.last_id, max(record_ids))
 
-    def query(self, signatures: npt.NDArray[np.uint32]) -> list[list[tuple[int, float]]]:
-        """Return, per signature, ``(record_id, estimated_jaccard)`` near-duplicates, best first."""
+    def query(
+        self, signatures: npt.NDArray[np.uint32], *, below: Sequence[int] | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Return, per signature, ``(record_id, estimated_jaccard)`` near-duplicates, best first.
+
+        Args:
+            signatures: One row per query.
+            below: Per query, only consider indexed ids smaller than this (older records).
+        """
         found: list[list[tuple[int, float]]] = []
-        for keys, signature in zip(self.hasher.band_keys(signatures), signatures, strict=True):
+        limits = below if below is not None else [None] * len(signatures)
+        keys_per_row = self.hasher.band_keys(signatures)
+        for keys, signature, limit in zip(keys_per_row, signatures, limits, strict=True):
             candidates = {rid for key in keys for rid in self._buckets.get(key, ())}
             matches = []
             for rid in candidates:
+                if limit is not None and rid >= limit:
+                    continue
                 other = np.frombuffer(self._signatures[rid], dtype=np.uint32)
-                similarity = float(np.mean(other == signature))
+                similarity = np.count_nonzero(other == signature) / self.hasher.num_perm
                 if similarity >= self.threshold:
                     matches.append((rid, similarity))
             found.append(sorted(matches, key=lambda pair: (-pair[1], pair[0])))

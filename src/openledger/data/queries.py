@@ -130,10 +130,9 @@ def flag_near_duplicates(
     """
     index.add(ids, signatures)
     found: dict[int, list[int]] = {}
-    for rid, matches in zip(ids, index.query(signatures), strict=True):
-        older = [other for other, _ in matches if other < rid]
-        if older:
-            found[rid] = older
+    for rid, matches in zip(ids, index.query(signatures, below=ids), strict=True):
+        if matches:
+            found[rid] = [other for other, _ in matches]
     hashes = _hashes_of(conn, sorted({o for others in found.values() for o in others}))
     conn.executemany(
         "INSERT INTO flags (record_id, kind, detail) VALUES (?, 'near-duplicate', ?)",

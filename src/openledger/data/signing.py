@@ -16,11 +16,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from openledger.crypto import (
     Account,
-    StandardMerkleTree,
     TypedData,
     eip712_domain,
     from_hex,
+    keccak256,
     recover_typed_data,
+    root_of_leaves,
     to_checksum_address,
     to_hex,
     typed_data,
@@ -128,8 +129,9 @@ def records_root(record_hashes: Sequence[bytes]) -> Hash32:
     """
     if not record_hashes:
         raise SignatureError("a contribution needs at least one record")
-    values = [(i, h) for i, h in enumerate(record_hashes)]
-    return StandardMerkleTree.of(values, CONTRIBUTION_LEAF_ENCODING).root
+    # NOTE: abi.encode(uint256 i, bytes32 h) is i as a 32-byte big-endian word, then h.
+    leaves = [keccak256(keccak256(i.to_bytes(32, "big") + h)) for i, h in enumerate(record_hashes)]
+    return Hash32(to_hex(root_of_leaves(leaves)))
 
 
 def contribution_message(datanet_id: str, root: str, count: int, nonce: int) -> TypedData:
@@ -166,7 +168,12 @@ def grant_message(datanet_id: str, grantee: str, request_id: int, expires_at: in
 
 
 def sign_contribution(
-    record_hashes: Sequence[bytes], *, datanet_id: str, contributor: Account, nonce: int
+    record_hashes: Sequence[bytes],
+    *,
+    datanet_id: str,
+    contributor: Account,
+    nonce: int,
+    root: str | None = None,
 ) -> SignedContribution:
     """Sign a contribution of records (given by their hashes) for a datanet.
 
@@ -175,11 +182,12 @@ def sign_contribution(
         datanet_id: ``Datanet.id`` of the target.
         contributor: The signing account.
         nonce: ``Datanet.next_nonce(contributor.address)``.
+        root: :func:`records_root` of ``record_hashes`` when the caller has it already.
 
     Returns:
         The signed contribution, to pass as ``Datanet.contribute(records, signed=...)``.
     """
-    root = records_root(record_hashes)
+    root = root or records_root(record_hashes)
     data = contribution_message(datanet_id, root, len(record_hashes), nonce)
     return SignedContribution(
         datanet_id=datanet_id,

@@ -1,0 +1,127 @@
+"""Datanet ingest, snapshot and proof benchmark.
+
+Prints records/s for validate + hash + sign + store of N InstructionRecords through
+``Datanet.contribute`` (batches of 10k, one signed transaction each), with the near-duplicate
+check on (the default) and off, against a naive baseline measured in the same run: one
+pydantic validation, ``json.dumps`` + ``eth_utils.keccak`` and one INSERT + COMMIT per
+record. Then the snapshot time over all N records and the proof generation time.
+
+    python benchmarks/data_ingest.py            # N = 100000
+    python benchmarks/data_ingest.py --n 20000  # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from eth_utils import keccak
+
+from openledger.crypto import Account
+from openledger.data import Datanet, InstructionRecord, verify_proof
+
+WORDS = [
+    "".join(random.Random(i).choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3 + i % 7))
+    for i in range(20_000)
+]
+
+
+def make_rows(n: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "instruction": " ".join(rng.choices(WORDS, k=12)) + f" #{seed}-{i}",
+            "response": " ".join(rng.choices(WORDS, k=40)),
+        }
+        for i in range(n)
+    ]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ours(rows: list[dict[str, str]], folder: Path, threshold: float) -> tuple[float, Datanet]:
+    dn = Datanet.create(
+        folder, name="bench", schema=InstructionRecord, near_duplicate_threshold=threshold
+    )
+    alice = Account.create()
+    start = time.perf_counter()
+    for i in range(0, len(rows), 10_000):
+        dn.contribute(rows[i : i + 10_000], contributor=alice)
+    return time.perf_counter() - start, dn
+
+
+def naive(rows: list[dict[str, str]], folder: Path) -> float:
+    conn = sqlite3.connect(folder / "naive.sqlite", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE records (hash BLOB UNIQUE, payload BLOB)")
+    start = time.perf_counter()
+    for row in rows:
+        record = InstructionRecord.model_validate(row)
+        payload = json.dumps(record.model_dump(), sort_keys=True).encode()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO records VALUES (?, ?)", (keccak(payload), payload))
+        conn.execute("COMMIT")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="records to ingest")
+    parser.add_argument("--naive-n", type=int, default=20_000, help="records for the baseline")
+    parser.add_argument("--repeats", type=int, default=3, help="snapshot/proof repeats")
+    args = parser.parse_args()
+    rows = make_rows(args.n, seed=1)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = naive(make_rows(args.naive_n, seed=2), Path(tmp))
+        base_rate = args.naive_n / base
+        print(f"naive baseline (validate, json+keccak, INSERT+COMMIT per record): "
+              f"{base_rate:,.0f} records/s over {args.naive_n:,}")
+        off, _ = ours(rows, Path(tmp) / "off", threshold=0.0)
+        print(f"ours, near-duplicate check off: {args.n / off:,.0f} records/s "
+              f"({args.n / off / base_rate:.1f}x naive)")
+        on, dn = ours(rows, Path(tmp) / "on", threshold=0.8)
+        print(f"ours, near-duplicate check on (default): {args.n / on:,.0f} records/s "
+              f"({args.n / on / base_rate:.1f}x naive)")
+        snap_times, proof_times, first_proof = [], [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            snap = dn.snapshot()
+            snap_times.append(time.perf_counter() - start)
+            hashes = snap.record_hashes()
+            start = time.perf_counter()
+            snap.proof(hashes[0])
+            first_proof.append(time.perf_counter() - start)
+            sample = random.Random(3).sample(hashes, 1000)
+            start = time.perf_counter()
+            proofs = [snap.proof(h) for h in sample]
+            proof_times.append((time.perf_counter() - start) / len(sample))
+        leaf = snap.leaf(sample[0])
+        assert verify_proof(snap.root, leaf[0], leaf[1], proofs[0])
+        print(f"snapshot of {snap.count:,} records: median {statistics.median(snap_times):.2f} s "
+              f"over {args.repeats}")
+        print(f"first proof on a reopened snapshot (builds the tree): median "
+              f"{statistics.median(first_proof):.2f} s; then "
+              f"{statistics.median(proof_times) * 1e6:.0f} us per proof ({len(proofs[0])} hashes)")
+        dn.close()
+
+
+if __name__ == "__main__":
+    main()
