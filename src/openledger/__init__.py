@@ -15,13 +15,14 @@ from openledger._version import __version__
 from openledger.exceptions import OpenLedgerError
 
 if TYPE_CHECKING:
+    from openledger import chain as chain
     from openledger import crypto as crypto
     from openledger import data as data
     from openledger import models as models
 
-__all__ = ["OpenLedgerError", "__version__", "crypto", "data", "models"]
+__all__ = ["OpenLedgerError", "__version__", "chain", "crypto", "data", "models"]
 
-_LAYERS = frozenset({"crypto", "data", "models"})
+_LAYERS = frozenset({"chain", "crypto", "data", "models"})
 
 
 def __getattr__(name: str) -> Any:
