@@ -97,6 +97,7 @@ class Chain:
             :class:`~openledger.exceptions.TransactionTimeoutError`.
         estimate_gas: Whether gas limits come from ``eth_estimateGas`` (else from a
             pre-flight ``eth_call`` and a fixed limit).
+        url: The JSON-RPC URL, ``None`` for the embedded chain.
     """
 
     def __init__(
@@ -108,14 +109,20 @@ class Chain:
         tester: EthereumTester | None = None,
         receipt_timeout: float = 120.0,
         estimate_gas: bool = True,
+        url: str | None = None,
     ) -> None:
         self.w3 = w3
+        self.url = url
         self.backend: Backend = backend
         self.dev_accounts = dev_accounts
         self.receipt_timeout = receipt_timeout
         self.estimate_gas = estimate_gas
         self._tester = tester
         self._chain_id = int(w3.eth.chain_id)
+        # NOTE: web3's validation middleware asks the node for eth_chainId before every
+        # call and estimate; transactions here are signed locally with the id read once.
+        if "validation" in {name for _, name in w3.middleware_onion.middleware}:
+            w3.middleware_onion.remove("validation")
         self._nonces = _Nonces(lambda a: int(w3.eth.get_transaction_count(_cs(a), "pending")))
 
     def __repr__(self) -> str:
@@ -192,11 +199,15 @@ class Chain:
         tx["gas"] = gas if gas is not None else self._gas_limit(tx)
         tx.update(self._fees())
         tx["chainId"] = self._chain_id
-        with self._nonces.reserve(account.address) as nonce:
-            tx["nonce"] = Nonce(nonce)
-            raw = account.local_account.sign_transaction(cast(dict[str, Any], tx)).raw_transaction
-            tx_hash = self._rpc(self.w3.eth.send_raw_transaction, raw)
-        receipt = self.wait_for_receipt(tx_hash.to_0x_hex())
+        try:
+            tx_hash = self._sign_and_send(account, tx)
+        except Exception as exc:
+            if "nonce" not in str(exc).lower():
+                raise
+            # NOTE: another client sent from this account; the cached nonce was dropped,
+            # so one retry picks up the node's count.
+            tx_hash = self._sign_and_send(account, tx)
+        receipt = self.wait_for_receipt(tx_hash)
         if receipt["status"] != 1:
             raise self._replay_revert(tx, int(receipt["blockNumber"]))
         return receipt
@@ -285,6 +296,12 @@ class Chain:
         from openledger.chain.protocol import Protocol
 
         return Protocol.at(self, addresses)
+
+    def _sign_and_send(self, account: Account, tx: TxParams) -> str:
+        with self._nonces.reserve(account.address) as nonce:
+            tx["nonce"] = Nonce(nonce)
+            raw = account.local_account.sign_transaction(cast(dict[str, Any], tx)).raw_transaction
+            return self._rpc(self.w3.eth.send_raw_transaction, raw).to_0x_hex()
 
     def _gas_limit(self, tx: TxParams) -> int:
         if self.estimate_gas:
@@ -390,4 +407,5 @@ def connect(
         dev_accounts=_anvil_accounts(w3) if is_anvil else (),
         receipt_timeout=receipt_timeout,
         estimate_gas=True if estimate_gas is None else estimate_gas,
+        url=url,
     )
