@@ -92,14 +92,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = naive(make_rows(args.naive_n, seed=2), Path(tmp))
         base_rate = args.naive_n / base
-        print(f"naive baseline (validate, json+keccak, INSERT+COMMIT per record): "
-              f"{base_rate:,.0f} records/s over {args.naive_n:,}")
+        print(
+            f"naive baseline (validate, json+keccak, INSERT+COMMIT per record): "
+            f"{base_rate:,.0f} records/s over {args.naive_n:,}"
+        )
         off, _ = ours(rows, Path(tmp) / "off", threshold=0.0)
-        print(f"ours, near-duplicate check off: {args.n / off:,.0f} records/s "
-              f"({args.n / off / base_rate:.1f}x naive)")
+        print(
+            f"ours, near-duplicate check off: {args.n / off:,.0f} records/s "
+            f"({args.n / off / base_rate:.1f}x naive)"
+        )
         on, dn = ours(rows, Path(tmp) / "on", threshold=0.8)
-        print(f"ours, near-duplicate check on (default): {args.n / on:,.0f} records/s "
-              f"({args.n / on / base_rate:.1f}x naive)")
+        print(
+            f"ours, near-duplicate check on (default): {args.n / on:,.0f} records/s "
+            f"({args.n / on / base_rate:.1f}x naive)"
+        )
         snap_times, proof_times, first_proof = [], [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -115,11 +121,15 @@ def main() -> None:
             proof_times.append((time.perf_counter() - start) / len(sample))
         leaf = snap.leaf(sample[0])
         assert verify_proof(snap.root, leaf[0], leaf[1], proofs[0])
-        print(f"snapshot of {snap.count:,} records: median {statistics.median(snap_times):.2f} s "
-              f"over {args.repeats}")
-        print(f"first proof on a reopened snapshot (builds the tree): median "
-              f"{statistics.median(first_proof):.2f} s; then "
-              f"{statistics.median(proof_times) * 1e6:.0f} us per proof ({len(proofs[0])} hashes)")
+        print(
+            f"snapshot of {snap.count:,} records: median {statistics.median(snap_times):.2f} s "
+            f"over {args.repeats}"
+        )
+        print(
+            f"first proof on a reopened snapshot (builds the tree): median "
+            f"{statistics.median(first_proof):.2f} s; then "
+            f"{statistics.median(proof_times) * 1e6:.0f} us per proof ({len(proofs[0])} hashes)"
+        )
         dn.close()
 
 

@@ -41,7 +41,7 @@ def rows(n: int, tag: str = "") -> list[dict[str, str]]:
     return [
         {
             "instruction": f"Question {tag}{i}: explain topic number {i * 7919 % 10007} {tag}",
-            "response": f"Answer {tag}{i} with detail {i * 104729 % 99991} and {i ** 2} {tag}",
+            "response": f"Answer {tag}{i} with detail {i * 104729 % 99991} and {i**2} {tag}",
         }
         for i in range(n)
     ]

@@ -25,14 +25,18 @@ text = st.text(min_size=1, max_size=40)
 
 def test_pinned_encoding_and_hash() -> None:
     record = InstructionRecord(instruction="Café?", response="Oui")
-    expected = '{"data":{"instruction":"Café?","response":"Oui"},"schema":"openledger.instruction/1"}'
+    expected = (
+        '{"data":{"instruction":"Café?","response":"Oui"},"schema":"openledger.instruction/1"}'
+    )
     assert canonical_bytes(record) == expected.encode("utf-8")
     assert record_hash(record) == "0x" + keccak256(expected.encode("utf-8")).hex()
 
 
 @settings(max_examples=100, deadline=None)
 @given(text, text, st.one_of(st.none(), text))
-def test_hash_does_not_depend_on_key_order(instruction: str, response: str, extra: str | None) -> None:
+def test_hash_does_not_depend_on_key_order(
+    instruction: str, response: str, extra: str | None
+) -> None:
     forward = {"instruction": instruction, "input": extra, "response": response}
     backward = dict(reversed(list(forward.items())))
     assert record_hash(InstructionRecord.model_validate(forward)) == record_hash(

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rows
 
+from conftest import rows
 from openledger.crypto import Account, to_hex
 from openledger.data import (
     Datanet,
@@ -51,7 +51,8 @@ def test_contribute_returns_receipts_and_stores_records(dn: Datanet, alice: Acco
 def test_signed_elsewhere_then_verified(dn: Datanet, alice: Account) -> None:
     signed = dn.sign(rows(2), contributor=alice)
     receipts = dn.contribute(rows(2), signed=signed)
-    assert len(receipts) == 2 and dn.next_nonce(alice) == 1
+    assert len(receipts) == 2
+    assert dn.next_nonce(alice) == 1
     root = dn._store.conn.execute("SELECT records_root FROM contributions").fetchone()[0]
     assert to_hex(root) == records_root([bytes.fromhex(r.record_hash[2:]) for r in receipts])
 
@@ -59,7 +60,9 @@ def test_signed_elsewhere_then_verified(dn: Datanet, alice: Account) -> None:
 def test_reopen_sees_everything(dn: Datanet, alice: Account) -> None:
     dn.contribute(rows(4), contributor=alice)
     again = Datanet.open(dn.path)
-    assert len(again) == 4 and again.id == dn.id and again.schema is InstructionRecord
+    assert len(again) == 4
+    assert again.id == dn.id
+    assert again.schema is InstructionRecord
     assert again.next_nonce(alice.address) == 1
     again.close()
 
@@ -67,7 +70,11 @@ def test_reopen_sees_everything(dn: Datanet, alice: Account) -> None:
 def bad(dn: Datanet, alice: Account, bob: Account, other: Datanet) -> dict[str, Callable[[], Any]]:
     good = rows(2, "new")
     signed = dn.sign(good, contributor=alice)
-    tampered_sig = signed.signature[:-4] + ("00" if signed.signature[-4:-2] != "00" else "11") + signed.signature[-2:]
+    tampered_sig = (
+        signed.signature[:-4]
+        + ("00" if signed.signature[-4:-2] != "00" else "11")
+        + signed.signature[-2:]
+    )
     tampered = signed.model_copy(update={"signature": tampered_sig})
     hashes = [bytes.fromhex(dn.record_hash(r)[2:]) for r in good]
     other_dn = sign_contribution(hashes, datanet_id=other.id, contributor=alice, nonce=0)
@@ -79,9 +86,15 @@ def bad(dn: Datanet, alice: Account, bob: Account, other: Datanet) -> dict[str, 
         "schema": lambda: dn.contribute([{"instruction": "x"}], contributor=alice),
         "extra field": lambda: dn.contribute([{**good[0], "answer": "y"}], contributor=alice),
         "empty": lambda: dn.contribute([], contributor=alice),
-        "oversize": lambda: dn.contribute([{"instruction": "x" * 5000, "response": "y"}], contributor=alice),
-        "utf8": lambda: dn.contribute([{"instruction": "a\udc80", "response": "y"}], contributor=alice),
-        "bytes utf8": lambda: dn.contribute([{"instruction": b"\xff\xfe", "response": "y"}], contributor=alice),
+        "oversize": lambda: dn.contribute(
+            [{"instruction": "x" * 5000, "response": "y"}], contributor=alice
+        ),
+        "utf8": lambda: dn.contribute(
+            [{"instruction": "a\udc80", "response": "y"}], contributor=alice
+        ),
+        "bytes utf8": lambda: dn.contribute(
+            [{"instruction": b"\xff\xfe", "response": "y"}], contributor=alice
+        ),
         "foreign": lambda: dn.contribute(good, signed=foreign),
         "tampered": lambda: dn.contribute(good, signed=tampered),
         "other records": lambda: dn.contribute(rows(2, "zzz"), signed=signed),
@@ -98,14 +111,22 @@ CASES = [
     ("schema", SchemaError, r"record 0 does not fit InstructionRecord: response: Field required"),
     ("extra field", SchemaError, r"record 0 does not fit InstructionRecord: answer: Extra inputs"),
     ("empty", SchemaError, r"records is empty"),
-    ("oversize", SchemaError, r"record 0 is \d+ bytes encoded, over this datanet's max_record_bytes=4096"),
+    (
+        "oversize",
+        SchemaError,
+        r"record 0 is \d+ bytes encoded, over this datanet's max_record_bytes=4096",
+    ),
     ("utf8", SchemaError, r"record 0 does not fit InstructionRecord: instruction: .*unicode"),
     ("bytes utf8", SchemaError, r"record 0 does not fit InstructionRecord: instruction: .*unicode"),
     ("foreign", SignatureError, r"was not made by 0x"),
     ("tampered", SignatureError, r"signature"),
     ("other records", SignatureError, r"do not match the signed records_root"),
     ("other datanet", SignatureError, r"signed for datanet 0x[0-9a-f]{64}, not this one"),
-    ("replay", NonceError, r"nonce 0 of 0x[0-9a-fA-F]{40} was already used \(replay\); the next nonce is 1"),
+    (
+        "replay",
+        NonceError,
+        r"nonce 0 of 0x[0-9a-fA-F]{40} was already used \(replay\); the next nonce is 1",
+    ),
     ("ahead", NonceError, r"nonce 5 .* skips ahead"),
     ("duplicate", DuplicateRecordError, r"record 2 is already in datanet 'small'"),
     ("in-batch duplicate", DuplicateRecordError, r"record 2 duplicates record 0 of the same"),
@@ -117,7 +138,9 @@ CASES = [
 def test_bad_input_is_refused_and_stores_nothing(
     tmp_path: Path, alice: Account, bob: Account, case: str, error: type[Exception], message: str
 ) -> None:
-    dn = Datanet.create(tmp_path / "a", name="small", schema=InstructionRecord, max_record_bytes=4096)
+    dn = Datanet.create(
+        tmp_path / "a", name="small", schema=InstructionRecord, max_record_bytes=4096
+    )
     other = Datanet.create(tmp_path / "b", name="other", schema=InstructionRecord)
     dn.contribute(rows(1), contributor=alice)
     before = state(dn, alice)
@@ -133,7 +156,8 @@ def test_skip_policy_drops_stored_and_repeated_records(tmp_path: Path, alice: Ac
     dn.contribute(rows(2), contributor=alice)
     batch = [rows(3)[2], rows(1)[0], rows(3)[2]]
     receipts = dn.contribute(batch, contributor=alice)
-    assert len(receipts) == 1 and len(dn) == 3
+    assert len(receipts) == 1
+    assert len(dn) == 3
     assert dn.contribute(rows(1), contributor=alice) == []
     assert dn.next_nonce(alice) == 2
 
@@ -141,7 +165,9 @@ def test_skip_policy_drops_stored_and_repeated_records(tmp_path: Path, alice: Ac
 def test_near_duplicates_are_flagged_not_refused(dn: Datanet, alice: Account) -> None:
     text = "the mitral valve separates the left atrium from the left ventricle of the heart"
     first = dn.contribute([{"instruction": "Which valve?", "response": text}], contributor=alice)
-    near = dn.contribute([{"instruction": "Which valve?", "response": text + " muscle"}], contributor=alice)
+    near = dn.contribute(
+        [{"instruction": "Which valve?", "response": text + " muscle"}], contributor=alice
+    )
     far = dn.contribute(rows(1), contributor=alice)
     assert near[0].near_duplicates == (first[0].record_hash,)
     assert dn.flags(near[0].record_hash) == [("near-duplicate", first[0].record_hash)]
@@ -150,11 +176,15 @@ def test_near_duplicates_are_flagged_not_refused(dn: Datanet, alice: Account) ->
 
 def test_near_duplicates_within_one_batch_and_across_handles(dn: Datanet, alice: Account) -> None:
     text = "insulin is a peptide hormone produced by beta cells of the pancreatic islets"
-    batch = [{"instruction": "What is insulin?", "response": text + suffix} for suffix in ("", " ok")]
+    batch = [
+        {"instruction": "What is insulin?", "response": text + suffix} for suffix in ("", " ok")
+    ]
     receipts = dn.contribute(batch, contributor=alice)
     assert receipts[1].near_duplicates == (receipts[0].record_hash,)
     other = Datanet.open(dn.path)
-    later = other.contribute([{"instruction": "What is insulin?", "response": text + " yes"}], contributor=alice)
+    later = other.contribute(
+        [{"instruction": "What is insulin?", "response": text + " yes"}], contributor=alice
+    )
     assert set(later[0].near_duplicates) == {r.record_hash for r in receipts}
     other.close()
 
@@ -187,6 +217,10 @@ def test_open_refuses_a_changed_schema(tmp_path: Path) -> None:
 def test_signed_contribution_validates_its_fields() -> None:
     with pytest.raises(ValueError, match="signature must be 65 bytes"):
         SignedContribution(
-            datanet_id="0x" + "00" * 32, contributor="0x" + "11" * 20, nonce=0, count=1,
-            records_root="0x" + "22" * 32, signature="0x1234",
+            datanet_id="0x" + "00" * 32,
+            contributor="0x" + "11" * 20,
+            nonce=0,
+            count=1,
+            records_root="0x" + "22" * 32,
+            signature="0x1234",
         )

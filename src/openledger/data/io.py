@@ -58,6 +58,13 @@ def export_rows(
         yield row
 
 
+def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every row every column (``None`` where absent): columnar writers infer the
+    columns from the first row and would silently drop later optional fields."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return [{key: row.get(key) for key in columns} for row in rows]
+
+
 def write_jsonl(
     records: Iterable[StoredRecord], path: str | Path, *, provenance: bool = True
 ) -> int:
@@ -76,7 +83,7 @@ def write_parquet(
     """Write records to a Parquet file; return how many were written."""
     pa = _require("pyarrow")
     pq = _require("pyarrow.parquet")
-    rows = list(export_rows(records, provenance=provenance))
+    rows = _rectangular(list(export_rows(records, provenance=provenance)))
     pq.write_table(pa.Table.from_pylist(rows), str(path))
     return len(rows)
 
@@ -84,7 +91,9 @@ def write_parquet(
 def write_hf_dataset(records: Iterable[StoredRecord], *, provenance: bool = True) -> Any:
     """Return the records as a Hugging Face ``datasets.Dataset``."""
     datasets = _require("datasets")
-    return datasets.Dataset.from_list(list(export_rows(records, provenance=provenance)))
+    return datasets.Dataset.from_list(
+        _rectangular(list(export_rows(records, provenance=provenance)))
+    )
 
 
 def iter_parquet_rows(path: str | Path) -> Iterator[dict[str, Any]]:

@@ -138,7 +138,7 @@ class DenyPatternRule:
         """Return which deny-listed pattern matched, or ``None``."""
         for description, pattern in self._compiled:
             if pattern.search(text):
-                return f"text contains a {description} (deny-listed); remove it and retry"
+                return f"text matches the deny-listed pattern {description!r}; remove it and retry"
         return None
 
 
@@ -152,10 +152,12 @@ def _fmix64(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         h = h * np.uint64(0xFF51AFD7ED558CCD)
         h = h ^ (h >> np.uint64(33))
         h = h * np.uint64(0xC4CEB9FE1A85EC53)
-        return h ^ (h >> np.uint64(33))  # type: ignore[no-any-return]
+        return h ^ (h >> np.uint64(33))
 
 
-def _gather8(data: npt.NDArray[np.uint8], first: npt.NDArray[np.int64], size: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+def _gather8(
+    data: npt.NDArray[np.uint8], first: npt.NDArray[np.int64], size: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
     """Pack up to 8 bytes ``data[first : first + size]`` per word into one uint64."""
     offsets = np.arange(8, dtype=np.int64)
     index = np.minimum(first[:, None] + offsets[None, :], len(data) - 1)
