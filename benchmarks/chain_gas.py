@@ -1,0 +1,165 @@
+"""Gas of every protocol write, on the embedded py-evm chain and (when installed) anvil.
+
+    python benchmarks/chain_gas.py [--recipients 1000] [--claims 50] [--no-anvil]
+
+Gas is deterministic for a given state, so the figures are exact, not sampled timings. The
+baseline, measured in the same run, is a bare ERC-20 ``transfer`` of the same token: to a
+fresh address (its balance slot goes zero -> non-zero, as in a first claim) and to an
+address that already holds tokens (as in a repeat claim). Claims are reported as
+first-time (recipient holds nothing, no earlier claim) and repeat (same recipient, next
+epoch: the claimed-bitmap word and the token balance are already non-zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from openledger.chain import Account, Chain, ModelManifest, Protocol, RewardTree, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+ANVIL = ROOT / "contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+DAY = 86_400
+
+
+def machine() -> str:
+    """Return the CPU model and core count."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+@contextmanager
+def anvil() -> Iterator[str]:
+    """Run anvil on a free port; stop it by its PID."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([str(ANVIL), "--port", str(port), "--silent"])
+    try:
+        time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def registry_gas(chain: Chain, protocol: Protocol) -> dict[str, int]:
+    """Gas of the registry writes."""
+    gas: dict[str, int] = {}
+    receipt = protocol.datanets.register_datanet("medqa", "0x" + "11" * 32, "0x" + "22" * 32)
+    gas["register datanet"] = receipt.gas_used
+    datanet = receipt.event("DatanetRegistered")["datanetId"]
+    root = "0x" + "33" * 32
+    publish = protocol.datanets.publish_snapshot
+    gas["publish snapshot (first)"] = publish(datanet, root, 1000).gas_used
+    gas["publish snapshot (next)"] = publish(datanet, root, 1000).gas_used
+    owner, deadline = chain.default_account, chain.block_timestamp() + DAY
+    signature = protocol.datanets.sign_publish_snapshot(owner, datanet, root, 5, deadline)
+    relayed = protocol.datanets.publish_snapshot_by_sig(
+        datanet, root, 5, owner.address, deadline, signature, sender=chain.dev_accounts[1]
+    )
+    gas["publish snapshot by EIP-712 signature (relayed)"] = relayed.gas_used
+    manifest = ModelManifest(
+        adapter_weights_hash="0x" + "44" * 32,
+        base_model="smollm2-135m-instruct",
+        recipe_hash="0x" + "55" * 32,
+        datanet_roots=[root],
+        training_log_root="0x" + "66" * 32,
+    )
+    gas["register model (1 datanet root)"] = protocol.models.register_model(manifest, 10).gas_used
+    return gas
+
+
+def reward_gas(chain: Chain, protocol: Protocol, recipients: int, claims: int) -> dict[str, int]:
+    """Gas of posting two epochs of ``recipients`` and of ``claims`` claims in each."""
+    accounts = [Account.create() for _ in range(recipients)]
+    first = RewardTree({a.address: 10**15 + i for i, a in enumerate(accounts)})
+    second = RewardTree({a.address: 10**14 + i for i, a in enumerate(accounts)})
+    deadline = chain.block_timestamp() + DAY
+    protocol.token.approve(protocol.rewards.address, first.total + second.total)
+    gas = {f"post epoch ({recipients} recipients, funded)": 0}
+    posted = protocol.rewards.post_epoch(1, first.root, first.total, deadline)
+    gas[f"post epoch ({recipients} recipients, funded)"] = posted.gas_used
+    protocol.rewards.post_epoch(2, second.root, second.total, deadline)
+    sample = accounts[:claims]
+    claim = protocol.rewards.claim_from_tree
+    relayed_first = [claim(1, first, a.address).gas_used for a in sample]
+    relayed_repeat = [claim(2, second, a.address).gas_used for a in sample]
+    gas["claim, first-time recipient (claimFor), median"] = int(statistics.median(relayed_first))
+    gas["claim, first-time recipient (claimFor), max"] = max(relayed_first)
+    gas["claim, repeat recipient (claimFor), median"] = int(statistics.median(relayed_repeat))
+    gas["claim, repeat recipient (claimFor), max"] = max(relayed_repeat)
+    self_claimer = accounts[-1]
+    chain.fund(self_claimer.address, 10**17)
+    own = protocol.rewards.claim_from_tree(1, first, self_claimer).gas_used
+    gas["claim, first-time recipient (claim by the account)"] = own
+    own_repeat = protocol.rewards.claim_from_tree(2, second, self_claimer).gas_used
+    gas["claim, repeat recipient (claim by the account)"] = own_repeat
+    return gas
+
+
+def baseline_gas(protocol: Protocol) -> dict[str, int]:
+    """Gas of bare ERC-20 transfers of the same token (the floor of any token payout)."""
+    fresh, holder = Account.create().address, Account.create().address
+    protocol.token.transfer(holder, 1)
+    return {
+        "baseline: ERC-20 transfer to a fresh address": protocol.token.transfer(fresh, 5).gas_used,
+        "baseline: ERC-20 transfer to a holder": protocol.token.transfer(holder, 5).gas_used,
+    }
+
+
+def measure(chain: Chain, recipients: int, claims: int) -> dict[str, int]:
+    """All figures on one chain."""
+    protocol = chain.deploy_protocol()
+    gas = registry_gas(chain, protocol)
+    gas.update(reward_gas(chain, protocol, recipients, claims))
+    gas.update(baseline_gas(protocol))
+    return gas
+
+
+def main() -> None:
+    """Measure and print a table per backend, with claim / transfer ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=1000)
+    parser.add_argument("--claims", type=int, default=50, help="claims sampled per epoch")
+    parser.add_argument("--no-anvil", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    results = {"embedded py-evm": measure(connect(), args.recipients, args.claims)}
+    if ANVIL.exists() and not args.no_anvil:
+        with anvil() as url:
+            results["anvil 1.7.1"] = measure(connect(url), args.recipients, args.claims)
+    names = list(results)
+    print("| operation | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for op in results[names[0]]:
+        print(f"| {op} | " + " | ".join(f"{results[n][op]:,}" for n in names) + " |")
+    gas = results[names[0]]
+    first = gas["claim, first-time recipient (claimFor), median"]
+    repeat = gas["claim, repeat recipient (claimFor), median"]
+    print(
+        f"ratio first-time claim / transfer to a fresh address: "
+        f"{first / gas['baseline: ERC-20 transfer to a fresh address']:.2f}x; "
+        f"repeat claim / transfer to a holder: "
+        f"{repeat / gas['baseline: ERC-20 transfer to a holder']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
