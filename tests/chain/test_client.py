@@ -18,7 +18,7 @@ from openledger.chain import (
     decode_revert,
 )
 from openledger.crypto import keccak256
-from openledger.exceptions import ChainError, OpenLedgerError
+from openledger.exceptions import ChainError, ConfigError, OpenLedgerError
 
 
 def test_mined_revert_is_replayed_and_decoded(chain: Chain, protocol: Protocol) -> None:
@@ -94,3 +94,12 @@ def test_unknown_selector_keeps_raw_data() -> None:
     assert (error.error_name, error.data) == ("0xdeadbeef", data)
     panic = decode_revert(keccak256(b"Panic(uint256)")[:4] + (0x11).to_bytes(32, "big"))
     assert (panic.error_name, panic.error_args) == ("Panic", {"code": 0x11})
+
+
+def test_node_without_dev_accounts_needs_an_explicit_sender(chain: Chain) -> None:
+    bare = Chain(chain.w3, backend="http")
+    with pytest.raises(ConfigError, match="sender="):
+        bare.send(Account.create().address, b"", value=1)
+    funded = chain.default_account
+    receipt = bare.fund(Account.create().address, 1, sender=funded)
+    assert receipt["status"] == 1

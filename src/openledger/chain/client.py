@@ -201,7 +201,9 @@ class Chain:
         tx["chainId"] = self._chain_id
         try:
             tx_hash = self._sign_and_send(account, tx)
-        except Exception as exc:
+        except ContractRevertError:
+            raise
+        except Exception as exc:  # web3 and eth-tester word a stale nonce differently
             if "nonce" not in str(exc).lower():
                 raise
             # NOTE: another client sent from this account; the cached nonce was dropped,
