@@ -10,16 +10,13 @@
 from __future__ import annotations
 
 import os
-import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from openledger.crypto import Account, keccak256, to_hex
-from openledger.data import governance, io, queries
+from openledger.data import contribution, governance, io, queries
 from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
 from openledger.data.canonical import record_hash as _record_hash
 from openledger.data.ingest import (
@@ -30,23 +27,17 @@ from openledger.data.ingest import (
 )
 from openledger.data.quality import MinHasher, NearDuplicateIndex, QualityRule
 from openledger.data.receipts import ContributionReceipt, Reputation, StoredRecord
-from openledger.data.schemas import Record, resolve_schema, schema_hash, schema_ref
+from openledger.data.schemas import Record, resolve_schema, schema_hash
+from openledger.data.settings import validated_settings
 from openledger.data.signing import (
     SignedContribution,
     as_account_address,
-    contribution_message,
-    records_root,
     sign_contribution,
-    signer_of,
 )
-from openledger.data.snapshot import Snapshot, build_tree, make_manifest, manifest_hash, pack_leaf
+from openledger.data.snapshot import Snapshot
 from openledger.data.store import Store
 from openledger.exceptions import (
     ConfigError,
-    DataNotFoundError,
-    DuplicateRecordError,
-    NonceError,
-    SignatureError,
     StoreError,
 )
 from openledger.types import Address, Hash32
@@ -120,7 +111,7 @@ class Datanet:
             ConfigError: For an invalid argument, naming it.
             StoreError: If ``path`` already holds a datanet.
         """
-        settings = _validated_settings(
+        settings = validated_settings(
             name, schema, visibility, owner, max_record_bytes, duplicates, near_duplicate_threshold
         )
         store = Store(path, create=True)
@@ -228,7 +219,9 @@ class Datanet:
         keep = first_positions(batch.hashes, skip=self.duplicates == "skip")
         signatures = self._near_signatures(batch)
         with self._store.write() as conn:
-            keep = self._drop_stored(conn, batch, keep)
+            keep = contribution.drop_stored(
+                conn, batch, keep, skip=self.duplicates == "skip", name=self.name
+            )
             if signed is None:
                 if not keep:
                     return []
@@ -237,9 +230,9 @@ class Datanet:
                 keep = list(range(len(batch)))
                 signed = self._sign_in(conn, batch, contributor)
             else:
-                self._verify(conn, batch, signed)
+                contribution.verify_signed(conn, batch, signed, datanet_id=self.id, name=self.name)
             try:
-                return self._insert(conn, batch, keep, signed, signatures)
+                return contribution.insert_batch(conn, batch, keep, signed, signatures, self._near)
             except BaseException:
                 self._reset_near_index()
                 raise
@@ -251,7 +244,7 @@ class Datanet:
             raise ConfigError(
                 f"contributor must be an openledger Account, got {type(contributor).__name__}"
             )
-        nonce = self._next_nonce_in(conn, contributor.address)
+        nonce = contribution.next_nonce(conn, contributor.address)
         return sign_contribution(
             batch.hashes, datanet_id=self.id, contributor=contributor, nonce=nonce
         )
@@ -272,82 +265,6 @@ class Datanet:
 
     def _near_signatures(self, batch: PreparedBatch) -> Any:
         return None if self._near is None else self._near.hasher.signatures(batch.texts)
-
-    def _drop_stored(self, conn: Any, batch: PreparedBatch, keep: list[int]) -> list[int]:
-        stored = queries.existing_hashes(conn, [batch.hashes[i] for i in keep])
-        if not stored:
-            return keep
-        if self.duplicates == "error":
-            position = next(i for i in keep if batch.hashes[i] in stored)
-            raise DuplicateRecordError(
-                f"record {position} is already in datanet {self.name!r} (hash "
-                f"{to_hex(batch.hashes[position])}); remove it or create with duplicates='skip'"
-            )
-        return [i for i in keep if batch.hashes[i] not in stored]
-
-    def _next_nonce_in(self, conn: Any, address: str) -> int:
-        row = conn.execute(
-            "SELECT COALESCE(MAX(nonce) + 1, 0) FROM contributions WHERE contributor = ?",
-            (address,),
-        ).fetchone()
-        return int(row[0])
-
-    def _verify(self, conn: Any, batch: PreparedBatch, signed: SignedContribution) -> None:
-        if signed.datanet_id != self.id:
-            raise SignatureError(
-                f"the contribution was signed for datanet {signed.datanet_id}, not this one "
-                f"({self.id}); sign it again for {self.name!r}"
-            )
-        expected = self._next_nonce_in(conn, signed.contributor)
-        if signed.nonce != expected:
-            word = "was already used (replay)" if signed.nonce < expected else "skips ahead"
-            raise NonceError(
-                f"nonce {signed.nonce} of {signed.contributor} {word}; the next nonce is "
-                f"{expected} (Datanet.next_nonce)"
-            )
-        if signed.count != len(batch) or records_root(batch.hashes) != signed.records_root:
-            raise SignatureError(
-                "the records do not match the signed records_root/count; sign exactly these records"
-            )
-        data = contribution_message(self.id, signed.records_root, signed.count, signed.nonce)
-        if signer_of(data, signed.signature, what="contribution") != signed.contributor:
-            raise SignatureError(
-                f"the signature was not made by {signed.contributor} (foreign or altered)"
-            )
-
-    def _insert(
-        self,
-        conn: Any,
-        batch: PreparedBatch,
-        keep: list[int],
-        signed: SignedContribution,
-        signatures: Any,
-    ) -> list[ContributionReceipt]:
-        contribution_id = queries.insert_contribution(conn, signed)
-        first_id = queries.insert_records(
-            conn, batch, keep, signed.contributor, contribution_id, signatures
-        )
-        ids = list(range(first_id, first_id + len(keep)))
-        near = self._flag_near_duplicates(conn, ids, signatures, keep)
-        contributor = Address(signed.contributor)
-        return [
-            ContributionReceipt(
-                Hash32(to_hex(batch.hashes[p])), contribution_id, p, contributor, near.get(rid, ())
-            )
-            for rid, p in zip(ids, keep, strict=True)
-        ]
-
-    def _flag_near_duplicates(
-        self, conn: Any, ids: list[int], signatures: Any, keep: list[int]
-    ) -> dict[int, tuple[Hash32, ...]]:
-        if self._near is None or signatures is None or not ids:
-            return {}
-        index = self._near
-        # NOTE: catch up with records other processes stored since this handle last looked,
-        # then index this batch one record at a time so in-batch near-duplicates are seen.
-        queries.load_signatures(conn, index, below=ids[0])
-        rows = signatures[keep] if len(keep) != len(signatures) else signatures
-        return queries.flag_near_duplicates(conn, index, ids, np.asarray(rows))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -399,34 +316,7 @@ class Datanet:
             DataNotFoundError: If there are no accepted records.
         """
         with self._store.write() as conn:
-            rows = conn.execute(
-                "SELECT id, hash, contributor FROM records WHERE status = 'accepted' ORDER BY id"
-            ).fetchall()
-            if not rows:
-                raise DataNotFoundError(
-                    f"datanet {self.name!r} has no accepted records to snapshot"
-                )
-            leaves = b"".join(pack_leaf(h, c) for _, h, c in rows)
-            ids = array("q", (r[0] for r in rows))
-            root = build_tree(leaves).root
-            snapshot_id = int(
-                conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM snapshots").fetchone()[0]
-            )
-            manifest = make_manifest(self._manifest_base(snapshot_id), leaves, root, time.time())
-            digest = manifest_hash(manifest)
-            conn.execute(
-                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    snapshot_id,
-                    bytes.fromhex(root[2:]),
-                    len(rows),
-                    manifest["created_at"],
-                    ids.tobytes(),
-                    leaves,
-                    queries.dump_json(manifest),
-                    bytes.fromhex(digest[2:]),
-                ),
-            )
+            snapshot_id = queries.insert_snapshot(conn, self._manifest_base, self.name)
         return self.snapshot_at(snapshot_id)
 
     def _manifest_base(self, snapshot_id: int) -> dict[str, Any]:
@@ -567,47 +457,3 @@ class Datanet:
         from openledger.data.html import datanet_html
 
         return datanet_html(self)
-
-
-def _validated_settings(
-    name: str,
-    schema: type[Record],
-    visibility: str,
-    owner: Account | str | None,
-    max_record_bytes: int,
-    duplicates: str,
-    threshold: float,
-) -> dict[str, str]:
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError("name must be a non-empty string")
-    if not (isinstance(schema, type) and issubclass(schema, Record)):
-        raise ConfigError(
-            f"schema must be a Record subclass such as InstructionRecord, got {schema!r}"
-        )
-    if visibility not in ("public", "private"):
-        raise ConfigError(f"visibility must be 'public' or 'private', got {visibility!r}")
-    if visibility == "private" and owner is None:
-        raise ConfigError("a private datanet needs owner=Account (who approves access)")
-    if duplicates not in ("error", "skip"):
-        raise ConfigError(f"duplicates must be 'error' or 'skip', got {duplicates!r}")
-    if (
-        isinstance(max_record_bytes, bool)
-        or not isinstance(max_record_bytes, int)
-        or max_record_bytes < 64
-    ):
-        raise ConfigError(f"max_record_bytes must be an int >= 64, got {max_record_bytes!r}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"near_duplicate_threshold must be in [0, 1], got {threshold!r}")
-    owner_address = "" if owner is None else as_account_address(owner, what="owner")
-    return {
-        "name": name,
-        "schema_id": schema.schema_id,
-        "schema_ref": schema_ref(schema),
-        "schema_hash": schema_hash(schema),
-        "visibility": visibility,
-        "owner": owner_address,
-        "max_record_bytes": str(max_record_bytes),
-        "duplicates": duplicates,
-        "near_duplicate_threshold": repr(float(threshold)),
-        "created_at": repr(time.time()),
-    }

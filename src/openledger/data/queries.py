@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from openledger.data.quality import NearDuplicateIndex
 from openledger.data.receipts import StoredRecord
 from openledger.data.schemas import Record
 from openledger.data.signing import SignedContribution
-from openledger.data.snapshot import Snapshot
+from openledger.data.snapshot import Snapshot, make_manifest, manifest_hash, snapshot_root
 from openledger.exceptions import DataNotFoundError
 from openledger.types import Address, Hash32
 
@@ -32,6 +33,7 @@ __all__ = [
     "get_record",
     "insert_contribution",
     "insert_records",
+    "insert_snapshot",
     "iter_records",
     "iter_records_by_ids",
     "load_signatures",
@@ -205,6 +207,40 @@ def iter_records_by_ids(
         by_id = {int(r[0]): r[1:] for r in rows}
         for rid in chunk:
             yield _stored(schema, by_id[rid])
+
+
+def insert_snapshot(
+    conn: sqlite3.Connection, manifest_base: Callable[[int], dict[str, Any]], name: str
+) -> int:
+    """Freeze the accepted records into a new snapshot row; return its id.
+
+    Raises:
+        DataNotFoundError: If there are no accepted records.
+    """
+    rows = conn.execute(
+        "SELECT id, hash, contributor FROM records WHERE status = 'accepted' ORDER BY id"
+    ).fetchall()
+    if not rows:
+        raise DataNotFoundError(f"datanet {name!r} has no accepted records to snapshot")
+    addresses = {c: from_hex(c, size=20) for c in {r[2] for r in rows}}
+    leaves = b"".join([h + addresses[c] for _, h, c in rows])
+    root = snapshot_root(leaves)
+    snapshot_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM snapshots").fetchone()[0])
+    manifest = make_manifest(manifest_base(snapshot_id), leaves, root, time.time())
+    conn.execute(
+        "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            snapshot_id,
+            from_hex(root),
+            len(rows),
+            manifest["created_at"],
+            array("q", (r[0] for r in rows)).tobytes(),
+            leaves,
+            dump_json(manifest),
+            from_hex(manifest_hash(manifest)),
+        ),
+    )
+    return snapshot_id
 
 
 def load_snapshot(conn: sqlite3.Connection, snapshot_id: int, datanet: Any) -> Snapshot:

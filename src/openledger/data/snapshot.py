@@ -20,6 +20,7 @@ from openledger.crypto import (
     keccak256,
     keccak256_hex,
     leaf_hash,
+    root_of_leaves,
     to_checksum_address,
     to_hex,
 )
@@ -31,7 +32,15 @@ if TYPE_CHECKING:
     from openledger.data.access import AccessGrant
     from openledger.data.receipts import StoredRecord
 
-__all__ = ["SNAPSHOT_LEAF_ENCODING", "Snapshot", "build_tree", "verify_proof"]
+__all__ = [
+    "SNAPSHOT_LEAF_ENCODING",
+    "Snapshot",
+    "build_tree",
+    "make_manifest",
+    "manifest_hash",
+    "snapshot_root",
+    "verify_proof",
+]
 
 SNAPSHOT_LEAF_ENCODING = ("bytes32", "address")
 """ABI types of a snapshot leaf: ``(recordHash, contributor)``."""
@@ -53,6 +62,16 @@ def build_tree(leaves: bytes) -> StandardMerkleTree:
         values.append((digest, address))
         hashes.append(keccak256(keccak256(digest + pad + address)))
     return StandardMerkleTree(values, SNAPSHOT_LEAF_ENCODING, hashes)
+
+
+def snapshot_root(leaves: bytes) -> Hash32:
+    """Return the root over packed ``hash32 || address20`` leaves without keeping the tree."""
+    pad = bytes(12)
+    hashes = [
+        keccak256(keccak256(leaves[o : o + 32] + pad + leaves[o + 32 : o + 52]))
+        for o in range(0, len(leaves), _LEAF_SIZE)
+    ]
+    return Hash32(to_hex(root_of_leaves(hashes)))
 
 
 def verify_proof(root: str | bytes, record_hash: str | bytes, contributor: str, proof: Any) -> bool:

@@ -1,0 +1,61 @@
+"""Validation of the settings a datanet is created with."""
+
+from __future__ import annotations
+
+import time
+
+from openledger.crypto import Account
+from openledger.data.schemas import Record, schema_hash, schema_ref
+from openledger.data.signing import as_account_address
+from openledger.exceptions import ConfigError
+
+__all__ = ["validated_settings"]
+
+
+def validated_settings(
+    name: str,
+    schema: type[Record],
+    visibility: str,
+    owner: Account | str | None,
+    max_record_bytes: int,
+    duplicates: str,
+    threshold: float,
+) -> dict[str, str]:
+    """Check every ``Datanet.create`` argument and return the ``meta`` rows to store.
+
+    Raises:
+        ConfigError: Naming the first bad argument and what it must be.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("name must be a non-empty string")
+    if not (isinstance(schema, type) and issubclass(schema, Record)):
+        raise ConfigError(
+            f"schema must be a Record subclass such as InstructionRecord, got {schema!r}"
+        )
+    if visibility not in ("public", "private"):
+        raise ConfigError(f"visibility must be 'public' or 'private', got {visibility!r}")
+    if visibility == "private" and owner is None:
+        raise ConfigError("a private datanet needs owner=Account (who approves access)")
+    if duplicates not in ("error", "skip"):
+        raise ConfigError(f"duplicates must be 'error' or 'skip', got {duplicates!r}")
+    if (
+        isinstance(max_record_bytes, bool)
+        or not isinstance(max_record_bytes, int)
+        or max_record_bytes < 64
+    ):
+        raise ConfigError(f"max_record_bytes must be an int >= 64, got {max_record_bytes!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"near_duplicate_threshold must be in [0, 1], got {threshold!r}")
+    owner_address = "" if owner is None else as_account_address(owner, what="owner")
+    return {
+        "name": name,
+        "schema_id": schema.schema_id,
+        "schema_ref": schema_ref(schema),
+        "schema_hash": schema_hash(schema),
+        "visibility": visibility,
+        "owner": owner_address,
+        "max_record_bytes": str(max_record_bytes),
+        "duplicates": duplicates,
+        "near_duplicate_threshold": repr(float(threshold)),
+        "created_at": repr(time.time()),
+    }
