@@ -71,10 +71,7 @@ contract AttributionRewards is AccessControl {
     /// @notice Post epoch `epochId` and pull its `total` from the caller (settler only).
     /// @dev The caller must have approved at least `total`; tokens that deliver less than the
     ///      amount sent (fee on transfer) are refused with `FundingShortfall`.
-    function postEpoch(uint256 epochId, bytes32 root, uint256 total, uint64 deadline)
-        external
-        onlyRole(SETTLER_ROLE)
-    {
+    function postEpoch(uint256 epochId, bytes32 root, uint256 total, uint64 deadline) external onlyRole(SETTLER_ROLE) {
         _checkNewEpoch(epochId, root, total, deadline);
         uint256 available = _min(token.allowance(msg.sender, address(this)), token.balanceOf(msg.sender));
         if (available < total) revert InsufficientFunding(epochId, total, available);

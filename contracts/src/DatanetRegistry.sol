@@ -31,9 +31,8 @@ contract DatanetRegistry is EIP712, Nonces {
     }
 
     /// @notice EIP-712 type of a signed snapshot publication (relayed by anyone).
-    bytes32 public constant PUBLISH_SNAPSHOT_TYPEHASH = keccak256(
-        "PublishSnapshot(bytes32 datanetId,bytes32 root,uint48 recordCount,uint256 nonce,uint256 deadline)"
-    );
+    bytes32 public constant PUBLISH_SNAPSHOT_TYPEHASH =
+        keccak256("PublishSnapshot(bytes32 datanetId,bytes32 root,uint48 recordCount,uint256 nonce,uint256 deadline)");
 
     mapping(bytes32 datanetId => Datanet) private _datanets;
     mapping(bytes32 datanetId => Snapshot[]) private _snapshots;
@@ -49,7 +48,9 @@ contract DatanetRegistry is EIP712, Nonces {
     );
     event MetadataUpdated(bytes32 indexed datanetId, bytes32 metadataHash, string metadataURI);
     event CuratorSet(bytes32 indexed datanetId, address indexed curator, bool allowed);
-    event DatanetOwnershipTransferred(bytes32 indexed datanetId, address indexed previousOwner, address indexed newOwner);
+    event DatanetOwnershipTransferred(
+        bytes32 indexed datanetId, address indexed previousOwner, address indexed newOwner
+    );
     event SnapshotPublished(
         bytes32 indexed datanetId, uint256 indexed index, bytes32 root, uint48 recordCount, address indexed publisher
     );

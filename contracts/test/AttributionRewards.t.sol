@@ -37,7 +37,9 @@ contract AttributionRewardsTest is TestBase {
     function _boundedAmounts(uint256[] memory raw) internal pure returns (uint256[] memory amounts) {
         uint256 n = raw.length > 12 ? 12 : raw.length;
         amounts = new uint256[](n < 1 ? 1 : n);
-        for (uint256 i; i < amounts.length; ++i) amounts[i] = raw.length > i ? bound(raw[i], 1, 1e24) : 7;
+        for (uint256 i; i < amounts.length; ++i) {
+            amounts[i] = raw.length > i ? bound(raw[i], 1, 1e24) : 7;
+        }
     }
 
     function _post(uint256 epochId, uint256[] memory amounts) internal returns (bytes32[] memory leaves) {

@@ -35,6 +35,15 @@ def test_forge_unit_and_fuzz_tests_pass(forge: Path | None, contracts_dir: Path)
     assert "testFuzz_claimAllOnceConservesSum" in result.stdout
 
 
+def test_solidity_sources_are_formatted(forge: Path | None, contracts_dir: Path) -> None:
+    if forge is None:
+        pytest.skip("forge missing: run `npm ci` in contracts/ (npm @foundry-rs/forge)")
+    result = subprocess.run(
+        [str(forge), "fmt", "--check"], cwd=contracts_dir, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
 def test_committed_artifacts_match_a_rebuild(contracts_dir: Path) -> None:
     node = shutil.which("node")
     if node is None or not (contracts_dir / "node_modules" / "solc").is_dir():

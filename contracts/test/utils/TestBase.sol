@@ -68,7 +68,9 @@ library TestMerkle {
             index /= 2;
         }
         out = new bytes32[](n);
-        for (uint256 i; i < n; ++i) out[i] = scratch[i];
+        for (uint256 i; i < n; ++i) {
+            out[i] = scratch[i];
+        }
     }
 
     function _up(bytes32[] memory level) private pure returns (bytes32[] memory next) {
