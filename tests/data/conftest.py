@@ -34,14 +34,3 @@ def dn(tmp_path: Path, owner: Account) -> Datanet:
     datanet = Datanet.create(tmp_path / "dn", name="medqa", schema=InstructionRecord, owner=owner)
     yield datanet  # type: ignore[misc]
     datanet.close()
-
-
-def rows(n: int, tag: str = "") -> list[dict[str, str]]:
-    """Distinct instruction rows with unrelated wording (no near-duplicates among them)."""
-    return [
-        {
-            "instruction": f"Question {tag}{i}: explain topic number {i * 7919 % 10007} {tag}",
-            "response": f"Answer {tag}{i} with detail {i * 104729 % 99991} and {i**2} {tag}",
-        }
-        for i in range(n)
-    ]

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from datanet_rows import rows
 
-from conftest import rows
 from openledger.crypto import Account, to_hex
 from openledger.data import (
     Datanet,

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
+from datanet_rows import rows
 
-from conftest import rows
 from openledger.crypto import Account, to_hex
 from openledger.data import (
     AccessGrant,

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from datanet_rows import rows
 
-from conftest import rows
 from openledger.crypto import Account
 from openledger.data import (
     ChatRecord,

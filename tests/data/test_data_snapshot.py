@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from datanet_rows import rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rows
 from openledger.crypto import Account, StandardMerkleTree, keccak256, to_hex
 from openledger.data import Datanet, InstructionRecord, Snapshot, verify_proof
 from openledger.exceptions import DataNotFoundError
