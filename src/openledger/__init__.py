@@ -19,11 +19,12 @@ if TYPE_CHECKING:
     from openledger import crypto as crypto
     from openledger import data as data
     from openledger import models as models
+    from openledger import serve as serve
     from openledger import train as train
 
-__all__ = ["OpenLedgerError", "__version__", "chain", "crypto", "data", "models", "train"]
+__all__ = ["OpenLedgerError", "__version__", "chain", "crypto", "data", "models", "serve", "train"]
 
-_LAYERS = frozenset({"chain", "crypto", "data", "models", "train"})
+_LAYERS = frozenset({"chain", "crypto", "data", "models", "serve", "train"})
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,41 @@
+"""Serving: a paged-KV-cache engine with continuous batching for Llama-family models.
+
+::
+
+    from openledger.serve import Engine, SamplingParams
+    engine = Engine("smollm2-135m-instruct")
+    outputs = engine.generate(["The capital of France is"], SamplingParams(max_tokens=8))
+    for piece in engine.stream([{"role": "user", "content": "Hi!"}]):
+        ...
+
+Layout (pure-Python bookkeeping on top, torch below)::
+
+    Engine / AsyncEngine  ->  Scheduler  ->  BlockPool, Sequence           (no torch)
+                          ->  ModelRunner ->  models/ -> layers/ -> ops/   (torch, Triton)
+"""
+
+from __future__ import annotations
+
+from openledger.serve.async_engine import AsyncEngine
+from openledger.serve.block_pool import BlockPool
+from openledger.serve.config import EngineConfig
+from openledger.serve.engine import Engine
+from openledger.serve.outputs import RequestMetrics, RequestOutput
+from openledger.serve.params import SamplingParams
+from openledger.serve.scheduler import Scheduler, SchedulerOutput
+from openledger.serve.sequence import FinishReason, Sequence, SequenceStatus
+
+__all__ = [
+    "AsyncEngine",
+    "BlockPool",
+    "Engine",
+    "EngineConfig",
+    "FinishReason",
+    "RequestMetrics",
+    "RequestOutput",
+    "SamplingParams",
+    "Scheduler",
+    "SchedulerOutput",
+    "Sequence",
+    "SequenceStatus",
+]

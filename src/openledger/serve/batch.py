@@ -1,0 +1,50 @@
+"""What one forward pass needs besides the tokens: positions, KV slots, block tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["BatchMetadata"]
+
+
+@dataclass(slots=True)
+class BatchMetadata:
+    """Per-step batch layout shared by every layer of the model.
+
+    Tokens of all sequences are flattened into one dimension ``T``; sequence ``i`` owns
+    tokens ``query_start_loc[i]:query_start_loc[i + 1]``. In a decode step every sequence
+    has exactly one token.
+
+    Attributes:
+        is_prefill: Prefill (several tokens per sequence) or decode (one each).
+        positions: ``[T]`` int64 position of each token in its sequence.
+        slot_mapping: ``[T]`` int64 flat KV-cache slot (``block * block_size + offset``)
+            where each token's key and value are written.
+        block_tables: ``[B, max_blocks]`` int32 block ids, right-padded with 0.
+        context_lens: ``[B]`` int32 tokens of each sequence visible after this step's writes.
+        query_start_loc: ``[B + 1]`` int64 offsets of each sequence's tokens.
+        logits_indices: ``[B]`` int64 index of each sequence's last token (whose logits
+            are sampled).
+        adapter_indices: ``[T]`` int64 adapter slot of each token, -1 for the base model.
+            NOTE: carried for multi-adapter serving; the base-only layers do not read it.
+        host_query_lens: Query lengths as Python ints (the reference path loops on them).
+        host_context_lens: Context lengths as Python ints.
+    """
+
+    is_prefill: bool
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    logits_indices: torch.Tensor
+    adapter_indices: torch.Tensor
+    host_query_lens: list[int]
+    host_context_lens: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        """Sequences in the batch."""
+        return len(self.host_query_lens)

@@ -1,0 +1,64 @@
+"""Engine settings (validated once, at construction)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["EngineConfig"]
+
+
+class EngineConfig(BaseModel):
+    """How an :class:`~openledger.serve.Engine` sizes its cache and batches.
+
+    Invalid values raise ``pydantic.ValidationError`` (a ``ValueError``) naming the field.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        default=None,
+        description="Weight and KV-cache dtype; default float32 on CPU, bfloat16 on CUDA.",
+    )
+    device: str | None = Field(
+        default=None, description="'cpu', 'cuda', 'cuda:1'...; default CUDA if present."
+    )
+    block_size: int = Field(
+        default=16, description="Token slots per KV-cache block (a power of two <= 256)."
+    )
+    kv_cache_memory: int = Field(
+        default=256 * 2**20,
+        gt=0,
+        description="Bytes for the KV cache; the block count is derived from it.",
+    )
+    num_blocks: int | None = Field(
+        default=None, ge=1, description="Exact number of KV blocks; overrides kv_cache_memory."
+    )
+    max_num_seqs: int = Field(default=64, ge=1, description="Most sequences running at once.")
+    max_num_batched_tokens: int = Field(
+        default=8192, ge=1, description="Most tokens computed in one step; also caps prompt length."
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        ge=2,
+        description="Longest prompt + output; default the model's context, capped "
+        "by max_num_batched_tokens.",
+    )
+    enable_prefix_caching: bool = Field(
+        default=True, description="Share KV blocks of equal prefixes."
+    )
+    attention_backend: Literal["auto", "reference", "triton"] = Field(
+        default="auto",
+        description="Decode attention: 'triton' on CUDA under 'auto', else 'reference'.",
+    )
+    seed: int = Field(
+        default=0, ge=0, description="Seed of the stream for requests without their own seed."
+    )
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 1 or value > 256 or value & (value - 1):
+            raise ValueError(f"block_size must be a power of two in [1, 256], got {value}")
+        return value

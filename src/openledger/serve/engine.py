@@ -1,0 +1,258 @@
+"""The engine facade: requests in, steps of continuous batching, outputs out."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+from openledger.exceptions import InvalidRequestError
+from openledger.serve.block_pool import BlockPool
+from openledger.serve.config import EngineConfig
+from openledger.serve.detokenizer import IncrementalDetokenizer
+from openledger.serve.outputs import RequestOutput
+from openledger.serve.params import SamplingParams
+from openledger.serve.request import PromptInput, RequestState, is_single_prompt, tokenize_prompt
+from openledger.serve.scheduler import Scheduler
+from openledger.serve.sequence import Sequence as Seq
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """Serves a Llama-family base model with a paged KV cache and continuous batching.
+
+    Args:
+        base_model: A local Hugging Face folder, an offline alias such as
+            ``"smollm2-135m-instruct"``, or a hub id (see :func:`openledger.models.resolve_model`).
+        config: Cache, batching and device settings; defaults when None.
+
+    Raises:
+        UnsupportedModelError: The checkpoint is not a Llama, Mistral or Qwen2 model.
+        ConfigError: Settings that do not fit the model or the machine.
+
+    Example:
+        >>> engine = Engine("smollm2-135m-instruct")  # doctest: +SKIP
+        >>> engine.generate(["The capital of France is"])[0].text  # doctest: +SKIP
+    """
+
+    def __init__(self, base_model: str | os.PathLike[str], config: EngineConfig | None = None):
+        from openledger.serve.setup import build_components
+
+        self.config = config or EngineConfig()
+        parts = build_components(base_model, self.config)
+        self.model_config = parts.model_config
+        self.tokenizer: Any = parts.tokenizer
+        self.runner = parts.runner
+        self.max_model_len = parts.max_model_len
+        self.block_pool = BlockPool(
+            parts.num_blocks,
+            self.config.block_size,
+            enable_prefix_caching=self.config.enable_prefix_caching,
+        )
+        self.scheduler = Scheduler(
+            self.block_pool,
+            max_num_seqs=self.config.max_num_seqs,
+            max_num_batched_tokens=self.config.max_num_batched_tokens,
+        )
+        self._eos = frozenset(parts.eos_token_ids)
+        self._requests: dict[str, RequestState] = {}
+        self._by_seq: dict[int, RequestState] = {}
+        self._aborted: list[RequestOutput] = []
+        self._ids = itertools.count()
+
+    def add_request(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue a request; it joins the running batch at the next step boundary.
+
+        Args:
+            prompt: Text, chat messages or token ids.
+            params: Sampling parameters; greedy, 16 tokens when None.
+            request_id: Your id for it; a fresh one is assigned when None.
+
+        Returns:
+            The request id.
+
+        Raises:
+            InvalidRequestError: The prompt is empty, too long for the context or the KV
+                cache, or the id is in use. Nothing else in the engine is affected.
+        """
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}")
+        number = next(self._ids)
+        request_id = str(number) if request_id is None else str(request_id)
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        text, token_ids = tokenize_prompt(self.tokenizer, prompt)
+        seq = self._new_sequence(number, token_ids, params)
+        detok = IncrementalDetokenizer(
+            self.tokenizer,
+            token_ids,
+            skip_special_tokens=params.skip_special_tokens,
+            stop=params.stop,
+        )
+        state = RequestState.create(request_id, text, seq, detok)
+        self._requests[request_id] = state
+        self._by_seq[seq.seq_id] = state
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort_request(self, request_id: str) -> bool:
+        """Cancel a request; its final output (``"abort"``) comes with the next step.
+
+        Returns:
+            True if the request was waiting or running, False if unknown or already done.
+        """
+        state = self._requests.get(request_id)
+        if state is None or self.scheduler.abort(state.seq.seq_id) is None:
+            return False
+        state.metrics.finished_time = time.perf_counter()
+        self._aborted.append(self._retire(state))
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        """Whether any request is waiting or running."""
+        return self.scheduler.has_unfinished() or bool(self._aborted)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling step and one forward pass.
+
+        Returns:
+            An output for every request that produced a token, finished or was aborted.
+        """
+        outputs, self._aborted = self._aborted, []
+        work = self.scheduler.schedule()
+        if work is None or not work.seqs:
+            return outputs
+        sampled = self.runner.run(work.seqs, work.is_prefill)
+        now = time.perf_counter()
+        for seq, token_id, logprobs in zip(
+            work.seqs, sampled.token_ids, sampled.logprobs, strict=False
+        ):
+            state = self._by_seq[seq.seq_id]
+            reason = state.add_token(token_id, logprobs, now)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+                state.metrics.finished_time = now
+                outputs.append(self._retire(state))
+            else:
+                outputs.append(state.output())
+        return outputs
+
+    def generate(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Run a batch of prompts to completion.
+
+        Args:
+            prompts: One prompt or a list of prompts (text, chat messages or token ids).
+            params: One set of parameters for all, or one per prompt.
+
+        Returns:
+            The final output of each prompt, in order.
+
+        Raises:
+            InvalidRequestError: A prompt or parameter is invalid; no prompt of this batch
+                is queued (requests added before keep running).
+        """
+        if is_single_prompt(prompts):
+            batch = [cast(PromptInput, prompts)]
+        else:
+            batch = list(cast("Sequence[PromptInput]", prompts))
+        per_prompt = self._params_for(batch, params)
+        for prompt, p in zip(batch, per_prompt, strict=False):
+            self._check_prompt(prompt, p)
+        ids = [self.add_request(prompt, p) for prompt, p in zip(batch, per_prompt, strict=False)]
+        finals = self._run_until_done(set(ids))
+        return [finals[request_id] for request_id in ids]
+
+    def stream(self, prompt: PromptInput, params: SamplingParams | None = None) -> Iterator[str]:
+        """Generate for one prompt, yielding text pieces as they are decoded.
+
+        Closing the iterator early cancels the request.
+        """
+        for output in self.stream_outputs(prompt, params):
+            if output.delta_text:
+                yield output.delta_text
+
+    def stream_outputs(
+        self, prompt: PromptInput, params: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
+        """Like :meth:`stream`, yielding each step's :class:`RequestOutput` (deltas, metrics)."""
+        request_id = self.add_request(prompt, params)
+        try:
+            while True:
+                for output in self.step():
+                    if output.request_id == request_id:
+                        yield output
+                        if output.finished:
+                            return
+        finally:
+            self.abort_request(request_id)
+
+    def _run_until_done(self, pending: set[str]) -> dict[str, RequestOutput]:
+        finals: dict[str, RequestOutput] = {}
+        while pending:
+            for output in self.step():
+                if output.finished and output.request_id in pending:
+                    finals[output.request_id] = output
+                    pending.discard(output.request_id)
+        return finals
+
+    def _retire(self, state: RequestState) -> RequestOutput:
+        del self._requests[state.request_id]
+        del self._by_seq[state.seq.seq_id]
+        return state.output()
+
+    def _new_sequence(self, number: int, token_ids: list[int], params: SamplingParams) -> Seq:
+        self._check_tokens(token_ids)
+        self._check_length(len(token_ids), params)
+        total = min(len(token_ids) + params.max_tokens, self.max_model_len)
+        return Seq(number, token_ids, len(token_ids), params, total, eos_token_ids=self._eos)
+
+    def _check_prompt(self, prompt: PromptInput, params: SamplingParams) -> None:
+        _, token_ids = tokenize_prompt(self.tokenizer, prompt)
+        self._check_tokens(token_ids)
+        self._check_length(len(token_ids), params)
+
+    def _check_tokens(self, token_ids: list[int]) -> None:
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= token < vocab for token in token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+
+    def _check_length(self, num_tokens: int, params: SamplingParams) -> None:
+        if num_tokens >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {num_tokens} tokens; the context holds {self.max_model_len} "
+                "(prompt + at least one generated token). Shorten the prompt."
+            )
+        total = min(num_tokens + params.max_tokens, self.max_model_len)
+        if self.block_pool.blocks_needed(total) > self.block_pool.num_blocks:
+            raise InvalidRequestError(
+                f"prompt + max_tokens = {total} tokens needs more KV blocks than the cache has "
+                f"({self.block_pool.num_blocks} x {self.block_pool.block_size}); lower max_tokens "
+                "or raise EngineConfig.kv_cache_memory"
+            )
+
+    @staticmethod
+    def _params_for(
+        batch: list[Any], params: SamplingParams | Sequence[SamplingParams] | None
+    ) -> list[SamplingParams]:
+        if params is None or isinstance(params, SamplingParams):
+            return [params or SamplingParams()] * len(batch)
+        per_prompt = list(params)
+        if len(per_prompt) != len(batch):
+            raise InvalidRequestError(f"{len(per_prompt)} SamplingParams for {len(batch)} prompts")
+        return per_prompt

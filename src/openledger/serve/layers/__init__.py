@@ -1,0 +1,1 @@
+"""Building blocks of the served models: projections, norms, rotary, paged attention."""

@@ -1,0 +1,85 @@
+"""Paged self-attention: write this step's keys and values, attend over the block tables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from openledger.serve.batch import BatchMetadata
+from openledger.serve.ops import reference
+
+__all__ = ["AttentionBackend", "PagedAttention"]
+
+AttentionBackend = Literal["reference", "triton"]
+
+
+class PagedAttention(nn.Module):
+    """Attention over a paged KV cache for one layer.
+
+    The model runner binds ``k_cache`` / ``v_cache`` (``[num_blocks, block_size, kv_heads,
+    dim]``) before the first step. Prefill always takes the reference path (gather +
+    SDPA); decode takes the Triton kernel when ``backend == "triton"``.
+
+    Args:
+        num_heads: Query heads.
+        num_kv_heads: Key/value heads.
+        head_dim: Width of a head.
+        sliding_window: Mistral-style window, None for full attention.
+        backend: ``"reference"`` or ``"triton"``.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        sliding_window: int | None = None,
+        backend: AttentionBackend = "reference",
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        self.sliding_window = sliding_window
+        self.backend: AttentionBackend = backend
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch: BatchMetadata
+    ) -> torch.Tensor:
+        """Attend ``query [T, heads, dim]`` given the new ``key``/``value [T, kv_heads, dim]``.
+
+        Returns:
+            ``[T, heads, dim]``.
+        """
+        reference.store_kv(key, value, self.k_cache, self.v_cache, batch.slot_mapping)
+        if batch.is_prefill:
+            return reference.prefill_attention(
+                query,
+                self.k_cache,
+                self.v_cache,
+                batch.block_tables,
+                batch.host_query_lens,
+                batch.host_context_lens,
+                scale=self.scale,
+                sliding_window=self.sliding_window,
+            )
+        decode = reference.decode_attention
+        if self.backend == "triton":
+            from openledger.serve.ops.triton_attention import paged_decode_attention
+
+            decode = paged_decode_attention
+        return decode(
+            query,
+            self.k_cache,
+            self.v_cache,
+            batch.block_tables,
+            batch.context_lens,
+            scale=self.scale,
+            sliding_window=self.sliding_window,
+        )

@@ -1,0 +1,134 @@
+"""Runs scheduled sequences through the model: owns the weights, the KV cache and sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from openledger.serve.batch import BatchMetadata
+from openledger.serve.layers.attention import AttentionBackend
+from openledger.serve.models.config import ModelConfig
+from openledger.serve.models.loader import build_model
+from openledger.serve.sampling import SampledTokens, sample
+from openledger.serve.sequence import Sequence
+
+__all__ = ["ModelRunner", "kv_block_bytes"]
+
+
+def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes one KV-cache block takes across all layers (keys and values)."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * itemsize
+
+
+class ModelRunner:
+    """Model weights, per-layer KV caches, and one forward + sample per step.
+
+    Args:
+        folder: Checkpoint folder (``config.json`` + safetensors).
+        config: The parsed architecture.
+        dtype: Weight and cache dtype.
+        device: Where the model runs.
+        num_blocks: KV-cache blocks to allocate.
+        block_size: Token slots per block.
+        max_positions: Longest sequence served (rotary table size).
+        backend: Decode attention path.
+        seed: Seed of the stream used by requests without their own seed.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        config: ModelConfig,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        num_blocks: int,
+        block_size: int,
+        max_positions: int,
+        backend: AttentionBackend,
+        seed: int = 0,
+    ):
+        self.config = config
+        self.device = device
+        self.block_size = block_size
+        self.model = build_model(
+            folder, config, dtype=dtype, device=device, max_positions=max_positions, backend=backend
+        )
+        shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        for attn in self.model.attention_layers():
+            attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+            attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> SampledTokens:
+        """Compute one step for ``seqs`` and sample each one's next token."""
+        input_ids, batch = self.prepare(seqs, is_prefill)
+        hidden = self.model(input_ids, batch)
+        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        return sample(
+            logits,
+            [seq.params for seq in seqs],
+            [seq.token_ids for seq in seqs],
+            [seq.num_output_tokens for seq in seqs],
+            self.generator,
+        )
+
+    def prepare(self, seqs: list[Sequence], is_prefill: bool) -> tuple[torch.Tensor, BatchMetadata]:
+        """Flatten the step's tokens and build the batch metadata on the device."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        adapters: list[int] = []
+        query_lens: list[int] = []
+        for seq in seqs:
+            start = seq.num_cached_tokens if is_prefill else len(seq) - 1
+            input_ids.extend(seq.token_ids[start:])
+            positions.extend(range(start, len(seq)))
+            slots.extend(self._slot(seq, pos) for pos in range(start, len(seq)))
+            adapters.extend([seq.adapter_index] * (len(seq) - start))
+            query_lens.append(len(seq) - start)
+        return self._tensor(input_ids), self._metadata(
+            seqs, is_prefill, positions, slots, adapters, query_lens
+        )
+
+    def _metadata(
+        self,
+        seqs: list[Sequence],
+        is_prefill: bool,
+        positions: list[int],
+        slots: list[int],
+        adapters: list[int],
+        query_lens: list[int],
+    ) -> BatchMetadata:
+        width = max(len(seq.block_table) for seq in seqs)
+        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
+        starts = [0]
+        for length in query_lens:
+            starts.append(starts[-1] + length)
+        return BatchMetadata(
+            is_prefill=is_prefill,
+            positions=self._tensor(positions),
+            slot_mapping=self._tensor(slots),
+            block_tables=self._tensor(tables, torch.int32),
+            context_lens=self._tensor([len(seq) for seq in seqs], torch.int32),
+            query_start_loc=self._tensor(starts),
+            logits_indices=self._tensor([end - 1 for end in starts[1:]]),
+            adapter_indices=self._tensor(adapters),
+            host_query_lens=query_lens,
+            host_context_lens=[len(seq) for seq in seqs],
+        )
+
+    def _slot(self, seq: Sequence, position: int) -> int:
+        return (
+            seq.block_table[position // self.block_size] * self.block_size
+            + position % self.block_size
+        )
+
+    def _tensor(
+        self, values: list[int] | list[list[int]], dtype: torch.dtype = torch.int64
+    ) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)

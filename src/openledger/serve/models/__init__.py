@@ -1,0 +1,1 @@
+"""Model classes the engine serves, their configs and checkpoint loading."""

@@ -1,0 +1,132 @@
+"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM) over a paged KV cache.
+
+One class covers the family; the differences are configuration: grouped-query attention
+(``num_kv_heads``), q/k/v biases (Qwen2), tied embeddings, RoPE scaling (llama3, linear),
+Mistral's sliding window.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openledger.serve.batch import BatchMetadata
+from openledger.serve.layers.attention import AttentionBackend, PagedAttention
+from openledger.serve.layers.linear import Linear
+from openledger.serve.layers.norm import RMSNorm
+from openledger.serve.layers.rotary import RotaryEmbedding
+from openledger.serve.models.config import ModelConfig
+
+__all__ = ["LlamaForCausalLM"]
+
+
+class LlamaAttention(nn.Module):
+    """Fused q|k|v projection, rotary embedding, paged attention, output projection."""
+
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        q_size = config.num_heads * config.head_dim
+        kv_size = config.num_kv_heads * config.head_dim
+        self.qkv_proj = Linear(config.hidden_size, (q_size, kv_size, kv_size), bias=config.qkv_bias)
+        self.o_proj = Linear(q_size, (config.hidden_size,), bias=config.o_bias)
+        self.rotary = rotary
+        self.attn = PagedAttention(
+            config.num_heads,
+            config.num_kv_heads,
+            config.head_dim,
+            sliding_window=config.sliding_window,
+            backend=backend,
+        )
+
+    def forward(self, hidden: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
+        """``[T, hidden]`` -> ``[T, hidden]``."""
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_sizes, dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(batch.positions, q, k)
+        out = self.attn(q, k, v, batch)
+        projected: torch.Tensor = self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
+        return projected
+
+
+class LlamaMLP(nn.Module):
+    """``down(silu(gate(x)) * up(x))`` with gate|up fused into one projection."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        width = config.intermediate_size
+        self.gate_up_proj = Linear(config.hidden_size, (width, width), bias=config.mlp_bias)
+        self.down_proj = Linear(width, (config.hidden_size,), bias=config.mlp_bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[T, hidden]`` -> ``[T, hidden]``."""
+        gate, up = self.gate_up_proj(hidden).chunk(2, dim=-1)
+        down: torch.Tensor = self.down_proj(F.silu(gate) * up)
+        return down
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm attention and MLP blocks with residual connections."""
+
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, backend: AttentionBackend):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, rotary, backend)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, hidden: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
+        """``[T, hidden]`` -> ``[T, hidden]``."""
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), batch)
+        out: torch.Tensor = hidden + self.mlp(self.post_attention_layernorm(hidden))
+        return out
+
+
+class LlamaForCausalLM(nn.Module):
+    """Embeddings, decoder layers, final norm and LM head.
+
+    Args:
+        config: The architecture.
+        max_positions: Positions the rotary table covers.
+        backend: Decode attention path, ``"reference"`` or ``"triton"``.
+    """
+
+    def __init__(
+        self, config: ModelConfig, max_positions: int, backend: AttentionBackend = "reference"
+    ):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens.weight.requires_grad_(False)
+        rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, rotary, backend) for _ in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Parameter(
+                torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
+            )
+
+    def forward(self, input_ids: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
+        """Hidden states ``[T, hidden]`` of the flattened tokens ``input_ids [T]``."""
+        hidden = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, batch)
+        return self.norm(hidden)  # type: ignore[no-any-return]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head
+        return F.linear(hidden, weight)
+
+    def attention_layers(self) -> list[PagedAttention]:
+        """Each layer's paged attention, in order (the runner binds their KV caches)."""
+        found = [m for m in self.modules() if isinstance(m, PagedAttention)]
+        return found

@@ -1,0 +1,137 @@
+"""Load a transformers safetensors checkpoint into the engine's model classes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from openledger.exceptions import ModelNotAvailableError, UnsupportedModelError
+from openledger.serve.layers.attention import AttentionBackend
+from openledger.serve.layers.linear import Linear
+from openledger.serve.models.config import ModelConfig
+from openledger.serve.models.llama import LlamaForCausalLM
+
+__all__ = ["build_model", "checkpoint_tensors"]
+
+# checkpoint projection -> (our fused projection, slice index)
+_FUSED = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "o_proj": ("o_proj", 0),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+    "down_proj": ("down_proj", 0),
+}
+_PROJ = re.compile(r"^(model\.layers\.\d+\.(?:self_attn|mlp))\.(\w+_proj)\.(weight|bias)$")
+_SKIPPED = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the folder's safetensors files (sharded or not), by name.
+
+    Raises:
+        ModelNotAvailableError: The folder holds no safetensors weights.
+    """
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [p.name for p in sorted(folder.glob("*.safetensors"))]
+    if not files:
+        raise ModelNotAvailableError(f"no safetensors weights in {folder}")
+    for name in files:
+        with safe_open(str(folder / name), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield key, handle.get_tensor(key)
+
+
+def build_model(
+    folder: Path,
+    config: ModelConfig,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    backend: AttentionBackend,
+) -> LlamaForCausalLM:
+    """Build the model for ``config`` and fill it from the folder's checkpoint.
+
+    Raises:
+        UnsupportedModelError: A checkpoint tensor has no place in the model, or a model
+            weight is missing from the checkpoint.
+    """
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, max_positions, backend)
+    model.to_empty(device=device)
+    model.to(dtype)
+    # NOTE: to_empty leaves non-persistent buffers uninitialised; rebuild the rotary table.
+    _reset_rotary(model, config, max_positions, device)
+    loaded = _load_weights(model, folder, dtype)
+    missing = {name for name, _ in model.named_parameters()} - loaded
+    if missing:
+        raise UnsupportedModelError(f"checkpoint in {folder} lacks {sorted(missing)[:5]}")
+    return model.eval()
+
+
+def _reset_rotary(
+    model: LlamaForCausalLM, config: ModelConfig, max_positions: int, device: torch.device
+) -> None:
+    from openledger.serve.layers.rotary import RotaryEmbedding
+
+    fresh = RotaryEmbedding(config.head_dim, max_positions, config.rope).to(device)
+    for layer in model.layers:
+        layer.self_attn.rotary.cos_sin = fresh.cos_sin  # type: ignore[union-attr]
+
+
+def _load_weights(model: LlamaForCausalLM, folder: Path, dtype: torch.dtype) -> set[str]:
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    loaded: set[str] = set()
+    for name, tensor in checkpoint_tensors(folder):
+        if _SKIPPED.search(name):
+            continue
+        target = _place(name, model.config)
+        if target is None:
+            raise UnsupportedModelError(f"unexpected checkpoint tensor {name!r} in {folder}")
+        module_name, param_name, index = target
+        if module_name:
+            linear = modules[module_name]
+            assert isinstance(linear, Linear)  # NOTE: internal invariant, not user input
+            linear.load_slice(param_name, tensor.to(dtype), index)
+            loaded.add(f"{module_name}.{param_name}")
+        elif param_name in params:
+            _copy(params[param_name], tensor.to(dtype), name)
+            loaded.add(param_name)
+    return loaded
+
+
+def _place(name: str, config: ModelConfig) -> tuple[str, str, int] | None:
+    """Map a checkpoint name to (fused module, param, slice) or ("", our param name, 0)."""
+    match = _PROJ.match(name)
+    if match:
+        prefix, proj, param = match.groups()
+        if proj not in _FUSED:
+            return None
+        fused, index = _FUSED[proj]
+        return f"{prefix.removeprefix('model.')}.{fused}", param, index
+    if name == "lm_head.weight":
+        return ("", "lm_head", 0) if not config.tie_word_embeddings else ("", "", 0)
+    if name.startswith("model."):
+        return "", name.removeprefix("model."), 0
+    return None
+
+
+def _copy(param: nn.Parameter, tensor: torch.Tensor, name: str) -> None:
+    if param.shape != tensor.shape:
+        raise UnsupportedModelError(
+            f"{name}: expected shape {tuple(param.shape)}, got {tuple(tensor.shape)}"
+        )
+    param.data.copy_(tensor)

@@ -1,0 +1,1 @@
+"""Attention ops: torch reference implementations beside the Triton kernels."""
