@@ -180,6 +180,9 @@ class ContractRevertError(ChainError, RuntimeError):
         label = error_name or "revert without data"
         super().__init__(f"contract reverted: {label}({shown})" if error_name else label)
 
+    def __reduce__(self) -> tuple[type[ContractRevertError], tuple[str, dict[str, object], bytes]]:
+        return (type(self), (self.error_name, self.error_args, self.data))
+
 
 class TransactionTimeoutError(ChainError, TimeoutError):
     """A transaction was sent but no receipt arrived within the timeout; it may still land."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
 
 import pytest
@@ -17,6 +18,7 @@ from openledger.chain import (
     connect,
     decode_revert,
 )
+from openledger.chain.errors import revert_error_from
 from openledger.crypto import keccak256
 from openledger.exceptions import ChainError, ConfigError, OpenLedgerError
 
@@ -103,3 +105,31 @@ def test_node_without_dev_accounts_needs_an_explicit_sender(chain: Chain) -> Non
     funded = chain.default_account
     receipt = bare.fund(Account.create().address, 1, sender=funded)
     assert receipt["status"] == 1
+
+
+def test_backend_exceptions_decode_to_the_same_error() -> None:
+    from eth_tester.exceptions import TransactionFailed
+    from web3.exceptions import ContractCustomError
+
+    data = keccak256(b"UnknownEpoch(uint256)")[:4] + (5).to_bytes(32, "big")
+    embedded = revert_error_from(TransactionFailed(f"execution reverted: {data!r}"))
+    node = revert_error_from(ContractCustomError("0x" + data.hex(), data="0x" + data.hex()))
+    assert embedded is not None
+    assert node is not None
+    assert (embedded.error_name, embedded.error_args) == ("UnknownEpoch", {"epochId": 5})
+    assert (node.error_name, node.error_args, node.data) == ("UnknownEpoch", {"epochId": 5}, data)
+    reason = revert_error_from(TransactionFailed("execution reverted: not allowed"))
+    assert reason is not None
+    assert (reason.error_name, reason.error_args) == ("Error", {"message": "not allowed"})
+    assert revert_error_from(ValueError("unrelated")) is None
+
+
+def test_revert_error_survives_pickling() -> None:
+    error = decode_revert(keccak256(b"UnknownEpoch(uint256)")[:4] + (5).to_bytes(32, "big"))
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.error_name, copy.error_args, copy.data, str(copy)) == (
+        error.error_name,
+        error.error_args,
+        error.data,
+        str(error),
+    )
