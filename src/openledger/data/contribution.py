@@ -15,7 +15,7 @@ import numpy.typing as npt
 from openledger.crypto import to_hex
 from openledger.data import queries
 from openledger.data.ingest import PreparedBatch
-from openledger.data.quality import NearDuplicateIndex
+from openledger.data.neardup import NearDuplicateIndex
 from openledger.data.receipts import ContributionReceipt
 from openledger.data.signing import (
     SignedContribution,

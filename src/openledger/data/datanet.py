@@ -25,7 +25,8 @@ from openledger.data.ingest import (
     first_positions,
     prepare_batch,
 )
-from openledger.data.quality import MinHasher, NearDuplicateIndex, QualityRule
+from openledger.data.neardup import MinHasher, NearDuplicateIndex
+from openledger.data.quality import QualityRule
 from openledger.data.receipts import ContributionReceipt, Reputation, StoredRecord
 from openledger.data.schemas import Record, resolve_schema, schema_hash
 from openledger.data.settings import validated_settings

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from openledger.crypto import from_hex, to_hex
 from openledger.data.ingest import PreparedBatch
-from openledger.data.quality import NearDuplicateIndex
+from openledger.data.neardup import NearDuplicateIndex
 from openledger.data.receipts import StoredRecord
 from openledger.data.schemas import Record
 from openledger.data.signing import SignedContribution
