@@ -11,7 +11,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,15 +54,18 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 20.
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def anvil_url() -> Iterator[str]:
-    """Start anvil on 127.0.0.1 at a free port for the session; stop it by its PID."""
+@contextmanager
+def running_anvil(*extra_args: str) -> Iterator[str]:
+    """Start anvil on 127.0.0.1 at a free port, yield its URL, stop it by its PID.
+
+    Skips the calling test when the binary is not installed.
+    """
     binary = tool_path("anvil")
     if binary is None:
         pytest.skip("anvil not installed: run `npm ci` in contracts/ (npm @foundry-rs/anvil)")
     port = _free_port()
     process = subprocess.Popen(
-        [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent"],
+        [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent", *extra_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -76,6 +80,19 @@ def anvil_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def start_anvil() -> Callable[..., AbstractContextManager[str]]:
+    """The :func:`running_anvil` context manager, for tests that need their own node."""
+    return running_anvil
+
+
+@pytest.fixture(scope="session")
+def anvil_url() -> Iterator[str]:
+    """One anvil for the whole session."""
+    with running_anvil() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

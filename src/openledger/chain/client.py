@@ -83,6 +83,11 @@ class _Nonces:
                 raise
             self._next[address] = nonce + 1
 
+    def forget(self, address: Address) -> None:
+        """Drop the cached nonce so the next send asks the node again."""
+        with self._lock:
+            self._next.pop(address, None)
+
 
 class Chain:
     """A connection to an EVM chain with local signing and decoded reverts.
@@ -209,7 +214,12 @@ class Chain:
             # NOTE: another client sent from this account; the cached nonce was dropped,
             # so one retry picks up the node's count.
             tx_hash = self._sign_and_send(account, tx)
-        receipt = self.wait_for_receipt(tx_hash)
+        try:
+            receipt = self.wait_for_receipt(tx_hash)
+        except TransactionTimeoutError:
+            # NOTE: the transaction may have been dropped; recount rather than leave a gap.
+            self._nonces.forget(account.address)
+            raise
         if receipt["status"] != 1:
             raise self._replay_revert(tx, int(receipt["blockNumber"]))
         return receipt
