@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -16,6 +17,7 @@ from openledger.chain import (
     Protocol,
     TransactionTimeoutError,
     connect,
+    datanet_id,
     decode_revert,
 )
 from openledger.chain.errors import revert_error_from
@@ -133,3 +135,19 @@ def test_revert_error_survives_pickling() -> None:
         error.data,
         str(error),
     )
+
+
+def test_threads_sharing_a_chain_keep_nonces_straight(chain: Chain, protocol: Protocol) -> None:
+    senders = chain.dev_accounts[1:5]
+
+    def register(sender: Account) -> list[str]:
+        names = [f"{sender.address}-{i}" for i in range(6)]
+        for name in names:
+            protocol.datanets.register_datanet(name, sender=sender)
+        return names
+
+    with ThreadPoolExecutor(max_workers=len(senders)) as pool:
+        results = list(pool.map(register, senders))
+    for sender, names in zip(senders, results, strict=True):
+        for name in names:
+            assert protocol.datanets.get_datanet(datanet_id(sender.address, name)).name == name

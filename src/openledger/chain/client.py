@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from eth_typing import ChecksumAddress
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import TimeExhausted
-from web3.types import Nonce, TxParams, TxReceipt
+from web3.types import Nonce, RPCEndpoint, RPCResponse, TxParams, TxReceipt
 from web3.types import Wei as Web3Wei
 
 from openledger.chain._artifacts import load_artifact
@@ -352,13 +352,25 @@ class Chain:
             raise decoded from exc
 
 
+class _SerialTesterProvider(EthereumTesterProvider):
+    """eth-tester's provider with one request at a time: py-evm is not thread-safe."""
+
+    def __init__(self, tester: EthereumTester) -> None:
+        super().__init__(tester)
+        self._request_lock = threading.RLock()
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        with self._request_lock:
+            return super().make_request(method, params)
+
+
 def _embedded(receipt_timeout: float, estimate_gas: bool) -> Chain:
     from eth_tester import EthereumTester, PyEVMBackend
 
     tester = EthereumTester(PyEVMBackend())
     keys = tester.backend.account_keys
     accounts = tuple(Account.from_key(k.to_bytes()) for k in keys)
-    w3 = Web3(EthereumTesterProvider(tester))
+    w3 = Web3(_SerialTesterProvider(tester))
     return Chain(
         w3,
         backend="embedded",
