@@ -8,11 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openledger.crypto import (
+    MultiProof,
     StandardMerkleTree,
     hash_pair,
     keccak256,
     leaf_hash,
     process_proof,
+    verify_multiproof,
     verify_proof,
 )
 from openledger.exceptions import CryptoError
@@ -140,3 +142,30 @@ def test_verify_proof_returns_false_on_malformed_input() -> None:
     assert not verify_proof(bytes(32), bytes(32), ["nothex"])
     with pytest.raises(CryptoError, match="proof\\[0\\]"):
         process_proof(bytes(32), [b"short"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(leaves, st.data())
+def test_multiproofs_verify_and_altered_ones_do_not(
+    values: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    unique = list(dict.fromkeys(values))
+    tree = StandardMerkleTree.of(unique, ENC)
+    chosen = data.draw(st.lists(st.integers(0, len(unique) - 1), unique=True))
+    multi = tree.multiproof(chosen)
+    assert verify_multiproof(tree.root, multi)
+    assert sorted(multi.values) == sorted(unique[i] for i in chosen)
+    if multi.leaves:
+        bad = MultiProof(
+            ("0x" + keccak256(b"x").hex(), *multi.leaves[1:]), multi.proof, multi.proof_flags
+        )
+        assert not verify_multiproof(tree.root, bad)
+    if multi.proof_flags:
+        flipped = (not multi.proof_flags[0], *multi.proof_flags[1:])
+        assert not verify_multiproof(tree.root, MultiProof(multi.leaves, multi.proof, flipped))
+
+
+def test_multiproof_refuses_repeats() -> None:
+    tree = StandardMerkleTree.of([("0x" + "11" * 32, "0x" + "22" * 20)] * 1, ENC)
+    with pytest.raises(CryptoError, match="same leaf twice"):
+        tree.multiproof([0, 0])

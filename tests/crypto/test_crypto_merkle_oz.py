@@ -29,11 +29,13 @@ pytestmark = [
 ]
 
 
-def oz(encoding: list[str], values: list[list[Any]]) -> dict[str, Any]:
+def oz(
+    encoding: list[str], values: list[list[Any]], multi: list[list[int]] | None = None
+) -> dict[str, Any]:
     assert NODE is not None
     out = subprocess.run(
         [NODE, str(SCRIPT)],
-        input=json.dumps({"encoding": encoding, "values": values}),
+        input=json.dumps({"encoding": encoding, "values": values, "multi": multi or []}),
         capture_output=True,
         text=True,
         check=True,
@@ -65,3 +67,17 @@ def test_duplicate_and_mixed_type_leaves_match_openzeppelin() -> None:
     ref = oz(encoding, values)
     assert ours.root == ref["root"]
     assert [ours.proof(i) for i in range(len(values))] == ref["proofs"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13, 40])
+def test_multiproofs_match_openzeppelin(n: int) -> None:
+    rng = random.Random(100 + n)
+    values = [["0x" + rng.randbytes(32).hex(), "0x" + rng.randbytes(20).hex()] for _ in range(n)]
+    sets = [[], [0], list(range(n)), rng.sample(range(n), min(n, 3)), rng.sample(range(n), n // 2)]
+    ours = StandardMerkleTree.of(values, ["bytes32", "address"])
+    ref = oz(["bytes32", "address"], values, sets)
+    for indices, expected in zip(sets, ref["multiproofs"], strict=True):
+        mine = ours.multiproof(indices)
+        assert [list(v) for v in mine.values] == expected["leaves"]
+        assert list(mine.proof) == expected["proof"]
+        assert list(mine.proof_flags) == expected["proofFlags"]

@@ -55,6 +55,7 @@ def test_crypto_all_is_pinned() -> None:
         [
             "ZERO_HASH",
             "Account",
+            "MultiProof",
             "StandardMerkleTree",
             "TypedData",
             "eip712_domain",
@@ -63,6 +64,7 @@ def test_crypto_all_is_pinned() -> None:
             "keccak256",
             "keccak256_hex",
             "leaf_hash",
+            "process_multiproof",
             "process_proof",
             "recover_typed_data",
             "root_of_leaves",
@@ -70,6 +72,7 @@ def test_crypto_all_is_pinned() -> None:
             "to_hex",
             "typed_data",
             "typed_data_digest",
+            "verify_multiproof",
             "verify_proof",
         ]
     )

@@ -22,17 +22,21 @@ from openledger.crypto.hashing import (
     to_hex,
 )
 from openledger.crypto.merkle import (
+    MultiProof,
     StandardMerkleTree,
     hash_pair,
     leaf_hash,
+    process_multiproof,
     process_proof,
     root_of_leaves,
+    verify_multiproof,
     verify_proof,
 )
 
 __all__ = [
     "ZERO_HASH",
     "Account",
+    "MultiProof",
     "StandardMerkleTree",
     "TypedData",
     "eip712_domain",
@@ -41,6 +45,7 @@ __all__ = [
     "keccak256",
     "keccak256_hex",
     "leaf_hash",
+    "process_multiproof",
     "process_proof",
     "recover_typed_data",
     "root_of_leaves",
@@ -48,5 +53,6 @@ __all__ = [
     "to_hex",
     "typed_data",
     "typed_data_digest",
+    "verify_multiproof",
     "verify_proof",
 ]

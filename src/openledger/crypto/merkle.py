@@ -19,7 +19,9 @@ makes 100k-leaf trees take well under a second.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eth_abi.abi import encode as abi_encode
@@ -29,11 +31,14 @@ from openledger.exceptions import CryptoError
 from openledger.types import Hash32
 
 __all__ = [
+    "MultiProof",
     "StandardMerkleTree",
     "hash_pair",
     "leaf_hash",
+    "process_multiproof",
     "process_proof",
     "root_of_leaves",
+    "verify_multiproof",
     "verify_proof",
 ]
 
@@ -180,6 +185,53 @@ def verify_proof(root: bytes | str, leaf: bytes | str, proof: Sequence[bytes | s
         return False
 
 
+@dataclass(frozen=True)
+class MultiProof:
+    """A proof for several leaves at once, as OpenZeppelin's ``MerkleProof.multiProofVerify``
+    takes it.
+
+    Attributes:
+        leaves: Leaf hashes (``0x``-hex) in the order the proof consumes them.
+        proof: Sibling hashes that are not computed from the leaves.
+        proof_flags: Per hashing step, ``True`` to take the next computed node, ``False``
+            to take the next ``proof`` element.
+        values: The leaf values, aligned with :attr:`leaves`.
+    """
+
+    leaves: tuple[Hash32, ...]
+    proof: tuple[Hash32, ...]
+    proof_flags: tuple[bool, ...]
+    values: tuple[tuple[Any, ...], ...] = ()
+
+
+def process_multiproof(
+    leaves: Sequence[bytes | str], proof: Sequence[bytes | str], proof_flags: Sequence[bool]
+) -> bytes:
+    """Return the root implied by a multiproof.
+
+    Raises:
+        CryptoError: If the parts do not fit together or a node is not 32 bytes.
+    """
+    if len(leaves) + len(proof) != len(proof_flags) + 1 or len(proof) < proof_flags.count(False):
+        raise CryptoError("the multiproof's leaves, proof and proof_flags do not fit together")
+    stack = deque(from_hex(x, size=32, what="leaf hash") for x in leaves)
+    siblings = deque(from_hex(x, size=32, what="proof node") for x in proof)
+    for flag in proof_flags:
+        a = stack.popleft()
+        b = stack.popleft() if flag else siblings.popleft()
+        stack.append(hash_pair(a, b))
+    return (stack or siblings).pop()
+
+
+def verify_multiproof(root: bytes | str, multiproof: MultiProof) -> bool:
+    """Return whether ``multiproof`` proves all its leaves against ``root``."""
+    try:
+        implied = process_multiproof(multiproof.leaves, multiproof.proof, multiproof.proof_flags)
+        return implied == from_hex(root, size=32, what="root")
+    except (CryptoError, IndexError):
+        return False
+
+
 class StandardMerkleTree:
     """A Merkle tree over ABI-typed values, laid out like OpenZeppelin's StandardMerkleTree.
 
@@ -275,6 +327,37 @@ class StandardMerkleTree:
             proof.append(Hash32(to_hex(self._tree[sibling])))
             node = (node - 1) // 2
         return proof
+
+    def multiproof(self, items: Sequence[int | Sequence[Any]]) -> MultiProof:
+        """Return one proof for several leaves (indices into :attr:`values` or values).
+
+        Raises:
+            CryptoError: If a leaf is unknown or repeated.
+        """
+        indices = [self._value_index(i) if isinstance(i, int) else self.index_of(i) for i in items]
+        nodes = sorted((self._tree_index[i] for i in indices), reverse=True)
+        if len(set(nodes)) != len(nodes):
+            raise CryptoError("a multiproof cannot prove the same leaf twice")
+        stack, proof, flags = deque(nodes), [], []
+        while stack and stack[0] > 0:
+            node = stack.popleft()
+            sibling = node + 1 if node % 2 else node - 1
+            if stack and stack[0] == sibling:
+                flags.append(True)
+                stack.popleft()
+            else:
+                flags.append(False)
+                proof.append(Hash32(to_hex(self._tree[sibling])))
+            stack.append((node - 1) // 2)
+        if not nodes:
+            proof.append(Hash32(to_hex(self._tree[0])))
+        by_node = {self._tree_index[i]: i for i in indices}
+        return MultiProof(
+            leaves=tuple(Hash32(to_hex(self._tree[n])) for n in nodes),
+            proof=tuple(proof),
+            proof_flags=tuple(flags),
+            values=tuple(self.values[by_node[n]] for n in nodes),
+        )
 
     def verify(self, item: int | Sequence[Any], proof: Sequence[bytes | str]) -> bool:
         """Return whether ``proof`` proves the leaf (index or value) against this root."""
