@@ -12,7 +12,7 @@ from datanet_rows import rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openledger.crypto import Account, StandardMerkleTree, keccak256, to_hex
+from openledger.crypto import Account, StandardMerkleTree, keccak256, to_hex, verify_multiproof
 from openledger.data import Datanet, InstructionRecord, Snapshot, verify_proof
 from openledger.exceptions import DataNotFoundError
 
@@ -113,3 +113,14 @@ def test_empty_datanet_cannot_be_snapshotted(dn: Datanet) -> None:
     with pytest.raises(DataNotFoundError, match="no accepted records to snapshot"):
         dn.snapshot()
     assert dn.latest_snapshot() is None
+
+
+def test_multiproof_of_several_records(dn: Datanet, alice: Account) -> None:
+    receipts = dn.contribute(rows(9), contributor=alice)
+    snap = dn.snapshot()
+    chosen = [receipts[1].record_hash, receipts[4].record_hash, receipts[8].record_hash]
+    multi = snap.multiproof(chosen)
+    assert verify_multiproof(snap.root, multi)
+    assert sorted(v[0] for v in multi.values) == sorted(bytes.fromhex(h[2:]) for h in chosen)
+    with pytest.raises(DataNotFoundError, match="not in snapshot"):
+        snap.multiproof(["0x" + "00" * 32])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from openledger.crypto import (
+    MultiProof,
     StandardMerkleTree,
     from_hex,
     keccak256,
@@ -156,6 +157,17 @@ class Snapshot:
         self.leaf(record_hash)
         tree, positions = self._index()
         return tree.proof(positions[from_hex(record_hash, size=32)])
+
+    def multiproof(self, record_hashes: list[str] | list[bytes]) -> MultiProof:
+        """Return one proof for several records (for ``MerkleProof.multiProofVerify``).
+
+        Raises:
+            DataNotFoundError: If a record is not in this snapshot.
+        """
+        for digest in record_hashes:
+            self.leaf(digest)
+        tree, positions = self._index()
+        return tree.multiproof([positions[from_hex(d, size=32)] for d in record_hashes])
 
     def record_hashes(self) -> list[Hash32]:
         """Return the hashes of the records in this snapshot, in store order."""

@@ -1,0 +1,57 @@
+"""User-defined record schemas work everywhere a built-in does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from openledger.crypto import Account
+from openledger.data import Datanet, Record, verify_proof
+from openledger.exceptions import SchemaError
+
+
+class Triage(Record):
+    """A module-level user schema (importable by its path when the datanet is reopened)."""
+
+    symptoms: str
+    urgency: int
+    tags: tuple[str, ...] = ()
+
+
+def test_custom_schema_contribute_snapshot_export_reopen(tmp_path: Path, alice: Account) -> None:
+    dn = Datanet.create(tmp_path / "t", name="triage", schema=Triage)
+    assert Triage.schema_id.endswith("Triage/1")
+    receipts = dn.contribute(
+        [
+            {"symptoms": "chest pain", "urgency": 1, "tags": ["cardio"]},
+            {"symptoms": "rash", "urgency": 4},
+        ],
+        contributor=alice,
+    )
+    snap = dn.snapshot()
+    assert verify_proof(
+        snap.root, receipts[0].record_hash, alice.address, snap.proof(receipts[0].record_hash)
+    )
+    dn.to_jsonl(tmp_path / "t.jsonl")
+    first = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[0])
+    assert first["tags"] == ["cardio"]
+    assert first["urgency"] == 1
+    dn.close()
+    again = Datanet.open(tmp_path / "t")
+    assert again.schema is Triage
+    assert again.get(receipts[1].record_hash).record == Triage(symptoms="rash", urgency=4)
+    with pytest.raises(SchemaError, match=r"record 0 does not fit Triage: urgency"):
+        again.contribute([{"symptoms": "cough", "urgency": "soon"}], contributor=alice)
+    again.close()
+
+
+def test_unimportable_schema_must_be_passed_on_open(tmp_path: Path) -> None:
+    class Local(Record):
+        text: str
+
+    Datanet.create(tmp_path / "l", name="l", schema=Local).close()
+    with pytest.raises(SchemaError, match="cannot be imported; pass schema=YourRecord"):
+        Datanet.open(tmp_path / "l")
+    assert Datanet.open(tmp_path / "l", schema=Local).schema is Local
