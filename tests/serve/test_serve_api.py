@@ -1,0 +1,38 @@
+"""The public surface of openledger.serve is pinned; the bookkeeping stays torch-free."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import openledger.serve
+
+PUBLIC = [
+    "AsyncEngine",
+    "BlockPool",
+    "Engine",
+    "EngineConfig",
+    "FinishReason",
+    "RequestMetrics",
+    "RequestOutput",
+    "SamplingParams",
+    "Scheduler",
+    "SchedulerOutput",
+    "Sequence",
+    "SequenceStatus",
+]
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(openledger.serve.__all__) == PUBLIC
+    assert all(hasattr(openledger.serve, name) for name in PUBLIC)
+
+
+def test_scheduler_and_block_pool_work_without_torch() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from openledger.serve import BlockPool, Scheduler, Sequence, SamplingParams\n"
+        "pool = BlockPool(4, 2); s = Scheduler(pool, max_num_seqs=2, max_num_batched_tokens=8)\n"
+        "s.add(Sequence(0, [1, 2, 3], 3, SamplingParams(), 8)); assert s.schedule().is_prefill\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
