@@ -52,9 +52,12 @@ def test_rules_refuse_records_and_store_nothing(tmp_path: Path, alice: Account) 
         assert dn.next_nonce(alice) == 1
 
 
-def test_bad_regex_is_a_config_error() -> None:
+def test_bad_regex_and_bad_rules_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a valid regex"):
         DenyPatternRule({"broken": "("})
+    with pytest.raises(ConfigError, match="rules must have a name and check"):
+        Datanet.create(tmp_path / "x", name="x", schema=InstructionRecord, rules=[len])  # type: ignore[list-item]
+    assert not (tmp_path / "x").exists()
 
 
 def test_reviews_exclude_records_and_lower_reputation(

@@ -29,7 +29,7 @@ from openledger.data.neardup import MinHasher, NearDuplicateIndex
 from openledger.data.quality import QualityRule
 from openledger.data.receipts import ContributionReceipt, Reputation, StoredRecord
 from openledger.data.schemas import Record, resolve_schema, schema_hash
-from openledger.data.settings import validated_settings
+from openledger.data.settings import check_rules, validated_settings
 from openledger.data.signing import (
     SignedContribution,
     as_account_address,
@@ -115,6 +115,7 @@ class Datanet:
         settings = validated_settings(
             name, schema, visibility, owner, max_record_bytes, duplicates, near_duplicate_threshold
         )
+        check_rules(rules)
         store = Store(path, create=True)
         if store.get_meta():
             store.close()
@@ -144,6 +145,7 @@ class Datanet:
             StoreError: If ``path`` is not a datanet or is unusable.
             SchemaError: If the schema cannot be found or its fields changed.
         """
+        check_rules(rules)
         store = Store(path)
         meta = store.get_meta()
         if "id" not in meta:

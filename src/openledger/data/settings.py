@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from openledger.crypto import Account
+from openledger.data.quality import QualityRule
 from openledger.data.schemas import Record, schema_hash, schema_ref
 from openledger.data.signing import as_account_address
 from openledger.exceptions import ConfigError
 
-__all__ = ["validated_settings"]
+__all__ = ["check_rules", "validated_settings"]
 
 
 def validated_settings(
@@ -59,3 +61,16 @@ def validated_settings(
         "near_duplicate_threshold": repr(float(threshold)),
         "created_at": repr(time.time()),
     }
+
+
+def check_rules(rules: Sequence[object]) -> None:
+    """Raise unless every rule has a ``name`` and a ``check(record, text)`` method.
+
+    Raises:
+        ConfigError: Naming the type of the first unfit rule.
+    """
+    bad = [r for r in rules if not isinstance(r, QualityRule)]
+    if bad:
+        raise ConfigError(
+            f"rules must have a name and check(record, text), got {type(bad[0]).__name__}"
+        )
