@@ -27,7 +27,7 @@ def test_thousand_recipients_claim_exactly_once(chain: Chain, protocol: Protocol
         protocol.rewards.claim_from_tree(1, tree, account)
     for account in claimers:
         assert protocol.token.balance_of(account) == tree.amount_of(account)
-    for account in (claimers[0], claimers[-1]):
+    for account in claimers[:: max(1, len(claimers) // 10)]:  # ~10 second claims, spread out
         with pytest.raises(ContractRevertError) as info:
             protocol.rewards.claim_from_tree(1, tree, account)
         assert info.value.error_name == "AlreadyClaimed"
