@@ -24,10 +24,11 @@ BACKENDS = ["embedded", "anvil"]
 
 
 def tool_path(tool: str) -> Path | None:
-    """Return the npm-installed foundry binary ``tool`` (or ``$OPENLEDGER_<TOOL>``, or PATH)."""
+    """Return the foundry binary ``tool``: ``$OPENLEDGER_<TOOL>`` if set (``None`` unless it
+    is executable), else the npm-installed one under contracts/node_modules, else PATH."""
     override = os.environ.get(f"OPENLEDGER_{tool.upper()}")
     if override:
-        return Path(override)
+        return Path(override) if os.access(override, os.X_OK) else None
     for candidate in sorted(CONTRACTS.glob(f"node_modules/@foundry-rs/{tool}-*/bin/{tool}")):
         if os.access(candidate, os.X_OK):
             return candidate
@@ -62,7 +63,7 @@ def running_anvil(*extra_args: str) -> Iterator[str]:
     """
     binary = tool_path("anvil")
     if binary is None:
-        pytest.skip("anvil not installed: run `npm ci` in contracts/ (npm @foundry-rs/anvil)")
+        pytest.skip("anvil not found: run `npm ci` in contracts/ or set OPENLEDGER_ANVIL")
     port = _free_port()
     process = subprocess.Popen(
         [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent", *extra_args],
