@@ -151,15 +151,15 @@ class Chain:
 
     def block_timestamp(self) -> int:
         """Return the timestamp of the latest block (seconds)."""
-        return int(self.w3.eth.get_block("latest")["timestamp"])
+        return int(self._rpc(self.w3.eth.get_block, "latest")["timestamp"])
 
     def balance(self, address: str) -> Wei:
         """Return the native-coin balance of ``address`` in wei."""
-        return Wei(int(self.w3.eth.get_balance(_cs(address))))
+        return Wei(int(self._rpc(self.w3.eth.get_balance, _cs(address))))
 
     def code_at(self, address: str) -> bytes:
         """Return the runtime code at ``address`` (empty for an account without code)."""
-        return bytes(self.w3.eth.get_code(_cs(address)))
+        return bytes(self._rpc(self.w3.eth.get_code, _cs(address)))
 
     def call(self, to: str, data: bytes, *, sender: str | None = None) -> bytes:
         """Run ``eth_call`` and return the raw output.
@@ -324,7 +324,7 @@ class Chain:
         return _PREFLIGHT_GAS
 
     def _fees(self) -> TxParams:
-        base = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0))
+        base = int(self._rpc(self.w3.eth.get_block, "latest").get("baseFeePerGas", 0))
         return {
             "maxFeePerGas": Web3Wei(2 * base + _TIP_WEI),
             "maxPriorityFeePerGas": Web3Wei(_TIP_WEI),
