@@ -139,3 +139,12 @@ def test_repeat_claimers_pay_less_gas(chain: Chain, protocol: Protocol) -> None:
     # NOTE: the claimed bitmap slot and the token balance are already non-zero the second time.
     assert repeat < fresh - 30_000
     assert repeat < 80_000
+
+
+def test_posted_epoch_ids_come_from_the_logs(chain: Chain, protocol: Protocol) -> None:
+    assert protocol.rewards.posted_epoch_ids() == []
+    tree = _tree([Account.create()])
+    deadline = chain.block_timestamp() + DAY
+    for epoch_id in (3, 1, 7):
+        protocol.rewards.post_reward_tree(epoch_id, tree, deadline)
+    assert protocol.rewards.posted_epoch_ids() == [3, 1, 7]

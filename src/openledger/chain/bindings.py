@@ -18,6 +18,7 @@ from web3.contract import Contract
 from openledger.chain._artifacts import load_artifact
 from openledger.chain.errors import abi_type
 from openledger.crypto import Account, keccak256
+from openledger.exceptions import ChainConnectionError
 from openledger.types import Address, Hash32, to_hash32
 
 if TYPE_CHECKING:
@@ -114,6 +115,14 @@ class ContractClient:
         data = bytes.fromhex(self._contract.encode_abi(function, args=list(args))[2:])
         receipt = self.chain.send(self.address, data, sender=sender or self.sender)
         return self._receipt(receipt)
+
+    def _logs(self, event: str, from_block: int) -> list[dict[str, Any]]:
+        """Return the arguments of every ``event`` this contract emitted since ``from_block``."""
+        try:
+            found = self._contract.events[event]().get_logs(from_block=cast(Any, from_block))
+        except Exception as exc:  # requests' and web3's errors when the node is unreachable
+            raise ChainConnectionError(f"reading {event} logs failed: {exc}") from exc
+        return [{k: plain(v) for k, v in log["args"].items()} for log in found]
 
     def _receipt(self, receipt: TxReceipt) -> Receipt:
         events = []

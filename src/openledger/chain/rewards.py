@@ -146,6 +146,13 @@ class AttributionRewardsClient(ContractClient):
         """Return whether ``account`` has claimed from the epoch."""
         return bool(self._call("isClaimed", epoch_id, to_checksum_address(account)))
 
+    def posted_epoch_ids(self, from_block: int = 0) -> list[int]:
+        """Return the ids of the epochs posted since ``from_block``, in posting order.
+
+        Reads ``EpochPosted`` logs; on a long-lived network pass the deployment block.
+        """
+        return [int(args["epochId"]) for args in self._logs("EpochPosted", from_block)]
+
     def grant_role(self, role: bytes, account: str, *, sender: Account | None = None) -> Receipt:
         """Grant an access-control role (admin only); see :data:`SETTLER_ROLE`."""
         return self._transact("grantRole", role, to_checksum_address(account), sender=sender)
