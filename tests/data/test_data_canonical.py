@@ -91,5 +91,5 @@ def test_non_finite_numbers_are_refused() -> None:
     class Scored(Record):
         score: float
 
-    with pytest.raises(SchemaError, match="only finite numbers"):
+    with pytest.raises(SchemaError, match="field record.score is not finite"):
         canonical_bytes(Scored(score=float("nan")))

@@ -44,21 +44,50 @@ def _nfc(text: str) -> str:
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
-def _normalise(value: Any, path: str) -> Any:
+class _NotFinite(Exception):
+    pass
+
+
+def _normalise(value: Any) -> Any:
+    # NOTE: hot path (every record, every field): no path bookkeeping here; on failure
+    # _field_path finds the offending field by a second, slow walk.
     if isinstance(value, str):
         return _nfc(value)
     if isinstance(value, dict):
-        return {_nfc(k): _normalise(v, f"{path}.{k}") for k, v in value.items() if v is not None}
+        return {_nfc(k): _normalise(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_normalise(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_normalise(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
-        raise SchemaError(f"field {path} is {value}; only finite numbers can be hashed")
+        raise _NotFinite
     return value
+
+
+def _field_path(value: Any, path: str) -> str | None:
+    """Return the path of the first non-finite number inside ``value``, if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for sub_path, item in items:
+        found = _field_path(item, sub_path)
+        if found:
+            return found
+    return None
 
 
 def canonical_fields(record: Record) -> dict[str, Any]:
     """Return the record's fields as the canonical JSON value (NFC, ``None`` dropped)."""
-    return _normalise(record.model_dump(mode="json", exclude_none=True), "record")  # type: ignore[no-any-return]
+    fields = record.model_dump(mode="json", exclude_none=True)
+    try:
+        return _normalise(fields)  # type: ignore[no-any-return]
+    except _NotFinite:
+        where = _field_path(fields, "record")
+        raise SchemaError(
+            f"field {where} is not finite; only finite numbers can be hashed"
+        ) from None
 
 
 def canonical_bytes(record: Record) -> bytes:
