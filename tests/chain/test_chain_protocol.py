@@ -136,3 +136,27 @@ def test_unknown_model_and_bad_manifest_revert(protocol: Protocol) -> None:
     with pytest.raises(ContractRevertError, match="ZeroWeightsHash"):
         protocol.models.register_model(_manifest(weights="0x" + "00" * 32))
     assert not protocol.models.is_registered(model_id(_manifest(weights="0x" + "00" * 32)))
+
+
+def test_owners_hand_over_and_update(chain: Chain, protocol: Protocol) -> None:
+    registered = _register(protocol)
+    successor = chain.dev_accounts[5]
+    protocol.datanets.update_metadata(registered, "0x" + "ee" * 32, "ipfs://v2")
+    protocol.datanets.set_curator(registered, successor.address, True)
+    protocol.datanets.set_curator(registered, successor.address, False)
+    assert not protocol.datanets.is_publisher(registered, successor.address)
+    protocol.datanets.transfer_datanet_ownership(registered, successor.address)
+    info = protocol.datanets.get_datanet(registered)
+    assert (info.owner, info.metadata_uri, info.metadata_hash) == (
+        successor.address,
+        "ipfs://v2",
+        "0x" + "ee" * 32,
+    )
+    with pytest.raises(ContractRevertError, match="NotDatanetOwner"):
+        protocol.datanets.update_metadata(registered, H, "ipfs://v3")
+    manifest = _manifest()
+    protocol.models.register_model(manifest)
+    protocol.models.transfer_model_ownership(model_id(manifest), successor.address)
+    assert protocol.models.get_model(model_id(manifest)).owner == successor.address
+    protocol.models.set_price(model_id(manifest), 9, sender=successor)
+    assert protocol.models.get_model(model_id(manifest)).price_per_1k_tokens == 9
