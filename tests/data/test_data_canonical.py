@@ -93,3 +93,16 @@ def test_non_finite_numbers_are_refused() -> None:
 
     with pytest.raises(SchemaError, match="field record.score is not finite"):
         canonical_bytes(Scored(score=float("nan")))
+
+
+def test_documented_example_root() -> None:
+    """docs/data.md quotes this root; keep the page and the code in step."""
+    from openledger.crypto import StandardMerkleTree
+
+    leaves = [
+        (record_hash(InstructionRecord(instruction="Café?", response="Oui")), "0x" + "11" * 20),
+        (record_hash(TextRecord(text="Hello")), "0x" + "22" * 20),
+    ]
+    root = StandardMerkleTree.of(leaves, ["bytes32", "address"]).root
+    assert root == "0x6020e7314bc83af253d02b03dcc98ca7c1e570ec24040bf3df08e0f81a36c6d9"
+    assert leaves[1][0] == "0xf9666fd4bfef24370623e1d3d797d9dca1cb6680f8756d5c70c55d5b1c0726e5"
