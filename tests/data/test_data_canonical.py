@@ -91,7 +91,7 @@ def test_non_finite_numbers_are_refused() -> None:
     class Scored(Record):
         score: float
 
-    with pytest.raises(SchemaError, match="field record.score is not finite"):
+    with pytest.raises(SchemaError, match=r"field record\.score is not finite"):
         canonical_bytes(Scored(score=float("nan")))
 
 
