@@ -18,6 +18,7 @@ def test_data_all_is_pinned() -> None:
             "SNAPSHOT_LEAF_ENCODING",
             "AccessGrant",
             "AccessRequest",
+            "AuditReport",
             "ChatMessage",
             "ChatRecord",
             "ClassificationRecord",

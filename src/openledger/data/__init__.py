@@ -17,6 +17,7 @@ specified in docs/data.md.
 from __future__ import annotations
 
 from openledger.data.access import AccessGrant, AccessRequest
+from openledger.data.audit import AuditReport
 from openledger.data.canonical import canonical_bytes, record_hash
 from openledger.data.convert import (
     from_alpaca,
@@ -53,6 +54,7 @@ __all__ = [
     "SNAPSHOT_LEAF_ENCODING",
     "AccessGrant",
     "AccessRequest",
+    "AuditReport",
     "ChatMessage",
     "ChatRecord",
     "ClassificationRecord",

@@ -104,7 +104,7 @@ def insert_batch(
     near: NearDuplicateIndex | None,
 ) -> list[ContributionReceipt]:
     """Insert the contribution and its kept records, flag near-duplicates, return receipts."""
-    contribution_id = queries.insert_contribution(conn, signed)
+    contribution_id = queries.insert_contribution(conn, signed, batch.hashes)
     kept_signatures = None if signatures is None else signatures[keep]
     first_id = queries.insert_records(
         conn, batch, keep, signed.contributor, contribution_id, kept_signatures

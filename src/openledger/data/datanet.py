@@ -18,6 +18,7 @@ from typing import Any, Literal
 from openledger.crypto import Account, keccak256, to_hex
 from openledger.data import contribution, governance, io, queries
 from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
+from openledger.data.audit import AuditReport, audit
 from openledger.data.canonical import record_hash as _record_hash
 from openledger.data.ingest import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -309,6 +310,15 @@ class Datanet:
     def record_hash(self, record: Any) -> Hash32:
         """Return the hash the datanet would give ``record`` (validated against the schema)."""
         return _record_hash(self._prepare([record]).records[0])
+
+    def audit(self) -> AuditReport:
+        """Re-check every stored record hash, contribution root and signature.
+
+        Returns:
+            The report; ``report.ok`` is true when nothing is inconsistent.
+        """
+        with self._store.read() as conn:
+            return audit(conn, self.id, self.schema)
 
     # -- snapshots ---------------------------------------------------------------------------
 

@@ -60,17 +60,21 @@ def existing_hashes(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> set[by
     return found
 
 
-def insert_contribution(conn: sqlite3.Connection, signed: SignedContribution) -> int:
-    """Store the signed contribution row and return its id."""
+def insert_contribution(
+    conn: sqlite3.Connection, signed: SignedContribution, record_hashes: Sequence[bytes]
+) -> int:
+    """Store the signed contribution row (with every signed record hash); return its id."""
     cursor = conn.execute(
-        "INSERT INTO contributions (contributor, nonce, records_root, count, signature, created_at)"
-        " VALUES (?, ?, ?, ?, ?, julianday('now'))",
+        "INSERT INTO contributions (contributor, nonce, records_root, count, signature,"
+        " created_at, record_hashes) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             signed.contributor,
             signed.nonce,
             from_hex(signed.records_root),
             signed.count,
             from_hex(signed.signature),
+            time.time(),
+            b"".join(record_hashes),
         ),
     )
     return int(cursor.lastrowid or 0)

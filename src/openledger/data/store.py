@@ -86,6 +86,11 @@ MIGRATIONS: tuple[str, ...] = (
         manifest_hash BLOB NOT NULL
     );
     """,
+    # 2: keep every signed record hash of a contribution, so an audit can recompute its
+    # records root even when duplicates were skipped (older rows stay NULL).
+    """
+    ALTER TABLE contributions ADD COLUMN record_hashes BLOB;
+    """,
 )
 """Numbered schema migrations; migration ``i`` moves ``user_version`` from ``i`` to ``i+1``."""
 

@@ -1,0 +1,75 @@
+"""Audits from the file alone, tampering, and the migration that made them complete."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from datanet_rows import rows
+
+from openledger.crypto import Account
+from openledger.data import Datanet, InstructionRecord
+from openledger.data.store import MIGRATIONS, SCHEMA_VERSION, STORE_FILE
+
+
+def test_clean_datanet_audits_ok(dn: Datanet, alice: Account, bob: Account) -> None:
+    dn.contribute(rows(5), contributor=alice)
+    signed = dn.sign(rows(3, "b"), contributor=bob)
+    dn.contribute(rows(3, "b"), signed=signed)
+    report = dn.audit()
+    assert report.ok
+    assert (report.records, report.contributions) == (8, 2)
+
+
+def test_skipped_duplicates_still_audit_ok(tmp_path: Path, alice: Account, bob: Account) -> None:
+    dn = Datanet.create(tmp_path / "s", name="s", schema=InstructionRecord, duplicates="skip")
+    dn.contribute(rows(2), contributor=alice)
+    data = [rows(3)[2], rows(1)[0]]
+    receipts = dn.contribute(data, signed=dn.sign(data, contributor=bob))
+    assert [r.position for r in receipts] == [0]
+    assert dn.audit().ok
+
+
+def test_tampering_is_reported(dn: Datanet, alice: Account) -> None:
+    receipts = dn.contribute(rows(3), contributor=alice)
+    conn = sqlite3.connect(dn.path / STORE_FILE)
+    conn.execute(
+        "UPDATE records SET payload = ? WHERE hash = ?",
+        (
+            b'{"data":{"instruction":"x","response":"forged"},"schema":"openledger.instruction/1"}',
+            bytes.fromhex(receipts[1].record_hash[2:]),
+        ),
+    )
+    conn.execute("UPDATE contributions SET nonce = 7")
+    conn.commit()
+    conn.close()
+    problems = dn.audit().problems
+    assert problems[0] == f"record 2: payload does not hash to {receipts[1].record_hash}"
+    assert problems[1] == f"contribution 1: signature is not {alice.address}'s"
+    assert len(problems) == 2
+
+
+def test_version_1_store_is_migrated_and_old_rows_are_still_audited(
+    tmp_path: Path, alice: Account
+) -> None:
+    dn = Datanet.create(tmp_path / "m", name="m", schema=InstructionRecord)
+    dn.contribute(rows(2), contributor=alice)
+    dn.close()
+    # Turn the file back into a version-1 store: drop the column migration 2 added.
+    conn = sqlite3.connect(tmp_path / "m" / STORE_FILE)
+    conn.execute("ALTER TABLE contributions DROP COLUMN record_hashes")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    assert len(MIGRATIONS) == SCHEMA_VERSION == 2
+    again = Datanet.open(tmp_path / "m")
+    assert again._store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    again.contribute(rows(1, "new"), contributor=alice)
+    stored = again._store.conn.execute(
+        "SELECT record_hashes IS NULL FROM contributions ORDER BY id"
+    )
+    assert [r[0] for r in stored] == [1, 0]
+    report = again.audit()
+    assert report.ok
+    assert report.contributions == 2
+    again.close()
