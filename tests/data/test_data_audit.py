@@ -73,3 +73,13 @@ def test_version_1_store_is_migrated_and_old_rows_are_still_audited(
     assert report.ok
     assert report.contributions == 2
     again.close()
+
+
+def test_forged_review_is_reported(dn: Datanet, alice: Account, owner: Account) -> None:
+    receipts = dn.contribute(rows(1), contributor=alice)
+    dn.review(receipts[0].record_hash, accept=False, reason="spam", validator=owner)
+    conn = sqlite3.connect(dn.path / STORE_FILE)
+    conn.execute("UPDATE reviews SET reason = 'fine after all', accept = 1")
+    conn.commit()
+    conn.close()
+    assert dn.audit().problems == [f"review 1: signature is not {owner.address}'s"]

@@ -82,6 +82,15 @@ def test_reviews_exclude_records_and_lower_reputation(
     dn.review(receipts[1].record_hash, accept=True, reason="fixed on appeal", validator=owner)
     assert dn.reputation(alice).rejected == 1
     assert dn.snapshot().count == 3
+    history = dn.reviews(receipts[1].record_hash)
+    assert [(r.accept, r.reason, r.validator) for r in history] == [
+        (False, "off topic", owner.address),
+        (True, "fixed on appeal", owner.address),
+    ]
+    assert len(dn.reviews()) == 3
+    report = dn.audit()
+    assert report.ok
+    assert report.reviews == 3
 
 
 def test_only_validators_review_and_only_the_owner_adds_them(

@@ -31,6 +31,7 @@ def test_data_all_is_pinned() -> None:
             "Record",
             "Reputation",
             "RequiredFieldsRule",
+            "Review",
             "SignedContribution",
             "Snapshot",
             "StoredRecord",

@@ -35,7 +35,7 @@ from openledger.data.quality import (
     QualityRule,
     RequiredFieldsRule,
 )
-from openledger.data.receipts import ContributionReceipt, Reputation, StoredRecord
+from openledger.data.receipts import ContributionReceipt, Reputation, Review, StoredRecord
 from openledger.data.schemas import (
     ChatMessage,
     ChatRecord,
@@ -67,6 +67,7 @@ __all__ = [
     "Record",
     "Reputation",
     "RequiredFieldsRule",
+    "Review",
     "SignedContribution",
     "Snapshot",
     "StoredRecord",

@@ -3,7 +3,7 @@
 Anyone holding a copy of ``datanet.sqlite`` can run :func:`audit` to confirm that every
 stored record still hashes to its recorded hash, that each contribution's signed records
 root matches the hashes it lists, that stored records sit at their signed positions, and
-that every signature recovers to the recorded contributor.
+that every contribution and review signature recovers to its recorded signer.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openledger.crypto import keccak256, to_hex
+from openledger.data.governance import reviews
 from openledger.data.schemas import Record
-from openledger.data.signing import contribution_message, records_root, signer_of
+from openledger.data.signing import (
+    contribution_message,
+    records_root,
+    review_message,
+    signer_of,
+)
 from openledger.exceptions import SignatureError
 from openledger.types import Hash32
 
@@ -29,11 +35,13 @@ class AuditReport:
     Attributes:
         records: Records whose payload was re-hashed and re-validated.
         contributions: Contributions whose signature (and root, when stored) was checked.
+        reviews: Reviews whose signature was checked.
         problems: One line per inconsistency; empty when the datanet is intact.
     """
 
     records: int = 0
     contributions: int = 0
+    reviews: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -92,4 +100,13 @@ def audit(conn: sqlite3.Connection, datanet_id: Hash32, schema: type[Record]) ->
     )
     for row in rows:
         _check_contribution(tuple(row), datanet_id, stored.get(int(row[0]), {}), report)
+    for number, review in enumerate(reviews(conn), start=1):
+        report.reviews += 1
+        data = review_message(datanet_id, review.record_hash, review.accept, review.reason)
+        try:
+            valid = signer_of(data, review.signature, what="review") == review.validator
+        except SignatureError:
+            valid = False
+        if not valid:
+            report.problems.append(f"review {number}: signature is not {review.validator}'s")
     return report

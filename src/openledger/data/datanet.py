@@ -28,7 +28,7 @@ from openledger.data.ingest import (
 )
 from openledger.data.neardup import MinHasher, NearDuplicateIndex
 from openledger.data.quality import QualityRule
-from openledger.data.receipts import ContributionReceipt, Reputation, StoredRecord
+from openledger.data.receipts import ContributionReceipt, Reputation, Review, StoredRecord
 from openledger.data.schemas import Record, resolve_schema, schema_hash
 from openledger.data.settings import check_rules, validated_settings
 from openledger.data.signing import (
@@ -380,6 +380,10 @@ class Datanet:
             DataNotFoundError: If the record is not stored.
         """
         governance.review(self, record_hash, accept=accept, reason=reason, validator=validator)
+
+    def reviews(self, record_hash: str | bytes | None = None) -> list[Review]:
+        """Return the signed reviews of one record (or of all records), oldest first."""
+        return governance.reviews(self._store.conn, record_hash)
 
     def flags(self, record_hash: str | bytes) -> list[tuple[str, str]]:
         """Return ``(kind, detail)`` flags of a record, e.g. near-duplicate matches."""

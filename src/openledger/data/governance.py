@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 from openledger.crypto import Account, from_hex, to_hex
 from openledger.data.access import AccessGrant, AccessRequest, decide, load_request, new_request
-from openledger.data.receipts import Reputation
+from openledger.data.receipts import Reputation, Review
 from openledger.data.signing import as_account_address, grant_message, review_message
 from openledger.data.store import Store
 from openledger.exceptions import AccessDeniedError, ConfigError, DataNotFoundError
-from openledger.types import Address
+from openledger.types import Address, Hash32
 
 if TYPE_CHECKING:
     from openledger.data.datanet import Datanet
@@ -26,6 +26,7 @@ __all__ = [
     "request_access",
     "require_owner",
     "review",
+    "reviews",
     "revoke",
     "validators",
 ]
@@ -81,6 +82,23 @@ def review(
         )
         status = "accepted" if accept else "rejected"
         conn.execute("UPDATE records SET status = ? WHERE id = ?", (status, row[0]))
+
+
+def reviews(conn: sqlite3.Connection, record_hash: str | bytes | None = None) -> list[Review]:
+    """Return stored reviews, oldest first (of one record, or of all)."""
+    where, params = (
+        ("WHERE records.hash = ?", (from_hex(record_hash, size=32),)) if record_hash else ("", ())
+    )
+    rows = conn.execute(
+        "SELECT records.hash, validator, accept, reason, signature, reviews.created_at"
+        f" FROM reviews JOIN records ON records.id = reviews.record_id {where}"
+        " ORDER BY reviews.id",
+        params,
+    )
+    return [
+        Review(Hash32(to_hex(h)), Address(v), bool(a), r, to_hex(sig), float(t))
+        for h, v, a, r, sig, t in rows
+    ]
 
 
 def flags(conn: sqlite3.Connection, record_hash: str | bytes) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from openledger.data.schemas import Record
 from openledger.types import Address, Hash32
 
-__all__ = ["ContributionReceipt", "Reputation", "StoredRecord"]
+__all__ = ["ContributionReceipt", "Reputation", "Review", "StoredRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +70,24 @@ class Reputation:
     def score(self) -> float:
         """Share of accepted work with one free accepted record of prior."""
         return (self.records - self.rejected + 1) / (self.records + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A validator's signed decision on one record.
+
+    Attributes:
+        record_hash: The record reviewed.
+        validator: Who signed.
+        accept: Accepted (``True``) or rejected.
+        reason: The validator's reason.
+        signature: EIP-712 signature over ``Review(datanet, recordHash, accept, reason)``.
+        created_at: Unix time.
+    """
+
+    record_hash: Hash32
+    validator: Address
+    accept: bool
+    reason: str
+    signature: str
+    created_at: float
