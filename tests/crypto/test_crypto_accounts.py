@@ -83,3 +83,14 @@ def test_checksum_address() -> None:
         to_checksum_address("0x5AAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
     with pytest.raises(CryptoError, match="not valid hex"):
         from_hex("0xzz")
+
+
+def test_keccak_fallback_backend_gives_the_same_digests(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from openledger.crypto import hashing
+
+    monkeypatch.setitem(sys.modules, "sha3", None)  # as if safe-pysha3 were not installed
+    fallback = hashing._pick_backend()
+    for data in (b"", b"abc", bytes(range(200))):
+        assert fallback(data) == keccak256(data)
