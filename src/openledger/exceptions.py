@@ -33,6 +33,13 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   │                                   that request is refused, the engine keeps serving
     │   ├── UnsupportedModelError(ValueError)  a checkpoint the engine has no model class for
     │   └── EngineDeadError(RuntimeError)   the async engine's step loop failed and stopped
+    ├── AttributionError                    influence, rewards, settlement (openledger.attribution)
+    │   ├── AttributionInputError(ValueError)  an adapter, snapshot, report, pool or policy
+    │   │                                   that cannot be attributed or split
+    │   ├── SnapshotMismatchError(ValueError)  the adapter's manifest names another snapshot,
+    │   │                                   or an index was built for another adapter
+    │   └── ReceiptError(ValueError)        a usage receipt is malformed, or not signed by
+    │                                       a trusted operator; nothing is settled
     └── TrainError                          fine-tuning and adapters (openledger.train)
         ├── RecipeError(ValueError)         a recipe field is invalid or does not fit the
         │                                   model or machine (absent module, 4bit on CPU)
@@ -49,6 +56,8 @@ from __future__ import annotations
 
 __all__ = [
     "AccessDeniedError",
+    "AttributionError",
+    "AttributionInputError",
     "ChainConnectionError",
     "ChainError",
     "ChatTemplateError",
@@ -76,6 +85,8 @@ __all__ = [
     "TransactionTimeoutError",
     "UnknownModelError",
     "ServeError",
+    "SnapshotMismatchError",
+    "ReceiptError",
     "InvalidRequestError",
     "UnsupportedModelError",
     "EngineDeadError",
@@ -194,6 +205,22 @@ class ChainConnectionError(ChainError, ConnectionError):
 
 class ContractNotFoundError(ChainError, LookupError):
     """There is no contract code at an address given for a protocol contract."""
+
+
+class AttributionError(OpenLedgerError):
+    """Base class for errors of :mod:`openledger.attribution`."""
+
+
+class AttributionInputError(AttributionError, ValueError):
+    """An adapter, snapshot, report, reward pool or policy cannot be attributed or split."""
+
+
+class SnapshotMismatchError(AttributionError, ValueError):
+    """The adapter's manifest names another snapshot, or an index belongs to another adapter."""
+
+
+class ReceiptError(AttributionError, ValueError):
+    """A usage receipt is malformed or not signed by a trusted operator."""
 
 
 class TrainError(OpenLedgerError):
