@@ -32,7 +32,15 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   ├── InvalidRequestError(ValueError) a prompt or sampling parameter is unusable; only
     │   │                                   that request is refused, the engine keeps serving
     │   ├── UnsupportedModelError(ValueError)  a checkpoint the engine has no model class for
-    │   └── EngineDeadError(RuntimeError)   the async engine's step loop failed and stopped
+    │   ├── EngineDeadError(RuntimeError)   the async engine's step loop failed and stopped
+    │   └── AdapterError                    the adapter store (openledger.serve.adapters)
+    │       ├── AdapterNotFoundError(LookupError)  no adapter of that name, or its source
+    │       │                               (folder, hub repo, URL) cannot be had
+    │       ├── AdapterFormatError(ValueError)  not a usable PEFT LoRA folder: pickle
+    │       │                               weights, corrupt safetensors, bad config
+    │       ├── AdapterMismatchError(ValueError)  made for another base model: manifest,
+    │       │                               shapes or target modules do not fit
+    │       └── AdapterCapacityError(RuntimeError)  every device slot is pinned
     ├── AttributionError                    influence, rewards, settlement (openledger.attribution)
     │   ├── AttributionInputError(ValueError)  an adapter, snapshot, report, pool or policy
     │   │                                   that cannot be attributed or split
@@ -90,6 +98,11 @@ __all__ = [
     "InvalidRequestError",
     "UnsupportedModelError",
     "EngineDeadError",
+    "AdapterError",
+    "AdapterNotFoundError",
+    "AdapterFormatError",
+    "AdapterMismatchError",
+    "AdapterCapacityError",
 ]
 
 
@@ -267,3 +280,23 @@ class UnsupportedModelError(ServeError, ValueError):
 
 class EngineDeadError(ServeError, RuntimeError):
     """The async engine's background step loop raised; it serves no further requests."""
+
+
+class AdapterError(ServeError):
+    """Base class for errors of the adapter store (:mod:`openledger.serve.adapters`)."""
+
+
+class AdapterNotFoundError(AdapterError, LookupError):
+    """No adapter is registered under the name, or its source cannot be found or fetched."""
+
+
+class AdapterFormatError(AdapterError, ValueError):
+    """The source is no usable PEFT LoRA adapter (pickle weights, corrupt safetensors ...)."""
+
+
+class AdapterMismatchError(AdapterError, ValueError):
+    """The adapter was made for another base model: manifest, shapes or target modules differ."""
+
+
+class AdapterCapacityError(AdapterError, RuntimeError):
+    """No device slot can be freed: every slot holds a pinned or running adapter."""
