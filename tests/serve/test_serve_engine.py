@@ -58,6 +58,16 @@ def test_stop_token_ids_in_the_engine(engine: Engine) -> None:
     assert out.finish_reason == "stop"
 
 
+def test_min_tokens_holds_back_stop_tokens(engine: Engine) -> None:
+    stop_at = engine.generate("The capital", LONG)[0].token_ids[0]
+    params = SamplingParams(max_tokens=24, min_tokens=4, stop_token_ids=[stop_at])
+    out = engine.generate("The capital", params)[0]
+    assert stop_at not in out.token_ids[:4]
+    assert len(out.token_ids) > 4
+    with pytest.raises(InvalidRequestError, match="min_tokens"):
+        SamplingParams(max_tokens=2, min_tokens=3)
+
+
 def test_stop_string_truncates_and_streams_consistently(engine: Engine) -> None:
     full = engine.generate("A LoRA adapter", LONG)[0].text
     stop = full[6:9]

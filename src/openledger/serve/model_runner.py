@@ -75,6 +75,7 @@ class ModelRunner:
             [seq.token_ids for seq in seqs],
             [seq.num_output_tokens for seq in seqs],
             self.generator,
+            [_banned(seq) for seq in seqs],
         )
 
     def prepare(self, seqs: list[Sequence], is_prefill: bool) -> tuple[torch.Tensor, BatchMetadata]:
@@ -132,3 +133,11 @@ class ModelRunner:
         self, values: list[int] | list[list[int]], dtype: torch.dtype = torch.int64
     ) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+
+
+def _banned(seq: Sequence) -> frozenset[int]:
+    """Tokens that would end the sequence before its ``min_tokens``."""
+    if seq.num_output_tokens >= seq.params.min_tokens:
+        return frozenset()
+    stops = frozenset(seq.params.stop_token_ids)
+    return stops if seq.params.ignore_eos else stops | seq.eos_token_ids

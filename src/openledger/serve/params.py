@@ -20,6 +20,8 @@ class SamplingParams:
     Attributes:
         max_tokens: Most tokens to generate (>= 1); generation also stops at the model's
             context length.
+        min_tokens: End-of-sequence and stop tokens cannot be chosen before this many
+            tokens are generated (like transformers' ``min_new_tokens``).
         temperature: 0 for greedy (argmax); otherwise logits are divided by it.
         top_k: Keep only the k most likely tokens; 0 keeps all.
         top_p: Keep the smallest set of most likely tokens whose mass reaches top_p (0, 1].
@@ -37,6 +39,7 @@ class SamplingParams:
     """
 
     max_tokens: int = 16
+    min_tokens: int = 0
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -55,6 +58,11 @@ class SamplingParams:
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         _check_int("max_tokens", self.max_tokens, low=1)
+        _check_int("min_tokens", self.min_tokens, low=0)
+        if self.min_tokens > self.max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens={self.min_tokens} exceeds max_tokens={self.max_tokens}"
+            )
         _check_float("temperature", self.temperature, low=0.0)
         _check_int("top_k", self.top_k, low=0)
         _check_float("top_p", self.top_p, low=0.0, high=1.0)

@@ -74,6 +74,7 @@ def sample(
     histories: list[list[int]],
     steps: list[int],
     generator: torch.Generator | None = None,
+    banned: list[frozenset[int]] | None = None,
 ) -> SampledTokens:
     """Pick the next token of every row.
 
@@ -83,21 +84,31 @@ def sample(
         histories: Each row's prompt + output tokens (for the repetition penalty).
         steps: Each row's number of tokens generated so far (seeds its draw).
         generator: Stream for rows without a seed; None uses torch's global one.
+        banned: Per row, tokens that must not be chosen now (EOS before ``min_tokens``).
 
     Returns:
         The chosen tokens and, where asked for, log-probabilities.
     """
     logits = logits.float()
-    if all(p.greedy and p.repetition_penalty == 1.0 for p in params):
-        plain: list[int] = logits.argmax(dim=-1).tolist()
-        return SampledTokens(plain, _logprobs(logits, params, plain))
+    banned = banned or [frozenset()] * len(params)
+    plain = not any(banned) and all(p.greedy and p.repetition_penalty == 1.0 for p in params)
+    if plain:
+        argmax: list[int] = logits.argmax(dim=-1).tolist()
+        return SampledTokens(argmax, _logprobs(logits, params, argmax))
     token_ids: list[int] = []
     for row, row_params in enumerate(params):
         penalised = apply_repetition_penalty(
             logits[row], histories[row], row_params.repetition_penalty
         )
+        if banned[row]:
+            index = _index(banned[row], logits.device)
+            penalised = penalised.index_fill(0, index, float("-inf"))
         token_ids.append(_pick(penalised, row_params, steps[row], generator))
     return SampledTokens(token_ids, _logprobs(logits, params, token_ids))
+
+
+def _index(tokens: frozenset[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(sorted(tokens), dtype=torch.long, device=device)
 
 
 def _pick(

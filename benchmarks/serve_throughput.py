@@ -1,0 +1,121 @@
+"""Serving throughput: our engine (no adapters) vs transformers ``generate`` on one batch.
+
+Workload (benchmarks in ../shared/BENCHMARKS.md, base-model part of "mixed-8"):
+SmolLM2-135M-Instruct, fp32, CPU; 16 concurrent requests with short prompts (~16 tokens);
+32 new tokens each, greedy, no early stop (EOS banned before 32 tokens on both sides:
+``min_new_tokens`` / ``min_tokens``).
+
+Baseline in the same run: transformers ``generate`` on the same 16 prompts as one
+left-padded batch. Both are warmed up once; then they alternate for ``--repeats`` rounds
+and the medians are compared. Prints tokens/s of both, the ratio, and per-request time
+to first token (TTFT) and inter-token latency (ITL) of our engine.
+
+    python benchmarks/serve_throughput.py [--repeats 3] [--model smollm2-135m-instruct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from openledger.models import resolve_model
+from openledger.serve import Engine, EngineConfig, RequestOutput, SamplingParams
+
+TOPICS = [
+    "the water cycle", "black holes", "photosynthesis", "the Roman empire", "prime numbers",
+    "volcanoes", "machine learning", "the French revolution", "honey bees", "plate tectonics",
+    "the printing press", "quantum computing", "coral reefs", "the Silk Road", "vaccines",
+    "renewable energy",
+]  # fmt: skip
+NEW_TOKENS = 32
+
+
+def machine() -> str:
+    """CPU model, core count and library versions."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def prompts() -> list[str]:
+    """16 short prompts, about 16 tokens each with SmolLM2's tokenizer."""
+    return [f"Write two short sentences for a child that explain {topic}, please." for topic in TOPICS]
+
+
+def run_hf(model: torch.nn.Module, tokenizer: object, texts: list[str]) -> tuple[float, list[list[int]]]:
+    """One batched greedy ``generate``; returns (seconds, new tokens per prompt)."""
+    batch = tokenizer(texts, return_tensors="pt", padding=True)  # type: ignore[operator]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(  # type: ignore[operator]
+            **batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
+        )
+    seconds = time.perf_counter() - start
+    width = batch["input_ids"].shape[1]
+    return seconds, [row[width:].tolist() for row in out]
+
+
+def run_ours(engine: Engine, texts: list[str]) -> tuple[float, list[RequestOutput]]:
+    """All prompts added at once, stepped to completion; returns (seconds, outputs)."""
+    params = SamplingParams(max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    start = time.perf_counter()
+    outputs = engine.generate(texts, params)
+    return time.perf_counter() - start, outputs
+
+
+def latency_summary(outputs: list[RequestOutput]) -> str:
+    """Median and worst TTFT, median per-request mean ITL, in milliseconds."""
+    ttfts = [o.metrics.time_to_first_token or 0.0 for o in outputs]
+    itls = [o.metrics.mean_inter_token_latency or 0.0 for o in outputs]
+    return (
+        f"TTFT p50 {1000 * statistics.median(ttfts):.0f} ms, max {1000 * max(ttfts):.0f} ms; "
+        f"ITL p50 {1000 * statistics.median(itls):.1f} ms"
+    )
+
+
+def main() -> None:
+    """Run the comparison and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    args = parser.parse_args()
+    folder = resolve_model(args.model).path
+    texts = prompts()
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    engine = Engine(args.model, EngineConfig(device="cpu", dtype="float32"))
+    run_hf(model, tokenizer, texts[:2])
+    run_ours(engine, texts[:2])
+    hf_times, our_times, last = [], [], []
+    for _ in range(args.repeats):
+        seconds, hf_tokens = run_hf(model, tokenizer, texts)
+        hf_times.append(seconds)
+        seconds, last = run_ours(engine, texts)
+        our_times.append(seconds)
+    total = len(texts) * NEW_TOKENS
+    hf_rate = total / statistics.median(hf_times)
+    our_rate = total / statistics.median(our_times)
+    same = sum(o.token_ids == h for o, h in zip(last, hf_tokens, strict=True))
+    prompt_lens = [len(o.prompt_token_ids) for o in last]
+    print(f"machine: {machine()}")
+    print(f"workload: {len(texts)} requests, prompts {min(prompt_lens)}-{max(prompt_lens)} tokens, "
+          f"{NEW_TOKENS} new tokens, greedy, fp32 CPU; medians of {args.repeats} rounds")  # fmt: skip
+    print(f"HF transformers generate (one padded batch): {hf_rate:7.1f} tok/s")
+    print(f"openledger Engine (no adapters):             {our_rate:7.1f} tok/s")
+    print(f"ratio ours / HF: {our_rate / hf_rate:.2f}x")
+    print(f"ours: {latency_summary(last)}")
+    print(f"greedy outputs identical to the padded HF batch: {same}/{len(texts)}")
+
+
+if __name__ == "__main__":
+    main()
