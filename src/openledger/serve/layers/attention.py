@@ -68,6 +68,8 @@ class PagedAttention(nn.Module):
                 batch.host_context_lens,
                 scale=self.scale,
                 sliding_window=self.sliding_window,
+                key=key,
+                value=value,
             )
         decode = reference.decode_attention
         if self.backend == "triton":

@@ -56,13 +56,18 @@ class RotaryEmbedding(nn.Module):
         freqs = positions[:, None] * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos_sin", torch.stack((emb.cos(), emb.sin())), persistent=False)
+        self._positions: torch.Tensor | None = None
+        self._cos_sin_at = torch.empty(0)
 
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate ``query [T, heads, dim]`` and ``key [T, kv_heads, dim]``."""
-        cos = self.cos_sin[0][positions].to(query.dtype)[:, None, :]
-        sin = self.cos_sin[1][positions].to(query.dtype)[:, None, :]
+        # NOTE: one module serves every layer; look the step's positions up once.
+        if positions is not self._positions or self._cos_sin_at.dtype != query.dtype:
+            self._positions = positions
+            self._cos_sin_at = self.cos_sin[:, positions].to(query.dtype)[:, :, None, :]
+        cos, sin = self._cos_sin_at
         return _rotate(query, cos, sin), _rotate(key, cos, sin)
 
 

@@ -65,6 +65,8 @@ def prefill_attention(
     *,
     scale: float,
     sliding_window: int | None = None,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of each sequence's new tokens over its cached context.
 
@@ -77,6 +79,9 @@ def prefill_attention(
         context_lens: Cached plus new tokens per sequence.
         scale: Softmax scale, usually ``dim ** -0.5``.
         sliding_window: Mistral-style window, None for full attention.
+        key: This step's keys ``[T, kv_heads, dim]`` (as stored); when given, a sequence
+            with nothing cached attends over them directly instead of gathering blocks.
+        value: This step's values, likewise.
 
     Returns:
         ``[T, heads, dim]``.
@@ -85,8 +90,12 @@ def prefill_attention(
     start = 0
     for index, (num_queries, context_len) in enumerate(zip(query_lens, context_lens, strict=False)):
         q = query[start : start + num_queries].transpose(0, 1)
-        k = gather_kv(k_cache, block_tables[index], context_len).transpose(0, 1)
-        v = gather_kv(v_cache, block_tables[index], context_len).transpose(0, 1)
+        if key is not None and value is not None and num_queries == context_len:
+            k = key[start : start + num_queries].to(k_cache.dtype).transpose(0, 1)
+            v = value[start : start + num_queries].to(v_cache.dtype).transpose(0, 1)
+        else:
+            k = gather_kv(k_cache, block_tables[index], context_len).transpose(0, 1)
+            v = gather_kv(v_cache, block_tables[index], context_len).transpose(0, 1)
         if num_queries == context_len and sliding_window is None:
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=scale, enable_gqa=True
