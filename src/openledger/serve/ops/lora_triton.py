@@ -79,7 +79,9 @@ def lora_segments(indices: torch.Tensor) -> LoraSegments:
     def to_device(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32, device=indices.device)
 
-    return LoraSegments(to_device(starts), to_device(lengths), to_device(slots), max(lengths or [0]))
+    return LoraSegments(
+        to_device(starts), to_device(lengths), to_device(slots), max(lengths or [0])
+    )
 
 
 @triton.jit  # type: ignore[untyped-decorator]
