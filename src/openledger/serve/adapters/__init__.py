@@ -1,0 +1,20 @@
+"""Adapters for multi-adapter serving: sources, validation, and the three-tier store.
+
+::
+
+    store = AdapterStore(model_config, lora_state, dtype=torch.float32, device=cpu)
+    store.add("medqa", "out/medqa")                  # or "hf://org/repo@rev", an archive URL
+    use = store.resolve({"medqa": 0.7, "law": 0.3})  # a weighted mix, exact at inference
+    slot = store.acquire(use)                        # just-in-time load into a device slot
+
+The engine does this for you: ``engine.add_adapter(name, source)`` and
+``SamplingParams(adapter=...)``.
+"""
+
+from __future__ import annotations
+
+from openledger.serve.adapters.loading import AdapterSpec, LoadedAdapter
+from openledger.serve.adapters.slots import SlotTable
+from openledger.serve.adapters.store import AdapterRef, AdapterStore, AdapterUse
+
+__all__ = ["AdapterRef", "AdapterSpec", "AdapterStore", "AdapterUse", "LoadedAdapter", "SlotTable"]

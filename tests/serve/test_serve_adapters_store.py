@@ -1,0 +1,231 @@
+"""Adapter store: loading PEFT folders, refusals, tiers, slots and weighted mixes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from serve_lora_factory import make_peft_adapter  # noqa: E402
+
+from openledger.exceptions import (  # noqa: E402
+    AdapterCapacityError,
+    AdapterFormatError,
+    AdapterMismatchError,
+    AdapterNotFoundError,
+    ConfigError,
+    InvalidRequestError,
+)
+from openledger.models import save_tiny_model  # noqa: E402
+from openledger.serve.adapters import AdapterStore  # noqa: E402
+from openledger.serve.layers.lora import LoraState  # noqa: E402
+from openledger.serve.models.config import ModelConfig  # noqa: E402
+from openledger.serve.ops.lora_torch import LoraGroups, add_lora  # noqa: E402
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("base") / "llama", "llama", seed=3)
+
+
+@pytest.fixture(scope="module")
+def adapters(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "all8": make_peft_adapter(base, root / "all8", r=8, targets=ALL, seed=1),
+        "qv4": make_peft_adapter(base, root / "qv4", r=4, targets=["q_proj", "v_proj"], seed=2),
+        "rs": make_peft_adapter(
+            base,
+            root / "rs",
+            r=6,
+            targets=["k_proj", "down_proj"],
+            seed=3,
+            use_rslora=True,
+            alpha_pattern={"down_proj": 3.0},
+        ),
+    }
+
+
+def new_store(base: Path, num_slots: int = 4, **kwargs: object) -> AdapterStore:
+    config = ModelConfig.from_folder(base)
+    names = [
+        f"layers.{i}.{m}"
+        for i in range(config.num_layers)
+        for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+    ]
+    state = LoraState(names, num_slots)
+    return AdapterStore(
+        config,
+        state,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def peft_delta(folder: Path, module: str, x: torch.Tensor, scaling: float) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    a = tensors[f"base_model.model.model.{module}.lora_A.weight"]
+    b = tensors[f"base_model.model.model.{module}.lora_B.weight"]
+    return (x @ a.T @ b.T) * scaling
+
+
+def our_delta(store: AdapterStore, name: str, fused: str, x: torch.Tensor) -> torch.Tensor:
+    weights = store.load_host(name).modules[fused]
+    out_size = max(s.col_end for s in weights.slices)
+    out = torch.zeros(x.shape[0], out_size + 64)
+    add_lora(out, x, LoraGroups.from_indices(torch.zeros(x.shape[0], dtype=torch.int64)), [weights])
+    return out
+
+
+def test_slices_and_scalings_match_peft(base: Path, adapters: dict[str, Path]) -> None:
+    store = new_store(base)
+    spec = store.add("rs", adapters["rs"])
+    assert spec.target_modules == {"k_proj", "down_proj"}
+    assert spec.scalings["model.layers.0.self_attn.k_proj"] == pytest.approx(12 / 6**0.5)
+    assert spec.scalings["model.layers.1.mlp.down_proj"] == pytest.approx(3.0 / 6**0.5)
+    store.add("qv4", adapters["qv4"])
+    config = store.config
+    x = torch.randn(5, config.hidden_size)
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    got = our_delta(store, "qv4", "layers.1.self_attn.qkv_proj", x)
+    want_q = peft_delta(adapters["qv4"], "layers.1.self_attn.q_proj", x, 2.0)
+    want_v = peft_delta(adapters["qv4"], "layers.1.self_attn.v_proj", x, 2.0)
+    torch.testing.assert_close(got[:, :q], want_q)
+    assert not got[:, q : q + kv].any()  # k is not targeted
+    torch.testing.assert_close(got[:, q + kv : q + 2 * kv], want_v)
+    got_k = our_delta(store, "rs", "layers.0.self_attn.qkv_proj", x)[:, q : q + kv]
+    want_k = peft_delta(adapters["rs"], "layers.0.self_attn.k_proj", x, 12 / 6**0.5)
+    torch.testing.assert_close(got_k, want_k)
+
+
+def test_pickle_corrupt_and_foreign_adapters_are_refused(
+    base: Path, adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    store = new_store(base)
+    pickled = make_peft_adapter(base, tmp_path / "pkl", r=2, targets=["q_proj"], seed=4, safe=False)
+    with pytest.raises(AdapterFormatError, match="pickle"):
+        store.add("pkl", pickled)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "adapter_config.json").write_text(
+        (adapters["qv4"] / "adapter_config.json").read_text()
+    )
+    (corrupt / "adapter_model.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"
+    )
+    with pytest.raises(AdapterFormatError, match="not a readable safetensors"):
+        store.add("corrupt", corrupt)
+    truncated = (adapters["all8"] / "adapter_model.safetensors").read_bytes()[:-100]
+    (corrupt / "adapter_model.safetensors").write_bytes(truncated)
+    with pytest.raises(AdapterFormatError):
+        store.add("truncated", corrupt)
+    wider = save_tiny_model(tmp_path / "wider", "llama", seed=1, hidden_size=96)
+    foreign = make_peft_adapter(wider, tmp_path / "foreign", r=2, targets=["o_proj"], seed=5)
+    with pytest.raises(AdapterMismatchError, match="shape"):
+        store.add("foreign", foreign)
+    dora = make_peft_adapter(
+        base, tmp_path / "dora", r=2, targets=["q_proj"], seed=6, use_dora=True
+    )
+    with pytest.raises(AdapterFormatError, match="use_dora"):
+        store.add("dora", dora)
+    with pytest.raises(AdapterNotFoundError, match="no folder"):
+        store.add("missing", tmp_path / "nowhere")
+    assert len(store) == 0  # nothing half-registered
+
+
+def test_manifest_for_other_base_weights_is_refused(
+    base: Path, adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(adapters["qv4"], tmp_path / "with-manifest"))
+    manifest = {"adapter_id": "0x" + "ab" * 32, "base_model": "other",
+                "base_model_weights_hash": "0x" + "11" * 32}  # fmt: skip
+    (folder / "openledger_manifest.json").write_text(json.dumps(manifest))
+    calls: list[int] = []
+
+    def base_hash() -> str:
+        calls.append(1)
+        return "0x" + "22" * 32
+
+    store = new_store(base, base_weights_hash=base_hash)
+    with pytest.raises(AdapterMismatchError, match="trained on base model 'other'"):
+        store.add("m", folder)
+    manifest["base_model_weights_hash"] = "0x" + "22" * 32
+    (folder / "openledger_manifest.json").write_text(json.dumps(manifest))
+    assert store.add("m", folder).adapter_id == "0x" + "ab" * 32
+    store.add("plain", adapters["qv4"])
+    assert calls == [1]  # hashed once, only for adapters with a manifest
+
+
+def test_names_and_mixes_are_validated(base: Path, adapters: dict[str, Path]) -> None:
+    store = new_store(base)
+    store.add("a", adapters["qv4"])
+    with pytest.raises(ConfigError, match="registered"):
+        store.add("a", adapters["qv4"])
+    with pytest.raises(ConfigError, match="name"):
+        store.add("a+b", adapters["qv4"])
+    with pytest.raises(AdapterNotFoundError, match="'zz'"):
+        store.resolve("zz")
+    with pytest.raises(AdapterNotFoundError):
+        store.resolve({"a": 0.5, "zz": 0.5})
+    for bad in ({}, {"a": float("nan")}, {"a": 0}, {"a": "1"}):
+        with pytest.raises(InvalidRequestError):
+            store.resolve(bad)  # type: ignore[arg-type]
+    use = store.resolve({"a": 0.7})
+    assert use.key == "a*0.7"
+    assert store.resolve("a").cache_salt != use.cache_salt
+
+
+def test_slots_evict_lru_and_mixes_are_exact(base: Path, adapters: dict[str, Path]) -> None:
+    store = new_store(base, num_slots=2)
+    for name in ("all8", "qv4", "rs"):
+        store.add(name, adapters[name])
+    mix = store.resolve({"all8": 0.7, "qv4": -0.3})
+    assert mix.names == ("all8", "qv4")
+    single = store.resolve("rs")
+    slot_mix, slot_single = store.acquire(mix), store.acquire(single)
+    assert {slot_mix, slot_single} == {0, 1}
+    with pytest.raises(AdapterCapacityError):
+        store.acquire(store.resolve("qv4"))  # both slots pinned
+    store.release(single)
+    assert store.acquire(store.resolve("qv4")) == slot_single  # "rs" evicted
+    assert store.slots.resident() == [mix.key, "qv4"]
+    fused = "layers.0.self_attn.qkv_proj"
+    x = torch.randn(3, store.config.hidden_size)
+    groups = LoraGroups.from_indices(torch.full((3,), slot_mix))
+    width = store.state.slots[fused][slot_mix].slices[0].col_end  # type: ignore[union-attr]
+    got = torch.zeros(3, width * 3)
+    add_lora(got, x, groups, store.state.slots[fused])
+    want = 0.7 * our_delta(store, "all8", fused, x) - 0.3 * our_delta(store, "qv4", fused, x)
+    torch.testing.assert_close(got, want[:, : got.shape[1]], rtol=1e-5, atol=1e-5)
+    store.release(mix)
+    store.remove("all8")
+    assert store.slots.resident() == ["qv4"]
+    assert store.state.slots[fused][slot_mix] is None
+
+
+def test_thousand_registered_with_bounded_host_memory(
+    base: Path, adapters: dict[str, Path]
+) -> None:
+    one = new_store(base)
+    one.add("x", adapters["all8"])
+    size = one.load_host("x").num_bytes
+    store = new_store(base, num_slots=4, max_host_bytes=5 * size)
+    for i in range(1000):
+        store.add(f"a{i}", adapters["all8"])
+    for i in range(0, 1000, 37):
+        use = store.resolve(f"a{i}")
+        store.acquire(use)
+        store.release(use)
+    assert len(store) == 1000
+    assert store.host_bytes <= 5 * size
+    assert len(store.slots.resident()) == 4
