@@ -224,3 +224,17 @@ def test_signed_contribution_validates_its_fields() -> None:
             records_root="0x" + "22" * 32,
             signature="0x1234",
         )
+
+
+def test_contributing_while_iterating_sees_the_records_of_the_start(
+    dn: Datanet, alice: Account
+) -> None:
+    dn.contribute(rows(2500, "old"), contributor=alice)
+    seen = 0
+    for stored in dn.records():
+        if seen % 1000 == 0:
+            dn.contribute([{"instruction": f"new {seen}", "response": "r"}], contributor=alice)
+        seen += 1
+        assert stored.contributor == alice.address
+    assert seen == 2500
+    assert len(dn) == 2503

@@ -47,7 +47,7 @@ def test_sigkill_during_a_large_contribution_leaves_all_or_nothing(
 ) -> None:
     folder = tmp_path / "dn"
     Datanet.create(folder, name="crash", schema=InstructionRecord).close()
-    n = 30_000
+    n = 15_000
     child = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(folder), str(n)],
         stdout=subprocess.PIPE,
@@ -79,7 +79,7 @@ def test_sigkill_during_a_large_contribution_leaves_all_or_nothing(
 def test_reader_sees_no_partial_contribution_while_a_writer_works(tmp_path: Path) -> None:
     folder = tmp_path / "dn"
     Datanet.create(folder, name="concurrent", schema=InstructionRecord).close()
-    n = 20_000
+    n = 10_000
     child = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(folder), str(n)], stdout=subprocess.PIPE, text=True
     )

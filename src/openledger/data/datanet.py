@@ -288,8 +288,9 @@ class Datanet:
             AccessDeniedError: For a private datanet without a valid grant.
         """
         self._check_read(grant)
-        where = "" if include_rejected else "WHERE status = 'accepted'"
-        return queries.iter_records(self._store.conn, self.schema, where, ())
+        return queries.iter_records(
+            self._store.conn, self.schema, include_rejected=include_rejected
+        )
 
     def get(self, record_hash: str | bytes, *, grant: AccessGrant | None = None) -> StoredRecord:
         """Return one stored record by hash.

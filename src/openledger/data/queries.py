@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _CHUNK = 900  # under SQLite's default limit of bound parameters per statement
+_PAGE = 2_000  # records fetched per query while iterating
 _RECORD_COLUMNS = "payload, hash, contributor, contribution_id, position, status"
 
 
@@ -173,12 +174,24 @@ def _stored(schema: type[Record], row: Sequence[Any]) -> StoredRecord:
 
 
 def iter_records(
-    conn: sqlite3.Connection, schema: type[Record], where: str, params: Sequence[Any]
+    conn: sqlite3.Connection, schema: type[Record], *, include_rejected: bool
 ) -> Iterator[StoredRecord]:
-    """Yield stored records matching a ``WHERE`` clause, in arrival order."""
-    cursor = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM records {where} ORDER BY id", params)
-    for row in cursor:
-        yield _stored(schema, row)
+    """Yield the records stored when iteration starts, in arrival order, page by page.
+
+    NOTE: no cursor stays open between pages, so the caller may contribute while
+    iterating without seeing (or looping over) its own new records.
+    """
+    top = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0])
+    status = "" if include_rejected else " AND status = 'accepted'"
+    query = (
+        f"SELECT id, {_RECORD_COLUMNS} FROM records"
+        f" WHERE id > ? AND id <= ?{status} ORDER BY id LIMIT {_PAGE}"
+    )
+    last = 0
+    while rows := conn.execute(query, (last, top)).fetchall():
+        for row in rows:
+            yield _stored(schema, row[1:])
+        last = int(rows[-1][0])
 
 
 def get_record(
