@@ -16,6 +16,7 @@ to first token (TTFT) and inter-token latency (ITL) of our engine.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -44,15 +45,20 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     threads = torch.get_num_threads()
-    return f"{cpu}, {threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores, {threads} torch threads, {versions}"
 
 
 def prompts() -> list[str]:
     """16 short prompts, about 16 tokens each with SmolLM2's tokenizer."""
-    return [f"Write two short sentences for a child that explain {topic}, please." for topic in TOPICS]
+    return [
+        f"Write two short sentences for a child that explain {topic}, please." for topic in TOPICS
+    ]
 
 
-def run_hf(model: torch.nn.Module, tokenizer: object, texts: list[str]) -> tuple[float, list[list[int]]]:
+def run_hf(
+    model: torch.nn.Module, tokenizer: object, texts: list[str]
+) -> tuple[float, list[list[int]]]:
     """One batched greedy ``generate``; returns (seconds, new tokens per prompt)."""
     batch = tokenizer(texts, return_tensors="pt", padding=True)  # type: ignore[operator]
     start = time.perf_counter()
@@ -108,8 +114,11 @@ def main() -> None:
     same = sum(o.token_ids == h for o, h in zip(last, hf_tokens, strict=True))
     prompt_lens = [len(o.prompt_token_ids) for o in last]
     print(f"machine: {machine()}")
-    print(f"workload: {len(texts)} requests, prompts {min(prompt_lens)}-{max(prompt_lens)} tokens, "
-          f"{NEW_TOKENS} new tokens, greedy, fp32 CPU; medians of {args.repeats} rounds")  # fmt: skip
+    span = f"{min(prompt_lens)}-{max(prompt_lens)}"
+    print(
+        f"workload: {len(texts)} requests, prompts {span} tokens, {NEW_TOKENS} new tokens, greedy,"
+    )
+    print(f"          fp32 CPU; medians of {args.repeats} rounds")
     print(f"HF transformers generate (one padded batch): {hf_rate:7.1f} tok/s")
     print(f"openledger Engine (no adapters):             {our_rate:7.1f} tok/s")
     print(f"ratio ours / HF: {our_rate / hf_rate:.2f}x")

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-# NOTE: Triton kernels run on CPU tensors under its interpreter; it must be chosen before
-# triton is first imported. On a CUDA machine the real compiler is kept.
-if not os.environ.get("CUDA_VISIBLE_DEVICES") and "TRITON_INTERPRET" not in os.environ:
-    os.environ["TRITON_INTERPRET"] = "1"
-
 torch = pytest.importorskip("torch")
+
+# NOTE: without CUDA, Triton kernels run on CPU tensors under its interpreter, which must
+# be chosen before triton is first imported. On a CUDA machine the real compiler is kept.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 CHECKPOINTS: dict[str, dict[str, Any]] = {
     "llama": {"family": "llama"},
@@ -58,7 +58,9 @@ def _save_checkpoint(folder: Path, name: str, seed: int) -> Path:
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Folder per entry of CHECKPOINTS."""
     root = tmp_path_factory.mktemp("serve-ckpt")
-    return {name: _save_checkpoint(root / name, name, seed=7 + i) for i, name in enumerate(CHECKPOINTS)}
+    return {
+        name: _save_checkpoint(root / name, name, seed=7 + i) for i, name in enumerate(CHECKPOINTS)
+    }
 
 
 @pytest.fixture(scope="session")

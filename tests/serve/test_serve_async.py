@@ -38,7 +38,8 @@ def test_generate_reports_metrics(engine: Engine) -> None:
     async def main() -> None:
         async with AsyncEngine(engine=engine) as aengine:
             out = await aengine.generate("The capital", PARAMS)
-        assert out.finished and len(out.token_ids) == 10
+        assert out.finished
+        assert len(out.token_ids) == 10
         assert out.metrics.time_to_first_token is not None
         assert out.metrics.mean_inter_token_latency is not None
 
@@ -79,7 +80,9 @@ def test_a_refused_request_raises_only_for_its_caller(engine: Engine) -> None:
     assert asyncio.run(main()) == expected
 
 
-def test_a_failing_step_surfaces_as_engine_dead(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_step_surfaces_as_engine_dead(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken() -> list[object]:
         raise RuntimeError("device lost")
 

@@ -20,7 +20,10 @@ def folder(tiny_checkpoints: dict[str, Path]) -> Path:
 
 @pytest.fixture
 def engine(folder: Path) -> Engine:
-    return Engine(folder, EngineConfig(block_size=4, num_blocks=128, max_model_len=96, max_num_batched_tokens=256))
+    return Engine(
+        folder,
+        EngineConfig(block_size=4, num_blocks=128, max_model_len=96, max_num_batched_tokens=256),
+    )
 
 
 def test_max_tokens_gives_length_and_metrics(engine: Engine) -> None:
@@ -28,7 +31,8 @@ def test_max_tokens_gives_length_and_metrics(engine: Engine) -> None:
     assert (out.finish_reason, len(out.token_ids)) == ("length", 7)
     assert out.metrics.num_prompt_tokens == len(out.prompt_token_ids)
     assert out.metrics.num_generated_tokens == 7
-    assert out.metrics.time_to_first_token is not None and out.metrics.time_to_first_token >= 0
+    assert out.metrics.time_to_first_token is not None
+    assert out.metrics.time_to_first_token >= 0
     assert len(out.metrics.inter_token_latencies) == 6
     assert out.text == engine.tokenizer.decode(out.token_ids, skip_special_tokens=True)
 
@@ -44,7 +48,9 @@ def test_eos_and_stop_tokens_end_generation() -> None:
     seq = Sequence(0, [5], 1, SamplingParams(max_tokens=9), 10, eos_token_ids=frozenset({2}))
     assert seq.append_token(7) is None
     assert seq.append_token(2) == "stop"
-    ignoring = Sequence(1, [5], 1, SamplingParams(max_tokens=9, ignore_eos=True), 10, frozenset({2}))
+    ignoring = Sequence(
+        1, [5], 1, SamplingParams(max_tokens=9, ignore_eos=True), 10, frozenset({2})
+    )
     assert ignoring.append_token(2) is None
     stop_tok = Sequence(2, [5], 1, SamplingParams(stop_token_ids=[4]), 10)
     assert stop_tok.append_token(4) == "stop"
@@ -53,7 +59,9 @@ def test_eos_and_stop_tokens_end_generation() -> None:
 def test_stop_token_ids_in_the_engine(engine: Engine) -> None:
     base = engine.generate("The capital", LONG)[0].token_ids
     stop_at = base[5]
-    out = engine.generate("The capital", SamplingParams(max_tokens=24, ignore_eos=True, stop_token_ids=[stop_at]))[0]
+    out = engine.generate(
+        "The capital", SamplingParams(max_tokens=24, ignore_eos=True, stop_token_ids=[stop_at])
+    )[0]
     assert out.token_ids == base[: base.index(stop_at) + 1]
     assert out.finish_reason == "stop"
 
@@ -142,8 +150,18 @@ def test_bad_requests_are_refused_and_the_engine_keeps_serving(engine: Engine) -
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_tokens", 0), ("max_tokens", -3), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5),
-     ("top_k", -1), ("repetition_penalty", 0.0), ("seed", -1), ("logprobs", -2), ("stop", [""])],
+    [
+        ("max_tokens", 0),
+        ("max_tokens", -3),
+        ("temperature", -1.0),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("top_k", -1),
+        ("repetition_penalty", 0.0),
+        ("seed", -1),
+        ("logprobs", -2),
+        ("stop", [""]),
+    ],
 )
 def test_invalid_sampling_params_name_the_field(field: str, value: object) -> None:
     with pytest.raises(InvalidRequestError, match=field if field != "stop" else "stop strings"):

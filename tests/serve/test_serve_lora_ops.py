@@ -107,3 +107,14 @@ def test_slot_without_weights_for_this_projection_is_skipped() -> None:
     out = torch.ones(2, 4)
     add_lora(out, torch.ones(2, 3), LoraGroups.from_indices(torch.tensor([0, 0])), [None])
     assert torch.equal(out, torch.ones(2, 4))
+
+
+def test_groups_from_sequences_merge_adjacent_runs() -> None:
+    groups = LoraGroups.from_sequences([1, 1, -1, 0, 1], [3, 2, 4, 1, 2], torch.device("cpu"))
+    by_slot = dict(groups.groups)
+    assert torch.equal(by_slot[1], torch.tensor([0, 1, 2, 3, 4, 10, 11]))
+    assert by_slot[0] == slice(9, 10)
+    indices = torch.tensor([1] * 5 + [-1] * 4 + [0] + [1] * 2)
+    from_tokens = dict(LoraGroups.from_indices(indices).groups)
+    assert torch.equal(from_tokens[1], by_slot[1])
+    assert LoraGroups.from_sequences([-1], [5], torch.device("cpu")).empty

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.serve.conftest import CHECKPOINTS
 
 from openledger.serve import Engine, EngineConfig, RequestOutput, SamplingParams
-from tests.serve.conftest import CHECKPOINTS
 
 PROMPTS = [
     "The capital of France is",

@@ -14,7 +14,9 @@ from openledger.serve.sampling import apply_repetition_penalty, next_token_probs
 LOGITS = [2.0, -1.0, 0.5, 3.0, 0.0, -2.5, 1.0, 0.25]
 
 
-def reference_probs(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:
+def reference_probs(
+    logits: list[float], temperature: float, top_k: int, top_p: float
+) -> list[float]:
     """Plain-Python: scale, keep the top k, softmax, keep the smallest head reaching top_p."""
     scaled = [x / temperature for x in logits]
     order = sorted(range(len(scaled)), key=lambda i: -scaled[i])
@@ -68,8 +70,10 @@ def test_logprobs_are_the_raw_log_softmax() -> None:
     log_z = math.log(sum(math.exp(x) for x in LOGITS))
     assert result.token_ids == [3]
     entry = result.logprobs[0]
-    assert entry is not None and set(entry) == {3, 0}
-    assert entry[3] == pytest.approx(3.0 - log_z) and entry[0] == pytest.approx(2.0 - log_z)
+    assert entry is not None
+    assert set(entry) == {3, 0}
+    assert entry[3] == pytest.approx(3.0 - log_z)
+    assert entry[0] == pytest.approx(2.0 - log_z)
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +86,27 @@ def test_seeded_requests_reproduce_whatever_the_batch(engine: Engine) -> None:
     alone = engine.generate("The capital", seeded)[0].token_ids
     noise = SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True)
     batch = engine.generate(["Numbers:", "The capital", "def add"], [noise, seeded, noise])
-    other_seed = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, seed=99, ignore_eos=True)
+    other_seed = SamplingParams(
+        max_tokens=12, temperature=0.9, top_p=0.95, seed=99, ignore_eos=True
+    )
     assert batch[1].token_ids == alone
     assert engine.generate("The capital", other_seed)[0].token_ids != alone
 
 
-def test_engine_logprobs_match_the_transformers_forward(engine: Engine, tiny_checkpoints: dict[str, Path]) -> None:
+def test_engine_logprobs_match_the_transformers_forward(
+    engine: Engine, tiny_checkpoints: dict[str, Path]
+) -> None:
     from transformers import AutoModelForCausalLM
 
-    out = engine.generate("The capital", SamplingParams(max_tokens=5, logprobs=3, ignore_eos=True))[0]
+    out = engine.generate("The capital", SamplingParams(max_tokens=5, logprobs=3, ignore_eos=True))[
+        0
+    ]
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoints["llama"], dtype=torch.float32)
     ids = torch.tensor([out.prompt_token_ids + out.token_ids])
     with torch.no_grad():
         ref = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    assert out.logprobs is not None and len(out.logprobs) == 5
+    assert out.logprobs is not None
+    assert len(out.logprobs) == 5
     for step, (token, entry) in enumerate(zip(out.token_ids, out.logprobs, strict=True)):
         row = ref[len(out.prompt_token_ids) - 1 + step]
         top = torch.topk(row, 3).indices.tolist()

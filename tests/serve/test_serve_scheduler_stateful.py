@@ -54,8 +54,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         total = len(prompt) + max_tokens
         if self.pool.blocks_needed(total) > self.pool.num_blocks:
             return  # the engine refuses these up front
-        seq = Sequence(len(self.seqs), list(prompt), len(prompt), SamplingParams(max_tokens=max_tokens),
-                       total, eos_token_ids=frozenset({EOS}))
+        seq = Sequence(
+            len(self.seqs),
+            list(prompt),
+            len(prompt),
+            SamplingParams(max_tokens=max_tokens),
+            total,
+            eos_token_ids=frozenset({EOS}),
+        )
         self.seqs.append(seq)
         self.prompts[seq.seq_id] = list(prompt)
         self.scheduler.add(seq)
@@ -116,7 +122,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.pool.num_free_blocks == self.pool.num_blocks
         for seq in self.seqs:
             if seq.finish_reason != "abort":
-                assert seq.output_token_ids == expected_output(self.prompts[seq.seq_id], seq.params.max_tokens)
+                assert seq.output_token_ids == expected_output(
+                    self.prompts[seq.seq_id], seq.params.max_tokens
+                )
 
 
 TestSchedulerMachine = SchedulerMachine.TestCase
