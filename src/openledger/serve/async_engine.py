@@ -78,8 +78,7 @@ class AsyncEngine:
             InvalidRequestError: The request is refused (before anything is yielded).
             EngineDeadError: The step loop failed.
         """
-        queue = self._submit(prompt, params)
-        request_id = next(rid for rid, q in self._queues.items() if q is queue)
+        request_id, queue = self._submit(prompt, params)
         try:
             while True:
                 item = await queue.get()
@@ -112,7 +111,7 @@ class AsyncEngine:
 
     def _submit(
         self, prompt: PromptInput, params: SamplingParams | None
-    ) -> asyncio.Queue[RequestOutput | BaseException]:
+    ) -> tuple[str, asyncio.Queue[RequestOutput | BaseException]]:
         if self._error is not None:
             raise EngineDeadError(f"the engine's step loop failed earlier: {self._error!r}")
         with self._lock:
@@ -122,7 +121,7 @@ class AsyncEngine:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self._work.set()
-        return queue
+        return request_id, queue
 
     def _abort(self, request_id: str) -> None:
         if self._queues.pop(request_id, None) is not None:
