@@ -15,6 +15,7 @@ from openledger._version import __version__
 from openledger.exceptions import OpenLedgerError
 
 if TYPE_CHECKING:
+    from openledger import attribution as attribution
     from openledger import chain as chain
     from openledger import crypto as crypto
     from openledger import data as data
@@ -22,9 +23,19 @@ if TYPE_CHECKING:
     from openledger import serve as serve
     from openledger import train as train
 
-__all__ = ["OpenLedgerError", "__version__", "chain", "crypto", "data", "models", "serve", "train"]
+__all__ = [
+    "OpenLedgerError",
+    "__version__",
+    "attribution",
+    "chain",
+    "crypto",
+    "data",
+    "models",
+    "serve",
+    "train",
+]
 
-_LAYERS = frozenset({"chain", "crypto", "data", "models", "serve", "train"})
+_LAYERS = frozenset({"attribution", "chain", "crypto", "data", "models", "serve", "train"})
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,54 @@
+"""Proof of attribution: influence of training records on answers, rewards, settlement.
+
+Quick tour::
+
+    import openledger as ol
+    index = ol.attribution.InfluenceIndex.build(run.adapter, snapshot, method="datainf")
+    report = index.attribute("Question?", "Answer.")
+    report.contributor_shares()            # {address: share}, positive shares sum to 1
+    split = ol.attribution.split_rewards([report], 10**18, ol.attribution.RewardPolicy())
+    epoch = ol.attribution.settle([report], pool_wei=10**18, protocol=protocol)
+    epoch.claim(alice)
+
+Methods, formulas, storage costs and encodings are described in docs/attribution.md.
+"""
+
+from __future__ import annotations
+
+from openledger.attribution.api import attribute
+from openledger.attribution.gradients import GradientLayout, Projector
+from openledger.attribution.index import IndexManifest, InfluenceIndex
+from openledger.attribution.influence import METHODS, Method
+from openledger.attribution.poa import Epoch, Ledger, SignedReceipt, UsageReceipt, settle
+from openledger.attribution.report import AttributionReport, RecordScore
+from openledger.attribution.rewards import (
+    BPS,
+    SHARE_UNITS,
+    RewardPolicy,
+    RewardSplit,
+    largest_remainder,
+    split_rewards,
+)
+
+__all__ = [
+    "BPS",
+    "METHODS",
+    "SHARE_UNITS",
+    "AttributionReport",
+    "Epoch",
+    "GradientLayout",
+    "IndexManifest",
+    "InfluenceIndex",
+    "Ledger",
+    "Method",
+    "Projector",
+    "RecordScore",
+    "RewardPolicy",
+    "RewardSplit",
+    "SignedReceipt",
+    "UsageReceipt",
+    "attribute",
+    "largest_remainder",
+    "settle",
+    "split_rewards",
+]

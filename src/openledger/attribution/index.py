@@ -1,0 +1,356 @@
+"""``InfluenceIndex``: training gradients of an adapter's snapshot, cached, queried per answer.
+
+::
+
+    adapter + snapshot ── examples (as training tokenised them) ── gradients (per example,
+    optionally projected per LoRA layer) ── index folder: index.json + gradients-<c>.npy
+                                                                │
+    (prompt, completion) ── query gradient ── scorer (method) ──┴── AttributionReport
+
+A record costs ``4 * width`` bytes on disk (``width``: :attr:`InfluenceIndex.width`, the sum
+of projected LoRA layer sizes, see :mod:`.gradients`) per checkpoint. Without
+``output_dir`` the gradients stay in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from openledger.attribution.examples import (
+    IndexedExample,
+    query_example,
+    record_text,
+    training_examples,
+)
+from openledger.attribution.gradients import GradientLayout, Projector, lora_pairs
+from openledger.attribution.influence import METHODS, Scorer, make_scorer
+from openledger.attribution.loading import (
+    checkpoint_weights,
+    gradient_rows,
+    load_adapter,
+    open_adapter,
+    query_gradients,
+)
+from openledger.attribution.report import AttributionReport, RecordScore
+from openledger.data import Snapshot
+from openledger.exceptions import AttributionInputError, SnapshotMismatchError
+from openledger.types import Address, Hash32
+
+if TYPE_CHECKING:
+    import torch
+
+    from openledger.data import AccessGrant
+    from openledger.train import Adapter
+
+__all__ = ["INDEX_FILE", "INDEX_FORMAT", "IndexManifest", "IndexedRecord", "InfluenceIndex"]
+
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "openledger.influence_index/1"
+
+
+class IndexedRecord(BaseModel):
+    """One record of the index: its hash, contributor and text preview."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    record_hash: Hash32
+    contributor: Address | None
+    text: str
+
+
+class IndexManifest(BaseModel):
+    """What an index holds (``index.json``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: str = INDEX_FORMAT
+    method: str
+    adapter_id: Hash32
+    snapshot_root: Hash32
+    datanet_id: Hash32 | None
+    projection_dim: int | None
+    projection_seed: int
+    damping_scale: float
+    layer_names: tuple[str, ...]
+    offsets: tuple[int, ...]
+    learning_rates: tuple[float, ...]
+    checkpoints: tuple[str, ...]
+    num_skipped: int
+    records: tuple[IndexedRecord, ...]
+
+
+class InfluenceIndex:
+    """Training gradients of one adapter over its snapshot, ready to attribute answers.
+
+    Build with :meth:`build`, reopen with :meth:`load`, query with :meth:`attribute`.
+    """
+
+    def __init__(
+        self, manifest: IndexManifest, grads: list[torch.Tensor], adapter: Adapter
+    ) -> None:
+        self.manifest = manifest
+        self.grads = grads
+        self.adapter = adapter
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._scorer: Scorer | None = None
+
+    @property
+    def method(self) -> str:
+        """The influence method."""
+        return self.manifest.method
+
+    @property
+    def layout(self) -> GradientLayout:
+        """Where each LoRA layer sits in a gradient row."""
+        return GradientLayout(self.manifest.layer_names, self.manifest.offsets)
+
+    @property
+    def width(self) -> int:
+        """Values stored per record and checkpoint (bytes per record = 4 x this x checkpoints)."""
+        return self.layout.width
+
+    def __len__(self) -> int:
+        return len(self.manifest.records)
+
+    @classmethod
+    def build(
+        cls,
+        adapter: Adapter | str | os.PathLike[str],
+        snapshot: Snapshot,
+        method: str = "datainf",
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+        projection_dim: int | None = None,
+        projection_seed: int = 0,
+        damping_scale: float = 0.1,
+        checkpoints: Sequence[str | os.PathLike[str]] = (),
+        learning_rates: Sequence[float] | None = None,
+        grant: AccessGrant | None = None,
+        progress: bool | None = None,
+        device: str | None = None,
+    ) -> InfluenceIndex:
+        """Compute and cache the per-example LoRA gradients of the snapshot's records.
+
+        Args:
+            adapter: The adapter (or its folder); its manifest must name ``snapshot``.
+            snapshot: The snapshot the adapter was trained on.
+            method: ``exact``, ``datainf`` (default), ``tracin`` or ``gradcos``.
+            output_dir: Folder for ``index.json`` and the gradient files (default: memory).
+            projection_dim: Random projection size per LoRA factor side (default: none).
+            projection_seed: Seed of the projections.
+            damping_scale: Damping multiplier for ``exact`` and ``datainf``.
+            checkpoints: For ``tracin``: adapter checkpoint folders (each with
+                ``adapter_model.safetensors``); default the final adapter only.
+            learning_rates: For ``tracin``: one per checkpoint (default: the recipe's).
+            grant: Access grant for a private datanet.
+            progress: Show a progress bar (default: when standard error is a terminal).
+            device: Torch device (default CPU).
+
+        Raises:
+            SnapshotMismatchError: The adapter's manifest names another snapshot.
+            AttributionInputError: Unknown method, bad settings, or nothing to index.
+        """
+        found = open_adapter(adapter)
+        _check_snapshot(found, snapshot)
+        _check_settings(method, projection_dim, damping_scale, checkpoints, learning_rates)
+        model, tokenizer = load_adapter(found, device)
+        stored = list(snapshot.records(grant=grant))
+        examples, skipped = training_examples(stored, tokenizer, found.recipe)
+        if not examples:
+            raise AttributionInputError("no record of the snapshot is trainable; nothing to index")
+        projector = Projector(projection_dim, projection_seed)
+        layout = GradientLayout.of(lora_pairs(model), projector)
+        rates = tuple(learning_rates or [found.recipe.learning_rate] * max(1, len(checkpoints)))
+        settings = _Settings(method, projector, damping_scale, rates, tuple(map(str, checkpoints)))
+        manifest = _manifest(found, snapshot, settings, layout, skipped, examples)
+        folder = None if output_dir is None else Path(output_dir)
+        grads = _gradients(model, projector, examples, checkpoints, folder, layout.width, progress)
+        if folder is not None:
+            (folder / INDEX_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        index = cls(manifest, grads, found)
+        index._model, index._tokenizer = model, tokenizer
+        return index
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike[str], adapter: Adapter | str | os.PathLike[str]
+    ) -> InfluenceIndex:
+        """Reopen an index folder for ``adapter`` (gradients are memory-mapped).
+
+        Raises:
+            SnapshotMismatchError: The index was built for another adapter.
+            AttributionInputError: The folder is not an index.
+        """
+        import numpy as np
+        import torch
+
+        root = Path(folder)
+        try:
+            manifest = IndexManifest.model_validate_json((root / INDEX_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise AttributionInputError(f"{root} is not an influence index: {exc}") from None
+        found = open_adapter(adapter)
+        if manifest.adapter_id != found.id:
+            raise SnapshotMismatchError(
+                f"the index in {root} was built for adapter {manifest.adapter_id}, "
+                f"not {found.id}; build a new index for this adapter"
+            )
+        grads = [
+            torch.from_numpy(np.load(root / f"gradients-{c}.npy", mmap_mode="r"))
+            for c in range(len(manifest.learning_rates))
+        ]
+        return cls(manifest, grads, found)
+
+    def with_method(self, method: str, *, damping_scale: float | None = None) -> InfluenceIndex:
+        """Return an index over the same gradients scored by another method.
+
+        Raises:
+            AttributionInputError: Unknown method (or ``tracin`` settings on one checkpoint).
+        """
+        scale = self.manifest.damping_scale if damping_scale is None else damping_scale
+        _check_settings(method, 1, scale, (), None)
+        changed = self.manifest.model_copy(update={"method": method, "damping_scale": scale})
+        index = InfluenceIndex(changed, self.grads, self.adapter)
+        index._model, index._tokenizer = self._model, self._tokenizer
+        return index
+
+    def _ensure_model(self) -> None:
+        if self._model is None:
+            self._model, self._tokenizer = load_adapter(self.adapter, None)
+
+    def scorer(self) -> Scorer:
+        """The method's scorer over the training gradients (prepared once)."""
+        if self._scorer is None:
+            self._scorer = make_scorer(
+                self.method,
+                self.grads,
+                self.layout,
+                learning_rates=self.manifest.learning_rates,
+                damping_scale=self.manifest.damping_scale,
+            )
+        return self._scorer
+
+    def query_gradients(self, prompt: str, completion: str) -> list[torch.Tensor]:
+        """Return the query's (projected) gradient under each checkpoint."""
+        self._ensure_model()
+        ids, labels = query_example(prompt, completion, self._tokenizer, self.adapter.recipe)
+        projector = Projector(self.manifest.projection_dim, self.manifest.projection_seed)
+        checkpoints = self.manifest.checkpoints
+        return query_gradients(self._model, projector, ids, labels, checkpoints)
+
+    def attribute(self, prompt: str, completion: str) -> AttributionReport:
+        """Score every indexed record for the answer ``completion`` to ``prompt``.
+
+        Raises:
+            AttributionInputError: An empty prompt or completion.
+        """
+        scores = self.scorer().scores(self.query_gradients(prompt, completion)).tolist()
+        records = tuple(
+            RecordScore(r.record_hash, r.contributor, float(s), r.text)
+            for r, s in zip(self.manifest.records, scores, strict=True)
+        )
+        m = self.manifest
+        return AttributionReport(
+            m.method, m.adapter_id, m.snapshot_root, m.datanet_id, prompt, completion, records
+        )
+
+
+def _check_snapshot(adapter: Adapter, snapshot: Any) -> None:
+    if not isinstance(snapshot, Snapshot):
+        raise AttributionInputError(
+            f"snapshot must be an openledger.data.Snapshot, got {type(snapshot).__name__}"
+        )
+    named = adapter.manifest.snapshot_root
+    if named != snapshot.root:
+        raise SnapshotMismatchError(
+            f"adapter {adapter.id} was trained on snapshot root {named}, but snapshot "
+            f"{snapshot.id} has root {snapshot.root}; attribute against the snapshot it was "
+            "trained on"
+        )
+
+
+def _check_settings(
+    method: str,
+    projection_dim: int | None,
+    damping_scale: float,
+    checkpoints: Sequence[Any],
+    learning_rates: Sequence[float] | None,
+) -> None:
+    if method not in METHODS:
+        raise AttributionInputError(f"method {method!r} is unknown; use one of {METHODS}")
+    if projection_dim is not None and projection_dim < 1:
+        raise AttributionInputError(f"projection_dim must be >= 1 or None, got {projection_dim}")
+    if not damping_scale > 0:
+        raise AttributionInputError(f"damping_scale must be > 0, got {damping_scale}")
+    if checkpoints and method != "tracin":
+        raise AttributionInputError("checkpoints are used by method='tracin' only")
+    if learning_rates is not None and len(learning_rates) != max(1, len(checkpoints)):
+        raise AttributionInputError("give one learning rate per checkpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    method: str
+    projector: Projector
+    damping_scale: float
+    learning_rates: tuple[float, ...]
+    checkpoints: tuple[str, ...]
+
+
+def _manifest(
+    adapter: Adapter,
+    snapshot: Snapshot,
+    settings: _Settings,
+    layout: GradientLayout,
+    skipped: int,
+    examples: list[IndexedExample],
+) -> IndexManifest:
+    records = tuple(
+        IndexedRecord(
+            record_hash=e.stored.record_hash,
+            contributor=e.stored.contributor,
+            text=record_text(e.stored.record)[:500],
+        )
+        for e in examples
+    )
+    return IndexManifest(
+        method=settings.method,
+        adapter_id=adapter.id,
+        snapshot_root=snapshot.root,
+        datanet_id=snapshot.datanet_id,
+        projection_dim=settings.projector.dim,
+        projection_seed=settings.projector.seed,
+        damping_scale=settings.damping_scale,
+        layer_names=layout.names,
+        offsets=layout.offsets,
+        learning_rates=settings.learning_rates,
+        checkpoints=settings.checkpoints,
+        num_skipped=skipped,
+        records=records,
+    )
+
+
+def _gradients(
+    model: Any,
+    projector: Projector,
+    examples: list[IndexedExample],
+    checkpoints: Sequence[str | os.PathLike[str]],
+    folder: Path | None,
+    width: int,
+    progress: bool | None,
+) -> list[torch.Tensor]:
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    grads = []
+    for number, weights in enumerate(checkpoint_weights(model, checkpoints)):
+        target = None if folder is None else folder / f"gradients-{number}.npy"
+        with weights:
+            grads.append(gradient_rows(model, projector, examples, width, target, progress))
+    return grads

@@ -1,0 +1,93 @@
+"""Fixtures for openledger.attribution: tiny Llamas trained on datanets of known contributors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openledger.crypto import Account
+from openledger.data import Datanet, InstructionRecord, Snapshot
+from openledger.train import LoraRecipe, TrainingRun, finetune
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (the machine's two cores are shared)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama whose head is large enough (init range 0.3) to memorise quickly."""
+    from openledger.models import save_tiny_model
+
+    folder = tmp_path_factory.mktemp("attr-tiny") / "llama"
+    return save_tiny_model(folder, "llama", seed=1, initializer_range=0.3)
+
+
+def recipe(base: Path, **changes: Any) -> LoraRecipe:
+    """A small LoRA recipe (q/v projections, r=4) that trains a tiny Llama near convergence."""
+    fields: dict[str, Any] = {
+        "base_model": str(base),
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "learning_rate": 1e-2,
+        "max_steps": 60,
+        "batch_size": 4,
+        "max_length": 64,
+        "seed": 0,
+    }
+    return LoraRecipe.from_dict({**fields, **changes})
+
+
+Groups = Sequence[Sequence[InstructionRecord]]
+
+
+def make_snapshot(folder: Path, groups: Groups, accounts: Sequence[Account]) -> Snapshot:
+    """Snapshot a public datanet where ``accounts[i]`` contributed ``groups[i]``."""
+    datanet = Datanet.create(folder, name="facts", schema=InstructionRecord)
+    for group, account in zip(groups, accounts, strict=True):
+        if group:
+            datanet.contribute(list(group), contributor=account)
+    return datanet.snapshot()
+
+
+def train(base: Path, snapshot: Any, folder: Path, **changes: Any) -> TrainingRun:
+    """Fine-tune the recipe on ``snapshot`` (or records) without progress output."""
+    return finetune(recipe(base, **changes), snapshot, folder, progress=False)
+
+
+@pytest.fixture(name="make_snapshot", scope="session")
+def make_snapshot_fixture() -> Callable[..., Snapshot]:
+    """The :func:`make_snapshot` factory."""
+    return make_snapshot
+
+
+WORDS = ["red", "blue", "green", "gold", "pink", "gray", "teal", "navy", "plum", "rust"]
+
+
+def colour_records(words: Sequence[str] = WORDS) -> list[InstructionRecord]:
+    """Records whose answers are recognisable from their prompts (``Code red?`` -> ``RED ok.``)."""
+    return [InstructionRecord(instruction=f"Code {w}?", response=f"{w.upper()} ok.") for w in words]
+
+
+@pytest.fixture(scope="module")
+def colour_run(
+    tiny_base: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Snapshot, TrainingRun, list[Account]]:
+    """Ten colour records from two contributors, trained near convergence."""
+    folder = tmp_path_factory.mktemp("colour-run")
+    accounts = [Account.create(), Account.create()]
+    records = colour_records()
+    snapshot = make_snapshot(folder / "dn", [records[:6], records[6:]], accounts)
+    return snapshot, train(tiny_base, snapshot, folder / "adapter"), accounts
