@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "OutputHook"]
+
+
+class OutputHook(Protocol):
+    """Adds a per-token correction to a projection's output (multi-adapter serving)."""
+
+    def apply(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """Update ``out [T, sum(output_sizes)]`` in place from the input ``x [T, input_size]``."""
 
 
 class Linear(nn.Module):
@@ -17,7 +25,8 @@ class Linear(nn.Module):
     A fused projection (q, k and v; gate and up) is one matmul over one weight, loaded
     slice by slice from the checkpoint's separate tensors.
 
-    NOTE: multi-adapter serving hooks in here: a LoRA update applies per slice
+    NOTE: multi-adapter serving hooks in here: ``lora`` (None by default) gets the base
+    output and the input after the matmul; a LoRA update applies per slice
     (``output_sizes``) and per token (``BatchMetadata.adapter_indices``).
 
     Args:
@@ -34,6 +43,7 @@ class Linear(nn.Module):
         total = self.offsets[-1]
         self.weight = nn.Parameter(torch.empty(total, input_size), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(total), requires_grad=False) if bias else None
+        self.lora: OutputHook | None = None
 
     def load_slice(self, param_name: str, tensor: torch.Tensor, index: int = 0) -> None:
         """Copy a checkpoint tensor into slice ``index`` of ``weight`` or ``bias``.
@@ -54,4 +64,7 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``[T, input_size]`` to ``[T, sum(output_sizes)]``."""
-        return F.linear(x, self.weight, self.bias)
+        out = F.linear(x, self.weight, self.bias)
+        if self.lora is not None:
+            self.lora.apply(out, x)
+        return out
