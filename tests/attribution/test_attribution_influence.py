@@ -1,0 +1,198 @@
+"""Influence against slow, obvious references: explicit per-example loops and inverses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import recipe
+from openledger.attribution import GradientLayout, InfluenceIndex, Projector
+from openledger.attribution.examples import query_example, training_examples
+from openledger.attribution.influence import make_scorer
+from openledger.crypto import Account
+from openledger.data import Snapshot
+from openledger.train import Adapter, TrainingRun
+
+Run = tuple[Snapshot, TrainingRun, list[Account]]
+
+
+def synthetic(count: int, widths: list[int], seed: int = 0) -> tuple[torch.Tensor, GradientLayout]:
+    generator = torch.Generator().manual_seed(seed)
+    offsets = [0]
+    for width in widths:
+        offsets.append(offsets[-1] + width)
+    grads = torch.randn(count, offsets[-1], generator=generator, dtype=torch.float64)
+    layout = GradientLayout(tuple(f"layer{i}" for i in range(len(widths))), tuple(offsets))
+    return grads.float(), layout
+
+
+def damping(g: torch.Tensor, scale: float = 0.1) -> float:
+    return scale * sum(float(row @ row) for row in g) / (g.shape[0] * g.shape[1])
+
+
+def exact_reference(grads: torch.Tensor, layout: GradientLayout, q: torch.Tensor) -> torch.Tensor:
+    """sum_l g_il^T (sum_j g_jl g_jl^T / n + lambda_l I)^-1 q_l, with an explicit inverse."""
+    scores = torch.zeros(grads.shape[0], dtype=torch.float64)
+    for part in layout.slices():
+        g, ql = grads[:, part].double(), q[part].double()
+        fisher = sum(torch.outer(row, row) for row in g) / g.shape[0]
+        inverse = torch.linalg.inv(fisher + damping(g) * torch.eye(g.shape[1], dtype=g.dtype))
+        scores += torch.stack([row @ inverse @ ql for row in g])
+    return scores
+
+
+def datainf_reference(grads: torch.Tensor, layout: GradientLayout, q: torch.Tensor) -> torch.Tensor:
+    """DataInf's inverse written out: (1/(n lam)) sum_j (I - g_j g_j^T / (lam + |g_j|^2))."""
+    scores = torch.zeros(grads.shape[0], dtype=torch.float64)
+    for part in layout.slices():
+        g, ql = grads[:, part].double(), q[part].double()
+        lam, eye = damping(g), torch.eye(g.shape[1], dtype=torch.float64)
+        terms = [eye - torch.outer(row, row) / (lam + row @ row) for row in g]
+        inverse = sum(terms) / (g.shape[0] * lam)
+        scores += torch.stack([row @ inverse @ ql for row in g])
+    return scores
+
+
+@pytest.mark.parametrize("count", [40, 6])  # d <= n (Cholesky of d x d) and d > n (Woodbury)
+def test_exact_matches_an_explicit_inverse(count: int) -> None:
+    grads, layout = synthetic(count, [12, 20])
+    query = torch.randn(32, generator=torch.Generator().manual_seed(7))
+    found = make_scorer("exact", [grads], layout).scores([query])
+    torch.testing.assert_close(found, exact_reference(grads, layout, query), rtol=1e-8, atol=1e-8)
+
+
+def test_datainf_matches_its_written_out_inverse() -> None:
+    grads, layout = synthetic(9, [10, 14])
+    query = torch.randn(24, generator=torch.Generator().manual_seed(3))
+    found = make_scorer("datainf", [grads], layout).scores([query])
+    torch.testing.assert_close(found, datainf_reference(grads, layout, query))
+
+
+def test_tracin_and_gradcos_match_per_example_loops() -> None:
+    first, layout = synthetic(5, [8])
+    second, _ = synthetic(5, [8], seed=1)
+    q1, q2 = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    tracin = make_scorer("tracin", [first, second], layout, learning_rates=[0.1, 0.01])
+    pairs = zip(first.double(), second.double(), strict=True)
+    expected = torch.stack([0.1 * (a @ q1) + 0.01 * (b @ q2) for a, b in pairs])
+    torch.testing.assert_close(tracin.scores([q1, q2]), expected)
+    cos = make_scorer("gradcos", [first], layout).scores([q1])
+    expected = torch.stack([torch.cosine_similarity(a.double(), q1, dim=0) for a in first])
+    torch.testing.assert_close(cos, expected)
+
+
+@pytest.mark.parametrize("method", ["exact", "datainf", "gradcos"])
+def test_scores_follow_the_examples_when_they_are_reordered(method: str) -> None:
+    grads, layout = synthetic(7, [6, 9])
+    query = torch.randn(15)
+    order = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    base = make_scorer(method, [grads], layout).scores([query])
+    moved = make_scorer(method, [grads[order]], layout).scores([query])
+    torch.testing.assert_close(moved, base[order])
+
+
+def test_projection_keeps_short_sides_and_preserves_inner_products_roughly() -> None:
+    whole = Projector(None)
+    grad_a, grad_b = torch.randn(2, 300), torch.randn(300, 2)
+    flat = whole.project(grad_a, grad_b)
+    torch.testing.assert_close(flat, torch.cat([grad_a.reshape(-1), grad_b.reshape(-1)]))
+    projected = Projector(256, seed=5)
+    other_a, other_b = grad_a + 0.5 * torch.randn(2, 300), grad_b + 0.5 * torch.randn(300, 2)
+    exact = float(flat @ whole.project(other_a, other_b))
+    approx = float(projected.project(grad_a, grad_b) @ projected.project(other_a, other_b))
+    assert approx == pytest.approx(exact, rel=0.25)
+    assert projected.project(grad_a, grad_b).shape == (2 * 2 * 256,)
+    assert Projector(512).matrix(300) is None
+
+
+Pair = tuple[list[int], list[int]]
+
+
+def naive_gradients(adapter: Adapter, pairs: list[Pair]) -> torch.Tensor:
+    """Per-example LoRA gradients through transformers' own loss, one backward each."""
+    model, _ = adapter.load(dtype="float32", device="cpu")
+    return loop_gradients(model, pairs)
+
+
+def loop_gradients(model: Any, pairs: list[Pair]) -> torch.Tensor:
+    """One forward and backward per example; LoRA gradients in parameter order."""
+    params = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    for _, p in params:
+        p.requires_grad_(True)
+    rows = []
+    for ids, labels in pairs:
+        model.zero_grad()
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+        out.loss.backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for _, p in params]))
+    return torch.stack(rows)
+
+
+def test_index_gradients_and_scores_match_a_naive_loop(colour_run: Run) -> None:
+    snapshot, run, _ = colour_run
+    index = InfluenceIndex.build(run.adapter, snapshot, "exact")
+    _, tokenizer = run.adapter.load(dtype="float32", device="cpu")
+    examples, skipped = training_examples(list(snapshot.records()), tokenizer, run.adapter.recipe)
+    assert skipped == 0
+    assert len(examples) == len(index) == 10
+    naive = naive_gradients(run.adapter, [(e.input_ids, e.labels) for e in examples])
+    torch.testing.assert_close(index.grads[0], naive, rtol=1e-4, atol=1e-6)
+    query = query_example("Code teal?", "TEAL ok.", tokenizer, run.adapter.recipe)
+    q = naive_gradients(run.adapter, [query])[0]
+    expected = exact_reference(naive, index.layout, q)
+    found = torch.tensor([r.score for r in index.attribute("Code teal?", "TEAL ok.").records])
+    torch.testing.assert_close(found, expected.float(), rtol=2e-3, atol=1e-4)
+
+
+def test_an_index_on_disk_reloads_with_the_same_scores(colour_run: Run, tmp_path: Path) -> None:
+    snapshot, run, accounts = colour_run
+    memory = InfluenceIndex.build(run.adapter, snapshot, "datainf", projection_dim=16)
+    disk = InfluenceIndex.build(
+        run.adapter, snapshot, "datainf", projection_dim=16, output_dir=tmp_path / "idx"
+    )
+    again = InfluenceIndex.load(tmp_path / "idx", run.adapter.path)
+    first = memory.attribute("Code red?", "RED ok.")
+    assert again.attribute("Code red?", "RED ok.").scores() == pytest.approx(first.scores())
+    assert disk.attribute("Code red?", "RED ok.").scores() == pytest.approx(first.scores())
+    assert again.width == sum(2 * 4 * 16 for _ in again.manifest.layer_names)
+    assert (tmp_path / "idx" / "gradients-0.npy").stat().st_size >= 4 * len(again) * again.width
+    assert set(first.contributor_scores()) == {a.address for a in accounts}
+
+
+def checkpoint_gradients(base: Path, folder: Path, pairs: list[Pair]) -> torch.Tensor:
+    """Per-example gradients (transformers' loss) of the PEFT checkpoint in ``folder``."""
+    from peft import PeftModel
+
+    from openledger.models import load_base_model
+
+    model, _ = load_base_model(str(base), dtype="float32", device="cpu")
+    return loop_gradients(PeftModel.from_pretrained(model, str(folder)).eval(), pairs)
+
+
+def test_tracin_over_checkpoints_matches_a_loop_over_checkpoint_models(
+    tiny_base: Path, colour_run: Run, tmp_path: Path
+) -> None:
+    from openledger.train import finetune
+
+    snapshot, _, _ = colour_run
+    out = tmp_path / "saved"
+    run = finetune(recipe(tiny_base, max_steps=20), snapshot, out, save_steps=10, progress=False)
+    folders = [out / "checkpoints" / "checkpoint-10", out / "checkpoints" / "checkpoint-20"]
+    rates = [0.01, 0.004]
+    index = InfluenceIndex.build(
+        run.adapter, snapshot, "tracin", checkpoints=folders, learning_rates=rates
+    )
+    _, tokenizer = run.adapter.load(dtype="float32", device="cpu")
+    examples, _ = training_examples(list(snapshot.records()), tokenizer, run.adapter.recipe)
+    pairs = [(e.input_ids, e.labels) for e in examples]
+    query = query_example("Code navy?", "NAVY ok.", tokenizer, run.adapter.recipe)
+    expected = torch.zeros(len(pairs), dtype=torch.float64)
+    for folder, rate in zip(folders, rates, strict=True):
+        grads = checkpoint_gradients(tiny_base, folder, [*pairs, query]).double()
+        expected += rate * (grads[:-1] @ grads[-1])
+    scores = index.attribute("Code navy?", "NAVY ok.").records
+    found = torch.tensor([r.score for r in scores], dtype=torch.float64)
+    torch.testing.assert_close(found, expected, rtol=1e-3, atol=1e-7)
