@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from openledger.attribution.report import AttributionReport
 from openledger.attribution.rewards import SHARE_UNITS, RewardPolicy, RewardSplit, split_rewards
@@ -35,7 +42,7 @@ from openledger.crypto import (
     typed_data,
 )
 from openledger.exceptions import AttributionInputError, CryptoError, ReceiptError
-from openledger.types import Address, Hash32
+from openledger.types import Address, Hash32, to_hash32
 
 __all__ = ["RECEIPT_TYPES", "Epoch", "Ledger", "SignedReceipt", "UsageReceipt", "settle"]
 
@@ -75,6 +82,16 @@ class UsageReceipt(BaseModel):
             super().__init__(**fields)
         except ValidationError as exc:
             raise ReceiptError(f"invalid usage receipt: {exc}") from None
+
+    @field_validator("request_id", "adapter_id", "snapshot_root", mode="before")
+    @classmethod
+    def _hash(cls, value: Any) -> str:
+        return to_hash32(value)
+
+    @field_validator("contributors", "penalized", mode="before")
+    @classmethod
+    def _addresses(cls, value: Any) -> tuple[str, ...]:
+        return tuple(to_checksum_address(a) for a in value)
 
     @model_validator(mode="after")
     def _consistent(self) -> UsageReceipt:
