@@ -197,8 +197,10 @@ def test_eval_split_early_stopping_and_held_out_records(tiny_dir: Path, tmp_path
         batch_size=4,
     )
     run = finetune(plan, data, tmp_path / "out", progress=False)
-    evals = [e["eval_loss"] for e in run.history if "eval_loss" in e]
+    evals = [e for e in run.history if "eval_loss" in e]
     assert len(evals) >= 2
+    for entry in evals:
+        assert entry["eval_perplexity"] == pytest.approx(2.718281828 ** entry["eval_loss"])
     assert run.metrics["eval_perplexity"] == pytest.approx(2.718281828 ** run.metrics["eval_loss"])
     assert (run.metrics["num_train_records"], run.metrics["num_eval_records"]) == (12, 4)
     used = set(run.training_log.record_counts())

@@ -134,7 +134,8 @@ def finetune(
         loraplus_lr_ratio=recipe.loraplus_lr_ratio,
     )
     setup.quiet(trainer)
-    setup.write_resume_note(folder, recipe, prepared)
+    if save_steps:
+        setup.write_resume_note(folder, recipe, prepared)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     seconds = time.perf_counter() - started

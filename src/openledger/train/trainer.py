@@ -9,6 +9,7 @@ gradient accumulation, accelerate / torchrun, checkpoints, resume) is the stock 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -56,6 +57,12 @@ class ProvenanceTrainer(Trainer):
             if num_tokens is not None:
                 self.num_tokens_trained += int(num_tokens.sum())
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add ``eval_perplexity`` next to every ``eval_loss``, then log as usual."""
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = math.exp(min(float(logs["eval_loss"]), 50.0))
+        super().log(logs, start_time)
 
     def create_optimizer(self, model: Any = None) -> Any:
         """Use PEFT's LoRA+ optimizer when the recipe asks for it, else the default."""
