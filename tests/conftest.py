@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# NOTE: Triton reads TRITON_INTERPRET when it is first imported, and transformers / peft
+# import it as soon as it is installed; so it is set here, before any test module loads,
+# for machines without a CUDA device (the kernels then run on CPU tensors).
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
