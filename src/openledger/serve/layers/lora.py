@@ -11,13 +11,15 @@ forward pass; each :class:`~openledger.serve.layers.linear.Linear` that has a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
+from torch import nn
 
+from openledger.serve.layers.linear import Linear
 from openledger.serve.ops.lora_torch import LoraGroups, LoraWeights, add_lora
 
-__all__ = ["LoraProjection", "LoraState"]
+__all__ = ["LoraProjection", "LoraState", "attach_lora"]
 
 
 class LoraState:
@@ -26,10 +28,14 @@ class LoraState:
     Args:
         module_names: The model's LoRA-capable projections (``layers.0.self_attn.qkv_proj``).
         num_slots: Device slots.
+        device: Where the step's token indices live.
     """
 
-    def __init__(self, module_names: Iterable[str], num_slots: int) -> None:
+    def __init__(
+        self, module_names: Iterable[str], num_slots: int, device: torch.device | None = None
+    ) -> None:
         self.num_slots = num_slots
+        self.device = device or torch.device("cpu")
         self.slots: dict[str, list[LoraWeights | None]] = {
             name: [None] * num_slots for name in module_names
         }
@@ -40,9 +46,10 @@ class LoraState:
         for name, per_slot in self.slots.items():
             per_slot[slot] = None if modules is None else modules.get(name)
 
-    def set_batch(self, adapter_indices: torch.Tensor) -> None:
-        """Group the step's tokens by slot (``adapter_indices [T]``, -1 for none)."""
-        self.groups = LoraGroups.from_indices(adapter_indices)
+    def set_batch(self, slots: Sequence[int], query_lens: Sequence[int]) -> None:
+        """Group the step's tokens by slot: sequence ``i`` has ``query_lens[i]`` tokens of
+        slot ``slots[i]`` (-1 for none), laid out one sequence after another."""
+        self.groups = LoraGroups.from_sequences(slots, query_lens, self.device)
 
 
 class LoraProjection:
@@ -61,3 +68,12 @@ class LoraProjection:
         """Add the update of every token's adapter to ``out [T, O]`` in place."""
         if not self.state.groups.empty:
             add_lora(out, x, self.state.groups, self.weights)
+
+
+def attach_lora(model: nn.Module, num_slots: int, device: torch.device) -> LoraState:
+    """Give every :class:`Linear` of ``model`` a LoRA side sharing one new state."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, Linear)}
+    state = LoraState(linears, num_slots, device)
+    for name, linear in linears.items():
+        linear.lora = LoraProjection(state, name)
+    return state

@@ -125,6 +125,23 @@ class LoraGroups:
         groups = tuple((slot, _rows(rows, indices.device)) for slot, rows in positions.items())
         return cls(groups)
 
+    @classmethod
+    def from_sequences(
+        cls, slots: Sequence[int], lengths: Sequence[int], device: torch.device
+    ) -> LoraGroups:
+        """Group a step laid out sequence by sequence: ``lengths[i]`` tokens of ``slots[i]``.
+
+        Built from host lists, so no device synchronisation is needed.
+        """
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        start = 0
+        for slot, length in zip(slots, lengths, strict=True):
+            if slot >= 0 and length:
+                ranges.setdefault(slot, []).append((start, start + length))
+            start += length
+        groups = tuple((slot, _ranges_rows(spans, device)) for slot, spans in ranges.items())
+        return cls(groups)
+
     @property
     def empty(self) -> bool:
         """Whether no token has an adapter."""
@@ -134,6 +151,19 @@ class LoraGroups:
 def _rows(rows: list[int], device: torch.device) -> slice | torch.Tensor:
     if rows[-1] - rows[0] + 1 == len(rows):
         return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+def _ranges_rows(spans: list[tuple[int, int]], device: torch.device) -> slice | torch.Tensor:
+    merged = [list(spans[0])]
+    for begin, end in spans[1:]:
+        if begin == merged[-1][1]:
+            merged[-1][1] = end
+        else:
+            merged.append([begin, end])
+    if len(merged) == 1:
+        return slice(merged[0][0], merged[0][1])
+    rows = [index for begin, end in merged for index in range(begin, end)]
     return torch.tensor(rows, dtype=torch.int64, device=device)
 
 
