@@ -10,6 +10,8 @@ Quick tour::
     epoch = ol.attribution.settle([report], pool_wei=10**18, protocol=protocol)
     epoch.claim(alice)
 
+    rag = ol.attribution.rag_answer("Question?", engine, ol.attribution.Retriever(snapshot))
+    rag.citations                          # [n] -> record hash, contributor
 Methods, formulas, storage costs and encodings are described in docs/attribution.md.
 """
 
@@ -20,6 +22,15 @@ from openledger.attribution.gradients import GradientLayout, Projector
 from openledger.attribution.index import IndexManifest, InfluenceIndex
 from openledger.attribution.influence import METHODS, Method
 from openledger.attribution.poa import Epoch, Ledger, SignedReceipt, UsageReceipt, settle
+from openledger.attribution.rag import (
+    Ablation,
+    Citation,
+    Passage,
+    RagAnswer,
+    Retriever,
+    context_ablation,
+)
+from openledger.attribution.rag import answer as rag_answer
 from openledger.attribution.report import AttributionReport, RecordScore
 from openledger.attribution.rewards import (
     BPS,
@@ -34,21 +45,28 @@ __all__ = [
     "BPS",
     "METHODS",
     "SHARE_UNITS",
+    "Ablation",
     "AttributionReport",
+    "Citation",
     "Epoch",
     "GradientLayout",
     "IndexManifest",
     "InfluenceIndex",
     "Ledger",
     "Method",
+    "Passage",
     "Projector",
+    "RagAnswer",
     "RecordScore",
+    "Retriever",
     "RewardPolicy",
     "RewardSplit",
     "SignedReceipt",
     "UsageReceipt",
     "attribute",
+    "context_ablation",
     "largest_remainder",
+    "rag_answer",
     "settle",
     "split_rewards",
 ]

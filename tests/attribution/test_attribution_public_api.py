@@ -1,0 +1,41 @@
+"""The public surface of openledger.attribution is pinned."""
+
+from __future__ import annotations
+
+import openledger.attribution as attribution
+
+PUBLIC = [
+    "Ablation",
+    "AttributionReport",
+    "BPS",
+    "Citation",
+    "Epoch",
+    "GradientLayout",
+    "IndexManifest",
+    "InfluenceIndex",
+    "Ledger",
+    "METHODS",
+    "Method",
+    "Passage",
+    "Projector",
+    "RagAnswer",
+    "RecordScore",
+    "Retriever",
+    "RewardPolicy",
+    "RewardSplit",
+    "SHARE_UNITS",
+    "SignedReceipt",
+    "UsageReceipt",
+    "attribute",
+    "context_ablation",
+    "largest_remainder",
+    "rag_answer",
+    "settle",
+    "split_rewards",
+]
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(attribution.__all__) == sorted(PUBLIC)
+    for name in attribution.__all__:
+        assert hasattr(attribution, name), name

@@ -1,0 +1,136 @@
+"""RAG attribution: BM25 retrieval over a snapshot, citations, context ablation on SmolLM2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from openledger.attribution import split_rewards
+from openledger.attribution.rag import (
+    Passage,
+    RagAnswer,
+    Retriever,
+    answer,
+    citations_of,
+    context_ablation,
+    lasso,
+)
+from openledger.crypto import Account
+from openledger.data import Datanet, InstructionRecord, Snapshot
+from openledger.exceptions import AttributionInputError
+
+pytest.importorskip("bm25s")
+
+FACTS = [
+    ("What is the vault code?", "The vault code is 4721."),
+    ("What colour are bananas?", "Ripe bananas are yellow."),
+    ("Where is the library?", "The library is next to the old train station."),
+    ("Who feeds the cat?", "Maria feeds the cat every morning."),
+]
+
+
+@pytest.fixture(scope="module")
+def facts() -> Iterator[tuple[Snapshot, list[Account]]]:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="rag-"))
+    accounts = [Account.create() for _ in FACTS]
+    datanet = Datanet.create(folder / "dn", name="facts", schema=InstructionRecord)
+    for (question, reply), account in zip(FACTS, accounts, strict=True):
+        datanet.contribute([{"instruction": question, "response": reply}], contributor=account)
+    yield datanet.snapshot(), accounts
+    datanet.close()
+
+
+def test_bm25_finds_the_record_that_answers(facts: tuple[Snapshot, list[Account]]) -> None:
+    snapshot, accounts = facts
+    retriever = Retriever(snapshot)
+    found = retriever.search("what is the code of the vault", k=2)
+    assert len(found) == 2
+    assert "4721" in found[0].text
+    assert found[0].contributor == accounts[0].address
+    assert found[0].score > found[1].score
+    assert len(retriever.search("cat", k=10)) == len(FACTS)
+    with pytest.raises(AttributionInputError, match="question"):
+        retriever.search("  ")
+
+
+def passages(snapshot: Snapshot) -> tuple[Passage, ...]:
+    return tuple(Retriever(snapshot).search("vault code bananas library", k=3))
+
+
+def test_citations_map_to_records_and_pay_their_contributors(
+    facts: tuple[Snapshot, list[Account]],
+) -> None:
+    snapshot, _ = facts
+    given = passages(snapshot)
+    cited = citations_of("It is 4721 [1], see also [3][1] and [9].", given)
+    assert [c.number for c in cited] == [1, 3]
+    assert [c.record_hash for c in cited] == [given[0].record_hash, given[2].record_hash]
+    rag = RagAnswer("q", "4721 [1] [3]", given, cited, "smollm2", snapshot)
+    report = rag.report()
+    assert report.method == "citations"
+    assert report.snapshot_root == snapshot.root
+    split = split_rewards([report], 101)
+    first, third = given[0].contributor, given[2].contributor
+    assert first is not None
+    assert third is not None
+    low, high = sorted([first, third], key=str.lower)  # the odd wei goes to the lower address
+    assert split.contributors == {low: 51, high: 50}
+
+
+def test_lasso_recovers_a_sparse_linear_rule() -> None:
+    masks = torch.rand(64, 5, generator=torch.Generator().manual_seed(1)) < 0.5
+    targets = 3.0 * masks[:, 1].double() - 1.0 * masks[:, 4].double() + 0.5
+    weights = lasso(masks.double(), targets, l1=0.01)
+    assert weights[1] == pytest.approx(3.0, abs=0.1)
+    assert weights[4] == pytest.approx(-1.0, abs=0.1)
+    assert all(abs(weights[j]) < 0.05 for j in (0, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir: Path) -> tuple[Any, Any]:
+    from openledger.models import load_base_model
+
+    return load_base_model(str(smollm2_dir), dtype="float32", device="cpu")
+
+
+def test_context_ablation_finds_the_passage_the_answer_used(
+    facts: tuple[Snapshot, list[Account]], smollm2: tuple[Any, Any]
+) -> None:
+    snapshot, _ = facts
+    given = passages(snapshot)
+    vault = next(i for i, p in enumerate(given) if "4721" in p.text)
+    rag = RagAnswer("What is the vault code?", "The vault code is 4721.", given, (), "m", snapshot)
+    model, tokenizer = smollm2
+    scores = context_ablation(rag, model, tokenizer, num_ablations=16)
+    assert max(range(3), key=scores.leave_one_out.__getitem__) == vault
+    assert max(range(3), key=scores.surrogate.__getitem__) == vault
+    assert scores.leave_one_out[vault] > 1.0
+    shares = rag.report(scores.surrogate, "context-ablation").contributor_shares()
+    assert max(shares, key=shares.__getitem__) == given[vault].contributor
+
+
+def test_answer_asks_the_engine_with_numbered_sources(
+    facts: tuple[Snapshot, list[Account]], smollm2_dir: Path
+) -> None:
+    from openledger.serve import Engine, SamplingParams
+
+    snapshot, _ = facts
+    engine = Engine(str(smollm2_dir))
+    rag = answer(
+        "What is the vault code?",
+        engine,
+        Retriever(snapshot),
+        params=SamplingParams(max_tokens=24),
+        model="smollm2-135m-instruct",
+    )
+    assert rag.text
+    assert "4721" in rag.passages[0].text
+    assert {c.record_hash for c in rag.citations} <= {p.record_hash for p in rag.passages}
+    with pytest.raises(AttributionInputError, match="merge"):
+        answer("q?", engine, Retriever(snapshot), adapter="medqa")
