@@ -251,3 +251,17 @@ def test_recipe_variants_train(
     if "target_modules" in changes:
         assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     assert run.metrics["num_steps"] == 1
+
+
+def test_loftq_needs_scipy_or_trains(
+    tiny_dir: Path, tmp_path: Path, colour_records: Records
+) -> None:
+    import importlib.util
+
+    plan = recipe(tiny_dir, max_steps=1, init="loftq")
+    if importlib.util.find_spec("scipy") is None:
+        with pytest.raises(MissingDependencyError, match="scipy"):
+            finetune(plan, colour_records(2), tmp_path / "o", callbacks=[NeverTrain()])
+    else:
+        run = finetune(plan, colour_records(2), tmp_path / "o", progress=False)
+        assert run.metrics["num_steps"] == 1

@@ -26,12 +26,16 @@ _INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "ol
 
 
 def check_quantization(recipe: LoraRecipe, device: torch.device) -> None:
-    """Refuse 4bit/8bit loading where it cannot work, before any weights are read.
+    """Refuse 4bit/8bit loading (or LoftQ) where it cannot work, before weights are read.
 
     Raises:
-        MissingDependencyError: If bitsandbytes is not installed.
+        MissingDependencyError: If bitsandbytes (or, for LoftQ, scipy) is not installed.
         RecipeError: If the device is not CUDA (bitsandbytes quantisation needs CUDA).
     """
+    if recipe.init == "loftq" and importlib.util.find_spec("scipy") is None:
+        raise MissingDependencyError(
+            "init='loftq' needs scipy (PEFT's LoftQ initialisation): `pip install scipy`"
+        )
     if recipe.quantization is None:
         return
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -134,7 +138,6 @@ def lora_config(recipe: LoraRecipe, model: Any) -> Any:
         use_rslora=recipe.use_rslora,
         init_lora_weights=init,
         loftq_config=LoftQConfig(loftq_bits=4) if recipe.init == "loftq" else {},
-        base_model_name_or_path=recipe.base_model,
     )
 
 
