@@ -196,3 +196,18 @@ def test_small_pool_preempts_and_finishes_with_the_same_tokens(folder: Path) -> 
     assert [o.token_ids for o in outputs] == expected
     assert sum(o.metrics.num_preemptions for o in outputs) > 0
     assert tight.block_pool.num_free_blocks == 24
+
+
+def test_engine_config_errors_name_the_setting(folder: Path) -> None:
+    from pydantic import ValidationError
+
+    from openledger.exceptions import ConfigError
+
+    with pytest.raises(ValidationError, match="block_size"):
+        EngineConfig(block_size=12)
+    with pytest.raises(ValidationError, match="max_num_seqs"):
+        EngineConfig(max_num_seqs=0)
+    with pytest.raises(ConfigError, match="max_model_len=4096"):
+        Engine(folder, EngineConfig(max_model_len=4096))
+    with pytest.raises(ConfigError, match="kv_cache_memory"):
+        Engine(folder, EngineConfig(kv_cache_memory=10))
