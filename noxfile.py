@@ -49,7 +49,7 @@ def _install_npm(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (`nox -s tests -- -k merkle` passes arguments to pytest)."""
-    _install(session, "dev,data,gpu")
+    _install(session, "dev,data,gpu,rag")
     _install_npm(session)
     home = ROOT / ".nox" / "_openledger_home"
     env = {"OPENLEDGER_TEST_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
@@ -76,7 +76,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark script (`nox -s bench -- models_load` runs one)."""
-    _install(session, "dev,data,gpu")
+    _install(session, "dev,data,gpu,rag")
     _install_npm(session)
     wanted = set(session.posargs)
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
