@@ -16,6 +16,7 @@ from openledger.serve.ops.lora_torch import (  # noqa: E402
     LoraWeights,
     add_lora,
     combine_lora_weights,
+    fuse_expand,
     stack_lora_weights,
 )
 
@@ -118,3 +119,19 @@ def test_groups_from_sequences_merge_adjacent_runs() -> None:
     from_tokens = dict(LoraGroups.from_indices(indices).groups)
     assert torch.equal(from_tokens[1], by_slot[1])
     assert LoraGroups.from_sequences([-1], [5], torch.device("cpu")).empty
+
+
+def test_fused_expand_gives_the_same_update() -> None:
+    gen = torch.Generator().manual_seed(9)
+    weights = random_weights(gen, 16, [16, 4, 4], [3, None, 5])
+    fused = fuse_expand(weights)
+    assert len(fused.slices) == 1
+    assert (fused.slices[0].col_start, fused.slices[0].col_end) == (0, 24)
+    x = torch.randn(7, 16, generator=gen)
+    groups = LoraGroups.from_indices(torch.tensor([0, -1, 0, 0, -1, 0, 0]))
+    got, want = torch.zeros(7, 24), torch.zeros(7, 24)
+    add_lora(got, x, groups, [fused])
+    add_lora(want, x, groups, [weights])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    single = random_weights(gen, 16, [16], [2])
+    assert fuse_expand(single) is single

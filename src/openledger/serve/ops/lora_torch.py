@@ -27,6 +27,7 @@ __all__ = [
     "LoraWeights",
     "add_lora",
     "combine_lora_weights",
+    "fuse_expand",
     "stack_lora_weights",
 ]
 
@@ -101,6 +102,23 @@ def combine_lora_weights(parts: Sequence[tuple[LoraWeights, float]]) -> LoraWeig
             slices.append(LoraSlice(start, end, s.col_start, s.col_end, s.b * coefficient))
         offset += weights.a.shape[0]
     return LoraWeights(torch.cat(a_parts, dim=0), tuple(slices))
+
+
+def fuse_expand(weights: LoraWeights) -> LoraWeights:
+    """The same update with every slice's B in one block-diagonal matrix.
+
+    One expand matmul (and one write) per token group instead of one per slice, at the
+    price of the zero blocks: worth it on CPU, where each small op costs more than its
+    arithmetic.
+    """
+    if len(weights.slices) < 2:
+        return weights
+    first = min(s.col_start for s in weights.slices)
+    last = max(s.col_end for s in weights.slices)
+    b = weights.a.new_zeros(last - first, weights.a.shape[0])
+    for s in weights.slices:
+        b[s.col_start - first : s.col_end - first, s.rank_start : s.rank_end] += s.b
+    return LoraWeights(weights.a, (LoraSlice(0, weights.a.shape[0], first, last, b),))
 
 
 @dataclass(frozen=True, slots=True)
