@@ -196,3 +196,7 @@ def test_tracin_over_checkpoints_matches_a_loop_over_checkpoint_models(
     scores = index.attribute("Code navy?", "NAVY ok.").records
     found = torch.tensor([r.score for r in scores], dtype=torch.float64)
     torch.testing.assert_close(found, expected, rtol=1e-3, atol=1e-7)
+    # checkpoint-20 holds the final weights: other methods score with the last checkpoint
+    final = InfluenceIndex.build(run.adapter, snapshot, "exact").attribute("Code navy?", "NAVY ok.")
+    last = index.with_method("exact").attribute("Code navy?", "NAVY ok.")
+    assert last.scores() == pytest.approx(final.scores(), rel=1e-4, abs=1e-6)

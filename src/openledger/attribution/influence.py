@@ -18,8 +18,9 @@ query's loss (it helped produce the completion), negative when it raised it.
   learning rate ``eta_c`` (one checkpoint: the final adapter).
 - ``gradcos`` (as in LESS): cosine between ``q`` and ``g_i`` over all layers.
 
-The damping is DataInf's ``lambda_l = 0.1 * mean_i |g_il|^2 / d_l`` (scale settable) for
-both ``exact`` and ``datainf``, so the two estimate the same quantity.
+Methods other than ``tracin`` use the last checkpoint's gradients (the final adapter unless
+checkpoints were given). The damping is DataInf's ``lambda_l = 0.1 * mean_i |g_il|^2 / d_l``
+(scale settable) for both ``exact`` and ``datainf``, so the two estimate the same quantity.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class ExactScorer:
         """Return ``sum_l G_l H_l^-1 q_l``."""
         import torch
 
-        query = queries[0].double()
+        query = queries[-1].double()
         total = torch.zeros(self.grads.shape[0], dtype=torch.float64)
         for index, part in enumerate(self.slices):
             total += self.grads[:, part].double() @ self._solve(index, query[part])
@@ -136,7 +137,7 @@ class DataInfScorer:
         """Return ``sum_l G_l v_l`` with ``v_l`` DataInf's estimate of ``H_l^-1 q_l``."""
         import torch
 
-        query = queries[0].double()
+        query = queries[-1].double()
         count = self.grads.shape[0]
         total = torch.zeros(count, dtype=torch.float64)
         for index, part in enumerate(self.slices):
@@ -180,7 +181,7 @@ class GradCosScorer:
 
     def scores(self, queries: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return ``G q / (|g_i| |q|)`` (0 where a norm is 0)."""
-        query = queries[0].double()
+        query = queries[-1].double()
         denominator = self._norms * query.norm()
         dots = self.grads.double() @ query
         cosine: torch.Tensor = dots / denominator.clamp_min(1e-30)
