@@ -12,7 +12,8 @@ indexes over N records. For N above ``--records`` the index's real gradient rows
 tiled (repeated) up to N: scoring cost depends only on the matrix shape, and the table
 marks those rows "tiled". Baseline in the same run: the query gradient alone (one forward
 and backward of SmolLM2 with the adapter, plus the projections), the floor every method
-shares.
+shares. One torch thread by default: on the shared 2-core machine two threads ran a
+SmolLM2 forward+backward 4-7x slower than one (oversubscription with other processes).
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--projection", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docstring)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from openledger.attribution import InfluenceIndex
     from openledger.train import LoraRecipe, finetune
