@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from serve_lora_factory import make_peft_adapter  # noqa: E402
+from tests.serve.serve_lora_factory import make_peft_adapter  # noqa: E402
 
 from openledger.exceptions import (  # noqa: E402
     AdapterCapacityError,
