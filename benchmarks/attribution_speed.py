@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,20 +72,13 @@ def timed_queries(index, prompts: list[tuple[str, str]]) -> float:  # type: igno
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--records", type=int, default=2000)
-    parser.add_argument("--projection", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docstring)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
+def build(args: argparse.Namespace) -> Any:
+    """Snapshot, train and index (see the module docstring); print the build figures."""
     from openledger.attribution import InfluenceIndex
     from openledger.train import LoraRecipe, finetune
 
-    print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="attr-speed-"))
+    print(f"work folder: {work}")
     snapshot = datanet_snapshot(work / "dn", args.records)
     recipe = LoraRecipe(
         base_model="smollm2-135m-instruct",
@@ -113,6 +107,28 @@ def main() -> None:
         f"{4 * index.width:,} bytes per record, "
         f"{4 * index.width * len(index) / 2**20:.0f} MiB on disk"
     )
+    return index
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--projection", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docstring)")
+    parser.add_argument("--reuse", help="work folder of an earlier run: time queries only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from openledger.attribution import InfluenceIndex
+
+    print(f"machine: {machine()}")
+    if args.reuse is None:
+        index = build(args)
+    else:
+        folder = Path(args.reuse)
+        index = InfluenceIndex.load(folder / "index", folder / "adapter")
+        print(f"reused index: {len(index)} records from {folder}")
     prompts = [
         (f"What is the code of item {i}?", f"Item {i}: code {i * 7919 % 10007}.")
         for i in (3, 17, 404, 1234, 1999)
@@ -123,12 +139,13 @@ def main() -> None:
         + " | query gradient alone |"
     )
     print("|---|---|---|---|---|---|")
-    for count in [n for n in (250, 500, 1000, 2000) if n <= len(index)]:
-        sub = InfluenceIndex(
-            index.manifest.model_copy(update={"records": index.manifest.records[:count]}),
-            [index.grads[0][:count]],
-            index.adapter,
-        )
+    index._ensure_model()
+    for count in sorted({len(index), 500, 1000, 2000}):
+        repeats = -(-count // len(index))
+        rows = torch.cat([index.grads[0]] * repeats)[:count]
+        records = (index.manifest.records * repeats)[:count]
+        changed = index.manifest.model_copy(update={"records": records})
+        sub = InfluenceIndex(changed, [rows], index.adapter)
         sub._model, sub._tokenizer = index._model, index._tokenizer
         cells = []
         for method in ("exact", "datainf", "tracin", "gradcos"):
