@@ -14,8 +14,42 @@ from openledger import exceptions
 from openledger.exceptions import ConfigError, OpenLedgerError
 from openledger.types import to_hash32, to_wei
 
+# NOTE: each layer pins its own __all__ in its tests too (tests/<layer>/*public_api*).
 PUBLIC_API = {
-    "openledger": ["OpenLedgerError", "__version__", "models"],
+    "openledger": [
+        "OpenLedgerError",
+        "__version__",
+        "attribution",
+        "chain",
+        "crypto",
+        "data",
+        "models",
+        "serve",
+        "train",
+    ],
+    "openledger.crypto": [
+        "Account",
+        "MultiProof",
+        "StandardMerkleTree",
+        "TypedData",
+        "ZERO_HASH",
+        "eip712_domain",
+        "from_hex",
+        "hash_pair",
+        "keccak256",
+        "keccak256_hex",
+        "leaf_hash",
+        "process_multiproof",
+        "process_proof",
+        "recover_typed_data",
+        "root_of_leaves",
+        "to_checksum_address",
+        "to_hex",
+        "typed_data",
+        "typed_data_digest",
+        "verify_multiproof",
+        "verify_proof",
+    ],
     "openledger.models": [
         "ALIASES",
         "TINY_FAMILIES",
@@ -48,6 +82,12 @@ def test_public_api_is_pinned(module_name: str) -> None:
 
 def test_layers_load_lazily() -> None:
     code = "import sys, openledger; assert 'torch' not in sys.modules; openledger.models"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("layer", ["crypto", "data", "chain"])
+def test_torch_free_layers_do_not_load_torch(layer: str) -> None:
+    code = f"import sys, openledger.{layer}; assert 'torch' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
