@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "attribution"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_attribution_quality import pearson, spearman
+from tests.attribution.conftest import make_snapshot, train
+from tests.attribution.test_attribution_quality import pearson, spearman
 
-from conftest import make_snapshot, train
 from openledger.attribution import InfluenceIndex
 from openledger.attribution.examples import query_example
 from openledger.attribution.gradients import example_loss

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.attribution.conftest import colour_records, make_snapshot
 
-from conftest import colour_records, make_snapshot
 from openledger.attribution import (
     AttributionReport,
     InfluenceIndex,
@@ -64,7 +64,7 @@ def test_an_adapter_trained_on_another_snapshot_is_refused(colour_run: Run, tmp_
 def test_an_index_reopened_for_another_adapter_is_refused(
     colour_run: Run, tmp_path: Path, tiny_base: Path
 ) -> None:
-    from conftest import train
+    from tests.attribution.conftest import train
 
     snapshot, run, _ = colour_run
     InfluenceIndex.build(run.adapter, snapshot, output_dir=tmp_path / "idx")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from tests.attribution.conftest import recipe
 
-from conftest import recipe
 from openledger.attribution import GradientLayout, InfluenceIndex, Projector
 from openledger.attribution.examples import query_example, training_examples
 from openledger.attribution.influence import make_scorer

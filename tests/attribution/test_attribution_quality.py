@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.attribution.conftest import colour_records, make_snapshot, train
 
-from conftest import colour_records, make_snapshot, train
 from openledger.attribution import InfluenceIndex
 from openledger.attribution.examples import query_example
 from openledger.attribution.gradients import example_loss

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.attribution.conftest import colour_records, make_snapshot, train
 
-from conftest import colour_records, make_snapshot, train
 from openledger.attribution import RewardPolicy, attribute, settle
 from openledger.chain import Chain, connect
 from openledger.crypto import Account
