@@ -55,6 +55,17 @@ class EngineConfig(BaseModel):
     seed: int = Field(
         default=0, ge=0, description="Seed of the stream for requests without their own seed."
     )
+    max_adapter_slots: int | None = Field(
+        default=None,
+        ge=0,
+        description="Device slots for LoRA adapters (at least max_num_seqs, so every running "
+        "request's adapter fits); None means max_num_seqs, 0 serves no adapters.",
+    )
+    max_adapter_host_memory: int = Field(
+        default=2**30,
+        gt=0,
+        description="Bytes of adapter weights kept in host memory; least recently used go first.",
+    )
 
     @field_validator("block_size")
     @classmethod

@@ -7,17 +7,20 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from openledger.exceptions import InvalidRequestError
+from openledger.exceptions import ConfigError, InvalidRequestError
 from openledger.serve.block_pool import BlockPool
 from openledger.serve.config import EngineConfig
 from openledger.serve.detokenizer import IncrementalDetokenizer
-from openledger.serve.outputs import RequestOutput
+from openledger.serve.outputs import RequestOutput, RequestUsage
 from openledger.serve.params import SamplingParams
 from openledger.serve.request import PromptInput, RequestState, is_single_prompt, tokenize_prompt
 from openledger.serve.scheduler import Scheduler
 from openledger.serve.sequence import Sequence as Seq
+
+if TYPE_CHECKING:  # NOTE: the adapter store imports torch; engine.py stays importable without
+    from openledger.serve.adapters import AdapterSpec, AdapterStore, AdapterUse
 
 __all__ = ["Engine"]
 
@@ -65,6 +68,8 @@ class Engine:
         self._by_seq: dict[int, RequestState] = {}
         self._aborted: list[RequestOutput] = []
         self._ids = itertools.count()
+        self._uses: dict[int, AdapterUse] = {}
+        self.adapters = self._adapter_store()
 
     def add_request(
         self,
@@ -85,6 +90,8 @@ class Engine:
         Raises:
             InvalidRequestError: The prompt is empty, too long for the context or the KV
                 cache, or the id is in use. Nothing else in the engine is affected.
+            AdapterError: The adapter is unknown or its weights cannot be read (only this
+                request is refused).
         """
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
@@ -93,8 +100,12 @@ class Engine:
         request_id = str(number) if request_id is None else str(request_id)
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        use = self._adapter_use(params)
         text, token_ids = tokenize_prompt(self.tokenizer, prompt)
         seq = self._new_sequence(number, token_ids, params)
+        if use is not None:
+            seq.cache_salt = use.cache_salt
+            self._uses[seq.seq_id] = use
         detok = IncrementalDetokenizer(
             self.tokenizer,
             token_ids,
@@ -134,11 +145,15 @@ class Engine:
         work = self.scheduler.schedule()
         if work is None or not work.seqs:
             return outputs
-        sampled = self.runner.run(work.seqs, work.is_prefill)
+        bound = self._bind_adapters(work.seqs)
+        # NOTE: sequences of one adapter side by side: each slot's tokens are one slice
+        seqs = sorted(work.seqs, key=lambda s: s.adapter_index) if bound else work.seqs
+        try:
+            sampled = self.runner.run(seqs, work.is_prefill)
+        finally:
+            self._release_adapters(bound)
         now = time.perf_counter()
-        for seq, token_id, logprobs in zip(
-            work.seqs, sampled.token_ids, sampled.logprobs, strict=False
-        ):
+        for seq, token_id, logprobs in zip(seqs, sampled.token_ids, sampled.logprobs, strict=False):
             state = self._by_seq[seq.seq_id]
             reason = state.add_token(token_id, logprobs, now)
             if reason is not None:
@@ -211,10 +226,105 @@ class Engine:
                     pending.discard(output.request_id)
         return finals
 
+    def add_adapter(self, name: str, source: str | os.PathLike[str]) -> AdapterSpec:
+        """Register a LoRA adapter; requests use it with ``SamplingParams(adapter=name)``.
+
+        The adapter is validated against the base model now and loaded on first use.
+
+        Args:
+            name: Name for requests; not registered yet, without ``*`` or ``+``.
+            source: A PEFT folder (safetensors), ``hf://org/repo[@revision]`` or an
+                archive URL (``.tar.gz``, ``.zip``).
+
+        Returns:
+            What was registered (targets, ranks, manifest adapter id).
+
+        Raises:
+            AdapterNotFoundError: The source cannot be had.
+            AdapterFormatError: Pickle weights, corrupt safetensors, unsupported PEFT options.
+            AdapterMismatchError: Made for another base model (manifest, shapes, modules).
+            ConfigError: The name is taken or invalid, or the engine serves no adapters.
+        """
+        return self._require_adapters().add(name, source)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unregister an adapter and unload it.
+
+        Raises:
+            AdapterNotFoundError: Unknown name.
+            AdapterCapacityError: A running request uses it.
+        """
+        self._require_adapters().remove(name)
+
+    def _adapter_store(self) -> AdapterStore | None:
+        from openledger.serve.adapters import AdapterStore
+        from openledger.serve.layers.lora import attach_lora
+
+        slots = self.config.max_adapter_slots
+        slots = self.config.max_num_seqs if slots is None else slots
+        if slots == 0:
+            return None
+        if slots < self.config.max_num_seqs:
+            raise ConfigError(
+                f"max_adapter_slots={slots} is below max_num_seqs={self.config.max_num_seqs}; "
+                "every running request's adapter needs a slot"
+            )
+        runner = self.runner
+        runner.lora = attach_lora(runner.model, slots, runner.device)
+        dtype = runner.model.embed_tokens.weight.dtype
+        return AdapterStore(
+            self.model_config,
+            runner.lora,
+            dtype=dtype,
+            device=runner.device,
+            max_host_bytes=self.config.max_adapter_host_memory,
+        )
+
+    def _require_adapters(self) -> AdapterStore:
+        if self.adapters is None:
+            raise ConfigError("this engine serves no adapters (EngineConfig.max_adapter_slots=0)")
+        return self.adapters
+
+    def _adapter_use(self, params: SamplingParams) -> AdapterUse | None:
+        if params.adapter is None:
+            return None
+        store = self._require_adapters()
+        use = store.resolve(params.adapter)
+        for name in use.names:  # prefetch: unreadable weights refuse this request now
+            store.load_host(name)
+        return use
+
+    def _bind_adapters(self, seqs: list[Seq]) -> list[AdapterUse]:
+        bound: list[AdapterUse] = []
+        try:
+            for seq in seqs:
+                use = self._uses.get(seq.seq_id)
+                if use is not None and self.adapters is not None:
+                    seq.adapter_index = self.adapters.acquire(use)
+                    bound.append(use)
+        except Exception:
+            self._release_adapters(bound)
+            raise
+        return bound
+
+    def _release_adapters(self, bound: list[AdapterUse]) -> None:
+        if self.adapters is not None:
+            for use in bound:
+                self.adapters.release(use)
+
     def _retire(self, state: RequestState) -> RequestOutput:
         del self._requests[state.request_id]
         del self._by_seq[state.seq.seq_id]
-        return state.output()
+        use = self._uses.pop(state.seq.seq_id, None)
+        output = state.output()
+        output.usage = RequestUsage(
+            prompt_tokens=state.seq.num_prompt_tokens,
+            completion_tokens=state.seq.num_output_tokens,
+            adapters=use.names if use else (),
+            adapter_weights=use.weights if use else (),
+            adapter_ids=use.adapter_ids if use else (),
+        )
+        return output
 
     def _new_sequence(self, number: int, token_ids: list[int], params: SamplingParams) -> Seq:
         self._check_tokens(token_ids)
@@ -223,6 +333,7 @@ class Engine:
         return Seq(number, token_ids, len(token_ids), params, total, eos_token_ids=self._eos)
 
     def _check_prompt(self, prompt: PromptInput, params: SamplingParams) -> None:
+        self._adapter_use(params)
         _, token_ids = tokenize_prompt(self.tokenizer, prompt)
         self._check_tokens(token_ids)
         self._check_length(len(token_ids), params)

@@ -8,6 +8,7 @@ import torch
 
 from openledger.serve.batch import BatchMetadata
 from openledger.serve.layers.attention import AttentionBackend
+from openledger.serve.layers.lora import LoraState
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.loader import build_model
 from openledger.serve.sampling import SampledTokens, sample
@@ -60,6 +61,7 @@ class ModelRunner:
         for attn in self.model.attention_layers():
             attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.lora: LoraState | None = None  # set by the engine when adapters are served
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
@@ -67,6 +69,8 @@ class ModelRunner:
     def run(self, seqs: list[Sequence], is_prefill: bool) -> SampledTokens:
         """Compute one step for ``seqs`` and sample each one's next token."""
         input_ids, batch = self.prepare(seqs, is_prefill)
+        if self.lora is not None:
+            self.lora.set_batch([seq.adapter_index for seq in seqs], batch.host_query_lens)
         hidden = self.model(input_ids, batch)
         logits = self.model.compute_logits(hidden[batch.logits_indices])
         return sample(

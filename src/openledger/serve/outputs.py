@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from openledger.serve.sequence import FinishReason
 
-__all__ = ["RequestMetrics", "RequestOutput"]
+__all__ = ["RequestMetrics", "RequestOutput", "RequestUsage"]
 
 
 @dataclass(slots=True)
@@ -54,6 +54,26 @@ class RequestMetrics:
         return statistics.fmean(gaps) if gaps else None
 
 
+@dataclass(frozen=True, slots=True)
+class RequestUsage:
+    """What a finished request consumed, for attribution and billing.
+
+    Attributes:
+        prompt_tokens: Tokens of the prompt.
+        completion_tokens: Tokens generated.
+        adapters: Names of the adapters applied, sorted (empty for the base model).
+        adapter_weights: Each adapter's weight (1.0 for a single adapter).
+        adapter_ids: Each adapter's id from its ``openledger_manifest.json`` (None
+            for an adapter without a manifest).
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    adapters: tuple[str, ...] = ()
+    adapter_weights: tuple[float, ...] = ()
+    adapter_ids: tuple[str | None, ...] = ()
+
+
 @dataclass(slots=True)
 class RequestOutput:
     """A request's state after a step.
@@ -71,6 +91,7 @@ class RequestOutput:
             (max_tokens or context) or ``"abort"``; None while running.
         logprobs: Per generated token ``{token_id: logprob}`` when asked for.
         metrics: Timings and counts.
+        usage: Tokens and adapters consumed; set once the request has finished.
     """
 
     request_id: str
@@ -83,3 +104,4 @@ class RequestOutput:
     finish_reason: FinishReason | None
     logprobs: list[dict[int, float]] | None
     metrics: RequestMetrics
+    usage: RequestUsage | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from openledger.exceptions import InvalidRequestError
@@ -36,6 +36,9 @@ class SamplingParams:
         logprobs: None for no log-probabilities; n >= 0 reports the chosen token's
             log-probability and the n most likely tokens' at each step.
         skip_special_tokens: Leave special tokens out of the output text.
+        adapter: None for the base model, a registered adapter's name, or a weighted mix
+            ``{"a": 0.7, "b": 0.3}`` computed exactly at inference (the sum of each
+            adapter's update times its weight, as PEFT's ``cat`` combination).
     """
 
     max_tokens: int = 16
@@ -50,6 +53,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    adapter: str | Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         # NOTE: frozen dataclass; normalise list/str arguments through object.__setattr__.
@@ -76,6 +80,7 @@ class SamplingParams:
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, low=0)
         _check_stops(self.stop, self.stop_token_ids)
+        _check_adapter(self.adapter)
 
     @property
     def greedy(self) -> bool:
@@ -103,3 +108,16 @@ def _check_stops(stop: Sequence[object], stop_token_ids: Sequence[object]) -> No
             raise InvalidRequestError(f"stop strings must be non-empty str, got {text!r}")
     for token in stop_token_ids:
         _check_int("stop_token_ids[...]", token, low=0)
+
+
+def _check_adapter(adapter: object) -> None:
+    if adapter is None or (isinstance(adapter, str) and adapter):
+        return
+    if not isinstance(adapter, Mapping) or not adapter:
+        raise InvalidRequestError(
+            f"adapter must be None, a name or a non-empty {{name: weight}} mapping, got {adapter!r}"
+        )
+    for name, weight in adapter.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError(f"adapter names must be non-empty str, got {name!r}")
+        _check_float(f"adapter[{name!r}]", weight, low=-math.inf)
