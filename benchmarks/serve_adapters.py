@@ -1,0 +1,202 @@
+"""Multi-adapter serving: workload "mixed-8" against PEFT's mixed-adapter ``generate``.
+
+Workload (../shared/BENCHMARKS.md): SmolLM2-135M-Instruct, fp32, CPU; 8 LoRA adapters of
+rank 16 on all linear projections with random non-zero weights; 16 concurrent requests,
+adapters assigned round-robin; ~16-token prompts; 32 new tokens, greedy, no early stop.
+
+Baselines measured in the same run, alternating with ours for ``--repeats`` rounds (medians):
+transformers + PEFT one batched ``generate(adapter_names=[...])``; transformers base model
+alone on the same batch; our engine with no adapters. Then: cold load of one adapter
+(safetensors on local disk -> usable in a device slot) p50/p99; resident memory with 1, 100
+and 1,000 registered adapters; 1,000 adapters served round-robin through 32 device slots.
+
+    python benchmarks/serve_adapters.py [--repeats 3] [--skip-thousand]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from serve_throughput import NEW_TOKENS, Timing, clock, machine, prompts, run_hf, run_ours, since
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from openledger.models import resolve_model
+from openledger.serve import Engine, EngineConfig, RequestOutput, SamplingParams
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+NUM_ADAPTERS = 8
+
+
+def make_adapters(folder: str, root: Path) -> list[Path]:
+    """8 rank-16 all-linear PEFT adapters with random non-zero A and B."""
+    from peft import LoraConfig, get_peft_model
+
+    paths = []
+    for index in range(NUM_ADAPTERS):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False)
+        torch.manual_seed(index)
+        peft_model = get_peft_model(model, config)
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.data.normal_(0.0, 0.01)
+        peft_model.save_pretrained(root / f"a{index}")
+        paths.append(root / f"a{index}")
+    return paths
+
+
+def peft_model(folder: str, adapters: list[Path]) -> torch.nn.Module:
+    """One PeftModel holding every adapter (for the mixed-adapter batch)."""
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapters[0], adapter_name="a0")
+    for index, path in enumerate(adapters[1:], start=1):
+        model.load_adapter(path, adapter_name=f"a{index}")
+    return model.eval()
+
+
+def run_peft(model: torch.nn.Module, tokenizer: object, texts: list[str]) -> Timing:
+    """PEFT's mixed-adapter batch: one ``generate`` with ``adapter_names``."""
+    batch = tokenizer(texts, return_tensors="pt", padding=True)  # type: ignore[operator]
+    names = [f"a{i % NUM_ADAPTERS}" for i in range(len(texts))]
+    start = clock()
+    with torch.inference_mode():
+        model.generate(  # type: ignore[operator]
+            **batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+            adapter_names=names,
+        )  # fmt: skip
+    return since(start)
+
+
+def run_mixed(engine: Engine, texts: list[str]) -> tuple[Timing, list[RequestOutput]]:
+    """Our engine, adapters round-robin over the requests."""
+    params = [
+        SamplingParams(max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS, adapter=f"a{i % NUM_ADAPTERS}")
+        for i in range(len(texts))
+    ]
+    start = clock()
+    outputs = engine.generate(texts, params)
+    return since(start), outputs
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now."""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+def cold_loads(engine: Engine, source: Path, count: int) -> list[float]:
+    """Seconds from registered-on-disk to resident in a device slot, per fresh adapter."""
+    store = engine.adapters
+    assert store is not None
+    seconds = []
+    for index in range(count):
+        name = f"cold{index}"
+        engine.add_adapter(name, source)
+        use = store.resolve(name)
+        start = time.perf_counter()
+        store.acquire(use)
+        seconds.append(time.perf_counter() - start)
+        store.release(use)
+        engine.remove_adapter(name)
+    return seconds
+
+
+def thousand(model: str, source: Path) -> None:
+    """Register 1,000 adapters, serve one short request each through 32 slots."""
+    config = EngineConfig(
+        device="cpu", dtype="float32", max_num_seqs=32, max_adapter_host_memory=256 * 2**20
+    )
+    engine = Engine(model, config)
+    print(f"RSS with the engine and no adapter: {rss_mib():.0f} MiB")
+    for index in range(1000):
+        engine.add_adapter(f"t{index}", source)
+        if index + 1 in (1, 100, 1000):
+            print(f"RSS with {index + 1:4d} registered adapters: {rss_mib():.0f} MiB", flush=True)
+    params = [SamplingParams(max_tokens=2, adapter=f"t{i}") for i in range(1000)]
+    start = time.perf_counter()
+    outputs = engine.generate([[1, 504, 2, 3]] * 1000, params)
+    wall = time.perf_counter() - start
+    assert engine.adapters is not None
+    print(
+        f"1,000 requests, each its own adapter, 32 slots: {wall:.1f} s, "
+        f"{len(outputs)} finished, host cache {engine.adapters.host_bytes / 2**20:.0f} MiB, "
+        f"RSS {rss_mib():.0f} MiB"
+    )
+
+
+def main() -> None:
+    """Run the comparison and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--skip-thousand", action="store_true")
+    args = parser.parse_args()
+    folder = str(resolve_model(args.model).path)
+    root = Path(tempfile.mkdtemp(prefix="serve-adapters-"))
+    adapters = make_adapters(folder, root)
+    texts = prompts()
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    peft = peft_model(folder, adapters)
+    engine = Engine(args.model, EngineConfig(device="cpu", dtype="float32"))
+    for index, path in enumerate(adapters):
+        engine.add_adapter(f"a{index}", path)
+    print(f"machine: {machine()}", flush=True)
+    times = measure(engine, peft, hf, tokenizer, texts, args.repeats)
+    report(times, len(texts) * NEW_TOKENS)
+    loads = sorted(cold_loads(engine, adapters[0], 50))
+    p99 = loads[min(len(loads) - 1, int(0.99 * len(loads)))]
+    p50 = statistics.median(loads)
+    print(f"cold load (disk -> slot), 50 loads: p50 {1000 * p50:.1f} ms, p99 {1000 * p99:.1f} ms")
+    if not args.skip_thousand:
+        del engine, peft, hf
+        thousand(args.model, adapters[0])
+
+
+def measure(
+    engine: Engine,
+    peft: torch.nn.Module,
+    hf: torch.nn.Module,
+    tokenizer: object,
+    texts: list[str],
+    repeats: int,
+) -> dict[str, list[Timing]]:
+    """Warm up once, then alternate all four for ``repeats`` rounds."""
+    runs = {
+        "PEFT mixed-8 generate": lambda: run_peft(peft, tokenizer, texts),
+        "HF base-only generate": lambda: run_hf(hf, tokenizer, texts)[0],
+        "ours base-only": lambda: run_ours(engine, texts)[0],
+        "ours mixed-8": lambda: run_mixed(engine, texts)[0],
+    }
+    run_peft(peft, tokenizer, texts[:2])
+    run_mixed(engine, texts[:8])
+    times: dict[str, list[Timing]] = {label: [] for label in runs}
+    for round_ in range(repeats):
+        for label, run in runs.items():
+            times[label].append(run())
+        shown = ", ".join(f"{label} {t[-1][0]:.1f}" for label, t in times.items())
+        print(f"round {round_ + 1} (wall s): {shown}", flush=True)
+    return times
+
+
+def report(times: dict[str, list[Timing]], total: int) -> None:
+    """Tokens per wall second of each, and the ratios the issue asks for."""
+    rates = {label: total / statistics.median(t[0] for t in ts) for label, ts in times.items()}
+    for label, rate in rates.items():
+        print(f"{label:24s} {rate:7.1f} tokens/s")
+    mixed = rates["ours mixed-8"]
+    print(f"ours mixed-8 / PEFT mixed-8:     {mixed / rates['PEFT mixed-8 generate']:.2f}x")
+    print(f"ours mixed-8 / ours base-only:   {mixed / rates['ours base-only']:.2f}x")
+    print(f"ours mixed-8 / HF base-only:     {mixed / rates['HF base-only generate']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
