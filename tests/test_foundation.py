@@ -14,7 +14,7 @@ from openledger import exceptions
 from openledger.exceptions import ConfigError, OpenLedgerError
 from openledger.types import to_hash32, to_wei
 
-# NOTE: each layer pins its own __all__ in its tests too (tests/<layer>/*public_api*).
+# NOTE: the other layers pin their own __all__ in their tests (crypto with data's).
 PUBLIC_API = {
     "openledger": [
         "OpenLedgerError",
@@ -26,29 +26,6 @@ PUBLIC_API = {
         "models",
         "serve",
         "train",
-    ],
-    "openledger.crypto": [
-        "Account",
-        "MultiProof",
-        "StandardMerkleTree",
-        "TypedData",
-        "ZERO_HASH",
-        "eip712_domain",
-        "from_hex",
-        "hash_pair",
-        "keccak256",
-        "keccak256_hex",
-        "leaf_hash",
-        "process_multiproof",
-        "process_proof",
-        "recover_typed_data",
-        "root_of_leaves",
-        "to_checksum_address",
-        "to_hex",
-        "typed_data",
-        "typed_data_digest",
-        "verify_multiproof",
-        "verify_proof",
     ],
     "openledger.models": [
         "ALIASES",
