@@ -58,3 +58,23 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from openledger.models import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama", seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Run a module's tiny models on one torch thread (fastest on CI's two shared cores)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def memorising_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama whose head is large enough (init range 0.3) to memorise quickly."""
+    from openledger.models import save_tiny_model
+
+    folder = tmp_path_factory.mktemp("memorising") / "llama"
+    return save_tiny_model(folder, "llama", seed=1, initializer_range=0.3)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +14,8 @@ from openledger.train import LoraRecipe, TrainingRun, finetune
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (the machine's two cores are shared)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama whose head is large enough (init range 0.3) to memorise quickly."""
-    from openledger.models import save_tiny_model
-
-    folder = tmp_path_factory.mktemp("attr-tiny") / "llama"
-    return save_tiny_model(folder, "llama", seed=1, initializer_range=0.3)
+def _one_thread_per_module(one_torch_thread: None) -> None:
+    """Every module here runs on one torch thread (see tests/conftest.py)."""
 
 
 def recipe(base: Path, **changes: Any) -> LoraRecipe:
@@ -83,11 +68,11 @@ def colour_records(words: Sequence[str] = WORDS) -> list[InstructionRecord]:
 
 @pytest.fixture(scope="module")
 def colour_run(
-    tiny_base: Path, tmp_path_factory: pytest.TempPathFactory
+    memorising_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Snapshot, TrainingRun, list[Account]]:
     """Ten colour records from two contributors, trained near convergence."""
     folder = tmp_path_factory.mktemp("colour-run")
     accounts = [Account.create(), Account.create()]
     records = colour_records()
     snapshot = make_snapshot(folder / "dn", [records[:6], records[6:]], accounts)
-    return snapshot, train(tiny_base, snapshot, folder / "adapter"), accounts
+    return snapshot, train(memorising_llama_dir, snapshot, folder / "adapter"), accounts

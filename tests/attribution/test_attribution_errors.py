@@ -62,13 +62,13 @@ def test_an_adapter_trained_on_another_snapshot_is_refused(colour_run: Run, tmp_
 
 
 def test_an_index_reopened_for_another_adapter_is_refused(
-    colour_run: Run, tmp_path: Path, tiny_base: Path
+    colour_run: Run, tmp_path: Path, memorising_llama_dir: Path
 ) -> None:
     from tests.attribution.conftest import train
 
     snapshot, run, _ = colour_run
     InfluenceIndex.build(run.adapter, snapshot, output_dir=tmp_path / "idx")
-    other = train(tiny_base, snapshot, tmp_path / "other", max_steps=5, seed=9)
+    other = train(memorising_llama_dir, snapshot, tmp_path / "other", max_steps=5, seed=9)
     with pytest.raises(SnapshotMismatchError, match="built for adapter"):
         InfluenceIndex.load(tmp_path / "idx", other.adapter)
     with pytest.raises(AttributionInputError, match="not an influence index"):

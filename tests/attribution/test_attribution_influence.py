@@ -173,13 +173,15 @@ def checkpoint_gradients(base: Path, folder: Path, pairs: list[Pair]) -> torch.T
 
 
 def test_tracin_over_checkpoints_matches_a_loop_over_checkpoint_models(
-    tiny_base: Path, colour_run: Run, tmp_path: Path
+    memorising_llama_dir: Path, colour_run: Run, tmp_path: Path
 ) -> None:
     from openledger.train import finetune
 
     snapshot, _, _ = colour_run
     out = tmp_path / "saved"
-    run = finetune(recipe(tiny_base, max_steps=20), snapshot, out, save_steps=10, progress=False)
+    run = finetune(
+        recipe(memorising_llama_dir, max_steps=20), snapshot, out, save_steps=10, progress=False
+    )
     folders = [out / "checkpoints" / "checkpoint-10", out / "checkpoints" / "checkpoint-20"]
     rates = [0.01, 0.004]
     index = InfluenceIndex.build(
@@ -191,7 +193,7 @@ def test_tracin_over_checkpoints_matches_a_loop_over_checkpoint_models(
     query = query_example("Code navy?", "NAVY ok.", tokenizer, run.adapter.recipe)
     expected = torch.zeros(len(pairs), dtype=torch.float64)
     for folder, rate in zip(folders, rates, strict=True):
-        grads = checkpoint_gradients(tiny_base, folder, [*pairs, query]).double()
+        grads = checkpoint_gradients(memorising_llama_dir, folder, [*pairs, query]).double()
         expected += rate * (grads[:-1] @ grads[-1])
     scores = index.attribute("Code navy?", "NAVY ok.").records
     found = torch.tensor([r.score for r in scores], dtype=torch.float64)

@@ -62,11 +62,13 @@ def test_helpers_rank_like_spearman() -> None:
     assert spearman([1, 2, 3, 4, 5], [1, 2, 3, 5, 4]) == pytest.approx(0.9)
 
 
-def test_datainf_agrees_with_exact_on_a_converged_adapter(tiny_base: Path, tmp_path: Path) -> None:
+def test_datainf_agrees_with_exact_on_a_converged_adapter(
+    memorising_llama_dir: Path, tmp_path: Path
+) -> None:
     accounts = [Account.create(), Account.create()]
     records = colour_records()
     snapshot = make_snapshot(tmp_path / "dn", [records[:6], records[6:]], accounts)
-    run = train(tiny_base, snapshot, tmp_path / "adapter", **CONVERGED)
+    run = train(memorising_llama_dir, snapshot, tmp_path / "adapter", **CONVERGED)
     assert final_loss(run) < 0.5
     index = InfluenceIndex.build(run.adapter, snapshot, "exact")
     datainf = index.with_method("datainf")
@@ -102,18 +104,20 @@ def red_groups() -> list[list[InstructionRecord]]:
 
 
 def test_contributor_scores_rank_like_leave_one_contributor_out_retraining(
-    tiny_base: Path, tmp_path: Path
+    memorising_llama_dir: Path, tmp_path: Path
 ) -> None:
     accounts = [Account.from_key(bytes([i + 1]) * 32) for i in range(5)]
     groups = red_groups()
     snapshot = make_snapshot(tmp_path / "dn", groups, accounts)
-    run = train(tiny_base, snapshot, tmp_path / "full", **FULL_BATCH)
+    run = train(memorising_llama_dir, snapshot, tmp_path / "full", **FULL_BATCH)
     query = ("Code red?", "RED ok.")
     full_loss = query_loss(run.adapter, *query)
     changes = []
     for left_out in range(5):
         kept = [r for i, g in enumerate(groups) if i != left_out for r in g]
-        retrained = train(tiny_base, kept, tmp_path / f"without-{left_out}", **FULL_BATCH)
+        retrained = train(
+            memorising_llama_dir, kept, tmp_path / f"without-{left_out}", **FULL_BATCH
+        )
         changes.append(query_loss(retrained.adapter, *query) - full_loss)
     index = InfluenceIndex.build(run.adapter, snapshot, "exact")
     for method in ("exact", "datainf"):
@@ -123,7 +127,7 @@ def test_contributor_scores_rank_like_leave_one_contributor_out_retraining(
 
 
 def test_the_contributor_who_alone_teaches_a_fact_gets_the_largest_share(
-    tiny_base: Path, tmp_path: Path
+    memorising_llama_dir: Path, tmp_path: Path
 ) -> None:
     teacher, others = Account.create(), [Account.create() for _ in range(3)]
     fact = [
@@ -133,7 +137,7 @@ def test_the_contributor_who_alone_teaches_a_fact_gets_the_largest_share(
     words = ["red", "blue", "green", "gold", "pink", "gray"]
     groups = [fact] + [colour_records(words[2 * i : 2 * i + 2]) for i in range(3)]
     snapshot = make_snapshot(tmp_path / "dn", groups, [teacher, *others])
-    run = train(tiny_base, snapshot, tmp_path / "adapter", **CONVERGED)
+    run = train(memorising_llama_dir, snapshot, tmp_path / "adapter", **CONVERGED)
     answer = greedy(run.adapter, "Code plum?")
     assert answer.startswith("PLUM ok")
     index = InfluenceIndex.build(run.adapter, snapshot, "datainf")

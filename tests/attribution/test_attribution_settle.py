@@ -42,7 +42,7 @@ def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
 
 @pytest.fixture(scope="module")
 def served(
-    tiny_base: Path, tmp_path_factory: pytest.TempPathFactory
+    memorising_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Snapshot, TrainingRun, list[Account], str]:
     """A datanet where only the first contributor teaches the plum fact, trained and served."""
     from openledger.serve import Engine, SamplingParams
@@ -55,7 +55,9 @@ def served(
     ]
     groups = [fact, colour_records(["red", "blue"]), colour_records(["gold", "teal"])]
     snapshot = make_snapshot(folder / "dn", groups, accounts)
-    run = train(tiny_base, snapshot, folder / "adapter", max_steps=150, learning_rate=2e-2)
+    run = train(
+        memorising_llama_dir, snapshot, folder / "adapter", max_steps=150, learning_rate=2e-2
+    )
     engine = Engine(str(merge_and_save(run.adapter, folder / "merged")))
     messages = [{"role": "user", "content": "Code plum?"}]
     answer = engine.generate(messages, SamplingParams(max_tokens=8))[0].text.strip()

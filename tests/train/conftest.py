@@ -12,23 +12,8 @@ from openledger.data import Datanet, InstructionRecord, Snapshot
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread (and the CI machine has two shared cores)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama whose head is large enough (init range 0.3) to reach ~0 loss."""
-    from openledger.models import save_tiny_model
-
-    folder = tmp_path_factory.mktemp("train-tiny") / "llama"
-    return save_tiny_model(folder, "llama", seed=1, initializer_range=0.3)
+def _one_thread_per_module(one_torch_thread: None) -> None:
+    """Every module here runs on one torch thread (see tests/conftest.py)."""
 
 
 WORDS = ["red", "blue", "green", "gold", "pink", "gray", "teal", "navy"]

@@ -38,10 +38,10 @@ def test_collate_pads_right_and_carries_provenance() -> None:
     assert "attention_mask" not in packed
 
 
-def test_packed_examples_do_not_attend_to_each_other(tiny_dir: Path) -> None:
+def test_packed_examples_do_not_attend_to_each_other(memorising_llama_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(memorising_llama_dir).eval()
     examples = [example(0, 6), example(1, 4), example(2, 5)]
     packed = collate(pack_examples(examples, max_length=32), pad_token_id=2)
     with torch.no_grad():

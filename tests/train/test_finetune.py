@@ -54,10 +54,10 @@ def memorise(base: Path, **changes: Any) -> LoraRecipe:
 
 @pytest.fixture(scope="module")
 def run(
-    tiny_dir: Path, snapshot: Snapshot, tmp_path_factory: pytest.TempPathFactory
+    memorising_llama_dir: Path, snapshot: Snapshot, tmp_path_factory: pytest.TempPathFactory
 ) -> TrainingRun:
     out = tmp_path_factory.mktemp("runs") / "colours"
-    return finetune(memorise(tiny_dir), snapshot, out, progress=False)
+    return finetune(memorise(memorising_llama_dir), snapshot, out, progress=False)
 
 
 def losses(run: TrainingRun) -> list[float]:
@@ -74,12 +74,12 @@ def test_a_tiny_llama_memorises_to_near_zero_loss(run: TrainingRun) -> None:
 
 
 def test_plain_peft_loads_the_folder_and_gives_the_same_logits(
-    run: TrainingRun, tiny_dir: Path
+    run: TrainingRun, memorising_llama_dir: Path
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(memorising_llama_dir, dtype=torch.float32)
     plain = PeftModel.from_pretrained(base, str(run.output_dir)).eval()
     ids = run.tokenizer("<|im_start|>user\nCode teal?<|im_end|>\n", return_tensors="pt")
     with torch.no_grad():
@@ -89,17 +89,17 @@ def test_plain_peft_loads_the_folder_and_gives_the_same_logits(
 
 
 def test_the_manifest_is_complete_and_recomputes(
-    run: TrainingRun, snapshot: Snapshot, tiny_dir: Path
+    run: TrainingRun, snapshot: Snapshot, memorising_llama_dir: Path
 ) -> None:
     folder = run.output_dir
     body = json.loads((folder / MANIFEST_FILE).read_text())
     weights = (folder / "adapter_model.safetensors").read_bytes()
     assert body["adapter_id"] == "0x" + keccak256(weights).hex() == run.adapter.id
-    base_weights = (tiny_dir / "model.safetensors").read_bytes()
+    base_weights = (memorising_llama_dir / "model.safetensors").read_bytes()
     assert body["base_model_weights_hash"] == "0x" + keccak256(base_weights).hex()
-    assert body["base_model"] == str(tiny_dir)
-    assert body["recipe"] == memorise(tiny_dir).to_dict()
-    assert body["recipe_hash"] == memorise(tiny_dir).hash
+    assert body["base_model"] == str(memorising_llama_dir)
+    assert body["recipe"] == memorise(memorising_llama_dir).to_dict()
+    assert body["recipe_hash"] == memorise(memorising_llama_dir).hash
     assert body["datanet_id"] == snapshot.datanet_id
     assert (body["snapshot_id"], body["snapshot_root"]) == (snapshot.id, snapshot.root)
     assert body["training_log_root"] == TrainingLog.load(folder / "training_log.json").root

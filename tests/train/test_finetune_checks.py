@@ -55,7 +55,10 @@ class FedRows(TrainerCallback):
 
 
 def test_the_data_fed_to_the_model_is_what_the_log_says(
-    tiny_dir: Path, tmp_path: Path, colour_records: Records, monkeypatch: pytest.MonkeyPatch
+    memorising_llama_dir: Path,
+    tmp_path: Path,
+    colour_records: Records,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from transformers.models.llama.modeling_llama import LlamaModel
 
@@ -71,7 +74,7 @@ def test_the_data_fed_to_the_model_is_what_the_log_says(
     fed = FedRows(rows)
     records = colour_records(8)
     run = finetune(
-        recipe(tiny_dir, gradient_accumulation=2, max_steps=5),
+        recipe(memorising_llama_dir, gradient_accumulation=2, max_steps=5),
         records,
         tmp_path / "out",
         callbacks=[fed],
@@ -101,9 +104,9 @@ class StopAt(TrainerCallback):
 
 
 def test_resume_from_checkpoint_continues_identically(
-    tiny_dir: Path, tmp_path: Path, colour_records: Records
+    memorising_llama_dir: Path, tmp_path: Path, colour_records: Records
 ) -> None:
-    plan = recipe(tiny_dir, max_steps=6, dropout=0.1)
+    plan = recipe(memorising_llama_dir, max_steps=6, dropout=0.1)
     data = colour_records(5)
     straight = finetune(plan, data, tmp_path / "straight", save_steps=3, progress=False)
     finetune(plan, data, tmp_path / "split", save_steps=3, callbacks=[StopAt(3)], progress=False)
@@ -155,11 +158,11 @@ def test_bad_input_is_refused_before_training(
     case: str,
     error: type[Exception],
     message: str,
-    tiny_dir: Path,
+    memorising_llama_dir: Path,
     tmp_path: Path,
     colour_records: Records,
 ) -> None:
-    plan, data = recipe(tiny_dir), colour_records(4)
+    plan, data = recipe(memorising_llama_dir), colour_records(4)
     if case == "empty":
         data = []
     elif case == "schema":
@@ -178,7 +181,9 @@ def test_bad_input_is_refused_before_training(
         finetune(plan, data, tmp_path / "out", callbacks=[NeverTrain()], progress=False)
 
 
-def test_eval_split_early_stopping_and_held_out_records(tiny_dir: Path, tmp_path: Path) -> None:
+def test_eval_split_early_stopping_and_held_out_records(
+    memorising_llama_dir: Path, tmp_path: Path
+) -> None:
     # NOTE: every prompt appears twice with different answers, so learning the training
     # answer of a held-out prompt makes the eval loss worse and early stopping must fire.
     words = ["red", "blue", "green", "gold", "pink", "gray", "teal", "navy"]
@@ -188,7 +193,7 @@ def test_eval_split_early_stopping_and_held_out_records(tiny_dir: Path, tmp_path
         for answer in (f"{w.upper()} ok.", "No.")
     ]
     plan = recipe(
-        tiny_dir,
+        memorising_llama_dir,
         eval_split=0.25,
         eval_steps=2,
         early_stopping_patience=1,
@@ -210,11 +215,11 @@ def test_eval_split_early_stopping_and_held_out_records(tiny_dir: Path, tmp_path
 
 
 def test_packing_trains_on_every_record(
-    tiny_dir: Path, tmp_path: Path, colour_records: Records
+    memorising_llama_dir: Path, tmp_path: Path, colour_records: Records
 ) -> None:
     data = colour_records(8)
     run = finetune(
-        recipe(tiny_dir, packing=True, batch_size=1, max_steps=6, max_length=128),
+        recipe(memorising_llama_dir, packing=True, batch_size=1, max_steps=6, max_length=128),
         data,
         tmp_path / "out",
         progress=False,
@@ -238,10 +243,13 @@ def test_packing_trains_on_every_record(
     ],
 )
 def test_recipe_variants_train(
-    changes: dict[str, Any], tiny_dir: Path, tmp_path: Path, colour_records: Records
+    changes: dict[str, Any], memorising_llama_dir: Path, tmp_path: Path, colour_records: Records
 ) -> None:
     run = finetune(
-        recipe(tiny_dir, max_steps=1, **changes), colour_records(2), tmp_path / "o", progress=False
+        recipe(memorising_llama_dir, max_steps=1, **changes),
+        colour_records(2),
+        tmp_path / "o",
+        progress=False,
     )
     config = __import__("json").loads((run.output_dir / "adapter_config.json").read_text())
     if "use_dora" in changes:
@@ -254,11 +262,11 @@ def test_recipe_variants_train(
 
 
 def test_loftq_needs_scipy_or_trains(
-    tiny_dir: Path, tmp_path: Path, colour_records: Records
+    memorising_llama_dir: Path, tmp_path: Path, colour_records: Records
 ) -> None:
     import importlib.util
 
-    plan = recipe(tiny_dir, max_steps=1, init="loftq")
+    plan = recipe(memorising_llama_dir, max_steps=1, init="loftq")
     if importlib.util.find_spec("scipy") is None:
         with pytest.raises(MissingDependencyError, match="scipy"):
             finetune(plan, colour_records(2), tmp_path / "o", callbacks=[NeverTrain()])
