@@ -24,8 +24,6 @@ whose LDS should be near 0.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import sys
@@ -38,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import describe_machine  # benchmarks/ is the script folder
 from tests.attribution.conftest import make_snapshot, train
 from tests.attribution.test_attribution_quality import pearson, spearman
 
@@ -53,12 +52,7 @@ METHODS = ("exact", "datainf", "tracin", "gradcos")
 
 def machine() -> str:
     """Return the CPU model, core count and Python version."""
-    model = platform.processor() or "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model}, {os.cpu_count()} cores, 1 torch thread, Python {platform.python_version()}"
+    return describe_machine("1 torch thread")
 
 
 def groups() -> list[list[InstructionRecord]]:

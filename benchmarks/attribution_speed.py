@@ -19,8 +19,6 @@ SmolLM2 forward+backward 4-7x slower than one (oversubscription with other proce
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,18 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import describe_machine  # benchmarks/ is the script folder
 
 
 def machine() -> str:
     """Return the CPU model, core count, torch threads and Python version."""
-    model = platform.processor() or "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    threads = torch.get_num_threads()
-    version = platform.python_version()
-    return f"{model}, {os.cpu_count()} cores, {threads} torch threads, Python {version}"
+    return describe_machine(f"{torch.get_num_threads()} torch threads")
 
 
 def datanet_snapshot(folder: Path, count: int):  # type: ignore[no-untyped-def]

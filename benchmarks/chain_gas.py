@@ -13,14 +13,14 @@ epoch: the claimed-bitmap word and the token balance are already non-zero).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from _machine import describe_machine  # benchmarks/ is the script folder
 
 from openledger.chain import Account, Chain, ModelManifest, Protocol, RewardTree, connect
 
@@ -31,15 +31,7 @@ DAY = 86_400
 
 def machine() -> str:
     """Return the CPU model and core count."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return describe_machine()
 
 
 @contextmanager

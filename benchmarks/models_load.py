@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from _machine import describe_machine  # benchmarks/ is the script folder
 
 ALIAS = "smollm2-135m-instruct"
 
@@ -54,13 +55,7 @@ def _python(code: str, env: dict[str, str]) -> list[float]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return describe_machine()
 
 
 def main() -> None:

@@ -18,12 +18,11 @@ steadier measure of work done.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import torch
+from _machine import describe_machine  # benchmarks/ is the script folder
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openledger.models import resolve_model
@@ -40,15 +39,9 @@ NEW_TOKENS = 32
 
 def machine() -> str:
     """CPU model, core count and library versions."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    threads = torch.get_num_threads()
-    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
-    return f"{cpu}, {os.cpu_count()} cores, {threads} torch threads, {versions}"
+    return describe_machine(
+        f"{torch.get_num_threads()} torch threads", f"torch {torch.__version__}"
+    )
 
 
 def prompts() -> list[str]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import statistics
@@ -34,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _machine import describe_machine  # benchmarks/ is the script folder
+
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 TRAIN = {"batch_size": 4, "learning_rate": 1e-3, "max_length": 128, "seed": 0}
 NAMES = ["Ada", "Bo", "Cy", "Di", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jo"]
@@ -42,12 +42,7 @@ ITEMS = ["apples", "books", "coins", "pens", "shells", "stamps", "cards", "keys"
 
 def machine() -> str:
     """Return the CPU model, core count and Python version."""
-    model = platform.processor() or "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return describe_machine()
 
 
 def make_rows(count: int, seed: int) -> list[dict[str, str]]:
