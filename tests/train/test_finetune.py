@@ -118,6 +118,23 @@ def test_the_manifest_is_complete_and_recomputes(
     }
 
 
+def test_the_model_manifest_registers_on_chain_under_its_model_id(
+    run: TrainingRun, snapshot: Snapshot
+) -> None:
+    from openledger.chain import connect, model_id
+
+    manifest = run.adapter.model_manifest()
+    assert manifest.adapter_weights_hash == run.adapter.id
+    assert manifest.base_model == run.adapter.manifest.base_model
+    assert manifest.recipe_hash == run.adapter.recipe.hash
+    assert manifest.datanet_roots == (snapshot.root,)
+    assert manifest.training_log_root == run.adapter.training_log().root
+    protocol = connect().deploy_protocol()
+    protocol.models.register_model(manifest, 25)
+    assert protocol.models.model_id_of(manifest) == model_id(manifest)
+    assert protocol.models.is_registered(model_id(manifest))
+
+
 def test_the_log_holds_snapshot_records_four_per_step(run: TrainingRun, snapshot: Snapshot) -> None:
     log = Adapter.open(run.output_dir).training_log()
     assert [s.step for s in log.steps] == list(range(1, 81))

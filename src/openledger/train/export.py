@@ -27,6 +27,8 @@ from openledger.types import Hash32
 if TYPE_CHECKING:
     import torch
 
+    from openledger.chain import ModelManifest
+
 __all__ = [
     "ADAPTER_WEIGHTS_FILE",
     "MANIFEST_FILE",
@@ -177,6 +179,26 @@ class Adapter:
             )
         if self.training_log().root != self.manifest.training_log_root:
             raise ManifestError(f"{self.path}: the training log does not match its manifest root")
+
+    def model_manifest(self) -> ModelManifest:
+        """The on-chain manifest of this adapter; its hash is the model id.
+
+        Weights hash = the adapter id, the base model and recipe hash of the manifest, the
+        snapshot root trained on (if any) and the training-log root, so
+        ``protocol.models.register_model(adapter.model_manifest())`` registers exactly what
+        this folder holds and :func:`openledger.chain.model_id` names it.
+        """
+        from openledger.chain import ModelManifest
+
+        found = self.manifest
+        roots = () if found.snapshot_root is None else (found.snapshot_root,)
+        return ModelManifest(
+            adapter_weights_hash=found.adapter_id,
+            base_model=found.base_model,
+            recipe_hash=found.recipe_hash,
+            datanet_roots=roots,
+            training_log_root=found.training_log_root,
+        )
 
     def training_log(self) -> TrainingLog:
         """Read the adapter's training log."""
