@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from openledger.attribution.batched import DEFAULT_BATCH_TOKENS
 from openledger.attribution.examples import (
     IndexedExample,
     query_example,
@@ -135,6 +136,7 @@ class InfluenceIndex:
         grant: AccessGrant | None = None,
         progress: bool | None = None,
         device: str | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> InfluenceIndex:
         """Compute and cache the per-example LoRA gradients of the snapshot's records.
 
@@ -152,6 +154,9 @@ class InfluenceIndex:
             grant: Access grant for a private datanet.
             progress: Show a progress bar (default: when standard error is a terminal).
             device: Torch device (default CPU).
+            batch_tokens: Padded tokens per forward and backward pass: records of similar
+                length share a pass (per-example gradients of a whole batch, see
+                :mod:`openledger.attribution.batched`); more is faster and uses more memory.
 
         Raises:
             SnapshotMismatchError: The adapter's manifest names another snapshot.
@@ -160,6 +165,7 @@ class InfluenceIndex:
         found = open_adapter(adapter)
         _check_snapshot(found, snapshot)
         _check_settings(method, projection_dim, damping_scale, checkpoints, learning_rates)
+        _check_batch_tokens(batch_tokens)
         model, tokenizer = load_adapter(found, device)
         stored = list(snapshot.records(grant=grant))
         examples, skipped = training_examples(stored, tokenizer, found.recipe)
@@ -171,7 +177,9 @@ class InfluenceIndex:
         settings = _Settings(method, projector, damping_scale, rates, tuple(map(str, checkpoints)))
         manifest = _manifest(found, snapshot, settings, layout, skipped, examples)
         folder = None if output_dir is None else Path(output_dir)
-        grads = _gradients(model, projector, examples, checkpoints, folder, layout.width, progress)
+        grads = _gradients(
+            model, projector, examples, checkpoints, folder, layout.width, progress, batch_tokens
+        )
         if folder is not None:
             (folder / INDEX_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
         index = cls(manifest, grads, found)
@@ -295,6 +303,11 @@ def _check_settings(
         raise AttributionInputError("give one learning rate per checkpoint")
 
 
+def _check_batch_tokens(batch_tokens: Any) -> None:
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise AttributionInputError(f"batch_tokens must be an int >= 1, got {batch_tokens!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class _Settings:
     method: str
@@ -345,6 +358,7 @@ def _gradients(
     folder: Path | None,
     width: int,
     progress: bool | None,
+    batch_tokens: int,
 ) -> list[torch.Tensor]:
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -352,5 +366,6 @@ def _gradients(
     for number, weights in enumerate(checkpoint_weights(model, checkpoints)):
         target = None if folder is None else folder / f"gradients-{number}.npy"
         with weights:
-            grads.append(gradient_rows(model, projector, examples, width, target, progress))
+            rows = gradient_rows(model, projector, examples, width, target, progress, batch_tokens)
+            grads.append(rows)
     return grads

@@ -10,8 +10,13 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openledger.attribution.batched import (
+    DEFAULT_BATCH_TOKENS,
+    batch_gradients,
+    iter_batch_gradients,
+)
 from openledger.attribution.examples import IndexedExample
-from openledger.attribution.gradients import Projector, example_gradient, lora_pairs
+from openledger.attribution.gradients import Projector, lora_pairs
 from openledger.exceptions import AttributionInputError, ManifestError
 
 if TYPE_CHECKING:
@@ -98,11 +103,14 @@ def gradient_rows(
     width: int,
     target: Path | None,
     progress: bool | None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> torch.Tensor:
     """Return an ``n x width`` float32 matrix of per-example gradients.
 
-    With ``target`` the rows are written to a memory-mapped ``.npy`` file one by one (so the
-    matrix never has to fit in memory twice) and the returned tensor maps that file.
+    Examples are grouped by length into batches of at most ``batch_tokens`` padded tokens,
+    one forward and backward pass each (:mod:`.batched`). With ``target`` the rows are
+    written to a memory-mapped ``.npy`` file batch by batch (so the matrix never has to
+    fit in memory twice) and the returned tensor maps that file.
     """
     import numpy as np
     import torch
@@ -114,10 +122,11 @@ def gradient_rows(
         else np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape)
     )
     pairs, bar = lora_pairs(model), _bar(len(examples), progress)
-    for number, example in enumerate(examples):
-        rows[number] = example_gradient(model, pairs, projector, example.input_ids, example.labels)
+    tokens = [(e.input_ids, e.labels) for e in examples]
+    for indices, block in iter_batch_gradients(model, pairs, projector, tokens, batch_tokens):
+        rows[np.asarray(indices)] = block.numpy()
         if bar is not None:
-            bar.update(1)
+            bar.update(len(indices))
     if bar is not None:
         bar.close()
     if target is not None:
@@ -139,5 +148,5 @@ def query_gradients(
     found = []
     for weights in checkpoint_weights(model, checkpoints):
         with weights:
-            found.append(example_gradient(model, pairs, projector, input_ids, labels))
+            found.append(batch_gradients(model, pairs, projector, [(input_ids, labels)])[0])
     return found

@@ -1,0 +1,194 @@
+"""Per-example LoRA gradients of a whole batch from one forward and one backward pass.
+
+Every LoRA factor is a linear map ``y = x W^T`` (``lora_A``: ``u = x A^T``; ``lora_B``:
+``v = u B^T``, later scaled and added to the frozen layer's output). The gradient of
+example ``b``'s loss with respect to ``W`` is a sum over that example's tokens::
+
+    dW_b = sum_t  g_bt^T  x_bt          g = dL/dy (captured on y), x: the factor's input
+
+Forward hooks keep each factor's input and hook its output's gradient; the backward pass of
+``sum_b loss_b`` (each example's mean loss over its learnt tokens, padding masked) then gives
+``g`` per example, since no example's loss depends on another's activations. With a
+projection (LoGra), the large side is projected *before* the outer product, so full
+gradients are never formed::
+
+    dA_b P_in^T  = g_u,b^T (x_b P_in^T)          r x k
+    P_out dB_b   = (g_v,b P_out^T)^T u_b          k x r
+
+which are exactly the values :meth:`Projector.project` gives for the per-record path
+(:func:`~openledger.attribution.gradients.example_gradient`, the slow reference).
+Padded positions are zeroed in ``x`` so they add nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from openledger.attribution.gradients import LoraPair, Projector
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_BATCH_TOKENS", "batch_gradients", "iter_batch_gradients", "length_batches"]
+
+DEFAULT_BATCH_TOKENS = 1024
+"""Padded tokens per forward/backward pass when building an index (memory vs speed)."""
+
+Example = tuple[Sequence[int], Sequence[int]]
+
+
+class _FactorCapture:
+    """Per-example gradient of one LoRA factor, projected on one side when asked.
+
+    Args:
+        projected_side: ``"in"`` for ``lora_A`` (its input side is large), ``"out"`` for
+            ``lora_B`` (its output side is large).
+        matrix: The ``k x side`` projection of that side, or ``None`` to keep it whole.
+    """
+
+    def __init__(self, projected_side: str, matrix: torch.Tensor | None) -> None:
+        self.projected_side = projected_side
+        self.matrix = matrix
+        self.mask: torch.Tensor | None = None
+        self.inputs: torch.Tensor | None = None
+        self.grad: torch.Tensor | None = None
+
+    def forward_hook(self, module: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x = inputs[0].detach()
+        if self.mask is not None:
+            x = x * self.mask[..., None].to(x)
+        if self.projected_side == "in" and self.matrix is not None:
+            x = x @ self.matrix.T.to(x)
+        self.inputs = x
+        output.register_hook(self._backward_hook)  # type: ignore[no-untyped-call]
+
+    def _backward_hook(self, grad: torch.Tensor) -> None:
+        import torch
+
+        if self.projected_side == "out" and self.matrix is not None:
+            grad = grad @ self.matrix.T.to(grad)
+        # NOTE: a factor runs once per forward; a second call would overwrite, not add.
+        self.grad = torch.einsum("bto,bti->boi", grad, self.inputs)
+        self.inputs = None
+
+
+@contextmanager
+def _captured(
+    model: Any, pairs: Sequence[LoraPair], projector: Projector, mask: torch.Tensor
+) -> Iterator[list[tuple[_FactorCapture, _FactorCapture]]]:
+    captures, handles = [], []
+    for pair in pairs:
+        module = model.get_submodule(pair.name)
+        a_side = _FactorCapture("in", projector.matrix(pair.a.shape[1]))
+        b_side = _FactorCapture("out", projector.matrix(pair.b.shape[0]))
+        factors = (module.lora_A["default"], module.lora_B["default"])
+        for capture, factor in zip((a_side, b_side), factors, strict=True):
+            capture.mask = mask
+            handles.append(factor.register_forward_hook(capture.forward_hook))
+        captures.append((a_side, b_side))
+    try:
+        yield captures
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _padded(examples: Sequence[Example], device: Any) -> tuple[torch.Tensor, ...]:
+    import torch
+
+    length = max(len(ids) for ids, _ in examples)
+    ids = torch.zeros(len(examples), length, dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    mask = torch.zeros(len(examples), length, dtype=torch.long)
+    for row, (tokens, targets) in enumerate(examples):
+        ids[row, : len(tokens)] = torch.tensor(list(tokens))
+        labels[row, : len(targets)] = torch.tensor(list(targets))
+        mask[row, : len(tokens)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def _summed_example_losses(
+    model: Any, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``sum_b`` (mean next-token loss of example ``b`` over its learnt tokens)."""
+    import torch
+
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+    )
+    counts = (targets != -100).sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("an example has no learnt token after the first position")
+    return (losses.sum(dim=1) / counts).sum()
+
+
+def batch_gradients(
+    model: Any, pairs: Sequence[LoraPair], projector: Projector, examples: Sequence[Example]
+) -> torch.Tensor:
+    """Return each example's flat (projected) LoRA gradient, ``len(examples) x width``.
+
+    One forward and one backward pass for the whole batch (right-padded); rows equal
+    :func:`~openledger.attribution.gradients.example_gradient` of each example.
+
+    Args:
+        model: A PEFT model whose LoRA factors require gradients (see ``lora_pairs``).
+        pairs: Its LoRA layers, in the order of the flat layout.
+        projector: The per-factor projection.
+        examples: ``(input_ids, labels)`` pairs (labels ``-100`` where nothing is learnt).
+
+    Returns:
+        float32 rows on the CPU.
+
+    Raises:
+        ValueError: If ``examples`` is empty or an example learns no token.
+    """
+    import torch
+
+    if not examples:
+        raise ValueError("no example to take gradients of")
+    ids, labels, mask = _padded(examples, model.device)
+    with _captured(model, pairs, projector, mask) as captures:
+        loss = _summed_example_losses(model, ids, labels, mask)
+        torch.autograd.grad(loss, [p for pair in pairs for p in (pair.a, pair.b)])
+    count = len(examples)
+    parts = []
+    for a_side, b_side in captures:
+        if a_side.grad is None or b_side.grad is None:
+            raise ValueError("a LoRA layer took no part in the forward pass")
+        parts += [a_side.grad.reshape(count, -1), b_side.grad.reshape(count, -1)]
+    return torch.cat(parts, dim=1).float().cpu()
+
+
+def length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group indices by length so each padded batch holds at most ``max_tokens`` tokens.
+
+    Indices are sorted by length (then index), so padding stays small; a sequence longer
+    than ``max_tokens`` gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        if current and lengths[index] * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def iter_batch_gradients(
+    model: Any,
+    pairs: Sequence[LoraPair],
+    projector: Projector,
+    examples: Sequence[Example],
+    max_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield ``(indices, rows)`` batch by batch: the gradients of ``examples[indices]``."""
+    for indices in length_batches([len(ids) for ids, _ in examples], max_tokens):
+        yield indices, batch_gradients(model, pairs, projector, [examples[i] for i in indices])
