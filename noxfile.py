@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s demo`, `nox -s tests`, `nox -s lint`, `nox -s bench`.
+"""Developer sessions: `nox -s demo`, `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s docs`.
 
 Each session installs everything it needs into its own virtual environment:
 a CPU build of torch first on machines without CUDA (so the project's `torch>=` range is
@@ -84,3 +84,29 @@ def bench(session: nox.Session) -> None:
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
         if not wanted or script.stem in wanted:
             session.run("python", str(script))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with warnings as errors (`nox -s docs -- serve` previews it).
+
+    The site goes to build/site (then tests/test_docs_site.py checks it); `mkdocs.yml`
+    includes benchmarks/RESULTS.md and renders the API reference from the docstrings.
+    """
+    _install(session, "docs")
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", "-a", "127.0.0.1:8000", *session.posargs[1:], env=env)
+        return
+    site = ROOT / "build" / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site), *session.posargs, env=env)
+    # NOTE: then check the built site: every public name rendered, every page in the nav.
+    session.install("pytest>=8")
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_docs_site.py",
+        env={"OPENLEDGER_DOCS_SITE": str(site)},
+    )

@@ -105,8 +105,12 @@ def finetune(
         The :class:`TrainingRun`.
 
     Raises:
-        RecipeError, TrainDataError, ChatTemplateError, AccessDeniedError,
-        MissingDependencyError: On bad input, before training starts.
+        RecipeError: A bad recipe field, or a target module the model lacks.
+        TrainDataError: Empty data, a schema that cannot be formatted, or every example
+            longer than ``max_length``.
+        ChatTemplateError: The chat template never closes an assistant turn with EOS.
+        AccessDeniedError: A private datanet without a grant.
+        MissingDependencyError: 4bit/8bit quantization without bitsandbytes.
     """
     recipe = _as_recipe(recipe)
     folder = Path(output_dir)
