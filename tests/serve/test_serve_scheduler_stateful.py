@@ -1,9 +1,11 @@
 """Hypothesis state machine over Scheduler + BlockPool with a fake model.
 
 The fake model's next token depends only on the sequence so far, so every sequence has
-one right output whatever the batching, preemption or prefix sharing. A shadow KV store
-records which token each cache slot holds: every position a step reads must hold that
-sequence's own token (no block leaked to, overwritten by, or wrongly shared with another).
+one right output whatever the batching, chunking, preemption or prefix sharing. A shadow
+KV store records which token each cache slot holds: every position a step reads must hold
+that sequence's own token (no block leaked to, overwritten by, or wrongly shared with
+another). Every step must respect the token budget and the seat limit, give each running
+sequence at least one token, and schedule whole prompts when chunked prefill is off.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from openledger.serve import BlockPool, SamplingParams, Scheduler, Sequence, SequenceStatus
+from openledger.serve import (
+    BlockPool,
+    SamplingParams,
+    Scheduler,
+    SchedulerOutput,
+    Sequence,
+    SequenceStatus,
+)
 
 EOS = 99
 
@@ -39,11 +48,27 @@ class SchedulerMachine(RuleBasedStateMachine):
         num_blocks=st.integers(4, 12),
         block_size=st.sampled_from([1, 2, 4]),
         max_num_seqs=st.integers(1, 4),
+        extra_budget=st.integers(0, 14),
         caching=st.booleans(),
+        chunked=st.booleans(),
     )
-    def setup(self, num_blocks: int, block_size: int, max_num_seqs: int, caching: bool) -> None:
+    def setup(
+        self,
+        num_blocks: int,
+        block_size: int,
+        max_num_seqs: int,
+        extra_budget: int,
+        caching: bool,
+        chunked: bool,
+    ) -> None:
         self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching=caching)
-        self.scheduler = Scheduler(self.pool, max_num_seqs=max_num_seqs, max_num_batched_tokens=64)
+        self.budget = max_num_seqs + extra_budget
+        self.scheduler = Scheduler(
+            self.pool,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=self.budget,
+            enable_chunked_prefill=chunked,
+        )
         self.slots: dict[tuple[int, int], int] = {}
         self.seqs: list[Sequence] = []
         self.prompts: dict[int, list[int]] = {}
@@ -54,6 +79,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         total = len(prompt) + max_tokens
         if self.pool.blocks_needed(total) > self.pool.num_blocks:
             return  # the engine refuses these up front
+        if not self.scheduler.enable_chunked_prefill and total > self.budget:
+            return  # likewise: without chunks, max_model_len <= max_num_batched_tokens
         seq = Sequence(
             len(self.seqs),
             list(prompt),
@@ -68,19 +95,36 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule()
     def step(self) -> None:
+        running_before = list(self.scheduler.running)
         work = self.scheduler.schedule()
         if work is None:
             return
+        self._check_budget(work, running_before)
         self.preempted += len(work.preempted)
-        for seq in work.seqs:
-            start = seq.num_cached_tokens if work.is_prefill else len(seq) - 1
+        sampled = work.sampled
+        for seq, num_new in zip(work.seqs, work.num_new_tokens, strict=True):
+            start = seq.num_computed_tokens - num_new
             self._check_reads(seq, start)
-            for pos in range(start, len(seq)):
+            for pos in range(start, seq.num_computed_tokens):
                 self.slots[self._slot(seq, pos)] = seq.token_ids[pos]
-        for seq in work.seqs:
+        for seq in sampled:
             reason = seq.append_token(fake_next(seq.token_ids))
             if reason is not None:
                 self.scheduler.finish(seq, reason)
+
+    def _check_budget(self, work: SchedulerOutput, running_before: list[Sequence]) -> None:
+        scheduler = self.scheduler
+        assert work.num_tokens <= scheduler.max_num_batched_tokens
+        assert len(work.seqs) <= scheduler.max_num_seqs
+        assert all(n >= 1 for n in work.num_new_tokens)
+        assert not set(work.seqs) & set(work.preempted)
+        # no starvation: every running sequence not preempted gets a token
+        assert set(running_before) - set(work.preempted) <= set(work.seqs)
+        for seq in work.seqs:
+            assert 1 <= seq.num_computed_tokens <= len(seq)
+            if seq.num_computed_tokens < len(seq):  # a chunk: only when the budget ran out
+                assert scheduler.enable_chunked_prefill
+                assert work.num_tokens == scheduler.max_num_batched_tokens
 
     @precondition(lambda self: any(not s.is_finished for s in self.seqs))
     @rule(data=st.data())
@@ -144,7 +188,7 @@ def test_preemption_happens_and_outputs_survive_it() -> None:
         work = scheduler.schedule()
         assert work is not None
         preempted += len(work.preempted)
-        for seq in work.seqs:
+        for seq in work.sampled:
             if (reason := seq.append_token(fake_next(seq.token_ids))) is not None:
                 scheduler.finish(seq, reason)
     assert preempted > 0

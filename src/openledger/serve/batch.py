@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from openledger.serve.ops.step_attention import AttentionPlan
+
 __all__ = ["BatchMetadata"]
 
 
@@ -15,22 +17,24 @@ class BatchMetadata:
 
     Tokens of all sequences are flattened into one dimension ``T``; sequence ``i`` owns
     tokens ``query_start_loc[i]:query_start_loc[i + 1]``. In a decode step every sequence
-    has exactly one token.
+    has exactly one token; a mixed step has prompt chunks and decode tokens side by side.
 
     Attributes:
-        is_prefill: Prefill (several tokens per sequence) or decode (one each).
+        is_prefill: Whether any sequence has several tokens (else: decode, one each).
         positions: ``[T]`` int64 position of each token in its sequence.
         slot_mapping: ``[T]`` int64 flat KV-cache slot (``block * block_size + offset``)
             where each token's key and value are written.
         block_tables: ``[B, max_blocks]`` int32 block ids, right-padded with 0.
         context_lens: ``[B]`` int32 tokens of each sequence visible after this step's writes.
         query_start_loc: ``[B + 1]`` int64 offsets of each sequence's tokens.
-        logits_indices: ``[B]`` int64 index of each sequence's last token (whose logits
-            are sampled).
+        logits_indices: ``[S]`` int64 row of the last token of each sequence sampled in
+            this step (those whose prompt chunk does not reach their end are not).
         adapter_indices: ``[T]`` int64 adapter slot of each token, -1 for the base model.
             NOTE: carried for multi-adapter serving; the base-only layers do not read it.
         host_query_lens: Query lengths as Python ints (the reference path loops on them).
         host_context_lens: Context lengths as Python ints.
+        attention: Gather indices and masks of the step's attention, built once for all
+            layers (None: layers use the per-sequence reference path).
     """
 
     is_prefill: bool
@@ -43,6 +47,7 @@ class BatchMetadata:
     adapter_indices: torch.Tensor
     host_query_lens: list[int]
     host_context_lens: list[int]
+    attention: AttentionPlan | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -10,11 +10,13 @@ Prefix caching: every *full* block gets a content hash chained over the blocks b
     h0 = H(salt, "",  tokens[0:bs])
     h1 = H(salt, h0, tokens[bs:2bs]) ...
 
-A new sequence whose leading full blocks hash to cached ones shares them (reference count
-+1) and skips computing them. Freed blocks keep their hash while on the free list and can
-be revived by a later hit until they are handed out again, least recently freed first.
+A block becomes findable (sealed) once a scheduled step computes its tokens, so a hit
+never reads KV that no step writes. A new sequence whose leading full blocks hash to
+cached ones shares them (reference count +1) and skips computing them. Freed blocks keep
+their hash while on the free list and can be revived by a later hit until they are handed
+out again, least recently freed first.
 
-NOTE: invariants (checked by tests/serve/test_block_pool_stateful.py)
+NOTE: invariants (checked by tests/serve/test_serve_scheduler_stateful.py)
     * a block is on the free list  <=>  its ref_count == 0
     * sum of ref_counts == total length of all live block tables
     * the hash map points only at blocks whose stored hash is that key
@@ -102,7 +104,8 @@ class BlockPool:
         """Give a sequence blocks for all its tokens, reusing cached prefix blocks.
 
         At most ``len(seq) - 1`` tokens come from the cache: the last token is always
-        computed, since its logits are needed.
+        computed, since its logits are needed. The fresh blocks become findable only once
+        the scheduler seals them (:meth:`seal`), once a step computes their tokens.
 
         Returns:
             The number of leading tokens found in the cache (also ``seq.num_cached_tokens``).
@@ -115,26 +118,48 @@ class BlockPool:
             raise RuntimeError(f"sequence {seq.seq_id} already holds blocks")
         if not self.can_allocate(seq):
             raise RuntimeError(f"not enough free blocks for sequence {seq.seq_id}")
-        parent, hitting = b"", self.enable_prefix_caching
-        seq.num_cached_tokens = 0
-        for start in range(0, len(seq), self.block_size):
-            tokens = tuple(seq.token_ids[start : start + self.block_size])
-            block_hash = None
-            if self.enable_prefix_caching and len(tokens) == self.block_size:
-                block_hash = hash_block(parent, tokens, seq.cache_salt)
-            # NOTE: the block holding the last token is never taken from the cache.
-            hit = None
-            if hitting and block_hash is not None and start + self.block_size < len(seq):
-                hit = self._lookup(block_hash, tokens)
-            if hit is None:
-                hitting = False
-                hit = self._fresh(block_hash, tokens)
-            else:
-                self._take(hit)
-                seq.num_cached_tokens += self.block_size
-            seq.block_table.append(hit.block_id)
-            parent = block_hash or b""
+        num_hits = self._take_cached_prefix(seq) if self.enable_prefix_caching else 0
+        seq.num_sealed_blocks = num_hits
+        seq.num_cached_tokens = num_hits * self.block_size
+        for _ in range(len(seq.block_table), self.blocks_needed(len(seq))):
+            seq.block_table.append(self._fresh().block_id)
         return seq.num_cached_tokens
+
+    def _take_cached_prefix(self, seq: Sequence) -> int:
+        """Append the cached blocks of the sequence's longest cached prefix; their count."""
+        parent = b""
+        # NOTE: the block holding the last token is never taken from the cache.
+        for start in range(0, len(seq) - self.block_size, self.block_size):
+            tokens = tuple(seq.token_ids[start : start + self.block_size])
+            parent = hash_block(parent, tokens, seq.cache_salt)
+            hit = self._lookup(parent, tokens)
+            if hit is None:
+                break
+            self._take(hit)
+            seq.block_table.append(hit.block_id)
+        return len(seq.block_table)
+
+    def seal(self, seq: Sequence, num_tokens: int) -> None:
+        """Make the full blocks among the first ``num_tokens`` tokens findable by content.
+
+        Called once a step is scheduled to compute those tokens: a later sequence (even
+        one in the same step, whose attention runs after this step's KV writes) may then
+        share them. No-op without prefix caching.
+        """
+        if not self.enable_prefix_caching:
+            return
+        num_full = min(num_tokens // self.block_size, len(seq.block_table))
+        for index in range(seq.num_sealed_blocks, num_full):
+            block = self.blocks[seq.block_table[index]]
+            start = index * self.block_size
+            tokens = tuple(seq.token_ids[start : start + self.block_size])
+            parent = b""
+            if index > 0:
+                parent = self.blocks[seq.block_table[index - 1]].block_hash or b""
+            block.block_hash = hash_block(parent, tokens, seq.cache_salt)
+            block.token_ids = tokens
+            self._cached.setdefault(block.block_hash, block.block_id)
+        seq.num_sealed_blocks = max(seq.num_sealed_blocks, num_full)
 
     def free(self, seq: Sequence) -> None:
         """Release a sequence's blocks (tail first, so tails are evicted first)."""
@@ -146,7 +171,7 @@ class BlockPool:
             if block.ref_count == 0:
                 self._free[block_id] = None
         seq.block_table.clear()
-        seq.num_cached_tokens = 0
+        seq.num_cached_tokens = seq.num_computed_tokens = seq.num_sealed_blocks = 0
 
     def can_append(self, seq: Sequence) -> bool:
         """Whether the sequence's next decode step has a slot (a new block if needed)."""
@@ -156,23 +181,11 @@ class BlockPool:
     def append_slot(self, seq: Sequence) -> None:
         """Make room for the KV of the sequence's last token before a decode step.
 
-        Adds a block when the token starts a new one; when the token fills its block, the
-        block gets its content hash and becomes findable by later requests.
+        Adds a block when the token starts a new one (the block is sealed by :meth:`seal`
+        once full).
         """
         if self.blocks_needed(len(seq)) > len(seq.block_table):
-            seq.block_table.append(self._fresh(None, ()).block_id)
-        if len(seq) % self.block_size == 0 and self.enable_prefix_caching:
-            self._seal_last_block(seq)
-
-    def _seal_last_block(self, seq: Sequence) -> None:
-        block = self.blocks[seq.block_table[-1]]
-        tokens = tuple(seq.token_ids[-self.block_size :])
-        parent = b""
-        if len(seq.block_table) > 1:
-            parent = self.blocks[seq.block_table[-2]].block_hash or b""
-        block.block_hash = hash_block(parent, tokens, seq.cache_salt)
-        block.token_ids = tokens
-        self._cached.setdefault(block.block_hash, block.block_id)
+            seq.block_table.append(self._fresh().block_id)
 
     def _lookup(self, block_hash: bytes, tokens: tuple[int, ...]) -> Block | None:
         block_id = self._cached.get(block_hash)
@@ -186,15 +199,13 @@ class BlockPool:
             del self._free[block.block_id]
         block.ref_count += 1
 
-    def _fresh(self, block_hash: bytes | None, tokens: tuple[int, ...]) -> Block:
+    def _fresh(self) -> Block:
         block_id = next(iter(self._free))
         del self._free[block_id]
         block = self.blocks[block_id]
         if block.block_hash is not None and self._cached.get(block.block_hash) == block_id:
             del self._cached[block.block_hash]
         block.ref_count = 1
-        block.block_hash = block_hash
-        block.token_ids = tokens if block_hash is not None else ()
-        if block_hash is not None:
-            self._cached.setdefault(block_hash, block_id)
+        block.block_hash = None
+        block.token_ids = ()
         return block

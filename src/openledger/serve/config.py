@@ -37,13 +37,21 @@ class EngineConfig(BaseModel):
     )
     max_num_seqs: int = Field(default=64, ge=1, description="Most sequences running at once.")
     max_num_batched_tokens: int = Field(
-        default=8192, ge=1, description="Most tokens computed in one step; also caps prompt length."
+        default=8192,
+        ge=1,
+        description="Most tokens computed in one step (decode tokens plus prompt chunks).",
+    )
+    enable_chunked_prefill: bool = Field(
+        default=True,
+        description="Split prompts longer than the step's remaining token budget over "
+        "several steps; when off, a prompt is computed in one step and max_num_batched_tokens "
+        "caps its length.",
     )
     max_model_len: int | None = Field(
         default=None,
         ge=2,
-        description="Longest prompt + output; default the model's context, capped "
-        "by max_num_batched_tokens.",
+        description="Longest prompt + output; default the model's context (capped by "
+        "max_num_batched_tokens when chunked prefill is off).",
     )
     enable_prefix_caching: bool = Field(
         default=True, description="Share KV blocks of equal prefixes."

@@ -62,6 +62,7 @@ class Engine:
             self.block_pool,
             max_num_seqs=self.config.max_num_seqs,
             max_num_batched_tokens=self.config.max_num_batched_tokens,
+            enable_chunked_prefill=self.config.enable_chunked_prefill,
         )
         self._eos = frozenset(parts.eos_token_ids)
         self._requests: dict[str, RequestState] = {}
@@ -138,22 +139,29 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step and one forward pass.
 
+        A step computes a token for every running request and prompt tokens (whole or a
+        chunk) of newly admitted ones, within ``max_num_batched_tokens``.
+
         Returns:
-            An output for every request that produced a token, finished or was aborted.
+            An output for every request that produced a token, finished or was aborted
+            (a request whose prompt is still being computed in chunks has none).
         """
         outputs, self._aborted = self._aborted, []
         work = self.scheduler.schedule()
         if work is None or not work.seqs:
             return outputs
         bound = self._bind_adapters(work.seqs)
-        # NOTE: sequences of one adapter side by side: each slot's tokens are one slice
-        seqs = sorted(work.seqs, key=lambda s: s.adapter_index) if bound else work.seqs
+        pairs = list(zip(work.seqs, work.num_new_tokens, strict=True))
+        if bound:  # NOTE: sequences of one adapter side by side: each slot's tokens are one slice
+            pairs.sort(key=lambda pair: pair[0].adapter_index)
+        seqs = [seq for seq, _ in pairs]
+        done = [seq for seq in seqs if seq.num_computed_tokens == len(seq)]
         try:
-            sampled = self.runner.run(seqs, work.is_prefill)
+            sampled = self.runner.run(seqs, [n for _, n in pairs])
         finally:
             self._release_adapters(bound)
         now = time.perf_counter()
-        for seq, token_id, logprobs in zip(seqs, sampled.token_ids, sampled.logprobs, strict=False):
+        for seq, token_id, logprobs in zip(done, sampled.token_ids, sampled.logprobs, strict=True):
             state = self._by_seq[seq.seq_id]
             reason = state.add_token(token_id, logprobs, now)
             if reason is not None:

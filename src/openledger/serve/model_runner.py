@@ -11,6 +11,7 @@ from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.layers.lora import LoraState
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.loader import build_model
+from openledger.serve.ops.step_attention import plan_attention
 from openledger.serve.sampling import SampledTokens, sample
 from openledger.serve.sequence import Sequence
 
@@ -66,65 +67,90 @@ class ModelRunner:
         self.generator.manual_seed(seed)
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool) -> SampledTokens:
-        """Compute one step for ``seqs`` and sample each one's next token."""
-        input_ids, batch = self.prepare(seqs, is_prefill)
+    def run(self, seqs: list[Sequence], num_new_tokens: list[int]) -> SampledTokens:
+        """Compute one step and sample the next token of every sequence it completes.
+
+        Args:
+            seqs: The step's sequences, their ``num_computed_tokens`` already advanced
+                past this step's tokens (see :class:`~openledger.serve.scheduler.Scheduler`).
+            num_new_tokens: Tokens each sequence computes in this step.
+
+        Returns:
+            One token per sequence with ``num_computed_tokens == len(seq)``, in order.
+        """
+        input_ids, batch = self.prepare(seqs, num_new_tokens)
         if self.lora is not None:
             self.lora.set_batch([seq.adapter_index for seq in seqs], batch.host_query_lens)
         hidden = self.model(input_ids, batch)
+        done = [seq for seq in seqs if seq.num_computed_tokens == len(seq)]
+        if not done:
+            return SampledTokens([], [])
         logits = self.model.compute_logits(hidden[batch.logits_indices])
         return sample(
             logits,
-            [seq.params for seq in seqs],
-            [seq.token_ids for seq in seqs],
-            [seq.num_output_tokens for seq in seqs],
+            [seq.params for seq in done],
+            [seq.token_ids for seq in done],
+            [seq.num_output_tokens for seq in done],
             self.generator,
-            [_banned(seq) for seq in seqs],
+            [_banned(seq) for seq in done],
         )
 
-    def prepare(self, seqs: list[Sequence], is_prefill: bool) -> tuple[torch.Tensor, BatchMetadata]:
-        """Flatten the step's tokens and build the batch metadata on the device."""
+    def prepare(
+        self, seqs: list[Sequence], num_new_tokens: list[int]
+    ) -> tuple[torch.Tensor, BatchMetadata]:
+        """Flatten the step's tokens and build the batch metadata on the device, once."""
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        adapters: list[int] = []
-        query_lens: list[int] = []
-        for seq in seqs:
-            start = seq.num_cached_tokens if is_prefill else len(seq) - 1
-            input_ids.extend(seq.token_ids[start:])
-            positions.extend(range(start, len(seq)))
-            slots.extend(self._slot(seq, pos) for pos in range(start, len(seq)))
-            adapters.extend([seq.adapter_index] * (len(seq) - start))
-            query_lens.append(len(seq) - start)
+        last_rows: list[int] = []
+        for seq, num_new in zip(seqs, num_new_tokens, strict=True):
+            end = seq.num_computed_tokens
+            start = end - num_new
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(self._slot(seq, pos) for pos in range(start, end))
+            if end == len(seq):
+                last_rows.append(len(input_ids) - 1)
         return self._tensor(input_ids), self._metadata(
-            seqs, is_prefill, positions, slots, adapters, query_lens
+            seqs, num_new_tokens, positions, slots, last_rows
         )
 
     def _metadata(
         self,
         seqs: list[Sequence],
-        is_prefill: bool,
+        query_lens: list[int],
         positions: list[int],
         slots: list[int],
-        adapters: list[int],
-        query_lens: list[int],
+        last_rows: list[int],
     ) -> BatchMetadata:
+        context_lens = [seq.num_computed_tokens for seq in seqs]
         width = max(len(seq.block_table) for seq in seqs)
         tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
         starts = [0]
         for length in query_lens:
             starts.append(starts[-1] + length)
+        adapters = [
+            seq.adapter_index for seq, n in zip(seqs, query_lens, strict=True) for _ in range(n)
+        ]
         return BatchMetadata(
-            is_prefill=is_prefill,
+            is_prefill=any(n > 1 for n in query_lens),
             positions=self._tensor(positions),
             slot_mapping=self._tensor(slots),
             block_tables=self._tensor(tables, torch.int32),
-            context_lens=self._tensor([len(seq) for seq in seqs], torch.int32),
+            context_lens=self._tensor(context_lens, torch.int32),
             query_start_loc=self._tensor(starts),
-            logits_indices=self._tensor([end - 1 for end in starts[1:]]),
+            logits_indices=self._tensor(last_rows),
             adapter_indices=self._tensor(adapters),
-            host_query_lens=query_lens,
-            host_context_lens=[len(seq) for seq in seqs],
+            host_query_lens=list(query_lens),
+            host_context_lens=context_lens,
+            attention=plan_attention(
+                query_lens,
+                context_lens,
+                [seq.block_table for seq in seqs],
+                block_size=self.block_size,
+                sliding_window=self.config.sliding_window,
+                device=self.device,
+            ),
         )
 
     def _slot(self, seq: Sequence, position: int) -> int:

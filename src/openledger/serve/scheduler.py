@@ -1,16 +1,27 @@
-"""Continuous batching: which sequences run in the next step (torch-free).
+"""Continuous batching: which sequences run in the next step, and how many tokens each.
 
-Each step is either a *prefill* (whole prompts of newly admitted sequences) or a *decode*
-(one token for every running sequence). Prefill goes first whenever the oldest waiting
-sequence fits, so new requests join at the next step boundary; finished ones leave at once.
+Every step has a budget of ``max_num_batched_tokens`` tokens. Each sequence gets a number
+of tokens to compute (vLLM v1 style), so one step can carry prompt chunks and decode
+tokens together:
 
-    waiting (FIFO) --prefill--> running --finish/abort--> freed
+1. running sequences, oldest first: all their uncomputed tokens (1 in decode; the rest
+   of the prompt, or a chunk of it), always leaving one token of budget for each running
+   sequence after them, so decodes never starve behind a long prompt;
+2. then waiting sequences (FIFO) while budget, ``max_num_seqs`` and free blocks allow:
+   their prompt, chunked to the remaining budget when chunked prefill is on (off: the
+   whole prompt must fit the budget, else admission waits for a later step).
+
+A sequence is sampled in the step that computes its last token; a step that computes
+only part of a prompt samples nothing for it.
+
+    waiting (FIFO) --admit--> running --finish/abort--> freed
         ^                          |
         +------ preempt (LIFO) ----+   blocks freed; its KV is recomputed on re-admission
 
 Admission is strictly FIFO: a waiting sequence that does not fit blocks the ones behind it.
-When a decode step lacks a block, the most recently admitted running sequence is preempted
-(recompute), and goes back to the *front* of the waiting queue.
+When a running sequence needs a block and none is free, the most recently admitted running
+sequence is preempted (recompute) and goes back to the *front* of the waiting queue; no
+sequence is admitted in a step that preempted.
 """
 
 from __future__ import annotations
@@ -31,21 +42,29 @@ class SchedulerOutput:
 
     Attributes:
         seqs: Sequences to run, in batch order.
-        is_prefill: True for a prefill step (tokens from ``num_cached_tokens`` on), False
-            for a decode step (the last token of each).
+        num_new_tokens: Tokens each sequence computes in this step: its tokens
+            ``num_computed_tokens - n`` up to ``num_computed_tokens`` (already advanced).
         preempted: Sequences preempted while scheduling this step.
     """
 
     seqs: list[Sequence]
-    is_prefill: bool
+    num_new_tokens: list[int]
     preempted: list[Sequence] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
         """Tokens the model computes in this step."""
-        if not self.is_prefill:
-            return len(self.seqs)
-        return sum(len(seq) - seq.num_cached_tokens for seq in self.seqs)
+        return sum(self.num_new_tokens)
+
+    @property
+    def is_prefill(self) -> bool:
+        """Whether any sequence computes more than one token (prompt work in the step)."""
+        return any(n > 1 for n in self.num_new_tokens)
+
+    @property
+    def sampled(self) -> list[Sequence]:
+        """The sequences whose next token this step samples (all their tokens computed)."""
+        return [seq for seq in self.seqs if seq.num_computed_tokens == len(seq)]
 
 
 class Scheduler:
@@ -54,11 +73,20 @@ class Scheduler:
     Args:
         block_pool: Where KV blocks come from.
         max_num_seqs: Most sequences running at once.
-        max_num_batched_tokens: Most tokens computed in one step; a prompt longer than this
-            can never be admitted (the engine refuses it up front).
+        max_num_batched_tokens: Most tokens computed in one step (>= ``max_num_seqs``).
+        enable_chunked_prefill: Split prompts over steps to fit the budget; when off, a
+            prompt longer than ``max_num_batched_tokens`` can never be admitted (the
+            engine refuses it up front).
     """
 
-    def __init__(self, block_pool: BlockPool, *, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(
+        self,
+        block_pool: BlockPool,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        enable_chunked_prefill: bool = True,
+    ):
         if max_num_seqs < 1 or max_num_batched_tokens < max_num_seqs:
             raise ConfigError(
                 f"need 1 <= max_num_seqs <= max_num_batched_tokens, got {max_num_seqs}, "
@@ -67,6 +95,7 @@ class Scheduler:
         self.block_pool = block_pool
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.enable_chunked_prefill = enable_chunked_prefill
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()
 
@@ -80,13 +109,19 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> SchedulerOutput | None:
-        """Pick the next step's sequences and give them KV slots; None when idle."""
-        seqs = self._schedule_prefill()
-        if seqs:
-            return SchedulerOutput(seqs, is_prefill=True)
-        if not self.running:
+        """Pick the next step's sequences and token counts, give them KV slots.
+
+        Returns:
+            The step, or None when nothing is waiting or running. A step may be empty
+            (no sequence fits yet) only if nothing is running.
+        """
+        if not self.has_unfinished():
             return None
-        return self._schedule_decode()
+        work = SchedulerOutput([], [])
+        budget = self._schedule_running(work, self.max_num_batched_tokens)
+        if not work.preempted:
+            self._schedule_waiting(work, budget)
+        return work
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Mark a running sequence finished and free its blocks."""
@@ -108,40 +143,59 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
 
-    def _schedule_prefill(self) -> list[Sequence]:
+    def _schedule_running(self, work: SchedulerOutput, budget: int) -> int:
+        """Schedule the running sequences in admission order; returns the budget left."""
         scheduled: list[Sequence] = []
-        num_tokens = 0
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            too_many = num_tokens + len(seq) > self.max_num_batched_tokens
-            if too_many or not self.block_pool.can_allocate(seq):
-                break
-            num_tokens += len(seq) - self.block_pool.allocate(seq)
-            self.waiting.popleft()
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            scheduled.append(seq)
-        return scheduled
-
-    def _schedule_decode(self) -> SchedulerOutput:
-        scheduled: list[Sequence] = []
-        preempted: list[Sequence] = []
         while self.running:
             seq = self.running.popleft()
-            while not self.block_pool.can_append(seq):
-                victim = self.running.pop() if self.running else seq
-                self._preempt(victim)
-                preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                self.block_pool.append_slot(seq)
-                scheduled.append(seq)
+            if not self._make_room(seq, work.preempted):
+                continue
+            # NOTE: max_num_seqs <= max_num_batched_tokens, so after reserving one token
+            # for each sequence still in `running`, at least one is left for this one.
+            num_new = min(seq.num_uncomputed_tokens, budget - len(self.running))
+            budget -= num_new
+            self._take(seq, num_new, work)
+            scheduled.append(seq)
         self.running.extend(scheduled)
-        return SchedulerOutput(scheduled, is_prefill=False, preempted=preempted)
+        return budget
+
+    def _make_room(self, seq: Sequence, preempted: list[Sequence]) -> bool:
+        """Give ``seq`` a block for its next token, preempting from the back if needed;
+        False when ``seq`` itself had to be preempted."""
+        while not self.block_pool.can_append(seq):
+            victim = self.running.pop() if self.running else seq
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is seq:
+                return False
+        self.block_pool.append_slot(seq)
+        return True
+
+    def _schedule_waiting(self, work: SchedulerOutput, budget: int) -> None:
+        """Admit waiting sequences in FIFO order while budget, seats and blocks allow."""
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            whole_prompt_fits = len(seq) <= budget
+            if not (whole_prompt_fits or self.enable_chunked_prefill):
+                break
+            if not self.block_pool.can_allocate(seq):
+                break
+            self.waiting.popleft()
+            seq.num_computed_tokens = self.block_pool.allocate(seq)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            budget -= num_new
+            self._take(seq, num_new, work)
+
+    def _take(self, seq: Sequence, num_new: int, work: SchedulerOutput) -> None:
+        seq.num_computed_tokens += num_new
+        self.block_pool.seal(seq, seq.num_computed_tokens)
+        work.seqs.append(seq)
+        work.num_new_tokens.append(num_new)
 
     def _preempt(self, seq: Sequence) -> None:
-        self.block_pool.free(seq)
+        self.block_pool.free(seq)  # NOTE: also resets num_computed_tokens
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.waiting.appendleft(seq)

@@ -28,7 +28,8 @@ class Sequence:
     Invariant while RUNNING, between steps::
 
         token_ids   = prompt | outputs
-        KV computed for token_ids[:-1]; the last token is the next step's input
+        KV computed for token_ids[:num_computed_tokens]; num_computed_tokens < len(token_ids)
+        (== len - 1 once the prompt is done: the last token is the next step's input)
         block_table holds ceil((len(token_ids) - 1) / block_size) blocks, or more
 
     Attributes:
@@ -44,6 +45,10 @@ class Sequence:
         adapter_index: Adapter slot applied to this sequence's tokens; -1 for none.
         block_table: KV-cache block ids, in order.
         num_cached_tokens: Tokens found in the prefix cache at the last allocation.
+        num_computed_tokens: Leading tokens whose KV is in the cache, counting the tokens
+            scheduled for the current step (the scheduler advances it when it schedules).
+        num_sealed_blocks: Leading blocks of ``block_table`` that are full and findable
+            by content hash (prefix caching).
         status: Waiting, running or finished.
         finish_reason: Why it finished, once it has.
         num_preemptions: How often it was preempted (its KV recomputed).
@@ -59,6 +64,8 @@ class Sequence:
     adapter_index: int = -1
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
+    num_computed_tokens: int = 0
+    num_sealed_blocks: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
@@ -75,6 +82,11 @@ class Sequence:
     def num_output_tokens(self) -> int:
         """How many tokens have been generated."""
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        """Tokens still to compute before the next token can be sampled (>= 1 while running)."""
+        return len(self.token_ids) - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:

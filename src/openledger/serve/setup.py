@@ -95,14 +95,16 @@ def pick_backend(choice: str, device: torch.device) -> AttentionBackend:
 
 
 def _max_model_len(model_config: ModelConfig, config: EngineConfig) -> int:
-    limit = min(model_config.max_position_embeddings, config.max_num_batched_tokens)
+    limit = model_config.max_position_embeddings
+    if not config.enable_chunked_prefill:  # NOTE: a whole prompt must fit one step
+        limit = min(limit, config.max_num_batched_tokens)
     if config.max_model_len is None:
         return limit
     if config.max_model_len > limit:
+        capped = "" if config.enable_chunked_prefill else " or max_num_batched_tokens"
         raise ConfigError(
             f"max_model_len={config.max_model_len} exceeds the model's context "
-            f"({model_config.max_position_embeddings}) or max_num_batched_tokens "
-            f"({config.max_num_batched_tokens})"
+            f"({model_config.max_position_embeddings}){capped}: {limit}"
         )
     return config.max_model_len
 
