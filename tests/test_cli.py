@@ -32,24 +32,29 @@ def test_download_unknown_alias(capsys: pytest.CaptureFixture[str]) -> None:
     assert "smollm2-135m-instruct" in err
 
 
-def test_demo_streams_an_answer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_chat_streams_the_engines_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from openledger.serve import Engine, SamplingParams
+
     folder = save_tiny_model(tmp_path / "tiny", "qwen2")
-    argv = ["demo", "--model", str(folder), "--question", "hi", "--max-new-tokens", "6"]
+    argv = ["chat", "--model", str(folder), "--question", "hi", "--max-tokens", "6"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "user> hi" in out
-    assert "assistant> " in out
-    assert "chunks streamed" in out
+    messages = [{"role": "user", "content": "hi"}]
+    expected = Engine(str(folder)).generate(messages, SamplingParams(max_tokens=6))[0].text
+    assert f"user> hi\nassistant> {expected}\n" in out
+    assert "pieces streamed" in out
 
 
-def test_demo_bad_model(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--model", "./missing-model-folder"]) == 2
+def test_chat_bad_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--model", "./missing-model-folder"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_demo_bad_token_count(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--max-new-tokens", "0"]) == 2
-    assert "--max-new-tokens" in capsys.readouterr().err
+def test_chat_bad_token_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--max-tokens", "0"]) == 2
+    assert "--max-tokens" in capsys.readouterr().err
 
 
 def test_console_script_is_installed() -> None:

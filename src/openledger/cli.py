@@ -5,7 +5,8 @@
     openledger version
     openledger models list [--verify]
     openledger models download NAME [--force]
-    openledger demo [--model NAME] [--question TEXT] [--max-new-tokens N]
+    openledger demo [--fast] [--output DIR] [--model NAME] [--pool TOKENS] [--max-tokens N]
+    openledger chat [--model NAME] [--adapter FOLDER] [--question TEXT] [--max-tokens N]
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
 
 from openledger._version import __version__
 from openledger.exceptions import ConfigError, OpenLedgerError
@@ -39,10 +40,21 @@ def _parser() -> argparse.ArgumentParser:
     download = verbs.add_parser("download", help="install and convert an offline alias")
     download.add_argument("name", help="an alias, e.g. smollm2-135m-instruct")
     download.add_argument("--force", action="store_true", help="convert again even if cached")
-    demo = commands.add_parser("demo", help="load the base model and stream one chat answer")
-    demo.add_argument("--model", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
-    demo.add_argument("--question", default=DEFAULT_QUESTION)
-    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo = commands.add_parser(
+        "demo", help="the whole loop: datanets, chain, fine-tuning, serving, attribution, rewards"
+    )
+    demo.add_argument("--fast", action="store_true", help="tiny model, tiny data (about a minute)")
+    demo.add_argument(
+        "--output", default="openledger-demo", help="run folder (replaced if a demo's)"
+    )
+    demo.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
+    demo.add_argument("--pool", type=float, default=100.0, help="reward pool in tokens")
+    demo.add_argument("--max-tokens", type=int, default=40, help="longest answer in tokens")
+    chat = commands.add_parser("chat", help="stream one answer from the serving engine")
+    chat.add_argument("--model", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
+    chat.add_argument("--adapter", default=None, help="a LoRA adapter folder to answer with")
+    chat.add_argument("--question", default=DEFAULT_QUESTION)
+    chat.add_argument("--max-tokens", type=int, default=64)
     return parser
 
 
@@ -70,7 +82,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     elif args.command == "models" and args.verb == "download":
         _models_download(out, args.name, force=args.force)
     elif args.command == "demo":
-        _demo(out, args.model, args.question, args.max_new_tokens)
+        _demo(out, args)
+    elif args.command == "chat":
+        _chat(out, args.model, args.adapter, args.question, args.max_tokens)
     return 0
 
 
@@ -95,39 +109,47 @@ def _models_download(out: TextIO, name: str, *, force: bool) -> None:
     print(f"{name} ready in {folder} ({time.perf_counter() - started:.1f} s)", file=out)
 
 
-def _demo(out: TextIO, model_name: str, question: str, max_new_tokens: int) -> None:
-    from openledger.models import load_base_model
+def _demo(out: TextIO, args: argparse.Namespace) -> None:
+    from openledger.demo import DemoConfig, run_demo
 
-    if max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not args.pool > 0:
+        raise ConfigError(f"--pool must be positive, got {args.pool}")
+    config = DemoConfig(
+        output_dir=Path(args.output),
+        fast=args.fast,
+        base_model=args.model,
+        pool_wei=round(args.pool * 10**18),
+        max_tokens=args.max_tokens,
+    )
+    result = run_demo(config, out)
+    total = sum(result.payouts.values())
+    if total != result.pool_wei or result.claimed != result.payouts:
+        raise ConfigError("the payouts do not add up to the pool or a claim failed (see above)")
+
+
+def _chat(
+    out: TextIO, model_name: str, adapter: str | None, question: str, max_tokens: int
+) -> None:
+    from openledger.serve import Engine, SamplingParams
+
+    if max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     print(f"loading {model_name} ...", file=out, flush=True)
     started = time.perf_counter()
-    model, tokenizer = load_base_model(model_name, device="cpu")
+    engine = Engine(model_name)
+    if adapter is not None:
+        engine.add_adapter("adapter", adapter)
     print(f"loaded in {time.perf_counter() - started:.1f} s", file=out)
     print(f"\nuser> {question}\nassistant> ", end="", file=out, flush=True)
-    started = time.perf_counter()
+    params = SamplingParams(max_tokens=max_tokens, adapter="adapter" if adapter else None)
+    messages = [{"role": "user", "content": question}]
     count = 0
-    for piece in _stream_chat(model, tokenizer, question, max_new_tokens):
+    started = time.perf_counter()
+    for piece in engine.stream(messages, params):
         print(piece, end="", file=out, flush=True)
         count += 1
     elapsed = time.perf_counter() - started
-    print(f"\n\n[{count} chunks streamed in {elapsed:.1f} s]", file=out)
-
-
-def _stream_chat(model: Any, tokenizer: Any, question: str, limit: int) -> Iterator[str]:
-    """Stream a greedy chat answer as text pieces (until the serving engine replaces it)."""
-    from transformers import TextIteratorStreamer
-
-    messages = [{"role": "user", "content": question}]
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = {**inputs, "max_new_tokens": limit, "do_sample": False, "streamer": streamer}
-    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
-    worker.start()
-    yield from streamer
-    worker.join()
+    print(f"\n\n[{count} pieces streamed in {elapsed:.1f} s]", file=out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,435 @@
+"""The demo's stages, each a method that prints its summary and fills the result."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openledger.crypto import Account, keccak256
+from openledger.demo.corpus import DemoDataset, DemoQuestion
+from openledger.demo.runner import DemoAnswer, DemoResult
+
+if TYPE_CHECKING:
+    from openledger.attribution import AttributionReport, InfluenceIndex
+    from openledger.chain import Chain, Protocol
+    from openledger.data import Snapshot
+    from openledger.demo.runner import Console, DemoConfig
+    from openledger.serve import Engine
+    from openledger.train import TrainingRun
+
+__all__ = ["Stages", "demo_account"]
+
+ETH = 10**18
+
+
+def demo_account(name: str) -> Account:
+    """The demo account called ``name`` (key = keccak256 of ``openledger-demo/<name>``)."""
+    return Account.from_key(keccak256(f"openledger-demo/{name}".encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    records_per_contributor: int | None
+    recipe: dict[str, Any]
+    projection_dim: int | None
+    num_ablations: int
+
+
+_FULL = _Settings(
+    records_per_contributor=None,
+    recipe={
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "learning_rate": 2e-3,
+        "epochs": 3,
+        "batch_size": 8,
+        "max_length": 128,
+        "warmup_ratio": 0.05,
+        "seed": 0,
+    },
+    projection_dim=None,
+    num_ablations=8,
+)
+_FAST = _Settings(
+    records_per_contributor=6,
+    recipe={
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "learning_rate": 2e-2,
+        "max_steps": 40,
+        "batch_size": 4,
+        "max_length": 96,
+        "seed": 0,
+    },
+    projection_dim=None,
+    num_ablations=4,
+)
+
+
+class Stages:
+    """Holds the state passed from stage to stage (see :func:`openledger.demo.run_demo`)."""
+
+    def __init__(
+        self,
+        config: DemoConfig,
+        folder: Path,
+        console: Console,
+        datasets: tuple[DemoDataset, ...],
+    ) -> None:
+        self.config = config
+        self.folder = folder
+        self.console = console
+        self.datasets = datasets
+        self.settings = _FAST if config.fast else _FULL
+        self.result = DemoResult(folder, folder / "report.html", "")
+        self.accounts: dict[str, Account] = {}
+        self.snapshots: dict[str, Snapshot] = {}
+        self.runs: dict[str, TrainingRun] = {}
+        self.reports: list[tuple[DemoAnswer, AttributionReport]] = []
+        self.evm: Chain | None = None
+        self.protocol: Protocol | None = None
+        self.engine: Engine | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def account(self, name: str) -> Account:
+        """The named demo account (created and remembered on first use)."""
+        if name not in self.accounts:
+            account = demo_account(name)
+            self.accounts[name] = account
+            self.result.names[account.address] = name
+        return self.accounts[name]
+
+    def name_of(self, address: str | None) -> str:
+        """The demo name of an address (the short address if it is not a demo account)."""
+        if address is None:
+            return "?"
+        return self.result.names.get(address, address[:10])
+
+    def _say(self, text: str) -> None:
+        self.console.line(text)
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def base_model(self, base: str | None) -> None:
+        """Resolve the base model (convert the offline SmolLM2 once; fast: write a tiny one)."""
+        from openledger.models import resolve_model, save_tiny_model
+
+        if base is None:
+            base = str(
+                save_tiny_model(self.folder / "tiny-llama", "llama", seed=1, initializer_range=0.3)
+            )
+            self._say(f"tiny random Llama written to {base} (fast mode)")
+        else:
+            resolved = resolve_model(base)
+            self._say(f"{base} -> {resolved.path}")
+        self.result.base_model = base
+
+    def datanets(self) -> None:
+        """Create both datanets; every contributor signs and contributes its records."""
+        from openledger.data import Datanet, InstructionRecord
+
+        owner = self.account("olivia")
+        limit = self.settings.records_per_contributor
+        for dataset in self.datasets:
+            datanet = Datanet.create(
+                self.folder / "datanets" / dataset.name,
+                name=dataset.name,
+                schema=InstructionRecord,
+                owner=owner,
+            )
+            for name, records in dataset.by_contributor(limit).items():
+                datanet.contribute(records, contributor=self.account(name))
+            snapshot = datanet.snapshot()
+            self.snapshots[dataset.name] = snapshot
+            counts = {self.name_of(a): n for a, n in snapshot.contributors.items()}
+            people = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+            self._say(f"{dataset.name}: {snapshot.count} signed records ({people})")
+            self._say(f"  snapshot #{snapshot.id} root {snapshot.root}")
+            self.result.datanets.append(
+                {
+                    "name": dataset.name,
+                    "title": dataset.title,
+                    "records": snapshot.count,
+                    "contributors": dict(sorted(counts.items())),
+                    "root": snapshot.root,
+                }
+            )
+
+    def register(self) -> None:
+        """Deploy the protocol on the embedded chain; register datanets, publish roots."""
+        from openledger.chain import connect
+
+        chain = self.evm = connect()
+        protocol = self.protocol = chain.deploy_protocol()
+        owner = self.account("olivia")
+        chain.fund(owner.address, ETH)
+        self._say(f"embedded py-evm chain; token {protocol.addresses.token}")
+        for dataset, row in zip(self.datasets, self.result.datanets, strict=True):
+            snapshot = self.snapshots[dataset.name]
+            receipt = protocol.datanets.register_datanet(
+                dataset.name,
+                snapshot.manifest["schema_hash"],
+                snapshot.manifest_hash,
+                f"openledger-demo://{dataset.name}",
+                sender=owner,
+            )
+            datanet_id = receipt.event("DatanetRegistered")["datanetId"]
+            protocol.datanets.publish_snapshot(
+                datanet_id, snapshot.root, snapshot.count, sender=owner
+            )
+            first = next(iter(snapshot.records()))
+            on_chain = protocol.datanets.contains_record(
+                datanet_id, 0, *snapshot.leaf(first.record_hash), snapshot.proof(first.record_hash)
+            )
+            row["chain_id"] = datanet_id
+            self._say(
+                f"{dataset.name}: datanet {datanet_id[:18]}... snapshot published; "
+                f"a record's Merkle proof checks on chain: {on_chain}"
+            )
+
+    def train(self) -> None:
+        """Fine-tune one adapter per datanet; register each as a model on chain."""
+        from openledger.chain import model_id
+        from openledger.train import LoraRecipe, finetune
+
+        assert self.protocol is not None
+        developer = self.account("devon")
+        assert self.evm is not None
+        self.evm.fund(developer.address, ETH)
+        for dataset in self.datasets:
+            recipe = LoraRecipe.from_dict(
+                {"base_model": self.result.base_model, **self.settings.recipe}
+            )
+            started = time.perf_counter()
+            run = finetune(
+                recipe,
+                self.snapshots[dataset.name],
+                self.folder / "adapters" / dataset.name,
+                progress=self.config.progress,
+                live_plot=False,
+            )
+            seconds = time.perf_counter() - started
+            self.runs[dataset.name] = run
+            manifest = run.adapter.model_manifest()
+            self.protocol.models.register_model(manifest, 10, sender=developer)
+            curve = [(e["step"], e["loss"]) for e in _losses(run.history)]
+            first, last = (curve[0][1], curve[-1][1]) if curve else (float("nan"),) * 2
+            self._say(
+                f"{dataset.name}: r={recipe.r} {run.adapter.manifest.num_steps} steps in "
+                f"{seconds:.0f} s, loss {first:.2f} -> {last:.2f}; "
+                f"model {model_id(manifest)[:18]}... registered by devon"
+            )
+            self.result.training.append(
+                {
+                    "name": dataset.name,
+                    "adapter_id": run.adapter.id,
+                    "model_id": model_id(manifest),
+                    "steps": run.adapter.manifest.num_steps,
+                    "seconds": seconds,
+                    "curve": curve,
+                }
+            )
+
+    def serve(self) -> None:
+        """One engine, both adapters and the base model; every answer streamed."""
+        from openledger.serve import Engine
+
+        engine = self.engine = Engine(self.result.base_model)
+        for dataset in self.datasets:
+            engine.add_adapter(dataset.name, self.runs[dataset.name].output_dir)
+        self._say(
+            f"engine up: base {self.result.base_model} + adapters "
+            + ", ".join(d.name for d in self.datasets)
+        )
+        for dataset in self.datasets:
+            for question in dataset.questions:
+                self._ask(question, dataset.name)
+        self._ask(DemoQuestion(self.datasets[0].questions[0].text, "", ""), None)
+        self._ask(DemoQuestion(_general_question(), "", ""), None)
+
+    def _ask(self, question: DemoQuestion, adapter: str | None) -> DemoAnswer:
+        from openledger.serve import SamplingParams
+
+        assert self.engine is not None
+        label = adapter or "base"
+        self.console.write(
+            f"    [{label}] user> {question.text}\n    [{label}] assistant> ", end=""
+        )
+        params = SamplingParams(max_tokens=self.config.max_tokens, adapter=adapter)
+        messages = [{"role": "user", "content": question.text}]
+        started = time.perf_counter()
+        final = None
+        for output in self.engine.stream_outputs(messages, params):
+            if output.delta_text:
+                self.console.write(output.delta_text.replace("\n", " "), end="")
+            final = output
+        self.console.write()
+        assert final is not None
+        assert final.usage is not None
+        tokens = final.usage.prompt_tokens + final.usage.completion_tokens
+        answer = DemoAnswer(
+            question.text,
+            adapter,
+            final.text.strip(),
+            tokens,
+            time.perf_counter() - started,
+            teacher=question.teacher or None,
+        )
+        self.result.answers.append(answer)
+        return answer
+
+    def rag(self) -> None:
+        """Base model answers from retrieved records, citing them; context ablation."""
+        from openledger.attribution import Retriever, context_ablation, rag_answer
+        from openledger.models import load_base_model
+        from openledger.serve import SamplingParams
+
+        assert self.engine is not None
+        model, tokenizer = load_base_model(self.result.base_model)
+        params = SamplingParams(max_tokens=self.config.max_tokens + 24)
+        for dataset in self.datasets:
+            question = dataset.rag_question
+            retriever = Retriever(self.snapshots[dataset.name])
+            started = time.perf_counter()
+            found = rag_answer(question.text, self.engine, retriever, k=3, params=params)
+            seconds = time.perf_counter() - started
+            ablation = context_ablation(
+                found, model, tokenizer, num_ablations=self.settings.num_ablations
+            )
+            self._say(f"[base + retrieval] user> {question.text}")
+            self._say(f"[base + retrieval] assistant> {found.text}")
+            citations = [
+                (c.number, str(c.record_hash), self.name_of(c.contributor)) for c in found.citations
+            ]
+            for number, passage in enumerate(found.passages, start=1):
+                loo = ablation.leave_one_out[number - 1]
+                cited = "cited" if any(c[0] == number for c in citations) else "     "
+                self._say(
+                    f"  [{number}] {cited} {self.name_of(passage.contributor):<6} "
+                    f"{passage.record_hash[:12]}... leave-one-out {loo:+.2f} "
+                    f"{passage.text[:60]!r}"
+                )
+            report = found.report()
+            tokens = len(tokenizer(found.text)["input_ids"])
+            answer = DemoAnswer(
+                question.text,
+                None,
+                found.text,
+                tokens,
+                seconds,
+                retrieval=True,
+                citations=citations,
+                teacher=question.teacher,
+            )
+            answer.shares = {self.name_of(a): s for a, s in report.contributor_shares().items()}
+            self.result.answers.append(answer)
+            if answer.shares:
+                self.reports.append((answer, report))
+            else:
+                self._say("  (the answer cites no source: no citation reward for it)")
+
+    def attribute(self) -> None:
+        """Influence of each training record on each adapter answer; shares by contributor."""
+        from openledger.attribution import InfluenceIndex
+
+        for dataset in self.datasets:
+            started = time.perf_counter()
+            index: InfluenceIndex = InfluenceIndex.build(
+                self.runs[dataset.name].adapter,
+                self.snapshots[dataset.name],
+                method="datainf",
+                output_dir=self.folder / "index" / dataset.name,
+                projection_dim=self.settings.projection_dim,
+                progress=self.config.progress,
+            )
+            self._say(
+                f"{dataset.name}: datainf index of {len(index)} records built in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
+            for answer in self.result.answers:
+                if answer.adapter != dataset.name:
+                    continue
+                report = index.attribute(answer.question, answer.text)
+                answer.shares = {self.name_of(a): s for a, s in report.contributor_shares().items()}
+                self.reports.append((answer, report))
+                top = sorted(answer.shares.items(), key=lambda kv: -kv[1])
+                shown = ", ".join(f"{n} {s:.0%}" for n, s in top[:4])
+                mark = ""
+                if answer.teacher:
+                    agrees = top and top[0][0] == answer.teacher
+                    mark = f" (taught by {answer.teacher}: {'top share' if agrees else 'not top'})"
+                self._say(f"{answer.question!r}: {shown}{mark}")
+
+    def settle(self) -> None:
+        """One epoch over every attributed answer; each payee claims with its own key."""
+        from openledger.attribution import RewardPolicy, settle
+
+        assert self.protocol is not None
+        assert self.evm is not None
+        config = self.config
+        policy = RewardPolicy(
+            developer_bps=config.developer_bps,
+            developer=self.account("devon").address,
+            protocol_bps=config.protocol_bps,
+            protocol=self.account("treasury").address,
+        )
+        reports = [report for _, report in self.reports]
+        tokens = [answer.tokens for answer, _ in self.reports]
+        epoch = settle(
+            reports,
+            pool_wei=config.pool_wei,
+            protocol=self.protocol,
+            operator=self.evm.default_account,
+            tokens=tokens,
+            policy=policy,
+        )
+        payouts = {self.name_of(a): int(v) for a, v in epoch.split.payouts.items()}
+        total = sum(payouts.values())
+        self._say(
+            f"epoch {epoch.epoch_id}: {len(reports)} signed usage receipts, pool "
+            f"{config.pool_wei / ETH:g} tokens, root {epoch.tree.root[:18]}..."
+        )
+        for name, amount in sorted(payouts.items(), key=lambda kv: -kv[1]):
+            self._say(f"  {name:<9} {amount / ETH:>12.6f}  ({amount} wei)")
+        self._say(f"  {'total':<9} {total / ETH:>12.6f}  (= pool: {total == config.pool_wei})")
+        claimed = {}
+        for address in epoch.split.payouts:
+            name = self.name_of(address)
+            account = self.account(name)
+            self.evm.fund(account.address, ETH // 10)
+            epoch.claim(account)
+            claimed[name] = int(self.protocol.token.balance_of(account.address))
+        ok = all(claimed[n] == payouts[n] for n in payouts)
+        self._say(
+            f"{len(claimed)} claims sent by the payees themselves; balances equal payouts: {ok}"
+        )
+        self.result.pool_wei = config.pool_wei
+        self.result.epoch_id = epoch.epoch_id
+        self.result.payouts = payouts
+        self.result.claimed = claimed
+
+    def finish(self) -> DemoResult:
+        """Write the HTML report and print where it is."""
+        from openledger.demo.report import render_report
+
+        self.result.report_path.write_text(render_report(self.result), encoding="utf-8")
+        total = sum(self.result.timings.values())
+        self.console.write(f"\nreport: {self.result.report_path} (demo ran {total:.0f} s)")
+        return self.result
+
+
+def _losses(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [e for e in history if "loss" in e and "step" in e]
+
+
+def _general_question() -> str:
+    from openledger.demo.runner import GENERAL_QUESTION
+
+    return GENERAL_QUESTION
