@@ -71,7 +71,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job: `openledger demo` on the embedded defaults."""
-    _install(session)
+    _install(session, "rag")
     session.run("openledger", "demo", *session.posargs)
 
 

@@ -10,6 +10,7 @@ their keys are public and only fit for a demo chain.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from openledger.demo.corpus import load_datasets
-from openledger.exceptions import ConfigError
+from openledger.exceptions import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
     from openledger.demo.stages import Stages
@@ -140,11 +141,16 @@ def run_demo(config: DemoConfig | None = None, out: TextIO | None = None) -> Dem
 
     Raises:
         ConfigError: ``output_dir`` is a non-empty folder that no demo run made.
+        MissingDependencyError: bm25s (the ``rag`` extra) is not installed.
         OpenLedgerError: Any layer's error, unchanged.
     """
     from openledger.demo.stages import Stages
 
     config = config or DemoConfig()
+    if importlib.util.find_spec("bm25s") is None:
+        raise MissingDependencyError(
+            "the demo's retrieval stage needs bm25s: pip install 'openledger[rag]'"
+        )
     folder = _fresh_folder(Path(config.output_dir))
     base = config.base_model or (None if config.fast else DEFAULT_BASE_MODEL)
     console = Console(out or sys.stdout)
