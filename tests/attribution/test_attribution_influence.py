@@ -29,6 +29,9 @@ def synthetic(count: int, widths: list[int], seed: int = 0) -> tuple[torch.Tenso
     return grads.float(), layout
 
 
+FP32 = 1e-5  # scorers multiply the float32 rows in float32 (float64 references here)
+
+
 def damping(g: torch.Tensor, scale: float = 0.1) -> float:
     return scale * sum(float(row @ row) for row in g) / (g.shape[0] * g.shape[1])
 
@@ -61,14 +64,16 @@ def test_exact_matches_an_explicit_inverse(count: int) -> None:
     grads, layout = synthetic(count, [12, 20])
     query = torch.randn(32, generator=torch.Generator().manual_seed(7))
     found = make_scorer("exact", [grads], layout).scores([query])
-    torch.testing.assert_close(found, exact_reference(grads, layout, query), rtol=1e-8, atol=1e-8)
+    expected = exact_reference(grads, layout, query)
+    torch.testing.assert_close(found, expected, rtol=FP32, atol=FP32 * float(expected.abs().max()))
 
 
 def test_datainf_matches_its_written_out_inverse() -> None:
     grads, layout = synthetic(9, [10, 14])
     query = torch.randn(24, generator=torch.Generator().manual_seed(3))
     found = make_scorer("datainf", [grads], layout).scores([query])
-    torch.testing.assert_close(found, datainf_reference(grads, layout, query))
+    expected = datainf_reference(grads, layout, query)
+    torch.testing.assert_close(found, expected, rtol=FP32, atol=FP32 * float(expected.abs().max()))
 
 
 def test_tracin_and_gradcos_match_per_example_loops() -> None:
@@ -78,10 +83,10 @@ def test_tracin_and_gradcos_match_per_example_loops() -> None:
     tracin = make_scorer("tracin", [first, second], layout, learning_rates=[0.1, 0.01])
     pairs = zip(first.double(), second.double(), strict=True)
     expected = torch.stack([0.1 * (a @ q1) + 0.01 * (b @ q2) for a, b in pairs])
-    torch.testing.assert_close(tracin.scores([q1, q2]), expected)
+    torch.testing.assert_close(tracin.scores([q1, q2]), expected, rtol=FP32, atol=FP32)
     cos = make_scorer("gradcos", [first], layout).scores([q1])
     expected = torch.stack([torch.cosine_similarity(a.double(), q1, dim=0) for a in first])
-    torch.testing.assert_close(cos, expected)
+    torch.testing.assert_close(cos, expected, rtol=FP32, atol=FP32)
 
 
 @pytest.mark.parametrize("method", ["exact", "datainf", "gradcos"])
@@ -91,7 +96,8 @@ def test_scores_follow_the_examples_when_they_are_reordered(method: str) -> None
     order = torch.tensor([3, 0, 6, 1, 5, 2, 4])
     base = make_scorer(method, [grads], layout).scores([query])
     moved = make_scorer(method, [grads[order]], layout).scores([query])
-    torch.testing.assert_close(moved, base[order])
+    scale = float(base.abs().max())
+    torch.testing.assert_close(moved, base[order], rtol=10 * FP32, atol=10 * FP32 * scale)
 
 
 def test_projection_keeps_short_sides_and_preserves_inner_products_roughly() -> None:

@@ -1,4 +1,4 @@
-"""RAG attribution: BM25 retrieval over a snapshot, citations, context ablation on SmolLM2."""
+"""RAG attribution: BM25 retrieval, citations, context ablation, answers through adapters."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from openledger.attribution.rag import (
     citations_of,
     context_ablation,
     lasso,
+    load_scoring_model,
 )
 from openledger.crypto import Account
 from openledger.data import Datanet, InstructionRecord, Snapshot
-from openledger.exceptions import AttributionInputError
+from openledger.exceptions import AdapterNotFoundError, AttributionInputError
+from openledger.train import TrainingRun
 
 pytest.importorskip("bm25s")
 
@@ -132,5 +134,70 @@ def test_answer_asks_the_engine_with_numbered_sources(
     assert rag.text
     assert "4721" in rag.passages[0].text
     assert {c.record_hash for c in rag.citations} <= {p.record_hash for p in rag.passages}
-    with pytest.raises(AttributionInputError, match="merge"):
+    with pytest.raises(AdapterNotFoundError, match="medqa"):
         answer("q?", engine, Retriever(snapshot), adapter="medqa")
+
+
+ColourRun = tuple[Snapshot, TrainingRun, list[Account]]
+
+
+def greedy_text(model: Any, tokenizer: Any, messages: list[dict[str, str]], count: int) -> str:
+    """``count`` argmax tokens after the chat-formatted messages (EOS not special), decoded."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(count):
+            logits = model(input_ids=torch.tensor([ids + new])).logits[0, -1]
+            new.append(int(logits.argmax()))
+    return str(tokenizer.decode(new, skip_special_tokens=True)).strip()
+
+
+def test_an_answer_through_an_adapter_is_scored_under_that_adapter(
+    facts: tuple[Snapshot, list[Account]], colour_run: ColourRun, memorising_llama_dir: Path
+) -> None:
+    from openledger.attribution.rag import build_messages
+    from openledger.crypto import keccak256_hex
+    from openledger.serve import Engine, EngineConfig, SamplingParams
+
+    snapshot, _ = facts
+    _, run, _ = colour_run
+    engine = Engine(str(memorising_llama_dir), EngineConfig(max_num_seqs=2))
+    engine.add_adapter("colours", run.adapter.path)
+    retriever, params = Retriever(snapshot), SamplingParams(max_tokens=8, ignore_eos=True)
+    question = "Code red? What is the vault code?"
+    tuned = answer(question, engine, retriever, params=params, adapter="colours", model="tiny")
+    plain = answer(question, engine, retriever, params=params, model="tiny")
+    assert tuned.adapter == "colours"
+    assert tuned.text != plain.text  # the adapter reached the engine
+    assert tuned.model_id == run.adapter.id == tuned.report().adapter_id
+    assert plain.model_id == keccak256_hex(b"tiny")
+
+    model, tokenizer = load_scoring_model(str(memorising_llama_dir), run.adapter.path)
+    messages = build_messages(question, tuned.passages)
+    assert greedy_text(model, tokenizer, messages, 8) == tuned.text  # the model that answered
+    scored = context_ablation(tuned, model, tokenizer, num_ablations=4)
+    base, _ = load_scoring_model(str(memorising_llama_dir))
+    unadapted = context_ablation(plain, base, tokenizer, num_ablations=4)
+    assert len(scored.leave_one_out) == len(tuned.passages) == 3
+    assert scored.leave_one_out != unadapted.leave_one_out
+    with pytest.raises(AttributionInputError, match="load_scoring_model"):
+        context_ablation(tuned, base, tokenizer, num_ablations=4)
+
+
+def test_bad_adapter_requests_are_refused(
+    facts: tuple[Snapshot, list[Account]], tiny_llama_dir: Path
+) -> None:
+    from openledger.serve import Engine, EngineConfig, SamplingParams
+
+    snapshot, _ = facts
+    retriever = Retriever(snapshot)
+    engine = Engine(str(tiny_llama_dir), EngineConfig(max_num_seqs=2, max_adapter_slots=0))
+    with pytest.raises(AttributionInputError, match="serves no adapters"):
+        answer("vault?", engine, retriever, adapter="colours")
+    mixed = SamplingParams(adapter="other")
+    with pytest.raises(AttributionInputError, match="differs"):
+        answer("vault?", engine, retriever, params=mixed, adapter="colours")
+    weighted = SamplingParams(adapter={"a": 0.5, "b": 0.5})
+    with pytest.raises(AttributionInputError, match="one adapter"):
+        answer("vault?", engine, retriever, params=weighted)

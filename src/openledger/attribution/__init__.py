@@ -10,7 +10,8 @@ Quick tour::
     epoch = ol.attribution.settle([report], pool_wei=10**18, protocol=protocol)
     epoch.claim(alice)
 
-    rag = ol.attribution.rag_answer("Question?", engine, ol.attribution.Retriever(snapshot))
+    retriever = ol.attribution.Retriever(snapshot, "hybrid")    # "bm25" | "dense" | "hybrid"
+    rag = ol.attribution.rag_answer("Question?", engine, retriever, adapter="medqa")
     rag.citations                          # [n] -> record hash, contributor
 Methods, formulas, storage costs and encodings are described in docs/attribution.md.
 """
@@ -25,13 +26,13 @@ from openledger.attribution.poa import Epoch, Ledger, SignedReceipt, UsageReceip
 from openledger.attribution.rag import (
     Ablation,
     Citation,
-    Passage,
     RagAnswer,
-    Retriever,
     context_ablation,
+    load_scoring_model,
 )
 from openledger.attribution.rag import answer as rag_answer
 from openledger.attribution.report import AttributionReport, RecordScore
+from openledger.attribution.retrieval import DenseEncoder, Passage, Retriever
 from openledger.attribution.rewards import (
     BPS,
     SHARE_UNITS,
@@ -48,6 +49,7 @@ __all__ = [
     "Ablation",
     "AttributionReport",
     "Citation",
+    "DenseEncoder",
     "Epoch",
     "GradientLayout",
     "IndexManifest",
@@ -66,6 +68,7 @@ __all__ = [
     "attribute",
     "context_ablation",
     "largest_remainder",
+    "load_scoring_model",
     "rag_answer",
     "settle",
     "split_rewards",

@@ -18,6 +18,9 @@ query's loss (it helped produce the completion), negative when it raised it.
   learning rate ``eta_c`` (one checkpoint: the final adapter).
 - ``gradcos`` (as in LESS): cosine between ``q`` and ``g_i`` over all layers.
 
+Products with the (float32, possibly memory-mapped) gradient rows are computed in float32
+and accumulated per layer in float64; the small per-layer systems are solved in float64.
+
 Methods other than ``tracin`` use the last checkpoint's gradients (the final adapter unless
 checkpoints were given). The damping is DataInf's ``lambda_l = 0.1 * mean_i |g_il|^2 / d_l``
 (scale settable) for both ``exact`` and ``datainf``, so the two estimate the same quantity.
@@ -97,10 +100,13 @@ class ExactScorer:
     def _solve(self, index: int, q: torch.Tensor) -> torch.Tensor:
         import torch
 
-        g = self.grads[:, self.slices[index]].double()
+        g = self.grads[:, self.slices[index]]
         factor, damping = self._factors[index], self.dampings[index]
         if g.shape[1] <= g.shape[0]:
             return torch.cholesky_solve(q[:, None], factor)[:, 0]
+        # NOTE: Woodbury (fewer rows than values) cancels q against G^T inner when the
+        # damping is small: float64 throughout, cheap since G_l has few rows here.
+        g = g.double()
         inner = torch.cholesky_solve((g @ q)[:, None], factor)[:, 0]
         return (q - g.T @ inner) / damping
 
@@ -111,7 +117,7 @@ class ExactScorer:
         query = queries[-1].double()
         total = torch.zeros(self.grads.shape[0], dtype=torch.float64)
         for index, part in enumerate(self.slices):
-            total += self.grads[:, part].double() @ self._solve(index, query[part])
+            total += _times(self.grads[:, part], self._solve(index, query[part]))
         return total
 
 
@@ -141,10 +147,10 @@ class DataInfScorer:
         count = self.grads.shape[0]
         total = torch.zeros(count, dtype=torch.float64)
         for index, part in enumerate(self.slices):
-            g, q = self.grads[:, part].double(), query[part]
-            dots = g @ q
-            correction = g.T @ (dots * self._weights[index]) / count
-            total += g @ ((q - correction) / self.dampings[index])
+            g, q = self.grads[:, part], query[part]
+            dots = _times(g, q)
+            correction = _times(g.T, dots * self._weights[index]) / count
+            total += _times(g, (q - correction) / self.dampings[index])
         return total
 
 
@@ -165,7 +171,7 @@ class TracInScorer:
     def scores(self, queries: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return ``sum_c eta_c G_c q_c``."""
         parts = zip(self.grads, queries, self.learning_rates, strict=True)
-        return sum((eta * (g.double() @ q.double()) for g, q, eta in parts))  # type: ignore[return-value]
+        return sum((eta * _times(g, q) for g, q, eta in parts))  # type: ignore[return-value]
 
 
 class GradCosScorer:
@@ -176,16 +182,30 @@ class GradCosScorer:
     """
 
     def __init__(self, grads: torch.Tensor):
+        import torch
+
         self.grads = grads
-        self._norms = grads.double().norm(dim=1)
+        chunks = [grads[start : start + 256] for start in range(0, grads.shape[0], 256)]
+        self._norms = torch.cat([rows.double().norm(dim=1) for rows in chunks])
 
     def scores(self, queries: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return ``G q / (|g_i| |q|)`` (0 where a norm is 0)."""
         query = queries[-1].double()
         denominator = self._norms * query.norm()
-        dots = self.grads.double() @ query
+        dots = _times(self.grads, query)
         cosine: torch.Tensor = dots / denominator.clamp_min(1e-30)
         return cosine
+
+
+def _times(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``matrix @ vector`` in the matrix's float32 (no float64 copy of it), as float64.
+
+    NOTE: the gradient rows are float32 (possibly memory-mapped); converting a 2,000-record
+    index to float64 on every query cost more than the query gradient itself. Small
+    systems (Cholesky factors, damping, weights) stay in float64.
+    """
+    product: torch.Tensor = matrix @ vector.to(matrix.dtype)
+    return product.double()
 
 
 def make_scorer(

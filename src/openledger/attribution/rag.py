@@ -2,7 +2,7 @@
 
 ::
 
-    snapshot ── Retriever (BM25, bm25s) ── passages [1..k] ── prompt ── engine ── answer
+    snapshot ── Retriever (BM25 | dense | hybrid) ── passages [1..k] ── prompt ── engine ── answer
                                                                           │
     citations: "[n]" in the answer -> record hash + contributor ──────────┤
     context ablation: log p(answer | kept passages) over ablations ───────┴── AttributionReport
@@ -17,17 +17,18 @@ in their ``adapter_id`` field (there is no adapter).
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from openledger.attribution.examples import record_text
 from openledger.attribution.report import AttributionReport, RecordScore
+from openledger.attribution.retrieval import Passage, Retriever
 from openledger.crypto import keccak256_hex
-from openledger.data import AccessGrant, Snapshot
-from openledger.exceptions import AttributionInputError, MissingDependencyError
+from openledger.data import Snapshot
+from openledger.exceptions import AttributionInputError
 from openledger.types import Address, Hash32
 
 __all__ = [
@@ -39,19 +40,10 @@ __all__ = [
     "answer",
     "build_messages",
     "context_ablation",
+    "load_scoring_model",
 ]
 
 _CITE = re.compile(r"\[(\d{1,3})\]")
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    """A retrieved record: hash, contributor, text, retrieval score."""
-
-    record_hash: Hash32
-    contributor: Address | None
-    text: str
-    score: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,54 +53,6 @@ class Citation:
     number: int
     record_hash: Hash32
     contributor: Address | None
-
-
-class Retriever:
-    """BM25 retrieval over a snapshot's records (``pip install bm25s``).
-
-    Args:
-        snapshot: The snapshot to search.
-        grant: Access grant for a private datanet.
-
-    Raises:
-        MissingDependencyError: If bm25s is not installed.
-        AttributionInputError: If the snapshot has no records.
-    """
-
-    def __init__(self, snapshot: Snapshot, *, grant: AccessGrant | None = None) -> None:
-        bm25s = _bm25s()
-        self.snapshot = snapshot
-        self._records = list(snapshot.records(grant=grant))
-        if not self._records:
-            raise AttributionInputError("the snapshot has no records to retrieve from")
-        self._texts = [record_text(r.record) for r in self._records]
-        self._bm25 = bm25s.BM25()
-        self._bm25.index(_tokens(self._texts), show_progress=False)
-
-    def search(self, query: str, k: int = 3) -> list[Passage]:
-        """Return the ``k`` best records for ``query`` (fewer if the snapshot is smaller)."""
-        if not isinstance(query, str) or not query.strip():
-            raise AttributionInputError("the question must be a non-empty string")
-        count = min(k, len(self._records))
-        found, scores = self._bm25.retrieve(_tokens([query]), k=count, show_progress=False)
-        return [self._passage(int(i), float(s)) for i, s in zip(found[0], scores[0], strict=True)]
-
-    def _passage(self, index: int, score: float) -> Passage:
-        stored = self._records[index]
-        return Passage(stored.record_hash, stored.contributor, self._texts[index], score)
-
-
-def _bm25s() -> Any:
-    try:
-        return importlib.import_module("bm25s")
-    except ImportError:
-        raise MissingDependencyError(
-            "BM25 retrieval needs bm25s: `pip install bm25s` (or openledger[rag])"
-        ) from None
-
-
-def _tokens(texts: list[str]) -> Any:
-    return _bm25s().tokenize(texts, stopwords="en", show_progress=False)
 
 
 def build_messages(question: str, passages: Sequence[Passage]) -> list[dict[str, str]]:
@@ -132,6 +76,8 @@ class RagAnswer:
         citations: The valid ``[n]`` in the answer, in order of first appearance.
         model: The model name that answered.
         snapshot: The snapshot retrieved from.
+        adapter: The engine adapter that answered (None: the base model).
+        adapter_id: That adapter's manifest id (None without adapter or manifest).
     """
 
     question: str
@@ -140,6 +86,20 @@ class RagAnswer:
     citations: tuple[Citation, ...]
     model: str
     snapshot: Snapshot
+    adapter: str | None = None
+    adapter_id: Hash32 | None = None
+
+    @property
+    def model_id(self) -> Hash32:
+        """The id reports name the answering model by.
+
+        The adapter's manifest id when one answered with a manifest; otherwise
+        ``keccak256`` of the UTF-8 model name (``"<model>+<adapter>"`` with an adapter).
+        """
+        if self.adapter_id is not None:
+            return self.adapter_id
+        name = self.model if self.adapter is None else f"{self.model}+{self.adapter}"
+        return Hash32(keccak256_hex(name.encode()))
 
     def report(self, scores: Sequence[float] | None = None, method: str = "citations") -> Any:
         """Return an :class:`AttributionReport` over the passages.
@@ -161,10 +121,9 @@ class RagAnswer:
             RecordScore(p.record_hash, p.contributor, float(v), p.text)
             for p, v in zip(self.passages, values, strict=True)
         )
-        model_hash = keccak256_hex(self.model.encode())
         snap = self.snapshot
         return AttributionReport(
-            method, model_hash, snap.root, snap.datanet_id, self.question, self.text, records
+            method, self.model_id, snap.root, snap.datanet_id, self.question, self.text, records
         )
 
 
@@ -197,24 +156,83 @@ def answer(
         retriever: Over the snapshot to cite.
         k: Passages to retrieve.
         params: ``SamplingParams`` (default greedy, 64 tokens).
-        adapter: Not supported yet (the engine serves its base model only).
-        model: The served model's name (its keccak256 names it in reports).
+        adapter: A registered engine adapter (``engine.add_adapter``) to answer with;
+            None for the base model (or the adapter named in ``params``).
+        model: The served base model's name (reports name the model by it when the
+            adapter has no manifest id, see :attr:`RagAnswer.model_id`).
 
     Raises:
-        AttributionInputError: An empty question, or an adapter asked for.
+        AttributionInputError: An empty question, an adapter that is not a name, an
+            adapter that differs from ``params.adapter``, or an engine without adapters.
+        AdapterNotFoundError: The adapter is not registered in the engine.
     """
     from openledger.serve import SamplingParams
 
-    if adapter is not None:
-        raise AttributionInputError(
-            "the engine does not serve adapters yet; merge the adapter "
-            "(openledger.train.merge_and_save) and start an Engine on the merged folder"
-        )
-    passages = tuple(retriever.search(question, k))
     sampling = params if params is not None else SamplingParams(max_tokens=64)
+    name = _adapter_name(adapter, sampling.adapter)
+    adapter_id = None if name is None else _adapter_id(engine, name)
+    if name is not None:
+        sampling = dataclasses.replace(sampling, adapter=name)
+    passages = tuple(retriever.search(question, k))
     text = engine.generate(build_messages(question, passages), sampling)[0].text.strip()
     citations = citations_of(text, passages)
-    return RagAnswer(question, text, passages, citations, model, retriever.snapshot)
+    snapshot = retriever.snapshot
+    return RagAnswer(question, text, passages, citations, model, snapshot, name, adapter_id)
+
+
+def _adapter_name(adapter: Any, requested: Any) -> str | None:
+    if adapter is None:
+        adapter = requested
+    elif requested is not None and requested != adapter:
+        raise AttributionInputError(
+            f"adapter={adapter!r} differs from params.adapter={requested!r}; give one"
+        )
+    if adapter is not None and (not isinstance(adapter, str) or not adapter):
+        raise AttributionInputError(
+            f"a RAG answer names one adapter by its registered name, got {adapter!r}"
+        )
+    return adapter
+
+
+def _adapter_id(engine: Any, name: str) -> Hash32 | None:
+    store = getattr(engine, "adapters", None)
+    if store is None:
+        raise AttributionInputError(
+            f"the engine serves no adapters, so it cannot answer with {name!r}; start it "
+            "with EngineConfig(max_adapter_slots=...) and call engine.add_adapter"
+        )
+    found = store.resolve(name).adapter_ids[0]
+    return None if found is None else Hash32(found)
+
+
+def load_scoring_model(
+    base_model: str, adapter: str | os.PathLike[str] | None = None, *, device: str = "cpu"
+) -> tuple[Any, Any]:
+    """Return the Hugging Face model (and tokenizer) that scores an answer in ablations.
+
+    Args:
+        base_model: The engine's base model (alias, local folder or hub id).
+        adapter: The folder of the adapter that answered (as given to
+            ``engine.add_adapter``); None for the base model.
+        device: Torch device.
+
+    Returns:
+        ``(model, tokenizer)``: the base model in float32, with the PEFT adapter on top
+        when one is given, in eval mode.
+    """
+    from openledger.models import load_base_model
+
+    model: Any
+    model, tokenizer = load_base_model(base_model, dtype="float32", device=device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval(), tokenizer
+
+
+def _has_lora(model: Any) -> bool:
+    return any(hasattr(module, "lora_A") for module in model.modules())
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,14 +296,24 @@ def context_ablation(
 
     Args:
         rag: The answer and its passages.
-        model: The causal LM that answered (Hugging Face model).
+        model: The causal LM that answered (Hugging Face model; with the answer's adapter
+            on top when it came through one, see :func:`load_scoring_model`).
         tokenizer: Its tokenizer (with its chat template).
         num_ablations: Random half-ablations for the surrogate.
         l1: L1 penalty of the surrogate.
         seed: Seed of the ablation masks.
+
+    Raises:
+        AttributionInputError: The answer came through an adapter and ``model`` has no
+            LoRA layers (it would score another model than the one that answered).
     """
     import torch
 
+    if rag.adapter is not None and not _has_lora(model):
+        raise AttributionInputError(
+            f"the answer came from adapter {rag.adapter!r} but the model has no LoRA layers; "
+            "score it with load_scoring_model(base_model, adapter_folder)"
+        )
     passages = list(rag.passages)
 
     def logp(mask: list[bool]) -> float:
