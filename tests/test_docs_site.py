@@ -74,6 +74,8 @@ def test_every_public_name_has_an_api_entry(site: Path, layer: str) -> None:
     anchors |= set(re.findall(rf'id="openledger\.{layer}\.([a-z_]+)\.\1"', html))
     missing = sorted(set(module.__all__) - anchors)
     assert not missing, f"api/{layer}.md does not render {missing}"
+    roles = re.findall(r":[a-z]+:<code>", html)
+    assert not roles, f"api/{layer}.md shows Sphinx roles: {roles[:3]}"
 
 
 def test_benchmark_results_are_included_as_they_are(site: Path) -> None:

@@ -41,7 +41,9 @@ __all__ = [
 ]
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+"""The adapter weights file of a PEFT folder; the adapter id is keccak256 of its bytes."""
 MANIFEST_FILE = "openledger_manifest.json"
+"""The adapter manifest beside the PEFT files: which data and recipe made the adapter."""
 MANIFEST_FORMAT = "openledger.adapter_manifest/1"
 _CHUNK = 1 << 24
 

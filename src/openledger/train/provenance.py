@@ -42,6 +42,7 @@ TRAINING_LOG_FORMAT = "openledger.training_log/1"
 TRAINING_LOG_LEAF_ENCODING = ("uint256", "bytes32")
 """ABI types of a training-log leaf: ``(step, commitment)``."""
 TRAINING_LOG_FILE = "training_log.json"
+"""The training log in an adapter folder: the record hashes of every optimizer step."""
 
 
 def step_commitment(record_hashes: Sequence[str]) -> Hash32:
