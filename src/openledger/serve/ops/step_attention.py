@@ -8,7 +8,7 @@ and one per group of similar prompt rows, over a padded layout::
     decode rows   q [Bd, heads, 1, dim]     keys gathered [Bd, span]    mask [Bd, 1, 1, span]
     prompt group  q [Bp, heads, max_q, dim] keys gathered [Bp, max_k]   mask [Bp, 1, max_q, max_k]
 
-Prompt sequences are grouped so that padding at most doubles a group's attention work. The
+Prompt sequences are grouped so that padding adds little to a group's attention work. The
 per-sequence functions of :mod:`openledger.serve.ops.reference` are the references these
 are tested against; a paged decode kernel (Triton) can take the decode rows instead.
 """
@@ -34,7 +34,10 @@ DecodeFn = Callable[..., torch.Tensor]
 """A paged decode kernel with :func:`~openledger.serve.ops.reference.decode_attention`'s
 signature."""
 
-_MAX_PADDING = 2.0  # a prompt group's padded area may be at most this times its real area
+# A prompt group's padded area (queries x keys) may exceed its real area by this factor
+# plus this many units: small prompts always share one call, long ones pad only a little.
+_MAX_PADDING = 1.25
+_PADDING_SLACK = 4096
 
 
 @dataclass(slots=True)
@@ -150,7 +153,7 @@ def _bucket(seqs: list[_Seq]) -> list[list[_Seq]]:
             max_q = max(s.num_queries for s in group)
             max_k = max(s.context_len for s in group)
             padded = (len(group) + 1) * max_q * max_k
-            if padded <= _MAX_PADDING * (sum(map(_area, group)) + _area(seq)):
+            if padded <= _MAX_PADDING * (sum(map(_area, group)) + _area(seq)) + _PADDING_SLACK:
                 group.append(seq)
                 continue
         groups.append([seq])
