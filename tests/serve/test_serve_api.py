@@ -20,6 +20,7 @@ PUBLIC = [
     "SchedulerOutput",
     "Sequence",
     "SequenceStatus",
+    "merge_adapters",
 ]
 
 

@@ -16,6 +16,8 @@ Layout (pure-Python bookkeeping on top, torch below)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from openledger.serve.async_engine import AsyncEngine
 from openledger.serve.block_pool import BlockPool
 from openledger.serve.config import EngineConfig
@@ -38,4 +40,17 @@ __all__ = [
     "SchedulerOutput",
     "Sequence",
     "SequenceStatus",
+    "merge_adapters",
 ]
+
+if TYPE_CHECKING:
+    from openledger.serve.adapters.merge import merge_adapters
+
+
+def __getattr__(name: str) -> Any:
+    # NOTE: merging needs torch; the rest of this package imports without it.
+    if name == "merge_adapters":
+        from openledger.serve.adapters.merge import merge_adapters
+
+        return merge_adapters
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -146,6 +146,14 @@ class AdapterStore:
         self._salts[name] = f"{name}#{self._registrations}"
         return spec
 
+    def spec(self, name: str) -> AdapterSpec:
+        """The registered adapter ``name`` (folder, targets, ranks, scalings).
+
+        Raises:
+            AdapterNotFoundError: Unknown name.
+        """
+        return self._spec(name)
+
     def remove(self, name: str) -> None:
         """Forget an adapter and every slot entry using it.
 
