@@ -6,6 +6,7 @@ from the API fails here.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ def test_runnable_pages_have_code(page: str) -> None:
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
 def test_every_python_block_compiles(page: str) -> None:
     for number, block in enumerate(python_blocks(page)):
-        compile(block, f"{page} block {number}", "exec")
+        # NOTE: top-level await is allowed, as in Jupyter and `python -m asyncio`.
+        compile(block, f"{page} block {number}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 def test_block_extraction_sees_only_python_fences() -> None:
