@@ -5,6 +5,8 @@ bf16 is left to benchmarks/gpu_check.py: the interpreter computes it wrongly.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -18,6 +20,7 @@ from openledger.serve.ops.lora_triton import (  # noqa: E402
     bgmv_expand,
     bgmv_shrink,
     lora_segments,
+    segments_from_sequences,
     sgmv_expand,
     sgmv_shrink,
 )
@@ -122,3 +125,87 @@ def test_wrappers_refuse_bad_inputs() -> None:
     with pytest.raises(ValueError, match="unit column stride"):
         bgmv_expand(torch.zeros(36, 8), case["b"], case["ranks"], case["indices"],
                     torch.zeros(40, 36).T)  # fmt: skip
+
+
+def test_segments_from_sequences_match_the_token_runs() -> None:
+    seq_slots, lengths = [2, 2, -1, 0, 0, 1, 2], [3, 1, 2, 4, 0, 1, 2]
+    host = segments_from_sequences(seq_slots, lengths, torch.device("cpu"))
+    tokens = torch.tensor([s for s, n in zip(seq_slots, lengths, strict=True) for _ in range(n)])
+    want = lora_segments(tokens)
+    for field in ("starts", "lengths", "slots"):
+        assert getattr(host, field).tolist() == getattr(want, field).tolist()
+    assert host.max_length == want.max_length == 4
+
+
+@pytest.mark.parametrize(
+    ("seq_slots", "lengths"),
+    [
+        ([0, 3, -1, 3, 1], [5, 3, 2, 4, 17]),  # prefill: SGMV over runs
+        ([3, 0, -1, 1, 3, 2], [1] * 6),  # decode: BGMV per token
+    ],
+)
+def test_triton_projection_matches_the_torch_one(seq_slots: list[int], lengths: list[int]) -> None:
+    from tests.serve.test_serve_lora_layer import HIDDEN, SIZES, layer_output, make_slots
+
+    from openledger.serve.layers.lora import LoraState
+
+    weights = make_slots(4, 4)
+    shapes = {"proj": (HIDDEN, sum(SIZES))}
+    cpu = torch.device("cpu")
+    got, want = layer_output(LoraState(shapes, 4, cpu, backend="triton"), weights, seq_slots,
+                             lengths)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch_path, _ = layer_output(LoraState(shapes, 4, cpu, backend="torch"), weights, seq_slots,
+                                 lengths)  # fmt: skip
+    torch.testing.assert_close(got, torch_path, rtol=1e-4, atol=1e-4)
+
+
+def test_slot_stack_grows_and_empties() -> None:
+    from tests.serve.test_serve_lora_ops import random_weights
+
+    from openledger.serve.layers.lora_stack import SlotStack
+
+    gen = torch.Generator().manual_seed(2)
+    stack = SlotStack(3, 8, 12, torch.float32, torch.device("cpu"))
+    small = random_weights(gen, 8, [8, 4], [3, None])
+    stack.install(0, small)
+    assert stack.max_rank == 16
+    assert stack.ranks.tolist() == [3, 0, 0]
+    large = random_weights(gen, 8, [8, 4], [9, 11])
+    stack.install(2, large)
+    assert stack.max_rank == 32
+    assert stack.ranks.tolist() == [3, 0, 20]
+    torch.testing.assert_close(stack.a[0, :3], small.a)  # kept through the growth
+    torch.testing.assert_close(stack.b[2, 8:12, 9:20], large.slices[1].b)
+    stack.install(2, None)
+    assert stack.ranks.tolist() == [3, 0, 0]
+
+
+def test_engine_tokens_are_identical_on_the_triton_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.serve.serve_lora_factory import make_peft_adapter
+
+    from openledger.models import save_tiny_model
+    from openledger.serve import Engine, EngineConfig, SamplingParams
+    from openledger.serve.layers.lora import LORA_BACKEND_ENV
+
+    base = save_tiny_model(tmp_path / "base", "llama", seed=4)
+    adapters = {
+        "all": make_peft_adapter(base, tmp_path / "all", r=4, seed=1, targets=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        "qv": make_peft_adapter(base, tmp_path / "qv", r=6, targets=["q_proj", "v_proj"], seed=2),
+    }  # fmt: skip
+    prompts = [[5, 9, 33, 7, 120], [44, 2, 9], [5, 9, 33, 7, 120, 64, 1]]
+    choices = ["all", "qv", {"all": 0.5, "qv": -1.0}]
+    params = [SamplingParams(max_tokens=4, min_tokens=4, adapter=c) for c in choices]
+    tokens = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv(LORA_BACKEND_ENV, backend)
+        engine = Engine(base, EngineConfig(max_num_seqs=4, block_size=4, num_blocks=32))
+        for name, folder in adapters.items():
+            engine.add_adapter(name, folder)
+        assert engine.adapters is not None
+        assert engine.adapters.state.backend == backend
+        tokens[backend] = [out.token_ids for out in engine.generate(prompts, params)]
+    assert tokens["triton"] == tokens["torch"]

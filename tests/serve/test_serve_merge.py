@@ -29,7 +29,8 @@ from openledger.serve.layers.lora import LoraState  # noqa: E402
 from openledger.serve.models.config import ModelConfig  # noqa: E402
 from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights  # noqa: E402
 
-WEIGHTS = {"a": 0.7, "b": -0.4}  # b subtracts: signs must survive every combination
+WEIGHTS = {"a": 0.7, "b": -0.4}
+AB = {"a": 1.0, "b": 1.0}  # b subtracts: signs must survive every combination
 SPECS: dict[str, dict[str, Any]] = {
     "a": {"r": 4, "targets": ["q_proj", "v_proj", "down_proj"], "seed": 1},
     "b": {"r": 4, "targets": ["q_proj", "k_proj", "down_proj"], "seed": 2, "use_rslora": True},
@@ -259,12 +260,13 @@ def test_one_source_is_a_linear_merge(store: AdapterStore, tmp_path: Path) -> No
         ({}, {}, ConfigError, "non-empty"),
         ({"a": 1.0, "nope": 1.0}, {}, AdapterNotFoundError, "nope"),
         ({"a": 1.0, "c": 1.0}, {"combination": "linear"}, AdapterMismatchError, "equal ranks"),
-        ({"a": 1.0, "b": 1.0}, {"combination": "ties"}, ConfigError, "needs a density"),
-        ({"a": 1.0, "b": 1.0}, {"combination": "dare_linear", "density": -0.1}, ConfigError, "density"),
-        ({"a": 1.0, "b": 1.0}, {"combination": "dare_ties", "density": 1.5}, ConfigError, "density"),
-        ({"a": 1.0, "b": 1.0}, {"combination": "cat", "density": 0.5}, ConfigError, "density applies"),
-        ({"a": 1.0, "b": 1.0}, {"combination": "svd"}, ConfigError, "unknown combination"),
-        ({"a": 1.0, "b": 1.0}, {"combination": "ties", "density": 0.5, "majority_sign_method": "max"}, ConfigError, "majority_sign"),
+        (AB, {"combination": "ties"}, ConfigError, "needs a density"),
+        (AB, {"combination": "dare_linear", "density": -0.1}, ConfigError, "density"),
+        (AB, {"combination": "dare_ties", "density": 1.5}, ConfigError, "density"),
+        (AB, {"combination": "cat", "density": 0.5}, ConfigError, "density applies"),
+        (AB, {"combination": "svd"}, ConfigError, "unknown combination"),
+        (AB, {"combination": "ties", "density": 0.5, "majority_sign_method": "max"}, ConfigError,
+         "majority_sign"),
         ({"a": math.nan}, {}, ConfigError, "finite"),
         ({"a": "0.5"}, {}, ConfigError, "number"),
     ],

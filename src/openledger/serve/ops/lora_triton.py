@@ -15,6 +15,7 @@ dtype, shape and contiguity before every launch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "bgmv_expand",
     "bgmv_shrink",
     "lora_segments",
+    "segments_from_sequences",
     "sgmv_expand",
     "sgmv_shrink",
 ]
@@ -82,6 +84,31 @@ def lora_segments(indices: torch.Tensor) -> LoraSegments:
     return LoraSegments(
         to_device(starts), to_device(lengths), to_device(slots), max(lengths or [0])
     )
+
+
+def segments_from_sequences(
+    slots: Sequence[int], lengths: Sequence[int], device: torch.device
+) -> LoraSegments:
+    """The runs of a step laid out sequence by sequence (``lengths[i]`` tokens of
+    ``slots[i]``, -1 for none), built from host lists: no device synchronisation."""
+    starts: list[int] = []
+    runs: list[int] = []
+    run_slots: list[int] = []
+    token = 0
+    for slot, length in zip(slots, lengths, strict=True):
+        if slot >= 0 and length:
+            if run_slots and run_slots[-1] == slot and starts[-1] + runs[-1] == token:
+                runs[-1] += length
+            else:
+                starts.append(token)
+                runs.append(length)
+                run_slots.append(slot)
+        token += length
+
+    def to_device(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int32).to(device, non_blocking=True)
+
+    return LoraSegments(to_device(starts), to_device(runs), to_device(run_slots), max(runs or [0]))
 
 
 @triton.jit  # type: ignore[untyped-decorator]

@@ -1,0 +1,150 @@
+"""LoRA projections: the batched and per-adapter torch paths against the einsum reference,
+the per-step metadata, and the backend switch."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from tests.serve.test_serve_lora_ops import random_weights, reference_delta  # noqa: E402
+
+from openledger.exceptions import ConfigError  # noqa: E402
+from openledger.serve.layers.lora import (  # noqa: E402
+    LORA_BACKEND_ENV,
+    LoraBatch,
+    LoraProjection,
+    LoraState,
+    resolve_lora_backend,
+)
+from openledger.serve.ops.lora_batched import (  # noqa: E402
+    BatchedPlan,
+    add_lora_batched,
+    stack_group_weights,
+)
+from openledger.serve.ops.lora_torch import LoraWeights, fuse_expand  # noqa: E402
+
+HIDDEN = 24
+SIZES = [24, 8, 8]  # a q|k|v-like fused projection
+CPU = torch.device("cpu")
+
+
+def make_slots(seed: int, num_slots: int) -> list[LoraWeights | None]:
+    gen = torch.Generator().manual_seed(seed)
+    slots: list[LoraWeights | None] = []
+    for slot in range(num_slots):
+        ranks = [1 + (slot * 5 + i) % 7 if (slot + i) % 3 else None for i in range(3)]
+        ranks[0] = ranks[0] or 4
+        slots.append(random_weights(gen, HIDDEN, SIZES, ranks))
+    slots[num_slots // 2] = None  # a slot whose adapter does not target this projection
+    return slots
+
+
+def token_indices(slots: list[int], lengths: list[int]) -> torch.Tensor:
+    values = [s for s, n in zip(slots, lengths, strict=True) for _ in range(n)]
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def layer_output(
+    state: LoraState, weights: list[LoraWeights | None], seq_slots: list[int], lengths: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(layer result, reference result) of one projection on random inputs."""
+    for slot, w in enumerate(weights):
+        state.install(slot, None if w is None else {"proj": fuse_expand(w)})
+    state.set_batch(seq_slots, lengths)
+    tokens = sum(lengths)
+    gen = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, HIDDEN, generator=gen)
+    base = torch.randn(tokens, sum(SIZES), generator=gen)
+    out = base.clone()
+    LoraProjection(state, "proj").apply(out, x)
+    indices = token_indices(seq_slots, lengths)
+    live = torch.tensor(
+        [i >= 0 and weights[i] is not None for i in indices.tolist()], dtype=torch.bool
+    )
+    masked = torch.where(live, indices, torch.full_like(indices, -1))
+    return out, base + reference_delta(x, weights, masked, sum(SIZES))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.lists(st.tuples(st.integers(-1, 4), st.integers(0, 6)), min_size=1, max_size=9),
+    sort=st.booleans(),
+)
+def test_projection_matches_reference_for_any_step(data: list[tuple[int, int]], sort: bool) -> None:
+    if sort:  # the engine sorts sequences by slot; unsorted steps must work too
+        data = sorted(data)
+    seq_slots, lengths = [s for s, _ in data], [n for _, n in data]
+    weights = make_slots(3, 5)
+    state = LoraState({"proj": (HIDDEN, sum(SIZES))}, 5, CPU, backend="torch")
+    got, want = layer_output(state, weights, seq_slots, lengths)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_steps_pick_the_batched_layout_they_allow() -> None:
+    decode = LoraBatch.from_sequences([0, 0, 1, 1, 3, 3], [1] * 6, CPU)
+    assert decode.is_decode
+    assert decode.active == (0, 1, 3)
+    assert decode.plan is not None
+    assert decode.plan.block == (0, 6)
+    with_base = LoraBatch.from_sequences([-1, 2, 2, 5, 5], [1] * 5, CPU)
+    assert with_base.plan is not None
+    assert with_base.plan.block == (1, 5)
+    ragged = LoraBatch.from_sequences([1, 2, 1], [3, 2, 1], CPU)
+    assert ragged.plan is not None
+    assert ragged.plan.block is None
+    assert ragged.plan.gather is not None
+    assert ragged.plan.gather.tolist() == [0, 1, 2, 5, 3, 4, 0, 0]
+    assert ragged.plan.pad_mask is not None
+    assert ragged.plan.pad_mask.flatten().tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+    lopsided = LoraBatch.from_sequences([0, 1, 2], [40, 1, 1], CPU)
+    assert lopsided.plan is None  # padding would triple the rows: per-adapter path
+    assert not lopsided.is_decode
+    assert LoraBatch.from_sequences([-1, -1], [2, 1], CPU).empty
+    with pytest.raises(ValueError, match="2 slots for 1 sequences"):
+        LoraBatch.from_sequences([0, 1], [1], CPU)
+
+
+def test_batched_stacks_pad_ranks_and_skip_untargeted_groups() -> None:
+    weights = make_slots(8, 3)
+    stacked = stack_group_weights(weights, HIDDEN, sum(SIZES))
+    assert stacked is not None
+    rank = max(w.a.shape[0] for w in weights if w is not None)
+    assert stacked.a_t.shape == (3, HIDDEN, rank)
+    assert not stacked.a_t[1].any()
+    assert not stacked.b_t[1].any()
+    assert stack_group_weights([None, None], HIDDEN, 40) is None
+    plan = BatchedPlan.from_runs([[(0, 2)], [(2, 4)], [(4, 6)]], CPU)
+    x = torch.randn(6, HIDDEN)
+    out = torch.zeros(6, sum(SIZES))
+    add_lora_batched(out, x, plan, stacked)
+    indices = torch.tensor([0, 0, -1, -1, 2, 2])  # group 1 holds no weights here
+    torch.testing.assert_close(
+        out, reference_delta(x, weights, indices, sum(SIZES)), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_stacks_are_rebuilt_when_a_slot_changes() -> None:
+    weights = make_slots(1, 3)
+    state = LoraState(["proj"], 3, CPU, backend="torch")
+    first, want = layer_output(state, weights, [0, 2], [1, 1])
+    torch.testing.assert_close(first, want, rtol=1e-4, atol=1e-4)
+    weights[2] = make_slots(2, 3)[0]  # a new adapter in slot 2, same step layout
+    second, want = layer_output(state, weights, [0, 2], [1, 1])
+    torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(first, second)
+
+
+def test_backend_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(LORA_BACKEND_ENV, raising=False)
+    assert resolve_lora_backend("auto", CPU) == "torch"
+    assert resolve_lora_backend("torch", torch.device("cuda")) == "torch"
+    monkeypatch.setenv(LORA_BACKEND_ENV, "torch")
+    assert resolve_lora_backend("auto", torch.device("cuda")) == "torch"
+    monkeypatch.setenv(LORA_BACKEND_ENV, "cutlass")
+    with pytest.raises(ConfigError, match="unknown LoRA backend 'cutlass'"):
+        resolve_lora_backend("auto", CPU)
+    with pytest.raises(ConfigError, match="unknown LoRA backend"):
+        LoraState(["proj"], 2, CPU, backend="fast")
