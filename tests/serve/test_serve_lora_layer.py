@@ -50,22 +50,31 @@ def token_indices(slots: list[int], lengths: list[int]) -> torch.Tensor:
 def layer_output(
     state: LoraState, weights: list[LoraWeights | None], seq_slots: list[int], lengths: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(layer result, reference result) of one projection on random inputs."""
+    """(layer result, reference result) of one projection on random inputs.
+
+    The step runs twice: the first time with these adapters takes the per-adapter path,
+    the second (a steady step) the batched one; both must give the same output.
+    """
     for slot, w in enumerate(weights):
         state.install(slot, None if w is None else {"proj": fuse_expand(w)})
-    state.set_batch(seq_slots, lengths)
     tokens = sum(lengths)
     gen = torch.Generator().manual_seed(tokens)
     x = torch.randn(tokens, HIDDEN, generator=gen)
     base = torch.randn(tokens, sum(SIZES), generator=gen)
-    out = base.clone()
-    LoraProjection(state, "proj").apply(out, x)
+    projection = LoraProjection(state, "proj")
+    outputs = []
+    for _ in range(2):
+        state.set_batch(seq_slots, lengths)
+        out = base.clone()
+        projection.apply(out, x)
+        outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     indices = token_indices(seq_slots, lengths)
     live = torch.tensor(
         [i >= 0 and weights[i] is not None for i in indices.tolist()], dtype=torch.bool
     )
     masked = torch.where(live, indices, torch.full_like(indices, -1))
-    return out, base + reference_delta(x, weights, masked, sum(SIZES))
+    return outputs[1], base + reference_delta(x, weights, masked, sum(SIZES))
 
 
 @settings(max_examples=40, deadline=None)
@@ -124,6 +133,26 @@ def test_batched_stacks_pad_ranks_and_skip_untargeted_groups() -> None:
     torch.testing.assert_close(
         out, reference_delta(x, weights, indices, sum(SIZES)), rtol=1e-4, atol=1e-4
     )
+
+
+def test_batched_path_runs_on_steady_steps_only() -> None:
+    state = LoraState(["proj"], 4, CPU, backend="torch")
+    for slot, w in enumerate(make_slots(6, 4)):
+        state.install(slot, None if w is None else {"proj": fuse_expand(w)})
+    projection = LoraProjection(state, "proj")
+    x, out = torch.randn(4, HIDDEN), torch.zeros(4, sum(SIZES))
+    used = []
+    for step_slots in ([0, 1, 3, 3], [0, 1, 3, 3], [0, 1, 3, 3], [0, 3, 3, 3], [0, 3, 3, 3]):
+        state.set_batch(step_slots, [1] * 4)
+        projection.apply(out, x)
+        used.append((state.steady, projection._stacked_key is not None))
+    assert used == [(False, False), (True, True), (True, True), (False, True), (True, True)]
+    assert projection._stacked_key == ((0, 3), state.version)
+    state.batched = False  # per-adapter path only: the stacks are left alone
+    state.set_batch([1, 1, 1, 1], [1] * 4)
+    state.set_batch([1, 1, 1, 1], [1] * 4)
+    projection.apply(out, x)
+    assert projection._stacked_key == ((0, 3), state.version)
 
 
 def test_stacks_are_rebuilt_when_a_slot_changes() -> None:

@@ -209,6 +209,11 @@ class LoraState:
         self.stacks: dict[str, SlotStack] = {}
         self.version = 0
         self.batch: LoraBatch | None = None
+        self.batched = True
+        """Whether the torch backend may use the batched path (benchmarks turn it off)."""
+        self.steady = False
+        """Whether this step has the previous step's adapters, with no slot changed since."""
+        self._previous: tuple[tuple[int, ...], int] | None = None
 
     @property
     def groups(self) -> LoraGroups:
@@ -231,6 +236,12 @@ class LoraState:
 
     def set_metadata(self, batch: LoraBatch) -> None:
         """Set a step's metadata computed elsewhere (e.g. by the model runner)."""
+        # NOTE: stacking a step's adapters for the batched path costs a copy of their
+        # weights; it pays off over a run of steps with the same adapters (decode), not
+        # for a set seen once (a prefill, or steps whose adapters change every time).
+        current = (batch.active, self.version)
+        self.steady = current == self._previous
+        self._previous = current
         self.batch = batch
 
     def _stack(self, name: str, weights: LoraWeights | None) -> SlotStack:
@@ -267,10 +278,14 @@ class LoraProjection:
             return
         if self.state.backend == "triton":
             self._apply_triton(out, x, batch)
-        elif batch.plan is not None:
+        elif batch.plan is not None and self._use_batched(batch.active):
             self._apply_batched(out, x, batch.active, batch.plan)
         else:
             add_lora(out, x, batch.groups, self.weights)
+
+    def _use_batched(self, active: tuple[int, ...]) -> bool:
+        state = self.state
+        return state.batched and (state.steady or self._stacked_key == (active, state.version))
 
     def _apply_batched(
         self, out: torch.Tensor, x: torch.Tensor, active: tuple[int, ...], plan: BatchedPlan
