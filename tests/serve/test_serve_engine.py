@@ -211,3 +211,25 @@ def test_engine_config_errors_name_the_setting(folder: Path) -> None:
         Engine(folder, EngineConfig(max_model_len=4096))
     with pytest.raises(ConfigError, match="kv_cache_memory"):
         Engine(folder, EngineConfig(kv_cache_memory=10))
+
+
+def test_packed_lm_head_matches_the_plain_matmul_and_follows_weight_changes(
+    engine: Engine,
+) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    model = engine.runner.model
+    weight = model.embed_tokens.weight if model.lm_head is None else model.lm_head
+    hidden = torch.randn(5, weight.shape[1], generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(model.compute_logits(hidden), F.linear(hidden, weight))
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(0.5)
+        with torch.inference_mode():
+            torch.testing.assert_close(model.compute_logits(hidden), F.linear(hidden, weight))
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)

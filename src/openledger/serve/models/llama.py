@@ -22,6 +22,10 @@ from openledger.serve.ops.step_attention import DecodeFn, step_attention
 
 __all__ = ["LlamaForCausalLM", "StepAttention"]
 
+_HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[no-untyped-call]
+    torch.ops.mkldnn, "_linear_pointwise"
+)
+
 
 class StepAttention(PagedAttention):
     """Paged attention over a step's plan (:attr:`BatchMetadata.attention`).
@@ -141,6 +145,8 @@ class LlamaForCausalLM(nn.Module):
             LlamaDecoderLayer(config, rotary, backend) for _ in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self._head: torch.Tensor | None = None
+        self._head_key: tuple[int, int] | None = None
         self.lm_head = None
         if not config.tie_word_embeddings:
             self.lm_head = nn.Parameter(
@@ -157,7 +163,32 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head
+        packed = self._packed_head(weight)
+        if packed is not None:
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+                hidden, packed, None, "none", [], ""
+            )
+            return out
         return F.linear(hidden, weight)
+
+    def _packed_head(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """The LM head in oneDNN's blocked layout (fp32 CPU only; None elsewhere).
+
+        NOTE: the vocabulary projection is the largest matmul of a decode step. On CPU,
+        oneDNN's kernel over a pre-packed weight streams it measurably faster than the
+        default GEMM (see benchmarks/RESULTS.md, Serving); it costs one more copy of
+        the head. Packed lazily, again if the weight changes; any failure falls back.
+        """
+        if weight.device.type != "cpu" or weight.dtype != torch.float32 or not _HAS_ONEDNN:
+            return None
+        key = (weight.data_ptr(), weight._version)
+        if self._head_key != key:
+            self._head_key = key
+            try:
+                self._head = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+            except (RuntimeError, AttributeError):  # pragma: no cover - torch without oneDNN
+                self._head = None
+        return self._head
 
     def attention_layers(self) -> list[PagedAttention]:
         """Each layer's paged attention, in order (the runner binds their KV caches)."""
