@@ -3,13 +3,16 @@
 1. Triton SGMV (prefill) and BGMV (decode) LoRA kernels against the einsum reference,
    ranks {8, 16, 64} x adapter counts {1, 8, 64} x hidden sizes of real models
    (576 SmolLM2-135M, 4096 Llama-3-8B, expand widths up to 14336) x fp16, bf16.
-2. Kernel time of SGMV/BGMV vs the grouped torch path on one Llama-3-8B q|k|v projection.
+2. Kernel time of SGMV/BGMV vs the torch paths (per-adapter matmuls; one bmm over every
+   adapter) on one Llama-3-8B q|k|v projection.
 3. Engine throughput on a Llama-3-8B-shaped model with random weights (``--layers`` of
    its 32 layers, written once to a temporary folder; no download), 100 registered
-   adapters (rank 16, all linear), 64 concurrent requests: LoRA vs no LoRA.
+   adapters (rank 16, all linear), 64 concurrent requests: no LoRA, LoRA on the Triton
+   backend (the CUDA default), LoRA on the torch backend (OPENLEDGER_LORA_BACKEND=torch).
 
 Prints the device name first. ``--cpu-smoke`` runs part 1 on tiny shapes under
-``TRITON_INTERPRET=1`` (fp32/fp16 only) to check the script itself without a GPU.
+``TRITON_INTERPRET=1`` (fp32/fp16 only), and a tiny engine with two adapters on both
+backends (tokens must agree), to check the script itself without a GPU.
 
     python benchmarks/gpu_check.py [--layers 8] [--cpu-smoke]
 """
@@ -30,6 +33,8 @@ if "--cpu-smoke" in sys.argv:
 
 import torch
 
+from openledger.serve.layers.lora import LORA_BACKEND_ENV
+from openledger.serve.ops.lora_batched import BatchedPlan, add_lora_batched, stack_group_weights
 from openledger.serve.ops.lora_reference import lora_expand_reference, lora_shrink_reference
 from openledger.serve.ops.lora_torch import LoraGroups, LoraSlice, LoraWeights, add_lora
 
@@ -108,7 +113,16 @@ def kernel_speed() -> None:
         sgmv = time_it(functools.partial(_sgmv, x, a, b, r, seg, y))
         bgmv = time_it(functools.partial(_bgmv, x, a, b, r, idx, y))
         grouped = time_it(functools.partial(add_lora, y, x, groups, slots))
-        print(f"{label}: SGMV {sgmv:.3f} ms, BGMV {bgmv:.3f} ms, torch grouped {grouped:.3f} ms")
+        order = idx.argsort()  # the batched path reads tokens grouped by adapter
+        runs = [[(g * tokens // count, (g + 1) * tokens // count)] for g in range(count)]
+        plan, stacked = (
+            BatchedPlan.from_runs(runs, x.device),
+            stack_group_weights(slots, hidden, out),
+        )
+        assert stacked is not None
+        batched = time_it(functools.partial(add_lora_batched, y, x[order], plan, stacked))
+        print(f"{label}: SGMV {sgmv:.3f} ms, BGMV {bgmv:.3f} ms, torch per-adapter "
+              f"{grouped:.3f} ms, torch batched {batched:.3f} ms", flush=True)  # fmt: skip
 
 
 def _sgmv(x, a, b, r, seg, y) -> None:  # type: ignore[no-untyped-def]
@@ -147,7 +161,16 @@ def engine_throughput(layers: int) -> None:
     for index in range(100):
         engine.add_adapter(f"a{index}", root / "adapter")
     prompts = [[1 + (i * 7 + j) % 1000 for j in range(128)] for i in range(64)]
-    for label, adapter in (("no LoRA", None), ("100 adapters", True)):
+    runs = (("no LoRA", False, "triton"), ("100 adapters, Triton", True, "triton"),
+            ("100 adapters, torch batched", True, "torch"))  # fmt: skip
+    for label, adapter, backend in runs:
+        if engine.adapters is not None and engine.adapters.state.backend != backend:
+            del engine
+            os.environ[LORA_BACKEND_ENV] = backend
+            engine = Engine(root / "base", EngineConfig(dtype="bfloat16", max_num_seqs=64,
+                                                         kv_cache_memory=8 * 2**30))  # fmt: skip
+            for index in range(100):
+                engine.add_adapter(f"a{index}", root / "adapter")
         params = [SamplingParams(max_tokens=128, min_tokens=128,
                                  adapter=f"a{(i * 37) % 100}" if adapter else None)
                   for i in range(64)]  # fmt: skip
@@ -161,6 +184,37 @@ def engine_throughput(layers: int) -> None:
               f"{64 * 128 / wall:.0f} tokens/s", flush=True)  # fmt: skip
 
 
+def smoke_engine() -> bool:
+    """A tiny engine with two adapters: Triton (interpreted) and torch tokens agree."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from openledger.models import save_tiny_model
+    from openledger.serve import Engine, EngineConfig, SamplingParams
+
+    root = Path(tempfile.mkdtemp(prefix="gpu-check-smoke-"))
+    base = save_tiny_model(root / "base", "llama", seed=4)
+    for index, targets in enumerate((TARGETS, ["q_proj", "v_proj"])):
+        torch.manual_seed(index)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        lora = LoraConfig(r=4 + 2 * index, target_modules=targets, init_lora_weights=False)
+        get_peft_model(model, lora).save_pretrained(str(root / f"a{index}"))
+    prompts = [[5, 9, 33, 7, 120], [44, 2, 9], [7, 7, 1, 90]]
+    params = [SamplingParams(max_tokens=4, min_tokens=4, adapter=a)
+              for a in ("a0", "a1", {"a0": 0.5, "a1": -1.0})]  # fmt: skip
+    tokens = {}
+    for backend in ("torch", "triton"):
+        os.environ[LORA_BACKEND_ENV] = backend
+        engine = Engine(base, EngineConfig(device="cpu", max_num_seqs=4, block_size=4,
+                                           num_blocks=32))  # fmt: skip
+        for index in range(2):
+            engine.add_adapter(f"a{index}", root / f"a{index}")
+        tokens[backend] = [out.token_ids for out in engine.generate(prompts, params)]
+    same = tokens["torch"] == tokens["triton"]
+    print(f"{'ok  ' if same else 'FAIL'} tiny engine, Triton vs torch LoRA tokens: {tokens}")
+    return same
+
+
 def main() -> None:
     """Run every check; exit 1 if a kernel disagrees with the reference."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -170,6 +224,7 @@ def main() -> None:
     if args.cpu_smoke:
         print("device: CPU under TRITON_INTERPRET=1 (smoke test of this script only)")
         ok = check_kernels("cpu", [torch.float32, torch.float16], [(64, 96)], [8, 16], [1, 8], 24)
+        ok &= smoke_engine()
         sys.exit(0 if ok else 1)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     sizes = [(576, 576), (576, 1536), (4096, 6144), (4096, 14336), (14336, 4096)]

@@ -6,11 +6,13 @@ adapters assigned round-robin; ~16-token prompts; 32 new tokens, greedy, no earl
 
 Baselines measured in the same run, alternating with ours for ``--repeats`` rounds (medians):
 transformers + PEFT one batched ``generate(adapter_names=[...])``; transformers base model
-alone on the same batch; our engine with no adapters. Then: cold load of one adapter
+alone on the same batch; our engine with no adapters; our engine with the batched LoRA path
+turned off (two matmuls per adapter per projection, the earlier path). ``--profile`` also
+prints the LoRA share of one mixed-8 run (torch.profiler). Then: cold load of one adapter
 (safetensors on local disk -> usable in a device slot) p50/p99; resident memory with 1, 100
 and 1,000 registered adapters; 1,000 adapters served round-robin through 32 device slots.
 
-    python benchmarks/serve_adapters.py [--repeats 3] [--skip-thousand]
+    python benchmarks/serve_adapters.py [--repeats 3] [--skip-thousand] [--profile]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from serve_throughput import NEW_TOKENS, Timing, clock, machine, prompts, run_hf, run_ours, since
@@ -85,6 +88,51 @@ def run_mixed(engine: Engine, texts: list[str]) -> tuple[Timing, list[RequestOut
     return since(start), outputs
 
 
+def run_mixed_per_adapter(engine: Engine, texts: list[str]) -> Timing:
+    """Our engine, mixed-8, with the batched LoRA path off (per-adapter matmuls)."""
+    assert engine.adapters is not None
+    engine.adapters.state.batched = False
+    try:
+        return run_mixed(engine, texts)[0]
+    finally:
+        engine.adapters.state.batched = True
+
+
+def profile_lora(engine: Engine, texts: list[str]) -> None:
+    """torch.profiler over one mixed-8 run: the LoRA updates' share of the CPU time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from openledger.serve.layers.linear import Linear
+
+    class Timed:
+        def __init__(self, hook: Any) -> None:
+            self.hook = hook
+
+        def apply(self, out: torch.Tensor, x: torch.Tensor) -> None:
+            with record_function("lora_update"):
+                self.hook.apply(out, x)
+
+    linears = [m for m in engine.runner.model.modules() if isinstance(m, Linear) and m.lora]
+    hooks = [m.lora for m in linears]
+    for linear in linears:
+        linear.lora = Timed(linear.lora)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof, record_function("generate"):
+            run_mixed(engine, texts)
+    finally:
+        for linear, hook in zip(linears, hooks, strict=True):
+            linear.lora = hook
+    events = {e.key: e for e in prof.key_averages()}
+    total = events["generate"].cpu_time_total
+    lora = events["lora_update"]
+    print(
+        f"profile: LoRA updates {lora.cpu_time_total / 1e3:.0f} ms of {total / 1e3:.0f} ms "
+        f"({100 * lora.cpu_time_total / total:.1f}%), {lora.count} calls, "
+        f"{lora.cpu_time_total / lora.count:.0f} us each"
+    )
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def rss_mib() -> float:
     """Resident set size of this process now."""
     with open("/proc/self/status") as handle:
@@ -138,6 +186,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--skip-thousand", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     folder = str(resolve_model(args.model).path)
     root = Path(tempfile.mkdtemp(prefix="serve-adapters-"))
@@ -152,6 +201,8 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     times = measure(engine, peft, hf, tokenizer, texts, args.repeats)
     report(times, len(texts) * NEW_TOKENS)
+    if args.profile:
+        profile_lora(engine, texts)
     loads = sorted(cold_loads(engine, adapters[0], 50))
     p99 = loads[min(len(loads) - 1, int(0.99 * len(loads)))]
     p50 = statistics.median(loads)
@@ -175,6 +226,7 @@ def measure(
         "HF base-only generate": lambda: run_hf(hf, tokenizer, texts)[0],
         "ours base-only": lambda: run_ours(engine, texts)[0],
         "ours mixed-8": lambda: run_mixed(engine, texts)[0],
+        "ours mixed-8 per-adapter": lambda: run_mixed_per_adapter(engine, texts),
     }
     run_peft(peft, tokenizer, texts[:2])
     run_mixed(engine, texts[:8])
@@ -191,11 +243,12 @@ def report(times: dict[str, list[Timing]], total: int) -> None:
     """Tokens per wall second of each, and the ratios the issue asks for."""
     rates = {label: total / statistics.median(t[0] for t in ts) for label, ts in times.items()}
     for label, rate in rates.items():
-        print(f"{label:24s} {rate:7.1f} tokens/s")
+        print(f"{label:26s} {rate:7.1f} tokens/s")
     mixed = rates["ours mixed-8"]
     print(f"ours mixed-8 / PEFT mixed-8:     {mixed / rates['PEFT mixed-8 generate']:.2f}x")
     print(f"ours mixed-8 / ours base-only:   {mixed / rates['ours base-only']:.2f}x")
     print(f"ours mixed-8 / HF base-only:     {mixed / rates['HF base-only generate']:.2f}x")
+    print(f"ours mixed-8 / per-adapter path: {mixed / rates['ours mixed-8 per-adapter']:.2f}x")
 
 
 if __name__ == "__main__":
