@@ -165,6 +165,7 @@ def merge_adapter_specs(
             )
         merged[f"{prefix}.lora_A.weight"], merged[f"{prefix}.lora_B.weight"] = a, b
         ranks[module] = int(a.shape[0])
+    folder.mkdir(parents=True, exist_ok=True)  # NOTE: only once every check has passed
     save_file({k: v.contiguous() for k, v in merged.items()}, str(folder / WEIGHTS_FILE))
     _write_config(folder, sources, ranks)
     options = {"density": density, "seed": seed, "majority_sign_method": majority_sign_method}
@@ -201,7 +202,6 @@ def _output_folder(output_dir: str | os.PathLike[str]) -> Path:
     folder = Path(output_dir)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ConfigError(f"{folder} exists and is not an empty folder; pick a new output_dir")
-    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
