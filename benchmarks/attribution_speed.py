@@ -10,8 +10,11 @@ docs/attribution.md), records batched by length up to ``--batch-tokens`` padded 
 forward and backward pass, and the build rate is reported.
 
 Build baseline in the same run: the per-record path (one forward and backward per record,
-then projection of the full gradients) against the batched path on the same
-``--baseline-records`` records, with the largest difference between their rows.
+then projection of the full gradients) against the batched path with one record per pass
+(logits only where learnt, projection before the outer product) and with
+``--batch-tokens`` per pass, on the same ``--baseline-records`` records, in ``--rounds``
+interleaved rounds (median rates, median of per-round ratios), with the largest
+difference between their rows.
 
 Query time is the wall time of ``index.attribute`` (query gradient + scoring + report) for
 each method, median of ``--queries`` queries after one warm-up, on indexes over the first N
@@ -119,8 +122,14 @@ def build(args: argparse.Namespace) -> tuple[Any, Path]:
     return index, work
 
 
-def compare_build_paths(index: Any, count: int, batch_tokens: int) -> None:
-    """Per-record vs batched gradients of the same ``count`` records, in this process."""
+def _seconds(run: Any) -> tuple[float, torch.Tensor]:
+    started = time.perf_counter()
+    rows = run()
+    return time.perf_counter() - started, rows
+
+
+def compare_build_paths(index: Any, count: int, batch_tokens: int, rounds: int) -> None:
+    """Per-record vs batched gradients of the same ``count`` records, interleaved rounds."""
     from openledger.attribution.batched import iter_batch_gradients
     from openledger.attribution.examples import query_example
     from openledger.attribution.gradients import Projector, iter_gradients, lora_pairs
@@ -130,21 +139,34 @@ def compare_build_paths(index: Any, count: int, batch_tokens: int) -> None:
     examples = [query_example(*item(i), tokenizer, recipe) for i in range(count)]
     projector = Projector(index.manifest.projection_dim, index.manifest.projection_seed)
     pairs = lora_pairs(model)
-    started = time.perf_counter()
-    old = torch.stack(list(iter_gradients(model, pairs, projector, examples)))
-    old_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    new = torch.zeros_like(old)
-    for indices, rows in iter_batch_gradients(model, pairs, projector, examples, batch_tokens):
-        new[indices] = rows
-    new_seconds = time.perf_counter() - started
-    difference = float((new - old).abs().max() / old.abs().max())
-    print(
-        f"build paths on the same {count} records: per-record {count / old_seconds:.2f} "
-        f"records/s, batched {count / new_seconds:.2f} records/s, "
-        f"ratio {old_seconds / new_seconds:.1f}x; max |batched - per-record| / max |row| "
-        f"= {difference:.1e}"
-    )
+
+    def batched(tokens: int) -> torch.Tensor:
+        rows = torch.zeros(count, index.width)
+        for indices, block in iter_batch_gradients(model, pairs, projector, examples, tokens):
+            rows[indices] = block
+        return rows
+
+    paths = {
+        "per-record": lambda: torch.stack(list(iter_gradients(model, pairs, projector, examples))),
+        "batched, one record per pass": lambda: batched(1),
+        f"batched, {batch_tokens} tokens per pass": lambda: batched(batch_tokens),
+    }
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    found: dict[str, torch.Tensor] = {}
+    for _ in range(rounds):
+        for name, run in paths.items():
+            seconds, found[name] = _seconds(run)
+            times[name].append(seconds)
+    reference, scale = found["per-record"], float(found["per-record"].abs().max())
+    print(f"build paths on the same {count} records, {rounds} interleaved rounds (median):")
+    for name, seconds in times.items():
+        ratios = [old / new for old, new in zip(times["per-record"], seconds, strict=True)]
+        difference = float((found[name] - reference).abs().max()) / scale
+        print(
+            f"  {name}: {count / statistics.median(seconds):.2f} records/s, "
+            f"{statistics.median(ratios):.2f}x per-record; max |row - per-record| / max |row| "
+            f"= {difference:.1e}"
+        )
 
 
 def query_table(index: Any, counts: list[int], queries: int) -> None:
@@ -181,6 +203,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-tokens", type=int, default=1024)
     parser.add_argument("--baseline-records", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the build comparison")
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docstring)")
     parser.add_argument("--reuse", help="work folder of an earlier run: time queries only")
@@ -197,7 +220,8 @@ def main() -> None:
         folder = Path(args.reuse)
         index = InfluenceIndex.load(folder / "index", folder / "adapter")
         print(f"reused index: {len(index)} records from {folder}")
-    compare_build_paths(index, min(args.baseline_records, len(index)), args.batch_tokens)
+    count = min(args.baseline_records, len(index))
+    compare_build_paths(index, count, args.batch_tokens, args.rounds)
     counts = sorted({c for c in (250, 500, 1000) if c < len(index)} | {len(index), 2000})
     query_table(index, counts, args.queries)
     print(f"load average at end: {load()}")

@@ -2,17 +2,19 @@
 
 ::
 
-    snapshot ── Retriever (BM25 | dense | hybrid) ── passages [1..k] ── prompt ── engine ── answer
-                                                                          │
-    citations: "[n]" in the answer -> record hash + contributor ──────────┤
-    context ablation: log p(answer | kept passages) over ablations ───────┴── AttributionReport
+    snapshot ── Retriever ── passages [1..k] ── prompt ── engine (adapter?) ── answer
+                                                                                │
+    citations: "[n]" in the answer -> record hash + contributor ────────────────┤
+    context ablation: log p(answer | kept passages), same model ────────────────┴── report
 
-Context ablation (as in ContextCite) scores passage ``i`` two ways: leave-one-out
-``log p(answer | all) - log p(answer | all but i)``, and the weights of a sparse linear
-surrogate ``log p(answer | mask) ~ w0 + sum_i w_i mask_i`` fitted (L1, coordinate descent)
-to random half-ablations. The answer's log-probability is summed over its tokens after the
-chat-formatted prompt. Reports from RAG name the model by ``keccak256(UTF-8 model name)``
-in their ``adapter_id`` field (there is no adapter).
+Retrieval is BM25, dense or hybrid (:mod:`.retrieval`). The engine answers with its base
+model or a registered adapter. Context ablation (as in ContextCite) scores passage ``i``
+two ways: leave-one-out ``log p(answer | all) - log p(answer | all but i)``, and the
+weights of a sparse linear surrogate ``log p(answer | mask) ~ w0 + sum_i w_i mask_i``
+fitted (L1, coordinate descent) to random half-ablations. The answer's log-probability is
+summed over its tokens after the chat-formatted prompt, under the model that answered
+(for an adapter: the base model with that PEFT adapter, :func:`load_scoring_model`).
+Reports from RAG name the model by :attr:`RagAnswer.model_id` in their ``adapter_id``.
 """
 
 from __future__ import annotations
