@@ -122,7 +122,7 @@ def _summed_example_losses(
     counts = (targets != -100).sum(dim=1)
     if bool((counts == 0).any()):
         raise ValueError("an example has no learnt token after the first position")
-    # NOTE: logits only where some row learns the next token (the head is ~1/5 of the cost)
+    # NOTE: logits only where some row learns the next token (no vocab-sized rows elsewhere)
     keep = (targets != -100).any(dim=0).nonzero()[:, 0]
     out = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep)
     kept = targets[:, keep]
