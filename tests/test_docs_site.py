@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-API_MODULES = ("models", "data", "crypto", "chain", "train", "serve", "attribution")
+API_MODULES = ("models", "data", "crypto", "chain", "train", "serve", "attribution", "demo")
 ROOT_MODULES = ("exceptions", "types")
 
 
