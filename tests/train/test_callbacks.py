@@ -52,3 +52,16 @@ def test_the_plot_figure_needs_matplotlib() -> None:
     plot.train = [(1, 2.0), (2, 1.0)]
     figure = plot.figure()
     assert figure.axes[0].get_xlabel() == "step"
+
+
+def test_the_plot_is_shown_as_a_png_image_whatever_the_backend() -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("IPython")
+    plot = LiveLossPlot()
+    plot.train = [(1, 2.0), (2, 1.0)]
+    png = plot.png()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    plot.draw()  # outside a kernel IPython prints a text stand-in; inside it is this PNG
+    plot.train.append((3, 0.5))
+    assert plot.png() != png
+    # NOTE: tests/test_notebook.py checks the live plot arrives as an image in a kernel.

@@ -125,13 +125,25 @@ class LiveLossPlot(TrainerCallback):
         figure.tight_layout()
         return figure
 
+    def png(self) -> bytes:
+        """Return the plot as PNG bytes (rendered with matplotlib's Agg canvas)."""
+        import io
+
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
     def draw(self) -> None:
-        """Show (or update in place) the plot in the notebook output."""
+        """Show (or update in place) the plot in the notebook output.
+
+        The plot goes out as a PNG image, so it shows in any kernel whatever matplotlib's
+        backend or ``%matplotlib`` mode is.
+        """
         if not (self.train or self.eval):
             return
-        display = importlib.import_module("IPython.display").display
-        figure = self.figure()
+        ipython = importlib.import_module("IPython.display")
+        image = ipython.Image(data=self.png(), format="png")
         if self._handle is None:
-            self._handle = display(figure, display_id=True)
+            self._handle = ipython.display(image, display_id=True)
         else:
-            self._handle.update(figure)
+            self._handle.update(image)
