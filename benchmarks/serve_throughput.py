@@ -18,6 +18,7 @@ steadier measure of work done.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -42,6 +43,11 @@ def machine() -> str:
     return describe_machine(
         f"{torch.get_num_threads()} torch threads", f"torch {torch.__version__}"
     )
+
+
+def load_average() -> str:
+    """The machine's load averages: other jobs competing for the cores."""
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def prompts() -> list[str]:
@@ -113,6 +119,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     engine = Engine(args.model, EngineConfig(device="cpu", dtype="float32"))
     print(f"machine: {machine()}", flush=True)
+    print(f"load average at start (1/5/15 min): {load_average()}", flush=True)
     run_hf(model, tokenizer, texts[:2])
     run_ours(engine, texts[:2])
     hf_times: list[Timing] = []
@@ -127,6 +134,7 @@ def main() -> None:
         )
         print(f"round {round_ + 1} (wall/CPU s): {shown}", flush=True)
     report(texts, hf_times, our_times, last, hf_tokens)
+    print(f"load average at end (1/5/15 min): {load_average()}")
 
 
 def report(
