@@ -12,7 +12,7 @@ prints the LoRA share of one mixed-8 run (torch.profiler). Then: cold load of on
 (safetensors on local disk -> usable in a device slot) p50/p99; resident memory with 1, 100
 and 1,000 registered adapters; 1,000 adapters served round-robin through 32 device slots.
 
-    python benchmarks/serve_adapters.py [--repeats 3] [--skip-thousand] [--profile]
+    python benchmarks/serve_adapters.py [--repeats 3] [--threads N] [--skip-thousand] [--profile]
 """
 
 from __future__ import annotations
@@ -187,7 +187,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--skip-thousand", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:  # NOTE: on a loaded machine one thread avoids contended thread pools
+        torch.set_num_threads(args.threads)
     folder = str(resolve_model(args.model).path)
     root = Path(tempfile.mkdtemp(prefix="serve-adapters-"))
     adapters = make_adapters(folder, root)
