@@ -109,3 +109,8 @@ def test_payouts_sum_to_the_pool_and_were_claimed(executed: Any) -> None:
     assert len(payouts) >= 2  # the developer and at least one contributor
     assert sum(payouts) == paid == pool == 10**18
     assert "text/html" in mime_types(last)
+    epoch_html = "".join(
+        o["data"]["text/html"] for o in last.outputs if "text/html" in o.get("data", {})
+    )
+    assert "Epoch 1 (root 0x" in epoch_html
+    assert f"<b>{10**18}</b>" in epoch_html

@@ -72,6 +72,19 @@ def test_a_developer_who_also_contributed_gets_one_merged_payout() -> None:
     assert split.payouts == {address(0): 75, address(1): 25}
 
 
+def test_a_split_renders_as_an_html_table_of_payees_roles_and_total() -> None:
+    policy = RewardPolicy(
+        developer_bps=5_000, developer=address(0), protocol_bps=1_000, protocol=address(9)
+    )
+    split = split_rewards([report({0: [1.0], 1: [3.0]})], 100, policy)
+    page = split._repr_html_()
+    assert page.count("<tr>") == 1 + len(split.payouts) + 1
+    assert f"<code>{address(0)}</code></td><td>contributor, developer</td>" in page
+    assert f"<code>{address(9)}</code></td><td>protocol</td>" in page
+    assert "<b>100</b>" in page
+    assert page.index(address(0)) < page.index(address(1))  # largest payout first
+
+
 weights = st.dictionaries(
     st.integers(0, 30), st.lists(st.floats(-5, 5), min_size=1, max_size=3), min_size=1, max_size=8
 )

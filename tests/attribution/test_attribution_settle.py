@@ -80,6 +80,7 @@ def test_contribute_train_serve_attribute_settle_claim(
     assert protocol.rewards.get_epoch(epoch.epoch_id).total == pool
     assert sum(epoch.split.payouts.values()) == pool
     assert epoch.split.developer == pool // 10
+    assert f"Epoch {epoch.epoch_id} (root {epoch.tree.root[:18]}" in epoch._repr_html_()
     for payee, amount in epoch.split.payouts.items():
         epoch.claim(payee, sender=chain.default_account)
         assert protocol.token.balance_of(payee) == amount

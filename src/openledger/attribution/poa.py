@@ -31,7 +31,13 @@ from pydantic import (
 )
 
 from openledger.attribution.report import AttributionReport
-from openledger.attribution.rewards import SHARE_UNITS, RewardPolicy, RewardSplit, split_rewards
+from openledger.attribution.rewards import (
+    SHARE_UNITS,
+    RewardPolicy,
+    RewardSplit,
+    payouts_html,
+    split_rewards,
+)
 from openledger.chain import Protocol, Receipt, RewardTree
 from openledger.crypto import (
     Account,
@@ -208,6 +214,12 @@ class Epoch:
     def proof(self, account: str) -> list[Hash32]:
         """Return ``account``'s Merkle proof."""
         return self.tree.proof(account)
+
+    def _repr_html_(self) -> str:
+        title = (
+            f"Epoch {self.epoch_id} (root {self.tree.root[:18]}..., {len(self.receipts)} receipts)"
+        )
+        return payouts_html(self.split, title)
 
     def claim(self, account: Account | str, *, sender: Account | None = None) -> Receipt:
         """Claim ``account``'s payout (an address is relayed by ``sender``)."""

@@ -17,6 +17,7 @@ costs: it is summed (``math.fsum``, order-independent) into :attr:`RewardSplit.r
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,9 @@ class RewardSplit:
                 found[address] = found.get(address, 0) + amount
         return {a: Wei(w) for a, w in sorted(found.items()) if w > 0}
 
+    def _repr_html_(self) -> str:
+        return payouts_html(self)
+
 
 def largest_remainder(weights: Mapping[Address, int], amount: int) -> dict[Address, Wei]:
     """Split ``amount`` in proportion to positive integer ``weights``, summing exactly.
@@ -198,4 +202,29 @@ def split_rewards(
     contributors = largest_remainder(weights, rest) if rest > 0 else {}
     return RewardSplit(
         Wei(pool), contributors, Wei(developer), Wei(protocol), _reputation(reports), rules
+    )
+
+
+def payouts_html(split: RewardSplit, title: str = "Reward split") -> str:
+    """Render a split as an HTML table: one row per payee, its role, wei and share."""
+    roles: dict[str, list[str]] = {}
+    for address in split.contributors:
+        roles.setdefault(address, []).append("contributor")
+    for role in ("developer", "protocol"):
+        address = getattr(split.policy, role)
+        if address is not None and getattr(split, role) > 0:
+            roles.setdefault(address, []).append(role)
+    payouts = split.payouts
+    rows = "".join(
+        f"<tr><td><code>{html.escape(a)}</code></td><td>{', '.join(roles.get(a, []))}</td>"
+        f'<td style="text-align:right">{w}</td>'
+        f'<td style="text-align:right">{w / split.pool:.2%}</td></tr>'
+        for a, w in sorted(payouts.items(), key=lambda kv: -kv[1])
+    )
+    total = sum(payouts.values())
+    return (
+        f"<div><b>{html.escape(title)}</b>: pool {split.pool} wei"
+        "<table><tr><th>payee</th><th>role</th><th>wei</th><th>share</th></tr>"
+        f"{rows}<tr><td><b>total</b></td><td></td>"
+        f'<td style="text-align:right"><b>{total}</b></td><td></td></tr></table></div>'
     )
