@@ -49,7 +49,11 @@ __all__ = [
 ]
 
 Method = Literal["exact", "datainf", "tracin", "gradcos"]
+"""An influence method: ``exact`` (damped per-layer inverse, the reference), ``datainf``
+(closed form), ``tracin`` (learning-rate-weighted checkpoint dot products) or ``gradcos``
+(cosine of gradients)."""
 METHODS: tuple[str, ...] = get_args(Method)
+"""Every :data:`Method` name, in the order above."""
 
 
 class Scorer(Protocol):
