@@ -52,8 +52,8 @@ def layer_output(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(layer result, reference result) of one projection on random inputs.
 
-    The step runs twice: the first time with these adapters takes the per-adapter path,
-    the second (a steady step) the batched one; both must give the same output.
+    The step runs three times: the first two with these adapters take the per-adapter
+    path, the third (a steady step) the batched one; all must give the same output.
     """
     for slot, w in enumerate(weights):
         state.install(slot, None if w is None else {"proj": fuse_expand(w)})
@@ -63,18 +63,18 @@ def layer_output(
     base = torch.randn(tokens, sum(SIZES), generator=gen)
     projection = LoraProjection(state, "proj")
     outputs = []
-    for _ in range(2):
+    for _ in range(3):
         state.set_batch(seq_slots, lengths)
         out = base.clone()
         projection.apply(out, x)
         outputs.append(out)
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-5, atol=1e-5)
     indices = token_indices(seq_slots, lengths)
     live = torch.tensor(
         [i >= 0 and weights[i] is not None for i in indices.tolist()], dtype=torch.bool
     )
     masked = torch.where(live, indices, torch.full_like(indices, -1))
-    return outputs[1], base + reference_delta(x, weights, masked, sum(SIZES))
+    return outputs[2], base + reference_delta(x, weights, masked, sum(SIZES))
 
 
 @settings(max_examples=40, deadline=None)
@@ -142,17 +142,22 @@ def test_batched_path_runs_on_steady_steps_only() -> None:
     projection = LoraProjection(state, "proj")
     x, out = torch.randn(4, HIDDEN), torch.zeros(4, sum(SIZES))
     used = []
-    for step_slots in ([0, 1, 3, 3], [0, 1, 3, 3], [0, 1, 3, 3], [0, 3, 3, 3], [0, 3, 3, 3]):
+    steps = [[0, 1, 3, 3]] * 4 + [[0, 3, 3, 3]] * 3 + [[0, 1, 3, 3], [0, 3, 3, 3]]
+    for step_slots in steps:
         state.set_batch(step_slots, [1] * 4)
         projection.apply(out, x)
-        used.append((state.steady, projection._stacked_key is not None))
-    assert used == [(False, False), (True, True), (True, True), (False, True), (True, True)]
-    assert projection._stacked_key == ((0, 3), state.version)
-    state.batched = False  # per-adapter path only: the stacks are left alone
-    state.set_batch([1, 1, 1, 1], [1] * 4)
-    state.set_batch([1, 1, 1, 1], [1] * 4)
-    projection.apply(out, x)
-    assert projection._stacked_key == ((0, 3), state.version)
+        used.append((state.steady_steps, projection._stacked_key is not None))
+    assert used == [
+        (0, False), (1, False), (2, True), (3, True),  # stacked from the third step on
+        (0, False), (1, False), (2, True),  # a new set: stale stacks freed, then rebuilt
+        (0, False), (0, False),  # adapters changing every step: never stacked
+    ]  # fmt: skip
+    state.set_batch([0, 3], [1, 1])
+    state.set_batch([0, 3], [1, 1])
+    state.set_batch([0, 3], [1, 1])
+    state.batched = False  # per-adapter path only
+    projection.apply(out[:2], x[:2])
+    assert projection._stacked_key is None
 
 
 def test_stacks_are_rebuilt_when_a_slot_changes() -> None:

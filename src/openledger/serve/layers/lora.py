@@ -63,6 +63,9 @@ LORA_BACKEND_ENV = "OPENLEDGER_LORA_BACKEND"
 """Environment variable that forces the LoRA backend: ``torch`` or ``triton``."""
 
 
+_STEADY_STEPS = 2  # steps with the same adapters seen before the batched path stacks them
+
+
 def resolve_lora_backend(requested: str, device: torch.device) -> LoraBackend:
     """The backend to use: ``requested``, or under ``"auto"`` the environment's choice,
     else ``"triton"`` on CUDA (when installed) and ``"torch"`` elsewhere.
@@ -211,8 +214,8 @@ class LoraState:
         self.batch: LoraBatch | None = None
         self.batched = True
         """Whether the torch backend may use the batched path (benchmarks turn it off)."""
-        self.steady = False
-        """Whether this step has the previous step's adapters, with no slot changed since."""
+        self.steady_steps = 0
+        """Consecutive steps before this one with its adapters and no slot changed since."""
         self._previous: tuple[tuple[int, ...], int] | None = None
 
     @property
@@ -238,9 +241,10 @@ class LoraState:
         """Set a step's metadata computed elsewhere (e.g. by the model runner)."""
         # NOTE: stacking a step's adapters for the batched path costs a copy of their
         # weights; it pays off over a run of steps with the same adapters (decode), not
-        # for a set seen once (a prefill, or steps whose adapters change every time).
+        # for a set seen once or twice (a prefill and its first decode step, or steps
+        # whose adapters change every time).
         current = (batch.active, self.version)
-        self.steady = current == self._previous
+        self.steady_steps = self.steady_steps + 1 if current == self._previous else 0
         self._previous = current
         self.batch = batch
 
@@ -281,11 +285,14 @@ class LoraProjection:
         elif batch.plan is not None and self._use_batched(batch.active):
             self._apply_batched(out, x, batch.active, batch.plan)
         else:
+            self._stacked_key, self._stacked = None, None  # NOTE: frees a stale copy
             add_lora(out, x, batch.groups, self.weights)
 
     def _use_batched(self, active: tuple[int, ...]) -> bool:
         state = self.state
-        return state.batched and (state.steady or self._stacked_key == (active, state.version))
+        if not state.batched:
+            return False
+        return state.steady_steps >= _STEADY_STEPS or self._stacked_key == (active, state.version)
 
     def _apply_batched(
         self, out: torch.Tensor, x: torch.Tensor, active: tuple[int, ...], plan: BatchedPlan
