@@ -21,6 +21,7 @@ from openledger.exceptions import (  # noqa: E402
     AdapterMismatchError,
     AdapterNotFoundError,
     ConfigError,
+    InvalidRequestError,
 )
 from openledger.models import save_tiny_model  # noqa: E402
 from openledger.serve import Engine, EngineConfig, SamplingParams, merge_adapters  # noqa: E402
@@ -225,14 +226,30 @@ def test_engine_serves_the_merge_like_the_per_request_mix(
     assert engine.adapters is not None
     path = merge_adapters(engine.adapters, {"a": 0.7, "c": 1.5}, tmp_path / "m")
     engine.add_adapter("merged", path)
+    via_engine = engine.merge_adapters("merged2", {"a": 0.7, "c": 1.5}, output_dir=tmp_path / "e")
+    assert via_engine == tmp_path / "e"
+    assert "merged2" in engine.adapters
     prompt = [3, 14, 15, 92, 65, 35]
     params = [
         SamplingParams(max_tokens=6, min_tokens=6, adapter=choice)
-        for choice in ("merged", {"a": 0.7, "c": 1.5}, None)
+        for choice in ("merged", "merged2", {"a": 0.7, "c": 1.5}, None)
     ]
-    merged, mixed, plain = engine.generate([prompt] * 3, params)
-    assert merged.token_ids == mixed.token_ids
+    merged, merged2, mixed, plain = engine.generate([prompt] * 4, params)
+    assert merged.token_ids == merged2.token_ids == mixed.token_ids
     assert merged.token_ids != plain.token_ids
+    # adapter= is shorthand for SamplingParams(adapter=...)
+    short = SamplingParams(max_tokens=6, min_tokens=6)
+    assert engine.generate(prompt, short, adapter="merged2")[0].token_ids == merged.token_ids
+    streamed = "".join(engine.stream(prompt, short, adapter={"a": 0.7, "c": 1.5}))
+    assert streamed == mixed.text
+    with pytest.raises(InvalidRequestError, match="contradicts"):
+        engine.generate(prompt, params[0], adapter="merged2")
+    with pytest.raises(ConfigError, match="is registered"):
+        engine.merge_adapters("merged2", {"a": 1.0}, output_dir=tmp_path / "x")
+    with pytest.raises(ConfigError, match="without"):
+        engine.merge_adapters("bad*name", {"a": 1.0}, output_dir=tmp_path / "y")
+    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "y").exists()
 
 
 def test_one_source_is_a_linear_merge(store: AdapterStore, tmp_path: Path) -> None:

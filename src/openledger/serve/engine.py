@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from openledger.exceptions import ConfigError, InvalidRequestError
 from openledger.serve.block_pool import BlockPool
@@ -25,6 +27,9 @@ if TYPE_CHECKING:  # NOTE: the adapter store imports torch; engine.py stays impo
 __all__ = ["Engine"]
 
 logger = logging.getLogger(__name__)
+
+AdapterChoice = str | Mapping[str, float]
+"""A registered adapter's name, or a weighted mix ``{name: weight}``."""
 
 
 class Engine:
@@ -176,12 +181,15 @@ class Engine:
         self,
         prompts: PromptInput | Sequence[PromptInput],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        adapter: AdapterChoice | None = None,
     ) -> list[RequestOutput]:
         """Run a batch of prompts to completion.
 
         Args:
             prompts: One prompt or a list of prompts (text, chat messages or token ids).
             params: One set of parameters for all, or one per prompt.
+            adapter: Shorthand for ``SamplingParams(adapter=...)`` on every prompt.
 
         Returns:
             The final output of each prompt, in order.
@@ -194,27 +202,47 @@ class Engine:
             batch = [cast(PromptInput, prompts)]
         else:
             batch = list(cast("Sequence[PromptInput]", prompts))
-        per_prompt = self._params_for(batch, params)
+        per_prompt = [_with_adapter(p, adapter) for p in self._params_for(batch, params)]
         for prompt, p in zip(batch, per_prompt, strict=False):
             self._check_prompt(prompt, p)
         ids = [self.add_request(prompt, p) for prompt, p in zip(batch, per_prompt, strict=False)]
         finals = self._run_until_done(set(ids))
         return [finals[request_id] for request_id in ids]
 
-    def stream(self, prompt: PromptInput, params: SamplingParams | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        *,
+        adapter: AdapterChoice | None = None,
+    ) -> Iterator[str]:
         """Generate for one prompt, yielding text pieces as they are decoded.
 
         Closing the iterator early cancels the request.
+
+        Args:
+            prompt: Text, chat messages or token ids.
+            params: Sampling parameters (default greedy).
+            adapter: Shorthand for ``SamplingParams(adapter=...)``: a registered adapter's
+                name or a weighted mix ``{"a": 0.7, "b": 0.3}``.
+
+        Raises:
+            InvalidRequestError: Bad prompt or parameters, or ``adapter`` given beside
+                ``params`` naming another adapter.
         """
-        for output in self.stream_outputs(prompt, params):
+        for output in self.stream_outputs(prompt, params, adapter=adapter):
             if output.delta_text:
                 yield output.delta_text
 
     def stream_outputs(
-        self, prompt: PromptInput, params: SamplingParams | None = None
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        *,
+        adapter: AdapterChoice | None = None,
     ) -> Iterator[RequestOutput]:
         """Like :meth:`stream`, yielding each step's :class:`RequestOutput` (deltas, metrics)."""
-        request_id = self.add_request(prompt, params)
+        request_id = self.add_request(prompt, _with_adapter(params, adapter))
         try:
             while True:
                 for output in self.step():
@@ -263,6 +291,73 @@ class Engine:
             AdapterCapacityError: A running request uses it.
         """
         self._require_adapters().remove(name)
+
+    def merge_adapters(
+        self,
+        name: str,
+        weights: Mapping[str, float],
+        *,
+        combination: Literal["linear", "cat", "ties", "dare_linear", "dare_ties"] = "cat",
+        output_dir: str | os.PathLike[str] | None = None,
+        register: bool = True,
+        density: float | None = None,
+        seed: int = 0,
+        majority_sign_method: Literal["total", "frequency"] = "total",
+    ) -> Path:
+        """Write a weighted combination of registered adapters as a new adapter folder.
+
+        The folder is a PEFT LoRA adapter plus ``openledger_manifest.json`` naming the
+        sources and weights (see :func:`openledger.serve.merge_adapters`); it is registered
+        under ``name`` when ``register``.
+
+        Args:
+            name: Name of the merged adapter (registered under it when ``register``).
+            weights: ``{adapter name: weight}`` in merge order.
+            combination: ``"cat"`` (exact: the same update as the per-request mix),
+                ``"linear"``, ``"ties"``, ``"dare_linear"`` or ``"dare_ties"``.
+            output_dir: A new or empty folder; default a new temporary folder.
+            register: Register the result under ``name``.
+            density: Kept fraction for ``ties`` and ``dare_*``, in ``(0, 1]``.
+            seed: Seed of DARE's random pruning.
+            majority_sign_method: TIES sign election, ``"total"`` or ``"frequency"``.
+
+        Returns:
+            The written folder.
+
+        Raises:
+            ConfigError: No adapters served, ``name`` taken or invalid, or a bad merge
+                argument; nothing is written.
+            AdapterNotFoundError: A source is not registered.
+            AdapterMismatchError: Ranks differ on a module (all but ``cat``), or the sources
+                name different base weights.
+        """
+        import tempfile
+
+        from openledger.serve.adapters.merge import merge_adapters
+
+        store = self._require_adapters()
+        if register:
+            if name in store:
+                raise ConfigError(f"adapter {name!r} is registered; remove_adapter({name!r}) first")
+            if not name or any(c in name for c in "*+"):
+                raise ConfigError(f"adapter name {name!r} must be non-empty, without '*' or '+'")
+        folder = (
+            Path(output_dir)
+            if output_dir is not None
+            else Path(tempfile.mkdtemp(prefix="openledger-merged-")) / "adapter"
+        )
+        path = merge_adapters(
+            store,
+            weights,
+            folder,
+            combination=combination,
+            density=density,
+            seed=seed,
+            majority_sign_method=majority_sign_method,
+        )
+        if register:
+            store.add(name, path)
+        return path
 
     def _adapter_store(self) -> AdapterStore | None:
         from openledger.serve.adapters import AdapterStore
@@ -375,3 +470,15 @@ class Engine:
         if len(per_prompt) != len(batch):
             raise InvalidRequestError(f"{len(per_prompt)} SamplingParams for {len(batch)} prompts")
         return per_prompt
+
+
+def _with_adapter(params: SamplingParams | None, adapter: AdapterChoice | None) -> SamplingParams:
+    """``params`` with ``adapter`` set (it must not contradict an adapter already set)."""
+    params = params or SamplingParams()
+    if adapter is None:
+        return params
+    if params.adapter is not None and params.adapter != adapter:
+        raise InvalidRequestError(
+            f"adapter={adapter!r} contradicts SamplingParams(adapter={params.adapter!r})"
+        )
+    return dataclasses.replace(params, adapter=adapter)

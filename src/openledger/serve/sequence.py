@@ -11,6 +11,8 @@ from openledger.serve.params import SamplingParams
 __all__ = ["FinishReason", "Sequence", "SequenceStatus"]
 
 FinishReason = Literal["stop", "length", "abort"]
+"""Why a request finished: ``"stop"`` (EOS, a stop token or stop string), ``"length"``
+(max tokens or the context), ``"abort"`` (cancelled)."""
 
 
 class SequenceStatus(enum.Enum):
