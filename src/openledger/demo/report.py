@@ -142,7 +142,7 @@ def _answer_block(answer: DemoAnswer) -> str:
     )
     shares = ""
     if answer.shares:
-        method = "citations" if answer.retrieval else "influence (datainf)"
+        method = "context ablation (leave-one-out)" if answer.retrieval else "influence (exact)"
         ordered = dict(sorted(answer.shares.items(), key=lambda kv: -kv[1]))
         note = f" — taught by <b>{_esc(answer.teacher)}</b>" if answer.teacher else ""
         shares = f"<p>Contributor shares by {method}{note}:</p>" + bar_chart(

@@ -86,6 +86,7 @@ class DemoAnswer:
         citations: ``(number, record hash, contributor name)`` for each citation.
         shares: Contributor name -> attribution share (influence or citations).
         teacher: The contributor whose records teach the answer, if the demo knows one.
+        expected: A fragment of the answer the teacher's records give.
     """
 
     question: str
@@ -97,6 +98,7 @@ class DemoAnswer:
     citations: list[tuple[int, str, str]] = field(default_factory=list)
     shares: dict[str, float] = field(default_factory=dict)
     teacher: str | None = None
+    expected: str | None = None
 
 
 @dataclass
@@ -193,6 +195,8 @@ def _quiet() -> Iterator[None]:
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    # NOTE: bm25s sets its own logger to DEBUG when imported: import it before quieting.
+    importlib.import_module("bm25s")
     loggers = {name: logging.getLogger(name) for name in ("bm25s", "httpx")}
     levels = {name: logger.level for name, logger in loggers.items()}
     for logger in loggers.values():

@@ -43,8 +43,8 @@ _FULL = _Settings(
         "r": 16,
         "alpha": 32,
         "dropout": 0.0,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-        "learning_rate": 2e-3,
+        "target_modules": "all-linear",
+        "learning_rate": 4e-3,
         "epochs": 3,
         "batch_size": 8,
         "max_length": 128,
@@ -281,6 +281,7 @@ class Stages:
             tokens,
             time.perf_counter() - started,
             teacher=question.teacher or None,
+            expected=question.expected or None,
         )
         self.result.answers.append(answer)
         return answer
@@ -293,7 +294,7 @@ class Stages:
 
         assert self.engine is not None
         model, tokenizer = load_base_model(self.result.base_model)
-        params = SamplingParams(max_tokens=self.config.max_tokens + 24)
+        params = SamplingParams(max_tokens=self.config.max_tokens + 24, repetition_penalty=1.15)
         for dataset in self.datasets:
             question = dataset.rag_question
             retriever = Retriever(self.snapshots[dataset.name])
@@ -304,7 +305,7 @@ class Stages:
                 found, model, tokenizer, num_ablations=self.settings.num_ablations
             )
             self._say(f"[base + retrieval] user> {question.text}")
-            self._say(f"[base + retrieval] assistant> {found.text}")
+            self._say(f"[base + retrieval] assistant> {_one_line(found.text)}")
             citations = [
                 (c.number, str(c.record_hash), self.name_of(c.contributor)) for c in found.citations
             ]
@@ -314,9 +315,11 @@ class Stages:
                 self._say(
                     f"  [{number}] {cited} {self.name_of(passage.contributor):<6} "
                     f"{passage.record_hash[:12]}... leave-one-out {loo:+.2f} "
-                    f"{passage.text[:60]!r}"
+                    f"{_one_line(passage.text)[:70]}"
                 )
-            report = found.report()
+            # NOTE: a 135M model rarely writes [n] markers, so rewards follow what the answer
+            # really used: each passage's leave-one-out effect (negative effects never pay).
+            report = found.report(list(ablation.leave_one_out), method="context ablation")
             tokens = len(tokenizer(found.text)["input_ids"])
             answer = DemoAnswer(
                 question.text,
@@ -327,13 +330,16 @@ class Stages:
                 retrieval=True,
                 citations=citations,
                 teacher=question.teacher,
+                expected=question.expected,
             )
             answer.shares = {self.name_of(a): s for a, s in report.contributor_shares().items()}
             self.result.answers.append(answer)
             if answer.shares:
                 self.reports.append((answer, report))
+                shown = ", ".join(f"{n} {v:.0%}" for n, v in sorted(answer.shares.items()))
+                self._say(f"  context-ablation shares: {shown}")
             else:
-                self._say("  (the answer cites no source: no citation reward for it)")
+                self._say("  no retrieved record helped this answer: no reward for it")
 
     def attribute(self) -> None:
         """Influence of each training record on each adapter answer; shares by contributor."""
@@ -344,13 +350,13 @@ class Stages:
             index: InfluenceIndex = InfluenceIndex.build(
                 self.runs[dataset.name].adapter,
                 self.snapshots[dataset.name],
-                method="datainf",
+                method="exact",
                 output_dir=self.folder / "index" / dataset.name,
                 projection_dim=self.settings.projection_dim,
                 progress=self.config.progress,
             )
             self._say(
-                f"{dataset.name}: datainf index of {len(index)} records built in "
+                f"{dataset.name}: influence index (exact) of {len(index)} records built in "
                 f"{time.perf_counter() - started:.0f} s"
             )
             for answer in self.result.answers:
@@ -361,11 +367,9 @@ class Stages:
                 self.reports.append((answer, report))
                 top = sorted(answer.shares.items(), key=lambda kv: -kv[1])
                 shown = ", ".join(f"{n} {s:.0%}" for n, s in top[:4])
-                mark = ""
+                self._say(f"{answer.question!r}: {shown}")
                 if answer.teacher:
-                    agrees = top and top[0][0] == answer.teacher
-                    mark = f" (taught by {answer.teacher}: {'top share' if agrees else 'not top'})"
-                self._say(f"{answer.question!r}: {shown}{mark}")
+                    self._say("  " + _verdict(answer, top[0][0] if top else None))
 
     def settle(self) -> None:
         """One epoch over every attributed answer; each payee claims with its own key."""
@@ -423,6 +427,22 @@ class Stages:
         total = sum(self.result.timings.values())
         self.console.write(f"\nreport: {self.result.report_path} (demo ran {total:.0f} s)")
         return self.result
+
+
+def _verdict(answer: DemoAnswer, top: str | None) -> str:
+    """Say whether the answer states the teacher's fact and who got the top share."""
+    teacher, expected = answer.teacher, answer.expected
+    if expected and expected in answer.text:
+        result = f"and {teacher} gets the top share" if top == teacher else f"but {top} is on top"
+        return f"the answer states {teacher}'s fact ({expected}), {result}"
+    return (
+        f"the answer does not state {teacher}'s fact ({expected}): the adapter has not "
+        "learned it in this short run, so the shares follow the records it did draw on"
+    )
+
+
+def _one_line(text: str) -> str:
+    return " / ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _losses(history: list[dict[str, float]]) -> list[dict[str, float]]:
