@@ -85,6 +85,13 @@ def test_a_split_renders_as_an_html_table_of_payees_roles_and_total() -> None:
     assert page.index(address(0)) < page.index(address(1))  # largest payout first
 
 
+def test_fees_that_take_the_whole_pool_still_list_the_contributors_at_zero() -> None:
+    policy = RewardPolicy(developer_bps=10_000, developer=address(99))
+    split = split_rewards([report({0: [1.0], 1: [2.0]})], 1, policy)
+    assert split.contributors == {address(0): 0, address(1): 0}
+    assert split.payouts == {address(99): 1}
+
+
 weights = st.dictionaries(
     st.integers(0, 30), st.lists(st.floats(-5, 5), min_size=1, max_size=3), min_size=1, max_size=8
 )

@@ -199,7 +199,8 @@ def split_rewards(
         raise AttributionInputError(
             "no contributor has a positive share in these reports; nothing is paid"
         )
-    contributors = largest_remainder(weights, rest) if rest > 0 else {}
+    # NOTE: every positive-weight contributor is listed, with 0 wei when the fees take all.
+    contributors = largest_remainder(weights, rest)
     return RewardSplit(
         Wei(pool), contributors, Wei(developer), Wei(protocol), _reputation(reports), rules
     )

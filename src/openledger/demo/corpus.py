@@ -75,7 +75,7 @@ _DATASETS = (
             DemoQuestion("When does the first Blue Ferry leave?", "alice", "5:40"),
             DemoQuestion("How much is a day pass in Port Almera?", "dave", "7 marks"),
         ),
-        DemoQuestion("Where does night bus N3 go?", "carol", "University Hill"),
+        DemoQuestion("Where does night bus N3 go?", "carol", "from Quay 2 to University Hill"),
     ),
     (
         "greenhollow-garden",
