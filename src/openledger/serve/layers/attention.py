@@ -9,6 +9,7 @@ from torch import nn
 
 from openledger.serve.batch import BatchMetadata
 from openledger.serve.ops import reference
+from openledger.serve.ops.step_attention import DecodeFn, step_attention
 
 __all__ = ["AttentionBackend", "PagedAttention"]
 
@@ -19,8 +20,11 @@ class PagedAttention(nn.Module):
     """Attention over a paged KV cache for one layer.
 
     The model runner binds ``k_cache`` / ``v_cache`` (``[num_blocks, block_size, kv_heads,
-    dim]``) before the first step. Prefill always takes the reference path (gather +
-    SDPA); decode takes the Triton kernel when ``backend == "triton"``.
+    dim]``) before the first step. With a step plan (:attr:`BatchMetadata.attention`, built
+    once per step by the runner) prompt chunks and decode rows run batched together
+    (:func:`openledger.serve.ops.step_attention.step_attention`); without one, prefill takes
+    the reference path (gather + SDPA). Decode rows take the Triton kernel when
+    ``backend == "triton"``.
 
     Args:
         num_heads: Query heads.
@@ -58,6 +62,17 @@ class PagedAttention(nn.Module):
             ``[T, heads, dim]``.
         """
         reference.store_kv(key, value, self.k_cache, self.v_cache, batch.slot_mapping)
+        if batch.attention is not None:
+            # NOTE: a step plan (mixed prompt chunks and decode rows) shared by all layers.
+            return step_attention(
+                query,
+                self.k_cache,
+                self.v_cache,
+                batch.attention,
+                scale=self.scale,
+                sliding_window=self.sliding_window,
+                decode=self._decode_kernel(),
+            )
         if batch.is_prefill:
             return reference.prefill_attention(
                 query,
@@ -71,11 +86,7 @@ class PagedAttention(nn.Module):
                 key=key,
                 value=value,
             )
-        decode = reference.decode_attention
-        if self.backend == "triton":
-            from openledger.serve.ops.triton_attention import paged_decode_attention
-
-            decode = paged_decode_attention
+        decode = self._decode_kernel() or reference.decode_attention
         return decode(
             query,
             self.k_cache,
@@ -85,3 +96,11 @@ class PagedAttention(nn.Module):
             scale=self.scale,
             sliding_window=self.sliding_window,
         )
+
+    def _decode_kernel(self) -> DecodeFn | None:
+        """The Triton paged decode kernel with ``backend="triton"``, else None (reference)."""
+        if self.backend != "triton":
+            return None
+        from openledger.serve.ops.triton_attention import paged_decode_attention
+
+        return paged_decode_attention

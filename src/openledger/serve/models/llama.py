@@ -17,45 +17,12 @@ from openledger.serve.layers.linear import Linear
 from openledger.serve.layers.norm import RMSNorm
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
-from openledger.serve.ops import reference
-from openledger.serve.ops.step_attention import DecodeFn, step_attention
 
-__all__ = ["LlamaForCausalLM", "StepAttention"]
+__all__ = ["LlamaForCausalLM"]
 
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[no-untyped-call]
     torch.ops.mkldnn, "_linear_pointwise"
 )
-
-
-class StepAttention(PagedAttention):
-    """Paged attention over a step's plan (:attr:`BatchMetadata.attention`).
-
-    Mixed steps (prompt chunks beside decode tokens) run batched: one SDPA for the decode
-    rows (or the Triton kernel, with ``backend="triton"``) and one per group of prompt
-    rows. Without a plan it falls back to :class:`PagedAttention` (prefill or decode).
-    """
-
-    def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, batch: BatchMetadata
-    ) -> torch.Tensor:
-        """Attend ``query [T, heads, dim]`` given the new ``key``/``value [T, kv_heads, dim]``."""
-        if batch.attention is None:
-            return super().forward(query, key, value, batch)
-        reference.store_kv(key, value, self.k_cache, self.v_cache, batch.slot_mapping)
-        decode: DecodeFn | None = None
-        if self.backend == "triton":
-            from openledger.serve.ops.triton_attention import paged_decode_attention
-
-            decode = paged_decode_attention
-        return step_attention(
-            query,
-            self.k_cache,
-            self.v_cache,
-            batch.attention,
-            scale=self.scale,
-            sliding_window=self.sliding_window,
-            decode=decode,
-        )
 
 
 class LlamaAttention(nn.Module):
@@ -71,7 +38,7 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = Linear(config.hidden_size, (q_size, kv_size, kv_size), bias=config.qkv_bias)
         self.o_proj = Linear(q_size, (config.hidden_size,), bias=config.o_bias)
         self.rotary = rotary
-        self.attn = StepAttention(
+        self.attn = PagedAttention(
             config.num_heads,
             config.num_kv_heads,
             config.head_dim,
