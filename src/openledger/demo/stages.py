@@ -33,7 +33,6 @@ def demo_account(name: str) -> Account:
 class _Settings:
     records_per_contributor: int | None
     recipe: dict[str, Any]
-    projection_dim: int | None
     num_ablations: int
 
 
@@ -51,7 +50,6 @@ _FULL = _Settings(
         "warmup_ratio": 0.05,
         "seed": 0,
     },
-    projection_dim=None,
     num_ablations=8,
 )
 _FAST = _Settings(
@@ -67,7 +65,6 @@ _FAST = _Settings(
         "max_length": 96,
         "seed": 0,
     },
-    projection_dim=None,
     num_ablations=4,
 )
 
@@ -289,6 +286,7 @@ class Stages:
     def rag(self) -> None:
         """Base model answers from retrieved records, citing them; context ablation."""
         from openledger.attribution import Retriever, context_ablation, rag_answer
+        from openledger.attribution.rag import build_messages
         from openledger.models import load_base_model
         from openledger.serve import SamplingParams
 
@@ -320,7 +318,14 @@ class Stages:
             # NOTE: a 135M model rarely writes [n] markers, so rewards follow what the answer
             # really used: each passage's leave-one-out effect (negative effects never pay).
             report = found.report(list(ablation.leave_one_out), method="context ablation")
-            tokens = len(tokenizer(found.text)["input_ids"])
+            # NOTE: billed like the engine's own answers: prompt (with the sources) + completion.
+            prompt: Any = tokenizer.apply_chat_template(
+                build_messages(question.text, found.passages),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )
+            tokens = len(prompt["input_ids"]) + len(tokenizer(found.text)["input_ids"])
             answer = DemoAnswer(
                 question.text,
                 None,
@@ -352,7 +357,6 @@ class Stages:
                 self.snapshots[dataset.name],
                 method="exact",
                 output_dir=self.folder / "index" / dataset.name,
-                projection_dim=self.settings.projection_dim,
                 progress=self.config.progress,
             )
             self._say(
