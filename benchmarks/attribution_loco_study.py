@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _machine import describe_machine  # benchmarks/ is the script folder
+from _scratch import scratch_dir
 from attribution_quality import QUERIES, groups, losses
 from tests.attribution.conftest import make_snapshot, recipe, train
 from tests.attribution.test_attribution_quality import spearman
@@ -148,7 +148,7 @@ def main() -> None:
 
     print(f"machine: {describe_machine('1 torch thread')}")
     started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="attr-loco-"))
+    work = scratch_dir("attr-loco-")
     base = save_tiny_model(work / "llama", "llama", seed=1, initializer_range=0.3)
     print("| steps | mean query loss | mean |rise| | method | variant | LOCO Spearman |")
     print("|---|---|---|---|---|---|")

@@ -27,7 +27,6 @@ import argparse
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _machine import describe_machine  # benchmarks/ is the script folder
+from _scratch import scratch_dir
 from tests.attribution.conftest import make_snapshot, train
 from tests.attribution.test_attribution_quality import pearson, spearman
 
@@ -125,7 +125,7 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="attr-quality-"))
+    work = scratch_dir("attr-quality-")
     base = save_tiny_model(work / "llama", "llama", seed=1, initializer_range=0.3)
     accounts = [Account.from_key(bytes([i + 1]) * 32) for i in range(5)]
     parts = groups()

@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from _machine import describe_machine  # benchmarks/ is the script folder
+from _scratch import scratch_dir
 
 
 def machine() -> str:
@@ -87,7 +87,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Path]:
     from openledger.attribution import InfluenceIndex
     from openledger.train import LoraRecipe, finetune
 
-    work = Path(tempfile.mkdtemp(prefix="attr-speed-"))
+    work = scratch_dir("attr-speed-")
     print(f"work folder: {work}")
     snapshot = datanet_snapshot(work / "dn", args.records)
     recipe = LoraRecipe(

@@ -24,14 +24,13 @@ import functools
 import itertools
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 if "--cpu-smoke" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch
+from _scratch import scratch_dir
 
 from openledger.serve.layers.lora import LORA_BACKEND_ENV
 from openledger.serve.ops.lora_batched import BatchedPlan, add_lora_batched, stack_group_weights
@@ -145,7 +144,7 @@ def engine_throughput(layers: int) -> None:
     from openledger.models import tiny_config, tiny_tokenizer
     from openledger.serve import Engine, EngineConfig, SamplingParams
 
-    root = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    root = scratch_dir("gpu-check-")
     config = tiny_config("llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                          num_key_value_heads=8, num_hidden_layers=layers, vocab_size=128256,
                          max_position_embeddings=8192, head_dim=128)  # fmt: skip
@@ -192,7 +191,7 @@ def smoke_engine() -> bool:
     from openledger.models import save_tiny_model
     from openledger.serve import Engine, EngineConfig, SamplingParams
 
-    root = Path(tempfile.mkdtemp(prefix="gpu-check-smoke-"))
+    root = scratch_dir("gpu-check-smoke-")
     base = save_tiny_model(root / "base", "llama", seed=4)
     for index, targets in enumerate((TARGETS, ["q_proj", "v_proj"])):
         torch.manual_seed(index)

@@ -16,10 +16,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from _machine import describe_machine  # benchmarks/ is the script folder
+from _scratch import scratch_dir
 
 ALIAS = "smollm2-135m-instruct"
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    env = {**os.environ, "OPENLEDGER_HOME": tempfile.mkdtemp(prefix="ol-bench-")}
+    env = {**os.environ, "OPENLEDGER_HOME": str(scratch_dir("ol-bench-"))}
     env["TRANSFORMERS_VERBOSITY"] = "error"
     print(f"machine: {_machine()}")
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _scratch import scratch_dir
 from serve_throughput import NEW_TOKENS, Timing, clock, machine, prompts, run_hf, run_ours, since
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -192,7 +192,7 @@ def main() -> None:
     if args.threads:  # NOTE: on a loaded machine one thread avoids contended thread pools
         torch.set_num_threads(args.threads)
     folder = str(resolve_model(args.model).path)
-    root = Path(tempfile.mkdtemp(prefix="serve-adapters-"))
+    root = scratch_dir("serve-adapters-")
     adapters = make_adapters(folder, root)
     texts = prompts()
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")

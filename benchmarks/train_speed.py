@@ -27,12 +27,12 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from _machine import describe_machine  # benchmarks/ is the script folder
+from _scratch import scratch_dir
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 TRAIN = {"batch_size": 4, "learning_rate": 1e-3, "max_length": 128, "seed": 0}
@@ -90,7 +90,7 @@ def worker_ours(
     from openledger.data import Datanet, InstructionRecord
     from openledger.train import LoraRecipe, finetune
 
-    folder = Path(tempfile.mkdtemp(prefix="ol-train-bench-"))
+    folder = scratch_dir("ol-train-bench-")
     datanet = Datanet.create(folder / "dn", name="bench", schema=InstructionRecord)
     datanet.contribute(rows, contributor=Account.create())
     snapshot = datanet.snapshot()
@@ -158,7 +158,7 @@ def worker_plain(
     model = get_peft_model(model, config)
     examples = plain_examples(tokenizer, rows, int(TRAIN["max_length"]))
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="plain-train-bench-"),
+        output_dir=str(scratch_dir("plain-train-bench-")),
         per_device_train_batch_size=int(TRAIN["batch_size"]),
         learning_rate=float(TRAIN["learning_rate"]),
         num_train_epochs=1,
@@ -217,7 +217,7 @@ def main() -> None:
         figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))
         return
-    data_file = Path(tempfile.mkdtemp(prefix="train-bench-")) / "rows.json"
+    data_file = scratch_dir("train-bench-") / "rows.json"
     data_file.write_text(json.dumps({"rows": make_rows(args.records, 1), "held": make_rows(24, 2)}))
     results: dict[str, list[dict[str, float]]] = {"ours": [], "plain": []}
     for i in range(args.repeats):

@@ -36,10 +36,8 @@ FACTS = [
 
 
 @pytest.fixture(scope="module")
-def facts() -> Iterator[tuple[Snapshot, list[Account]]]:
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="rag-"))
+def facts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Snapshot, list[Account]]]:
+    folder = tmp_path_factory.mktemp("rag")
     accounts = [Account.create() for _ in FACTS]
     datanet = Datanet.create(folder / "dn", name="facts", schema=InstructionRecord)
     for (question, reply), account in zip(FACTS, accounts, strict=True):

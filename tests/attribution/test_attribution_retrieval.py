@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +24,8 @@ FACTS = [
 
 
 @pytest.fixture(scope="module")
-def facts() -> Iterator[Snapshot]:
-    folder = Path(tempfile.mkdtemp(prefix="retrieval-"))
+def facts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snapshot]:
+    folder = tmp_path_factory.mktemp("retrieval")
     datanet = Datanet.create(folder / "dn", name="facts", schema=InstructionRecord)
     for question, reply in FACTS:
         record = {"instruction": question, "response": reply}

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -75,6 +76,7 @@ class Engine:
         self._aborted: list[RequestOutput] = []
         self._ids = itertools.count()
         self._uses: dict[int, AdapterUse] = {}
+        self._merged_folders: list[tempfile.TemporaryDirectory[str]] = []
         self.adapters = self._adapter_store()
 
     def add_request(
@@ -315,7 +317,8 @@ class Engine:
             weights: ``{adapter name: weight}`` in merge order.
             combination: ``"cat"`` (exact: the same update as the per-request mix),
                 ``"linear"``, ``"ties"``, ``"dare_linear"`` or ``"dare_ties"``.
-            output_dir: A new or empty folder; default a new temporary folder.
+            output_dir: A new or empty folder; default a temporary folder removed with the
+                engine.
             register: Register the result under ``name``.
             density: Kept fraction for ``ties`` and ``dare_*``, in ``(0, 1]``.
             seed: Seed of DARE's random pruning.
@@ -331,8 +334,6 @@ class Engine:
             AdapterMismatchError: Ranks differ on a module (all but ``cat``), or the sources
                 name different base weights.
         """
-        import tempfile
-
         from openledger.serve.adapters.merge import merge_adapters
 
         store = self._require_adapters()
@@ -341,11 +342,12 @@ class Engine:
                 raise ConfigError(f"adapter {name!r} is registered; remove_adapter({name!r}) first")
             if not name or any(c in name for c in "*+"):
                 raise ConfigError(f"adapter name {name!r} must be non-empty, without '*' or '+'")
-        folder = (
-            Path(output_dir)
-            if output_dir is not None
-            else Path(tempfile.mkdtemp(prefix="openledger-merged-")) / "adapter"
-        )
+        if output_dir is not None:
+            folder = Path(output_dir)
+        else:  # lives as long as the engine: the registered adapter is read from it
+            tmp = tempfile.TemporaryDirectory(prefix="openledger-merged-")
+            self._merged_folders.append(tmp)
+            folder = Path(tmp.name) / "adapter"
         path = merge_adapters(
             store,
             weights,

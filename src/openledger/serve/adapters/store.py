@@ -74,7 +74,8 @@ class AdapterStore:
         dtype: Dtype the weights are served in.
         device: Where the slots live.
         max_host_bytes: Host memory for loaded adapters; least recently used go first.
-        cache_dir: Where downloaded archives are kept; a temporary folder when None.
+        cache_dir: Where downloaded archives are kept; when None, a temporary folder that
+            is removed with the store.
         http_client: httpx client for URL sources (tests inject a MockTransport).
         base_weights_hash: Returns the base model's weights hash (compared with adapter
             manifests); called once, on the first adapter with a manifest.
@@ -98,7 +99,12 @@ class AdapterStore:
         self.device = device
         self.max_host_bytes = max_host_bytes
         self.slots: SlotTable[str] = SlotTable(state.num_slots)
-        self._cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="openledger-adapters-"))
+        # Downloaded archives live in cache_dir, or in a private folder removed with the store.
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if cache_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="openledger-adapters-")
+            cache_dir = self._tmp.name
+        self._cache_dir = Path(cache_dir)
         self._http = http_client
         self._hash_fn = base_weights_hash
         self._base_hash: str | None = None
