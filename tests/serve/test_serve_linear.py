@@ -1,11 +1,17 @@
-"""Fused projections: slice loading, shape checks, and the output hook adapters use."""
+"""Served layers: fused projections (slices, packed weights, the adapter hook), norm, rotary."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from openledger.serve.layers.linear import Linear
+from openledger.serve.layers.linear import PACKING_ENV, Linear, PackedWeight
+from openledger.serve.layers.norm import RMSNorm
+from openledger.serve.layers.rotary import RotaryEmbedding
+from openledger.serve.models.config import RopeConfig
 
 
 def test_slices_load_into_one_fused_matmul() -> None:
@@ -32,3 +38,76 @@ def test_output_hook_sees_input_and_updates_output() -> None:
     linear.lora = AddRowSum()
     x = torch.arange(6.0).view(2, 3)
     torch.testing.assert_close(linear(x), torch.tensor([[3.0, 3.0], [12.0, 12.0]]))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 16, 200])
+def test_packed_projection_matches_the_plain_matmul(bias: bool, rows: int) -> None:
+    linear = Linear(96, (64, 32), bias=bias)
+    linear.load_slice("weight", torch.randn(64, 96), 0)
+    linear.load_slice("weight", torch.randn(32, 96), 1)
+    if bias:
+        linear.load_slice("bias", torch.randn(32), 1)
+    x = torch.randn(rows, 96)
+    torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias))
+
+
+def test_packed_copy_follows_reloaded_weights_and_can_be_switched_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    linear = Linear(8, (4,))
+    linear.load_slice("weight", torch.ones(4, 8))
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(linear(x), x.sum(-1, keepdim=True).expand(3, 4))
+    linear.load_slice("weight", torch.zeros(4, 8))  # written through .data: repacked
+    assert torch.count_nonzero(linear(x)) == 0
+    with torch.no_grad():
+        linear.weight.fill_(2.0)  # an in-place write bumps the version: repacked
+    torch.testing.assert_close(linear(x), 2 * x.sum(-1, keepdim=True).expand(3, 4))
+    monkeypatch.setenv(PACKING_ENV, "0")
+    assert torch.equal(linear(x), F.linear(x, linear.weight))
+
+
+def test_packed_weight_leaves_other_dtypes_and_shapes_to_the_plain_matmul() -> None:
+    weight = torch.randn(6, 5, dtype=torch.float64)
+    x = torch.randn(2, 5, dtype=torch.float64)
+    assert torch.equal(PackedWeight().linear(x, weight, None), F.linear(x, weight))
+    weight32, x3d = torch.randn(6, 5), torch.randn(2, 3, 5)
+    assert torch.equal(PackedWeight().linear(x3d, weight32, None), F.linear(x3d, weight32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    width=st.sampled_from([1, 7, 64, 576, 1536]),
+    eps=st.sampled_from([1e-5, 1e-6]),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_fused_rms_norm_is_bit_for_bit_the_float32_formula(
+    rows: int, width: int, eps: float, scale: float
+) -> None:
+    norm = RMSNorm(width, eps)
+    norm.weight.data.copy_(torch.randn(width))
+    x = torch.randn(rows, width) * scale
+    expected = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    assert torch.equal(norm(x), expected)
+    half = x.to(torch.bfloat16)  # other dtypes keep the explicit float32 formula
+    x32 = half.float()
+    manual = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(
+        torch.bfloat16
+    )
+    assert torch.equal(norm(half), manual)
+
+
+@pytest.mark.parametrize("rope", [RopeConfig(), RopeConfig(theta=500000.0)])
+def test_rotary_over_query_and_key_heads_is_the_rotate_half_formula(rope: RopeConfig) -> None:
+    dim, heads = 64, 12
+    rotary = RotaryEmbedding(dim, 256, rope)
+    positions = torch.tensor([0, 5, 17, 255, 3])
+    x = torch.randn(5, heads, dim)
+    cos, sin = rotary.cos_sin[:, positions][:, :, None, :]
+    rotate_half = torch.cat((-x[..., dim // 2 :], x[..., : dim // 2]), dim=-1)
+    assert torch.equal(rotary(positions, x), x * cos + rotate_half * sin)
+    other = torch.tensor([1, 1, 1, 1, 1])  # a new step's positions: looked up again
+    cos, sin = rotary.cos_sin[:, other][:, :, None, :]
+    assert torch.equal(rotary(other, x), x * cos + rotate_half * sin)

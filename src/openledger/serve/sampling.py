@@ -91,19 +91,30 @@ def sample(
     """
     logits = logits.float()
     banned = banned or [frozenset()] * len(params)
-    plain = not any(banned) and all(p.greedy and p.repetition_penalty == 1.0 for p in params)
+    token_ids = [0] * len(params)
+    # Greedy rows without a repetition penalty: one argmax for all of them, bans applied
+    # as -inf (EOS before min_tokens); the rest one row at a time.
+    plain = [row for row, p in enumerate(params) if p.greedy and p.repetition_penalty == 1.0]
     if plain:
-        argmax: list[int] = logits.argmax(dim=-1).tolist()
-        return SampledTokens(argmax, _logprobs(logits, params, argmax))
-    token_ids: list[int] = []
+        rows = logits if len(plain) == len(params) else logits[plain]
+        bans = [(i, token) for i, row in enumerate(plain) for token in sorted(banned[row])]
+        if bans:
+            rows = rows.clone() if rows is logits else rows
+            at_row, at_token = zip(*bans, strict=True)
+            rows[list(at_row), list(at_token)] = float("-inf")
+        for row, token in zip(plain, rows.argmax(dim=-1).tolist(), strict=True):
+            token_ids[row] = token
+    done = set(plain)
     for row, row_params in enumerate(params):
+        if row in done:
+            continue
         penalised = apply_repetition_penalty(
             logits[row], histories[row], row_params.repetition_penalty
         )
         if banned[row]:
             index = _index(banned[row], logits.device)
             penalised = penalised.index_fill(0, index, float("-inf"))
-        token_ids.append(_pick(penalised, row_params, steps[row], generator))
+        token_ids[row] = _pick(penalised, row_params, steps[row], generator)
     return SampledTokens(token_ids, _logprobs(logits, params, token_ids))
 
 

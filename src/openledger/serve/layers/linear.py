@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -9,7 +10,63 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "OutputHook"]
+__all__ = ["Linear", "OutputHook", "PackedWeight"]
+
+_HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[no-untyped-call]
+    torch.ops.mkldnn, "_linear_pointwise"
+)
+PACKING_ENV = "OPENLEDGER_ONEDNN"
+"""Set to ``0`` to keep every CPU projection on the default GEMM (no packed copies)."""
+
+
+class PackedWeight:
+    """A CPU fp32 weight ``[out, in]`` in oneDNN's blocked layout, packed on first use.
+
+    NOTE: at the token counts of decode steps (a few to a few hundred rows), oneDNN's
+    kernel over a pre-packed weight streams the weight faster than the default GEMM over
+    the row-major one (benchmarks/RESULTS.md, Serving). It costs a second copy of the
+    weight. Packed lazily, again when the weight's storage or version changes (call
+    :meth:`invalidate` after writing through ``.data``); on GPU, other dtypes, without
+    oneDNN or with ``OPENLEDGER_ONEDNN=0`` it is unused.
+    """
+
+    __slots__ = ("_key", "_packed")
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._packed: torch.Tensor | None = None
+
+    def invalidate(self) -> None:
+        """Forget the packed copy; the next :meth:`linear` packs again."""
+        self._key = None
+        self._packed = None
+
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``x W^T + b``, through the packed weight where it applies."""
+        packed = self._get(weight) if x.dim() == 2 and x.dtype == torch.float32 else None
+        if packed is None:
+            return F.linear(x, weight, bias)
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return out
+
+    def _get(self, weight: torch.Tensor) -> torch.Tensor | None:
+        if (
+            not _HAS_ONEDNN
+            or weight.device.type != "cpu"
+            or weight.dtype != torch.float32
+            or os.environ.get(PACKING_ENV, "1") == "0"
+        ):
+            return None
+        key = (weight.data_ptr(), weight._version)
+        if self._key != key:
+            self._key = key
+            try:
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+            except (RuntimeError, AttributeError):  # pragma: no cover - torch without oneDNN
+                self._packed = None
+        return self._packed
 
 
 class OutputHook(Protocol):
@@ -44,6 +101,7 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(total, input_size), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(total), requires_grad=False) if bias else None
         self.lora: OutputHook | None = None
+        self.packed = PackedWeight()
 
     def load_slice(self, param_name: str, tensor: torch.Tensor, index: int = 0) -> None:
         """Copy a checkpoint tensor into slice ``index`` of ``weight`` or ``bias``.
@@ -61,10 +119,11 @@ class Linear(nn.Module):
                 f"got {tuple(tensor.shape)}"
             )
         target.copy_(tensor)
+        self.packed.invalidate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``[T, input_size]`` to ``[T, sum(output_sizes)]``."""
-        out = F.linear(x, self.weight, self.bias)
+        out = self.packed.linear(x, self.weight, self.bias)
         if self.lora is not None:
             self.lora.apply(out, x)
         return out

@@ -59,19 +59,22 @@ class RotaryEmbedding(nn.Module):
         self._positions: torch.Tensor | None = None
         self._cos_sin_at = torch.empty(0)
 
-    def forward(
-        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate ``query [T, heads, dim]`` and ``key [T, kv_heads, dim]``."""
-        # NOTE: one module serves every layer; look the step's positions up once.
-        if positions is not self._positions or self._cos_sin_at.dtype != query.dtype:
+    def forward(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Rotate ``heads [T, n, dim]`` (the query and key heads side by side) at ``positions``.
+
+        Returns:
+            A new ``[T, n, dim]`` tensor.
+        """
+        # NOTE: one module serves every layer; look the step's positions up once, with the
+        # sign of rotate_half folded into the sine: x*cos + cat(x2, x1)*(-sin1, sin2) is
+        # bit for bit x*cos + cat(-x2, x1)*sin, in four ops for all query and key heads.
+        if positions is not self._positions or self._cos_sin_at.dtype != heads.dtype:
             self._positions = positions
-            self._cos_sin_at = self.cos_sin[:, positions].to(query.dtype)[:, :, None, :]
-        cos, sin = self._cos_sin_at
-        return _rotate(query, cos, sin), _rotate(key, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+            cos, sin = self.cos_sin[:, positions].to(heads.dtype)[:, :, None, :]
+            half = sin.shape[-1] // 2
+            signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+            self._cos_sin_at = torch.stack((cos, signed))
+        cos, signed_sin = self._cos_sin_at
+        out: torch.Tensor = heads * cos
+        out += heads.roll(heads.shape[-1] // 2, dims=-1) * signed_sin
+        return out

@@ -13,16 +13,12 @@ from torch import nn
 
 from openledger.serve.batch import BatchMetadata
 from openledger.serve.layers.attention import AttentionBackend, PagedAttention
-from openledger.serve.layers.linear import Linear
+from openledger.serve.layers.linear import Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
 
 __all__ = ["LlamaForCausalLM"]
-
-_HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[no-untyped-call]
-    torch.ops.mkldnn, "_linear_pointwise"
-)
 
 
 class LlamaAttention(nn.Module):
@@ -48,11 +44,14 @@ class LlamaAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
         """``[T, hidden]`` -> ``[T, hidden]``."""
-        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_sizes, dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(batch.positions, q, k)
+        qkv = self.qkv_proj(hidden)
+        q_size, kv_size, _ = self.qkv_proj.output_sizes
+        # q and k are adjacent in the fused output: rotate all their heads in one pass
+        heads = qkv[:, : q_size + kv_size].view(
+            -1, self.num_heads + self.num_kv_heads, self.head_dim
+        )
+        q, k = self.rotary(batch.positions, heads).split((self.num_heads, self.num_kv_heads), 1)
+        v = qkv[:, q_size + kv_size :].view(-1, self.num_kv_heads, self.head_dim)
         out = self.attn(q, k, v, batch)
         projected: torch.Tensor = self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
         return projected
@@ -70,7 +69,8 @@ class LlamaMLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[T, hidden]`` -> ``[T, hidden]``."""
         gate, up = self.gate_up_proj(hidden).chunk(2, dim=-1)
-        down: torch.Tensor = self.down_proj(F.silu(gate) * up)
+        act = F.silu(gate)
+        down: torch.Tensor = self.down_proj(act.mul_(up))
         return down
 
 
@@ -112,8 +112,7 @@ class LlamaForCausalLM(nn.Module):
             LlamaDecoderLayer(config, rotary, backend) for _ in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self._head: torch.Tensor | None = None
-        self._head_key: tuple[int, int] | None = None
+        self._head = PackedWeight()
         self.lm_head = None
         if not config.tie_word_embeddings:
             self.lm_head = nn.Parameter(
@@ -130,32 +129,7 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head
-        packed = self._packed_head(weight)
-        if packed is not None:
-            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-                hidden, packed, None, "none", [], ""
-            )
-            return out
-        return F.linear(hidden, weight)
-
-    def _packed_head(self, weight: torch.Tensor) -> torch.Tensor | None:
-        """The LM head in oneDNN's blocked layout (fp32 CPU only; None elsewhere).
-
-        NOTE: the vocabulary projection is the largest matmul of a decode step. On CPU,
-        oneDNN's kernel over a pre-packed weight streams it measurably faster than the
-        default GEMM (see benchmarks/RESULTS.md, Serving); it costs one more copy of
-        the head. Packed lazily, again if the weight changes; any failure falls back.
-        """
-        if weight.device.type != "cpu" or weight.dtype != torch.float32 or not _HAS_ONEDNN:
-            return None
-        key = (weight.data_ptr(), weight._version)
-        if self._head_key != key:
-            self._head_key = key
-            try:
-                self._head = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-            except (RuntimeError, AttributeError):  # pragma: no cover - torch without oneDNN
-                self._head = None
-        return self._head
+        return self._head.linear(hidden, weight, None)
 
     def attention_layers(self) -> list[PagedAttention]:
         """Each layer's paged attention, in order (the runner binds their KV caches)."""
