@@ -18,7 +18,12 @@ from tests.serve.test_serve_attention_ops import naive_attention, paged_case
 from openledger.exceptions import InvalidRequestError
 from openledger.models import save_tiny_model
 from openledger.serve import Engine, EngineConfig, RequestOutput, SamplingParams
-from openledger.serve.ops.step_attention import plan_attention, step_attention
+from openledger.serve.ops.step_attention import (
+    DecodeGroup,
+    PrefillGroup,
+    plan_attention,
+    step_attention,
+)
 
 HfGreedy = Callable[[Path, list[int], int], list[int]]
 LONG_PROMPT = list(range(5, 66))  # 61 tokens
@@ -232,3 +237,24 @@ def test_adapters_of_prompt_and_decode_tokens_share_a_step(tmp_path: Path) -> No
     while engine.has_unfinished_requests():
         finals.update({out.request_id: out for out in engine.step() if out.finished})
     assert [finals[request_id].token_ids for request_id in ids] == want
+
+
+@pytest.mark.parametrize("shapes", MIXED_SHAPES)
+def test_the_shared_additive_mask_is_bit_for_bit_the_bool_mask(
+    shapes: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query, _, args = _mixed_case(shapes, 4, 6, 2, None)
+    k_cache, v_cache = args.pop("caches")  # type: ignore[misc]
+    plan = plan_attention(**args)  # type: ignore[arg-type]
+    got = step_attention(query, k_cache, v_cache, plan, scale=8**-0.5)
+    groups = [plan.decode, *plan.prefill] if plan.decode else plan.prefill
+    for group in groups:
+        bias = group.additive_mask(torch.float32)
+        assert group.additive_mask(torch.float32) is bias  # built once, shared by layers
+        assert torch.equal(bias == 0, group.mask)
+        assert torch.isneginf(bias[~group.mask]).all()
+        assert group.additive_mask(torch.float64).dtype == torch.float64
+    for kind in (DecodeGroup, PrefillGroup):  # SDPA given the bool masks instead
+        monkeypatch.setattr(kind, "additive_mask", lambda self, dtype: self.mask)
+    plain = step_attention(query, k_cache, v_cache, plan, scale=8**-0.5)
+    assert torch.equal(got, plain)

@@ -27,7 +27,7 @@ class PackedWeight:
     the row-major one (benchmarks/RESULTS.md, Serving). It costs a second copy of the
     weight. Packed lazily, again when the weight's storage or version changes (call
     :meth:`invalidate` after writing through ``.data``); on GPU, other dtypes, without
-    oneDNN or with ``OPENLEDGER_ONEDNN=0`` it is unused.
+    oneDNN or with ``OPENLEDGER_ONEDNN=0`` (read when packing) it is unused.
     """
 
     __slots__ = ("_key", "_packed")
@@ -52,20 +52,20 @@ class PackedWeight:
         return out
 
     def _get(self, weight: torch.Tensor) -> torch.Tensor | None:
-        if (
-            not _HAS_ONEDNN
-            or weight.device.type != "cpu"
-            or weight.dtype != torch.float32
-            or os.environ.get(PACKING_ENV, "1") == "0"
-        ):
-            return None
         key = (weight.data_ptr(), weight._version)
         if self._key != key:
             self._key = key
-            try:
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-            except (RuntimeError, AttributeError):  # pragma: no cover - torch without oneDNN
-                self._packed = None
+            self._packed = None
+            if (
+                _HAS_ONEDNN
+                and weight.device.type == "cpu"
+                and weight.dtype == torch.float32
+                and os.environ.get(PACKING_ENV, "1") != "0"
+            ):
+                try:
+                    self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+                except (RuntimeError, AttributeError):  # pragma: no cover - no oneDNN
+                    self._packed = None
         return self._packed
 
 

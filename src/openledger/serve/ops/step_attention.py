@@ -16,7 +16,7 @@ are tested against; a paged decode kernel (Triton) can take the decode rows inst
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,15 @@ _MAX_PADDING = 1.25
 _PADDING_SLACK = 4096
 
 
+def _additive(mask: torch.Tensor, cached: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` as 0 / -inf in ``dtype``: what SDPA makes of a bool mask, made once per step."""
+    if cached is not None and cached.dtype == dtype:
+        return cached
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf")
+    )
+
+
 @dataclass(slots=True)
 class DecodeGroup:
     """The step's one-token sequences, attended in one batched call.
@@ -57,6 +66,12 @@ class DecodeGroup:
     context_lens: torch.Tensor
     key_slots: torch.Tensor
     mask: torch.Tensor
+    _bias: torch.Tensor | None = field(default=None, repr=False)
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """:attr:`mask` as an additive 0 / -inf mask in ``dtype``, shared by every layer."""
+        self._bias = _additive(self.mask, self._bias, dtype)
+        return self._bias
 
 
 @dataclass(slots=True)
@@ -76,6 +91,12 @@ class PrefillGroup:
     out_rows: torch.Tensor
     key_slots: torch.Tensor
     mask: torch.Tensor
+    _bias: torch.Tensor | None = field(default=None, repr=False)
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """:attr:`mask` as an additive 0 / -inf mask in ``dtype``, shared by every layer."""
+        self._bias = _additive(self.mask, self._bias, dtype)
+        return self._bias
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -294,7 +315,12 @@ def _decode_rows(
     k = _gathered(k_cache, group.key_slots, batch)
     v = _gathered(v_cache, group.key_slots, batch)
     out = F.scaled_dot_product_attention(
-        query[:, :, None, :], k, v, attn_mask=group.mask, scale=scale, enable_gqa=True
+        query[:, :, None, :],
+        k,
+        v,
+        attn_mask=group.additive_mask(query.dtype),
+        scale=scale,
+        enable_gqa=True,
     )
     return out[:, :, 0, :]
 
@@ -312,6 +338,6 @@ def _prefill_rows(
     k = _gathered(k_cache, group.key_slots, batch)
     v = _gathered(v_cache, group.key_slots, batch)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=group.mask, scale=scale, enable_gqa=True
+        q, k, v, attn_mask=group.additive_mask(q.dtype), scale=scale, enable_gqa=True
     )
     return out.transpose(1, 2).reshape(batch * max_q, heads, dim).index_select(0, group.out_index)
