@@ -16,6 +16,15 @@ length: the mean query loss, the mean |rise|, and the leave-one-contributor-out 
 Also ``tracin`` over 5 checkpoints along the training (learning-rate weighted, linear
 schedule). Baseline in the same run: ``tracin`` at the final adapter (plain gradient dot
 product, no inverse), and random scores.
+
+    python benchmarks/attribution_loco_study.py --seeds 10 [--steps 60 150]
+
+measures how reproducible the ground truth itself is: the adapter and the 5 retrainings
+are trained again from each of ``--seeds`` LoRA initialisations (everything else equal),
+and it prints the Spearman between two seeds' rises (the most any score can agree with a
+single retraining), each seed's ``exact`` / ``datainf`` agreement with its own retraining,
+agreement with the rises averaged over seeds (scores of seed 0, and scores averaged over
+the seeds), and how often the top contributor by score is the top one by rise.
 """
 
 from __future__ import annotations
@@ -138,10 +147,69 @@ def study(steps: int, base: Path, work: Path, queries: list[tuple[str, str]]) ->
     print(f"{head} | random | - | {contributor_spearman(index, randoms, accounts, rises):.2f} |")
 
 
+def seed_noise(steps: int, seeds: int, base: Path, work: Path, queries: list[Any]) -> None:
+    """Ground-truth reproducibility over LoRA init seeds, and the methods against it."""
+    accounts = [Account.from_key(bytes([i + 1]) * 32) for i in range(5)]
+    parts = groups()
+    snapshot = make_snapshot(work / f"dn-seeds-{steps}", parts, accounts)
+    rises: list[torch.Tensor] = []  # per seed [contributors, queries]
+    totals: dict[str, list[torch.Tensor]] = {"exact": [], "datainf": []}
+    for seed in range(seeds):
+        tag = f"{steps}-seed{seed}"
+        run = train(base, snapshot, work / f"full-{tag}", max_steps=steps, seed=seed, **SETTINGS)
+        full = losses(run.adapter, queries)
+        rise = []
+        for left_out in range(5):
+            kept = [r for k, g in enumerate(parts) if k != left_out for r in g]
+            again = train(
+                base, kept, work / f"loco-{tag}-{left_out}", max_steps=steps, seed=seed, **SETTINGS
+            )
+            rise.append([a - b for a, b in zip(losses(again.adapter, queries), full, strict=True)])
+        rises.append(torch.tensor(rise))
+        index = InfluenceIndex.build(run.adapter, snapshot, "exact")
+        for method, found in totals.items():
+            scorer = index.with_method(method)
+            per_query = [scorer.attribute(*q).contributor_scores() for q in queries]
+            found.append(torch.tensor([[t[a.address] for t in per_query] for a in accounts]))
+
+    def agree(scores: torch.Tensor, truth: torch.Tensor) -> float:
+        """Mean over queries of Spearman across the 5 contributors."""
+        return statistics.mean(
+            spearman(scores[:, q].tolist(), truth[:, q].tolist()) for q in range(len(queries))
+        )
+
+    pairs = [(a, b) for a in range(seeds) for b in range(a + 1, seeds)]
+    mean_truth = torch.stack(rises).mean(0)
+    others = [torch.stack([r for k, r in enumerate(rises) if k != s]).mean(0) for s in range(seeds)]
+    print(
+        f"| {steps} | {seeds} | ground truth: seed vs seed "
+        f"{statistics.mean(agree(rises[a], rises[b]) for a, b in pairs):.2f} (mean over "
+        f"{len(pairs)} pairs); seed vs mean of the other seeds "
+        f"{statistics.mean(agree(rises[s], others[s]) for s in range(seeds)):.2f} |"
+    )
+    for method, found in totals.items():
+        own = [agree(found[s], rises[s]) for s in range(seeds)]
+        top = [
+            int(found[s][:, q].argmax() == rises[s][:, q].argmax())
+            for s in range(seeds)
+            for q in range(len(queries))
+        ]
+        print(
+            f"| {steps} | {seeds} | {method}: vs own seed's retraining {statistics.mean(own):.2f} "
+            f"(min {min(own):.2f}, max {max(own):.2f}); seed 0 vs mean truth "
+            f"{agree(found[0], mean_truth):.2f}; averaged scores vs mean truth "
+            f"{agree(torch.stack(found).mean(0), mean_truth):.2f}; top-1 contributor "
+            f"{sum(top)}/{len(top)} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 60, 150])
     parser.add_argument("--queries", type=int, default=len(QUERIES))
+    parser.add_argument(
+        "--seeds", type=int, default=0, help="measure ground-truth noise over this many seeds"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     from openledger.models import save_tiny_model
@@ -150,10 +218,16 @@ def main() -> None:
     started = time.perf_counter()
     work = scratch_dir("attr-loco-")
     base = save_tiny_model(work / "llama", "llama", seed=1, initializer_range=0.3)
-    print("| steps | mean query loss | mean |rise| | method | variant | LOCO Spearman |")
-    print("|---|---|---|---|---|---|")
-    for steps in args.steps:
-        study(steps, base, work, QUERIES[: args.queries])
+    if args.seeds:
+        print("| steps | seeds | leave-one-contributor-out Spearman (mean over queries) |")
+        print("|---|---|---|")
+        for steps in args.steps:
+            seed_noise(steps, args.seeds, base, work, QUERIES[: args.queries])
+    else:
+        print("| steps | mean query loss | mean |rise| | method | variant | LOCO Spearman |")
+        print("|---|---|---|---|---|---|")
+        for steps in args.steps:
+            study(steps, base, work, QUERIES[: args.queries])
     print(f"{time.perf_counter() - started:.0f} s in all")
 
 

@@ -109,21 +109,41 @@ def test_contributor_scores_rank_like_leave_one_contributor_out_retraining(
     accounts = [Account.from_key(bytes([i + 1]) * 32) for i in range(5)]
     groups = red_groups()
     snapshot = make_snapshot(tmp_path / "dn", groups, accounts)
-    run = train(memorising_llama_dir, snapshot, tmp_path / "full", **FULL_BATCH)
     query = ("Code red?", "RED ok.")
-    full_loss = query_loss(run.adapter, *query)
-    changes = []
-    for left_out in range(5):
-        kept = [r for i, g in enumerate(groups) if i != left_out for r in g]
-        retrained = train(
-            memorising_llama_dir, kept, tmp_path / f"without-{left_out}", **FULL_BATCH
+
+    def retrain(seed: int) -> tuple[TrainingRun, list[float]]:
+        """The adapter and the rise in query loss without each contributor (LoRA init seed)."""
+        run = train(
+            memorising_llama_dir, snapshot, tmp_path / f"full-{seed}", seed=seed, **FULL_BATCH
         )
-        changes.append(query_loss(retrained.adapter, *query) - full_loss)
+        full_loss = query_loss(run.adapter, *query)
+        changes = []
+        for left_out in range(5):
+            kept = [r for i, g in enumerate(groups) if i != left_out for r in g]
+            folder = tmp_path / f"without-{left_out}-{seed}"
+            retrained = train(memorising_llama_dir, kept, folder, seed=seed, **FULL_BATCH)
+            changes.append(query_loss(retrained.adapter, *query) - full_loss)
+        return run, changes
+
+    run, changes = retrain(0)
+    _, again = retrain(1)
+    # NOTE: the ground truth must be reproducible for the comparison to mean anything:
+    # retraining from another LoRA init ranks these contributors alike. Where contributor
+    # effects sit within seed noise, two retrainings agree at ~0.6 and no score can do
+    # better (benchmarks/RESULTS.md, Attribution). Here the unrelated contributor and one
+    # with conflicting answers are near-tied and swap places between seeds, so the scores
+    # of seed 0's adapter are held to seed 0's retraining and to the rises averaged over
+    # both seeds; the top contributor must be the top one of each seed.
+    assert spearman(changes, again) >= 0.8, (changes, again)
+    averaged = [(a + b) / 2 for a, b in zip(changes, again, strict=True)]
     index = InfluenceIndex.build(run.adapter, snapshot, "exact")
     for method in ("exact", "datainf"):
         totals = index.with_method(method).attribute(*query).contributor_scores()
         summed = [totals[a.address] for a in accounts]
         assert spearman(summed, changes) >= 0.8, (method, summed, changes)
+        assert spearman(summed, averaged) >= 0.8, (method, summed, averaged)
+        top = max(range(5), key=summed.__getitem__)
+        assert all(top == max(range(5), key=truth.__getitem__) for truth in (changes, again))
 
 
 def test_the_contributor_who_alone_teaches_a_fact_gets_the_largest_share(
