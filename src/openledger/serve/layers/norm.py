@@ -25,5 +25,10 @@ class RMSNorm(nn.Module):
         """Normalise the last dimension of ``x``."""
         dtype = x.dtype
         x32 = x.to(torch.float32)
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        # in place where it cannot change a bit: the same values as
+        # weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype), fewer temporaries
+        scale = x32.pow(2).mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+        normed = (x32 * scale).to(dtype)
+        if self.weight.dtype == normed.dtype:
+            return normed.mul_(self.weight)
+        return self.weight * normed

@@ -86,9 +86,10 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
         """``[T, hidden]`` -> ``[T, hidden]``."""
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), batch)
-        out: torch.Tensor = hidden + self.mlp(self.post_attention_layernorm(hidden))
-        return out
+        # NOTE: residual adds in place: ``hidden`` is this step's own activation
+        hidden += self.self_attn(self.input_layernorm(hidden), batch)
+        hidden += self.mlp(self.post_attention_layernorm(hidden))
+        return hidden
 
 
 class LlamaForCausalLM(nn.Module):
