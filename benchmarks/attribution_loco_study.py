@@ -90,6 +90,23 @@ def contributor_spearman(
     return statistics.mean(found)
 
 
+def loco_rises(
+    base: Path,
+    parts: list[Any],
+    folder: Path,
+    queries: list[Any],
+    full: list[float],
+    **changes: Any,
+) -> list[list[float]]:
+    """Rise in each query's loss (vs ``full``) after retraining without each contributor."""
+    rises = []
+    for left_out in range(len(parts)):
+        kept = [r for k, g in enumerate(parts) if k != left_out for r in g]
+        again = train(base, kept, folder.with_name(f"{folder.name}-{left_out}"), **changes)
+        rises.append([a - b for a, b in zip(losses(again.adapter, queries), full, strict=True)])
+    return rises
+
+
 def study(steps: int, base: Path, work: Path, queries: list[tuple[str, str]]) -> None:
     """Train, retrain without each contributor, and print one table row per variant."""
     accounts = [Account.from_key(bytes([i + 1]) * 32) for i in range(5)]
@@ -104,11 +121,9 @@ def study(steps: int, base: Path, work: Path, queries: list[tuple[str, str]]) ->
         progress=False,
     )
     full = losses(run.adapter, queries)
-    rises = []
-    for left_out in range(5):
-        kept = [r for k, g in enumerate(parts) if k != left_out for r in g]
-        again = train(base, kept, work / f"loco-{steps}-{left_out}", max_steps=steps, **SETTINGS)
-        rises.append([a - b for a, b in zip(losses(again.adapter, queries), full, strict=True)])
+    rises = loco_rises(
+        base, parts, work / f"loco-{steps}", queries, full, max_steps=steps, **SETTINGS
+    )
     index = InfluenceIndex.build(run.adapter, snapshot, "exact")
     query_grads = [index.query_gradients(*q)[-1] for q in queries]
     mean_rise = statistics.mean(abs(r) for rise in rises for r in rise)
@@ -158,13 +173,9 @@ def seed_noise(steps: int, seeds: int, base: Path, work: Path, queries: list[Any
         tag = f"{steps}-seed{seed}"
         run = train(base, snapshot, work / f"full-{tag}", max_steps=steps, seed=seed, **SETTINGS)
         full = losses(run.adapter, queries)
-        rise = []
-        for left_out in range(5):
-            kept = [r for k, g in enumerate(parts) if k != left_out for r in g]
-            again = train(
-                base, kept, work / f"loco-{tag}-{left_out}", max_steps=steps, seed=seed, **SETTINGS
-            )
-            rise.append([a - b for a, b in zip(losses(again.adapter, queries), full, strict=True)])
+        rise = loco_rises(
+            base, parts, work / f"loco-{tag}", queries, full, max_steps=steps, seed=seed, **SETTINGS
+        )
         rises.append(torch.tensor(rise))
         index = InfluenceIndex.build(run.adapter, snapshot, "exact")
         for method, found in totals.items():
