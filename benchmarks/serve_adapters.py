@@ -6,8 +6,9 @@ adapters assigned round-robin; ~16-token prompts; 32 new tokens, greedy, no earl
 
 Baselines measured in the same run, alternating with ours for ``--repeats`` rounds (medians):
 transformers + PEFT one batched ``generate(adapter_names=[...])``; transformers base model
-alone on the same batch; our engine with no adapters; our engine with the batched LoRA path
-turned off (two matmuls per adapter per projection, the earlier path). ``--profile`` also
+alone on the same batch; our engine with no adapters; our engine with the compiled CPU
+LoRA kernel off (the batched ``bmm`` path on steady steps); and with both off (matmuls per
+adapter per projection). ``--profile`` also
 prints the LoRA share of one mixed-8 run (torch.profiler). Then: cold load of one adapter
 (safetensors on local disk -> usable in a device slot) p50/p99; resident memory with 1, 100
 and 1,000 registered adapters; 1,000 adapters served round-robin through 32 device slots.
@@ -88,14 +89,15 @@ def run_mixed(engine: Engine, texts: list[str]) -> tuple[Timing, list[RequestOut
     return since(start), outputs
 
 
-def run_mixed_per_adapter(engine: Engine, texts: list[str]) -> Timing:
-    """Our engine, mixed-8, with the batched LoRA path off (per-adapter matmuls)."""
+def run_mixed_paths(engine: Engine, texts: list[str], *, kernel: bool, batched: bool) -> Timing:
+    """Our engine, mixed-8, with the CPU kernel and/or the batched torch path turned off."""
     assert engine.adapters is not None
-    engine.adapters.state.batched = False
+    state = engine.adapters.state
+    state.use_kernel, state.batched = kernel, batched
     try:
         return run_mixed(engine, texts)[0]
     finally:
-        engine.adapters.state.batched = True
+        state.use_kernel, state.batched = True, True
 
 
 def profile_lora(engine: Engine, texts: list[str]) -> None:
@@ -201,7 +203,8 @@ def main() -> None:
     engine = Engine(args.model, EngineConfig(device="cpu", dtype="float32"))
     for index, path in enumerate(adapters):
         engine.add_adapter(f"a{index}", path)
-    print(f"machine: {machine()}", flush=True)
+    kernel = engine.adapters.state.kernel if engine.adapters is not None else None
+    print(f"machine: {machine()}; CPU LoRA kernel: {kernel.path if kernel else 'none'}", flush=True)
     times = measure(engine, peft, hf, tokenizer, texts, args.repeats)
     report(times, len(texts) * NEW_TOKENS)
     if args.profile:
@@ -223,13 +226,18 @@ def measure(
     texts: list[str],
     repeats: int,
 ) -> dict[str, list[Timing]]:
-    """Warm up once, then alternate all four for ``repeats`` rounds."""
+    """Warm up once, then alternate every variant for ``repeats`` rounds."""
     runs = {
         "PEFT mixed-8 generate": lambda: run_peft(peft, tokenizer, texts),
         "HF base-only generate": lambda: run_hf(hf, tokenizer, texts)[0],
         "ours base-only": lambda: run_ours(engine, texts)[0],
         "ours mixed-8": lambda: run_mixed(engine, texts)[0],
-        "ours mixed-8 per-adapter": lambda: run_mixed_per_adapter(engine, texts),
+        "ours mixed-8 kernel off": lambda: run_mixed_paths(
+            engine, texts, kernel=False, batched=True
+        ),
+        "ours mixed-8 per-adapter": lambda: run_mixed_paths(
+            engine, texts, kernel=False, batched=False
+        ),
     }
     run_peft(peft, tokenizer, texts[:2])
     run_mixed(engine, texts[:8])
@@ -251,6 +259,7 @@ def report(times: dict[str, list[Timing]], total: int) -> None:
     print(f"ours mixed-8 / PEFT mixed-8:     {mixed / rates['PEFT mixed-8 generate']:.2f}x")
     print(f"ours mixed-8 / ours base-only:   {mixed / rates['ours base-only']:.2f}x")
     print(f"ours mixed-8 / HF base-only:     {mixed / rates['HF base-only generate']:.2f}x")
+    print(f"ours mixed-8 / kernel off (bmm): {mixed / rates['ours mixed-8 kernel off']:.2f}x")
     print(f"ours mixed-8 / per-adapter path: {mixed / rates['ours mixed-8 per-adapter']:.2f}x")
 
 

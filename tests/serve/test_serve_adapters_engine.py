@@ -7,6 +7,7 @@ loaded again just in time while the batch runs.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from openledger.exceptions import (  # noqa: E402
 )
 from openledger.models import save_tiny_model  # noqa: E402
 from openledger.serve import Engine, EngineConfig, SamplingParams  # noqa: E402
+from openledger.serve.ops.lora_cpu import CPU_KERNELS_ENV, c_compiler  # noqa: E402
 
 NEW = 6
 SPECS: list[tuple[int, list[str], dict[str, Any]]] = [
@@ -87,7 +89,23 @@ def engine(setup: dict[str, Any]) -> Engine:
     return engine
 
 
-def test_mixed_batch_matches_peft_per_request(engine: Engine, peft_model: Any) -> None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["cpu-kernel", "torch-paths"])
+def test_mixed_batch_matches_peft_per_request(
+    engine: Engine, peft_model: Any, kernel: bool
+) -> None:
+    assert engine.adapters is not None
+    state = engine.adapters.state
+    if kernel and state.kernel is None:  # NOTE: only where it cannot be built
+        assert c_compiler() is None or os.environ.get(CPU_KERNELS_ENV) == "0"
+        pytest.skip("the CPU LoRA kernel is not built here (no C compiler, or turned off)")
+    state.use_kernel = kernel
+    try:
+        check_mixed_batch(engine, peft_model)
+    finally:
+        state.use_kernel = True
+
+
+def check_mixed_batch(engine: Engine, peft_model: Any) -> None:
     gen = torch.Generator().manual_seed(0)
     shared = torch.randint(3, 300, (9,), generator=gen).tolist()  # same prompt, many adapters
     choices: list[Any] = [f"a{i}" for i in range(8)] + [None, {"a0": 0.7, "a1": 0.3}, None]

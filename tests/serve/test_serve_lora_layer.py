@@ -1,5 +1,5 @@
-"""LoRA projections: the batched and per-adapter torch paths against the einsum reference,
-the per-step metadata, and the backend switch."""
+"""LoRA projections: the CPU kernel and the batched and per-adapter torch paths against the
+einsum reference, the per-step metadata, and the backend switch."""
 
 from __future__ import annotations
 
@@ -48,13 +48,20 @@ def token_indices(slots: list[int], lengths: list[int]) -> torch.Tensor:
 
 
 def layer_output(
-    state: LoraState, weights: list[LoraWeights | None], seq_slots: list[int], lengths: list[int]
+    state: LoraState,
+    weights: list[LoraWeights | None],
+    seq_slots: list[int],
+    lengths: list[int],
+    *,
+    kernel: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(layer result, reference result) of one projection on random inputs.
 
-    The step runs three times: the first two with these adapters take the per-adapter
-    path, the third (a steady step) the batched one; all must give the same output.
+    With ``kernel`` (where it is built) every step within its row limit takes the CPU
+    kernel. Without, the step runs three times: the first two with these adapters take
+    the per-adapter path, the third (a steady step) the batched one; all must agree.
     """
+    state.use_kernel = kernel
     for slot, w in enumerate(weights):
         state.install(slot, None if w is None else {"proj": fuse_expand(w)})
     tokens = sum(lengths)
@@ -81,14 +88,17 @@ def layer_output(
 @given(
     data=st.lists(st.tuples(st.integers(-1, 4), st.integers(0, 6)), min_size=1, max_size=9),
     sort=st.booleans(),
+    kernel=st.booleans(),
 )
-def test_projection_matches_reference_for_any_step(data: list[tuple[int, int]], sort: bool) -> None:
+def test_projection_matches_reference_for_any_step(
+    data: list[tuple[int, int]], sort: bool, kernel: bool
+) -> None:
     if sort:  # the engine sorts sequences by slot; unsorted steps must work too
         data = sorted(data)
     seq_slots, lengths = [s for s, _ in data], [n for _, n in data]
     weights = make_slots(3, 5)
     state = LoraState({"proj": (HIDDEN, sum(SIZES))}, 5, CPU, backend="torch")
-    got, want = layer_output(state, weights, seq_slots, lengths)
+    got, want = layer_output(state, weights, seq_slots, lengths, kernel=kernel)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -137,6 +147,7 @@ def test_batched_stacks_pad_ranks_and_skip_untargeted_groups() -> None:
 
 def test_batched_path_runs_on_steady_steps_only() -> None:
     state = LoraState(["proj"], 4, CPU, backend="torch")
+    state.use_kernel = False
     for slot, w in enumerate(make_slots(6, 4)):
         state.install(slot, None if w is None else {"proj": fuse_expand(w)})
     projection = LoraProjection(state, "proj")
@@ -160,13 +171,14 @@ def test_batched_path_runs_on_steady_steps_only() -> None:
     assert projection._stacked_key is None
 
 
-def test_stacks_are_rebuilt_when_a_slot_changes() -> None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+def test_stacks_are_rebuilt_when_a_slot_changes(kernel: bool) -> None:
     weights = make_slots(1, 3)
     state = LoraState(["proj"], 3, CPU, backend="torch")
-    first, want = layer_output(state, weights, [0, 2], [1, 1])
+    first, want = layer_output(state, weights, [0, 2], [1, 1], kernel=kernel)
     torch.testing.assert_close(first, want, rtol=1e-4, atol=1e-4)
     weights[2] = make_slots(2, 3)[0]  # a new adapter in slot 2, same step layout
-    second, want = layer_output(state, weights, [0, 2], [1, 1])
+    second, want = layer_output(state, weights, [0, 2], [1, 1], kernel=kernel)
     torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(first, second)
 

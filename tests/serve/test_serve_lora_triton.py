@@ -152,12 +152,13 @@ def test_triton_projection_matches_the_torch_one(seq_slots: list[int], lengths: 
     weights = make_slots(4, 4)
     shapes = {"proj": (HIDDEN, sum(SIZES))}
     cpu = torch.device("cpu")
-    got, want = layer_output(LoraState(shapes, 4, cpu, backend="triton"), weights, seq_slots,
-                             lengths)  # fmt: skip
+    triton_state = LoraState(shapes, 4, cpu, backend="triton")
+    got, want = layer_output(triton_state, weights, seq_slots, lengths, kernel=False)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    torch_path, _ = layer_output(LoraState(shapes, 4, cpu, backend="torch"), weights, seq_slots,
-                                 lengths)  # fmt: skip
-    torch.testing.assert_close(got, torch_path, rtol=1e-4, atol=1e-4)
+    for kernel in (False, True):
+        torch_state = LoraState(shapes, 4, cpu, backend="torch")
+        torch_path, _ = layer_output(torch_state, weights, seq_slots, lengths, kernel=kernel)
+        torch.testing.assert_close(got, torch_path, rtol=1e-4, atol=1e-4)
 
 
 def test_slot_stack_grows_and_empties() -> None:

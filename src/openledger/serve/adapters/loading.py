@@ -298,7 +298,10 @@ def _fuse(
             a, b = slices[index]
             a_parts.append(a.to(dtype))
             rank = a.shape[0]
-            out.append(LoraSlice(rank_at, rank_at + rank, col_at, col_at + width, b.to(dtype)))
+            # NOTE: B is stored transposed ([rank, cols] in memory, a [cols, rank] view), the
+            # layout the CPU kernel streams; the torch paths read the view.
+            b_view = b.to(dtype).T.contiguous().T
+            out.append(LoraSlice(rank_at, rank_at + rank, col_at, col_at + width, b_view))
             rank_at += rank
         col_at += width
     return LoraWeights(torch.cat(a_parts).contiguous(), tuple(out))

@@ -36,7 +36,7 @@ from openledger.serve.adapters.slots import SlotTable
 from openledger.serve.adapters.sources import resolve_source
 from openledger.serve.layers.lora import LoraState
 from openledger.serve.models.config import ModelConfig
-from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights, fuse_expand
+from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights
 
 __all__ = ["AdapterRef", "AdapterStore", "AdapterUse"]
 
@@ -228,7 +228,7 @@ class AdapterStore:
     def _device_weights(self, use: AdapterUse) -> dict[str, LoraWeights]:
         members = [self.load_host(name).modules for name in use.names]
         if len(members) == 1 and use.weights == (1.0,) and "*" not in use.key:
-            return {n: fuse_expand(w.to(self.device, self.dtype)) for n, w in members[0].items()}
+            return {n: w.to(self.device, self.dtype) for n, w in members[0].items()}
         combined: dict[str, LoraWeights] = {}
         for module in sorted({m for modules in members for m in modules}):
             parts = [
@@ -236,7 +236,7 @@ class AdapterStore:
                 for modules, weight in zip(members, use.weights, strict=True)
                 if module in modules
             ]
-            combined[module] = fuse_expand(combine_lora_weights(parts).to(self.device, self.dtype))
+            combined[module] = combine_lora_weights(parts).to(self.device, self.dtype)
         return combined
 
     def _unload_slot(self, key: str) -> None:

@@ -9,8 +9,12 @@ its update after the base matmul::
     out = x W^T (+ b)
     out[tokens of slot s] += (x A_s^T) B_s^T      for every slot s in the step
 
-Three ways to compute it, chosen per step (the results agree up to rounding):
+Ways to compute it, chosen per step (the results agree up to rounding):
 
+* ``cpu kernel`` (CPU, float32, a compiler at hand; steps with at most
+  ``LoraState.kernel_max_rows`` tokens per adapter, i.e. decode and short chunks): one call
+  of the compiled kernel per projection over every adapter of the step, reading each
+  weight once (:mod:`~openledger.serve.ops.lora_cpu`).
 * ``triton`` (CUDA; or forced, e.g. under ``TRITON_INTERPRET=1``): SGMV over the step's
   runs of equal slots for prefill, BGMV (per-token gather) for decode, over dense per-slot
   stacks (:class:`~openledger.serve.layers.lora_stack.SlotStack`).
@@ -43,7 +47,15 @@ from openledger.serve.ops.lora_batched import (
     add_lora_batched,
     stack_group_weights,
 )
-from openledger.serve.ops.lora_torch import LoraGroups, LoraWeights, add_lora
+from openledger.serve.ops.lora_cpu import (
+    CpuLoraKernel,
+    KernelEntry,
+    LoraCpuTable,
+    LoraRows,
+    cpu_lora_kernel,
+    kernel_layout,
+)
+from openledger.serve.ops.lora_torch import LoraGroups, LoraWeights, add_lora, fuse_expand
 
 if TYPE_CHECKING:
     from openledger.serve.ops.lora_triton import LoraSegments
@@ -64,6 +76,7 @@ LORA_BACKEND_ENV = "OPENLEDGER_LORA_BACKEND"
 
 
 _STEADY_STEPS = 2  # steps with the same adapters seen before the batched path stacks them
+_KERNEL_MAX_ROWS = 32  # tokens per adapter up to which the CPU kernel beats per-adapter GEMMs
 
 
 def resolve_lora_backend(requested: str, device: torch.device) -> LoraBackend:
@@ -105,6 +118,8 @@ class LoraBatch:
         plan: The batched torch path's layout; None when padding every group to the
             longest would more than double the rows (then the per-adapter path runs).
         segments: Runs of equal slots (Triton SGMV); None unless the backend is Triton.
+        rows: The token rows of each group, in the order of ``active`` (the CPU kernel);
+            None unless the backend is torch.
     """
 
     groups: LoraGroups
@@ -114,6 +129,7 @@ class LoraBatch:
     is_decode: bool
     plan: BatchedPlan | None
     segments: LoraSegments | None = None
+    rows: LoraRows | None = None
 
     @classmethod
     def from_sequences(
@@ -155,6 +171,7 @@ class LoraBatch:
             is_decode=all(n == 1 for n in lengths),
             plan=_plan(list(runs.values()), device) if backend == "torch" else None,
             segments=segments,
+            rows=LoraRows.from_runs(list(runs.values())) if backend == "torch" else None,
         )
 
     @property
@@ -214,6 +231,14 @@ class LoraState:
         self.batch: LoraBatch | None = None
         self.batched = True
         """Whether the torch backend may use the batched path (benchmarks turn it off)."""
+        self.kernel: CpuLoraKernel | None = (
+            cpu_lora_kernel() if self.backend == "torch" and self.device.type == "cpu" else None
+        )
+        """The compiled CPU kernel, where it could be built (see :mod:`.lora_cpu`)."""
+        self.use_kernel = True
+        """Whether steps may use :attr:`kernel` (benchmarks turn it off)."""
+        self.kernel_max_rows = _KERNEL_MAX_ROWS
+        """Steps with more tokens than this for one adapter take the torch paths."""
         self.steady_steps = 0
         """Consecutive steps before this one with its adapters and no slot changed since."""
         self._previous: tuple[tuple[int, ...], int] | None = None
@@ -224,13 +249,36 @@ class LoraState:
         return self.batch.groups if self.batch is not None else LoraGroups(())
 
     def install(self, slot: int, modules: Mapping[str, LoraWeights] | None) -> None:
-        """Put an adapter's weights (already on the device) into ``slot``; None empties it."""
+        """Put an adapter's weights (already on the device) into ``slot``; None empties it.
+
+        The weights are kept in the layout of the path that will read them: the CPU
+        kernel's (:func:`~openledger.serve.ops.lora_cpu.kernel_layout`) where it runs,
+        else with each fused projection's ``B`` in one block
+        (:func:`~openledger.serve.ops.lora_torch.fuse_expand`).
+        """
         self.version += 1
         for name, per_slot in self.slots.items():
             weights = None if modules is None else modules.get(name)
+            if weights is not None:
+                weights = self._layout(weights)
             per_slot[slot] = weights
             if self.backend == "triton" and (weights is not None or name in self.stacks):
                 self._stack(name, weights).install(slot, weights)
+
+    def _layout(self, weights: LoraWeights) -> LoraWeights:
+        if self.kernel is not None and weights.a.dtype == torch.float32:
+            return kernel_layout(weights)
+        return fuse_expand(weights)
+
+    def kernel_applies(self, batch: LoraBatch, x: torch.Tensor) -> bool:
+        """Whether the CPU kernel computes this step's updates of ``x``."""
+        return (
+            self.kernel is not None
+            and self.use_kernel
+            and batch.rows is not None
+            and batch.rows.max_rows <= self.kernel_max_rows
+            and x.dtype == torch.float32
+        )
 
     def set_batch(self, slots: Sequence[int], query_lens: Sequence[int]) -> None:
         """Set the step's metadata: sequence ``i`` has ``query_lens[i]`` tokens of slot
@@ -274,6 +322,9 @@ class LoraProjection:
         self.weights = state.slots[name]
         self._stacked_key: tuple[tuple[int, ...], int] | None = None
         self._stacked: BatchedWeights | None = None
+        self._table_key: tuple[tuple[int, ...], int] | None = None
+        self._table: LoraCpuTable | None = None
+        self._entries: dict[int, tuple[LoraWeights, KernelEntry]] = {}
 
     def apply(self, out: torch.Tensor, x: torch.Tensor) -> None:
         """Add the update of every token's adapter to ``out [T, O]`` in place."""
@@ -282,6 +333,8 @@ class LoraProjection:
             return
         if self.state.backend == "triton":
             self._apply_triton(out, x, batch)
+        elif self.state.kernel_applies(batch, x):
+            self._apply_kernel(out, x, batch)
         elif batch.plan is not None and self._use_batched(batch.active):
             self._apply_batched(out, x, batch.active, batch.plan)
         else:
@@ -304,6 +357,29 @@ class LoraProjection:
             self._stacked_key = key
         if self._stacked is not None:
             add_lora_batched(out, x, plan, self._stacked)
+
+    def _apply_kernel(self, out: torch.Tensor, x: torch.Tensor, batch: LoraBatch) -> None:
+        kernel, rows = self.state.kernel, batch.rows
+        assert kernel is not None
+        assert rows is not None
+        key = (batch.active, self.state.version)
+        if key != self._table_key or self._table is None:  # NOTE: reused while unchanged
+            entries = [self._entry(slot, x.shape[1], out.shape[1]) for slot in batch.active]
+            self._table = LoraCpuTable(entries, x.shape[1], out.shape[1])
+            self._table_key = key
+        kernel.apply(out, x, rows, self._table)
+
+    def _entry(self, slot: int, in_features: int, out_features: int) -> KernelEntry | None:
+        weights = self.weights[slot]
+        if weights is None:
+            self._entries.pop(slot, None)
+            return None
+        cached = self._entries.get(slot)
+        if cached is not None and cached[0] is weights:
+            return cached[1]
+        entry = KernelEntry.of(weights, in_features, out_features)
+        self._entries[slot] = (weights, entry)
+        return entry
 
     def _apply_triton(self, out: torch.Tensor, x: torch.Tensor, batch: LoraBatch) -> None:
         from openledger.serve.ops.lora_triton import (

@@ -1,0 +1,395 @@
+"""A compiled CPU kernel for the LoRA updates of a step's tokens, grouped by adapter.
+
+At decode, a step has a row or two per adapter: the update is bound by reading the
+adapters' weights, and general GEMM routines (``bmm`` included) stream many small
+matrices at well under the memory bandwidth. ``lora_cpu.c`` reads each ``A`` and each
+slice's ``B`` once, front to back, both threads at a time, with no padding to a common rank
+and no block-diagonal zeros for fused projections (benchmarks/RESULTS.md, Multi-adapter
+serving). It is compiled on first use with the system's C compiler (``$CC``, else ``cc``,
+``gcc`` or ``clang``; ``-O3 -march=native -fopenmp``) into
+``$OPENLEDGER_HOME/kernels`` and loaded with :mod:`ctypes`; the file name carries a hash
+of the source, the flags and the CPU, so a changed source or another machine compiles
+again. Without a compiler, or with ``OPENLEDGER_CPU_KERNELS=0``, :func:`cpu_lora_kernel`
+returns None and the torch paths run instead (same results up to rounding).
+
+Layout the kernel reads (:class:`LoraCpuTable`, one per projection and set of adapters;
+:class:`LoraRows`, one per step)::
+
+    groups  [G, 4] int64   address of A_g [rank_g, H], rank_g, first slice, slice count
+    slices  [S, 5] int64   rank_start, rank_end, col_start, col_end, address of B^T
+                           [rank_end - rank_start, col_end - col_start] (scaling folded in)
+    row_offsets [G + 1], rows [N] int64: group g's token rows are
+                           rows[row_offsets[g]:row_offsets[g + 1]]
+
+Weights enter through :func:`kernel_layout`, which stores each ``B`` transposed (the
+:class:`~openledger.serve.ops.lora_torch.LoraSlice` keeps its ``[cols, rank]`` shape as a
+view, so the torch paths read the same tensors).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import itertools
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from openledger.serve.ops.lora_torch import LoraSlice, LoraWeights
+
+__all__ = [
+    "CPU_KERNELS_ENV",
+    "CpuLoraKernel",
+    "KernelEntry",
+    "LoraCpuTable",
+    "LoraRows",
+    "c_compiler",
+    "compile_cpu_kernel",
+    "cpu_lora_kernel",
+    "kernel_layout",
+]
+
+logger = logging.getLogger(__name__)
+
+CPU_KERNELS_ENV = "OPENLEDGER_CPU_KERNELS"
+"""Set to ``0`` to never compile or load the CPU kernel (the torch paths run instead)."""
+
+SOURCE = Path(__file__).with_name("lora_cpu.c")
+_SYMBOL = "openledger_lora_apply"
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-march=native"),
+    ("-O3",),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoraRows:
+    """A step's token rows grouped by adapter, in the order of the step's groups.
+
+    Attributes:
+        row_offsets: ``[G + 1]`` int64; group ``g``'s rows are
+            ``rows[row_offsets[g]:row_offsets[g + 1]]``.
+        rows: ``[N]`` int64 token rows.
+        max_rows: The largest group's row count.
+        row_end: One past the largest row (the step must have at least that many tokens).
+    """
+
+    row_offsets: torch.Tensor
+    rows: torch.Tensor
+    max_rows: int
+    row_end: int
+
+    @classmethod
+    def from_runs(cls, runs: Sequence[Sequence[tuple[int, int]]]) -> LoraRows:
+        """Rows from each group's ``(start, end)`` runs of token rows.
+
+        Raises:
+            ValueError: An empty or reversed run.
+        """
+        offsets = [0]
+        rows: list[int] = []
+        for group in runs:
+            for start, end in group:
+                if not 0 <= start < end:
+                    raise ValueError(f"row run ({start}, {end}) is empty or negative")
+                rows.extend(range(start, end))
+            offsets.append(len(rows))
+        sizes = [b - a for a, b in itertools.pairwise(offsets)]
+        return cls(
+            torch.tensor(offsets, dtype=torch.int64),
+            torch.tensor(rows, dtype=torch.int64),
+            max(sizes, default=0),
+            max(rows, default=-1) + 1,
+        )
+
+    @property
+    def num_groups(self) -> int:
+        """``G``."""
+        return int(self.row_offsets.shape[0]) - 1
+
+
+def kernel_layout(weights: LoraWeights) -> LoraWeights:
+    """The same update in the layout the kernel reads: ``A`` contiguous, each slice's
+    ``B`` a transposed view of a contiguous ``[rank, cols]`` tensor (no copy when it is
+    already), no block-diagonal zeros."""
+    slices = tuple(
+        LoraSlice(s.rank_start, s.rank_end, s.col_start, s.col_end, _transposed_storage(s.b))
+        for s in weights.slices
+    )
+    return LoraWeights(weights.a.contiguous(), slices)
+
+
+def _transposed_storage(b: torch.Tensor) -> torch.Tensor:
+    return b if b.T.is_contiguous() else b.T.contiguous().T
+
+
+@dataclass(frozen=True, slots=True)
+class KernelEntry:
+    """One adapter's weights for one projection, checked and addressed for the kernel.
+
+    Attributes:
+        a_ptr: Address of ``A [rank, H]`` (contiguous float32).
+        rank: Its rows.
+        slices: Five int64 per targeted slice: rank start/end, column start/end, address of
+            the slice's contiguous ``B^T``.
+        keep: The tensors those addresses point into (held while the entry lives).
+    """
+
+    a_ptr: int
+    rank: int
+    slices: tuple[int, ...]
+    keep: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def of(cls, weights: LoraWeights, in_features: int, out_features: int) -> KernelEntry:
+        """Check ``weights`` against the projection's shape and record their addresses
+        (copying only what is not already in :func:`kernel_layout`).
+
+        Raises:
+            ValueError: A weight that is not float32, or does not fit ``H`` and ``O``.
+        """
+        a = weights.a.contiguous()
+        if a.dtype != torch.float32 or a.dim() != 2 or a.shape[1] != in_features:
+            raise ValueError(
+                f"LoRA A of shape {tuple(a.shape)} and dtype {a.dtype}: the CPU kernel "
+                f"needs float32 [rank, {in_features}]"
+            )
+        keep = [a]
+        slices: list[int] = []
+        for s in weights.slices:
+            if not (0 <= s.rank_start < s.rank_end <= a.shape[0]) or not (
+                0 <= s.col_start < s.col_end <= out_features
+            ):
+                raise ValueError(
+                    f"LoRA slice rank {s.rank_start}:{s.rank_end} cols {s.col_start}:"
+                    f"{s.col_end} does not fit rank {a.shape[0]} and {out_features} outputs"
+                )
+            bt = s.b.T.contiguous()
+            if bt.dtype != torch.float32 or tuple(bt.shape) != (
+                s.rank_end - s.rank_start,
+                s.col_end - s.col_start,
+            ):
+                raise ValueError(
+                    f"LoRA B of shape {tuple(s.b.shape)} and dtype {bt.dtype} does not fit "
+                    f"its slice ({s.col_end - s.col_start} cols, rank "
+                    f"{s.rank_end - s.rank_start}, float32)"
+                )
+            keep.append(bt)
+            slices += [s.rank_start, s.rank_end, s.col_start, s.col_end, bt.data_ptr()]
+        return cls(a.data_ptr(), int(a.shape[0]), tuple(slices), tuple(keep))
+
+
+class LoraCpuTable:
+    """One projection's weights of a step's groups, as the kernel's address tables.
+
+    Args:
+        entries: Each group's :class:`KernelEntry`, in the step's group order; None where
+            the group's adapter does not target this projection (no update for its tokens).
+        in_features: ``H``.
+        out_features: ``O`` of the (fused) projection.
+    """
+
+    def __init__(
+        self, entries: Sequence[KernelEntry | None], in_features: int, out_features: int
+    ) -> None:
+        groups: list[int] = []
+        slices: list[int] = []
+        for entry in entries:
+            if entry is None:
+                groups += [0, 0, len(slices) // 5, 0]
+                continue
+            groups += [entry.a_ptr, entry.rank, len(slices) // 5, len(entry.slices) // 5]
+            slices += entry.slices
+        self.groups = torch.tensor(groups, dtype=torch.int64)
+        self.slices = torch.tensor(slices or [0], dtype=torch.int64)
+        self.num_groups = len(entries)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.empty = not slices
+        self._entries = tuple(entries)  # NOTE: keeps every addressed tensor alive
+
+    @classmethod
+    def from_weights(
+        cls, weights: Sequence[LoraWeights | None], in_features: int, out_features: int
+    ) -> LoraCpuTable:
+        """The table of ``weights`` (None: the group's adapter does not target this one).
+
+        Raises:
+            ValueError: See :meth:`KernelEntry.of`.
+        """
+        entries = [
+            None if w is None else KernelEntry.of(w, in_features, out_features) for w in weights
+        ]
+        return cls(entries, in_features, out_features)
+
+
+class CpuLoraKernel:
+    """The compiled kernel, loaded from ``path``.
+
+    Raises:
+        OSError: The library cannot be loaded or lacks the kernel's symbol.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        library = ctypes.CDLL(str(path))
+        fn = getattr(library, _SYMBOL)
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        fn.argtypes = [ptr, i64, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        self._fn = fn
+        self._library = library
+
+    def apply(
+        self, out: torch.Tensor, x: torch.Tensor, rows: LoraRows, table: LoraCpuTable
+    ) -> None:
+        """Add every grouped token's update to ``out [T, O]`` in place.
+
+        Args:
+            out: float32 CPU ``[T, O]``, unit stride along ``O``.
+            x: float32 CPU ``[T, H]``, unit stride along ``H``.
+            rows: The step's grouping (``G`` groups, rows below ``T``).
+            table: This projection's weights for the same ``G`` groups.
+
+        Raises:
+            ValueError: Tensors of the wrong dtype, device, shape or strides.
+            MemoryError: The kernel could not allocate its scratch.
+        """
+        _check(out, x, rows, table)
+        if table.empty:
+            return
+        status = self._fn(
+            x.data_ptr(),
+            x.stride(0),
+            out.data_ptr(),
+            out.stride(0),
+            table.in_features,
+            table.num_groups,
+            rows.row_offsets.data_ptr(),
+            rows.rows.data_ptr(),
+            table.groups.data_ptr(),
+            table.slices.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("the CPU LoRA kernel could not allocate its scratch")
+
+
+def _check(out: torch.Tensor, x: torch.Tensor, rows: LoraRows, table: LoraCpuTable) -> None:
+    for name, t in (("out", out), ("x", x)):
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1:
+            raise ValueError(
+                f"{name}: the CPU LoRA kernel needs a float32 CPU matrix with unit stride "
+                f"along its rows, got {t.dtype} {t.device} shape {tuple(t.shape)} "
+                f"strides {t.stride()}"
+            )
+    if x.shape[1] != table.in_features or out.shape[1] != table.out_features:
+        raise ValueError(
+            f"x {tuple(x.shape)} / out {tuple(out.shape)} do not fit a table for "
+            f"{table.in_features} -> {table.out_features} features"
+        )
+    if x.shape[0] != out.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows and out {out.shape[0]}")
+    if rows.num_groups != table.num_groups:
+        raise ValueError(f"{rows.num_groups} row groups for a table of {table.num_groups}")
+    if rows.row_end > x.shape[0]:
+        raise ValueError(f"a grouped row is past the step's {x.shape[0]} tokens")
+
+
+@functools.cache
+def cpu_lora_kernel() -> CpuLoraKernel | None:
+    """The kernel, compiled on first use and cached; None where it cannot be had
+    (``OPENLEDGER_CPU_KERNELS=0``, no C compiler, Windows); the reason is logged once."""
+    if os.environ.get(CPU_KERNELS_ENV, "1") == "0":
+        return None
+    path = compile_cpu_kernel()
+    if path is None:
+        return None
+    try:
+        return CpuLoraKernel(path)
+    except (OSError, AttributeError) as error:
+        logger.warning("CPU LoRA kernel %s could not be loaded (%s): using torch", path, error)
+        return None
+
+
+def compile_cpu_kernel(folder: Path | None = None) -> Path | None:
+    """Compile ``lora_cpu.c`` into ``folder`` (default ``$OPENLEDGER_HOME/kernels``)
+    unless a library built from the same source, flags and CPU is already there.
+
+    Returns:
+        The shared library's path, or None when no compiler could build it (logged).
+    """
+    if os.name == "nt":
+        logger.info("CPU LoRA kernel: not built on Windows; using torch")
+        return None
+    compiler = c_compiler()
+    if compiler is None:
+        logger.warning("CPU LoRA kernel: no C compiler ($CC, cc, gcc, clang); using torch")
+        return None
+    if folder is None:
+        from openledger.models.cache import openledger_home
+
+        folder = openledger_home() / "kernels"
+    source = SOURCE.read_bytes()
+    errors: list[str] = []
+    for flags in _FLAG_SETS:
+        digest = hashlib.sha256(
+            b"\0".join([source, compiler.encode(), " ".join(flags).encode(), _cpu_identity()])
+        ).hexdigest()[:16]
+        target = folder / f"lora_cpu-{digest}.so"
+        if target.exists():
+            return target
+        error = _build(compiler, flags, target)
+        if error is None:
+            return target
+        errors.append(f"{' '.join(flags)}: {error}")
+    logger.warning("CPU LoRA kernel: %s failed to build it (%s); using torch", compiler, errors)
+    return None
+
+
+def c_compiler() -> str | None:
+    """The C compiler the kernel is built with: ``$CC``, else ``cc``, ``gcc`` or ``clang``
+    on the PATH; None when there is none."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and (found := shutil.which(name)):
+            return found
+    return None
+
+
+def _cpu_identity() -> bytes:
+    # NOTE: -march=native code must not be loaded on another CPU (a shared home folder):
+    # the model name and feature flags of this one go into the file name.
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}".encode()
+    wanted = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(wanted))).encode()
+
+
+def _build(compiler: str, flags: Sequence[str], target: Path) -> str | None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    command = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", scratch]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            return done.stderr.strip()[-500:] or f"exit status {done.returncode}"
+        os.replace(scratch, target)  # NOTE: atomic: a concurrent build never sees half a file
+        return None
+    except (OSError, subprocess.SubprocessError) as error:
+        return str(error)
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)

@@ -1,0 +1,259 @@
+"""The compiled CPU LoRA kernel against the einsum reference; its build cache, its
+fallback when it cannot be built, and bad inputs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from tests.serve.test_serve_lora_ops import random_weights, reference_delta  # noqa: E402
+
+from openledger.serve.layers.lora import LoraState  # noqa: E402
+from openledger.serve.ops import lora_cpu  # noqa: E402
+from openledger.serve.ops.lora_cpu import (  # noqa: E402
+    CPU_KERNELS_ENV,
+    CpuLoraKernel,
+    KernelEntry,
+    LoraCpuTable,
+    LoraRows,
+    c_compiler,
+    compile_cpu_kernel,
+    cpu_lora_kernel,
+    kernel_layout,
+)
+from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights  # noqa: E402
+
+HIDDEN = 40
+SIZES = [40, 8, 8]  # a q|k|v-like fused projection
+OUT = sum(SIZES)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> CpuLoraKernel:
+    if c_compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    if os.environ.get(CPU_KERNELS_ENV) == "0":
+        pytest.skip(f"{CPU_KERNELS_ENV}=0")
+    built = cpu_lora_kernel()
+    assert built is not None, "a C compiler is here but the kernel did not build"
+    return built
+
+
+def make_weights(gen: torch.Generator, count: int, max_rank: int) -> list[LoraWeights | None]:
+    weights: list[LoraWeights | None] = []
+    for index in range(count):
+        ranks = [
+            None if (index + i) % 4 == 3 else 1 + (index * 7 + i * 3) % max_rank for i in range(3)
+        ]
+        ranks[0] = ranks[0] or max_rank  # every adapter targets at least one slice
+        weights.append(kernel_layout(random_weights(gen, HIDDEN, SIZES, ranks)))
+    return weights
+
+
+def run(
+    kernel: CpuLoraKernel,
+    weights: list[LoraWeights | None],
+    token_groups: list[int],
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kernel result, reference result) for tokens whose group is ``token_groups[t]``
+    (-1: no adapter), groups numbered in order of ``weights``."""
+    tokens = len(token_groups)
+    x = torch.randn(tokens, HIDDEN, generator=gen)
+    base = torch.randn(tokens, OUT, generator=gen)
+    runs = [[(t, t + 1) for t, g in enumerate(token_groups) if g == group]
+            for group in range(len(weights))]  # fmt: skip
+    present = [group for group, r in enumerate(runs) if r]
+    rows = LoraRows.from_runs([runs[g] for g in present])
+    table = LoraCpuTable.from_weights([weights[g] for g in present], HIDDEN, OUT)
+    got = base.clone()
+    kernel.apply(got, x, rows, table)
+    indices = torch.tensor(token_groups, dtype=torch.int64)
+    live = torch.tensor([g >= 0 and weights[g] is not None for g in token_groups])
+    masked = torch.where(live, indices, torch.full_like(indices, -1))
+    return got, base + reference_delta(x, weights, masked, OUT)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    token_groups=st.lists(st.integers(-1, 5), min_size=1, max_size=70),
+    max_rank=st.sampled_from([1, 8, 16, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_kernel_matches_reference(
+    kernel: CpuLoraKernel, token_groups: list[int], max_rank: int, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    weights = make_weights(gen, 6, max_rank)
+    weights[4] = None  # an adapter that does not target this projection
+    got, want = run(kernel, weights, token_groups, gen)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows_per_group", [1, 2, 3, 17, 32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_decode_and_prefill_layouts_on_any_thread_count(
+    kernel: CpuLoraKernel, rows_per_group: int, threads: int
+) -> None:
+    gen = torch.Generator().manual_seed(rows_per_group * 10 + threads)
+    weights = make_weights(gen, 3, 16)
+    token_groups = [g for g in range(3) for _ in range(rows_per_group)] + [-1]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got, want = run(kernel, weights, token_groups, gen)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_more_groups_than_one_pass(kernel: CpuLoraKernel) -> None:
+    gen = torch.Generator().manual_seed(3)
+    weights = make_weights(gen, 300, 4)  # the kernel takes 256 groups per pass
+    token_groups = [g for g in range(300) for _ in range(1 + g % 2)]
+    got, want = run(kernel, weights, token_groups, gen)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_weighted_combination_is_exact(kernel: CpuLoraKernel) -> None:
+    gen = torch.Generator().manual_seed(5)
+    first, second = make_weights(gen, 2, 8)
+    assert first is not None
+    assert second is not None
+    mix = kernel_layout(combine_lora_weights([(first, 0.7), (second, 0.3)]))
+    x = torch.randn(4, HIDDEN, generator=gen)
+    got = torch.zeros(4, OUT)
+    kernel.apply(
+        got, x, LoraRows.from_runs([[(0, 4)]]), LoraCpuTable.from_weights([mix], HIDDEN, OUT)
+    )
+    want = torch.zeros(4, OUT)
+    for weights, coefficient in ((first, 0.7), (second, 0.3)):
+        indices = torch.zeros(4, dtype=torch.int64)
+        want += coefficient * reference_delta(x, [weights], indices, OUT)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_rows_of_a_wider_tensor(kernel: CpuLoraKernel) -> None:
+    gen = torch.Generator().manual_seed(9)
+    weights = make_weights(gen, 1, 8)
+    wide_x = torch.randn(3, HIDDEN + 5, generator=gen)
+    wide_out = torch.zeros(3, OUT + 7)
+    x, out = wide_x[:, :HIDDEN], wide_out[:, 2 : 2 + OUT]
+    kernel.apply(
+        out, x, LoraRows.from_runs([[(0, 3)]]), LoraCpuTable.from_weights(weights, HIDDEN, OUT)
+    )
+    want = reference_delta(x.contiguous(), weights, torch.zeros(3, dtype=torch.int64), OUT)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    assert not wide_out[:, :2].any()
+    assert not wide_out[:, 2 + OUT :].any()
+
+
+def test_kernel_layout_keeps_values_and_views() -> None:
+    gen = torch.Generator().manual_seed(1)
+    plain = random_weights(gen, HIDDEN, SIZES, [4, None, 2])
+    laid = kernel_layout(plain)
+    for before, after in zip(plain.slices, laid.slices, strict=True):
+        assert torch.equal(before.b, after.b)
+        assert after.b.shape == before.b.shape
+        assert after.b.T.is_contiguous()
+    assert torch.equal(plain.a, laid.a)
+    again = kernel_layout(laid)
+    assert all(x.b is y.b for x, y in zip(laid.slices, again.slices, strict=True))  # no copy
+
+
+def test_rows_from_runs() -> None:
+    rows = LoraRows.from_runs([[(0, 2), (5, 6)], [(2, 5)]])
+    assert rows.row_offsets.tolist() == [0, 3, 6]
+    assert rows.rows.tolist() == [0, 1, 5, 2, 3, 4]
+    assert (rows.max_rows, rows.row_end, rows.num_groups) == (3, 6, 2)
+    with pytest.raises(ValueError, match=r"row run \(3, 3\)"):
+        LoraRows.from_runs([[(3, 3)]])
+
+
+def test_bad_inputs_are_refused_before_the_kernel_runs(kernel: CpuLoraKernel) -> None:
+    gen = torch.Generator().manual_seed(2)
+    weights = make_weights(gen, 2, 8)
+    table = LoraCpuTable.from_weights(weights, HIDDEN, OUT)
+    rows = LoraRows.from_runs([[(0, 1)], [(1, 2)]])
+    x, out = torch.randn(2, HIDDEN), torch.zeros(2, OUT)
+    with pytest.raises(ValueError, match=r"x: .*float32"):
+        kernel.apply(out, x.double(), rows, table)
+    with pytest.raises(ValueError, match=r"out: .*unit stride"):
+        kernel.apply(out.T.contiguous().T, x, rows, table)
+    with pytest.raises(ValueError, match="do not fit a table"):
+        kernel.apply(out, torch.randn(2, HIDDEN + 1), rows, table)
+    with pytest.raises(ValueError, match="past the step's 1 tokens"):
+        kernel.apply(out[:1], x[:1], rows, table)
+    with pytest.raises(ValueError, match="1 row groups for a table of 2"):
+        kernel.apply(out, x, LoraRows.from_runs([[(0, 2)]]), table)
+    assert not out.any()  # nothing was written by a refused call
+    first = weights[0]
+    assert first is not None
+    with pytest.raises(ValueError, match="float32"):
+        KernelEntry.of(LoraWeights(first.a.bfloat16(), first.slices), HIDDEN, OUT)
+    with pytest.raises(ValueError, match="does not fit rank"):
+        KernelEntry.of(first, HIDDEN, 10)
+    with pytest.raises(ValueError, match=r"\[rank, 41\]"):
+        KernelEntry.of(first, HIDDEN + 1, OUT)
+
+
+def test_build_is_cached_per_source_flags_and_cpu(tmp_path: Path) -> None:
+    if c_compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    path = compile_cpu_kernel(tmp_path)
+    assert path is not None
+    assert path.parent == tmp_path
+    assert path.name.startswith("lora_cpu-")
+    stamp = path.stat().st_mtime_ns
+    assert compile_cpu_kernel(tmp_path) == path
+    assert path.stat().st_mtime_ns == stamp  # found, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no scratch left behind
+    CpuLoraKernel(path)  # loads, has its symbol
+
+
+def test_without_a_compiler_the_torch_paths_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "missing-cc"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang either
+    with caplog.at_level(logging.WARNING, logger=lora_cpu.__name__):
+        assert compile_cpu_kernel(tmp_path) is None
+    assert "no C compiler" in caplog.text
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: cannot compile' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with caplog.at_level(logging.WARNING, logger=lora_cpu.__name__):
+        assert compile_cpu_kernel(tmp_path) is None
+    assert "cannot compile" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cc"]  # no half-built library
+
+
+def test_switched_off_states_keep_the_fused_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CPU_KERNELS_ENV, "0")
+    cpu_lora_kernel.cache_clear()
+    try:
+        state = LoraState(["proj"], 2, torch.device("cpu"), backend="torch")
+        assert state.kernel is None
+        gen = torch.Generator().manual_seed(4)
+        state.install(0, {"proj": random_weights(gen, HIDDEN, SIZES, [2, 3, None])})
+        installed = state.slots["proj"][0]
+        assert installed is not None
+        assert len(installed.slices) == 1
+    finally:
+        cpu_lora_kernel.cache_clear()
+    if c_compiler() is not None:
+        monkeypatch.delenv(CPU_KERNELS_ENV)
+        state = LoraState(["proj"], 2, torch.device("cpu"), backend="torch")
+        assert state.kernel is not None
+        state.install(0, {"proj": random_weights(gen, HIDDEN, SIZES, [2, 3, None])})
+        installed = state.slots["proj"][0]
+        assert installed is not None
+        assert len(installed.slices) == 2
+        assert installed.slices[0].b.T.is_contiguous()
