@@ -26,7 +26,7 @@ from openledger.exceptions import (  # noqa: E402
 )
 from openledger.models import save_tiny_model  # noqa: E402
 from openledger.serve import Engine, EngineConfig, SamplingParams  # noqa: E402
-from openledger.serve.ops.lora_cpu import CPU_KERNELS_ENV, c_compiler  # noqa: E402
+from openledger.serve.ops.cpu_kernels import CPU_KERNELS_ENV, c_compiler  # noqa: E402
 
 NEW = 6
 SPECS: list[tuple[int, list[str], dict[str, Any]]] = [

@@ -1,5 +1,5 @@
-"""The compiled CPU LoRA kernel against the einsum reference; its build cache, its
-fallback when it cannot be built, and bad inputs."""
+"""The compiled CPU kernels (LoRA updates, paged decode attention) against the einsum and
+SDPA references; their build cache, the fallback when they cannot be built, bad inputs."""
 
 from __future__ import annotations
 
@@ -16,19 +16,28 @@ from hypothesis import strategies as st  # noqa: E402
 from tests.serve.test_serve_lora_ops import random_weights, reference_delta  # noqa: E402
 
 from openledger.serve.layers.lora import LoraState  # noqa: E402
-from openledger.serve.ops import lora_cpu  # noqa: E402
-from openledger.serve.ops.lora_cpu import (  # noqa: E402
+from openledger.serve.ops import cpu_kernels as cpu_kernels_module  # noqa: E402
+from openledger.serve.ops.attention_cpu import (  # noqa: E402
+    cpu_decode_attention,
+    paged_decode_attention_cpu,
+)
+from openledger.serve.ops.cpu_kernels import (  # noqa: E402
     CPU_KERNELS_ENV,
+    CpuKernels,
+    c_compiler,
+    compile_cpu_kernels,
+    cpu_kernels,
+)
+from openledger.serve.ops.lora_cpu import (  # noqa: E402
     CpuLoraKernel,
     KernelEntry,
     LoraCpuTable,
     LoraRows,
-    c_compiler,
-    compile_cpu_kernel,
     cpu_lora_kernel,
     kernel_layout,
 )
 from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights  # noqa: E402
+from openledger.serve.ops.reference import decode_attention  # noqa: E402
 
 HIDDEN = 40
 SIZES = [40, 8, 8]  # a q|k|v-like fused projection
@@ -207,15 +216,15 @@ def test_bad_inputs_are_refused_before_the_kernel_runs(kernel: CpuLoraKernel) ->
 def test_build_is_cached_per_source_flags_and_cpu(tmp_path: Path) -> None:
     if c_compiler() is None:
         pytest.skip("no C compiler on this machine")
-    path = compile_cpu_kernel(tmp_path)
+    path = compile_cpu_kernels(tmp_path)
     assert path is not None
     assert path.parent == tmp_path
-    assert path.name.startswith("lora_cpu-")
+    assert path.name.startswith("cpu_kernels-")
     stamp = path.stat().st_mtime_ns
-    assert compile_cpu_kernel(tmp_path) == path
+    assert compile_cpu_kernels(tmp_path) == path
     assert path.stat().st_mtime_ns == stamp  # found, not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no scratch left behind
-    CpuLoraKernel(path)  # loads, has its symbol
+    CpuKernels(path)  # loads, has every kernel
 
 
 def test_without_a_compiler_the_torch_paths_serve(
@@ -223,31 +232,33 @@ def test_without_a_compiler_the_torch_paths_serve(
 ) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "missing-cc"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang either
-    with caplog.at_level(logging.WARNING, logger=lora_cpu.__name__):
-        assert compile_cpu_kernel(tmp_path) is None
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels_module.__name__):
+        assert compile_cpu_kernels(tmp_path) is None
     assert "no C compiler" in caplog.text
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\necho 'cc: cannot compile' >&2\nexit 1\n")
     broken.chmod(0o755)
-    with caplog.at_level(logging.WARNING, logger=lora_cpu.__name__):
-        assert compile_cpu_kernel(tmp_path) is None
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels_module.__name__):
+        assert compile_cpu_kernels(tmp_path) is None
     assert "cannot compile" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cc"]  # no half-built library
 
 
 def test_switched_off_states_keep_the_fused_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CPU_KERNELS_ENV, "0")
-    cpu_lora_kernel.cache_clear()
+    cpu_kernels.cache_clear()
     try:
         state = LoraState(["proj"], 2, torch.device("cpu"), backend="torch")
         assert state.kernel is None
+        assert cpu_lora_kernel() is None
+        assert cpu_decode_attention(torch.zeros(1, 2, 4)) is None
         gen = torch.Generator().manual_seed(4)
         state.install(0, {"proj": random_weights(gen, HIDDEN, SIZES, [2, 3, None])})
         installed = state.slots["proj"][0]
         assert installed is not None
         assert len(installed.slices) == 1
     finally:
-        cpu_lora_kernel.cache_clear()
+        cpu_kernels.cache_clear()
     if c_compiler() is not None:
         monkeypatch.delenv(CPU_KERNELS_ENV)
         state = LoraState(["proj"], 2, torch.device("cpu"), backend="torch")
@@ -257,3 +268,70 @@ def test_switched_off_states_keep_the_fused_layout(monkeypatch: pytest.MonkeyPat
         assert installed is not None
         assert len(installed.slices) == 2
         assert installed.slices[0].b.T.is_contiguous()
+
+
+def cache_and_tables(
+    gen: torch.Generator, lens: list[int], kv_heads: int, dim: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random caches and shuffled block tables (padded with a valid id) for ``lens``."""
+    need = [-(-n // block_size) for n in lens]
+    width = max(need)
+    num_blocks = sum(need) + 3
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    tables, at = [], 0
+    for count in need:
+        tables.append(order[at : at + count] + [order[-1]] * (width - count))
+        at += count
+    shape = (num_blocks, block_size, kv_heads, dim)
+    return (
+        torch.randn(shape, generator=gen),
+        torch.randn(shape, generator=gen),
+        torch.tensor(tables, dtype=torch.int32),
+        torch.tensor(lens, dtype=torch.int32),
+    )
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 128), (8, 2, 32), (6, 1, 48)]
+)
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+@pytest.mark.parametrize("window", [None, 5])
+def test_decode_attention_matches_reference(
+    kernel: CpuLoraKernel, heads: int, kv_heads: int, dim: int, block_size: int, window: int | None
+) -> None:
+    gen = torch.Generator().manual_seed(heads * 1000 + dim + block_size)
+    lens = [1, 7, 16, 33, 2]
+    k_cache, v_cache, tables, context = cache_and_tables(gen, lens, kv_heads, dim, block_size)
+    fused = torch.randn(len(lens), heads + kv_heads, dim, generator=gen)
+    query = fused[:, :heads]  # NOTE: a view with a row stride, as the model passes it
+    args = (query, k_cache, v_cache, tables, context)
+    got = paged_decode_attention_cpu(*args, scale=dim**-0.5, sliding_window=window)
+    want = decode_attention(*args, scale=dim**-0.5, sliding_window=window)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_bad_inputs(kernel: CpuLoraKernel) -> None:
+    gen = torch.Generator().manual_seed(0)
+    k_cache, v_cache, tables, lens = cache_and_tables(gen, [3, 9], 2, 16, 4)
+    query = torch.randn(2, 4, 16, generator=gen)
+    call = paged_decode_attention_cpu
+    with pytest.raises(ValueError, match="query: float32 CPU expected"):
+        call(query.double(), k_cache, v_cache, tables, lens, scale=0.25)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        call(query, k_cache.transpose(0, 1), v_cache, tables, lens, scale=0.25)
+    with pytest.raises(ValueError, match="does not fit caches"):
+        call(torch.randn(2, 3, 16), k_cache, v_cache, tables, lens, scale=0.25)
+    with pytest.raises(ValueError, match=r"context lengths must be in 1\.\.12"):
+        call(query, k_cache, v_cache, tables, torch.tensor([3, 13], dtype=torch.int32), scale=0.25)
+    with pytest.raises(ValueError, match=r"context lengths"):
+        call(query, k_cache, v_cache, tables, torch.tensor([0, 3], dtype=torch.int32), scale=0.25)
+    bad = tables.clone()
+    bad[1, 0] = k_cache.shape[0]
+    with pytest.raises(ValueError, match="block ids must be in"):
+        call(query, k_cache, v_cache, bad, lens, scale=0.25)
+    with pytest.raises(ValueError, match="do not fit 2 queries"):
+        call(query, k_cache, v_cache, tables[:1], lens, scale=0.25)
+    empty = call(query[:0], k_cache, v_cache, tables[:0], lens[:0], scale=0.25)
+    assert empty.shape == (0, 4, 16)
+    assert cpu_decode_attention(query) is paged_decode_attention_cpu
+    assert cpu_decode_attention(query.double()) is None

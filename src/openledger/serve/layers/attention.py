@@ -9,6 +9,7 @@ from torch import nn
 
 from openledger.serve.batch import BatchMetadata
 from openledger.serve.ops import reference
+from openledger.serve.ops.attention_cpu import cpu_decode_attention
 from openledger.serve.ops.step_attention import DecodeFn, step_attention
 
 __all__ = ["AttentionBackend", "PagedAttention"]
@@ -24,7 +25,8 @@ class PagedAttention(nn.Module):
     once per step by the runner) prompt chunks and decode rows run batched together
     (:func:`openledger.serve.ops.step_attention.step_attention`); without one, prefill takes
     the reference path (gather + SDPA). Decode rows take the Triton kernel when
-    ``backend == "triton"``.
+    ``backend == "triton"``, else on CPU in float32 the compiled kernel
+    (:mod:`~openledger.serve.ops.attention_cpu`) where it is built.
 
     Args:
         num_heads: Query heads.
@@ -71,7 +73,7 @@ class PagedAttention(nn.Module):
                 batch.attention,
                 scale=self.scale,
                 sliding_window=self.sliding_window,
-                decode=self._decode_kernel(),
+                decode=self._decode_kernel(query),
             )
         if batch.is_prefill:
             return reference.prefill_attention(
@@ -86,7 +88,7 @@ class PagedAttention(nn.Module):
                 key=key,
                 value=value,
             )
-        decode = self._decode_kernel() or reference.decode_attention
+        decode = self._decode_kernel(query) or reference.decode_attention
         return decode(
             query,
             self.k_cache,
@@ -97,10 +99,11 @@ class PagedAttention(nn.Module):
             sliding_window=self.sliding_window,
         )
 
-    def _decode_kernel(self) -> DecodeFn | None:
-        """The Triton paged decode kernel with ``backend="triton"``, else None (reference)."""
+    def _decode_kernel(self, query: torch.Tensor) -> DecodeFn | None:
+        """The paged decode kernel for ``query``: Triton's with ``backend="triton"``, the
+        compiled CPU one for float32 on CPU where it is built, else None (gather + SDPA)."""
         if self.backend != "triton":
-            return None
+            return cpu_decode_attention(query)
         from openledger.serve.ops.triton_attention import paged_decode_attention
 
         return paged_decode_attention

@@ -1,16 +1,12 @@
-"""A compiled CPU kernel for the LoRA updates of a step's tokens, grouped by adapter.
+"""The compiled CPU kernel for the LoRA updates of a step's tokens, grouped by adapter.
 
 At decode, a step has a row or two per adapter: the update is bound by reading the
 adapters' weights, and general GEMM routines (``bmm`` included) stream many small
-matrices at well under the memory bandwidth. ``lora_cpu.c`` reads each ``A`` and each
-slice's ``B`` once, front to back, both threads at a time, with no padding to a common rank
-and no block-diagonal zeros for fused projections (benchmarks/RESULTS.md, Multi-adapter
-serving). It is compiled on first use with the system's C compiler (``$CC``, else ``cc``,
-``gcc`` or ``clang``; ``-O3 -march=native -fopenmp``) into
-``$OPENLEDGER_HOME/kernels`` and loaded with :mod:`ctypes`; the file name carries a hash
-of the source, the flags and the CPU, so a changed source or another machine compiles
-again. Without a compiler, or with ``OPENLEDGER_CPU_KERNELS=0``, :func:`cpu_lora_kernel`
-returns None and the torch paths run instead (same results up to rounding).
+matrices at well under the memory bandwidth. ``openledger_lora_apply``
+(:mod:`.cpu_kernels`) reads each ``A`` and each slice's ``B`` once, front to back, both
+threads at a time, with no padding to a common rank and no block-diagonal zeros for fused
+projections (benchmarks/RESULTS.md, Multi-adapter serving). Where the kernels cannot be
+built, :func:`cpu_lora_kernel` returns None and the torch paths run instead.
 
 Layout the kernel reads (:class:`LoraCpuTable`, one per projection and set of adapters;
 :class:`LoraRows`, one per step)::
@@ -28,48 +24,23 @@ view, so the torch paths read the same tensors).
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import itertools
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from openledger.serve.ops.cpu_kernels import CpuKernels, cpu_kernels
 from openledger.serve.ops.lora_torch import LoraSlice, LoraWeights
 
 __all__ = [
-    "CPU_KERNELS_ENV",
     "CpuLoraKernel",
     "KernelEntry",
     "LoraCpuTable",
     "LoraRows",
-    "c_compiler",
-    "compile_cpu_kernel",
     "cpu_lora_kernel",
     "kernel_layout",
 ]
-
-logger = logging.getLogger(__name__)
-
-CPU_KERNELS_ENV = "OPENLEDGER_CPU_KERNELS"
-"""Set to ``0`` to never compile or load the CPU kernel (the torch paths run instead)."""
-
-SOURCE = Path(__file__).with_name("lora_cpu.c")
-_SYMBOL = "openledger_lora_apply"
-_FLAG_SETS = (
-    ("-O3", "-march=native", "-fopenmp"),
-    ("-O3", "-march=native"),
-    ("-O3",),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,21 +205,15 @@ class LoraCpuTable:
 
 
 class CpuLoraKernel:
-    """The compiled kernel, loaded from ``path``.
+    """The LoRA kernel of a compiled :class:`~openledger.serve.ops.cpu_kernels.CpuKernels`.
 
-    Raises:
-        OSError: The library cannot be loaded or lacks the kernel's symbol.
+    Args:
+        kernels: The loaded library.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        library = ctypes.CDLL(str(path))
-        fn = getattr(library, _SYMBOL)
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        fn.argtypes = [ptr, i64, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        self._fn = fn
-        self._library = library
+    def __init__(self, kernels: CpuKernels) -> None:
+        self.path = kernels.path
+        self._fn = kernels.lora_apply
 
     def apply(
         self, out: torch.Tensor, x: torch.Tensor, rows: LoraRows, table: LoraCpuTable
@@ -306,90 +271,8 @@ def _check(out: torch.Tensor, x: torch.Tensor, rows: LoraRows, table: LoraCpuTab
         raise ValueError(f"a grouped row is past the step's {x.shape[0]} tokens")
 
 
-@functools.cache
 def cpu_lora_kernel() -> CpuLoraKernel | None:
-    """The kernel, compiled on first use and cached; None where it cannot be had
-    (``OPENLEDGER_CPU_KERNELS=0``, no C compiler, Windows); the reason is logged once."""
-    if os.environ.get(CPU_KERNELS_ENV, "1") == "0":
-        return None
-    path = compile_cpu_kernel()
-    if path is None:
-        return None
-    try:
-        return CpuLoraKernel(path)
-    except (OSError, AttributeError) as error:
-        logger.warning("CPU LoRA kernel %s could not be loaded (%s): using torch", path, error)
-        return None
-
-
-def compile_cpu_kernel(folder: Path | None = None) -> Path | None:
-    """Compile ``lora_cpu.c`` into ``folder`` (default ``$OPENLEDGER_HOME/kernels``)
-    unless a library built from the same source, flags and CPU is already there.
-
-    Returns:
-        The shared library's path, or None when no compiler could build it (logged).
-    """
-    if os.name == "nt":
-        logger.info("CPU LoRA kernel: not built on Windows; using torch")
-        return None
-    compiler = c_compiler()
-    if compiler is None:
-        logger.warning("CPU LoRA kernel: no C compiler ($CC, cc, gcc, clang); using torch")
-        return None
-    if folder is None:
-        from openledger.models.cache import openledger_home
-
-        folder = openledger_home() / "kernels"
-    source = SOURCE.read_bytes()
-    errors: list[str] = []
-    for flags in _FLAG_SETS:
-        digest = hashlib.sha256(
-            b"\0".join([source, compiler.encode(), " ".join(flags).encode(), _cpu_identity()])
-        ).hexdigest()[:16]
-        target = folder / f"lora_cpu-{digest}.so"
-        if target.exists():
-            return target
-        error = _build(compiler, flags, target)
-        if error is None:
-            return target
-        errors.append(f"{' '.join(flags)}: {error}")
-    logger.warning("CPU LoRA kernel: %s failed to build it (%s); using torch", compiler, errors)
-    return None
-
-
-def c_compiler() -> str | None:
-    """The C compiler the kernel is built with: ``$CC``, else ``cc``, ``gcc`` or ``clang``
-    on the PATH; None when there is none."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and (found := shutil.which(name)):
-            return found
-    return None
-
-
-def _cpu_identity() -> bytes:
-    # NOTE: -march=native code must not be loaded on another CPU (a shared home folder):
-    # the model name and feature flags of this one go into the file name.
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}".encode()
-    wanted = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(wanted))).encode()
-
-
-def _build(compiler: str, flags: Sequence[str], target: Path) -> str | None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    command = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", scratch]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            return done.stderr.strip()[-500:] or f"exit status {done.returncode}"
-        os.replace(scratch, target)  # NOTE: atomic: a concurrent build never sees half a file
-        return None
-    except (OSError, subprocess.SubprocessError) as error:
-        return str(error)
-    finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
+    """The LoRA kernel, or None where the CPU kernels cannot be had (see
+    :func:`~openledger.serve.ops.cpu_kernels.cpu_kernels`)."""
+    kernels = cpu_kernels()
+    return None if kernels is None else CpuLoraKernel(kernels)

@@ -1,0 +1,141 @@
+"""Paged decode attention on CPU through the compiled kernel.
+
+Plain torch attends a decode step's rows by gathering every sequence's keys and values
+out of the paged cache into a padded batch and running SDPA: at a handful of short
+sequences that is a few hundred microseconds per layer of small ops for a few hundred
+kilo-flops of work. ``openledger_paged_decode`` (:mod:`.cpu_kernels`) reads the keys
+and values where they sit in the cache blocks, in parallel over (sequence, kv head), the
+query heads of a kv head sharing its keys (grouped-query attention); softmax in float32 in
+two passes. Same signature as :func:`~openledger.serve.ops.reference.decode_attention`,
+which it is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from openledger.serve.ops.cpu_kernels import cpu_kernels
+from openledger.serve.ops.step_attention import DecodeFn
+
+__all__ = ["cpu_decode_attention", "paged_decode_attention_cpu"]
+
+
+def paged_decode_attention_cpu(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    *,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """One new token per sequence attending over its cached context (its own included).
+
+    Args:
+        query: ``[B, heads, dim]`` float32 CPU (each row's heads contiguous).
+        k_cache: ``[num_blocks, block_size, kv_heads, dim]`` contiguous float32.
+        v_cache: Likewise.
+        block_tables: ``[B, max_blocks]`` int32 block ids, padded with any valid id.
+        context_lens: ``[B]`` int32, at least 1 and at most ``max_blocks * block_size``.
+        scale: Softmax scale.
+        sliding_window: Mistral-style window, None for full attention.
+
+    Returns:
+        ``[B, heads, dim]`` float32.
+
+    Raises:
+        RuntimeError: The CPU kernels are not built here.
+        ValueError: Tensors of the wrong dtype, device, layout or shape.
+        MemoryError: The kernel could not allocate its scratch.
+    """
+    kernels = cpu_kernels()
+    if kernels is None:
+        raise RuntimeError("the CPU kernels are not built here (see openledger.serve.ops)")
+    batch, heads, dim = query.shape
+    num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
+    lens = context_lens.to(torch.int32)
+    tables = block_tables.to(torch.int32)
+    _check(query, k_cache, v_cache, tables, lens, heads, kv_heads, dim, cache_dim)
+    if batch:
+        _check_ranges(tables, lens, num_blocks, block_size)
+    out = torch.empty(batch, heads, dim, dtype=torch.float32)
+    if batch == 0:
+        return out
+    status = kernels.paged_decode(
+        query.data_ptr(),
+        query.stride(0),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        tables.data_ptr(),
+        tables.stride(0),
+        lens.data_ptr(),
+        batch,
+        heads,
+        kv_heads,
+        dim,
+        block_size,
+        float(scale),
+        sliding_window or 0,
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("the CPU decode attention kernel could not allocate its scratch")
+    return out
+
+
+def _check(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    tables: torch.Tensor,
+    lens: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    cache_dim: int,
+) -> None:
+    tensors = (("query", query), ("k_cache", k_cache), ("v_cache", v_cache))
+    for name, t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise ValueError(f"{name}: float32 CPU expected, got {t.dtype} {t.device}")
+    if query.stride(2) != 1 or query.stride(1) != dim:
+        raise ValueError(f"query: each row's heads must be contiguous, strides {query.stride()}")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("k_cache and v_cache must be contiguous")
+    if k_cache.shape != v_cache.shape or cache_dim != dim or heads % kv_heads:
+        raise ValueError(
+            f"query {tuple(query.shape)} does not fit caches {tuple(k_cache.shape)} / "
+            f"{tuple(v_cache.shape)} (heads a multiple of kv heads, same head width)"
+        )
+    if tables.dim() != 2 or tables.shape[0] != query.shape[0] or lens.shape != (query.shape[0],):
+        raise ValueError(
+            f"block tables {tuple(tables.shape)} and context lengths {tuple(lens.shape)} "
+            f"do not fit {query.shape[0]} queries"
+        )
+    if tables.stride(1) != 1 or not lens.is_contiguous():
+        raise ValueError("block tables rows and context lengths must be contiguous")
+
+
+def _check_ranges(
+    tables: torch.Tensor, lens: torch.Tensor, num_blocks: int, block_size: int
+) -> None:
+    """Refuse block ids or lengths that would read outside the cache (every call: the
+    kernel reads where they point)."""
+    shortest, longest = (int(v) for v in torch.aminmax(lens))
+    if shortest < 1 or longest > tables.shape[1] * block_size:
+        raise ValueError(
+            f"context lengths must be in 1..{tables.shape[1] * block_size} "
+            f"({tables.shape[1]} blocks of {block_size}), got {lens.tolist()}"
+        )
+    low, high = (int(v) for v in torch.aminmax(tables))
+    if low < 0 or high >= num_blocks:
+        raise ValueError(f"block ids must be in 0..{num_blocks - 1}, got {low}..{high}")
+
+
+def cpu_decode_attention(query: torch.Tensor) -> DecodeFn | None:
+    """The kernel where it applies to ``query`` (float32 on CPU, kernels built), else None."""
+    if query.dtype != torch.float32 or query.device.type != "cpu" or cpu_kernels() is None:
+        return None
+    return paged_decode_attention_cpu

@@ -1,0 +1,207 @@
+/* openledger's CPU kernels, compiled on first use and loaded with ctypes (cpu_kernels.py).
+
+   openledger_lora_apply: the LoRA update of one projection for a step's tokens grouped by
+   adapter (lora_cpu.py). openledger_paged_decode: one-token-per-sequence attention over the
+   paged KV cache (attention_cpu.py).
+
+   LoRA: out[t] += (x[t] A_g^T) B_g^T for every token t of group g, where B_g is given slice by
+   slice (q, k, v of a fused projection; an adapter need not target every slice). Built and
+   loaded by lora_cpu.py; the layout of the tables is documented there and at
+   openledger_lora_apply below.
+
+   Two phases in one OpenMP region, both streaming each weight once, front to back:
+   shrink, parallel over (group, rank row): dot products of the group's token rows with
+   one row of A; expand, parallel over groups (or over column ranges when there are fewer
+   groups than threads): for each rank row k of B^T, out[row, cols] += h[k] * Bt[k, cols].
+   Each token row belongs to one group, so no two threads write the same element. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define CHUNK 256 /* groups per pass; offsets live on the stack */
+
+static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                        int64_t H, int64_t G, const int64_t *row_off, const int64_t *rows,
+                        const int64_t *groups, const int64_t *slices, int nthreads) {
+  int64_t k_off[CHUNK + 1], h_off[CHUNK + 1];
+  k_off[0] = 0;
+  h_off[0] = 0;
+  for (int64_t g = 0; g < G; g++) {
+    k_off[g + 1] = k_off[g] + groups[4 * g + 1];
+    h_off[g + 1] = h_off[g] + groups[4 * g + 1] * (row_off[g + 1] - row_off[g]);
+  }
+  const int64_t total_k = k_off[G];
+  float *h = malloc(sizeof(float) * (size_t)(h_off[G] > 0 ? h_off[G] : 1));
+  if (!h) return -1;
+  const int64_t parts = G >= nthreads ? 1 : nthreads;
+#pragma omp parallel num_threads(nthreads)
+  {
+    /* shrink: h[g][k][i] = x[rows[row_off[g] + i]] . A_g[k] */
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < total_k; item++) {
+      int64_t g = 0;
+      while (k_off[g + 1] <= item) g++;
+      const int64_t k = item - k_off[g], first = row_off[g], m = row_off[g + 1] - first;
+      const float *a = (const float *)(intptr_t)groups[4 * g] + k * H;
+      float *hk = h + h_off[g] + k * m;
+      int64_t i = 0;
+      for (; i + 1 < m; i += 2) {
+        const float *x0 = x + rows[first + i] * x_stride, *x1 = x + rows[first + i + 1] * x_stride;
+        float s0 = 0.f, s1 = 0.f;
+#pragma omp simd reduction(+ : s0, s1)
+        for (int64_t j = 0; j < H; j++) {
+          s0 += x0[j] * a[j];
+          s1 += x1[j] * a[j];
+        }
+        hk[i] = s0;
+        hk[i + 1] = s1;
+      }
+      for (; i < m; i++) {
+        const float *x0 = x + rows[first + i] * x_stride;
+        float s0 = 0.f;
+#pragma omp simd reduction(+ : s0)
+        for (int64_t j = 0; j < H; j++) s0 += x0[j] * a[j];
+        hk[i] = s0;
+      }
+    }
+    /* expand: out[row, cols of slice] += h[g][k][i] * Bt[k]   (implicit barrier above) */
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < G * parts; item++) {
+      const int64_t g = item / parts, part = item % parts;
+      const int64_t first = row_off[g], m = row_off[g + 1] - first;
+      const int64_t s_first = groups[4 * g + 2], s_count = groups[4 * g + 3];
+      const float *hg = h + h_off[g];
+      for (int64_t s = s_first; s < s_first + s_count; s++) {
+        const int64_t *sl = slices + 5 * s;
+        const int64_t r0 = sl[0], r1 = sl[1], c_start = sl[2], cols = sl[3] - sl[2];
+        const float *bt = (const float *)(intptr_t)sl[4];
+        const int64_t c0 = cols * part / parts, c1 = cols * (part + 1) / parts;
+        for (int64_t k = r0; k < r1; k++) {
+          const float *bk = bt + (k - r0) * cols;
+          for (int64_t i = 0; i < m; i++) {
+            const float hv = hg[k * m + i];
+            float *o = out + rows[first + i] * out_stride + c_start;
+#pragma omp simd
+            for (int64_t c = c0; c < c1; c++) o[c] += hv * bk[c];
+          }
+        }
+      }
+    }
+  }
+  free(h);
+  return 0;
+}
+
+/* groups: G x 4 int64 [a_ptr, rank, first_slice, num_slices], A is [rank, H] row-major;
+   slices: 5 int64 each [rank_start, rank_end, col_start, col_end, bt_ptr], Bt is
+   [rank_end - rank_start, col_end - col_start] row-major; group g's token rows are
+   rows[row_off[g] : row_off[g + 1]]. Returns 0, or -1 when out of memory. */
+int openledger_lora_apply(const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                          int64_t H, int64_t G, const int64_t *row_off, const int64_t *rows,
+                          const int64_t *groups, const int64_t *slices, int nthreads) {
+  for (int64_t start = 0; start < G; start += CHUNK) {
+    const int64_t n = G - start < CHUNK ? G - start : CHUNK;
+    if (apply_groups(x, x_stride, out, out_stride, H, n, row_off + start, rows, groups + 4 * start,
+                     slices, nthreads))
+      return -1;
+  }
+  return 0;
+}
+
+/* One (sequence, kv head) of openledger_paged_decode: the group query heads at qb attend
+   over keys/values start..len-1 and write ob. Inlined with D = 64 and 128 as constants
+   (the common head widths), so the compiler unrolls the head dimension into registers. */
+static inline void attend(const float *qb, const float *k_cache, const float *v_cache,
+                          const int32_t *table, int64_t start, int64_t len, int64_t h,
+                          int64_t group, int64_t token_stride, int64_t block_size, float scale,
+                          float *scores, int64_t max_len, float *ob, const int64_t D) {
+  const int64_t n = len - start;
+  for (int64_t blk = start / block_size; blk * block_size < len; blk++) {
+    const float *kb = k_cache + (int64_t)table[blk] * block_size * token_stride + h * D;
+    const int64_t first = blk * block_size > start ? blk * block_size : start;
+    const int64_t last = (blk + 1) * block_size < len ? (blk + 1) * block_size : len;
+    for (int64_t p = first; p < last; p++) {
+      const float *kp = kb + (p - blk * block_size) * token_stride;
+      for (int64_t g = 0; g < group; g++) {
+        const float *qh = qb + g * D;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t d = 0; d < D; d++) dot += qh[d] * kp[d];
+        scores[g * max_len + p - start] = dot * scale;
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; g++) {
+    float *row = scores + g * max_len, best = -INFINITY, total = 0.f;
+    for (int64_t i = 0; i < n; i++)
+      if (row[i] > best) best = row[i];
+    for (int64_t i = 0; i < n; i++) {
+      row[i] = expf(row[i] - best);
+      total += row[i];
+    }
+    const float inv = 1.f / total;
+    for (int64_t i = 0; i < n; i++) row[i] *= inv;
+  }
+  for (int64_t g = 0; g < group; g++) {
+    float acc[D > 0 ? D : 1];
+    for (int64_t d = 0; d < D; d++) acc[d] = 0.f;
+    const float *row = scores + g * max_len;
+    for (int64_t blk = start / block_size; blk * block_size < len; blk++) {
+      const float *vb = v_cache + (int64_t)table[blk] * block_size * token_stride + h * D;
+      const int64_t first = blk * block_size > start ? blk * block_size : start;
+      const int64_t last = (blk + 1) * block_size < len ? (blk + 1) * block_size : len;
+      for (int64_t p = first; p < last; p++) {
+        const float *vp = vb + (p - blk * block_size) * token_stride;
+        const float w = row[p - start];
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) acc[d] += w * vp[d];
+      }
+    }
+    for (int64_t d = 0; d < D; d++) ob[g * D + d] = acc[d];
+  }
+}
+
+/* Decode attention of B sequences, one query each, over a paged cache.
+   q [B, Hq, D] with row stride q_stride (floats between sequences; heads contiguous);
+   caches [num_blocks, block_size, KV, D] contiguous; tables [B, table_stride] int32 block ids;
+   lens [B] int32 visible tokens (the query's own included); window <= 0 for none, else a
+   query at position L - 1 sees keys p with L - 1 - p < window; out [B, Hq, D] contiguous.
+   Parallel over (sequence, kv head); the Hq / KV query heads of a kv head share each key
+   and value as it is read, block by block. Softmax in two passes over a scratch row of
+   scores per query head. Returns 0, or -1 when out of memory. */
+int openledger_paged_decode(const float *q, int64_t q_stride, const float *k_cache,
+                            const float *v_cache, const int32_t *tables, int64_t table_stride,
+                            const int32_t *lens, int64_t B, int64_t Hq, int64_t KV, int64_t D,
+                            int64_t block_size, float scale, int64_t window, float *out,
+                            int nthreads) {
+  const int64_t group = Hq / KV, token_stride = KV * D;
+  int64_t max_len = 1;
+  for (int64_t b = 0; b < B; b++)
+    if (lens[b] > max_len) max_len = lens[b];
+  int failed = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : failed)
+  {
+    float *scores = malloc(sizeof(float) * (size_t)(group * max_len));
+    if (!scores) failed = 1;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < B * KV; item++) {
+      if (!scores) continue; /* NOTE: every thread must still reach the loop */
+      const int64_t b = item / KV, h = item % KV, len = lens[b];
+      const int64_t start = window > 0 && len > window ? len - window : 0;
+      const int32_t *table = tables + b * table_stride;
+      const float *qb = q + b * q_stride + h * group * D;
+      float *ob = out + (b * Hq + h * group) * D;
+      if (D == 64)
+        attend(qb, k_cache, v_cache, table, start, len, h, group, token_stride, block_size, scale,
+               scores, max_len, ob, 64);
+      else if (D == 128)
+        attend(qb, k_cache, v_cache, table, start, len, h, group, token_stride, block_size, scale,
+               scores, max_len, ob, 128);
+      else
+        attend(qb, k_cache, v_cache, table, start, len, h, group, token_stride, block_size, scale,
+               scores, max_len, ob, D);
+    }
+    free(scores);
+  }
+  return failed ? -1 : 0;
+}

@@ -1,0 +1,167 @@
+"""openledger's compiled CPU kernels: built on first use, cached, loaded with :mod:`ctypes`.
+
+``cpu_kernels.c`` holds the kernels where plain torch spends its time in many small ops
+at decode: the LoRA updates of a step's adapters (:mod:`.lora_cpu`) and paged decode
+attention (:mod:`.attention_cpu`). It is compiled with the system's C compiler (``$CC``,
+else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -fopenmp``, a few tenths of a
+second) into ``$OPENLEDGER_HOME/kernels``; the file name carries a hash of the source, the
+flags and the CPU, so a changed source or another machine compiles again, and a build is
+written under a scratch name and renamed, so concurrent processes never load half a file.
+The library links the OpenMP runtime torch has already loaded, so the kernels share
+torch's threads. Without a compiler (logged once), on Windows, or with
+``OPENLEDGER_CPU_KERNELS=0``, :func:`cpu_kernels` returns None and the torch paths run
+instead (same results up to rounding).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["CPU_KERNELS_ENV", "CpuKernels", "c_compiler", "compile_cpu_kernels", "cpu_kernels"]
+
+logger = logging.getLogger(__name__)
+
+CPU_KERNELS_ENV = "OPENLEDGER_CPU_KERNELS"
+"""Set to ``0`` to never compile or load the CPU kernels (the torch paths run instead)."""
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-march=native"),
+    ("-O3",),
+)
+
+
+class CpuKernels:
+    """The compiled library's entry points, typed for :mod:`ctypes`.
+
+    Args:
+        path: The shared library.
+
+    Raises:
+        OSError: It cannot be loaded.
+        AttributeError: It lacks a kernel (built from another source).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._library = ctypes.CDLL(str(path))
+        i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+        self.lora_apply = self._bind(
+            "openledger_lora_apply",
+            [ptr, i64, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int],
+        )
+        """``openledger_lora_apply`` (see :mod:`.lora_cpu`)."""
+        self.paged_decode = self._bind(
+            "openledger_paged_decode",
+            [ptr, i64, ptr, ptr, ptr, i64, ptr, i64, i64, i64, i64, i64, f32, i64, ptr,
+             ctypes.c_int],
+        )  # fmt: skip
+        """``openledger_paged_decode`` (see :mod:`.attention_cpu`)."""
+
+    def _bind(self, name: str, argtypes: list[type]) -> Callable[..., int]:
+        fn = getattr(self._library, name)
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int
+        bound: Callable[..., int] = fn
+        return bound
+
+
+@functools.cache
+def cpu_kernels() -> CpuKernels | None:
+    """The kernels, compiled on first use and cached for the process; None where they
+    cannot be had (``OPENLEDGER_CPU_KERNELS=0``, no C compiler, Windows); the reason is
+    logged once."""
+    if os.environ.get(CPU_KERNELS_ENV, "1") == "0":
+        return None
+    path = compile_cpu_kernels()
+    if path is None:
+        return None
+    try:
+        return CpuKernels(path)
+    except (OSError, AttributeError) as error:
+        logger.warning("CPU kernels %s could not be loaded (%s): using torch", path, error)
+        return None
+
+
+def compile_cpu_kernels(folder: Path | None = None) -> Path | None:
+    """Compile ``cpu_kernels.c`` into ``folder`` (default ``$OPENLEDGER_HOME/kernels``)
+    unless a library built from the same source, flags and CPU is already there.
+
+    Returns:
+        The shared library's path, or None when no compiler could build it (logged).
+    """
+    if os.name == "nt":
+        logger.info("CPU kernels: not built on Windows; using torch")
+        return None
+    compiler = c_compiler()
+    if compiler is None:
+        logger.warning("CPU kernels: no C compiler ($CC, cc, gcc, clang); using torch")
+        return None
+    if folder is None:
+        from openledger.models.cache import openledger_home
+
+        folder = openledger_home() / "kernels"
+    source = SOURCE.read_bytes()
+    errors: list[str] = []
+    for flags in _FLAG_SETS:
+        digest = hashlib.sha256(
+            b"\0".join([source, compiler.encode(), " ".join(flags).encode(), _cpu_identity()])
+        ).hexdigest()[:16]
+        target = folder / f"cpu_kernels-{digest}.so"
+        if target.exists():
+            return target
+        error = _build(compiler, flags, target)
+        if error is None:
+            return target
+        errors.append(f"{' '.join(flags)}: {error}")
+    logger.warning("CPU kernels: %s failed to build them (%s); using torch", compiler, errors)
+    return None
+
+
+def c_compiler() -> str | None:
+    """The C compiler the kernels are built with: ``$CC``, else ``cc``, ``gcc`` or
+    ``clang`` on the PATH; None when there is none."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and (found := shutil.which(name)):
+            return found
+    return None
+
+
+def _cpu_identity() -> bytes:
+    # NOTE: -march=native code must not be loaded on another CPU (a shared home folder):
+    # the model name and feature flags of this one go into the file name.
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}".encode()
+    wanted = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(wanted))).encode()
+
+
+def _build(compiler: str, flags: Sequence[str], target: Path) -> str | None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    command = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", scratch, "-lm"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            return done.stderr.strip()[-500:] or f"exit status {done.returncode}"
+        os.replace(scratch, target)  # NOTE: atomic: a concurrent build never sees half a file
+        return None
+    except (OSError, subprocess.SubprocessError) as error:
+        return str(error)
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
