@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openledger.serve.layers.linear import PACKING_ENV, Linear, PackedWeight
-from openledger.serve.layers.norm import RMSNorm
+from openledger.serve.layers.norm import RMSNorm, _fits_kernel
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import RopeConfig
 
@@ -96,7 +96,33 @@ def test_rms_norm_is_bit_for_bit_transformers_llama_norm(
     theirs.weight.data.copy_(weight)
     x = (torch.randn(rows, width) * scale).to(dtype)
     with torch.no_grad():
-        assert torch.equal(ours(x), theirs(x))
+        want = theirs(x)
+        assert torch.equal(ours._torch(x), want)  # the torch path, on every device
+        got = ours(x)  # the compiled kernel where it applies (float32 CPU)
+    if dtype == torch.float32 and _fits_kernel(x, ours.weight):
+        torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6 * scale)
+    else:
+        assert torch.equal(got, want)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 130), width=st.sampled_from([1, 7, 576, 1536]))
+def test_add_norm_is_the_residual_add_then_the_norm(rows: int, width: int) -> None:
+    norm = RMSNorm(width, 1e-5)
+    norm.weight.data.normal_()
+    hidden, delta = torch.randn(rows, width), torch.randn(rows, width)
+    want_hidden = hidden + delta
+    want = norm._torch(want_hidden)
+    got = norm.add_norm(hidden, delta)
+    assert torch.equal(hidden, want_hidden)  # the add is exact in either path
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
+    again = hidden.clone()
+    torch.testing.assert_close(norm.add_norm(again, None), want, rtol=2e-6, atol=1e-6)
+    assert torch.equal(again, hidden)  # no residual: nothing added
+    before = hidden.clone()
+    with pytest.raises((ValueError, RuntimeError), match=r"does not match|must match"):
+        norm.add_norm(hidden, torch.randn(rows, width + 1))
+    assert torch.equal(hidden, before)  # a refused residual changes nothing
 
 
 @pytest.mark.parametrize("rope", [RopeConfig(), RopeConfig(theta=500000.0)])

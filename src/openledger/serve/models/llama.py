@@ -84,12 +84,23 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, hidden: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
-        """``[T, hidden]`` -> ``[T, hidden]``."""
-        # NOTE: residual adds in place: ``hidden`` is this step's own activation
-        hidden += self.self_attn(self.input_layernorm(hidden), batch)
-        hidden += self.mlp(self.post_attention_layernorm(hidden))
-        return hidden
+    def forward(
+        self, hidden: torch.Tensor, batch: BatchMetadata, pending: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer over ``hidden [T, hidden]``.
+
+        Args:
+            hidden: The residual stream (this step's own activation: updated in place).
+            batch: The step's metadata.
+            pending: The previous layer's MLP output, not yet added to ``hidden`` (the add
+                goes with this layer's first norm); None for the first layer.
+
+        Returns:
+            ``(hidden, mlp_out)``: the stream, and this layer's MLP output still to add.
+        """
+        attn = self.self_attn(self.input_layernorm.add_norm(hidden, pending), batch)
+        mlp_out = self.mlp(self.post_attention_layernorm.add_norm(hidden, attn))
+        return hidden, mlp_out
 
 
 class LlamaForCausalLM(nn.Module):
@@ -123,9 +134,10 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
         """Hidden states ``[T, hidden]`` of the flattened tokens ``input_ids [T]``."""
         hidden = self.embed_tokens(input_ids)
+        pending: torch.Tensor | None = None
         for layer in self.layers:
-            hidden = layer(hidden, batch)
-        return self.norm(hidden)  # type: ignore[no-any-return]
+            hidden, pending = layer(hidden, batch, pending)
+        return self.norm.add_norm(hidden, pending)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``."""

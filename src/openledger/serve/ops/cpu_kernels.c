@@ -205,3 +205,27 @@ int openledger_paged_decode(const float *q, int64_t q_stride, const float *k_cac
   }
   return failed ? -1 : 0;
 }
+
+/* hidden[t] += delta[t] (when delta is not NULL), then
+   out[t] = weight * hidden[t] / sqrt(mean(hidden[t]^2) + eps), rows of H floats with their
+   own strides. Parallel over rows when there are enough of them to pay for the threads. */
+void openledger_add_rms_norm(float *hidden, int64_t hidden_stride, const float *delta,
+                             int64_t delta_stride, const float *weight, float eps, int64_t T,
+                             int64_t H, float *out, int64_t out_stride, int nthreads) {
+#pragma omp parallel for if (T * H >= 65536) num_threads(nthreads) schedule(static)
+  for (int64_t t = 0; t < T; t++) {
+    float *h = hidden + t * hidden_stride;
+    if (delta) {
+      const float *d = delta + t * delta_stride;
+#pragma omp simd
+      for (int64_t j = 0; j < H; j++) h[j] += d[j];
+    }
+    float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t j = 0; j < H; j++) squares += h[j] * h[j];
+    const float scale = 1.f / sqrtf(squares / (float)H + eps);
+    float *o = out + t * out_stride;
+#pragma omp simd
+    for (int64_t j = 0; j < H; j++) o[j] = weight[j] * (h[j] * scale);
+  }
+}

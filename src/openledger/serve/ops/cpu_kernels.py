@@ -1,12 +1,14 @@
 """openledger's compiled CPU kernels: built on first use, cached, loaded with :mod:`ctypes`.
 
 ``cpu_kernels.c`` holds the kernels where plain torch spends its time in many small ops
-at decode: the LoRA updates of a step's adapters (:mod:`.lora_cpu`) and paged decode
-attention (:mod:`.attention_cpu`). It is compiled with the system's C compiler (``$CC``,
-else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -fopenmp``, a few tenths of a
-second) into ``$OPENLEDGER_HOME/kernels``; the file name carries a hash of the source, the
-flags and the CPU, so a changed source or another machine compiles again, and a build is
-written under a scratch name and renamed, so concurrent processes never load half a file.
+at decode: the LoRA updates of a step's adapters (:mod:`.lora_cpu`), paged decode
+attention (:mod:`.attention_cpu`), and a residual add with RMSNorm
+(:class:`~openledger.serve.layers.norm.RMSNorm`). It is compiled with the system's C
+compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -fopenmp``, a
+few tenths of a second) into ``$OPENLEDGER_HOME/kernels``; the file name carries a hash
+of the source, the flags and the CPU, so a changed source or another machine compiles
+again, and a build is written under a scratch name and renamed, so concurrent processes
+never load half a file.
 The library links the OpenMP runtime torch has already loaded, so the kernels share
 torch's threads. Without a compiler (logged once), on Windows, or with
 ``OPENLEDGER_CPU_KERNELS=0``, :func:`cpu_kernels` returns None and the torch paths run
@@ -68,11 +70,19 @@ class CpuKernels:
              ctypes.c_int],
         )  # fmt: skip
         """``openledger_paged_decode`` (see :mod:`.attention_cpu`)."""
+        self.add_rms_norm = self._bind(
+            "openledger_add_rms_norm",
+            [ptr, i64, ptr, i64, ptr, f32, i64, i64, ptr, i64, ctypes.c_int],
+            restype=None,
+        )
+        """``openledger_add_rms_norm`` (see :class:`~openledger.serve.layers.norm.RMSNorm`)."""
 
-    def _bind(self, name: str, argtypes: list[type]) -> Callable[..., int]:
+    def _bind(
+        self, name: str, argtypes: list[type], restype: type | None = ctypes.c_int
+    ) -> Callable[..., int]:
         fn = getattr(self._library, name)
         fn.argtypes = argtypes
-        fn.restype = ctypes.c_int
+        fn.restype = restype
         bound: Callable[..., int] = fn
         return bound
 
