@@ -133,7 +133,17 @@ def test_rotary_over_query_and_key_heads_is_the_rotate_half_formula(rope: RopeCo
     x = torch.randn(5, heads, dim)
     cos, sin = rotary.cos_sin[:, positions][:, :, None, :]
     rotate_half = torch.cat((-x[..., dim // 2 :], x[..., : dim // 2]), dim=-1)
-    assert torch.equal(rotary(positions, x), x * cos + rotate_half * sin)
+    want = x * cos + rotate_half * sin
+    assert torch.equal(rotary._torch(positions, x), want)  # the torch path, bit for bit
+    # the compiled kernel (float32 CPU) may fuse a multiply-add: the last bit may differ
+    torch.testing.assert_close(rotary(positions, x), want, rtol=1e-6, atol=1e-6)
     other = torch.tensor([1, 1, 1, 1, 1])  # a new step's positions: looked up again
     cos, sin = rotary.cos_sin[:, other][:, :, None, :]
-    assert torch.equal(rotary(other, x), x * cos + rotate_half * sin)
+    want = x * cos + rotate_half * sin
+    assert torch.equal(rotary._torch(other, x), want)
+    torch.testing.assert_close(rotary(other, x), want, rtol=1e-6, atol=1e-6)
+    fused = torch.randn(5, heads + 3, dim)[:, :heads]  # a view of a wider row, as the model has
+    torch.testing.assert_close(rotary(positions, fused), rotary._torch(positions, fused))
+    with pytest.raises((ValueError, IndexError), match=r"positions must be in 0\.\.255|index"):
+        rotary(torch.tensor([0, 1, 2, 3, 256]), x)  # past the table: refused, never read
+    assert rotary(positions, x.double()).dtype == torch.float64  # other dtypes: torch ops

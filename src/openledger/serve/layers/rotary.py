@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from openledger.serve.models.config import RopeConfig
+from openledger.serve.ops.cpu_kernels import CpuKernels, cpu_kernels
 
 __all__ = ["RotaryEmbedding", "inverse_frequencies"]
 
@@ -58,6 +59,7 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin", torch.stack((emb.cos(), emb.sin())), persistent=False)
         self._positions: torch.Tensor | None = None
         self._cos_sin_at = torch.empty(0)
+        self._checked: torch.Tensor | None = None
 
     def forward(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """Rotate ``heads [T, n, dim]`` (the query and key heads side by side) at ``positions``.
@@ -68,6 +70,12 @@ class RotaryEmbedding(nn.Module):
         # NOTE: one module serves every layer; look the step's positions up once, with the
         # sign of rotate_half folded into the sine: x*cos + cat(x2, x1)*(-sin1, sin2) is
         # bit for bit x*cos + cat(-x2, x1)*sin, in four ops for all query and key heads.
+        if _kernel_fits(heads, positions, self.cos_sin) and (kernels := cpu_kernels()):
+            return self._kernel(kernels, positions, heads)
+        return self._torch(positions, heads)
+
+    def _torch(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """The rotation in torch ops (any device and dtype)."""
         if positions is not self._positions or self._cos_sin_at.dtype != heads.dtype:
             self._positions = positions
             cos, sin = self.cos_sin[:, positions].to(heads.dtype)[:, :, None, :]
@@ -78,3 +86,46 @@ class RotaryEmbedding(nn.Module):
         out: torch.Tensor = heads * cos
         out += heads.roll(heads.shape[-1] // 2, dims=-1) * signed_sin
         return out
+
+    def _kernel(
+        self, kernels: CpuKernels, positions: torch.Tensor, heads: torch.Tensor
+    ) -> torch.Tensor:
+        """The rotation through the compiled kernel (float32 CPU): one pass, no temporaries.
+
+        NOTE: the kernel indexes the table by ``positions``: they are range-checked once per
+        step (every layer passes the same tensor)."""
+        table = self.cos_sin
+        if positions is not self._checked:
+            if (
+                positions.numel()
+                and not 0 <= int(positions.min()) <= int(positions.max()) < table.shape[1]
+            ):
+                raise ValueError(
+                    f"positions must be in 0..{table.shape[1] - 1} (max_positions of this "
+                    f"rotary table), got {positions.min().item()}..{positions.max().item()}"
+                )
+            self._checked = positions
+        rows, count, dim = heads.shape
+        out = torch.empty(rows, count, dim, dtype=torch.float32)
+        kernels.rotary(
+            heads.data_ptr(), heads.stride(0), rows, count, dim, table.data_ptr(),
+            table.shape[1], positions.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+
+def _kernel_fits(heads: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> bool:
+    return (
+        table.dtype == torch.float32
+        and table.is_contiguous()
+        and table.device.type == "cpu"
+        and heads.dtype == torch.float32
+        and heads.device.type == "cpu"
+        and heads.dim() == 3
+        and heads.stride(2) == 1
+        and heads.stride(1) == heads.shape[2]
+        and positions.dtype == torch.int64
+        and positions.dim() == 1
+        and positions.is_contiguous()
+        and positions.shape[0] == heads.shape[0]
+    )

@@ -17,8 +17,13 @@ from openledger.serve.layers.linear import Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
+from openledger.serve.ops.cpu_kernels import cpu_kernels
 
 __all__ = ["LlamaForCausalLM"]
+
+
+def _cpu_float32_rows(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu" and x.stride(-1) == 1
 
 
 class LlamaAttention(nn.Module):
@@ -68,9 +73,19 @@ class LlamaMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[T, hidden]`` -> ``[T, hidden]``."""
-        gate, up = self.gate_up_proj(hidden).chunk(2, dim=-1)
-        act = F.silu(gate)
-        down: torch.Tensor = self.down_proj(act.mul_(up))
+        gate_up = self.gate_up_proj(hidden)
+        kernels = cpu_kernels() if _cpu_float32_rows(gate_up) else None
+        if kernels is not None:  # NOTE: silu(gate) * up in one compiled pass
+            rows, width = gate_up.shape[0], gate_up.shape[1] // 2
+            act = torch.empty(rows, width, dtype=torch.float32)
+            kernels.silu_mul(
+                gate_up.data_ptr(), gate_up.stride(0), rows, width, act.data_ptr(),
+                torch.get_num_threads(),
+            )  # fmt: skip
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate).mul_(up)
+        down: torch.Tensor = self.down_proj(act)
         return down
 
 

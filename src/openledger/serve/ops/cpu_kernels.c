@@ -229,3 +229,55 @@ void openledger_add_rms_norm(float *hidden, int64_t hidden_stride, const float *
     for (int64_t j = 0; j < H; j++) o[j] = weight[j] * (h[j] * scale);
   }
 }
+
+/* out[t, j] = silu(gate_up[t, j]) * gate_up[t, W + j]: the gated MLP activation, rows of
+   the fused gate|up projection (row stride `stride`) into contiguous [T, W]. */
+void openledger_silu_mul(const float *gate_up, int64_t stride, int64_t T, int64_t W, float *out,
+                         int nthreads) {
+#pragma omp parallel for if (T * W >= 65536) num_threads(nthreads) schedule(static)
+  for (int64_t t = 0; t < T; t++) {
+    const float *g = gate_up + t * stride, *u = g + W;
+    float *o = out + t * W;
+    for (int64_t j = 0; j < W; j++) o[j] = g[j] / (1.f + expf(-g[j])) * u[j];
+  }
+}
+
+/* Rotary embedding, half-split layout: for each of the n heads of token t (x row stride
+   x_stride, heads contiguous, width D), with c, s the cosine and sine of its position p
+   (table [2, P, D]: cos then sin, each half a copy of the other):
+   out[:half] = x[:half] c - x[half:] s, out[half:] = x[half:] c + x[:half] s;
+   out is contiguous [T, n, D]. */
+void openledger_rotary(const float *x, int64_t x_stride, int64_t T, int64_t n, int64_t D,
+                       const float *table, int64_t P, const int64_t *positions, float *out,
+                       int nthreads) {
+  const int64_t half = D / 2;
+#pragma omp parallel for if (T * n * D >= 65536) num_threads(nthreads) schedule(static)
+  for (int64_t t = 0; t < T; t++) {
+    const float *c = table + positions[t] * D, *s = table + (P + positions[t]) * D;
+    for (int64_t h = 0; h < n; h++) {
+      const float *xh = x + t * x_stride + h * D;
+      float *o = out + (t * n + h) * D;
+#pragma omp simd
+      for (int64_t j = 0; j < half; j++) {
+        o[j] = xh[j] * c[j] - xh[j + half] * s[j];
+        o[j + half] = xh[j + half] * c[j + half] + xh[j] * s[j + half];
+      }
+    }
+  }
+}
+
+/* Write this step's keys and values into their cache slots: row t of key (row stride
+   k_stride) and value (v_stride), `width` floats each (kv heads x head width, contiguous),
+   go to slot slots[t] of caches laid out [num_slots, width]. */
+void openledger_store_kv(const float *key, int64_t k_stride, const float *value,
+                         int64_t v_stride, float *k_cache, float *v_cache, const int64_t *slots,
+                         int64_t T, int64_t width) {
+  for (int64_t t = 0; t < T; t++) {
+    float *kd = k_cache + slots[t] * width, *vd = v_cache + slots[t] * width;
+    const float *ks = key + t * k_stride, *vs = value + t * v_stride;
+    for (int64_t j = 0; j < width; j++) {
+      kd[j] = ks[j];
+      vd[j] = vs[j];
+    }
+  }
+}

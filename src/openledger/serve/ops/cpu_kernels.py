@@ -2,8 +2,9 @@
 
 ``cpu_kernels.c`` holds the kernels where plain torch spends its time in many small ops
 at decode: the LoRA updates of a step's adapters (:mod:`.lora_cpu`), paged decode
-attention (:mod:`.attention_cpu`), and a residual add with RMSNorm
-(:class:`~openledger.serve.layers.norm.RMSNorm`). It is compiled with the system's C
+attention and the cache writes before it (:mod:`.attention_cpu`), a residual add with
+RMSNorm (:class:`~openledger.serve.layers.norm.RMSNorm`), the rotary embedding and the
+gated MLP activation. It is compiled with the system's C
 compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -fopenmp``, a
 few tenths of a second) into ``$OPENLEDGER_HOME/kernels``; the file name carries a hash
 of the source, the flags and the CPU, so a changed source or another machine compiles
@@ -76,6 +77,20 @@ class CpuKernels:
             restype=None,
         )
         """``openledger_add_rms_norm`` (see :class:`~openledger.serve.layers.norm.RMSNorm`)."""
+        self.silu_mul = self._bind(
+            "openledger_silu_mul", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
+        )
+        """``openledger_silu_mul`` (the gated MLP activation of the Llama decoder)."""
+        self.rotary = self._bind(
+            "openledger_rotary",
+            [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int],
+            restype=None,
+        )
+        """``openledger_rotary`` (see :class:`~openledger.serve.layers.rotary.RotaryEmbedding`)."""
+        self.store_kv = self._bind(
+            "openledger_store_kv", [ptr, i64, ptr, i64, ptr, ptr, ptr, i64, i64], restype=None
+        )
+        """``openledger_store_kv`` (see :func:`.attention_cpu.store_kv`)."""
 
     def _bind(
         self, name: str, argtypes: list[type], restype: type | None = ctypes.c_int
