@@ -26,6 +26,7 @@ from openledger.serve.ops.attention_cpu import (  # noqa: E402
 from openledger.serve.ops.cpu_kernels import (  # noqa: E402
     CPU_KERNELS_ENV,
     CpuKernels,
+    argmax_rows,
     c_compiler,
     compile_cpu_kernels,
     cpu_kernels,
@@ -369,3 +370,18 @@ def test_store_kv_matches_reference_and_refuses_bad_slots(kernel: CpuLoraKernel)
     with pytest.raises(ValueError, match=r"cache slots must be in 0\.\.23, got 0\.\.24"):
         store_kv(key, value, k_cache, v_cache, torch.tensor([0, 1, 2, 3, 24]))
     assert torch.equal(k_cache, before)  # nothing written
+
+
+def test_argmax_rows_follows_torch_ties_nan_and_infinities(kernel: CpuLoraKernel) -> None:
+    gen = torch.Generator().manual_seed(1)
+    wide = torch.randn(7, 1000 + 3, generator=gen)
+    x = wide[:, :1000]  # strided rows
+    x[1, :] = 2.0  # all equal: the first
+    x[2, 10] = x[2, 900] = 50.0  # a tie: the first
+    x[3, 500] = float("nan")
+    x[3, 40] = float("nan")  # NaN wins, the first NaN
+    x[4, 999] = float("inf")  # the last element
+    x[5, :] = float("-inf")  # nothing but -inf: index 0
+    assert argmax_rows(x) == x.argmax(dim=-1).tolist()
+    assert argmax_rows(x.double()) == x.double().argmax(dim=-1).tolist()  # torch path
+    assert argmax_rows(x[:0]) == []

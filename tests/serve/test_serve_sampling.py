@@ -76,6 +76,22 @@ def test_logprobs_are_the_raw_log_softmax() -> None:
     assert entry[0] == pytest.approx(2.0 - log_z)
 
 
+def test_greedy_bans_pick_the_next_best_and_leave_the_logits_as_they_were() -> None:
+    logits = torch.tensor([LOGITS, LOGITS, LOGITS[::-1]])
+    before = logits.clone()
+    params = [SamplingParams(logprobs=1), SamplingParams(), SamplingParams()]
+    banned = [frozenset({3}), frozenset(), frozenset({0, 1})]
+    result = sample(logits, params, [[], [], []], [0, 0, 0], banned=banned)
+    best = max(range(len(LOGITS)), key=LOGITS.__getitem__)
+    second = sorted(range(len(LOGITS)), key=LOGITS.__getitem__)[-2]
+    assert result.token_ids[0] == second  # the best one is banned
+    assert result.token_ids[1] == best
+    assert torch.equal(logits, before)  # bans were masked in place and restored
+    entry = result.logprobs[0]
+    assert entry is not None
+    assert second in entry
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoints: dict[str, Path]) -> Engine:
     return Engine(tiny_checkpoints["llama"], EngineConfig(block_size=4, num_blocks=128))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from openledger.serve.ops.cpu_kernels import argmax_rows
 from openledger.serve.params import SamplingParams
 
 __all__ = [
@@ -98,11 +99,17 @@ def sample(
     if plain:
         rows = logits if len(plain) == len(params) else logits[plain]
         bans = [(i, token) for i, row in enumerate(plain) for token in sorted(banned[row])]
+        saved = None
         if bans:
-            rows = rows.clone() if rows is logits else rows
-            at_row, at_token = zip(*bans, strict=True)
-            rows[list(at_row), list(at_token)] = float("-inf")
-        for row, token in zip(plain, rows.argmax(dim=-1).tolist(), strict=True):
+            # NOTE: masked in place and restored after the pick (the log-probabilities
+            # read the logits), instead of copying all of them
+            at = (torch.tensor([r for r, _ in bans]), torch.tensor([t for _, t in bans]))
+            saved = rows[at]
+            rows[at] = float("-inf")
+        picked = argmax_rows(rows)
+        if saved is not None:
+            rows[at] = saved
+        for row, token in zip(plain, picked, strict=True):
             token_ids[row] = token
     done = set(plain)
     for row, row_params in enumerate(params):

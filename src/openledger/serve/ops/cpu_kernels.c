@@ -281,3 +281,28 @@ void openledger_store_kv(const float *key, int64_t k_stride, const float *value,
     }
   }
 }
+
+/* out[r] = index of the largest element of row r of x [rows, cols] (row stride `stride`):
+   the first one among equals; a row holding NaN gives its first NaN (torch.argmax's
+   convention). Parallel over rows. */
+void openledger_argmax_rows(const float *x, int64_t stride, int64_t rows, int64_t cols,
+                            int64_t *out, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const float *row = x + r * stride;
+    float best = -INFINITY;
+    int nan = 0;
+#pragma omp simd reduction(max : best) reduction(| : nan)
+    for (int64_t j = 0; j < cols; j++) {
+      best = row[j] > best ? row[j] : best;
+      nan |= row[j] != row[j];
+    }
+    int64_t at = 0;
+    if (nan) {
+      while (row[at] == row[at]) at++;
+    } else {
+      while (at < cols - 1 && row[at] != best) at++;
+    }
+    out[r] = at;
+  }
+}

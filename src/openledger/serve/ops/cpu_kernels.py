@@ -3,17 +3,18 @@
 ``cpu_kernels.c`` holds the kernels where plain torch spends its time in many small ops
 at decode: the LoRA updates of a step's adapters (:mod:`.lora_cpu`), paged decode
 attention and the cache writes before it (:mod:`.attention_cpu`), a residual add with
-RMSNorm (:class:`~openledger.serve.layers.norm.RMSNorm`), the rotary embedding and the
-gated MLP activation. It is compiled with the system's C
-compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``; ``-O3 -march=native -fopenmp``, a
-few tenths of a second) into ``$OPENLEDGER_HOME/kernels``; the file name carries a hash
-of the source, the flags and the CPU, so a changed source or another machine compiles
-again, and a build is written under a scratch name and renamed, so concurrent processes
-never load half a file.
-The library links the OpenMP runtime torch has already loaded, so the kernels share
-torch's threads. Without a compiler (logged once), on Windows, or with
-``OPENLEDGER_CPU_KERNELS=0``, :func:`cpu_kernels` returns None and the torch paths run
-instead (same results up to rounding).
+RMSNorm (:class:`~openledger.serve.layers.norm.RMSNorm`), the rotary embedding, the
+gated MLP activation and the greedy pick over a step's logits (:func:`argmax_rows`).
+
+It is compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``;
+``-O3 -march=native -fopenmp``, a few tenths of a second) into
+``$OPENLEDGER_HOME/kernels``. The file name carries a hash of the source, the flags and
+the CPU, so a changed source or another machine compiles again; a build is written under
+a scratch name and renamed, so concurrent processes never load half a file. The library
+links the OpenMP runtime torch has already loaded, so the kernels share torch's threads.
+Without a compiler (logged once), on Windows, or with ``OPENLEDGER_CPU_KERNELS=0``,
+:func:`cpu_kernels` returns None and the torch paths run instead (the same results up to
+rounding: the kernels sum in other orders and may fuse multiply-adds).
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["CPU_KERNELS_ENV", "CpuKernels", "c_compiler", "compile_cpu_kernels", "cpu_kernels"]
+import torch
+
+__all__ = [
+    "CPU_KERNELS_ENV",
+    "CpuKernels",
+    "argmax_rows",
+    "c_compiler",
+    "compile_cpu_kernels",
+    "cpu_kernels",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +101,10 @@ class CpuKernels:
             "openledger_store_kv", [ptr, i64, ptr, i64, ptr, ptr, ptr, i64, i64], restype=None
         )
         """``openledger_store_kv`` (see :func:`.attention_cpu.store_kv`)."""
+        self.argmax_rows = self._bind(
+            "openledger_argmax_rows", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
+        )
+        """``openledger_argmax_rows`` (see :func:`argmax_rows`)."""
 
     def _bind(
         self, name: str, argtypes: list[type], restype: type | None = ctypes.c_int
@@ -117,6 +131,30 @@ def cpu_kernels() -> CpuKernels | None:
     except (OSError, AttributeError) as error:
         logger.warning("CPU kernels %s could not be loaded (%s): using torch", path, error)
         return None
+
+
+def argmax_rows(x: torch.Tensor) -> list[int]:
+    """The index of each row's largest value of ``x [rows, cols]`` (the first among equals,
+    a row's first NaN if it has one), as ``x.argmax(dim=-1).tolist()`` gives: through the
+    compiled kernel for float32 CPU rows (about 2x faster on a step's logits), else torch.
+    """
+    kernels = cpu_kernels()
+    if (
+        kernels is None
+        or x.dtype != torch.float32
+        or x.device.type != "cpu"
+        or x.dim() != 2
+        or x.shape[1] == 0
+        or x.stride(1) != 1
+    ):
+        found: list[int] = x.argmax(dim=-1).tolist()
+        return found
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    kernels.argmax_rows(
+        x.data_ptr(), x.stride(0), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads()
+    )
+    found = out.tolist()
+    return found
 
 
 def compile_cpu_kernels(folder: Path | None = None) -> Path | None:
