@@ -347,11 +347,12 @@ def test_silu_mul_matches_torch(kernel: CpuLoraKernel, rows: int) -> None:
     assert built is not None
     gen = torch.Generator().manual_seed(rows)
     wide = torch.randn(rows, 2 * 48 + 5, generator=gen) * 4  # rows of a wider tensor
+    wide[0, :8] = torch.tensor([-100.0, -88.5, -87.0, 0.0, 87.5, 88.5, 100.0, float("nan")])
     gate_up = wide[:, : 2 * 48]
     out = torch.empty(rows, 48)
     built.silu_mul(gate_up.data_ptr(), gate_up.stride(0), rows, 48, out.data_ptr(), 2)
     want = torch.nn.functional.silu(gate_up[:, :48]) * gate_up[:, 48:]
-    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
 def test_store_kv_matches_reference_and_refuses_bad_slots(kernel: CpuLoraKernel) -> None:

@@ -20,6 +20,33 @@
 
 #define CHUNK 256 /* groups per pass; offsets live on the stack */
 
+/* exp(x) for float32, written so that loops over it vectorise (the libm call does not):
+   Cephes' range reduction and polynomial, within about 1.5 ulp of the exact value
+   (tested against float64); NaN stays NaN, overflow gives inf, underflow 0. */
+static inline float exp_vec(float x) {
+  float c = x < -87.0f ? -87.0f : x;
+  c = c > 88.0f ? 88.0f : c;
+  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round */
+  float r = c - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = ((int32_t)n + 127) * (1 << 23);
+  float y = p * scale.f;
+  y = x > 88.0f ? INFINITY : y;
+  y = x < -87.0f ? 0.0f : y;
+  return x != x ? x : y;
+}
+
 static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t out_stride,
                         int64_t H, int64_t G, const int64_t *row_off, const int64_t *rows,
                         const int64_t *groups, const int64_t *slices, int nthreads) {
@@ -135,8 +162,9 @@ static inline void attend(const float *qb, const float *k_cache, const float *v_
     float *row = scores + g * max_len, best = -INFINITY, total = 0.f;
     for (int64_t i = 0; i < n; i++)
       if (row[i] > best) best = row[i];
+#pragma omp simd reduction(+ : total)
     for (int64_t i = 0; i < n; i++) {
-      row[i] = expf(row[i] - best);
+      row[i] = exp_vec(row[i] - best);
       total += row[i];
     }
     const float inv = 1.f / total;
@@ -234,11 +262,12 @@ void openledger_add_rms_norm(float *hidden, int64_t hidden_stride, const float *
    the fused gate|up projection (row stride `stride`) into contiguous [T, W]. */
 void openledger_silu_mul(const float *gate_up, int64_t stride, int64_t T, int64_t W, float *out,
                          int nthreads) {
-#pragma omp parallel for if (T * W >= 65536) num_threads(nthreads) schedule(static)
+#pragma omp parallel for if (T * W >= 8192) num_threads(nthreads) schedule(static)
   for (int64_t t = 0; t < T; t++) {
     const float *g = gate_up + t * stride, *u = g + W;
     float *o = out + t * W;
-    for (int64_t j = 0; j < W; j++) o[j] = g[j] / (1.f + expf(-g[j])) * u[j];
+#pragma omp simd
+    for (int64_t j = 0; j < W; j++) o[j] = g[j] / (1.f + exp_vec(-g[j])) * u[j];
   }
 }
 
