@@ -53,12 +53,14 @@ class LoraRows:
         rows: ``[N]`` int64 token rows.
         max_rows: The largest group's row count.
         row_end: One past the largest row (the step must have at least that many tokens).
+        num_groups: ``G``.
     """
 
     row_offsets: torch.Tensor
     rows: torch.Tensor
     max_rows: int
     row_end: int
+    num_groups: int
 
     @classmethod
     def from_runs(cls, runs: Sequence[Sequence[tuple[int, int]]]) -> LoraRows:
@@ -81,12 +83,8 @@ class LoraRows:
             torch.tensor(rows, dtype=torch.int64),
             max(sizes, default=0),
             max(rows, default=-1) + 1,
+            len(offsets) - 1,
         )
-
-    @property
-    def num_groups(self) -> int:
-        """``G``."""
-        return int(self.row_offsets.shape[0]) - 1
 
 
 def kernel_layout(weights: LoraWeights) -> LoraWeights:
@@ -230,7 +228,25 @@ class CpuLoraKernel:
             ValueError: Tensors of the wrong dtype, device, shape or strides.
             MemoryError: The kernel could not allocate its scratch.
         """
-        _check(out, x, rows, table)
+        # NOTE: one expression on the hot path (a few hundred calls per step); the
+        # detailed checks and messages only when it fails
+        f32 = torch.float32
+        if not (
+            out.dtype is f32
+            and x.dtype is f32
+            and out.is_cpu
+            and x.is_cpu
+            and out.dim() == 2
+            and x.dim() == 2
+            and out.stride(1) == 1
+            and x.stride(1) == 1
+            and x.shape[1] == table.in_features
+            and out.shape[1] == table.out_features
+            and x.shape[0] == out.shape[0] >= rows.row_end
+            and rows.num_groups == table.num_groups
+        ):
+            _check(out, x, rows, table)  # NOTE: raises the precise error
+            raise ValueError("the inputs do not fit the CPU LoRA kernel")
         if table.empty:
             return
         status = self._fn(
