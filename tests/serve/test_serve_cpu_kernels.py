@@ -110,7 +110,7 @@ def test_kernel_matches_reference(
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("rows_per_group", [1, 2, 3, 17, 32])
+@pytest.mark.parametrize("rows_per_group", [1, 2, 3, 4, 5, 17, 32, 130])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_decode_and_prefill_layouts_on_any_thread_count(
     kernel: CpuLoraKernel, rows_per_group: int, threads: int

@@ -76,7 +76,7 @@ LORA_BACKEND_ENV = "OPENLEDGER_LORA_BACKEND"
 
 
 _STEADY_STEPS = 2  # steps with the same adapters seen before the batched path stacks them
-_KERNEL_MAX_ROWS = 32  # tokens per adapter up to which the CPU kernel beats per-adapter GEMMs
+_KERNEL_MAX_ROWS = 128  # tokens per adapter up to which the CPU kernel beats per-adapter GEMMs
 
 
 def resolve_lora_backend(requested: str, device: torch.device) -> LoraBackend:

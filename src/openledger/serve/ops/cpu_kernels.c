@@ -72,6 +72,23 @@ static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t ou
       const float *a = (const float *)(intptr_t)groups[4 * g] + k * H;
       float *hk = h + h_off[g] + k * m;
       int64_t i = 0;
+      for (; i + 3 < m; i += 4) { /* four rows share each load of A */
+        const float *x0 = x + rows[first + i] * x_stride, *x1 = x + rows[first + i + 1] * x_stride;
+        const float *x2 = x + rows[first + i + 2] * x_stride;
+        const float *x3 = x + rows[first + i + 3] * x_stride;
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int64_t j = 0; j < H; j++) {
+          s0 += x0[j] * a[j];
+          s1 += x1[j] * a[j];
+          s2 += x2[j] * a[j];
+          s3 += x3[j] * a[j];
+        }
+        hk[i] = s0;
+        hk[i + 1] = s1;
+        hk[i + 2] = s2;
+        hk[i + 3] = s3;
+      }
       for (; i + 1 < m; i += 2) {
         const float *x0 = x + rows[first + i] * x_stride, *x1 = x + rows[first + i + 1] * x_stride;
         float s0 = 0.f, s1 = 0.f;
@@ -103,13 +120,56 @@ static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t ou
         const int64_t r0 = sl[0], r1 = sl[1], c_start = sl[2], cols = sl[3] - sl[2];
         const float *bt = (const float *)(intptr_t)sl[4];
         const int64_t c0 = cols * part / parts, c1 = cols * (part + 1) / parts;
+        /* prompts (4+ rows): 4 rows x 16 columns summed over the rank in registers,
+           then added once; B^T is reread per 4 rows from cache, not per row */
+        const int64_t mb = m / 4 * 4, cb = c0 + (c1 - c0) / 16 * 16;
+        for (int64_t i0 = 0; i0 < mb; i0 += 4) {
+          float *o0 = out + rows[first + i0] * out_stride + c_start;
+          float *o1 = out + rows[first + i0 + 1] * out_stride + c_start;
+          float *o2 = out + rows[first + i0 + 2] * out_stride + c_start;
+          float *o3 = out + rows[first + i0 + 3] * out_stride + c_start;
+          for (int64_t c = c0; c < cb; c += 16) {
+            float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};
+            for (int64_t k = r0; k < r1; k++) {
+              const float *bk = bt + (k - r0) * cols + c;
+              const float *hk = hg + k * m + i0;
+              const float h0 = hk[0], h1 = hk[1], h2 = hk[2], h3 = hk[3];
+#pragma omp simd
+              for (int64_t j = 0; j < 16; j++) {
+                a0[j] += h0 * bk[j];
+                a1[j] += h1 * bk[j];
+                a2[j] += h2 * bk[j];
+                a3[j] += h3 * bk[j];
+              }
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < 16; j++) {
+              o0[c + j] += a0[j];
+              o1[c + j] += a1[j];
+              o2[c + j] += a2[j];
+              o3[c + j] += a3[j];
+            }
+          }
+        }
+        if (mb == 0) { /* decode: fewer than 4 rows, each B^T row streamed once */
+          for (int64_t k = r0; k < r1; k++) {
+            const float *bk = bt + (k - r0) * cols;
+            for (int64_t i = 0; i < m; i++) {
+              const float hv = hg[k * m + i];
+              float *o = out + rows[first + i] * out_stride + c_start;
+#pragma omp simd
+              for (int64_t c = c0; c < c1; c++) o[c] += hv * bk[c];
+            }
+          }
+          continue;
+        }
+        /* leftover rows and leftover columns of a prompt */
         for (int64_t k = r0; k < r1; k++) {
           const float *bk = bt + (k - r0) * cols;
           for (int64_t i = 0; i < m; i++) {
             const float hv = hg[k * m + i];
             float *o = out + rows[first + i] * out_stride + c_start;
-#pragma omp simd
-            for (int64_t c = c0; c < c1; c++) o[c] += hv * bk[c];
+            for (int64_t c = i < mb ? cb : c0; c < c1; c++) o[c] += hv * bk[c];
           }
         }
       }
