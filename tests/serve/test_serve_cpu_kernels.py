@@ -188,6 +188,8 @@ def test_rows_from_runs() -> None:
     assert (rows.max_rows, rows.row_end, rows.num_groups) == (3, 6, 2)
     with pytest.raises(ValueError, match=r"row run \(3, 3\)"):
         LoraRows.from_runs([[(3, 3)]])
+    with pytest.raises(ValueError, match="more than one run"):
+        LoraRows.from_runs([[(0, 2)], [(1, 3)]])
 
 
 def test_bad_inputs_are_refused_before_the_kernel_runs(kernel: CpuLoraKernel) -> None:

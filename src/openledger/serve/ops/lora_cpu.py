@@ -67,7 +67,8 @@ class LoraRows:
         """Rows from each group's ``(start, end)`` runs of token rows.
 
         Raises:
-            ValueError: An empty or reversed run.
+            ValueError: An empty or reversed run, or a row in two runs (the kernel's
+                threads would write it at once).
         """
         offsets = [0]
         rows: list[int] = []
@@ -77,6 +78,8 @@ class LoraRows:
                     raise ValueError(f"row run ({start}, {end}) is empty or negative")
                 rows.extend(range(start, end))
             offsets.append(len(rows))
+        if len(set(rows)) != len(rows):
+            raise ValueError("a token row appears in more than one run")
         sizes = [b - a for a, b in itertools.pairwise(offsets)]
         return cls(
             torch.tensor(offsets, dtype=torch.int64),
