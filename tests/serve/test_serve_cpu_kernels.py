@@ -29,6 +29,7 @@ from openledger.serve.ops.cpu_kernels import (  # noqa: E402
     argmax_rows,
     c_compiler,
     compile_cpu_kernels,
+    cpu_float32,
     cpu_kernels,
 )
 from openledger.serve.ops.lora_cpu import (  # noqa: E402
@@ -388,3 +389,10 @@ def test_argmax_rows_follows_torch_ties_nan_and_infinities(kernel: CpuLoraKernel
     assert argmax_rows(x) == x.argmax(dim=-1).tolist()
     assert argmax_rows(x.double()) == x.double().argmax(dim=-1).tolist()  # torch path
     assert argmax_rows(x[:0]) == []
+
+
+def test_cpu_float32_names_what_the_kernels_read(kernel: CpuLoraKernel) -> None:
+    rows = torch.zeros(3, 4)
+    assert cpu_float32(rows, rows[:, :2], torch.zeros(5))
+    assert not cpu_float32(rows, rows.double())
+    assert not cpu_float32(rows.T)  # the last dimension is strided

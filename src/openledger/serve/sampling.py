@@ -103,7 +103,11 @@ def sample(
         if bans:
             # NOTE: masked in place and restored after the pick (the log-probabilities
             # read the logits), instead of copying all of them
-            at = (torch.tensor([r for r, _ in bans]), torch.tensor([t for _, t in bans]))
+            device = rows.device
+            at = (
+                torch.tensor([r for r, _ in bans], device=device),
+                torch.tensor([t for _, t in bans], device=device),
+            )
             saved = rows[at]
             rows[at] = float("-inf")
         picked = argmax_rows(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openledger.serve.ops.cpu_kernels import cpu_kernels
+from openledger.serve.ops.cpu_kernels import cpu_float32, cpu_kernels
 
 __all__ = ["RMSNorm"]
 
@@ -38,7 +38,7 @@ class RMSNorm(nn.Module):
     def add_norm(self, hidden: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
         """``hidden += delta`` in place (a residual connection; skipped for None), then
         the norm of ``hidden``."""
-        if delta is not None and _fits_kernel(hidden, self.weight) and _fits_kernel(delta, None):
+        if delta is not None and _fits_kernel(hidden, self.weight) and cpu_float32(delta):
             return self._kernel(hidden, delta)
         if delta is not None:
             hidden += delta
@@ -79,21 +79,12 @@ class RMSNorm(nn.Module):
         return self.weight * normed
 
 
-def _fits_kernel(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
-    """Whether ``x`` (and ``weight``) suit the compiled norm: float32 CPU rows with unit
-    stride along the features, and the kernels built."""
+def _fits_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x [T, H]`` and ``weight`` suit the compiled norm (float32 CPU rows, a
+    contiguous weight that needs no gradient, the kernels built)."""
     return (
-        x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and x.dim() == 2
-        and x.stride(1) == 1
-        and (
-            weight is None
-            or (
-                weight.dtype == torch.float32
-                and weight.is_contiguous()
-                and not weight.requires_grad
-            )
-        )
-        and cpu_kernels() is not None
+        x.dim() == 2
+        and weight.is_contiguous()
+        and not weight.requires_grad
+        and cpu_float32(x, weight)
     )

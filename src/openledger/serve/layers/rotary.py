@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from openledger.serve.models.config import RopeConfig
-from openledger.serve.ops.cpu_kernels import CpuKernels, cpu_kernels
+from openledger.serve.ops.cpu_kernels import CpuKernels, cpu_float32, cpu_kernels
 
 __all__ = ["RotaryEmbedding", "inverse_frequencies"]
 
@@ -67,15 +67,15 @@ class RotaryEmbedding(nn.Module):
         Returns:
             A new ``[T, n, dim]`` tensor.
         """
-        # NOTE: one module serves every layer; look the step's positions up once, with the
-        # sign of rotate_half folded into the sine: x*cos + cat(x2, x1)*(-sin1, sin2) is
-        # bit for bit x*cos + cat(-x2, x1)*sin, in four ops for all query and key heads.
         if _kernel_fits(heads, positions, self.cos_sin) and (kernels := cpu_kernels()):
             return self._kernel(kernels, positions, heads)
         return self._torch(positions, heads)
 
     def _torch(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """The rotation in torch ops (any device and dtype)."""
+        # NOTE: one module serves every layer; look the step's positions up once, with the
+        # sign of rotate_half folded into the sine: x*cos + cat(x2, x1)*(-sin1, sin2) is
+        # bit for bit x*cos + cat(-x2, x1)*sin, in four ops for all query and key heads.
         if positions is not self._positions or self._cos_sin_at.dtype != heads.dtype:
             self._positions = positions
             cos, sin = self.cos_sin[:, positions].to(heads.dtype)[:, :, None, :]
@@ -116,16 +116,12 @@ class RotaryEmbedding(nn.Module):
 
 def _kernel_fits(heads: torch.Tensor, positions: torch.Tensor, table: torch.Tensor) -> bool:
     return (
-        table.dtype == torch.float32
-        and table.is_contiguous()
-        and table.device.type == "cpu"
-        and heads.dtype == torch.float32
-        and heads.device.type == "cpu"
-        and heads.dim() == 3
-        and heads.stride(2) == 1
+        heads.dim() == 3
         and heads.stride(1) == heads.shape[2]
+        and table.is_contiguous()
         and positions.dtype == torch.int64
         and positions.dim() == 1
         and positions.is_contiguous()
         and positions.shape[0] == heads.shape[0]
+        and cpu_float32(heads, table)
     )

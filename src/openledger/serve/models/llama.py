@@ -17,13 +17,9 @@ from openledger.serve.layers.linear import Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
-from openledger.serve.ops.cpu_kernels import cpu_kernels
+from openledger.serve.ops.cpu_kernels import cpu_float32, cpu_kernels
 
 __all__ = ["LlamaForCausalLM"]
-
-
-def _cpu_float32_rows(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.device.type == "cpu" and x.stride(-1) == 1
 
 
 class LlamaAttention(nn.Module):
@@ -74,7 +70,7 @@ class LlamaMLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[T, hidden]`` -> ``[T, hidden]``."""
         gate_up = self.gate_up_proj(hidden)
-        kernels = cpu_kernels() if _cpu_float32_rows(gate_up) else None
+        kernels = cpu_kernels() if cpu_float32(gate_up) else None
         if kernels is not None:  # NOTE: silu(gate) * up in one compiled pass
             rows, width = gate_up.shape[0], gate_up.shape[1] // 2
             act = torch.empty(rows, width, dtype=torch.float32)

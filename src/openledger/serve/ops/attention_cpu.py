@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from openledger.serve.ops import reference
-from openledger.serve.ops.cpu_kernels import cpu_kernels
+from openledger.serve.ops.cpu_kernels import cpu_float32, cpu_kernels
 from openledger.serve.ops.step_attention import DecodeFn
 
 __all__ = ["cpu_decode_attention", "paged_decode_attention_cpu", "store_kv"]
@@ -137,7 +137,7 @@ def _check_ranges(
 
 def cpu_decode_attention(query: torch.Tensor) -> DecodeFn | None:
     """The kernel where it applies to ``query`` (float32 on CPU, kernels built), else None."""
-    if query.dtype != torch.float32 or query.device.type != "cpu" or cpu_kernels() is None:
+    if not cpu_float32(query):
         return None
     return paged_decode_attention_cpu
 
@@ -182,14 +182,12 @@ def _store_fits(
 ) -> bool:
     width = k_cache.shape[-1]
     return (
-        k_cache.dtype == v_cache.dtype == key.dtype == value.dtype == torch.float32
-        and k_cache.device.type == "cpu"
-        and k_cache.is_contiguous()
+        k_cache.is_contiguous()
         and v_cache.is_contiguous()
         and k_cache.shape == v_cache.shape
         and key.shape == value.shape == (slots.shape[0], *k_cache.shape[2:])
-        and key.stride(2) == value.stride(2) == 1
         and key.stride(1) == value.stride(1) == width
         and slots.dtype == torch.int64
         and slots.is_contiguous()
+        and cpu_float32(key, value, k_cache, v_cache)
     )

@@ -39,6 +39,7 @@ __all__ = [
     "argmax_rows",
     "c_compiler",
     "compile_cpu_kernels",
+    "cpu_float32",
     "cpu_kernels",
 ]
 
@@ -135,20 +136,25 @@ def cpu_kernels() -> CpuKernels | None:
         return None
 
 
+def cpu_float32(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is float32 on the CPU with unit stride along its last dimension
+    (rows the kernels can read), and the kernels are built."""
+    return (
+        all(
+            t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
+            for t in tensors
+        )
+        and cpu_kernels() is not None
+    )
+
+
 def argmax_rows(x: torch.Tensor) -> list[int]:
     """The index of each row's largest value of ``x [rows, cols]`` (the first among equals,
     a row's first NaN if it has one), as ``x.argmax(dim=-1).tolist()`` gives: through the
     compiled kernel for float32 CPU rows (about 2x faster on a step's logits), else torch.
     """
     kernels = cpu_kernels()
-    if (
-        kernels is None
-        or x.dtype != torch.float32
-        or x.device.type != "cpu"
-        or x.dim() != 2
-        or x.shape[1] == 0
-        or x.stride(1) != 1
-    ):
+    if kernels is None or x.dim() != 2 or x.shape[1] == 0 or not cpu_float32(x):
         found: list[int] = x.argmax(dim=-1).tolist()
         return found
     out = torch.empty(x.shape[0], dtype=torch.int64)
