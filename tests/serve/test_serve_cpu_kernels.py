@@ -1,5 +1,5 @@
-"""The compiled CPU kernels (LoRA updates, paged decode attention, cache writes, the MLP
-activation) against the einsum, SDPA and torch references; their build cache, the fallback
+"""The compiled CPU kernels (LoRA updates, paged decode attention, the MLP activation, the
+greedy argmax) against the einsum, SDPA and torch references; their build cache, the fallback
 when they cannot be built, bad inputs. (RMSNorm and rotary: tests/serve/test_serve_linear.)"""
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from openledger.serve.ops import cpu_kernels as cpu_kernels_module  # noqa: E402
 from openledger.serve.ops.attention_cpu import (  # noqa: E402
     cpu_decode_attention,
     paged_decode_attention_cpu,
-    store_kv,
 )
 from openledger.serve.ops.cpu_kernels import (  # noqa: E402
     CPU_KERNELS_ENV,
@@ -42,7 +41,6 @@ from openledger.serve.ops.lora_cpu import (  # noqa: E402
 )
 from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights  # noqa: E402
 from openledger.serve.ops.reference import decode_attention  # noqa: E402
-from openledger.serve.ops.reference import store_kv as reference_store_kv  # noqa: E402
 
 HIDDEN = 40
 SIZES = [40, 8, 8]  # a q|k|v-like fused projection
@@ -356,24 +354,6 @@ def test_silu_mul_matches_torch(kernel: CpuLoraKernel, rows: int) -> None:
     built.silu_mul(gate_up.data_ptr(), gate_up.stride(0), rows, 48, out.data_ptr(), 2)
     want = torch.nn.functional.silu(gate_up[:, :48]) * gate_up[:, 48:]
     torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6, equal_nan=True)
-
-
-def test_store_kv_matches_reference_and_refuses_bad_slots(kernel: CpuLoraKernel) -> None:
-    gen = torch.Generator().manual_seed(0)
-    shape = (6, 4, 2, 8)  # blocks, block size, kv heads, head width
-    k_cache, v_cache = torch.zeros(shape), torch.zeros(shape)
-    fused = torch.randn(5, 4 + 2 + 2, 8, generator=gen)  # q | k | v heads of 5 tokens
-    key, value = fused[:, 4:6], fused[:, 6:]
-    slots = torch.tensor([0, 5, 23, 17, 9])
-    store_kv(key, value, k_cache, v_cache, slots)
-    want_k, want_v = torch.zeros(shape), torch.zeros(shape)
-    reference_store_kv(key, value, want_k, want_v, slots)
-    assert torch.equal(k_cache, want_k)
-    assert torch.equal(v_cache, want_v)
-    before = k_cache.clone()
-    with pytest.raises(ValueError, match=r"cache slots must be in 0\.\.23, got 0\.\.24"):
-        store_kv(key, value, k_cache, v_cache, torch.tensor([0, 1, 2, 3, 24]))
-    assert torch.equal(k_cache, before)  # nothing written
 
 
 def test_argmax_rows_follows_torch_ties_nan_and_infinities(kernel: CpuLoraKernel) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 from openledger.serve.batch import BatchMetadata
 from openledger.serve.ops import reference
-from openledger.serve.ops.attention_cpu import cpu_decode_attention, store_kv
+from openledger.serve.ops.attention_cpu import cpu_decode_attention
 from openledger.serve.ops.step_attention import DecodeFn, step_attention
 
 __all__ = ["AttentionBackend", "PagedAttention"]
@@ -63,7 +63,7 @@ class PagedAttention(nn.Module):
         Returns:
             ``[T, heads, dim]``.
         """
-        store_kv(key, value, self.k_cache, self.v_cache, batch.slot_mapping)
+        reference.store_kv(key, value, self.k_cache, self.v_cache, batch.slot_mapping)
         if batch.attention is not None:
             # NOTE: a step plan (mixed prompt chunks and decode rows) shared by all layers.
             return step_attention(

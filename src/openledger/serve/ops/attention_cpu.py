@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from openledger.serve.ops import reference
 from openledger.serve.ops.cpu_kernels import cpu_float32, cpu_kernels
 from openledger.serve.ops.step_attention import DecodeFn
 
-__all__ = ["cpu_decode_attention", "paged_decode_attention_cpu", "store_kv"]
+__all__ = ["cpu_decode_attention", "paged_decode_attention_cpu"]
 
 
 def paged_decode_attention_cpu(
@@ -140,54 +139,3 @@ def cpu_decode_attention(query: torch.Tensor) -> DecodeFn | None:
     if not cpu_float32(query):
         return None
     return paged_decode_attention_cpu
-
-
-def store_kv(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> None:
-    """Write ``key``/``value [T, kv_heads, dim]`` into the cache slots ``slot_mapping``:
-    through the compiled kernel for float32 CPU caches (one call for both), else
-    :func:`~openledger.serve.ops.reference.store_kv`.
-
-    Raises:
-        ValueError: A slot outside the cache.
-    """
-    kernels = cpu_kernels()
-    if kernels is None or not _store_fits(key, value, k_cache, v_cache, slot_mapping):
-        reference.store_kv(key, value, k_cache, v_cache, slot_mapping)
-        return
-    rows = key.shape[0]
-    num_slots = k_cache.shape[0] * k_cache.shape[1]
-    if rows:
-        low, high = (int(v) for v in torch.aminmax(slot_mapping))
-        if low < 0 or high >= num_slots:
-            raise ValueError(f"cache slots must be in 0..{num_slots - 1}, got {low}..{high}")
-    kernels.store_kv(
-        key.data_ptr(), key.stride(0), value.data_ptr(), value.stride(0),
-        k_cache.data_ptr(), v_cache.data_ptr(), slot_mapping.data_ptr(), rows,
-        k_cache.shape[2] * k_cache.shape[3],
-    )  # fmt: skip
-
-
-def _store_fits(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slots: torch.Tensor,
-) -> bool:
-    width = k_cache.shape[-1]
-    return (
-        k_cache.is_contiguous()
-        and v_cache.is_contiguous()
-        and k_cache.shape == v_cache.shape
-        and key.shape == value.shape == (slots.shape[0], *k_cache.shape[2:])
-        and key.stride(1) == value.stride(1) == width
-        and slots.dtype == torch.int64
-        and slots.is_contiguous()
-        and cpu_float32(key, value, k_cache, v_cache)
-    )

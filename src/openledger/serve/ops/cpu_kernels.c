@@ -355,22 +355,6 @@ void openledger_rotary(const float *x, int64_t x_stride, int64_t T, int64_t n, i
   }
 }
 
-/* Write this step's keys and values into their cache slots: row t of key (row stride
-   k_stride) and value (v_stride), `width` floats each (kv heads x head width, contiguous),
-   go to slot slots[t] of caches laid out [num_slots, width]. */
-void openledger_store_kv(const float *key, int64_t k_stride, const float *value,
-                         int64_t v_stride, float *k_cache, float *v_cache, const int64_t *slots,
-                         int64_t T, int64_t width) {
-  for (int64_t t = 0; t < T; t++) {
-    float *kd = k_cache + slots[t] * width, *vd = v_cache + slots[t] * width;
-    const float *ks = key + t * k_stride, *vs = value + t * v_stride;
-    for (int64_t j = 0; j < width; j++) {
-      kd[j] = ks[j];
-      vd[j] = vs[j];
-    }
-  }
-}
-
 /* out[r] = index of the largest element of row r of x [rows, cols] (row stride `stride`):
    the first one among equals; a row holding NaN gives its first NaN (torch.argmax's
    convention). Parallel over rows. */

@@ -2,7 +2,7 @@
 
 ``cpu_kernels.c`` holds the kernels where plain torch spends its time in many small ops
 at decode: the LoRA updates of a step's adapters (:mod:`.lora_cpu`), paged decode
-attention and the cache writes before it (:mod:`.attention_cpu`), a residual add with
+attention (:mod:`.attention_cpu`), a residual add with
 RMSNorm (:class:`~openledger.serve.layers.norm.RMSNorm`), the rotary embedding, the
 gated MLP activation and the greedy pick over a step's logits (:func:`argmax_rows`).
 
@@ -100,10 +100,6 @@ class CpuKernels:
             restype=None,
         )
         """``openledger_rotary`` (see :class:`~openledger.serve.layers.rotary.RotaryEmbedding`)."""
-        self.store_kv = self._bind(
-            "openledger_store_kv", [ptr, i64, ptr, i64, ptr, ptr, ptr, i64, i64], restype=None
-        )
-        """``openledger_store_kv`` (see :func:`.attention_cpu.store_kv`)."""
         self.argmax_rows = self._bind(
             "openledger_argmax_rows", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
