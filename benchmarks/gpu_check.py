@@ -25,6 +25,7 @@ import itertools
 import os
 import sys
 import time
+import traceback
 
 if "--cpu-smoke" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -82,36 +83,46 @@ def check_kernels(device: str, dtypes: list[torch.dtype], sizes: list[tuple[int,
     return ok
 
 
-def time_it(fn, repeats: int = 20) -> float:  # type: ignore[no-untyped-def]
-    """Median milliseconds of ``fn`` after a warm-up (CUDA synchronised)."""
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (no-op on CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn, device: str = "cuda", repeats: int = 20) -> float:  # type: ignore[no-untyped-def]
+    """Median milliseconds of ``fn`` after a warm-up (the device synchronised)."""
     fn()
-    torch.cuda.synchronize()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         times.append(1000 * (time.perf_counter() - start))
     return sorted(times)[len(times) // 2]
 
 
-def kernel_speed() -> None:
-    """SGMV/BGMV vs the grouped torch path, Llama-3-8B q|k|v, 64 adapters, rank 16."""
+def kernel_speed(device: str = "cuda", hidden: int = 4096, out: int = 6144,
+                 sizes: tuple[int, int] = (64, 4096), repeats: int = 20) -> None:  # fmt: skip
+    """SGMV/BGMV vs the torch paths on one q|k|v projection (Llama-3-8B), 64 adapters, r 16."""
     from openledger.serve.ops.lora_triton import lora_segments
 
-    hidden, out, rank, count = 4096, 6144, 16, 64
-    a, b, r = stacks(count, rank, hidden, out, torch.float16, "cuda")
+    rank, count = 16, 64
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    a, b, r = stacks(count, rank, hidden, out, dtype, device)
     slots = [LoraWeights(a[s], (LoraSlice(0, rank, 0, out, b[s]),)) for s in range(count)]
-    for tokens, label in ((64, "decode 64 tokens"), (4096, "prefill 4096 tokens")):
-        idx = (torch.arange(tokens, device="cuda") * count // tokens).to(torch.int64)
-        if tokens == 64:
-            idx = idx[torch.randperm(tokens, device="cuda")]
-        x = torch.randn(tokens, hidden, device="cuda", dtype=torch.float16)
-        y = torch.zeros(tokens, out, device="cuda", dtype=torch.float16)
+    for tokens in sizes:
+        label = f"{'decode' if tokens == sizes[0] else 'prefill'} {tokens} tokens"
+        idx = (torch.arange(tokens, device=device) * count // tokens).to(torch.int64)
+        if tokens == sizes[0]:
+            idx = idx[torch.randperm(tokens, device=device)]
+        x = torch.randn(tokens, hidden, device=device, dtype=dtype)
+        y = torch.zeros(tokens, out, device=device, dtype=dtype)
         seg, groups = lora_segments(idx), LoraGroups.from_indices(idx)
-        sgmv = time_it(functools.partial(_sgmv, x, a, b, r, seg, y))
-        bgmv = time_it(functools.partial(_bgmv, x, a, b, r, idx, y))
-        grouped = time_it(functools.partial(add_lora, y, x, groups, slots))
+        run = functools.partial(time_it, device=device, repeats=repeats)
+        sgmv = run(functools.partial(_sgmv, x, a, b, r, seg, y))
+        bgmv = run(functools.partial(_bgmv, x, a, b, r, idx, y))
+        grouped = run(functools.partial(add_lora, y, x, groups, slots))
         order = idx.argsort()  # the batched path reads tokens grouped by adapter
         runs = [[(g * tokens // count, (g + 1) * tokens // count)] for g in range(count)]
         plan, stacked = (
@@ -119,7 +130,7 @@ def kernel_speed() -> None:
             stack_group_weights(slots, hidden, out),
         )
         assert stacked is not None
-        batched = time_it(functools.partial(add_lora_batched, y, x[order], plan, stacked))
+        batched = run(functools.partial(add_lora_batched, y, x[order], plan, stacked))
         print(f"{label}: SGMV {sgmv:.3f} ms, BGMV {bgmv:.3f} ms, torch per-adapter "
               f"{grouped:.3f} ms, torch batched {batched:.3f} ms", flush=True)  # fmt: skip
 
@@ -136,7 +147,14 @@ def _bgmv(x, a, b, r, idx, y) -> None:  # type: ignore[no-untyped-def]
     bgmv_expand(bgmv_shrink(x, a, r, idx), b, r, idx, y)
 
 
-def engine_throughput(layers: int) -> None:
+LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                 head_dim=128)  # fmt: skip
+
+
+def engine_throughput(layers: int, device: str = "cuda", shape: dict[str, int] = LLAMA3_8B,
+                      requests: int = 64, prompt: int = 128, new: int = 128,
+                      adapters: int = 100) -> None:  # fmt: skip
     """Llama-3-8B-shaped engine, 100 adapters, 64 requests: LoRA vs no LoRA tokens/s."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -145,42 +163,49 @@ def engine_throughput(layers: int) -> None:
     from openledger.serve import Engine, EngineConfig, SamplingParams
 
     root = scratch_dir("gpu-check-")
-    config = tiny_config("llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                         num_key_value_heads=8, num_hidden_layers=layers, vocab_size=128256,
-                         max_position_embeddings=8192, head_dim=128)  # fmt: skip
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    config = tiny_config("llama", num_hidden_layers=layers, **shape)
+    start = time.perf_counter()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(root / "base")
     tiny_tokenizer(config.vocab_size).save_pretrained(root / "base")
     lora = LoraConfig(r=16, target_modules=TARGETS, init_lora_weights=False)
     get_peft_model(model, lora).save_pretrained(root / "adapter")
     del model
-    engine = Engine(root / "base", EngineConfig(dtype="bfloat16", max_num_seqs=64,
-                                                 kv_cache_memory=8 * 2**30))  # fmt: skip
-    for index in range(100):
-        engine.add_adapter(f"a{index}", root / "adapter")
-    prompts = [[1 + (i * 7 + j) % 1000 for j in range(128)] for i in range(64)]
-    runs = (("no LoRA", False, "triton"), ("100 adapters, Triton", True, "triton"),
-            ("100 adapters, torch batched", True, "torch"))  # fmt: skip
+    print(f"model and adapter written in {time.perf_counter() - start:.1f} s", flush=True)
+
+    def make_engine() -> Engine:
+        engine = Engine(root / "base", EngineConfig(device=device, dtype=dtype,  # type: ignore[arg-type]
+                                                     max_num_seqs=requests,
+                                                     kv_cache_memory=8 * 2**30))  # fmt: skip
+        for index in range(adapters):
+            engine.add_adapter(f"a{index}", root / "adapter")
+        return engine
+
+    prompts = [[1 + (i * 7 + j) % 1000 for j in range(prompt)] for i in range(requests)]
+    runs = (("no LoRA", False, "triton"), (f"{adapters} adapters, Triton", True, "triton"),
+            (f"{adapters} adapters, torch batched", True, "torch"))  # fmt: skip
+    os.environ[LORA_BACKEND_ENV] = "triton"
+    engine = make_engine()
     for label, adapter, backend in runs:
         if engine.adapters is not None and engine.adapters.state.backend != backend:
             del engine
             os.environ[LORA_BACKEND_ENV] = backend
-            engine = Engine(root / "base", EngineConfig(dtype="bfloat16", max_num_seqs=64,
-                                                         kv_cache_memory=8 * 2**30))  # fmt: skip
-            for index in range(100):
-                engine.add_adapter(f"a{index}", root / "adapter")
-        params = [SamplingParams(max_tokens=128, min_tokens=128,
-                                 adapter=f"a{(i * 37) % 100}" if adapter else None)
-                  for i in range(64)]  # fmt: skip
+            engine = make_engine()
+        params = [SamplingParams(max_tokens=new, min_tokens=new,
+                                 adapter=f"a{(i * 37) % adapters}" if adapter else None)
+                  for i in range(requests)]  # fmt: skip
         engine.generate(prompts[:4], params[:4])
-        torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         engine.generate(prompts, params)
-        torch.cuda.synchronize()
+        synchronize(device)
         wall = time.perf_counter() - start
-        print(f"engine, {layers} Llama-3-8B layers, 64 requests x 128 new tokens, {label}: "
-              f"{64 * 128 / wall:.0f} tokens/s", flush=True)  # fmt: skip
+        rate = requests * new / wall
+        print(f"engine, {layers} Llama-3-8B layers, {requests} requests x {new} new tokens, "
+              f"{label}: {rate:.0f} tokens/s ({wall:.2f} s)", flush=True)  # fmt: skip
+    os.environ.pop(LORA_BACKEND_ENV, None)
 
 
 def smoke_engine() -> bool:
@@ -214,22 +239,43 @@ def smoke_engine() -> bool:
     return same
 
 
+def part(name: str, fn) -> bool:  # type: ignore[no-untyped-def]
+    """Run one part; a part that raises is reported and the next parts still run."""
+    start = time.perf_counter()
+    print(f"== {name}", flush=True)
+    try:
+        ok = fn() is not False
+    except Exception:
+        traceback.print_exc()
+        ok = False
+    print(f"== {name}: {'ok' if ok else 'FAILED'} in {time.perf_counter() - start:.1f} s",
+          flush=True)  # fmt: skip
+    return ok
+
+
 def main() -> None:
-    """Run every check; exit 1 if a kernel disagrees with the reference."""
+    """Run every check; exit 1 if a kernel disagrees with the reference or a part fails."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--cpu-smoke", action="store_true")
     args = parser.parse_args()
     if args.cpu_smoke:
         print("device: CPU under TRITON_INTERPRET=1 (smoke test of this script only)")
-        ok = check_kernels("cpu", [torch.float32, torch.float16], [(64, 96)], [8, 16], [1, 8], 24)
-        ok &= smoke_engine()
+        tiny = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16)  # fmt: skip
+        ok = part("kernels", lambda: check_kernels(
+            "cpu", [torch.float32, torch.float16], [(64, 96)], [8, 16], [1, 8], 24))  # fmt: skip
+        ok &= part("kernel speed", lambda: kernel_speed("cpu", 64, 96, (8, 32), repeats=1))
+        ok &= part("engine", lambda: engine_throughput(
+            2, "cpu", tiny, requests=4, prompt=8, new=4, adapters=3))  # fmt: skip
+        ok &= part("tiny engine", smoke_engine)
         sys.exit(0 if ok else 1)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     sizes = [(576, 576), (576, 1536), (4096, 6144), (4096, 14336), (14336, 4096)]
-    ok = check_kernels("cuda", [torch.float16, torch.bfloat16], sizes, [8, 16, 64], [1, 8, 64], 256)
-    kernel_speed()
-    engine_throughput(args.layers)
+    ok = part("kernels", lambda: check_kernels(
+        "cuda", [torch.float16, torch.bfloat16], sizes, [8, 16, 64], [1, 8, 64], 256))  # fmt: skip
+    ok &= part("kernel speed", kernel_speed)
+    ok &= part("engine", lambda: engine_throughput(args.layers))
     sys.exit(0 if ok else 1)
 
 

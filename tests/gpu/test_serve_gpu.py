@@ -88,3 +88,74 @@ def test_engine_on_cuda_matches_transformers_greedy(tiny_folder: Path, backend: 
         ids = torch.tensor([out.prompt_token_ids], device="cuda")
         ref = model.generate(ids, max_new_tokens=16, do_sample=False)[0, ids.shape[1] :].tolist()
         assert out.token_ids == ref
+
+
+LORA_SPECS = [  # (rank, targets): different ranks and target modules in one batch
+    (8, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    (4, ["q_proj", "v_proj"]),
+    (16, ["gate_proj", "up_proj", "down_proj"]),
+    (3, ["k_proj", "o_proj"]),
+]
+
+
+@pytest.fixture(scope="module")
+def lora_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    from tests.serve.serve_lora_factory import make_peft_adapter
+
+    from openledger.models import save_tiny_model
+
+    root = tmp_path_factory.mktemp("gpu-lora")
+    base = save_tiny_model(root / "base", "llama", seed=11)
+    folders = {
+        f"a{i}": make_peft_adapter(base, root / f"a{i}", r=r, targets=t, seed=20 + i)
+        for i, (r, t) in enumerate(LORA_SPECS)
+    }
+    return {"base": base, "folders": folders}
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_mixed_adapters_on_cuda_match_peft(
+    lora_setup: dict[str, object], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch mixing adapters, a weighted mix and no adapter: PEFT's tokens on the same GPU."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from openledger.serve import Engine, EngineConfig, SamplingParams
+    from openledger.serve.layers.lora import LORA_BACKEND_ENV
+
+    base, folders = lora_setup["base"], lora_setup["folders"]
+    assert isinstance(base, Path)
+    assert isinstance(folders, dict)
+    monkeypatch.setenv(LORA_BACKEND_ENV, backend)
+    config = EngineConfig(device="cuda", dtype="float32", max_num_seqs=4, block_size=4,
+                          num_blocks=96)  # fmt: skip
+    engine = Engine(base, config)
+    assert engine.adapters is not None
+    assert engine.adapters.state.backend == backend
+    for name, folder in folders.items():
+        engine.add_adapter(name, folder)
+    gen = torch.Generator().manual_seed(0)
+    choices: list[object] = [*folders, None, {"a0": 0.7, "a1": 0.3}]
+    prompts = [torch.randint(3, 300, (5 + 3 * i,), generator=gen).tolist() for i in range(6)]
+    params = [SamplingParams(max_tokens=6, min_tokens=6, adapter=c) for c in choices]  # type: ignore[arg-type]
+    outputs = engine.generate(prompts, params)
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(model, folders["a0"], adapter_name="a0")
+    for name, folder in folders.items():
+        if name != "a0":
+            peft.load_adapter(folder, adapter_name=name)
+    peft.add_weighted_adapter(["a0", "a1"], [0.7, 0.3], "mix", combination_type="cat")
+    peft = peft.to("cuda").eval()
+    kwargs = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+    for prompt, choice, output in zip(prompts, choices, outputs, strict=True):
+        ids = torch.tensor([prompt], device="cuda")
+        with torch.no_grad():
+            if choice is None:
+                with peft.disable_adapter():
+                    want = peft.generate(input_ids=ids, **kwargs)
+            else:
+                peft.set_adapter("mix" if isinstance(choice, dict) else choice)
+                want = peft.generate(input_ids=ids, **kwargs)
+        assert output.token_ids == want[0, len(prompt) :].tolist(), choice
