@@ -11,13 +11,18 @@ rows past each slot's rank are zero and are never read (``ranks[slot]`` masks th
 References (one einsum each): :func:`.lora_reference.lora_shrink_reference` for the
 shrinks, :func:`.lora_reference.lora_expand_reference` for the expands. The wrappers check
 dtype, shape and contiguity before every launch.
+
+With float32 weights the SGMV products run in IEEE float32 (``tl.dot`` would otherwise
+round its inputs to TF32 on NVIDIA GPUs); with float16/bfloat16 the shrink's float32 rows
+are rounded to the weights' type before the expand, as PEFT's second matmul does. The
+kernels' pointer and size parameters carry no annotations: Triton's compiler resolves
+every annotation as a global of this module, and only ``tl.constexpr`` is one it accepts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -112,10 +117,11 @@ def segments_from_sequences(
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _sgmv_shrink_kernel(
-    x_ptr: Any, a_ptr: Any, y_ptr: Any, starts_ptr: Any, lengths_ptr: Any, slots_ptr: Any,
-    ranks_ptr: Any, hidden: Any, stride_xt: Any, stride_as: Any, stride_ar: Any,
-    stride_yt: Any, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+def _sgmv_shrink_kernel(  # type: ignore[no-untyped-def]
+    x_ptr, a_ptr, y_ptr, starts_ptr, lengths_ptr, slots_ptr,
+    ranks_ptr, hidden, stride_xt, stride_as, stride_ar,
+    stride_yt, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr,
 ) -> None:  # fmt: skip
     seg = tl.program_id(0)
     start = tl.load(starts_ptr + seg)
@@ -139,16 +145,20 @@ def _sgmv_shrink_kernel(
             a_ptr + slot * stride_as + offs_r[None, :] * stride_ar + k[:, None],
             mask=r_mask[None, :] & k_mask[:, None], other=0.0,
         )  # fmt: skip
-        acc = tl.dot(x_tile, a_tile, acc)
+        if IEEE:  # float32 weights: full-precision products, not TF32
+            acc = tl.dot(x_tile, a_tile, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x_tile, a_tile, acc)
     y_ptrs = y_ptr + rows[:, None] * stride_yt + offs_r[None, :]
     tl.store(y_ptrs, acc, mask=m_mask[:, None] & r_mask[None, :])
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _sgmv_expand_kernel(
-    y_ptr: Any, b_ptr: Any, out_ptr: Any, starts_ptr: Any, lengths_ptr: Any, slots_ptr: Any,
-    ranks_ptr: Any, out_features: Any, stride_yt: Any, stride_bs: Any, stride_bo: Any,
-    stride_ot: Any, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+def _sgmv_expand_kernel(  # type: ignore[no-untyped-def]
+    y_ptr, b_ptr, out_ptr, starts_ptr, lengths_ptr, slots_ptr,
+    ranks_ptr, out_features, stride_yt, stride_bs, stride_bo,
+    stride_ot, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    IEEE: tl.constexpr,
 ) -> None:  # fmt: skip
     seg = tl.program_id(0)
     start = tl.load(starts_ptr + seg)
@@ -168,8 +178,11 @@ def _sgmv_expand_kernel(
     b_tile = tl.load(
         b_ptr + slot * stride_bs + offs_n[None, :] * stride_bo + offs_r[:, None],
         mask=r_mask[:, None] & n_mask[None, :], other=0.0,
-    ).to(tl.float32)  # fmt: skip
-    delta = tl.dot(y_tile, b_tile)
+    )  # fmt: skip
+    if IEEE:
+        delta = tl.dot(y_tile, b_tile, input_precision="ieee")
+    else:  # the shrink's float32 rows meet B in B's half type, as PEFT's second matmul does
+        delta = tl.dot(y_tile.to(b_tile.dtype), b_tile)
     out_ptrs = out_ptr + rows[:, None] * stride_ot + offs_n[None, :]
     mask = m_mask[:, None] & n_mask[None, :]
     current = tl.load(out_ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -177,9 +190,9 @@ def _sgmv_expand_kernel(
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _bgmv_shrink_kernel(
-    x_ptr: Any, a_ptr: Any, y_ptr: Any, indices_ptr: Any, ranks_ptr: Any, hidden: Any,
-    stride_xt: Any, stride_as: Any, stride_ar: Any, stride_yt: Any,
+def _bgmv_shrink_kernel(  # type: ignore[no-untyped-def]
+    x_ptr, a_ptr, y_ptr, indices_ptr, ranks_ptr, hidden,
+    stride_xt, stride_as, stride_ar, stride_yt,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ) -> None:  # fmt: skip
     token = tl.program_id(0).to(tl.int64)
@@ -204,9 +217,9 @@ def _bgmv_shrink_kernel(
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _bgmv_expand_kernel(
-    y_ptr: Any, b_ptr: Any, out_ptr: Any, indices_ptr: Any, ranks_ptr: Any, out_features: Any,
-    stride_yt: Any, stride_bs: Any, stride_bo: Any, stride_ot: Any,
+def _bgmv_expand_kernel(  # type: ignore[no-untyped-def]
+    y_ptr, b_ptr, out_ptr, indices_ptr, ranks_ptr, out_features,
+    stride_yt, stride_bs, stride_bo, stride_ot,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ) -> None:  # fmt: skip
     token = tl.program_id(0).to(tl.int64)
@@ -274,6 +287,7 @@ def sgmv_shrink(
         x, a_stack, y, segments.starts, segments.lengths, segments.slots, ranks,
         x.shape[1], x.stride(0), a_stack.stride(0), a_stack.stride(1), y.stride(0),
         BLOCK_M=_BLOCK_M, BLOCK_R=_block_r(a_stack.shape[1]), BLOCK_K=_BLOCK_K,
+        IEEE=x.dtype == torch.float32,
     )  # fmt: skip
     return y
 
@@ -308,6 +322,7 @@ def sgmv_expand(
         y, b_stack, out, segments.starts, segments.lengths, segments.slots, ranks,
         out.shape[1], y.stride(0), b_stack.stride(0), b_stack.stride(1), out.stride(0),
         BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_R=_block_r(b_stack.shape[2]),
+        IEEE=out.dtype == torch.float32,
     )  # fmt: skip
 
 

@@ -2,12 +2,12 @@
 
 One program per (sequence, query head) walks the sequence's block table, block by block,
 with an online softmax, so no gathered copy of the context is ever made. Its reference is
-:func:`openledger.serve.ops.reference.decode_attention`.
+:func:`openledger.serve.ops.reference.decode_attention`. The kernel's pointer and scalar
+parameters carry no annotations: Triton's compiler resolves every annotation as a global of
+this module, and only ``tl.constexpr`` is one it accepts.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -27,23 +27,23 @@ _NO_WINDOW = 1 << 30  # a window longer than any context
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _paged_decode_kernel(
-    out_ptr: Any,
-    q_ptr: Any,
-    k_cache_ptr: Any,
-    v_cache_ptr: Any,
-    block_tables_ptr: Any,
-    context_lens_ptr: Any,
-    scale: Any,
-    window: Any,
-    stride_qb: Any,
-    stride_qh: Any,
-    stride_ob: Any,
-    stride_oh: Any,
-    stride_cb: Any,
-    stride_cs: Any,
-    stride_ch: Any,
-    stride_tb: Any,
+def _paged_decode_kernel(  # type: ignore[no-untyped-def]
+    out_ptr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    context_lens_ptr,
+    scale,
+    window,
+    stride_qb,
+    stride_qh,
+    stride_ob,
+    stride_oh,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    stride_tb,
     GROUP: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
