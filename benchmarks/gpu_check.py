@@ -218,6 +218,7 @@ def engine_throughput(layers: int, device: str = "cuda", shape: dict[str, int] =
     def make_engine() -> Engine:
         engine = Engine(root / "base", EngineConfig(device=device, dtype=dtype,  # type: ignore[arg-type]
                                                      max_num_seqs=requests,
+                                                     max_adapter_host_memory=4 * 2**30,
                                                      kv_cache_memory=8 * 2**30))  # fmt: skip
         for index in range(adapters):
             engine.add_adapter(f"a{index}", root / "adapter")

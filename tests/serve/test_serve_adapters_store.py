@@ -230,3 +230,37 @@ def test_thousand_registered_with_bounded_host_memory(
     assert len(store) == 1000
     assert store.host_bytes <= 5 * size
     assert len(store.slots.resident()) == 4
+
+
+def test_prefetch_reads_only_adapters_not_in_a_slot(
+    base: Path, adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openledger.serve.adapters import store as store_module
+
+    reads: list[str] = []
+    real = store_module.load_adapter
+
+    def counting(spec, *args):  # type: ignore[no-untyped-def]
+        reads.append(spec.name)
+        return real(spec, *args)
+
+    monkeypatch.setattr(store_module, "load_adapter", counting)
+    one = new_store(base)
+    one.add("x", adapters["all8"])
+    size = one.load_host("x").num_bytes
+    store = new_store(base, num_slots=2, max_host_bytes=size)  # room for one host copy
+    for name in ("all8", "qv4"):
+        store.add(name, adapters[name])
+    reads.clear()
+    store.prefetch(store.resolve("all8"))
+    store.acquire(use := store.resolve("all8"))
+    store.release(use)
+    assert reads == ["all8"]  # read once: the prefetch's copy served the slot
+    store.prefetch(store.resolve("qv4"))  # pushes all8's host copy out
+    assert reads == ["all8", "qv4"]
+    store.prefetch(store.resolve("all8"))  # in its slot: nothing read
+    assert reads == ["all8", "qv4"]
+    store.prefetch(store.resolve({"all8": 0.5, "qv4": 0.5}))  # the mix is in no slot
+    assert reads == ["all8", "qv4", "all8", "qv4"]  # one host copy fits: each pushes out the other
+    with pytest.raises(AdapterNotFoundError):
+        store.prefetch(store.resolve("nope"))

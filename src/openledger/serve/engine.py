@@ -395,8 +395,7 @@ class Engine:
             return None
         store = self._require_adapters()
         use = store.resolve(params.adapter)
-        for name in use.names:  # prefetch: unreadable weights refuse this request now
-            store.load_host(name)
+        store.prefetch(use)  # NOTE: unreadable weights refuse this request now
         return use
 
     def _bind_adapters(self, seqs: list[Seq]) -> list[AdapterUse]:

@@ -4,6 +4,7 @@
 
     add()        validate from config + safetensors header; keep the spec only   (disk)
     load_host()  read the weights once; LRU within max_host_bytes               (host)
+    prefetch()   load_host() for a request's adapters unless already in a slot
     acquire()    put an adapter (or a weighted mix) in a device slot; LRU, pins  (device)
 
 A request names one adapter, none, or a weighted mix ``{"a": 0.7, "b": 0.3}``; a mix is
@@ -200,6 +201,20 @@ class AdapterStore:
         while self._host_bytes > self.max_host_bytes and len(self._host) > 1:
             self._drop_host(next(iter(self._host)))
         return loaded
+
+    def prefetch(self, use: AdapterUse) -> None:
+        """Read ``use``'s weights into host memory ahead of its first step, so unreadable
+        weights refuse the request when it arrives; nothing is read while ``use`` is
+        resident in a device slot (the slot serves it, and a host copy would only push
+        other adapters out of the host budget).
+
+        Raises:
+            AdapterNotFoundError, AdapterFormatError: As :meth:`load_host`.
+        """
+        if self.slots.slot_of(use.key) is not None:
+            return
+        for name in use.names:
+            self.load_host(name)
 
     def acquire(self, use: AdapterUse) -> int:
         """Make ``use`` resident in a device slot (loading it just in time) and pin it.

@@ -117,7 +117,8 @@ class LoraBatch:
         is_decode: One token per sequence.
         plan: The batched torch path's layout; None when padding every group to the
             longest would more than double the rows (then the per-adapter path runs).
-        segments: Runs of equal slots (Triton SGMV); None unless the backend is Triton.
+        segments: Runs of equal slots (Triton SGMV); None unless the backend is Triton
+            and the step is not a decode step.
         rows: The token rows of each group, in the order of ``active`` (the CPU kernel);
             None unless the backend is torch.
     """
@@ -159,7 +160,8 @@ class LoraBatch:
                     group.append((start, start + length))
             token_slots.extend([slot] * length)
         segments = None
-        if backend == "triton":
+        is_decode = all(n == 1 for n in lengths)
+        if backend == "triton" and not is_decode:  # NOTE: decode reads token_slots (BGMV)
             from openledger.serve.ops.lora_triton import segments_from_sequences
 
             segments = segments_from_sequences(slots, lengths, device)
@@ -168,7 +170,7 @@ class LoraBatch:
             active=tuple(runs),
             token_slots=_to_device(token_slots, device),
             num_tokens=len(token_slots),
-            is_decode=all(n == 1 for n in lengths),
+            is_decode=is_decode,
             plan=_plan(list(runs.values()), device) if backend == "torch" else None,
             segments=segments,
             rows=LoraRows.from_runs(list(runs.values())) if backend == "torch" else None,

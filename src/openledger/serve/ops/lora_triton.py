@@ -191,7 +191,7 @@ def _sgmv_expand_kernel(  # type: ignore[no-untyped-def]
 
 @triton.jit  # type: ignore[untyped-decorator]
 def _bgmv_shrink_kernel(  # type: ignore[no-untyped-def]
-    x_ptr, a_ptr, y_ptr, indices_ptr, ranks_ptr, hidden,
+    x_ptr, a_ptr, y_ptr, indices_ptr, ranks_ptr, hidden, width,
     stride_xt, stride_as, stride_ar, stride_yt,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ) -> None:  # fmt: skip
@@ -213,7 +213,8 @@ def _bgmv_shrink_kernel(  # type: ignore[no-untyped-def]
             mask=r_mask[:, None] & k_mask[None, :], other=0.0,
         ).to(tl.float32)  # fmt: skip
         acc += tl.sum(a_tile * x_row[None, :], 1)
-    tl.store(y_ptr + token * stride_yt + offs_r, acc, mask=r_mask)
+    # NOTE: the whole row, zeros past the rank (and for no adapter): y needs no zero fill
+    tl.store(y_ptr + token * stride_yt + offs_r, acc, mask=offs_r < width)
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -343,16 +344,16 @@ def bgmv_shrink(
         indices: ``[T]`` slot per token, -1 for none.
 
     Returns:
-        ``[T, R]`` float32.
+        ``[T, R]`` float32; zeros past each token's rank and for tokens without an adapter.
     """
     _check_rows("x", x, a_stack.shape[2], _FLOATS)
     _check_stack("a_stack", a_stack, ranks, x.dtype)
     _check_indices(indices, x.shape[0])
-    y = torch.zeros(x.shape[0], a_stack.shape[1], dtype=torch.float32, device=x.device)
+    y = torch.empty(x.shape[0], a_stack.shape[1], dtype=torch.float32, device=x.device)
     if x.shape[0] == 0:
         return y
     _bgmv_shrink_kernel[(x.shape[0],)](
-        x, a_stack, y, indices, ranks, x.shape[1], x.stride(0), a_stack.stride(0),
+        x, a_stack, y, indices, ranks, x.shape[1], y.shape[1], x.stride(0), a_stack.stride(0),
         a_stack.stride(1), y.stride(0), BLOCK_R=_block_r(a_stack.shape[1]), BLOCK_K=_BLOCK_K,
     )  # fmt: skip
     return y
