@@ -210,3 +210,34 @@ def test_engine_tokens_are_identical_on_the_triton_path(
         assert engine.adapters.state.backend == backend
         tokens[backend] = [out.token_ids for out in engine.generate(prompts, params)]
     assert tokens["triton"] == tokens["torch"]
+
+
+def test_triton_backend_takes_the_batched_bmm_on_steady_decode_steps() -> None:
+    from tests.serve.test_serve_lora_layer import HIDDEN, SIZES, make_slots
+
+    from openledger.serve.layers.lora import LoraProjection, LoraState
+    from openledger.serve.ops.lora_torch import fuse_expand
+
+    weights = make_slots(5, 4)
+    state = LoraState({"proj": (HIDDEN, sum(SIZES))}, 4, torch.device("cpu"), backend="triton")
+    for slot, w in enumerate(weights):
+        state.install(slot, None if w is None else {"proj": fuse_expand(w)})
+    projection = LoraProjection(state, "proj")
+    x = torch.randn(5, HIDDEN)
+    decode, other, prefill = (
+        ([0, 3, 3, 1, -1], [1] * 5),
+        ([0, 1, 1, 1, 1], [1] * 5),
+        ([0, 3, 1], [2, 2, 1]),  # the same adapters as the decode steps
+    )
+    used, outputs = [], []
+    for seq_slots, lengths in [decode] * 4 + [prefill, decode, other, other]:
+        state.set_batch(seq_slots, lengths)
+        out = torch.zeros(5, sum(SIZES))
+        projection.apply(out, x)
+        used.append(projection._stacked_key is not None)
+        outputs.append(out)
+    # BGMV for the first two decode steps, the stacked bmm from the third on; a prefill with
+    # the same adapters keeps the stacks for the next decode step; a new set frees them
+    assert used == [False, False, True, True, True, True, False, False]
+    for out in outputs[1:4] + outputs[5:6]:
+        torch.testing.assert_close(out, outputs[0], rtol=1e-5, atol=1e-5)
