@@ -75,9 +75,7 @@ def test_every_triton_kernel_compiles_for_sm90() -> None:
     except ImportError:  # pragma: no cover - a triton build without the NVIDIA backend
         pytest.skip("this triton has no NVIDIA backend to compile with")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = env.get("TRITON_CACHE_DIR", "") or os.path.join(
-        os.environ.get("OPENLEDGER_HOME", "."), "triton-cache"
-    )
+    env.setdefault("TRITON_CACHE_DIR", os.path.join(os.environ["OPENLEDGER_HOME"], "triton"))
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )

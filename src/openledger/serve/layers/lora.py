@@ -19,8 +19,8 @@ Ways to compute it, chosen per step (the results agree up to rounding):
   runs of equal slots for prefill, BGMV (per-token gather) for decode, over dense per-slot
   stacks (:class:`~openledger.serve.layers.lora_stack.SlotStack`); except that a run of
   decode steps with the same adapters takes the torch backend's batched ``bmm`` (below),
-  which measured faster on an H100 (``benchmarks/gpu_check.py``: 25 against 31 us of GPU
-  time and 107 against 126 us a call, 64 adapters x 64 tokens on a Llama-3-8B q|k|v).
+  which measured faster on an H100 (``benchmarks/gpu_check.py``: 23.5 against 32.7 us of
+  GPU time and 56 against 71 us a call, 64 adapters x 64 tokens on a Llama-3-8B q|k|v).
 * ``torch``: one ``bmm`` per op over every adapter of the step, tokens grouped by adapter
   and padded to the longest group (:mod:`~openledger.serve.ops.lora_batched`); when
   padding would exceed the real rows, two matmuls per adapter over its own tokens
@@ -337,17 +337,14 @@ class LoraProjection:
         batch = self.state.batch
         if batch is None or batch.empty:
             return
-        if self.state.backend == "triton":
-            if batch.plan is not None and self._use_batched(batch.active):
-                self._apply_batched(out, x, batch.active, batch.plan)
-                return
-            if self._stacked_key != (batch.active, self.state.version):
-                self._stacked_key, self._stacked = None, None  # NOTE: frees a stale copy
-            self._apply_triton(out, x, batch)
-        elif self.state.kernel_applies(batch, x):
+        if self.state.kernel_applies(batch, x):  # NOTE: the torch backend on CPU only
             self._apply_kernel(out, x, batch)
         elif batch.plan is not None and self._use_batched(batch.active):
             self._apply_batched(out, x, batch.active, batch.plan)
+        elif self.state.backend == "triton":
+            if self._stacked_key != (batch.active, self.state.version):
+                self._stacked_key, self._stacked = None, None  # NOTE: frees a stale copy
+            self._apply_triton(out, x, batch)
         else:
             self._stacked_key, self._stacked = None, None  # NOTE: frees a stale copy
             add_lora(out, x, batch.groups, self.weights)
