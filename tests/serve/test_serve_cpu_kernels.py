@@ -126,6 +126,30 @@ def test_decode_and_prefill_layouts_on_any_thread_count(
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("hidden", [7, 45, 77])
+@pytest.mark.parametrize("rows_per_group", [1, 2, 3])
+def test_decode_vector_tails_on_odd_widths(
+    kernel: CpuLoraKernel, hidden: int, rows_per_group: int
+) -> None:
+    # the shrink sums 32, then 8 floats at a time, the expand 32 columns at a time: widths
+    # that are no multiple of either leave tails in both phases
+    gen = torch.Generator().manual_seed(hidden * 10 + rows_per_group)
+    sizes = [37, 70, 5]
+    weights: list[LoraWeights | None] = [
+        kernel_layout(random_weights(gen, hidden, sizes, [3, None, 16])),
+        kernel_layout(random_weights(gen, hidden, sizes, [None, 16, 1])),
+    ]
+    groups = [g for g in range(2) for _ in range(rows_per_group)] + [-1]
+    tokens, out = len(groups), sum(sizes)
+    x, base = torch.randn(tokens, hidden, generator=gen), torch.randn(tokens, out, generator=gen)
+    rows = LoraRows.from_runs([[(t, t + 1) for t, g in enumerate(groups) if g == group]
+                               for group in range(2)])  # fmt: skip
+    got = base.clone()
+    kernel.apply(got, x, rows, LoraCpuTable.from_weights(weights, hidden, out))
+    want = base + reference_delta(x, weights, torch.tensor(groups), out)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_more_groups_than_one_pass(kernel: CpuLoraKernel) -> None:
     gen = torch.Generator().manual_seed(3)
     weights = make_weights(gen, 300, 4)  # the kernel takes 256 groups per pass

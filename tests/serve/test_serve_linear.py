@@ -8,10 +8,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openledger.serve.layers.linear import PACKING_ENV, Linear, PackedWeight
+from openledger.serve.layers.linear import KERNEL_MAX_ROWS, PACKING_ENV, Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm, _fits_kernel
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import RopeConfig
+from openledger.serve.ops.cpu_kernels import cpu_kernels
+
+needs_kernels = pytest.mark.skipif(cpu_kernels() is None, reason="no C compiler for the kernels")
 
 
 def test_slices_load_into_one_fused_matmul() -> None:
@@ -32,6 +35,9 @@ def test_output_hook_sees_input_and_updates_output() -> None:
     class AddRowSum:
         def apply(self, out: torch.Tensor, x: torch.Tensor) -> None:
             out += x.sum(dim=-1, keepdim=True)
+
+        def fusion(self, x: torch.Tensor, out_features: int) -> None:
+            return None
 
     linear = Linear(3, (2,))
     linear.load_slice("weight", torch.zeros(2, 3))
@@ -67,6 +73,60 @@ def test_packed_copy_follows_reloaded_weights_and_can_be_switched_off(
     monkeypatch.setenv(PACKING_ENV, "0")  # read when packing
     linear.packed.invalidate()
     assert torch.equal(linear(x), F.linear(x, linear.weight))
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, KERNEL_MAX_ROWS),
+    outputs=st.integers(1, 80),
+    inputs=st.integers(1, 300),
+    bias=st.booleans(),
+    offset=st.integers(0, 5),
+    threads=st.integers(1, 3),
+)
+def test_compiled_projection_is_the_matmul_for_any_shape(
+    rows: int, outputs: int, inputs: int, bias: bool, offset: int, threads: int
+) -> None:
+    # panels of 24 outputs (a padded last one), depth in passes of 128, 4-row blocks, runs
+    # of 32 rows: every remainder is drawn; x is a view into wider rows, as the model's are
+    weight = torch.randn(outputs, inputs, dtype=torch.float64)
+    b = torch.randn(outputs, dtype=torch.float64) if bias else None
+    wide = torch.randn(rows, inputs + offset, dtype=torch.float64)
+    x = wide[:, offset:]
+    want = F.linear(x, weight, b)
+    packed = PackedWeight()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = packed.linear(x.float(), weight.float(), None if b is None else b.float())
+    finally:
+        torch.set_num_threads(before)
+    assert packed._kind == "kernel"
+    # float32 rounding of a sum of `inputs` products (and the bias), with room to spare
+    bound = (x.abs() @ weight.abs().T + (0 if b is None else b.abs())) * (inputs + 1) * 2**-22
+    assert (got.double() - want).abs().le(bound).all()
+
+
+def test_compiled_projection_is_deterministic_and_leaves_autograd_to_torch() -> None:
+    if cpu_kernels() is None:
+        pytest.skip("no C compiler for the kernels")
+    weight, x = torch.randn(100, 200), torch.randn(KERNEL_MAX_ROWS, 200)
+    packed = PackedWeight()
+    first = packed.linear(x, weight, None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(packed.linear(x, weight, None), first)  # one summation order
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(packed.linear(x[:5], weight, None), first[:5])  # rows independent
+    wide = torch.randn(KERNEL_MAX_ROWS + 1, 200)  # past the kernel's rows: the default GEMM
+    assert torch.equal(packed.linear(wide, weight, None), F.linear(wide, weight))
+    leaf = x[:3].clone().requires_grad_(True)
+    packed.linear(leaf, weight, None).sum().backward()  # recorded: through F.linear
+    assert leaf.grad is not None
+    torch.testing.assert_close(leaf.grad, weight.sum(0).expand(3, 200))
 
 
 def test_packed_weight_leaves_other_dtypes_and_shapes_to_the_plain_matmul() -> None:

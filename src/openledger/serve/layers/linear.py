@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "OutputHook", "PackedWeight"]
+from openledger.serve.ops.cpu_kernels import LINEAR_PANEL, cpu_kernels
+
+__all__ = ["KERNEL_MAX_ROWS", "Linear", "OutputHook", "PackedWeight"]
 
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[no-untyped-call]
     torch.ops.mkldnn, "_linear_pointwise"
@@ -18,23 +20,36 @@ _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[
 PACKING_ENV = "OPENLEDGER_ONEDNN"
 """Set to ``0`` to keep every CPU projection on the default GEMM (no packed copies)."""
 
+KERNEL_MAX_ROWS = 64
+"""Token rows up to which a projection runs through the compiled kernel's packed weight;
+above, the default GEMM over the row-major weight (the crossover measured on 2 cores:
+benchmarks/RESULTS.md, Serving)."""
+
+_Packing = Literal["kernel", "onednn"]
+
 
 class PackedWeight:
-    """A CPU fp32 weight ``[out, in]`` in oneDNN's blocked layout, packed on first use.
+    """A CPU fp32 weight ``[out, in]`` in a blocked layout for decode-sized matmuls.
 
-    NOTE: at the token counts of decode steps (a few to a few hundred rows), oneDNN's
-    kernel over a pre-packed weight streams the weight faster than the default GEMM over
-    the row-major one (benchmarks/RESULTS.md, Serving). It costs a second copy of the
-    weight. Packed lazily, again when the weight's storage or version changes (call
-    :meth:`invalidate` after writing through ``.data``); on GPU, other dtypes, without
-    oneDNN or with ``OPENLEDGER_ONEDNN=0`` (read when packing) it is unused.
+    NOTE: at the token counts of decode steps (a few to a few dozen rows) a projection is
+    bound by streaming its weight, and the default GEMM over the row-major weight streams
+    it well below the memory bandwidth. Where the compiled CPU kernels are built
+    (:mod:`~openledger.serve.ops.cpu_kernels`), the weight is packed into the panels that
+    ``openledger_linear`` reads, which runs up to :data:`KERNEL_MAX_ROWS` rows (larger
+    matmuls, i.e. prompts, take the default GEMM); else into oneDNN's layout, for every
+    row count (benchmarks/RESULTS.md, Serving). Either costs a second copy of the weight.
+    Packed lazily, again when the weight's storage or version changes (call
+    :meth:`invalidate` after writing through ``.data``); on GPU, other dtypes, while
+    autograd records, with neither packing at hand or with ``OPENLEDGER_ONEDNN=0`` (read
+    when packing) it is unused.
     """
 
-    __slots__ = ("_key", "_packed")
+    __slots__ = ("_key", "_kind", "_packed")
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
         self._packed: torch.Tensor | None = None
+        self._kind: _Packing = "onednn"
 
     def invalidate(self) -> None:
         """Forget the packed copy; the next :meth:`linear` packs again."""
@@ -46,9 +61,27 @@ class PackedWeight:
     ) -> torch.Tensor:
         """``x W^T + b``, through the packed weight where it applies."""
         packed = self._get(weight) if x.dim() == 2 and x.dtype == torch.float32 else None
-        if packed is None:
+        if packed is None or (
+            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        ):
             return F.linear(x, weight, bias)
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        if self._kind == "onednn":
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            return out
+        rows, (outputs, inputs) = x.shape[0], weight.shape
+        if not (0 < rows <= KERNEL_MAX_ROWS and x.is_cpu and x.stride(1) == 1) or (
+            bias is not None
+            and not (bias.dtype == torch.float32 and bias.is_cpu and bias.is_contiguous())
+        ):
+            return F.linear(x, weight, bias)
+        kernels = cpu_kernels()
+        assert kernels is not None  # NOTE: packed for the kernel only when it was built
+        out = torch.empty(rows, outputs, dtype=torch.float32)
+        kernels.linear(
+            x.data_ptr(), x.stride(0), rows, packed.data_ptr(), outputs, inputs,
+            None if bias is None else bias.data_ptr(), out.data_ptr(), outputs,
+            torch.get_num_threads(),
+        )  # fmt: skip
         return out
 
     def _get(self, weight: torch.Tensor) -> torch.Tensor | None:
@@ -57,16 +90,34 @@ class PackedWeight:
             self._key = key
             self._packed = None
             if (
-                _HAS_ONEDNN
-                and weight.device.type == "cpu"
+                weight.device.type == "cpu"
                 and weight.dtype == torch.float32
+                and weight.dim() == 2
                 and os.environ.get(PACKING_ENV, "1") != "0"
             ):
-                try:
-                    self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-                except (RuntimeError, AttributeError):  # pragma: no cover - no oneDNN
-                    self._packed = None
+                self._packed, self._kind = _pack(weight.detach())
         return self._packed
+
+
+def _pack(weight: torch.Tensor) -> tuple[torch.Tensor | None, _Packing]:
+    kernels = cpu_kernels()
+    if kernels is not None:
+        if weight.stride(1) != 1:
+            weight = weight.contiguous()
+        outputs, inputs = weight.shape
+        panels = -(-outputs // LINEAR_PANEL)
+        packed = torch.empty(panels * LINEAR_PANEL * inputs, dtype=torch.float32)
+        kernels.pack_linear(
+            weight.data_ptr(), weight.stride(0), outputs, inputs, packed.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return packed, "kernel"
+    if not _HAS_ONEDNN:
+        return None, "onednn"
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, None), "onednn"
+    except (RuntimeError, AttributeError):  # pragma: no cover - no oneDNN
+        return None, "onednn"
 
 
 class OutputHook(Protocol):

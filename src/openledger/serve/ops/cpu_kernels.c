@@ -1,8 +1,9 @@
 /* openledger's CPU kernels, compiled on first use and loaded with ctypes (cpu_kernels.py).
 
-   openledger_lora_apply: the LoRA update of one projection for a step's tokens grouped by
-   adapter (lora_cpu.py). openledger_paged_decode: one-token-per-sequence attention over the
-   paged KV cache (attention_cpu.py).
+   openledger_linear: a projection of a few token rows over a weight packed in panels
+   (layers/linear.py, PackedWeight). openledger_lora_apply: the LoRA update of one
+   projection for a step's tokens grouped by adapter (lora_cpu.py). openledger_paged_decode:
+   one-token-per-sequence attention over the paged KV cache (attention_cpu.py).
 
    LoRA: out[t] += (x[t] A_g^T) B_g^T for every token t of group g, where B_g is given slice by
    slice (q, k, v of a fused projection; an adapter need not target every slice). Built and
@@ -11,9 +12,11 @@
 
    Two phases in one OpenMP region, both streaming each weight once, front to back:
    shrink, parallel over (group, rank row): dot products of the group's token rows with
-   one row of A; expand, parallel over groups (or over column ranges when there are fewer
-   groups than threads): for each rank row k of B^T, out[row, cols] += h[k] * Bt[k, cols].
-   Each token row belongs to one group, so no two threads write the same element. */
+   one row of A, two rows per load of A, four independent sums each; expand, parallel
+   over groups (or over column ranges when there are fewer groups than threads): a run of
+   columns of every row of the group summed over the rank in registers, then added to
+   out once. Each token row belongs to one group, so no two threads write the same
+   element. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -47,6 +50,73 @@ static inline float exp_vec(float x) {
   return x != x ? x : y;
 }
 
+/* 8 floats in one vector (AVX under -march=native on x86, two NEON registers on arm64);
+   aligned(4): loads and stores through it may be unaligned. */
+typedef float f32x8 __attribute__((vector_size(32), aligned(4)));
+
+/* sums[i] = a . x_i over n floats, for two rows sharing each load of a: four independent
+   8-float sums per row, so the adds do not wait on each other. */
+static inline void dot2(const float *a, const float *x0, const float *x1, int64_t n,
+                        float *sums) {
+  f32x8 p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const f32x8 a0 = *(const f32x8 *)(a + j), a1 = *(const f32x8 *)(a + j + 8);
+    const f32x8 a2 = *(const f32x8 *)(a + j + 16), a3 = *(const f32x8 *)(a + j + 24);
+    p0 += a0 * *(const f32x8 *)(x0 + j), q0 += a0 * *(const f32x8 *)(x1 + j);
+    p1 += a1 * *(const f32x8 *)(x0 + j + 8), q1 += a1 * *(const f32x8 *)(x1 + j + 8);
+    p2 += a2 * *(const f32x8 *)(x0 + j + 16), q2 += a2 * *(const f32x8 *)(x1 + j + 16);
+    p3 += a3 * *(const f32x8 *)(x0 + j + 24), q3 += a3 * *(const f32x8 *)(x1 + j + 24);
+  }
+  for (; j + 8 <= n; j += 8) {
+    const f32x8 a0 = *(const f32x8 *)(a + j);
+    p0 += a0 * *(const f32x8 *)(x0 + j), q0 += a0 * *(const f32x8 *)(x1 + j);
+  }
+  const f32x8 p = (p0 + p1) + (p2 + p3), q = (q0 + q1) + (q2 + q3);
+  float s0 = 0.f, s1 = 0.f;
+  for (int l = 0; l < 8; l++) s0 += p[l], s1 += q[l];
+  for (; j < n; j++) s0 += a[j] * x0[j], s1 += a[j] * x1[j];
+  sums[0] = s0, sums[1] = s1;
+}
+
+/* o0[c] += sum_k h[k * m] Bt[k - r0, c] (and o1 with h[k * m + 1] when two) for c in c0..c1-1:
+   32 columns at a time summed over the rank in registers, then added to the rows once. */
+static inline void expand_rows(const float *h, int64_t m, int two, int64_t r0, int64_t r1,
+                               const float *bt, int64_t cols, int64_t c0, int64_t c1, float *o0,
+                               float *o1) {
+  int64_t c = c0;
+  for (; c + 32 <= c1; c += 32) {
+    f32x8 p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
+    for (int64_t k = r0; k < r1; k++) {
+      const float *bk = bt + (k - r0) * cols + c;
+      const f32x8 b0 = *(const f32x8 *)bk, b1 = *(const f32x8 *)(bk + 8);
+      const f32x8 b2 = *(const f32x8 *)(bk + 16), b3 = *(const f32x8 *)(bk + 24);
+      const float h0 = h[k * m];
+      p0 += b0 * h0, p1 += b1 * h0, p2 += b2 * h0, p3 += b3 * h0;
+      if (two) {
+        const float h1 = h[k * m + 1];
+        q0 += b0 * h1, q1 += b1 * h1, q2 += b2 * h1, q3 += b3 * h1;
+      }
+    }
+    *(f32x8 *)(o0 + c) += p0, *(f32x8 *)(o0 + c + 8) += p1;
+    *(f32x8 *)(o0 + c + 16) += p2, *(f32x8 *)(o0 + c + 24) += p3;
+    if (two) {
+      *(f32x8 *)(o1 + c) += q0, *(f32x8 *)(o1 + c + 8) += q1;
+      *(f32x8 *)(o1 + c + 16) += q2, *(f32x8 *)(o1 + c + 24) += q3;
+    }
+  }
+  for (; c < c1; c++) {
+    float s0 = 0.f, s1 = 0.f;
+    for (int64_t k = r0; k < r1; k++) {
+      const float b = bt[(k - r0) * cols + c];
+      s0 += h[k * m] * b;
+      s1 += two ? h[k * m + 1] * b : 0.f;
+    }
+    o0[c] += s0;
+    if (two) o1[c] += s1;
+  }
+}
+
 static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t out_stride,
                         int64_t H, int64_t G, const int64_t *row_off, const int64_t *rows,
                         const int64_t *groups, const int64_t *slices, int nthreads) {
@@ -72,40 +142,13 @@ static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t ou
       const float *a = (const float *)(intptr_t)groups[4 * g] + k * H;
       float *hk = h + h_off[g] + k * m;
       int64_t i = 0;
-      for (; i + 3 < m; i += 4) { /* four rows share each load of A */
-        const float *x0 = x + rows[first + i] * x_stride, *x1 = x + rows[first + i + 1] * x_stride;
-        const float *x2 = x + rows[first + i + 2] * x_stride;
-        const float *x3 = x + rows[first + i + 3] * x_stride;
-        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int64_t j = 0; j < H; j++) {
-          s0 += x0[j] * a[j];
-          s1 += x1[j] * a[j];
-          s2 += x2[j] * a[j];
-          s3 += x3[j] * a[j];
-        }
-        hk[i] = s0;
-        hk[i + 1] = s1;
-        hk[i + 2] = s2;
-        hk[i + 3] = s3;
-      }
-      for (; i + 1 < m; i += 2) {
-        const float *x0 = x + rows[first + i] * x_stride, *x1 = x + rows[first + i + 1] * x_stride;
-        float s0 = 0.f, s1 = 0.f;
-#pragma omp simd reduction(+ : s0, s1)
-        for (int64_t j = 0; j < H; j++) {
-          s0 += x0[j] * a[j];
-          s1 += x1[j] * a[j];
-        }
-        hk[i] = s0;
-        hk[i + 1] = s1;
-      }
-      for (; i < m; i++) {
+      for (; i + 1 < m; i += 2) /* two rows share each load of A */
+        dot2(a, x + rows[first + i] * x_stride, x + rows[first + i + 1] * x_stride, H, hk + i);
+      if (i < m) {
+        float sums[2];
         const float *x0 = x + rows[first + i] * x_stride;
-        float s0 = 0.f;
-#pragma omp simd reduction(+ : s0)
-        for (int64_t j = 0; j < H; j++) s0 += x0[j] * a[j];
-        hk[i] = s0;
+        dot2(a, x0, x0, H, sums);
+        hk[i] = sums[0];
       }
     }
     /* expand: out[row, cols of slice] += h[g][k][i] * Bt[k]   (implicit barrier above) */
@@ -151,16 +194,11 @@ static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t ou
             }
           }
         }
-        if (mb == 0) { /* decode: fewer than 4 rows, each B^T row streamed once */
-          for (int64_t k = r0; k < r1; k++) {
-            const float *bk = bt + (k - r0) * cols;
-            for (int64_t i = 0; i < m; i++) {
-              const float hv = hg[k * m + i];
-              float *o = out + rows[first + i] * out_stride + c_start;
-#pragma omp simd
-              for (int64_t c = c0; c < c1; c++) o[c] += hv * bk[c];
-            }
-          }
+        if (mb == 0) { /* decode: fewer than 4 rows, two at a time */
+          for (int64_t i = 0; i < m; i += 2)
+            expand_rows(hg + i, m, m - i > 1, r0, r1, bt, cols, c0, c1,
+                        out + rows[first + i] * out_stride + c_start,
+                        out + rows[first + (m - i > 1 ? i + 1 : i)] * out_stride + c_start);
           continue;
         }
         /* leftover rows and leftover columns of a prompt */
@@ -193,6 +231,106 @@ int openledger_lora_apply(const float *x, int64_t x_stride, float *out, int64_t 
       return -1;
   }
   return 0;
+}
+
+/* Projections at decode: out = x W^T (+ b) for a few token rows, over W packed in panels.
+
+   At a few to a few dozen rows a projection is bound by streaming W from memory and by the
+   latency of that stream, not by arithmetic; general GEMM routines tuned for large
+   matrices leave much of the bandwidth unused there. W [N, K] is packed once into panels
+   of LIN_NR output columns, each panel [K][LIN_NR] contiguous (the last one padded with
+   zero columns), so a thread reads its panels front to back. Per panel, the depth is
+   taken LIN_KC at a time: every 4-row block of the item's rows runs over that slice (from
+   L1 after the first), 4 rows x 24 columns summed in twelve 8-float registers; the first
+   block also prefetches the slice ahead. Parallel over (panel, run of LIN_MC rows) items,
+   panel-major, so each thread streams a contiguous range of the weight. Each output
+   element is summed by one thread in depth order: results do not depend on the thread
+   count. GCC/Clang vector extensions: AVX2/FMA code under -march=native on x86, NEON on
+   arm64, plain SSE otherwise. */
+#define LIN_NR 24
+#define LIN_MC 32
+#define LIN_KC 128
+#define LIN_PF 768
+
+/* packed [ceil(N / LIN_NR)][K][LIN_NR] from w [N, K] (row stride w_stride). */
+void openledger_pack_linear(const float *w, int64_t w_stride, int64_t N, int64_t K,
+                            float *packed, int nthreads) {
+  const int64_t P = (N + LIN_NR - 1) / LIN_NR;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t p = 0; p < P; p++) {
+    float *dst = packed + p * K * LIN_NR;
+    for (int64_t j = 0; j < LIN_NR; j++) {
+      const int64_t n = p * LIN_NR + j;
+      const float *src = w + n * w_stride;
+      for (int64_t k = 0; k < K; k++) dst[k * LIN_NR + j] = n < N ? src[k] : 0.f;
+    }
+  }
+}
+
+/* acc[0..11] += x[4 rows, k0:k1] . panel[k0:k1, 24 columns]; rows past `rows` repeat row 0
+   (computed, never stored). */
+static inline void linear_block(const float *x, int64_t x_stride, int64_t rows,
+                                const float *panel, int64_t k0, int64_t k1, f32x8 *acc,
+                                int prefetch) {
+  const float *x0 = x, *x1 = rows > 1 ? x + x_stride : x;
+  const float *x2 = rows > 2 ? x + 2 * x_stride : x, *x3 = rows > 3 ? x + 3 * x_stride : x;
+  f32x8 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  f32x8 b0 = acc[4], b1 = acc[5], b2 = acc[6], b3 = acc[7];
+  f32x8 c0 = acc[8], c1 = acc[9], c2 = acc[10], c3 = acc[11];
+  for (int64_t k = k0; k < k1; k++) {
+    const float *wk = panel + k * LIN_NR;
+    if (prefetch && (k & 7) == 0) /* the 12 cache lines of 8 depth steps, LIN_PF ahead */
+      for (int64_t line = 0; line < 8 * LIN_NR; line += 16) __builtin_prefetch(wk + LIN_PF + line);
+    const f32x8 w0 = *(const f32x8 *)wk, w1 = *(const f32x8 *)(wk + 8);
+    const f32x8 w2 = *(const f32x8 *)(wk + 16);
+    float s = x0[k];
+    a0 += w0 * s, b0 += w1 * s, c0 += w2 * s;
+    s = x1[k];
+    a1 += w0 * s, b1 += w1 * s, c1 += w2 * s;
+    s = x2[k];
+    a2 += w0 * s, b2 += w1 * s, c2 += w2 * s;
+    s = x3[k];
+    a3 += w0 * s, b3 += w1 * s, c3 += w2 * s;
+  }
+  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+  acc[4] = b0, acc[5] = b1, acc[6] = b2, acc[7] = b3;
+  acc[8] = c0, acc[9] = c1, acc[10] = c2, acc[11] = c3;
+}
+
+/* out [M, N] (row stride out_stride) = x [M, K] (row stride x_stride) W^T + bias (NULL: none),
+   W packed by openledger_pack_linear. */
+void openledger_linear(const float *x, int64_t x_stride, int64_t M, const float *packed,
+                       int64_t N, int64_t K, const float *bias, float *out, int64_t out_stride,
+                       int nthreads) {
+  const int64_t P = (N + LIN_NR - 1) / LIN_NR, C = (M + LIN_MC - 1) / LIN_MC;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t item = 0; item < P * C; item++) {
+    const int64_t p = item / C, m0 = item % C * LIN_MC;
+    const int64_t m = M - m0 < LIN_MC ? M - m0 : LIN_MC, blocks = (m + 3) / 4;
+    const int64_t n0 = p * LIN_NR, cols = N - n0 < LIN_NR ? N - n0 : LIN_NR;
+    const float *panel = packed + p * K * LIN_NR;
+    f32x8 acc[LIN_MC / 4][12];
+    for (int64_t b = 0; b < blocks; b++)
+      for (int i = 0; i < 12; i++) acc[b][i] = (f32x8){0};
+    for (int64_t k0 = 0; k0 < K; k0 += LIN_KC) {
+      const int64_t k1 = K - k0 < LIN_KC ? K : k0 + LIN_KC;
+      for (int64_t b = 0; b < blocks; b++) {
+        const int64_t rows = m - 4 * b < 4 ? m - 4 * b : 4;
+        linear_block(x + (m0 + 4 * b) * x_stride, x_stride, rows, panel, k0, k1, acc[b], b == 0);
+      }
+    }
+    for (int64_t r = 0; r < m; r++) {
+      float row[LIN_NR];
+      *(f32x8 *)row = acc[r / 4][r % 4];
+      *(f32x8 *)(row + 8) = acc[r / 4][4 + r % 4];
+      *(f32x8 *)(row + 16) = acc[r / 4][8 + r % 4];
+      float *o = out + (m0 + r) * out_stride + n0;
+      if (bias)
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j] + bias[n0 + j];
+      else
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j];
+    }
+  }
 }
 
 /* One (sequence, kv head) of openledger_paged_decode: the group query heads at qb attend

@@ -1,7 +1,9 @@
 """openledger's compiled CPU kernels: built on first use, cached, loaded with :mod:`ctypes`.
 
-``cpu_kernels.c`` holds the kernels where plain torch spends its time in many small ops
-at decode: the LoRA updates of a step's adapters (:mod:`.lora_cpu`), paged decode
+``cpu_kernels.c`` holds the kernels where plain torch spends its time at decode, in
+many small ops or in GEMM routines tuned for large matrices: the projections of a few
+token rows over a packed weight (:class:`~openledger.serve.layers.linear.PackedWeight`),
+the LoRA updates of a step's adapters (:mod:`.lora_cpu`), paged decode
 attention (:mod:`.attention_cpu`), a residual add with
 RMSNorm (:class:`~openledger.serve.layers.norm.RMSNorm`), the rotary embedding, the
 gated MLP activation and the greedy pick over a step's logits (:func:`argmax_rows`).
@@ -35,6 +37,7 @@ import torch
 
 __all__ = [
     "CPU_KERNELS_ENV",
+    "LINEAR_PANEL",
     "CpuKernels",
     "argmax_rows",
     "c_compiler",
@@ -49,6 +52,8 @@ CPU_KERNELS_ENV = "OPENLEDGER_CPU_KERNELS"
 """Set to ``0`` to never compile or load the CPU kernels (the torch paths run instead)."""
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
+LINEAR_PANEL = 24
+"""Output columns per panel of a weight packed for ``openledger_linear`` (``LIN_NR``)."""
 # NOTE: -fno-trapping-math only gives up floating-point exception flags (never read here),
 # which lets comparisons and selects vectorise; values are unchanged by it.
 _FLAG_SETS = (
@@ -104,6 +109,16 @@ class CpuKernels:
             "openledger_argmax_rows", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
         """``openledger_argmax_rows`` (see :func:`argmax_rows`)."""
+        self.pack_linear = self._bind(
+            "openledger_pack_linear", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
+        )
+        """``openledger_pack_linear``: a weight into the panels ``openledger_linear`` reads."""
+        self.linear = self._bind(
+            "openledger_linear",
+            [ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int],
+            restype=None,
+        )
+        """``openledger_linear`` (see :class:`~openledger.serve.layers.linear.PackedWeight`)."""
 
     def _bind(
         self, name: str, argtypes: list[type], restype: type | None = ctypes.c_int
