@@ -20,7 +20,7 @@ _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[
 PACKING_ENV = "OPENLEDGER_ONEDNN"
 """Set to ``0`` to keep every CPU projection on the default GEMM (no packed copies)."""
 
-KERNEL_MAX_ROWS = 64
+KERNEL_MAX_ROWS = 1024
 """Token rows up to which a projection runs through the compiled kernel's packed weight;
 above, the default GEMM over the row-major weight (the crossover measured on 2 cores:
 benchmarks/RESULTS.md, Serving)."""
@@ -35,13 +35,13 @@ class PackedWeight:
     bound by streaming its weight, and the default GEMM over the row-major weight streams
     it well below the memory bandwidth. Where the compiled CPU kernels are built
     (:mod:`~openledger.serve.ops.cpu_kernels`), the weight is packed into the panels that
-    ``openledger_linear`` reads, which runs up to :data:`KERNEL_MAX_ROWS` rows (larger
-    matmuls, i.e. prompts, take the default GEMM); else into oneDNN's layout, for every
-    row count (benchmarks/RESULTS.md, Serving). Either costs a second copy of the weight.
-    Packed lazily, again when the weight's storage or version changes (call
-    :meth:`invalidate` after writing through ``.data``); on GPU, other dtypes, while
-    autograd records, with neither packing at hand or with ``OPENLEDGER_ONEDNN=0`` (read
-    when packing) it is unused.
+    ``openledger_linear`` reads, which runs up to :data:`KERNEL_MAX_ROWS` rows (0.6-0.8x
+    oneDNN's time at decode sizes, no slower up to that limit; longer prompts take the
+    default GEMM); else into oneDNN's layout, for every row count (benchmarks/RESULTS.md,
+    Serving). Either costs a second copy of the weight. Packed lazily, again when the
+    weight's storage or version changes (call :meth:`invalidate` after writing through
+    ``.data``); on GPU, other dtypes, while autograd records, with neither packing at
+    hand or with ``OPENLEDGER_ONEDNN=0`` (read when packing) it is unused.
     """
 
     __slots__ = ("_key", "_kind", "_packed")

@@ -53,6 +53,19 @@ static inline float exp_vec(float x) {
 /* 8 floats in one vector (AVX under -march=native on x86, two NEON registers on arm64);
    aligned(4): loads and stores through it may be unaligned. */
 typedef float f32x8 __attribute__((vector_size(32), aligned(4)));
+/* Floats ahead the LoRA kernel prefetches along A's rows and B^T's rows: its weights are
+   many small tensors, whose short runs the hardware prefetchers do not follow far. */
+#define LORA_PF 256
+#define LORA_BPF 32
+
+/* Keeps a loaded vector in a register where it feeds several multiply-adds: left to
+   itself, the compiler folds the load into each of them (x86 FMAs take a memory operand),
+   and the load ports, not the FMA units, then bound the loop. */
+#if defined(__AVX__) && defined(__GNUC__)
+#define IN_REGISTER(v) __asm__("" : "+x"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
 
 /* sums[i] = a . x_i over n floats, for two rows sharing each load of a: four independent
    8-float sums per row, so the adds do not wait on each other. */
@@ -61,8 +74,13 @@ static inline void dot2(const float *a, const float *x0, const float *x1, int64_
   f32x8 p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) {
-    const f32x8 a0 = *(const f32x8 *)(a + j), a1 = *(const f32x8 *)(a + j + 8);
-    const f32x8 a2 = *(const f32x8 *)(a + j + 16), a3 = *(const f32x8 *)(a + j + 24);
+    __builtin_prefetch(a + j + LORA_PF), __builtin_prefetch(a + j + LORA_PF + 16);
+    f32x8 a0 = *(const f32x8 *)(a + j), a1 = *(const f32x8 *)(a + j + 8);
+    f32x8 a2 = *(const f32x8 *)(a + j + 16), a3 = *(const f32x8 *)(a + j + 24);
+    IN_REGISTER(a0);
+    IN_REGISTER(a1);
+    IN_REGISTER(a2);
+    IN_REGISTER(a3);
     p0 += a0 * *(const f32x8 *)(x0 + j), q0 += a0 * *(const f32x8 *)(x1 + j);
     p1 += a1 * *(const f32x8 *)(x0 + j + 8), q1 += a1 * *(const f32x8 *)(x1 + j + 8);
     p2 += a2 * *(const f32x8 *)(x0 + j + 16), q2 += a2 * *(const f32x8 *)(x1 + j + 16);
@@ -89,8 +107,13 @@ static inline void expand_rows(const float *h, int64_t m, int two, int64_t r0, i
     f32x8 p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};
     for (int64_t k = r0; k < r1; k++) {
       const float *bk = bt + (k - r0) * cols + c;
-      const f32x8 b0 = *(const f32x8 *)bk, b1 = *(const f32x8 *)(bk + 8);
-      const f32x8 b2 = *(const f32x8 *)(bk + 16), b3 = *(const f32x8 *)(bk + 24);
+      __builtin_prefetch(bk + LORA_BPF), __builtin_prefetch(bk + LORA_BPF + 16);
+      f32x8 b0 = *(const f32x8 *)bk, b1 = *(const f32x8 *)(bk + 8);
+      f32x8 b2 = *(const f32x8 *)(bk + 16), b3 = *(const f32x8 *)(bk + 24);
+      IN_REGISTER(b0);
+      IN_REGISTER(b1);
+      IN_REGISTER(b2);
+      IN_REGISTER(b3);
       const float h0 = h[k * m];
       p0 += b0 * h0, p1 += b1 * h0, p2 += b2 * h0, p3 += b3 * h0;
       if (two) {
@@ -281,8 +304,10 @@ static inline void linear_block(const float *x, int64_t x_stride, int64_t rows,
     const float *wk = panel + k * LIN_NR;
     if (prefetch && (k & 7) == 0) /* the 12 cache lines of 8 depth steps, LIN_PF ahead */
       for (int64_t line = 0; line < 8 * LIN_NR; line += 16) __builtin_prefetch(wk + LIN_PF + line);
-    const f32x8 w0 = *(const f32x8 *)wk, w1 = *(const f32x8 *)(wk + 8);
-    const f32x8 w2 = *(const f32x8 *)(wk + 16);
+    f32x8 w0 = *(const f32x8 *)wk, w1 = *(const f32x8 *)(wk + 8), w2 = *(const f32x8 *)(wk + 16);
+    IN_REGISTER(w0); /* 7 loads a step, not 16 */
+    IN_REGISTER(w1);
+    IN_REGISTER(w2);
     float s = x0[k];
     a0 += w0 * s, b0 += w1 * s, c0 += w2 * s;
     s = x1[k];
