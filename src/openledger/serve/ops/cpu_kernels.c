@@ -265,7 +265,8 @@ int openledger_lora_apply(const float *x, int64_t x_stride, float *out, int64_t 
    zero columns), so a thread reads its panels front to back. Per panel, the depth is
    taken LIN_KC at a time: every 4-row block of the item's rows runs over that slice (from
    L1 after the first), 4 rows x 24 columns summed in twelve 8-float registers; the first
-   block also prefetches the slice ahead. Parallel over (panel, run of LIN_MC rows) items,
+   block also prefetches the slice ahead (past the end of the last panel too: a prefetch
+   is a hint and never faults). Parallel over (panel, run of LIN_MC rows) items,
    panel-major, so each thread streams a contiguous range of the weight. Each output
    element is summed by one thread in depth order: results do not depend on the thread
    count. GCC/Clang vector extensions: AVX2/FMA code under -march=native on x86, NEON on
