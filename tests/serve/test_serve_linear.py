@@ -129,6 +129,16 @@ def test_compiled_projection_is_deterministic_and_leaves_autograd_to_torch() -> 
     torch.testing.assert_close(leaf.grad, weight.sum(0).expand(3, 200))
 
 
+def test_packed_projection_refuses_mismatched_shapes_like_the_matmul() -> None:
+    weight, packed = torch.randn(30, 20), PackedWeight()
+    packed.linear(torch.randn(4, 20), weight, None)  # packed now
+    with pytest.raises(RuntimeError, match=r"cannot be multiplied|shape"):
+        packed.linear(torch.randn(4, 21), weight, None)  # never read past x's rows
+    with pytest.raises(RuntimeError, match=r"size|shape"):
+        packed.linear(torch.randn(4, 20), weight, torch.randn(29))
+    assert packed.linear(torch.randn(4, 20), weight, None).shape == (4, 30)  # still serves
+
+
 def test_packed_weight_leaves_other_dtypes_and_shapes_to_the_plain_matmul() -> None:
     weight = torch.randn(6, 5, dtype=torch.float64)
     x = torch.randn(2, 5, dtype=torch.float64)

@@ -69,11 +69,22 @@ class PackedWeight:
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
             return out
         rows, (outputs, inputs) = x.shape[0], weight.shape
-        if not (0 < rows <= KERNEL_MAX_ROWS and x.is_cpu and x.stride(1) == 1) or (
-            bias is not None
-            and not (bias.dtype == torch.float32 and bias.is_cpu and bias.is_contiguous())
+        if not (
+            0 < rows <= KERNEL_MAX_ROWS
+            and x.shape[1] == inputs
+            and x.is_cpu
+            and x.stride(1) == 1
+            and (
+                bias is None
+                or (
+                    bias.shape == (outputs,)
+                    and bias.dtype == torch.float32
+                    and bias.is_cpu
+                    and bias.is_contiguous()
+                )
+            )
         ):
-            return F.linear(x, weight, bias)
+            return F.linear(x, weight, bias)  # NOTE: also what reports a shape mismatch
         kernels = cpu_kernels()
         assert kernels is not None  # NOTE: packed for the kernel only when it was built
         out = torch.empty(rows, outputs, dtype=torch.float32)
