@@ -36,12 +36,13 @@ class PackedWeight:
     it well below the memory bandwidth. Where the compiled CPU kernels are built
     (:mod:`~openledger.serve.ops.cpu_kernels`), the weight is packed into the panels that
     ``openledger_linear`` reads, which runs up to :data:`KERNEL_MAX_ROWS` rows (0.6-0.8x
-    oneDNN's time at decode sizes, no slower up to that limit; longer prompts take the
-    default GEMM); else into oneDNN's layout, for every row count (benchmarks/RESULTS.md,
-    Serving). Either costs a second copy of the weight. Packed lazily, again when the
-    weight's storage or version changes (call :meth:`invalidate` after writing through
-    ``.data``); on GPU, other dtypes, while autograd records, with neither packing at
-    hand or with ``OPENLEDGER_ONEDNN=0`` (read when packing) it is unused.
+    oneDNN's time for a decode step's projections, within 1.07x of the faster of oneDNN
+    and the default GEMM up to that limit; longer prompts take the default GEMM); else
+    into oneDNN's layout, for every row count (benchmarks/RESULTS.md, Serving). Either
+    costs a second copy of the weight. Packed lazily, again when the weight's storage or
+    version changes (call :meth:`invalidate` after writing through ``.data``); on GPU,
+    other dtypes, while autograd records, with neither packing at hand or with
+    ``OPENLEDGER_ONEDNN=0`` (read when packing) it is unused.
     """
 
     __slots__ = ("_key", "_kind", "_packed")
