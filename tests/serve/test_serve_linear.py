@@ -36,9 +36,6 @@ def test_output_hook_sees_input_and_updates_output() -> None:
         def apply(self, out: torch.Tensor, x: torch.Tensor) -> None:
             out += x.sum(dim=-1, keepdim=True)
 
-        def fusion(self, x: torch.Tensor, out_features: int) -> None:
-            return None
-
     linear = Linear(3, (2,))
     linear.load_slice("weight", torch.zeros(2, 3))
     linear.lora = AddRowSum()
@@ -90,27 +87,27 @@ def test_compiled_projection_is_the_matmul_for_any_shape(
 ) -> None:
     # panels of 24 outputs (a padded last one), depth in passes of 128, 4-row blocks, runs
     # of 32 rows: every remainder is drawn; x is a view into wider rows, as the model's are
-    weight = torch.randn(outputs, inputs, dtype=torch.float64)
-    b = torch.randn(outputs, dtype=torch.float64) if bias else None
-    wide = torch.randn(rows, inputs + offset, dtype=torch.float64)
-    x = wide[:, offset:]
-    want = F.linear(x, weight, b)
+    weight = torch.randn(outputs, inputs)
+    b = torch.randn(outputs) if bias else None
+    x = torch.randn(rows, inputs + offset)[:, offset:]  # NOTE: row stride != inputs
     packed = PackedWeight()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = packed.linear(x.float(), weight.float(), None if b is None else b.float())
+        got = packed.linear(x, weight, b)
     finally:
         torch.set_num_threads(before)
     assert packed._kind == "kernel"
+    x64, w64 = x.double(), weight.double()
+    b64 = None if b is None else b.double()
+    want = F.linear(x64, w64, b64)
     # float32 rounding of a sum of `inputs` products (and the bias), with room to spare
-    bound = (x.abs() @ weight.abs().T + (0 if b is None else b.abs())) * (inputs + 1) * 2**-22
+    bound = (x64.abs() @ w64.abs().T + (0 if b64 is None else b64.abs())) * (inputs + 1) * 2**-22
     assert (got.double() - want).abs().le(bound).all()
 
 
+@needs_kernels
 def test_compiled_projection_is_deterministic_and_leaves_autograd_to_torch() -> None:
-    if cpu_kernels() is None:
-        pytest.skip("no C compiler for the kernels")
     weight, x = torch.randn(100, 200), torch.randn(KERNEL_MAX_ROWS, 200)
     packed = PackedWeight()
     first = packed.linear(x, weight, None)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openledger.serve.ops.cpu_kernels import LINEAR_PANEL, cpu_kernels
+from openledger.serve.ops.cpu_kernels import cpu_kernels
 
 __all__ = ["KERNEL_MAX_ROWS", "Linear", "OutputHook", "PackedWeight"]
 
@@ -117,8 +117,7 @@ def _pack(weight: torch.Tensor) -> tuple[torch.Tensor | None, _Packing]:
         if weight.stride(1) != 1:
             weight = weight.contiguous()
         outputs, inputs = weight.shape
-        panels = -(-outputs // LINEAR_PANEL)
-        packed = torch.empty(panels * LINEAR_PANEL * inputs, dtype=torch.float32)
+        packed = torch.empty(kernels.packed_linear_size(outputs, inputs), dtype=torch.float32)
         kernels.pack_linear(
             weight.data_ptr(), weight.stride(0), outputs, inputs, packed.data_ptr(),
             torch.get_num_threads(),

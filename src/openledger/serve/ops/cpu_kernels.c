@@ -1,7 +1,7 @@
 /* openledger's CPU kernels, compiled on first use and loaded with ctypes (cpu_kernels.py).
 
-   openledger_linear: a projection of a few token rows over a weight packed in panels
-   (layers/linear.py, PackedWeight). openledger_lora_apply: the LoRA update of one
+   openledger_linear: a projection of a step's token rows (up to about a thousand) over a
+   weight packed in panels (layers/linear.py, PackedWeight). openledger_lora_apply: the LoRA update of one
    projection for a step's tokens grouped by adapter (lora_cpu.py). openledger_paged_decode:
    one-token-per-sequence attention over the paged KV cache (attention_cpu.py).
 
@@ -256,7 +256,7 @@ int openledger_lora_apply(const float *x, int64_t x_stride, float *out, int64_t 
   return 0;
 }
 
-/* Projections at decode: out = x W^T (+ b) for a few token rows, over W packed in panels.
+/* Projections: out = x W^T (+ b) for a step's token rows, over W packed in panels.
 
    At a few to a few dozen rows a projection is bound by streaming W from memory and by the
    latency of that stream, not by arithmetic; general GEMM routines tuned for large
@@ -275,6 +275,11 @@ int openledger_lora_apply(const float *x, int64_t x_stride, float *out, int64_t 
 #define LIN_MC 32
 #define LIN_KC 128
 #define LIN_PF 768
+
+/* Floats of the packed copy of a weight [N, K]. */
+int64_t openledger_packed_linear_size(int64_t N, int64_t K) {
+  return (N + LIN_NR - 1) / LIN_NR * LIN_NR * K;
+}
 
 /* packed [ceil(N / LIN_NR)][K][LIN_NR] from w [N, K] (row stride w_stride). */
 void openledger_pack_linear(const float *w, int64_t w_stride, int64_t N, int64_t K,

@@ -37,7 +37,6 @@ import torch
 
 __all__ = [
     "CPU_KERNELS_ENV",
-    "LINEAR_PANEL",
     "CpuKernels",
     "argmax_rows",
     "c_compiler",
@@ -52,8 +51,6 @@ CPU_KERNELS_ENV = "OPENLEDGER_CPU_KERNELS"
 """Set to ``0`` to never compile or load the CPU kernels (the torch paths run instead)."""
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-LINEAR_PANEL = 24
-"""Output columns per panel of a weight packed for ``openledger_linear`` (``LIN_NR``)."""
 # NOTE: -fno-trapping-math only gives up floating-point exception flags (never read here),
 # which lets comparisons and selects vectorise; values are unchanged by it.
 _FLAG_SETS = (
@@ -109,6 +106,10 @@ class CpuKernels:
             "openledger_argmax_rows", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
         """``openledger_argmax_rows`` (see :func:`argmax_rows`)."""
+        self.packed_linear_size = self._bind(
+            "openledger_packed_linear_size", [i64, i64], restype=ctypes.c_int64
+        )
+        """``openledger_packed_linear_size``: floats of a weight packed for the kernel."""
         self.pack_linear = self._bind(
             "openledger_pack_linear", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
