@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 from tests.attribution.conftest import recipe
+from tests.numerics import abs_products, assert_rows_close, assert_within_rounding, gamma
 
 from openledger.attribution import GradientLayout, InfluenceIndex, Projector
 from openledger.attribution.examples import query_example, training_examples
@@ -29,11 +30,29 @@ def synthetic(count: int, widths: list[int], seed: int = 0) -> tuple[torch.Tenso
     return grads.float(), layout
 
 
-FP32 = 1e-5  # scorers multiply the float32 rows in float32 (float64 references here)
-
-
 def damping(g: torch.Tensor, scale: float = 0.1) -> float:
     return scale * sum(float(row @ row) for row in g) / (g.shape[0] * g.shape[1])
+
+
+def damped_condition(g: torch.Tensor) -> float:
+    """Condition number of the damped Fisher ``g^T g / n + lambda I`` the scorers solve."""
+    g = g.double()
+    fisher = g.T @ g / g.shape[0] + damping(g) * torch.eye(g.shape[1], dtype=torch.float64)
+    return float(torch.linalg.cond(fisher))
+
+
+def assert_scores_close(
+    found: torch.Tensor, expected: torch.Tensor, grads: torch.Tensor, layout: GradientLayout
+) -> None:
+    """Scorers multiply float32 rows in float32 (dot products over a layer's width) and
+    solve in float64: the products' rounding grows by the damped Fisher's condition number
+    (float64 references here)."""
+    bound = max(
+        damped_condition(grads[:, part]) * gamma(part.stop - part.start + 1, torch.float32)
+        for part in layout.slices()
+    )
+    error = float((found.double() - expected.double()).norm() / expected.double().norm())
+    assert error <= bound, f"scores off by {error:.3e} relative, bound {bound:.3e}"
 
 
 def exact_reference(grads: torch.Tensor, layout: GradientLayout, q: torch.Tensor) -> torch.Tensor:
@@ -64,16 +83,14 @@ def test_exact_matches_an_explicit_inverse(count: int) -> None:
     grads, layout = synthetic(count, [12, 20])
     query = torch.randn(32, generator=torch.Generator().manual_seed(7))
     found = make_scorer("exact", [grads], layout).scores([query])
-    expected = exact_reference(grads, layout, query)
-    torch.testing.assert_close(found, expected, rtol=FP32, atol=FP32 * float(expected.abs().max()))
+    assert_scores_close(found, exact_reference(grads, layout, query), grads, layout)
 
 
 def test_datainf_matches_its_written_out_inverse() -> None:
     grads, layout = synthetic(9, [10, 14])
     query = torch.randn(24, generator=torch.Generator().manual_seed(3))
     found = make_scorer("datainf", [grads], layout).scores([query])
-    expected = datainf_reference(grads, layout, query)
-    torch.testing.assert_close(found, expected, rtol=FP32, atol=FP32 * float(expected.abs().max()))
+    assert_scores_close(found, datainf_reference(grads, layout, query), grads, layout)
 
 
 def test_tracin_and_gradcos_match_per_example_loops() -> None:
@@ -83,10 +100,14 @@ def test_tracin_and_gradcos_match_per_example_loops() -> None:
     tracin = make_scorer("tracin", [first, second], layout, learning_rates=[0.1, 0.01])
     pairs = zip(first.double(), second.double(), strict=True)
     expected = torch.stack([0.1 * (a @ q1) + 0.01 * (b @ q2) for a, b in pairs])
-    torch.testing.assert_close(tracin.scores([q1, q2]), expected, rtol=FP32, atol=FP32)
+    # float32 dot products of 8 terms (plus the query's rounding to float32), against float64
+    sizes = 0.1 * abs_products(first, q1[None]) + 0.01 * abs_products(second, q2[None])
+    found = tracin.scores([q1, q2])
+    assert_within_rounding(found, expected, bound=sizes[:, 0], dtype=torch.float32, terms=10)
     cos = make_scorer("gradcos", [first], layout).scores([q1])
     expected = torch.stack([torch.cosine_similarity(a.double(), q1, dim=0) for a in first])
-    torch.testing.assert_close(cos, expected, rtol=FP32, atol=FP32)
+    # |cos| <= 1; a dot product and two norms of 8 terms, a division
+    assert_within_rounding(cos, expected, bound=3.0, dtype=torch.float32, terms=10)
 
 
 @pytest.mark.parametrize("method", ["exact", "datainf", "gradcos"])
@@ -96,8 +117,11 @@ def test_scores_follow_the_examples_when_they_are_reordered(method: str) -> None
     order = torch.tensor([3, 0, 6, 1, 5, 2, 4])
     base = make_scorer(method, [grads], layout).scores([query])
     moved = make_scorer(method, [grads[order]], layout).scores([query])
-    scale = float(base.abs().max())
-    torch.testing.assert_close(moved, base[order], rtol=10 * FP32, atol=10 * FP32 * scale)
+    if method == "gradcos":  # a dot product and two norms of 15 terms per score, |cos| <= 1
+        assert_within_rounding(moved, base[order], bound=3.0, dtype=torch.float32, terms=17)
+    else:  # both sides rounded the same way: twice the bound
+        assert_scores_close(moved, base[order], grads, layout)
+        assert_scores_close(base[order], moved, grads, layout)
 
 
 def test_projection_keeps_short_sides_and_preserves_inner_products_roughly() -> None:
@@ -137,20 +161,37 @@ def loop_gradients(model: Any, pairs: list[Pair]) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def backward_terms(config: Any, tokens: int) -> int:
+    """The longest chain of float32 sums behind a LoRA gradient: the loss over the
+    vocabulary, then per layer the hidden, MLP and attention (sequence) sums, then the
+    sum over tokens."""
+    per_layer = config.hidden_size + config.intermediate_size + tokens
+    return config.vocab_size + config.num_hidden_layers * per_layer + tokens
+
+
 def test_index_gradients_and_scores_match_a_naive_loop(colour_run: Run) -> None:
     snapshot, run, _ = colour_run
     index = InfluenceIndex.build(run.adapter, snapshot, "exact")
-    _, tokenizer = run.adapter.load(dtype="float32", device="cpu")
+    model, tokenizer = run.adapter.load(dtype="float32", device="cpu")
     examples, skipped = training_examples(list(snapshot.records()), tokenizer, run.adapter.recipe)
     assert skipped == 0
     assert len(examples) == len(index) == 10
     naive = naive_gradients(run.adapter, [(e.input_ids, e.labels) for e in examples])
-    torch.testing.assert_close(index.grads[0], naive, rtol=1e-4, atol=1e-6)
+    # Both are float32 forward and backward passes, summed in other orders (batched or one
+    # by one, and by whatever vector paths this CPU has): each row within the rounding
+    # bound of the pass's longest chain of sums.
+    terms = backward_terms(model.config, max(len(e.input_ids) for e in examples))
+    assert_rows_close(index.grads[0], naive, dtype=torch.float32, terms=terms)
     query = query_example("Code teal?", "TEAL ok.", tokenizer, run.adapter.recipe)
     q = naive_gradients(run.adapter, [query])[0]
     expected = exact_reference(naive, index.layout, q)
     found = torch.tensor([r.score for r in index.attribute("Code teal?", "TEAL ok.").records])
-    torch.testing.assert_close(found, expected.float(), rtol=2e-3, atol=1e-4)
+    # The scores solve with the damped Fisher: the gradients' relative error, and the
+    # float32 solve's, grow by its condition number (float64 reference).
+    growth = max(damped_condition(naive[:, part]) for part in index.layout.slices())
+    bound = growth * (2 * gamma(terms, torch.float32) + gamma(naive.shape[1], torch.float32))
+    error = float((found.double() - expected).norm() / expected.norm())
+    assert error <= bound, f"scores off by {error:.3e} relative, bound {bound:.3e}"
 
 
 def test_an_index_on_disk_reloads_with_the_same_scores(colour_run: Run, tmp_path: Path) -> None:
