@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+from tests.conftest import missing_reference
 
 from openledger.chain import Chain, Protocol, connect
 
@@ -59,11 +60,11 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 20.
 def running_anvil(*extra_args: str) -> Iterator[str]:
     """Start anvil on 127.0.0.1 at a free port, yield its URL, stop it by its PID.
 
-    Skips the calling test when the binary is not installed.
+    Skips the calling test when the binary is not installed (fails under CI).
     """
     binary = tool_path("anvil")
     if binary is None:
-        pytest.skip("anvil not found: run `npm ci` in contracts/ or set OPENLEDGER_ANVIL")
+        missing_reference("anvil not found: run `npm ci` in contracts/ or set OPENLEDGER_ANVIL")
     port = _free_port()
     process = subprocess.Popen(
         [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent", *extra_args],

@@ -1,6 +1,7 @@
 """The Solidity side: forge's unit and fuzz tests pass, and the shipped artifacts are current.
 
-Both need the npm toolchain (``npm ci`` in contracts/) and skip with that reason without it.
+Both need the npm toolchain (``npm ci`` in contracts/) and skip with that reason without it
+(fail under CI).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.conftest import missing_reference
 
 from openledger.chain import CONTRACT_NAMES, load_artifact
 
 
 def test_forge_unit_and_fuzz_tests_pass(forge: Path | None, contracts_dir: Path) -> None:
     if forge is None or shutil.which("node") is None:
-        pytest.skip("forge or node missing: run `npm ci` in contracts/ (npm @foundry-rs/forge)")
+        missing_reference(
+            "forge or node missing: run `npm ci` in contracts/ (npm @foundry-rs/forge)"
+        )
     result = subprocess.run(
         [str(forge), "test", "--color", "never"],
         cwd=contracts_dir,
@@ -37,7 +41,7 @@ def test_forge_unit_and_fuzz_tests_pass(forge: Path | None, contracts_dir: Path)
 
 def test_solidity_sources_are_formatted(forge: Path | None, contracts_dir: Path) -> None:
     if forge is None:
-        pytest.skip("forge missing: run `npm ci` in contracts/ (npm @foundry-rs/forge)")
+        missing_reference("forge missing: run `npm ci` in contracts/ (npm @foundry-rs/forge)")
     result = subprocess.run(
         [str(forge), "fmt", "--check"], cwd=contracts_dir, capture_output=True, text=True
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import missing_reference
 
 from openledger.crypto import StandardMerkleTree
 
@@ -20,13 +21,13 @@ JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SCRIPT = JS_DIR / "oz_reference.js"
 NODE = shutil.which("node")
 
-pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(
-        not (JS_DIR / "node_modules" / "@openzeppelin" / "merkle-tree").is_dir(),
-        reason="@openzeppelin/merkle-tree missing: run `npm ci --prefix tests/js`",
-    ),
-]
+
+@pytest.fixture(autouse=True)
+def _reference_installed() -> None:
+    if NODE is None:
+        missing_reference("node is not installed")
+    if not (JS_DIR / "node_modules" / "@openzeppelin" / "merkle-tree").is_dir():
+        missing_reference("@openzeppelin/merkle-tree missing: run `npm ci --prefix tests/js`")
 
 
 def oz(

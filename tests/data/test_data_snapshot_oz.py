@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from datanet_rows import rows
+from tests.conftest import missing_reference
 
 from openledger.crypto import Account
 from openledger.data import Datanet
@@ -19,13 +20,13 @@ from openledger.data import Datanet
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 NODE = shutil.which("node")
 
-pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(
-        not (JS_DIR / "node_modules" / "@openzeppelin" / "merkle-tree").is_dir(),
-        reason="@openzeppelin/merkle-tree missing: run `npm ci --prefix tests/js`",
-    ),
-]
+
+@pytest.fixture(autouse=True)
+def _reference_installed() -> None:
+    if NODE is None:
+        missing_reference("node is not installed")
+    if not (JS_DIR / "node_modules" / "@openzeppelin" / "merkle-tree").is_dir():
+        missing_reference("@openzeppelin/merkle-tree missing: run `npm ci --prefix tests/js`")
 
 
 def test_snapshot_matches_openzeppelin(dn: Datanet, alice: Account, bob: Account) -> None:

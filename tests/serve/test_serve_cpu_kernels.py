@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.conftest import missing_reference
 
 torch = pytest.importorskip("torch")
 
@@ -50,7 +51,7 @@ OUT = sum(SIZES)
 @pytest.fixture(scope="module")
 def kernel() -> CpuLoraKernel:
     if c_compiler() is None:
-        pytest.skip("no C compiler on this machine")
+        missing_reference("no C compiler on this machine")
     if os.environ.get(CPU_KERNELS_ENV) == "0":
         pytest.skip(f"{CPU_KERNELS_ENV}=0")
     built = cpu_lora_kernel()
@@ -244,7 +245,7 @@ def test_bad_inputs_are_refused_before_the_kernel_runs(kernel: CpuLoraKernel) ->
 
 def test_build_is_cached_per_source_flags_and_cpu(tmp_path: Path) -> None:
     if c_compiler() is None:
-        pytest.skip("no C compiler on this machine")
+        missing_reference("no C compiler on this machine")
     path = compile_cpu_kernels(tmp_path)
     assert path is not None
     assert path.parent == tmp_path

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import missing_reference
 
 from openledger.serve.layers.linear import KERNEL_MAX_ROWS, PACKING_ENV, Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm, _fits_kernel
@@ -14,7 +15,13 @@ from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import RopeConfig
 from openledger.serve.ops.cpu_kernels import cpu_kernels
 
-needs_kernels = pytest.mark.skipif(cpu_kernels() is None, reason="no C compiler for the kernels")
+needs_kernels = pytest.mark.usefixtures("_kernels_built")
+
+
+@pytest.fixture
+def _kernels_built() -> None:
+    if cpu_kernels() is None:
+        missing_reference("no C compiler for the kernels")
 
 
 def test_slices_load_into_one_fused_matmul() -> None:
