@@ -8,7 +8,9 @@ working even though its signature stays valid).
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,13 +76,14 @@ def new_request(store: Store, requester: Address, purpose: str) -> AccessRequest
     return AccessRequest(int(cursor.lastrowid or 0), requester, purpose, "pending")
 
 
-def load_request(store: Store, request_id: int) -> AccessRequest:
-    """Return one request.
+def load_request(store: Store | sqlite3.Connection, request_id: int) -> AccessRequest:
+    """Return one request (``store`` may be a connection inside a transaction).
 
     Raises:
         DataNotFoundError: If there is no such request.
     """
-    row = store.conn.execute(
+    conn = store.conn if isinstance(store, Store) else store
+    row = conn.execute(
         "SELECT id, requester, purpose, status FROM access_requests WHERE id = ?", (request_id,)
     ).fetchone()
     if row is None:
@@ -88,9 +91,38 @@ def load_request(store: Store, request_id: int) -> AccessRequest:
     return AccessRequest(int(row[0]), Address(row[1]), row[2], row[3])
 
 
-def decide(store: Store, request_id: int, status: str, grant: AccessGrant | None) -> None:
-    """Record the owner's decision (and the grant, when approving) in one transaction."""
+def decide(
+    store: Store,
+    request_id: int,
+    *,
+    wanted: str,
+    status: str,
+    sign: Callable[[AccessRequest], AccessGrant] | None = None,
+) -> AccessGrant | None:
+    """Move a request from ``wanted`` to ``status`` (storing a grant when approving).
+
+    The status is checked and changed in one write transaction, so two owners' processes
+    deciding the same request at once cannot both succeed.
+
+    Args:
+        store: The datanet's store.
+        request_id: The request.
+        wanted: The status it must have now.
+        status: The status it gets.
+        sign: When approving: makes the owner-signed grant for the request.
+
+    Returns:
+        The stored grant, or ``None`` when not approving.
+
+    Raises:
+        DataNotFoundError: If there is no such request.
+        ConfigError: If the request's status is not ``wanted``.
+    """
     with store.write() as conn:
+        request = load_request(conn, request_id)
+        if request.status != wanted:
+            raise ConfigError(f"access request {request_id} is {request.status}, not {wanted}")
+        grant = None if sign is None else sign(request)
         conn.execute(
             "UPDATE access_requests SET status = ?, decided_at = ? WHERE id = ?",
             (status, time.time(), request_id),
@@ -100,6 +132,7 @@ def decide(store: Store, request_id: int, status: str, grant: AccessGrant | None
                 "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)",
                 (request_id, grant.grantee, grant.expires_at, bytes.fromhex(grant.signature[2:])),
             )
+    return grant
 
 
 def check_grant(

@@ -37,7 +37,7 @@ from openledger.data.signing import (
     sign_contribution,
 )
 from openledger.data.snapshot import Snapshot
-from openledger.data.store import Store
+from openledger.data.store import Durability, Store
 from openledger.exceptions import (
     ConfigError,
     StoreError,
@@ -90,6 +90,7 @@ class Datanet:
         duplicates: DuplicatePolicy = "error",
         near_duplicate_threshold: float = 0.8,
         rules: Sequence[QualityRule] = (),
+        durability: Durability = "full",
     ) -> Datanet:
         """Create a new, empty datanet in the folder ``path``.
 
@@ -105,6 +106,9 @@ class Datanet:
             near_duplicate_threshold: MinHash Jaccard estimate from which records are
                 flagged as near-duplicates; 0 turns the check off.
             rules: Quality rules every contributed record must pass (not persisted).
+            durability: ``"full"`` (default): every commit is fsync'd before a receipt or
+                snapshot is returned; ``"normal"``: faster, but a power loss may roll back
+                the last commits (a process crash never does). Not persisted.
 
         Returns:
             The open datanet.
@@ -117,7 +121,7 @@ class Datanet:
             name, schema, visibility, owner, max_record_bytes, duplicates, near_duplicate_threshold
         )
         check_rules(rules)
-        store = Store(path, create=True)
+        store = Store(path, create=True, durability=durability)
         if store.get_meta():
             store.close()
             raise StoreError(f"{path} already holds a datanet; use Datanet.open")
@@ -133,6 +137,7 @@ class Datanet:
         *,
         schema: type[Record] | None = None,
         rules: Sequence[QualityRule] = (),
+        durability: Durability = "full",
     ) -> Datanet:
         """Open an existing datanet.
 
@@ -141,13 +146,14 @@ class Datanet:
             schema: The record class; needed only when a user subclass cannot be imported
                 by its stored path. It must hash to the stored schema hash.
             rules: Quality rules for contributions made through this handle.
+            durability: ``"full"`` or ``"normal"``, as for :meth:`create`.
 
         Raises:
             StoreError: If ``path`` is not a datanet or is unusable.
             SchemaError: If the schema cannot be found or its fields changed.
         """
         check_rules(rules)
-        store = Store(path)
+        store = Store(path, durability=durability)
         meta = store.get_meta()
         if "id" not in meta:
             store.close()

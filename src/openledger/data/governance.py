@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from openledger.crypto import Account, from_hex, to_hex
-from openledger.data.access import AccessGrant, AccessRequest, decide, load_request, new_request
+from openledger.data.access import AccessGrant, AccessRequest, decide, new_request
 from openledger.data.receipts import Reputation, Review
 from openledger.data.signing import as_account_address, grant_message, review_message
 from openledger.data.store import Store
@@ -129,39 +129,34 @@ def request_access(datanet: Datanet, requester: Account | str, purpose: str) -> 
     return new_request(datanet._store, address, purpose)
 
 
-def _pending(datanet: Datanet, request_id: int, owner: Account, wanted: str) -> AccessRequest:
-    require_owner(datanet, owner)
-    request = load_request(datanet._store, request_id)
-    if request.status != wanted:
-        raise ConfigError(f"access request {request_id} is {request.status}, not {wanted}")
-    return request
-
-
 def approve(datanet: Datanet, request_id: int, *, owner: Account, ttl_seconds: int) -> AccessGrant:
     """Approve a pending request and return the signed grant."""
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
         raise ConfigError(f"ttl_seconds must be a positive int, got {ttl_seconds!r}")
-    request = _pending(datanet, request_id, owner, "pending")
-    expires_at = int(time.time()) + ttl_seconds
-    message = grant_message(datanet.id, request.requester, request_id, expires_at)
-    grant = AccessGrant(
-        datanet_id=datanet.id,
-        grantee=request.requester,
-        request_id=request_id,
-        expires_at=expires_at,
-        signature=to_hex(owner.sign_typed_data(message)),
-    )
-    decide(datanet._store, request_id, "approved", grant)
-    return grant
+    require_owner(datanet, owner)
+
+    def sign(request: AccessRequest) -> AccessGrant:
+        expires_at = int(time.time()) + ttl_seconds
+        message = grant_message(datanet.id, request.requester, request.id, expires_at)
+        return AccessGrant(
+            datanet_id=datanet.id,
+            grantee=request.requester,
+            request_id=request.id,
+            expires_at=expires_at,
+            signature=to_hex(owner.sign_typed_data(message)),
+        )
+
+    grant = decide(datanet._store, request_id, wanted="pending", status="approved", sign=sign)
+    return cast(AccessGrant, grant)  # decide returns what sign made
 
 
 def deny(datanet: Datanet, request_id: int, *, owner: Account) -> None:
     """Deny a pending request."""
-    _pending(datanet, request_id, owner, "pending")
-    decide(datanet._store, request_id, "denied", None)
+    require_owner(datanet, owner)
+    decide(datanet._store, request_id, wanted="pending", status="denied")
 
 
 def revoke(datanet: Datanet, request_id: int, *, owner: Account) -> None:
     """Revoke an approved request."""
-    _pending(datanet, request_id, owner, "approved")
-    decide(datanet._store, request_id, "revoked", None)
+    require_owner(datanet, owner)
+    decide(datanet._store, request_id, wanted="approved", status="revoked")

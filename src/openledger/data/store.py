@@ -2,7 +2,9 @@
 
 One file per datanet, in WAL mode: many processes may read while one writes, and every
 contribution is a single ``BEGIN IMMEDIATE`` transaction, so a crash leaves all of it or
-none. Schema changes are numbered migrations tracked in ``PRAGMA user_version``.
+none. Commits are fsync'd (``synchronous=FULL``) unless the caller asks for less. Schema
+changes are numbered migrations tracked in ``PRAGMA user_version``, applied together in one
+immediate transaction. The folder is created 0700 and the file 0600.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
-from openledger.exceptions import StoreError
+from openledger.exceptions import ConfigError, StoreError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STORE_FILE", "Store"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STORE_FILE", "Durability", "Store"]
 
 STORE_FILE = "datanet.sqlite"
 """Name of the SQLite file inside a datanet folder."""
@@ -98,55 +101,106 @@ SCHEMA_VERSION = len(MIGRATIONS)
 """The store layout this version of openledger writes."""
 
 
+Durability = Literal["full", "normal"]
+"""How hard a commit waits for the disk: ``"full"`` (default) or ``"normal"``."""
+
+_SYNCHRONOUS: dict[str, str] = {"full": "FULL", "normal": "NORMAL"}
+_FILE_MODE = 0o600
+_FOLDER_MODE = 0o700
+
+
 class Store:
     """A connection to one datanet's SQLite file.
 
     Args:
         path: The datanet folder.
         create: Create the file (and folder) if missing; otherwise it must exist.
+        durability: ``"full"`` (default): a commit returns once the write-ahead log is
+            fsync'd, so a receipt or a snapshot root, once handed out, survives a power
+            loss. ``"normal"``: faster; a process crash loses nothing, but a power loss may
+            roll back the last commits.
+
+    Raises:
+        StoreError: If the folder holds no datanet (and ``create`` is false), the file is
+            unusable, or it was written by a newer openledger.
+        ConfigError: For an unknown ``durability``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        durability: Durability = "full",
+    ) -> None:
+        if durability not in _SYNCHRONOUS:
+            raise ConfigError(f"durability must be 'full' or 'normal', got {durability!r}")
         folder = Path(path)
         self.file = folder / STORE_FILE
         if create:
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_private(folder, self.file)
         elif not self.file.is_file():
             raise StoreError(f"{folder} is not a datanet (no {STORE_FILE}); use Datanet.create")
         try:
             self.conn = sqlite3.connect(self.file, isolation_level=None, timeout=30.0)
             self.conn.execute("PRAGMA journal_mode=WAL")
-            # NOTE: NORMAL in WAL mode is safe against process crashes (SIGKILL); only an OS
-            # crash or power loss may drop the last transactions, never corrupt the file.
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.file} is not a usable datanet store: {exc}") from exc
 
-    def _migrate(self) -> None:
+    def _version(self) -> int:
         version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.file} has store version {version}, newer than this openledger's "
                 f"{SCHEMA_VERSION}; upgrade openledger to open it"
             )
-        for number in range(version, SCHEMA_VERSION):
-            with self.write():
+        return version
+
+    def _migrate(self) -> None:
+        # NOTE: the first read only skips the write lock when nothing is to do; the version
+        # that decides is read again inside the transaction, so two processes upgrading
+        # the same file at once apply each migration exactly once.
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self.write():
+            for number in range(self._version(), SCHEMA_VERSION):
                 for statement in _split(MIGRATIONS[number]):
                     self.conn.execute(statement)
-                self.conn.execute(f"PRAGMA user_version={number + 1}")
+            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """Run the block in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """Run the block in one ``BEGIN IMMEDIATE`` transaction.
+
+        Any error rolls it back. SQLite errors, a failed ``COMMIT`` included (disk full,
+        I/O error, a deferred constraint), come out as :class:`StoreError` with nothing of
+        the block stored; other errors propagate unchanged.
+
+        Raises:
+            StoreError: If the transaction cannot start, a statement fails in SQLite, or
+                the commit fails.
+        """
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot start a write on {self.file}: {exc}") from exc
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"the write to {self.file} failed and was rolled back: {exc}") from exc
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        # NOTE: SQLite may already have rolled back on its own (e.g. after SQLITE_FULL).
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -164,6 +218,18 @@ class Store:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def _make_private(folder: Path, file: Path) -> None:
+    """Create the folder (0700) and an empty store file (0600) readable by the owner only.
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the permissions of the main file.
+    """
+    folder.mkdir(mode=_FOLDER_MODE, parents=True, exist_ok=True)
+    os.chmod(folder, _FOLDER_MODE)
+    descriptor = os.open(file, os.O_CREAT | os.O_RDWR, _FILE_MODE)
+    os.close(descriptor)
+    os.chmod(file, _FILE_MODE)
 
 
 def _split(script: str) -> list[str]:
