@@ -9,9 +9,12 @@ RMSNorm (:class:`~openledger.serve.layers.norm.RMSNorm`), the rotary embedding, 
 gated MLP activation and the greedy pick over a step's logits (:func:`argmax_rows`).
 
 It is compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``;
-``-O3 -march=native -fopenmp``, a few tenths of a second) into
-``$OPENLEDGER_HOME/kernels``. The file name carries a hash of the source, the flags and
-the CPU, so a changed source or another machine compiles again; a build is written under
+``-O3 -fopenmp`` and the target of :func:`kernel_target`, a few tenths of a second) into
+``$OPENLEDGER_HOME/kernels``. The target follows the vector instructions torch itself
+uses (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` lowers),
+so one switch runs a whole process on the AVX2 or baseline paths of an AVX-512 CPU. The
+file name carries a hash of the source, the flags and the CPU, so a changed source or
+another machine compiles again; a build is written under
 a scratch name and renamed, so concurrent processes never load half a file. The library
 links the OpenMP runtime torch has already loaded, so the kernels share torch's threads.
 Without a compiler (logged once), on Windows, or with ``OPENLEDGER_CPU_KERNELS=0``,
@@ -43,6 +46,7 @@ __all__ = [
     "compile_cpu_kernels",
     "cpu_float32",
     "cpu_kernels",
+    "kernel_target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,11 +57,38 @@ CPU_KERNELS_ENV = "OPENLEDGER_CPU_KERNELS"
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # NOTE: -fno-trapping-math only gives up floating-point exception flags (never read here),
 # which lets comparisons and selects vectorise; values are unchanged by it.
-_FLAG_SETS = (
-    ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp"),
-    ("-O3", "-march=native", "-fno-trapping-math"),
-    ("-O3", "-fno-trapping-math"),
-)
+_OPTIMISE = ("-O3", "-fno-trapping-math")
+# NOTE: torch's x86 capabilities and the GCC/Clang micro-architecture levels that hold the
+# same instructions (x86-64-v3: AVX2 + FMA; x86-64: SSE2, as torch's DEFAULT kernels).
+_X86_TARGETS = {
+    "AVX512": ("-march=native",),
+    "AVX2": ("-march=x86-64-v3", "-mtune=native"),
+    "DEFAULT": ("-march=x86-64", "-mtune=native"),
+}
+
+
+def kernel_target() -> tuple[str, ...]:
+    """The compiler's target flags for the kernels: the instruction set torch's own CPU
+    kernels use in this process (on x86, ``AVX512`` builds for this CPU, ``AVX2`` for
+    ``x86-64-v3``, ``DEFAULT`` for baseline ``x86-64``); ``-march=native`` elsewhere.
+
+    Set ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) before torch loads to run torch and
+    these kernels on the lower paths, e.g. to test results on another machine's paths.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return ("-march=native",)
+    capability = torch.backends.cpu.get_cpu_capability()
+    return _X86_TARGETS.get(capability, _X86_TARGETS["DEFAULT"])
+
+
+def _flag_sets() -> tuple[tuple[str, ...], ...]:
+    """Flags to try in order: the target with OpenMP, without it, then a plain build."""
+    target = kernel_target()
+    return (
+        (*_OPTIMISE, *target, "-fopenmp"),
+        (*_OPTIMISE, *target),
+        _OPTIMISE,
+    )
 
 
 class CpuKernels:
@@ -197,7 +228,7 @@ def compile_cpu_kernels(folder: Path | None = None) -> Path | None:
         folder = openledger_home() / "kernels"
     source = SOURCE.read_bytes()
     errors: list[str] = []
-    for flags in _FLAG_SETS:
+    for flags in _flag_sets():
         digest = hashlib.sha256(
             b"\0".join([source, compiler.encode(), " ".join(flags).encode(), _cpu_identity()])
         ).hexdigest()[:16]
