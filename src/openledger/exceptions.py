@@ -40,6 +40,9 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │       │                               weights, corrupt safetensors, bad config
     │       ├── AdapterMismatchError(ValueError)  made for another base model: manifest,
     │       │                               shapes or target modules do not fit
+    │       ├── AdapterSourceError(ValueError)  a source breaks the download rules: not
+    │       │                               https, a private address, too large or slow,
+    │       │                               or not the pinned sha256 / hub commit
     │       └── AdapterCapacityError(RuntimeError)  every device slot is pinned
     ├── AttributionError                    influence, rewards, settlement (openledger.attribution)
     │   ├── AttributionInputError(ValueError)  an adapter, snapshot, report, pool or policy
@@ -69,6 +72,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterMismatchError",
     "AdapterNotFoundError",
+    "AdapterSourceError",
     "AttributionError",
     "AttributionInputError",
     "ChainConnectionError",
@@ -296,6 +300,13 @@ class AdapterFormatError(AdapterError, ValueError):
 
 class AdapterMismatchError(AdapterError, ValueError):
     """The adapter was made for another base model: manifest, shapes or target modules differ."""
+
+
+class AdapterSourceError(AdapterError, ValueError):
+    """An adapter source breaks the download rules (see ``AdapterSourcePolicy``): a scheme
+    other than https, a loopback, private or link-local address, a redirect leaving those
+    rules, a body over the byte cap or the deadline, an archive over the unpack caps, or
+    content that is not the pinned sha256 or hub commit."""
 
 
 class AdapterCapacityError(AdapterError, RuntimeError):

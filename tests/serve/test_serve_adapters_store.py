@@ -146,8 +146,11 @@ def test_manifest_for_other_base_weights_is_refused(
 ) -> None:
     import shutil
 
+    from openledger.crypto import keccak256_hex
+
     folder = Path(shutil.copytree(adapters["qv4"], tmp_path / "with-manifest"))
-    manifest = {"adapter_id": "0x" + "ab" * 32, "base_model": "other",
+    adapter_id = keccak256_hex((folder / "adapter_model.safetensors").read_bytes())
+    manifest = {"adapter_id": adapter_id, "base_model": "other",
                 "base_model_weights_hash": "0x" + "11" * 32}  # fmt: skip
     (folder / "openledger_manifest.json").write_text(json.dumps(manifest))
     calls: list[int] = []
@@ -161,7 +164,7 @@ def test_manifest_for_other_base_weights_is_refused(
         store.add("m", folder)
     manifest["base_model_weights_hash"] = "0x" + "22" * 32
     (folder / "openledger_manifest.json").write_text(json.dumps(manifest))
-    assert store.add("m", folder).adapter_id == "0x" + "ab" * 32
+    assert store.add("m", folder).adapter_id == adapter_id
     store.add("plain", adapters["qv4"])
     assert calls == [1]  # hashed once, only for adapters with a manifest
 
@@ -181,7 +184,7 @@ def test_names_and_mixes_are_validated(base: Path, adapters: dict[str, Path]) ->
         with pytest.raises(InvalidRequestError):
             store.resolve(bad)  # type: ignore[arg-type]
     use = store.resolve({"a": 0.7})
-    assert use.key == "a*0.7"
+    assert use.key == "a#1*0.7"
     assert store.resolve("a").cache_salt != use.cache_salt
 
 
@@ -198,7 +201,7 @@ def test_slots_evict_lru_and_mixes_are_exact(base: Path, adapters: dict[str, Pat
         store.acquire(store.resolve("qv4"))  # both slots pinned
     store.release(single)
     assert store.acquire(store.resolve("qv4")) == slot_single  # "rs" evicted
-    assert store.slots.resident() == [mix.key, "qv4"]
+    assert store.slots.resident() == [mix.key, "qv4#2"]
     fused = "layers.0.self_attn.qkv_proj"
     x = torch.randn(3, store.config.hidden_size)
     groups = LoraGroups.from_indices(torch.full((3,), slot_mix))
@@ -210,7 +213,7 @@ def test_slots_evict_lru_and_mixes_are_exact(base: Path, adapters: dict[str, Pat
     torch.testing.assert_close(got, want[:, : got.shape[1]], rtol=1e-5, atol=1e-5)
     store.release(mix)
     store.remove("all8")
-    assert store.slots.resident() == ["qv4"]
+    assert store.slots.resident() == ["qv4#2"]
     assert store.state.slots[fused][slot_mix] is None
 
 

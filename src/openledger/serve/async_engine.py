@@ -1,20 +1,32 @@
-"""asyncio front end: a background step loop feeding one queue per request."""
+"""asyncio front end: a background step loop feeding one queue per request.
+
+Everything that touches the engine's state (admitting, aborting, stepping, registering
+or removing adapters) holds one lock, so adapter changes land between steps, never
+inside one. Fetching and validating an adapter (downloads, hashing) runs outside it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, TypeVar
 
-from openledger.exceptions import EngineDeadError
+from openledger.exceptions import ConfigError, EngineDeadError
 from openledger.serve.config import EngineConfig
 from openledger.serve.engine import Engine
 from openledger.serve.outputs import RequestOutput
 from openledger.serve.params import SamplingParams
 from openledger.serve.request import PromptInput
 
+if TYPE_CHECKING:
+    from openledger.serve.adapters import AdapterSpec, AdapterStore
+
 __all__ = ["AsyncEngine"]
+
+T = TypeVar("T")
 
 
 class AsyncEngine:
@@ -108,6 +120,54 @@ class AsyncEngine:
         if final is None:  # NOTE: unreachable: the stream always ends on a finished output
             raise EngineDeadError("request ended without output")
         return final
+
+    async def add_adapter(
+        self, name: str, source: str | os.PathLike[str], *, sha256: str | None = None
+    ) -> AdapterSpec:
+        """Register an adapter while requests run (see :meth:`Engine.add_adapter`).
+
+        The source is fetched and validated in a worker thread beside running steps; the
+        registration itself happens between two steps.
+        """
+        store = self._store()
+        spec = await self._in_thread(store.prepare, name, source, sha256=sha256)
+        return await self._in_thread(self._locked, store.register, spec)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unregister an adapter between two steps; admitted requests using it finish
+        with its weights (see :meth:`AdapterStore.remove`)."""
+        await self._in_thread(self._locked, self._store().remove, name)
+
+    async def replace_adapter(
+        self, name: str, source: str | os.PathLike[str], *, sha256: str | None = None
+    ) -> AdapterSpec:
+        """Swap the adapter registered as ``name`` for a new source in one step boundary.
+
+        Requests admitted before the swap finish with the old weights, later ones get the
+        new; none sees the name missing. The new source is validated first: if it is
+        refused, the old adapter stays.
+        """
+        store = self._store()
+        spec = await self._in_thread(store.prepare, name, source, sha256=sha256)
+
+        def swap() -> AdapterSpec:
+            store.remove(name)
+            return store.register(spec)
+
+        return await self._in_thread(self._locked, swap)
+
+    def _store(self) -> AdapterStore:
+        if self.engine.adapters is None:
+            raise ConfigError("this engine serves no adapters (EngineConfig.max_adapter_slots=0)")
+        return self.engine.adapters
+
+    def _locked(self, fn: Callable[..., T], *args: object) -> T:
+        with self._lock:
+            return fn(*args)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
     def _submit(
         self, prompt: PromptInput, params: SamplingParams | None

@@ -111,9 +111,10 @@ class Engine:
         use = self._adapter_use(params)
         text, token_ids = tokenize_prompt(self.tokenizer, prompt)
         seq = self._new_sequence(number, token_ids, params)
-        if use is not None:
+        if use is not None and self.adapters is not None:
             seq.cache_salt = use.cache_salt
             self._uses[seq.seq_id] = use
+            self.adapters.retain(use)  # NOTE: its weights outlive a remove_adapter meanwhile
         detok = IncrementalDetokenizer(
             self.tokenizer,
             token_ids,
@@ -264,33 +265,43 @@ class Engine:
                     pending.discard(output.request_id)
         return finals
 
-    def add_adapter(self, name: str, source: str | os.PathLike[str]) -> AdapterSpec:
+    def add_adapter(
+        self, name: str, source: str | os.PathLike[str], *, sha256: str | None = None
+    ) -> AdapterSpec:
         """Register a LoRA adapter; requests use it with ``SamplingParams(adapter=name)``.
 
-        The adapter is validated against the base model now and loaded on first use.
+        The adapter is validated against the base model now (its weights hashed) and
+        loaded on first use. Downloads follow ``engine.adapters.source_policy`` (https
+        only, no private addresses, byte caps, a deadline; see docs/serve.md).
 
         Args:
-            name: Name for requests; not registered yet, without ``*`` or ``+``.
+            name: Name for requests; not registered yet, without ``*``, ``+`` or ``#``.
             source: A PEFT folder (safetensors), ``hf://org/repo[@revision]`` or an
-                archive URL (``.tar.gz``, ``.zip``).
+                https archive URL (``.tar.gz``, ``.zip``).
+            sha256: Expected sha256 of an archive URL's body.
 
         Returns:
-            What was registered (targets, ranks, manifest adapter id).
+            What was registered (targets, ranks, verified manifest adapter id).
 
         Raises:
             AdapterNotFoundError: The source cannot be had.
-            AdapterFormatError: Pickle weights, corrupt safetensors, unsupported PEFT options.
+            AdapterSourceError: The source breaks the download rules or its pin.
+            AdapterFormatError: Pickle weights, corrupt safetensors, unsupported PEFT
+                options, a config field out of range, or a manifest id that is not the
+                hash of the weights.
             AdapterMismatchError: Made for another base model (manifest, shapes, modules).
             ConfigError: The name is taken or invalid, or the engine serves no adapters.
         """
-        return self._require_adapters().add(name, source)
+        return self._require_adapters().add(name, source, sha256=sha256)
 
     def remove_adapter(self, name: str) -> None:
-        """Unregister an adapter and unload it.
+        """Unregister an adapter; it is unloaded once no admitted request uses it.
+
+        Requests already admitted with it finish with its weights; the name can be
+        registered again at once.
 
         Raises:
             AdapterNotFoundError: Unknown name.
-            AdapterCapacityError: A running request uses it.
         """
         self._require_adapters().remove(name)
 
@@ -420,6 +431,8 @@ class Engine:
         del self._requests[state.request_id]
         del self._by_seq[state.seq.seq_id]
         use = self._uses.pop(state.seq.seq_id, None)
+        if use is not None and self.adapters is not None:
+            self.adapters.drop(use)
         output = state.output()
         output.usage = RequestUsage(
             prompt_tokens=state.seq.num_prompt_tokens,

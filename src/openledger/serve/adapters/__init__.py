@@ -3,7 +3,8 @@
 ::
 
     store = AdapterStore(model_config, lora_state, dtype=torch.float32, device=cpu)
-    store.add("medqa", "out/medqa")                  # or "hf://org/repo@rev", an archive URL
+    store.add("medqa", "out/medqa")                  # or "hf://org/repo@<commit>", an https
+                                                     # archive URL (sha256= pins it)
     use = store.resolve({"medqa": 0.7, "law": 0.3})  # a weighted mix, exact at inference
     slot = store.acquire(use)                        # just-in-time load into a device slot
 
@@ -15,6 +16,7 @@ registered adapters to disk as a new PEFT adapter folder (``cat``, ``linear``, `
 
 from __future__ import annotations
 
+from openledger.serve.adapters.fetch import AdapterSourcePolicy
 from openledger.serve.adapters.loading import AdapterSpec, LoadedAdapter
 from openledger.serve.adapters.merge import MergeSource, merge_adapter_specs, merge_adapters
 from openledger.serve.adapters.slots import SlotTable
@@ -22,6 +24,7 @@ from openledger.serve.adapters.store import AdapterRef, AdapterStore, AdapterUse
 
 __all__ = [
     "AdapterRef",
+    "AdapterSourcePolicy",
     "AdapterSpec",
     "AdapterStore",
     "AdapterUse",

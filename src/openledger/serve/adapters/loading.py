@@ -1,29 +1,32 @@
-"""Reading a PEFT LoRA folder: validation from its header alone, then weights into slices.
+"""Reading a PEFT LoRA folder: validation at registration, then weights into slices.
 
-:func:`inspect_adapter` (registration) reads ``adapter_config.json``, the optional
-``openledger_manifest.json`` and the safetensors *header* (names, shapes), so a wrong
-adapter is refused before any weight is read and thousands can be registered cheaply.
-:func:`load_adapter` (first use) reads the weights and lays them out as one
+:func:`inspect_adapter` (registration) reads ``adapter_config.json`` (validated by
+:mod:`.lora_config`), the optional ``openledger_manifest.json`` and the safetensors
+*header* (names, shapes), and hashes the weights file: the adapter id is keccak256 of
+``adapter_model.safetensors`` (as ``openledger.train`` exports it), so a manifest whose
+``adapter_id`` is not the hash of its weights is refused.
+:func:`load_adapter` (first use) reads the weights once, checks they still hash to what
+was registered and still fit, and lays them out as one
 :class:`~openledger.serve.ops.lora_torch.LoraWeights` per fused projection of the engine's
 model, with the scaling (``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA) folded into B.
+What is served is therefore exactly what was validated, and the id in a usage receipt
+is the id of the weights served.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
 from openledger.exceptions import AdapterFormatError, AdapterMismatchError
-from openledger.serve.adapters.sources import ADAPTER_CONFIG_FILE
+from openledger.serve.adapters.lora_config import check_rank, read_lora_options
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.ops.lora_torch import LoraSlice, LoraWeights
 
@@ -64,8 +67,11 @@ class AdapterSpec:
         target_modules: Checkpoint projections it updates (``q_proj``, ``down_proj`` ...).
         ranks: Rank per targeted module path (``model.layers.0.self_attn.q_proj``).
         scalings: Scaling per targeted module path.
-        adapter_id: The manifest's adapter id, None without a manifest.
+        adapter_id: The manifest's adapter id, checked to be ``weights_hash``; None
+            without a manifest.
         num_file_bytes: Size of the weights file.
+        weights_hash: keccak256 of the weights file at registration (0x-hex); loading
+            refuses a file that no longer hashes to it.
     """
 
     name: str
@@ -75,6 +81,7 @@ class AdapterSpec:
     scalings: Mapping[str, float]
     adapter_id: str | None
     num_file_bytes: int
+    weights_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,46 +128,50 @@ def inspect_adapter(
             skip that comparison.
 
     Raises:
-        AdapterFormatError: No usable config, pickle weights, unreadable safetensors, or
-            a PEFT feature the engine does not serve (DoRA, biases, modules_to_save).
+        AdapterFormatError: No usable config, pickle weights, unreadable safetensors, a
+            config field out of range (see :mod:`.lora_config`), a manifest whose
+            ``adapter_id`` is not the hash of the weights, or a PEFT feature the engine
+            does not serve (DoRA, biases, modules_to_save).
         AdapterMismatchError: The manifest names other base weights, or a tensor's
             name or shape does not fit the base model.
     """
-    peft_config = _read_config(folder)
-    adapter_id = _check_manifest(folder, base_weights_hash)
+    options = read_lora_options(folder)
+    manifest_id = _check_manifest(folder, base_weights_hash)
     weights = _weights_file(folder)
     shapes = _header_shapes(weights)
     ranks = _check_shapes(shapes, config, weights)
-    alpha = float(peft_config.get("lora_alpha", 8))
-    patterns = dict(peft_config.get("alpha_pattern") or {})
-    rslora = bool(peft_config.get("use_rslora", False))
-    scalings = {
-        module: _alpha_for(module, alpha, patterns) / (math.sqrt(r) if rslora else r)
-        for module, r in ranks.items()
-    }
+    digest, size = _file_keccak(weights)
+    if manifest_id is not None and manifest_id.lower() != digest:
+        raise AdapterFormatError(
+            f"{folder / MANIFEST_FILE}: adapter_id {manifest_id} is not the keccak256 of "
+            f"{WEIGHTS_FILE} ({digest}); the weights were changed or the manifest belongs "
+            "to another adapter. Re-export the adapter, or remove the manifest."
+        )
+    scalings = {module: options.scaling(module, r) for module, r in ranks.items()}
     targets = frozenset(module.rsplit(".", 1)[1] for module in ranks)
-    size = weights.stat().st_size
-    return AdapterSpec(name, folder, targets, ranks, scalings, adapter_id, size)
+    adapter_id = None if manifest_id is None else digest
+    return AdapterSpec(name, folder, targets, ranks, scalings, adapter_id, size, digest)
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def _file_keccak(path: Path) -> tuple[str, int]:
+    """keccak256 of a file (0x-hex) and its size, streamed."""
+    from Crypto.Hash import keccak
+
+    digest, size = keccak.new(digest_bits=256), 0
     try:
-        config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AdapterFormatError(f"{folder}: unreadable {ADAPTER_CONFIG_FILE}: {exc}") from exc
-    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
-        raise AdapterFormatError(f"{folder} is not a PEFT LoRA adapter (peft_type must be LORA)")
-    refused = {
-        "use_dora": bool(config.get("use_dora")),
-        "bias": config.get("bias", "none") not in ("none", None),
-        "modules_to_save": bool(config.get("modules_to_save")),
-    }
-    for field_name, present in refused.items():
-        if present:
-            raise AdapterFormatError(
-                f"{folder}: adapters with {field_name} are not served; train a plain LoRA"
-            )
-    return config
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise AdapterFormatError(f"{path} is unreadable: {exc}") from exc
+    return "0x" + digest.hexdigest(), size
+
+
+def _bytes_keccak(data: bytes) -> str:
+    from Crypto.Hash import keccak
+
+    return "0x" + keccak.new(digest_bits=256, data=data).hexdigest()
 
 
 def _check_manifest(folder: Path, base_weights_hash: str | None) -> str | None:
@@ -171,6 +182,8 @@ def _check_manifest(folder: Path, base_weights_hash: str | None) -> str | None:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AdapterFormatError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise AdapterFormatError(f"{path} must hold a JSON object")
     declared = manifest.get("base_model_weights_hash")
     if base_weights_hash is not None and declared is not None and declared != base_weights_hash:
         raise AdapterMismatchError(
@@ -178,7 +191,9 @@ def _check_manifest(folder: Path, base_weights_hash: str | None) -> str | None:
             f"{declared}, but this engine serves weights {base_weights_hash}"
         )
     adapter_id = manifest.get("adapter_id")
-    return str(adapter_id) if adapter_id is not None else None
+    if adapter_id is not None and not isinstance(adapter_id, str):
+        raise AdapterFormatError(f"{path}: adapter_id must be a 0x-hex string, got {adapter_id!r}")
+    return adapter_id
 
 
 def _weights_file(folder: Path) -> Path:
@@ -215,7 +230,7 @@ def _check_shapes(
         if layer >= config.num_layers:
             raise AdapterMismatchError(f"{weights}: {key!r} is past the model's layers")
         in_features, out_features = expected[proj]
-        rank = shape[0] if part == "A" else shape[-1]
+        rank = check_rank(shape[0] if part == "A" else shape[-1], f"{weights}: rank of {key}")
         want = (rank, in_features) if part == "A" else (out_features, rank)
         if shape != want:
             raise AdapterMismatchError(
@@ -240,24 +255,14 @@ def _check_pairs(shapes: Mapping[str, object], ranks: Mapping[str, int], weights
                 raise AdapterMismatchError(f"{weights}: {module} has no lora_{part}")
 
 
-def _alpha_for(module: str, alpha: float, patterns: Mapping[str, float]) -> float:
-    for pattern, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?{pattern}", module):
-            return float(value)
-    return alpha
-
-
 def load_adapter(spec: AdapterSpec, config: ModelConfig, dtype: torch.dtype) -> LoadedAdapter:
     """Read a registered adapter's weights into host memory, laid out per fused projection.
 
     Raises:
         AdapterFormatError: The weights file changed or became unreadable since registration.
     """
+    tensors = _read_registered(spec, config)
     path = spec.folder / WEIGHTS_FILE
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterFormatError(f"{path} is not a readable safetensors file: {exc}") from exc
     shapes = projection_shapes(config)
     parts: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
     for module, scaling in spec.scalings.items():
@@ -273,6 +278,28 @@ def load_adapter(spec: AdapterSpec, config: ModelConfig, dtype: torch.dtype) -> 
         name: _fuse(slices, name.rsplit(".", 1)[1], shapes, dtype) for name, slices in parts.items()
     }
     return LoadedAdapter(spec, modules, sum(w.num_bytes for w in modules.values()))
+
+
+def _read_registered(spec: AdapterSpec, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The weights file's tensors, read once and checked against the registration."""
+    path = spec.folder / WEIGHTS_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AdapterFormatError(f"{path} is unreadable: {exc}") from exc
+    if _bytes_keccak(data) != spec.weights_hash:
+        raise AdapterFormatError(
+            f"{path} changed since adapter {spec.name!r} was registered (its keccak256 is no "
+            f"longer {spec.weights_hash}); register it again"
+        )
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFormatError(f"{path} is not a readable safetensors file: {exc}") from exc
+    ranks = _check_shapes({k: tuple(t.shape) for k, t in tensors.items()}, config, path)
+    if ranks != dict(spec.ranks):  # NOTE: the same bytes, so only another base model differs
+        raise AdapterFormatError(f"{path} no longer fits what was registered")
+    return tensors
 
 
 _FUSED_SLICES = {

@@ -1,4 +1,4 @@
-"""The adapter store: registered (disk) -> host memory -> device slots.
+r"""The adapter store: registered (disk) -> host memory -> device slots.
 
 ::
 
@@ -11,12 +11,20 @@ A request names one adapter, none, or a weighted mix ``{"a": 0.7, "b": 0.3}``; a
 its own slot entry whose weights are the exact concatenation of its members
 (:func:`~openledger.serve.ops.lora_torch.combine_lora_weights`), never merged into the
 base model.
+
+Each :meth:`AdapterStore.add` is a *registration* (``"a#3"``: the third one, named
+``a``). Slots, host copies and prefix-cache salts belong to registrations, not names, so
+removing ``a`` and adding a new ``a`` while requests of the old one still run serves each
+request the weights it was admitted with: the engine :meth:`~AdapterStore.retain`\ s a
+request's registrations when it is admitted and :meth:`~AdapterStore.drop`\ s them when
+it ends, and a removed registration is unloaded when its last request ends.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -27,6 +35,7 @@ import httpx
 import torch
 
 from openledger.exceptions import AdapterNotFoundError, ConfigError, InvalidRequestError
+from openledger.serve.adapters.fetch import AdapterSourcePolicy
 from openledger.serve.adapters.loading import (
     AdapterSpec,
     LoadedAdapter,
@@ -50,13 +59,16 @@ class AdapterUse:
     """A request's resolved adapter choice (also its usage record).
 
     Attributes:
-        key: Canonical key, e.g. ``"a"`` or ``"a*0.7+b*0.3"`` (the device-slot key).
+        key: The device-slot key: the registrations, e.g. ``"a#1"`` or
+            ``"a#1*0.7+b#2*0.3"``.
         names: Adapter names, sorted.
         weights: Their weights (1.0 for a single adapter).
-        adapter_ids: Their manifests' adapter ids (None for an adapter without manifest).
+        adapter_ids: Their manifests' adapter ids, verified to be keccak256 of the
+            weights served (None for an adapter without manifest).
         cache_salt: Folded into prefix-cache hashes; unique per registration, so a prefix
             computed under one adapter (or an earlier adapter of the same name) never
             serves another.
+        registrations: The registrations of ``names``, e.g. ``("a#1", "b#2")``.
     """
 
     key: str
@@ -64,6 +76,7 @@ class AdapterUse:
     weights: tuple[float, ...]
     adapter_ids: tuple[str | None, ...]
     cache_salt: str
+    registrations: tuple[str, ...] = ()
 
 
 class AdapterStore:
@@ -77,7 +90,10 @@ class AdapterStore:
         max_host_bytes: Host memory for loaded adapters; least recently used go first.
         cache_dir: Where downloaded archives are kept; when None, a temporary folder that
             is removed with the store.
-        http_client: httpx client for URL sources (tests inject a MockTransport).
+        http_client: httpx client for URL sources (tests inject a MockTransport); when
+            None, one that reaches only the addresses ``source_policy`` allows.
+        source_policy: Rules for downloading sources (https only, caps, deadline,
+            pinning); the defaults when None.
         base_weights_hash: Returns the base model's weights hash (compared with adapter
             manifests); called once, on the first adapter with a manifest.
     """
@@ -93,6 +109,7 @@ class AdapterStore:
         cache_dir: str | os.PathLike[str] | None = None,
         http_client: httpx.Client | None = None,
         base_weights_hash: Callable[[], str | None] | None = None,
+        source_policy: AdapterSourcePolicy | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -107,51 +124,95 @@ class AdapterStore:
             cache_dir = self._tmp.name
         self._cache_dir = Path(cache_dir)
         self._http = http_client
+        self.source_policy = source_policy or AdapterSourcePolicy()
         self._hash_fn = base_weights_hash
         self._base_hash: str | None = None
-        self._specs: dict[str, AdapterSpec] = {}
-        self._salts: dict[str, str] = {}
-        self._host: OrderedDict[str, LoadedAdapter] = OrderedDict()
+        self._names: dict[str, str] = {}  # name -> its registration
+        self._regs: dict[str, AdapterSpec] = {}  # registered, or removed but still in use
+        self._refs: dict[str, int] = {}  # requests using each registration
+        self._host: OrderedDict[str, LoadedAdapter] = OrderedDict()  # by registration
         self._host_bytes = 0
         self._registrations = 0
 
     def __contains__(self, name: object) -> bool:
-        return name in self._specs
+        return name in self._names
 
     def __len__(self) -> int:
-        return len(self._specs)
+        return len(self._names)
 
     @property
     def host_bytes(self) -> int:
         """Bytes of adapter weights held in host memory."""
         return self._host_bytes
 
-    def add(self, name: str, source: str | os.PathLike[str]) -> AdapterSpec:
+    def add(
+        self, name: str, source: str | os.PathLike[str], *, sha256: str | None = None
+    ) -> AdapterSpec:
         """Register an adapter after validating it against the base model.
 
         Args:
             name: Name requests use; must not be registered yet.
             source: Local folder, ``hf://org/repo[@revision]`` or archive URL.
+            sha256: Expected sha256 of an archive URL's body (or ``#sha256=`` in the URL).
 
         Returns:
             The registered spec.
 
         Raises:
-            ConfigError: The name is empty, contains ``*``/``+``, or is registered.
+            ConfigError: The name is empty, contains ``*``/``+``/``#``, or is registered.
             AdapterNotFoundError: The source cannot be had.
-            AdapterFormatError: Not a usable safetensors PEFT LoRA adapter.
+            AdapterSourceError: The source breaks :attr:`source_policy` or its pin.
+            AdapterFormatError: Not a usable safetensors PEFT LoRA adapter, or a manifest
+                whose adapter id is not the hash of its weights.
             AdapterMismatchError: Made for another base model.
         """
-        if not isinstance(name, str) or not name or set(name) & {"*", "+"}:
-            raise ConfigError(f"adapter name must be a non-empty str without '*' or '+': {name!r}")
-        if name in self._specs:
-            raise ConfigError(f"adapter {name!r} is registered; remove_adapter({name!r}) first")
-        folder = resolve_source(source, self._cache_dir, http_client=self._http)
-        spec = inspect_adapter(name, folder, self.config, self._base_weights_hash(folder))
+        self._check_name(name, free=True)
+        return self.register(self.prepare(name, source, sha256=sha256))
+
+    def prepare(
+        self, name: str, source: str | os.PathLike[str], *, sha256: str | None = None
+    ) -> AdapterSpec:
+        """Fetch and validate an adapter without registering it (the slow half of :meth:`add`).
+
+        Touches nothing a running step reads, so it may run beside steps; pass the spec
+        to :meth:`register` between steps. Arguments and errors as :meth:`add`, except
+        that ``name`` may be registered (to replace it).
+        """
+        self._check_name(name, free=False)
+
+        def inspect(folder: Path) -> AdapterSpec:
+            return inspect_adapter(name, folder, self.config, self._base_weights_hash(folder))
+
+        folder = resolve_source(
+            source,
+            self._cache_dir,
+            http_client=self._http,
+            policy=self.source_policy,
+            sha256=sha256,
+            check=inspect,  # NOTE: an adapter refused here never enters the download cache
+        )
+        return inspect(folder)
+
+    def register(self, spec: AdapterSpec) -> AdapterSpec:
+        """Register a spec from :meth:`prepare` under its name.
+
+        Raises:
+            ConfigError: The name is registered (or invalid).
+        """
+        self._check_name(spec.name, free=True)
         self._registrations += 1
-        self._specs[name] = spec
-        self._salts[name] = f"{name}#{self._registrations}"
+        registration = f"{spec.name}#{self._registrations}"
+        self._names[spec.name] = registration
+        self._regs[registration] = spec
         return spec
+
+    def _check_name(self, name: str, *, free: bool) -> None:
+        if not isinstance(name, str) or not name or set(name) & {"*", "+", "#"}:
+            raise ConfigError(
+                f"adapter name must be a non-empty str without '*', '+' or '#': {name!r}"
+            )
+        if free and name in self._names:
+            raise ConfigError(f"adapter {name!r} is registered; remove_adapter({name!r}) first")
 
     def spec(self, name: str) -> AdapterSpec:
         """The registered adapter ``name`` (folder, targets, ranks, scalings).
@@ -159,21 +220,47 @@ class AdapterStore:
         Raises:
             AdapterNotFoundError: Unknown name.
         """
-        return self._spec(name)
+        return self._regs[self._registration(name)]
 
     def remove(self, name: str) -> None:
-        """Forget an adapter and every slot entry using it.
+        """Forget an adapter's name; its weights go when no request uses them any more.
+
+        Requests already admitted with it (see :meth:`retain`) finish with its weights;
+        new requests cannot name it, and the name may be registered again at once.
 
         Raises:
             AdapterNotFoundError: Unknown name.
-            AdapterCapacityError: A slot using it is pinned (a request is running with it).
         """
-        self._spec(name)
+        registration = self._registration(name)
+        del self._names[name]
+        if not self._refs.get(registration):
+            self._unload(registration)
+
+    def retain(self, use: AdapterUse) -> None:
+        """Count a request admitted with ``use``: its registrations stay loadable until
+        :meth:`drop`, even if their names are removed meanwhile."""
+        for registration in use.registrations:
+            self._refs[registration] = self._refs.get(registration, 0) + 1
+
+    def drop(self, use: AdapterUse) -> None:
+        """Undo one :meth:`retain` (the request ended); unloads removed registrations
+        no request uses any more."""
+        for registration in use.registrations:
+            left = self._refs.get(registration, 0) - 1
+            if left > 0:
+                self._refs[registration] = left
+                continue
+            self._refs.pop(registration, None)
+            name = registration.rsplit("#", 1)[0]
+            if self._names.get(name) != registration:
+                self._unload(registration)
+
+    def _unload(self, registration: str) -> None:
         for key in self.slots.resident():
-            if name in _key_names(key):
+            if registration in _key_registrations(key):
                 self._unload_slot(key)
-        self._drop_host(name)
-        del self._specs[name], self._salts[name]
+        self._drop_host(registration)
+        self._regs.pop(registration, None)
 
     def resolve(self, ref: AdapterRef) -> AdapterUse:
         """Check a request's adapter choice and give its canonical form.
@@ -185,18 +272,30 @@ class AdapterStore:
         pairs = _pairs(ref)
         names = tuple(name for name, _ in pairs)
         weights = tuple(weight for _, weight in pairs)
-        specs = [self._spec(name) for name in names]
-        key = names[0] if isinstance(ref, str) else "+".join(f"{n}*{w!r}" for n, w in pairs)
-        salt = "+".join(f"{self._salts[n]}*{w!r}" for n, w in pairs)
-        return AdapterUse(key, names, weights, tuple(s.adapter_id for s in specs), salt)
+        regs = tuple(self._registration(name) for name in names)
+        ids = tuple(self._regs[r].adapter_id for r in regs)
+        salt = "+".join(f"{r}*{w!r}" for r, w in zip(regs, weights, strict=True))
+        key = regs[0] if isinstance(ref, str) else salt
+        return AdapterUse(key, names, weights, ids, salt, regs)
 
     def load_host(self, name: str) -> LoadedAdapter:
-        """The adapter's weights in host memory, read from disk on first use."""
-        if name in self._host:
-            self._host.move_to_end(name)
-            return self._host[name]
-        loaded = load_adapter(self._spec(name), self.config, self.dtype)
-        self._host[name] = loaded
+        """The adapter's weights in host memory, read from disk on first use.
+
+        Raises:
+            AdapterNotFoundError: Unknown name.
+            AdapterFormatError: The weights changed since registration or are unreadable.
+        """
+        return self._load_registration(self._registration(name))
+
+    def _load_registration(self, registration: str) -> LoadedAdapter:
+        if registration in self._host:
+            self._host.move_to_end(registration)
+            return self._host[registration]
+        spec = self._regs.get(registration)
+        if spec is None:
+            raise AdapterNotFoundError(f"adapter registration {registration!r} was removed")
+        loaded = load_adapter(spec, self.config, self.dtype)
+        self._host[registration] = loaded
         self._host_bytes += loaded.num_bytes
         while self._host_bytes > self.max_host_bytes and len(self._host) > 1:
             self._drop_host(next(iter(self._host)))
@@ -213,8 +312,8 @@ class AdapterStore:
         """
         if self.slots.slot_of(use.key) is not None:
             return
-        for name in use.names:
-            self.load_host(name)
+        for registration in use.registrations:
+            self._load_registration(registration)
 
     def acquire(self, use: AdapterUse) -> int:
         """Make ``use`` resident in a device slot (loading it just in time) and pin it.
@@ -241,7 +340,7 @@ class AdapterStore:
         self.slots.unpin(use.key)
 
     def _device_weights(self, use: AdapterUse) -> dict[str, LoraWeights]:
-        members = [self.load_host(name).modules for name in use.names]
+        members = [self._load_registration(r).modules for r in use.registrations]
         if len(members) == 1 and use.weights == (1.0,) and "*" not in use.key:
             return {n: w.to(self.device, self.dtype) for n, w in members[0].items()}
         combined: dict[str, LoraWeights] = {}
@@ -259,19 +358,19 @@ class AdapterStore:
         if slot is not None:
             self.state.install(slot, None)
 
-    def _drop_host(self, name: str) -> None:
-        loaded = self._host.pop(name, None)
+    def _drop_host(self, registration: str) -> None:
+        loaded = self._host.pop(registration, None)
         if loaded is not None:
             self._host_bytes -= loaded.num_bytes
 
-    def _spec(self, name: str) -> AdapterSpec:
-        spec = self._specs.get(name)
-        if spec is None:
+    def _registration(self, name: str) -> str:
+        registration = self._names.get(name)
+        if registration is None:
             raise AdapterNotFoundError(
                 f"no adapter named {name!r} is registered; call add_adapter({name!r}, source) "
-                f"first ({len(self._specs)} registered)"
+                f"first ({len(self._names)} registered)"
             )
-        return spec
+        return registration
 
     def _base_weights_hash(self, folder: Path) -> str | None:
         if self._hash_fn is None or not (folder / "openledger_manifest.json").is_file():
@@ -298,5 +397,6 @@ def _pairs(ref: AdapterRef) -> list[tuple[str, float]]:
     return pairs
 
 
-def _key_names(key: str) -> set[str]:
-    return {part.rsplit("*", 1)[0] for part in key.split("+")}
+def _key_registrations(key: str) -> set[str]:
+    # NOTE: names hold no '*', '+' or '#', weights no '#' ("a#1*1e+20+b#2*0.5" parses too)
+    return set(re.findall(r"[^*+#]+#\d+", key))
