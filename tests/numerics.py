@@ -22,9 +22,21 @@ much, so the helpers allow twice the bound; a float64 reference counts as exact.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["abs_products", "assert_rows_close", "assert_within_rounding", "gamma", "unit_roundoff"]
+__all__ = [
+    "abs_products",
+    "assert_rows_close",
+    "assert_within",
+    "assert_within_rounding",
+    "attention_bound",
+    "backward_terms",
+    "forward_terms",
+    "gamma",
+    "unit_roundoff",
+]
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -44,6 +56,48 @@ def abs_products(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``|x| @ |weight|^T`` in float64: the sum of |products| behind each element of
     ``x @ weight.T`` (what its rounding error is proportional to)."""
     return x.double().abs() @ weight.double().abs().T
+
+
+def attention_bound(
+    q: torch.Tensor, abs_out: torch.Tensor, k_abs_max: float, scale: float
+) -> torch.Tensor:
+    """What the rounding of ``softmax(scale q k^T) v`` is proportional to, per element.
+
+    A score's rounding (``gamma_dim`` of ``scale |q|.|k|``) becomes a relative error of its
+    weight through ``exp``, the normalisation doubles it, and the weighted sum of values
+    adds its own: the error is within ``gamma(dim + 2 keys + 2)`` of
+    ``sum_j p_j |v_j| (1 + 2 scale max_j |q|.|k_j|)``.
+
+    Args:
+        q: Queries ``[..., heads, dim]``.
+        abs_out: The same attention over ``|v|`` (``sum_j p_j |v_j|``), shaped as the output.
+        k_abs_max: The largest ``|k|`` element any query reads.
+        scale: The score scale.
+    """
+    reach = scale * q.double().abs().sum(-1, keepdim=True) * k_abs_max
+    return abs_out.double() * (1 + 2 * reach)
+
+
+def forward_terms(config: Any, tokens: int) -> int:
+    """The longest chain of sums in a transformer's forward pass: per layer the hidden, MLP
+    and attention (sequence) sums, and a pooling over the tokens.
+
+    Args:
+        config: A transformers config (``hidden_size``, ``intermediate_size``,
+            ``num_hidden_layers``).
+        tokens: The longest sequence.
+    """
+    per_layer = config.hidden_size + config.intermediate_size + tokens
+    return config.num_hidden_layers * per_layer + tokens
+
+
+def backward_terms(config: Any, tokens: int, *, projected: bool = False) -> int:
+    """The longest chain of sums behind a decoder's LoRA gradient: the forward pass, the
+    loss over the vocabulary, the same sums back (:func:`forward_terms` bounds both, as the
+    backward pass mirrors it), and, when ``projected``, the projection of the widest side.
+    """
+    total = config.vocab_size + forward_terms(config, tokens)
+    return total + (max(config.hidden_size, config.intermediate_size) if projected else 0)
 
 
 def _floor(dtype: torch.dtype, terms: int) -> float:
@@ -77,16 +131,22 @@ def assert_within_rounding(
     """
     allowed = (2 if both_rounded else 1) * gamma(terms, dtype)
     limit = allowed * torch.as_tensor(bound, dtype=torch.float64) + _floor(dtype, terms)
+    assert_within(got, want, limit, msg=f"{msg}(gamma_{terms} in {dtype}) ")
+
+
+def assert_within(
+    got: torch.Tensor, want: torch.Tensor, limit: torch.Tensor | float, *, msg: str = ""
+) -> None:
+    """``|got - want| <= limit`` element by element (``limit`` broadcast), for bounds
+    composed from several of the above (e.g. float32 sums, then a float16 store)."""
     error = (got.double() - want.double()).abs()
-    bad = error > limit
-    if bad.any():
-        excess = (error - limit).reshape(-1)
+    excess = (error - torch.as_tensor(limit, dtype=torch.float64)).reshape(-1)
+    if bool((excess > 0).any()):
         worst = int(torch.argmax(excess))
-        found, over = float(error.reshape(-1)[worst]), float(excess[worst])
         raise AssertionError(
-            f"{msg}{int(bad.sum())} of {error.numel()} elements exceed their rounding bound "
-            f"(gamma_{terms} in {dtype}); worst at flat index {worst}: error "
-            f"{found:.3e} exceeds its bound by {over:.3e}"
+            f"{msg}{int((excess > 0).sum())} of {error.numel()} elements exceed their bound; "
+            f"worst at flat index {worst}: error {float(error.reshape(-1)[worst]):.3e} exceeds "
+            f"it by {float(excess[worst]):.3e}"
         )
 
 

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 import torch
 from tests.attribution.conftest import recipe
-from tests.numerics import abs_products, assert_rows_close, assert_within_rounding, gamma
+from tests.numerics import (
+    abs_products,
+    assert_rows_close,
+    assert_within_rounding,
+    backward_terms,
+    gamma,
+)
 
 from openledger.attribution import GradientLayout, InfluenceIndex, Projector
 from openledger.attribution.examples import query_example, training_examples
@@ -159,14 +165,6 @@ def loop_gradients(model: Any, pairs: list[Pair]) -> torch.Tensor:
         out.loss.backward()
         rows.append(torch.cat([p.grad.reshape(-1) for _, p in params]))
     return torch.stack(rows)
-
-
-def backward_terms(config: Any, tokens: int) -> int:
-    """The longest chain of float32 sums behind a LoRA gradient: the loss over the
-    vocabulary, then per layer the hidden, MLP and attention (sequence) sums, then the
-    sum over tokens."""
-    per_layer = config.hidden_size + config.intermediate_size + tokens
-    return config.vocab_size + config.num_hidden_layers * per_layer + tokens
 
 
 def test_index_gradients_and_scores_match_a_naive_loop(colour_run: Run) -> None:

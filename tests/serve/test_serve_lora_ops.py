@@ -6,6 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.numerics import assert_within_rounding  # noqa: E402
+
 from openledger.serve.ops.lora_reference import (  # noqa: E402
     lora_expand_reference,
     lora_shrink_reference,
@@ -43,6 +45,38 @@ def reference_delta(
     return lora_expand_reference(lora_shrink_reference(x, a_stack, indices), b_stack, indices)
 
 
+def delta_bound(
+    x: torch.Tensor,
+    slots: list[LoraWeights | None],
+    indices: torch.Tensor,
+    out: int,
+    base: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """``|base| + |x| |A|^T |B|^T`` per element: the sizes whose rounding the update carries
+    (its error is within ``gamma(hidden + rank + 1)`` of this, whatever the order)."""
+    magnitudes = [
+        None
+        if w is None
+        else LoraWeights(
+            w.a.abs(),
+            tuple(
+                LoraSlice(s.rank_start, s.rank_end, s.col_start, s.col_end, s.b.abs())
+                for s in w.slices
+            ),
+        )
+        for w in slots
+    ]
+    delta = reference_delta(
+        x.double().abs(), [m and m.to(x.device, torch.float64) for m in magnitudes], indices, out
+    )
+    return torch.as_tensor(base).double().abs() + delta
+
+
+def max_rank_of(slots: list[LoraWeights | None]) -> int:
+    """The largest rank of an update in ``slots`` (the shrink's sum, then the expand's)."""
+    return max((s.rank_end - s.rank_start for w in slots if w for s in w.slices), default=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("hidden", [16, 48])
 @pytest.mark.parametrize("num_slots", [1, 3, 8])
@@ -73,8 +107,11 @@ def test_add_lora_matches_reference(
     live = torch.tensor([i >= 0 and slots[i] is not None for i in indices.tolist()])
     masked = torch.where(live, indices, torch.full_like(indices, -1))
     expected = base + reference_delta(x, slots, masked, sum(sizes))
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(out.float(), expected, rtol=tol, atol=tol * max_rank * 4)
+    # the shrink over hidden, the expand over the rank, the add; and in float16 the
+    # rounding of x, A, B, base and the shrink's result to float16 (float32 reference)
+    terms = hidden + max_rank_of(slots) + (1 if dtype == torch.float32 else 6)
+    bound = delta_bound(x, slots, masked, sum(sizes), base)
+    assert_within_rounding(out, expected, bound=bound, dtype=dtype, terms=terms)
     assert torch.equal(out[indices == -1].float(), base[indices == -1].to(dtype).float())
 
 
@@ -99,7 +136,10 @@ def test_combination_is_the_weighted_sum_of_updates() -> None:
     add_lora(got, x, groups, [mixed])
     add_lora(one, x, groups, [first])
     add_lora(two, x, groups, [second])
-    torch.testing.assert_close(got, 0.7 * one - 0.3 * two, rtol=1e-5, atol=1e-5)
+    # the mix scales B by its coefficient (one more rounding) and sums both updates at once
+    zeros = torch.zeros(6, dtype=torch.int64)
+    bound = 0.7 * delta_bound(x, [first], zeros, 16) + 0.3 * delta_bound(x, [second], zeros, 16)
+    assert_within_rounding(got, 0.7 * one - 0.3 * two, bound=bound, dtype=torch.float32, terms=20)
     with pytest.raises(ValueError, match="at least one"):
         combine_lora_weights([])
 
@@ -132,6 +172,7 @@ def test_fused_expand_gives_the_same_update() -> None:
     got, want = torch.zeros(7, 24), torch.zeros(7, 24)
     add_lora(got, x, groups, [fused])
     add_lora(want, x, groups, [weights])
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    bound = delta_bound(x, [weights], torch.tensor([0, -1, 0, 0, -1, 0, 0]), 24)
+    assert_within_rounding(got, want, bound=bound, dtype=torch.float32, terms=16 + 5 + 1)
     single = random_weights(gen, 16, [16], [2])
     assert fuse_expand(single) is single
