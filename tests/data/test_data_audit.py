@@ -7,8 +7,9 @@ from pathlib import Path
 
 from datanet_rows import rows
 
-from openledger.crypto import Account
+from openledger.crypto import Account, to_hex
 from openledger.data import Datanet, InstructionRecord
+from openledger.data.signing import contribution_message
 from openledger.data.store import MIGRATIONS, SCHEMA_VERSION, STORE_FILE
 
 
@@ -49,21 +50,37 @@ def test_tampering_is_reported(dn: Datanet, alice: Account) -> None:
     assert len(problems) == 2
 
 
+def downgrade_to_version_1(file: Path, datanet_id: str, contributor: Account) -> None:
+    """Turn a store file back into the first layout: undo what migrations 2 and 3 added,
+    and sign the contributions as before deadlines existed."""
+    conn = sqlite3.connect(file)
+    rows = conn.execute("SELECT id, records_root, count, nonce FROM contributions").fetchall()
+    for cid, root, count, nonce in rows:
+        message = contribution_message(datanet_id, to_hex(root), count, nonce)
+        signature = contributor.sign_typed_data(message)
+        conn.execute("UPDATE contributions SET signature = ? WHERE id = ?", (signature, cid))
+    for statement in (
+        "ALTER TABLE contributions DROP COLUMN record_hashes",
+        "ALTER TABLE contributions DROP COLUMN deadline",
+        "ALTER TABLE validators DROP COLUMN signature",
+        "DROP TABLE commitments",
+        "PRAGMA user_version=1",
+    ):
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
 def test_version_1_store_is_migrated_and_old_rows_are_still_audited(
     tmp_path: Path, alice: Account
 ) -> None:
     dn = Datanet.create(tmp_path / "m", name="m", schema=InstructionRecord)
     dn.contribute(rows(2), contributor=alice)
     dn.close()
-    # Turn the file back into a version-1 store: drop the column migration 2 added.
-    conn = sqlite3.connect(tmp_path / "m" / STORE_FILE)
-    conn.execute("ALTER TABLE contributions DROP COLUMN record_hashes")
-    conn.execute("PRAGMA user_version=1")
-    conn.commit()
-    conn.close()
-    assert len(MIGRATIONS) == SCHEMA_VERSION == 2
+    downgrade_to_version_1(tmp_path / "m" / STORE_FILE, dn.id, alice)
+    assert len(MIGRATIONS) == SCHEMA_VERSION == 3
     again = Datanet.open(tmp_path / "m")
-    assert again._store.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert again._store.conn.execute("PRAGMA user_version").fetchone()[0] == 3
     again.contribute(rows(1, "new"), contributor=alice)
     stored = again._store.conn.execute(
         "SELECT record_hashes IS NULL FROM contributions ORDER BY id"
@@ -72,6 +89,10 @@ def test_version_1_store_is_migrated_and_old_rows_are_still_audited(
     report = again.audit()
     assert report.ok
     assert report.contributions == 2
+    assert report.warnings == [
+        "contribution 1: stored before store version 2 without its record hashes; "
+        "only its signature was checked"
+    ]
     again.close()
 
 
@@ -82,4 +103,7 @@ def test_forged_review_is_reported(dn: Datanet, alice: Account, owner: Account) 
     conn.execute("UPDATE reviews SET reason = 'fine after all', accept = 1")
     conn.commit()
     conn.close()
-    assert dn.audit().problems == [f"review 1: signature is not {owner.address}'s"]
+    assert dn.audit().problems == [
+        f"review 1: signature is not {owner.address}'s",
+        "record 1: status 'rejected' is not 'accepted', what its latest signed review decided",
+    ]

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_data_audit import downgrade_to_version_1
 
 from openledger.crypto import Account
 from openledger.data import Datanet, InstructionRecord
@@ -57,11 +58,7 @@ def make_version_one(folder: Path, alice: Account) -> None:
     dn = Datanet.create(folder, name="old", schema=InstructionRecord)
     dn.contribute([ROW], contributor=alice)
     dn.close()
-    conn = sqlite3.connect(folder / "datanet.sqlite")
-    conn.execute("ALTER TABLE contributions DROP COLUMN record_hashes")
-    conn.execute("PRAGMA user_version=1")
-    conn.commit()
-    conn.close()
+    downgrade_to_version_1(folder / "datanet.sqlite", dn.id, alice)
 
 
 def _open_at_once(folders: list[str], barrier: multiprocessing.synchronize.Barrier) -> None:

@@ -8,6 +8,7 @@ all inside one ``BEGIN IMMEDIATE`` so a failure anywhere stores nothing.
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import numpy as np
 import numpy.typing as npt
@@ -66,10 +67,11 @@ def verify_signed(
     datanet_id: str,
     name: str,
 ) -> None:
-    """Check datanet, nonce, records root and signer of a contribution signed elsewhere.
+    """Check datanet, nonce, deadline, records root and signer of a signed contribution.
 
     Raises:
-        SignatureError: Foreign datanet, other records, or a signature by someone else.
+        SignatureError: Foreign datanet, a passed deadline, other records, or a signature
+            by someone else.
         NonceError: A used (replayed) or skipped nonce.
     """
     if signed.datanet_id != datanet_id:
@@ -84,11 +86,17 @@ def verify_signed(
             f"nonce {signed.nonce} of {signed.contributor} {word}; the next nonce is "
             f"{expected} (Datanet.next_nonce)"
         )
+    if signed.deadline < time.time():
+        raise SignatureError(
+            f"the contribution's deadline (unix time {signed.deadline}) has passed; sign it again"
+        )
     if signed.count != len(batch) or records_root(batch.hashes) != signed.records_root:
         raise SignatureError(
             "the records do not match the signed records_root/count; sign exactly these records"
         )
-    data = contribution_message(datanet_id, signed.records_root, signed.count, signed.nonce)
+    data = contribution_message(
+        datanet_id, signed.records_root, signed.count, signed.nonce, signed.deadline
+    )
     if signer_of(data, signed.signature, what="contribution") != signed.contributor:
         raise SignatureError(
             f"the signature was not made by {signed.contributor} (foreign or altered)"

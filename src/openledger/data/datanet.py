@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from openledger.crypto import Account, keccak256, to_hex
+from openledger.crypto import Account
 from openledger.data import contribution, governance, io, queries
 from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
 from openledger.data.audit import AuditReport, audit
@@ -30,7 +30,7 @@ from openledger.data.neardup import MinHasher, NearDuplicateIndex
 from openledger.data.quality import QualityRule
 from openledger.data.receipts import ContributionReceipt, Reputation, Review, StoredRecord
 from openledger.data.schemas import Record, resolve_schema, schema_hash
-from openledger.data.settings import check_rules, validated_settings
+from openledger.data.settings import bind_id, check_rules, unbound_settings, validated_settings
 from openledger.data.signing import (
     SignedContribution,
     as_account_address,
@@ -125,7 +125,7 @@ class Datanet:
         if store.get_meta():
             store.close()
             raise StoreError(f"{path} already holds a datanet; use Datanet.open")
-        settings["id"] = to_hex(keccak256(b"openledger.datanet/1" + name.encode() + os.urandom(32)))
+        bind_id(settings)
         with store.write() as conn:
             conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(settings.items()))
         return cls(store, schema, rules)
@@ -158,6 +158,10 @@ class Datanet:
         if "id" not in meta:
             store.close()
             raise StoreError(f"{path} holds an incomplete datanet (no metadata)")
+        altered = unbound_settings(meta)
+        if altered is not None:
+            store.close()
+            raise StoreError(f"{path} was tampered with: {altered}")
         found = schema or resolve_schema(meta["schema_id"], meta["schema_ref"])
         if schema_hash(found) != meta["schema_hash"]:
             store.close()
@@ -318,14 +322,32 @@ class Datanet:
         """Return the hash the datanet would give ``record`` (validated against the schema)."""
         return _record_hash(self._prepare([record]).records[0])
 
-    def audit(self) -> AuditReport:
-        """Re-check every stored record hash, contribution root and signature.
+    def audit(self, *, protocol: Any = None, chain_datanet_id: str | None = None) -> AuditReport:
+        """Re-derive from signatures everything that decides who is paid, and compare.
+
+        Checks record hashes, contribution roots and signers, record contributors,
+        statuses against signed reviews, snapshot leaves, roots and manifests, and the
+        settings the id is derived from (see :mod:`openledger.data.audit`).
+
+        Args:
+            protocol: An ``openledger.chain.Protocol``; with ``chain_datanet_id``, every
+                snapshot root published on chain must be a snapshot of this store.
+            chain_datanet_id: This datanet's id in the on-chain ``DatanetRegistry``.
 
         Returns:
-            The report; ``report.ok`` is true when nothing is inconsistent.
+            The report; ``report.ok`` is true when nothing is inconsistent, and each
+            problem names the row and what is wrong with it.
         """
         with self._store.read() as conn:
-            return audit(conn, self.id, self.schema)
+            meta = self._store.get_meta()
+            return audit(
+                conn,
+                self.id,
+                self.schema,
+                meta,
+                protocol=protocol,
+                chain_datanet_id=chain_datanet_id,
+            )
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -369,12 +391,16 @@ class Datanet:
 
     def add_validator(self, validator: Account | str, *, owner: Account) -> None:
         """Let ``validator`` review records; only the owner may do this."""
-        self._require_owner(owner)
-        governance.add_validator(self._store, as_account_address(validator, what="validator"))
+        address = as_account_address(validator, what="validator")
+        governance.add_validator(self, address, owner=owner)
 
     def validators(self) -> list[Address]:
-        """Return the addresses allowed to review (the owner is always allowed)."""
-        return governance.validators(self._store)
+        """Return the addresses allowed to review (the owner is always allowed).
+
+        Only validators whose entry the owner signed count, so a validator added by editing
+        the file is not one.
+        """
+        return governance.validators(self)
 
     def review(
         self, record_hash: str | bytes, *, accept: bool, reason: str, validator: Account

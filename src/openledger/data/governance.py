@@ -9,9 +9,14 @@ from typing import TYPE_CHECKING, cast
 from openledger.crypto import Account, from_hex, to_hex
 from openledger.data.access import AccessGrant, AccessRequest, decide, new_request
 from openledger.data.receipts import Reputation, Review
-from openledger.data.signing import as_account_address, grant_message, review_message
-from openledger.data.store import Store
-from openledger.exceptions import AccessDeniedError, ConfigError, DataNotFoundError
+from openledger.data.signing import (
+    as_account_address,
+    grant_message,
+    review_message,
+    signer_of,
+    validator_message,
+)
+from openledger.exceptions import AccessDeniedError, ConfigError, DataNotFoundError, SignatureError
 from openledger.types import Address, Hash32
 
 if TYPE_CHECKING:
@@ -28,6 +33,7 @@ __all__ = [
     "review",
     "reviews",
     "revoke",
+    "signed_validators",
     "validators",
 ]
 
@@ -42,16 +48,47 @@ def require_owner(datanet: Datanet, owner: Account) -> None:
         raise AccessDeniedError(f"only the owner {datanet.owner} may do this")
 
 
-def add_validator(store: Store, address: Address) -> None:
-    """Store ``address`` as a validator (idempotent)."""
-    with store.write() as conn:
-        conn.execute("INSERT OR IGNORE INTO validators VALUES (?)", (address,))
+def add_validator(datanet: Datanet, address: Address, *, owner: Account) -> None:
+    """Store ``address`` as a validator with the owner's signature (idempotent)."""
+    require_owner(datanet, owner)
+    signature = owner.sign_typed_data(validator_message(datanet.id, address))
+    with datanet._store.write() as conn:
+        conn.execute(
+            "INSERT INTO validators (address, signature) VALUES (?, ?) ON CONFLICT (address)"
+            " DO UPDATE SET signature = excluded.signature",
+            (address, signature),
+        )
 
 
-def validators(store: Store) -> list[Address]:
-    """Return the stored validators, sorted."""
-    rows = store.conn.execute("SELECT address FROM validators ORDER BY address")
-    return [Address(r[0]) for r in rows]
+def signed_validators(
+    conn: sqlite3.Connection, datanet_id: str, owner: str | None
+) -> tuple[list[Address], list[Address]]:
+    """Split the stored validators into those the owner signed and the others, sorted."""
+    good: list[Address] = []
+    bad: list[Address] = []
+    for address, signature in conn.execute(
+        "SELECT address, signature FROM validators ORDER BY address"
+    ):
+        try:
+            valid = (
+                owner is not None
+                and signature is not None
+                and (
+                    signer_of(
+                        validator_message(datanet_id, address), bytes(signature), what="validator"
+                    )
+                    == owner
+                )
+            )
+        except SignatureError:
+            valid = False
+        (good if valid else bad).append(Address(address))
+    return good, bad
+
+
+def validators(datanet: Datanet) -> list[Address]:
+    """Return the validators the owner signed for, sorted."""
+    return signed_validators(datanet._store.conn, datanet.id, datanet.owner)[0]
 
 
 def review(
@@ -59,7 +96,7 @@ def review(
 ) -> None:
     """Sign and store a review; the latest review decides the record's status."""
     store = datanet._store
-    allowed = {*validators(store), *([datanet.owner] if datanet.owner else [])}
+    allowed = {*validators(datanet), *([datanet.owner] if datanet.owner else [])}
     if not isinstance(validator, Account) or validator.address not in allowed:
         raise AccessDeniedError(
             "validator is not allowed to review this datanet; the owner adds validators "

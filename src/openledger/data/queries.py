@@ -67,7 +67,7 @@ def insert_contribution(
     """Store the signed contribution row (with every signed record hash); return its id."""
     cursor = conn.execute(
         "INSERT INTO contributions (contributor, nonce, records_root, count, signature,"
-        " created_at, record_hashes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " created_at, record_hashes, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             signed.contributor,
             signed.nonce,
@@ -76,6 +76,7 @@ def insert_contribution(
             from_hex(signed.signature),
             time.time(),
             b"".join(record_hashes),
+            signed.deadline,
         ),
     )
     return int(cursor.lastrowid or 0)
@@ -234,8 +235,12 @@ def insert_snapshot(
     Raises:
         DataNotFoundError: If there are no accepted records.
     """
+    # NOTE: the contributor comes from the signed contribution row, not records.contributor:
+    # a leaf decides who is paid, and only the former is covered by a signature.
     rows = conn.execute(
-        "SELECT id, hash, contributor FROM records WHERE status = 'accepted' ORDER BY id"
+        "SELECT records.id, records.hash, contributions.contributor FROM records"
+        " JOIN contributions ON contributions.id = records.contribution_id"
+        " WHERE records.status = 'accepted' ORDER BY records.id"
     ).fetchall()
     if not rows:
         raise DataNotFoundError(f"datanet {name!r} has no accepted records to snapshot")

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from openledger.crypto import Account
+from openledger.crypto import Account, keccak256, to_hex
 from openledger.data.quality import QualityRule
 from openledger.data.schemas import Record, schema_hash, schema_ref
 from openledger.data.signing import as_account_address
 from openledger.exceptions import ConfigError
 
-__all__ = ["check_rules", "validated_settings"]
+__all__ = ["BOUND_SETTINGS", "bind_id", "check_rules", "unbound_settings", "validated_settings"]
+
+BOUND_SETTINGS = ("name", "schema_id", "schema_ref", "schema_hash", "visibility", "owner")
+"""The ``meta`` settings a datanet's id is derived from: changing one changes the id, and
+every contribution, review and grant signature names the id."""
+
+_ID_PREFIX = b"openledger.datanet/2"
 
 
 def validated_settings(
@@ -74,3 +82,36 @@ def check_rules(rules: Sequence[object]) -> None:
         raise ConfigError(
             f"rules must have a name and check(record, text), got {type(bad[0]).__name__}"
         )
+
+
+def _derived_id(meta: Mapping[str, str], salt: str) -> str:
+    bound = {key: meta.get(key, "") for key in BOUND_SETTINGS}
+    text = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return to_hex(keccak256(_ID_PREFIX + text.encode("utf-8") + bytes.fromhex(salt)))
+
+
+def bind_id(settings: dict[str, str]) -> None:
+    """Add a random ``id_salt`` and the ``id`` derived from it and the bound settings."""
+    settings["id_salt"] = os.urandom(32).hex()
+    settings["id"] = _derived_id(settings, settings["id_salt"])
+
+
+def unbound_settings(meta: Mapping[str, str]) -> str | None:
+    """Say why ``meta`` no longer derives its id, or return ``None`` when it does.
+
+    Datanets created before ids were derived have no ``id_salt``; for them the answer is
+    ``None`` too; an audit reports them as unbound.
+    """
+    salt = meta.get("id_salt")
+    if salt is None:
+        return None
+    try:
+        derived = _derived_id(meta, salt)
+    except ValueError:
+        return "its id_salt is not hex"
+    if derived != meta.get("id"):
+        return (
+            "its settings (" + ", ".join(BOUND_SETTINGS) + ") no longer give its id: "
+            "one of them was changed in the file"
+        )
+    return None

@@ -9,6 +9,7 @@ that one record was part of a signed contribution.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -31,6 +32,7 @@ from openledger.types import Address, Hash32
 
 __all__ = [
     "CONTRIBUTION_LEAF_ENCODING",
+    "DEFAULT_CONTRIBUTION_TTL",
     "DOMAIN",
     "SignedContribution",
     "as_account_address",
@@ -40,7 +42,11 @@ __all__ = [
     "review_message",
     "sign_contribution",
     "signer_of",
+    "validator_message",
 ]
+
+DEFAULT_CONTRIBUTION_TTL = 3600
+"""Seconds a contribution signature stays valid when no deadline is given."""
 
 DOMAIN = eip712_domain("OpenLedger Datanet", "1")
 """The EIP-712 domain of every datanet signature."""
@@ -56,6 +62,16 @@ _CONTRIBUTION = {
         ("nonce", "uint256"),
     ]
 }
+_CONTRIBUTION_WITH_DEADLINE = {
+    "Contribution": [
+        ("datanet", "bytes32"),
+        ("recordsRoot", "bytes32"),
+        ("count", "uint256"),
+        ("nonce", "uint256"),
+        ("deadline", "uint64"),
+    ]
+}
+_VALIDATOR = {"Validator": [("datanet", "bytes32"), ("validator", "address")]}
 _REVIEW = {
     "Review": [
         ("datanet", "bytes32"),
@@ -110,6 +126,7 @@ class SignedContribution(BaseModel):
         count: Number of records.
         records_root: Root over ``(position, recordHash)`` leaves, see :func:`records_root`.
         signature: 65-byte EIP-712 signature as ``0x``-hex.
+        deadline: Unix time (seconds) after which the store refuses it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -119,6 +136,7 @@ class SignedContribution(BaseModel):
     count: int = Field(ge=1)
     records_root: HexHash
     signature: HexSignature
+    deadline: int = Field(ge=0)
 
 
 def records_root(record_hashes: Sequence[bytes]) -> Hash32:
@@ -134,15 +152,33 @@ def records_root(record_hashes: Sequence[bytes]) -> Hash32:
     return Hash32(to_hex(root_of_leaves(leaves)))
 
 
-def contribution_message(datanet_id: str, root: str, count: int, nonce: int) -> TypedData:
-    """Return the EIP-712 payload a contributor signs."""
-    message = {
+def contribution_message(
+    datanet_id: str, root: str, count: int, nonce: int, deadline: int | None = None
+) -> TypedData:
+    """Return the EIP-712 payload a contributor signs.
+
+    ``deadline`` (unix seconds) is part of every new signature; ``None`` gives the message
+    of contributions signed before deadlines existed (audits still verify those).
+    """
+    message: dict[str, Any] = {
         "datanet": from_hex(datanet_id, size=32),
         "recordsRoot": from_hex(root, size=32),
         "count": count,
         "nonce": nonce,
     }
-    return typed_data(DOMAIN, _CONTRIBUTION, "Contribution", message)
+    if deadline is None:
+        return typed_data(DOMAIN, _CONTRIBUTION, "Contribution", message)
+    message["deadline"] = deadline
+    return typed_data(DOMAIN, _CONTRIBUTION_WITH_DEADLINE, "Contribution", message)
+
+
+def validator_message(datanet_id: str, validator: str) -> TypedData:
+    """Return the EIP-712 payload an owner signs to let ``validator`` review records."""
+    message = {
+        "datanet": from_hex(datanet_id, size=32),
+        "validator": to_checksum_address(validator),
+    }
+    return typed_data(DOMAIN, _VALIDATOR, "Validator", message)
 
 
 def review_message(datanet_id: str, record_hash: str, accept: bool, reason: str) -> TypedData:
@@ -174,6 +210,7 @@ def sign_contribution(
     contributor: Account,
     nonce: int,
     root: str | None = None,
+    deadline: int | None = None,
 ) -> SignedContribution:
     """Sign a contribution of records (given by their hashes) for a datanet.
 
@@ -183,12 +220,16 @@ def sign_contribution(
         contributor: The signing account.
         nonce: ``Datanet.next_nonce(contributor.address)``.
         root: :func:`records_root` of ``record_hashes`` when the caller has it already.
+        deadline: Unix time (seconds) after which the datanet refuses the signature;
+            default one hour from now (:data:`DEFAULT_CONTRIBUTION_TTL`).
 
     Returns:
         The signed contribution, to pass as ``Datanet.contribute(records, signed=...)``.
     """
     root = root or records_root(record_hashes)
-    data = contribution_message(datanet_id, root, len(record_hashes), nonce)
+    if deadline is None:
+        deadline = int(time.time()) + DEFAULT_CONTRIBUTION_TTL
+    data = contribution_message(datanet_id, root, len(record_hashes), nonce, deadline)
     return SignedContribution(
         datanet_id=datanet_id,
         contributor=contributor.address,
@@ -196,6 +237,7 @@ def sign_contribution(
         count=len(record_hashes),
         records_root=root,
         signature=to_hex(contributor.sign_typed_data(data)),
+        deadline=deadline,
     )
 
 

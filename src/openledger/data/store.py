@@ -94,6 +94,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE contributions ADD COLUMN record_hashes BLOB;
     """,
+    # 3: owner-signed validators, contribution deadlines, and commitments of
+    # (record hash, contributor) made before the records are revealed.
+    """
+    ALTER TABLE validators ADD COLUMN signature BLOB;
+    ALTER TABLE contributions ADD COLUMN deadline INTEGER;
+    CREATE TABLE commitments (
+        id INTEGER PRIMARY KEY,
+        commitment BLOB NOT NULL UNIQUE,
+        contributor TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX commitments_contributor ON commitments (contributor);
+    """,
 )
 """Numbered schema migrations; migration ``i`` moves ``user_version`` from ``i`` to ``i+1``."""
 
