@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from openledger.crypto import Account
-from openledger.data import contribution, governance, io, queries
-from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
+from openledger.data import contribution, queries
+from openledger.data.access import AccessGrant, check_grant
 from openledger.data.audit import AuditReport, audit
 from openledger.data.canonical import record_hash as _record_hash
+from openledger.data.datanet_exports import ExportMethods
+from openledger.data.datanet_governance import GovernanceMethods
 from openledger.data.ingest import (
     DEFAULT_MAX_RECORD_BYTES,
     PreparedBatch,
@@ -28,7 +29,7 @@ from openledger.data.ingest import (
 )
 from openledger.data.neardup import MinHasher, NearDuplicateIndex
 from openledger.data.quality import QualityRule
-from openledger.data.receipts import ContributionReceipt, Reputation, Review, StoredRecord
+from openledger.data.receipts import ContributionReceipt, StoredRecord
 from openledger.data.schemas import Record, resolve_schema, schema_hash
 from openledger.data.settings import bind_id, check_rules, unbound_settings, validated_settings
 from openledger.data.signing import (
@@ -51,7 +52,7 @@ DuplicatePolicy = Literal["error", "skip"]
 _CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement
 
 
-class Datanet:
+class Datanet(GovernanceMethods, ExportMethods):
     """A community dataset stored in one folder, every record traceable to its contributor.
 
     Create one with :meth:`create`, reopen it with :meth:`open`. Not thread-safe; open one
@@ -386,116 +387,6 @@ class Datanet:
         """Return the newest snapshot, or ``None`` if there is none."""
         ids = self.snapshots()
         return self.snapshot_at(ids[-1]) if ids else None
-
-    # -- governance: validators, reviews, reputation, access ----------------------------------
-
-    def add_validator(self, validator: Account | str, *, owner: Account) -> None:
-        """Let ``validator`` review records; only the owner may do this."""
-        address = as_account_address(validator, what="validator")
-        governance.add_validator(self, address, owner=owner)
-
-    def validators(self) -> list[Address]:
-        """Return the addresses allowed to review (the owner is always allowed).
-
-        Only validators whose entry the owner signed count, so a validator added by editing
-        the file is not one.
-        """
-        return governance.validators(self)
-
-    def review(
-        self, record_hash: str | bytes, *, accept: bool, reason: str, validator: Account
-    ) -> None:
-        """Accept or reject a stored record with a signed review; rejected records leave
-        future snapshots and lower the contributor's reputation.
-
-        Raises:
-            AccessDeniedError: If ``validator`` is neither the owner nor a validator.
-            DataNotFoundError: If the record is not stored.
-        """
-        governance.review(self, record_hash, accept=accept, reason=reason, validator=validator)
-
-    def reviews(self, record_hash: str | bytes | None = None) -> list[Review]:
-        """Return the signed reviews of one record (or of all records), oldest first."""
-        return governance.reviews(self._store.conn, record_hash)
-
-    def flags(self, record_hash: str | bytes) -> list[tuple[str, str]]:
-        """Return ``(kind, detail)`` flags of a record, e.g. near-duplicate matches."""
-        return governance.flags(self._store.conn, record_hash)
-
-    def reputation(self, contributor: Account | str) -> Reputation:
-        """Return a contributor's record and rejection counts and score in this datanet."""
-        address = as_account_address(contributor, what="contributor")
-        return governance.reputation(self._store.conn, address)
-
-    def contributors(self) -> dict[Address, int]:
-        """Return the number of stored records per contributor."""
-        rows = self._store.conn.execute(
-            "SELECT contributor, COUNT(*) FROM records GROUP BY contributor ORDER BY contributor"
-        )
-        return {Address(a): int(n) for a, n in rows}
-
-    def request_access(self, requester: Account | str, purpose: str) -> AccessRequest:
-        """File a request to read this datanet; the owner approves or denies it."""
-        return governance.request_access(self, requester, purpose)
-
-    def access_request(self, request_id: int) -> AccessRequest:
-        """Return one access request (its current status)."""
-        return load_request(self._store, request_id)
-
-    def approve(
-        self, request_id: int, *, owner: Account, ttl_seconds: int = 30 * 24 * 3600
-    ) -> AccessGrant:
-        """Approve a pending request, returning the owner-signed grant valid ``ttl_seconds``."""
-        return governance.approve(self, request_id, owner=owner, ttl_seconds=ttl_seconds)
-
-    def deny(self, request_id: int, *, owner: Account) -> None:
-        """Deny a pending request."""
-        governance.deny(self, request_id, owner=owner)
-
-    def revoke(self, request_id: int, *, owner: Account) -> None:
-        """Revoke an approved request; its grant stops working at once."""
-        governance.revoke(self, request_id, owner=owner)
-
-    def _require_owner(self, owner: Account) -> None:
-        governance.require_owner(self, owner)
-
-    # -- exports and imports ----------------------------------------------------------------
-
-    def to_jsonl(self, path: str | os.PathLike[str], *, grant: AccessGrant | None = None) -> int:
-        """Write accepted records to JSONL (fields plus provenance); return the count."""
-        return io.write_jsonl(self.records(grant=grant), Path(path))
-
-    def to_parquet(self, path: str | os.PathLike[str], *, grant: AccessGrant | None = None) -> int:
-        """Write accepted records to Parquet (needs ``openledger[data]``); return the count."""
-        return io.write_parquet(self.records(grant=grant), Path(path))
-
-    def to_hf_dataset(self, *, grant: AccessGrant | None = None) -> Any:
-        """Return accepted records as a ``datasets.Dataset`` (needs ``openledger[data]``)."""
-        return io.write_hf_dataset(self.records(grant=grant))
-
-    def import_jsonl(
-        self, path: str | os.PathLike[str], *, contributor: Account, batch_size: int = 10_000
-    ) -> list[ContributionReceipt]:
-        """Contribute every row of a JSONL file, attributed to ``contributor``."""
-        return io.import_rows(
-            self, io.jsonl_rows(Path(path)), contributor=contributor, batch_size=batch_size
-        )
-
-    def import_parquet(
-        self, path: str | os.PathLike[str], *, contributor: Account, batch_size: int = 10_000
-    ) -> list[ContributionReceipt]:
-        """Contribute every row of a Parquet file, attributed to ``contributor``."""
-        return io.import_rows(
-            self, io.iter_parquet_rows(Path(path)), contributor=contributor, batch_size=batch_size
-        )
-
-    def import_hf_dataset(
-        self, dataset: Any, *, contributor: Account, batch_size: int = 10_000
-    ) -> list[ContributionReceipt]:
-        """Contribute every row of a ``datasets.Dataset``, attributed to ``contributor``."""
-        return io.import_rows(
-            self, io.iter_hf_rows(dataset), contributor=contributor, batch_size=batch_size
-        )
 
     # -- display --------------------------------------------------------------------------
 
