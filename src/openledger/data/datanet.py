@@ -39,10 +39,7 @@ from openledger.data.signing import (
 )
 from openledger.data.snapshot import Snapshot
 from openledger.data.store import Durability, Store
-from openledger.exceptions import (
-    ConfigError,
-    StoreError,
-)
+from openledger.exceptions import ConfigError, SchemaError, StoreError
 from openledger.types import Address, Hash32
 
 __all__ = ["Datanet"]
@@ -139,6 +136,7 @@ class Datanet(GovernanceMethods, ExportMethods):
         schema: type[Record] | None = None,
         rules: Sequence[QualityRule] = (),
         durability: Durability = "full",
+        allow_modules: Sequence[str] = (),
     ) -> Datanet:
         """Open an existing datanet.
 
@@ -148,6 +146,9 @@ class Datanet(GovernanceMethods, ExportMethods):
                 by its stored path. It must hash to the stored schema hash.
             rules: Quality rules for contributions made through this handle.
             durability: ``"full"`` or ``"normal"``, as for :meth:`create`.
+            allow_modules: Modules (or packages) from which a user schema stored by its
+                import path may be imported. The file names the module, so nothing else
+                is imported: built-in schemas need nothing, others ``schema=`` or this.
 
         Raises:
             StoreError: If ``path`` is not a datanet or is unusable.
@@ -163,11 +164,13 @@ class Datanet(GovernanceMethods, ExportMethods):
         if altered is not None:
             store.close()
             raise StoreError(f"{path} was tampered with: {altered}")
-        found = schema or resolve_schema(meta["schema_id"], meta["schema_ref"])
+        try:
+            found = schema or resolve_schema(meta["schema_id"], meta["schema_ref"], allow_modules)
+        except SchemaError:
+            store.close()
+            raise
         if schema_hash(found) != meta["schema_hash"]:
             store.close()
-            from openledger.exceptions import SchemaError
-
             raise SchemaError(
                 f"schema {found.__name__} does not match the datanet's schema "
                 f"{meta['schema_id']} (its fields changed); open with the original class"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -113,15 +114,26 @@ def schema_hash(schema: type[Record]) -> Hash32:
     return keccak256_hex(text.encode("utf-8"))
 
 
-def resolve_schema(schema_id: str, ref: str) -> type[Record]:
+def resolve_schema(schema_id: str, ref: str, allow_modules: Sequence[str] = ()) -> type[Record]:
     """Find a schema class from its id (built-ins) or its import path (user subclasses).
 
+    The import path comes from the datanet's file, which whoever can write the folder
+    controls, and importing a module runs its code. So only modules the caller names in
+    ``allow_modules`` (exactly, or a package above them) are imported.
+
     Raises:
-        SchemaError: If the class cannot be imported; pass ``schema=`` to ``Datanet.open``.
+        SchemaError: If the module is not allowed or the class cannot be imported; pass
+            ``schema=`` or ``allow_modules=`` to ``Datanet.open``.
     """
     if schema_id in BUILTIN_SCHEMAS:
         return BUILTIN_SCHEMAS[schema_id]
     module_name, _, qualname = ref.partition(":")
+    if not _allowed(module_name, allow_modules):
+        raise SchemaError(
+            f"schema {schema_id!r} names the module {module_name!r}, which is not allowed: "
+            "a datanet file never chooses code to import; pass schema=YourRecord, or "
+            f"allow_modules=[{module_name!r}] if you trust it, to Datanet.open"
+        )
     try:
         found: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -133,6 +145,10 @@ def resolve_schema(schema_id: str, ref: str) -> type[Record]:
     if not (isinstance(found, type) and issubclass(found, Record)):
         raise SchemaError(f"{ref} is not a Record subclass; pass schema=YourRecord to open")
     return found
+
+
+def _allowed(module_name: str, allow_modules: Sequence[str]) -> bool:
+    return any(module_name == m or module_name.startswith(m + ".") for m in allow_modules)
 
 
 def _describe(error: ValidationError) -> str:
