@@ -10,6 +10,11 @@
 A record costs ``4 * width`` bytes on disk (``width``: :attr:`InfluenceIndex.width`, the sum
 of projected LoRA layer sizes, see :mod:`.gradients`) per checkpoint. Without
 ``output_dir`` the gradients stay in memory.
+
+NOTE: ``index.json`` names each record by its hash, contributor and gradient row, never by
+its text: an index of a private datanet may be copied or kept after access ends without
+carrying the records. A report's record texts are read back through the snapshot each
+time, with the grant the index was given, so a revoked or expired grant stops them.
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ from openledger.attribution.examples import (
     training_examples,
 )
 from openledger.attribution.gradients import GradientLayout, Projector, lora_pairs
-from openledger.attribution.influence import METHODS, Scorer, make_scorer
+from openledger.attribution.index_checks import (
+    check_batch_tokens,
+    check_index_snapshot,
+    check_settings,
+    check_snapshot,
+    read_manifest,
+)
+from openledger.attribution.influence import Scorer, make_scorer
 from openledger.attribution.loading import (
     checkpoint_weights,
     gradient_rows,
@@ -52,17 +64,18 @@ if TYPE_CHECKING:
 __all__ = ["INDEX_FILE", "INDEX_FORMAT", "IndexManifest", "IndexedRecord", "InfluenceIndex"]
 
 INDEX_FILE = "index.json"
-INDEX_FORMAT = "openledger.influence_index/1"
+INDEX_FORMAT = "openledger.influence_index/2"
+_PREVIEW_CHARS = 500
 
 
 class IndexedRecord(BaseModel):
-    """One record of the index: its hash, contributor and text preview."""
+    """One record of the index: its hash, its contributor and its row in the gradients."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     record_hash: Hash32
     contributor: Address | None
-    text: str
+    row: int
 
 
 class IndexManifest(BaseModel):
@@ -93,11 +106,18 @@ class InfluenceIndex:
     """
 
     def __init__(
-        self, manifest: IndexManifest, grads: list[torch.Tensor], adapter: Adapter
+        self,
+        manifest: IndexManifest,
+        grads: list[torch.Tensor],
+        adapter: Adapter,
+        snapshot: Snapshot | None = None,
+        grant: AccessGrant | None = None,
     ) -> None:
         self.manifest = manifest
         self.grads = grads
         self.adapter = adapter
+        self.snapshot = snapshot
+        self._grant = grant
         self._model: Any = None
         self._tokenizer: Any = None
         self._scorer: Scorer | None = None
@@ -163,9 +183,9 @@ class InfluenceIndex:
             AttributionInputError: Unknown method, bad settings, or nothing to index.
         """
         found = open_adapter(adapter)
-        _check_snapshot(found, snapshot)
-        _check_settings(method, projection_dim, damping_scale, checkpoints, learning_rates)
-        _check_batch_tokens(batch_tokens)
+        check_snapshot(found, snapshot)
+        check_settings(method, projection_dim, damping_scale, checkpoints, learning_rates)
+        check_batch_tokens(batch_tokens)
         model, tokenizer = load_adapter(found, device)
         stored = list(snapshot.records(grant=grant))
         examples, skipped = training_examples(stored, tokenizer, found.recipe)
@@ -182,28 +202,42 @@ class InfluenceIndex:
         )
         if folder is not None:
             (folder / INDEX_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-        index = cls(manifest, grads, found)
+        index = cls(manifest, grads, found, snapshot, grant)
         index._model, index._tokenizer = model, tokenizer
         return index
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike[str], adapter: Adapter | str | os.PathLike[str]
+        cls,
+        folder: str | os.PathLike[str],
+        adapter: Adapter | str | os.PathLike[str],
+        *,
+        snapshot: Snapshot | None = None,
+        grant: AccessGrant | None = None,
     ) -> InfluenceIndex:
         """Reopen an index folder for ``adapter`` (gradients are memory-mapped).
 
+        Args:
+            folder: The index folder.
+            adapter: The adapter it was built for (or its folder).
+            snapshot: The snapshot it was built on, to show record texts in reports;
+                without it reports carry scores, hashes and contributors only.
+            grant: Access grant, when the snapshot's datanet is private.
+
         Raises:
-            SnapshotMismatchError: The index was built for another adapter.
-            AttributionInputError: The folder is not an index.
+            SnapshotMismatchError: The index was built for another adapter or snapshot.
+            AttributionInputError: The folder is not an index (or an older format).
+            AccessDeniedError: The snapshot's datanet is private and ``grant`` does not
+                let its holder read it now.
         """
         import numpy as np
         import torch
 
         root = Path(folder)
-        try:
-            manifest = IndexManifest.model_validate_json((root / INDEX_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise AttributionInputError(f"{root} is not an influence index: {exc}") from None
+        manifest = read_manifest(root, INDEX_FILE, INDEX_FORMAT)
+        if snapshot is not None:
+            check_index_snapshot(manifest, snapshot)
+            snapshot.records(grant=grant)  # refuses now, not at the first report
         found = open_adapter(adapter)
         if manifest.adapter_id != found.id:
             raise SnapshotMismatchError(
@@ -214,7 +248,7 @@ class InfluenceIndex:
             torch.from_numpy(np.load(root / f"gradients-{c}.npy", mmap_mode="r"))
             for c in range(len(manifest.learning_rates))
         ]
-        return cls(manifest, grads, found)
+        return cls(manifest, grads, found, snapshot, grant)
 
     def with_method(self, method: str, *, damping_scale: float | None = None) -> InfluenceIndex:
         """Return an index over the same gradients scored by another method.
@@ -223,9 +257,9 @@ class InfluenceIndex:
             AttributionInputError: Unknown method (or ``tracin`` settings on one checkpoint).
         """
         scale = self.manifest.damping_scale if damping_scale is None else damping_scale
-        _check_settings(method, 1, scale, (), None)
+        check_settings(method, 1, scale, (), None)
         changed = self.manifest.model_copy(update={"method": method, "damping_scale": scale})
-        index = InfluenceIndex(changed, self.grads, self.adapter)
+        index = InfluenceIndex(changed, self.grads, self.adapter, self.snapshot, self._grant)
         index._model, index._tokenizer = self._model, self._tokenizer
         return index
 
@@ -253,59 +287,43 @@ class InfluenceIndex:
         checkpoints = self.manifest.checkpoints
         return query_gradients(self._model, projector, ids, labels, checkpoints)
 
+    def texts(self) -> dict[Hash32, str]:
+        """Read the indexed records' texts (a preview each) through the snapshot.
+
+        Every call checks the grant again, so a revoked or expired grant takes effect.
+
+        Returns:
+            Record hash -> text; empty when the index has no snapshot attached.
+
+        Raises:
+            AccessDeniedError: The datanet is private and the grant no longer works.
+        """
+        if self.snapshot is None:
+            return {}
+        return {
+            r.record_hash: record_text(r.record)[:_PREVIEW_CHARS]
+            for r in self.snapshot.records(grant=self._grant)
+        }
+
     def attribute(self, prompt: str, completion: str) -> AttributionReport:
         """Score every indexed record for the answer ``completion`` to ``prompt``.
 
+        Record texts come from :meth:`texts` (empty strings when no snapshot is attached).
+
         Raises:
             AttributionInputError: An empty prompt or completion.
+            AccessDeniedError: The datanet is private and the grant no longer works.
         """
+        texts = self.texts()
         scores = self.scorer().scores(self.query_gradients(prompt, completion)).tolist()
         records = tuple(
-            RecordScore(r.record_hash, r.contributor, float(s), r.text)
+            RecordScore(r.record_hash, r.contributor, float(s), texts.get(r.record_hash, ""))
             for r, s in zip(self.manifest.records, scores, strict=True)
         )
         m = self.manifest
         return AttributionReport(
             m.method, m.adapter_id, m.snapshot_root, m.datanet_id, prompt, completion, records
         )
-
-
-def _check_snapshot(adapter: Adapter, snapshot: Any) -> None:
-    if not isinstance(snapshot, Snapshot):
-        raise AttributionInputError(
-            f"snapshot must be an openledger.data.Snapshot, got {type(snapshot).__name__}"
-        )
-    named = adapter.manifest.snapshot_root
-    if named != snapshot.root:
-        raise SnapshotMismatchError(
-            f"adapter {adapter.id} was trained on snapshot root {named}, but snapshot "
-            f"{snapshot.id} has root {snapshot.root}; attribute against the snapshot it was "
-            "trained on"
-        )
-
-
-def _check_settings(
-    method: str,
-    projection_dim: int | None,
-    damping_scale: float,
-    checkpoints: Sequence[Any],
-    learning_rates: Sequence[float] | None,
-) -> None:
-    if method not in METHODS:
-        raise AttributionInputError(f"method {method!r} is unknown; use one of {METHODS}")
-    if projection_dim is not None and projection_dim < 1:
-        raise AttributionInputError(f"projection_dim must be >= 1 or None, got {projection_dim}")
-    if not damping_scale > 0:
-        raise AttributionInputError(f"damping_scale must be > 0, got {damping_scale}")
-    if checkpoints and method != "tracin":
-        raise AttributionInputError("checkpoints are used by method='tracin' only")
-    if learning_rates is not None and len(learning_rates) != max(1, len(checkpoints)):
-        raise AttributionInputError("give one learning rate per checkpoint")
-
-
-def _check_batch_tokens(batch_tokens: Any) -> None:
-    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
-        raise AttributionInputError(f"batch_tokens must be an int >= 1, got {batch_tokens!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,12 +344,8 @@ def _manifest(
     examples: list[IndexedExample],
 ) -> IndexManifest:
     records = tuple(
-        IndexedRecord(
-            record_hash=e.stored.record_hash,
-            contributor=e.stored.contributor,
-            text=record_text(e.stored.record)[:500],
-        )
-        for e in examples
+        IndexedRecord(record_hash=e.stored.record_hash, contributor=e.stored.contributor, row=n)
+        for n, e in enumerate(examples)
     )
     return IndexManifest(
         method=settings.method,
