@@ -28,6 +28,7 @@ import torch
 
 __all__ = [
     "abs_products",
+    "assert_logits_close",
     "assert_rows_close",
     "assert_within",
     "assert_within_rounding",
@@ -98,6 +99,17 @@ def backward_terms(config: Any, tokens: int, *, projected: bool = False) -> int:
     """
     total = config.vocab_size + forward_terms(config, tokens)
     return total + (max(config.hidden_size, config.intermediate_size) if projected else 0)
+
+
+def assert_logits_close(
+    got: torch.Tensor, want: torch.Tensor, config: Any, *, msg: str = ""
+) -> None:
+    """Two float32 forward passes' logits ``[..., tokens, vocab]``: each token's row within
+    the rounding bound of the pass (:func:`forward_terms`) and the head over the hidden size."""
+    tokens = got.shape[-2]
+    terms = forward_terms(config, tokens) + config.hidden_size
+    flat_got, flat_want = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
+    assert_rows_close(flat_got, flat_want, dtype=torch.float32, terms=terms, msg=msg)
 
 
 def _floor(dtype: torch.dtype, terms: int) -> float:

@@ -11,6 +11,7 @@ from tests.attribution.conftest import recipe
 from tests.numerics import (
     abs_products,
     assert_rows_close,
+    assert_within,
     assert_within_rounding,
     backward_terms,
     gamma,
@@ -232,17 +233,24 @@ def test_tracin_over_checkpoints_matches_a_loop_over_checkpoint_models(
     index = InfluenceIndex.build(
         run.adapter, snapshot, "tracin", checkpoints=folders, learning_rates=rates
     )
-    _, tokenizer = run.adapter.load(dtype="float32", device="cpu")
+    model, tokenizer = run.adapter.load(dtype="float32", device="cpu")
     examples, _ = training_examples(list(snapshot.records()), tokenizer, run.adapter.recipe)
     pairs = [(e.input_ids, e.labels) for e in examples]
     query = query_example("Code navy?", "NAVY ok.", tokenizer, run.adapter.recipe)
     expected = torch.zeros(len(pairs), dtype=torch.float64)
+    sizes = torch.zeros(len(pairs), dtype=torch.float64)
     for folder, rate in zip(folders, rates, strict=True):
         grads = checkpoint_gradients(memorising_llama_dir, folder, [*pairs, query]).double()
         expected += rate * (grads[:-1] @ grads[-1])
+        sizes += rate * grads[:-1].norm(dim=1) * grads[-1].norm()
     scores = index.attribute("Code navy?", "NAVY ok.").records
     found = torch.tensor([r.score for r in scores], dtype=torch.float64)
-    torch.testing.assert_close(found, expected, rtol=1e-3, atol=1e-7)
+    # each side's gradient rows within the backward bound (relative, norm-wise) of the other's,
+    # the query's too, then a float32 dot product over the gradient's width
+    longest = max(len(ids) for ids, _ in [*pairs, query])
+    terms = backward_terms(model.config, longest)
+    relative = 2 * 2 * gamma(terms, torch.float32) + gamma(grads.shape[1], torch.float32)
+    assert_within(found, expected, relative * sizes)
     # checkpoint-20 holds the final weights: other methods score with the last checkpoint
     final = InfluenceIndex.build(run.adapter, snapshot, "exact").attribute("Code navy?", "NAVY ok.")
     last = index.with_method("exact").attribute("Code navy?", "NAVY ok.")

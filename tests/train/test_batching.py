@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.numerics import assert_logits_close
 
 from openledger.train.batching import collate, pack_examples
 from openledger.train.formatting import IGNORE_INDEX, Example
@@ -54,7 +55,7 @@ def test_packed_examples_do_not_attend_to_each_other(memorising_llama_dir: Path)
         for e in examples:
             alone = model(input_ids=torch.tensor([e.input_ids])).logits
             got = together[:, offset : offset + len(e)]
-            torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+            assert_logits_close(got, alone, model.config)
             offset += len(e)
 
 

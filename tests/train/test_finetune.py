@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.numerics import assert_logits_close
 
 from openledger.crypto import Account, keccak256
 from openledger.data import Datanet, InstructionRecord, Snapshot
@@ -85,7 +86,7 @@ def test_plain_peft_loads_the_folder_and_gives_the_same_logits(
     with torch.no_grad():
         ours = run.model(**ids).logits
         theirs = plain(**ids).logits
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    assert_logits_close(theirs, ours, base.config)
 
 
 def test_the_manifest_is_complete_and_recomputes(
@@ -177,6 +178,6 @@ def test_merge_and_save_gives_the_adapter_logits(run: TrainingRun, tmp_path: Pat
     merged = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = run.tokenizer("<|im_start|>user\nCode navy?<|im_end|>\n", return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(merged(**ids).logits, run.model(**ids).logits, atol=1e-4, rtol=0)
+        assert_logits_close(merged(**ids).logits, run.model(**ids).logits, merged.config)
     note = json.loads((folder / "openledger_merge.json").read_text())
     assert note["adapter_id"] == run.adapter.id

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.numerics import assert_logits_close
 
 from openledger.data import InstructionRecord
 from openledger.train import LoraRecipe, check_eos, finetune, format_record
@@ -41,6 +42,4 @@ def test_smollm2_fine_tunes_and_plain_peft_agrees(
     plain = PeftModel.from_pretrained(base, str(run.output_dir)).eval()
     inputs = run.tokenizer("What is the capital of France?", return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(
-            plain(**inputs).logits, run.model(**inputs).logits, atol=1e-5, rtol=0
-        )
+        assert_logits_close(plain(**inputs).logits, run.model(**inputs).logits, base.config)
