@@ -7,6 +7,9 @@
     openledger models download NAME [--force]
     openledger demo [--fast] [--output DIR] [--model NAME] [--pool TOKENS] [--max-tokens N]
     openledger chat [--model NAME] [--adapter FOLDER] [--question TEXT] [--max-tokens N]
+    openledger serve [--model NAME] [--adapter NAME=SOURCE ...] [--host ADDR] [--port N]
+                     [--config FILE] [--ledger PATH]
+    openledger keys create --ledger PATH [--payer ADDRESS] [--name LABEL] [--admin]
 """
 
 from __future__ import annotations
@@ -55,7 +58,33 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", default=None, help="a LoRA adapter folder to answer with")
     chat.add_argument("--question", default=DEFAULT_QUESTION)
     chat.add_argument("--max-tokens", type=int, default=64)
+    _add_serve_parsers(commands)
     return parser
+
+
+def _add_serve_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve", help="the OpenAI-compatible HTTP gateway (needs the [server] extra)"
+    )
+    serve.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
+    serve.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="serve a LoRA adapter under NAME (folder, hf://, https archive); repeatable",
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="TCP port (default: 8000)")
+    serve.add_argument("--config", default=None, help="YAML settings (GatewayConfig fields)")
+    serve.add_argument("--ledger", default=None, help="SQLite ledger of keys and receipts")
+    keys = commands.add_parser("keys", help="API keys of a gateway's ledger")
+    verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
+    create = verbs.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--ledger", required=True, help="the gateway's ledger file")
+    create.add_argument("--payer", default=None, help="account billed for the key's requests")
+    create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument("--admin", action="store_true", help="an admin key")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +114,10 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         _demo(out, args)
     elif args.command == "chat":
         _chat(out, args.model, args.adapter, args.question, args.max_tokens)
+    elif args.command == "serve":
+        _serve(args)
+    elif args.command == "keys" and args.verb == "create":
+        _keys_create(out, args)
     return 0
 
 
@@ -150,6 +183,38 @@ def _chat(
         count += 1
     elapsed = time.perf_counter() - started
     print(f"\n\n[{count} pieces streamed in {elapsed:.1f} s]", file=out)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from openledger.gateway import GatewayConfig, parse_adapter_args, run_server
+
+    overrides = {
+        "model": args.model,
+        "host": args.host,
+        "port": args.port,
+        "ledger": args.ledger,
+        "adapters": parse_adapter_args(args.adapter) or None,
+    }
+    if args.config is not None:
+        config = GatewayConfig.from_yaml(args.config, **overrides)
+    else:
+        config = GatewayConfig.merged({}, **overrides)
+    run_server(config)
+
+
+def _keys_create(out: TextIO, args: argparse.Namespace) -> None:
+    from openledger.gateway import ReceiptLedger
+
+    with ReceiptLedger(args.ledger) as ledger:
+        key, record = ledger.create_key(
+            payer=args.payer, role="admin" if args.admin else "user", name=args.name
+        )
+    print(key, file=out)
+    print(
+        f"key id {record.key_id}, payer {record.payer}, role {record.role}: keep the key "
+        "secret; it is shown only now (the ledger stores its sha256)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

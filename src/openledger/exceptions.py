@@ -51,6 +51,16 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   │                                   or an index was built for another adapter
     │   └── ReceiptError(ValueError)        a usage receipt is malformed, or not signed by
     │                                       a trusted operator; nothing is settled
+    ├── GatewayError                        the network service (openledger.gateway)
+    │   ├── RequestFieldError(ValueError)   a request body field is unsupported or invalid;
+    │   │                                   carries the field's name (HTTP 400)
+    │   ├── AuthenticationError(PermissionError)  no API key, or one the ledger does not
+    │   │                                   hold (HTTP 401)
+    │   ├── ModelNotFoundError(LookupError) no base model or adapter of that name (HTTP 404)
+    │   ├── RateLimitError(RuntimeError)    a key is over one of its limits (HTTP 429)
+    │   ├── OverloadedError(RuntimeError)   the server is full or draining (HTTP 503)
+    │   └── LedgerError(OSError)            the receipt ledger is unusable, or a receipt
+    │                                       cannot be written (or was written already)
     └── TrainError                          fine-tuning and adapters (openledger.train)
         ├── RecipeError(ValueError)         a recipe field is invalid or does not fit the
         │                                   model or machine (absent module, 4bit on CPU)
@@ -75,6 +85,7 @@ __all__ = [
     "AdapterSourceError",
     "AttributionError",
     "AttributionInputError",
+    "AuthenticationError",
     "ChainConnectionError",
     "ChainError",
     "ChatTemplateError",
@@ -86,17 +97,23 @@ __all__ = [
     "DataNotFoundError",
     "DuplicateRecordError",
     "EngineDeadError",
+    "GatewayError",
     "InvalidRequestError",
+    "LedgerError",
     "ManifestError",
     "MissingDependencyError",
     "ModelCacheError",
     "ModelError",
     "ModelNotAvailableError",
+    "ModelNotFoundError",
     "NonceError",
     "OpenLedgerError",
+    "OverloadedError",
     "QualityError",
+    "RateLimitError",
     "ReceiptError",
     "RecipeError",
+    "RequestFieldError",
     "SchemaError",
     "ServeError",
     "SignatureError",
@@ -238,6 +255,47 @@ class SnapshotMismatchError(AttributionError, ValueError):
 
 class ReceiptError(AttributionError, ValueError):
     """A usage receipt is malformed or not signed by a trusted operator."""
+
+
+class GatewayError(OpenLedgerError):
+    """Base class for errors of :mod:`openledger.gateway`."""
+
+
+class RequestFieldError(GatewayError, ValueError):
+    """A field of a request body is unsupported or holds an invalid value.
+
+    Attributes:
+        param: The field's name as the client sent it, e.g. ``"tools"`` or
+            ``"messages[1].content"``.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self) -> tuple[type[RequestFieldError], tuple[str, str | None]]:
+        return (type(self), (str(self), self.param))
+
+
+class AuthenticationError(GatewayError, PermissionError):
+    """A request carries no API key, or a key that the gateway's ledger does not hold."""
+
+
+class ModelNotFoundError(GatewayError, LookupError):
+    """A request names a model that is neither the base model nor a served adapter."""
+
+
+class RateLimitError(GatewayError, RuntimeError):
+    """An API key is over one of its limits (concurrent requests); retry later."""
+
+
+class OverloadedError(GatewayError, RuntimeError):
+    """The gateway is full (too many requests in flight) or draining before it stops."""
+
+
+class LedgerError(GatewayError, OSError):
+    """The receipt ledger file is unusable, or a receipt cannot be written (or its
+    request id is recorded already)."""
 
 
 class TrainError(OpenLedgerError):

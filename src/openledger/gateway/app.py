@@ -1,0 +1,160 @@
+"""The FastAPI application: routes, error handlers and the lifespan around the state."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from openledger._version import __version__
+from openledger.exceptions import AuthenticationError, OpenLedgerError, RequestFieldError
+from openledger.gateway.errors import http_error
+from openledger.gateway.ledger import request_hash_of
+from openledger.gateway.planning import plan_request
+from openledger.gateway.schemas import ChatCompletionRequest, CompletionRequest, parse_request
+from openledger.gateway.serving import run_plan
+from openledger.gateway.state import GatewayState
+from openledger.gateway.wire import error_payload
+
+__all__ = ["build_app"]
+
+logger = logging.getLogger("openledger.gateway")
+
+
+def build_app(state: GatewayState) -> FastAPI:
+    """Return the ASGI application serving ``state``; its shutdown closes the state."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.shutdown()
+
+    app = FastAPI(title="openledger gateway", version=__version__, lifespan=lifespan)
+    app.state.gateway = state
+    _add_error_handlers(app, state)
+    _add_info_routes(app, state)
+    _add_generation_routes(app, state)
+    return app
+
+
+def _add_generation_routes(app: FastAPI, state: GatewayState) -> None:
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _generate(state, request, ChatCompletionRequest)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate(state, request, CompletionRequest)
+
+
+async def _generate(
+    state: GatewayState,
+    request: Request,
+    schema: type[ChatCompletionRequest] | type[CompletionRequest],
+) -> Response:
+    caller = await state.authenticate(request.headers.get("authorization"))
+    body = await _read_json(request, state.config.limits.max_body_bytes)
+    if body is None:
+        return _too_large(state.config.limits.max_body_bytes)
+    parsed: ChatCompletionRequest | CompletionRequest
+    if schema is ChatCompletionRequest:
+        parsed = parse_request(body, ChatCompletionRequest)
+    else:
+        parsed = parse_request(body, CompletionRequest)
+    plan = plan_request(state, caller, parsed)
+    admission = state.admit(caller)
+    return await run_plan(state, request, plan, admission)
+
+
+def _add_info_routes(app: FastAPI, state: GatewayState) -> None:
+    @app.get("/health")
+    async def health() -> Response:
+        status = "draining" if state.draining else "ok"
+        return JSONResponse({"status": status}, status_code=503 if state.draining else 200)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        await state.authenticate(request.headers.get("authorization"))
+        base = state.config.model_name
+        data: list[dict[str, Any]] = [_model_card(base, state.started, None, None)]
+        for name, adapter_id in sorted(state.adapter_ids.items()):
+            data.append(_model_card(name, state.started, base, adapter_id))
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/receipts/{receipt_id}")
+    async def receipt(receipt_id: str, request: Request) -> Response:
+        caller = await state.authenticate(request.headers.get("authorization"))
+        signed = await run_in_threadpool(state.ledger.receipt, request_hash_of(receipt_id))
+        if signed is None or signed.receipt.payer != caller.payer:
+            # NOTE: another payer's receipt reads as missing: ids are not a way to probe
+            return _json_error(404, f"no receipt {receipt_id} for this key", "receipt_not_found")
+        body = json.loads(signed.to_json())
+        body["signer"] = state.meter.operator.address
+        body["domain"] = {k: v for k, v in state.meter.domain.items() if k != "salt"}
+        return JSONResponse(body)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        content, content_type = state.metrics.render()
+        return Response(content, media_type=content_type)
+
+
+def _model_card(
+    name: str, created: int, parent: str | None, adapter_id: str | None
+) -> dict[str, Any]:
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created}
+    card["owned_by"] = "openledger"
+    if parent is not None:
+        card["parent"] = parent
+        card["adapter_id"] = adapter_id
+    return card
+
+
+def _add_error_handlers(app: FastAPI, state: GatewayState) -> None:
+    @app.exception_handler(OpenLedgerError)
+    async def ours(request: Request, exc: OpenLedgerError) -> Response:
+        error = http_error(exc)
+        state.metrics.requests.labels(request.url.path, str(error.status)).inc()
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
+        return JSONResponse(dict(error.body), status_code=error.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http(request: Request, exc: HTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else None
+        return _json_error(exc.status_code, str(exc.detail), code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> Response:
+        return _json_error(400, str(exc), None)
+
+
+async def _read_json(request: Request, limit: int) -> object | None:
+    """The body as JSON, or None when it is over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    raw = await request.body()
+    if len(raw) > limit:
+        return None
+    try:
+        body: object = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestFieldError(f"the request body is not valid JSON: {exc}", None) from None
+    return body
+
+
+def _too_large(limit: int) -> Response:
+    return _json_error(413, f"the request body is over {limit} bytes", "request_too_large")
+
+
+def _json_error(status: int, message: str, code: str | None) -> Response:
+    body = error_payload(message, "invalid_request_error", None, code)
+    return JSONResponse(dict(body), status_code=status)

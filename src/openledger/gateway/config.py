@@ -1,0 +1,187 @@
+"""Gateway settings: one validated object, readable from a YAML file.
+
+A file mirrors :class:`GatewayConfig` field by field, with the engine's settings under
+``engine`` (the fields of :class:`~openledger.serve.EngineConfig`)::
+
+    model: smollm2-135m-instruct
+    adapters: {medqa: ./out/medqa}
+    host: 127.0.0.1
+    port: 8000
+    ledger: ./gateway.db
+    limits: {max_concurrent_requests: 256, max_concurrent_per_key: 32}
+    engine: {max_num_seqs: 32, kv_cache_memory: 536870912}
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from openledger.exceptions import ConfigError
+from openledger.serve.config import EngineConfig
+
+__all__ = ["GatewayConfig", "GatewayLimits", "parse_adapter_args"]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+
+
+class GatewayLimits(BaseModel):
+    """What one request, one key and the whole gateway may ask for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrent_requests: int = Field(
+        default=256, ge=1, description="Requests in flight at once; more get HTTP 503."
+    )
+    max_concurrent_per_key: int = Field(
+        default=64, ge=1, description="Requests in flight per API key; more get HTTP 429."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens one choice may generate; a larger max_tokens gets HTTP 400. "
+        "None: up to the context.",
+    )
+    max_n: int = Field(default=16, ge=1, description="Most choices (n) per request.")
+    max_prompts: int = Field(default=64, ge=1, description="Most prompts in one completions list.")
+    max_top_logprobs: int = Field(default=20, ge=0, description="Most top log-probabilities.")
+    max_body_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="Largest request body in bytes; more get HTTP 413."
+    )
+
+
+class GatewayConfig(BaseModel):
+    """How ``openledger serve`` (and :func:`openledger.gateway.create_app`) runs.
+
+    Invalid values raise :class:`~openledger.exceptions.ConfigError` naming the field.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="Base model: an offline alias, a local Hugging Face folder or a hub id.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="The name clients send as `model`; default `model` as given."
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters served by name: {name: source} (folder, hf://, https).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    ledger: Path = Field(
+        default=Path("openledger-gateway.db"), description="SQLite ledger of keys and receipts."
+    )
+    operator_key_file: Path | None = Field(
+        default=None,
+        description="File holding the operator's private key (hex) that signs receipts; "
+        "default the ledger's path + '.operator-key', created (mode 0600) when missing.",
+    )
+    require_api_key: bool = Field(
+        default=True,
+        description="Refuse requests without a key from the ledger (HTTP 401); when off, "
+        "keyless requests are metered to the zero address.",
+    )
+    chain_id: int = Field(default=1, ge=1, description="Chain id of the receipts' EIP-712 domain.")
+    verifying_contract: str | None = Field(
+        default=None, description="Contract address of the receipts' EIP-712 domain, if any."
+    )
+    epoch_seconds: int = Field(
+        default=86_400, ge=1, description="Length of a settlement window; epoch = time // it."
+    )
+    drain_timeout: float = Field(
+        default=30.0, ge=0, description="Seconds SIGTERM waits for requests in flight."
+    )
+    log_level: str = Field(default="info", description="uvicorn's log level.")
+    limits: GatewayLimits = Field(default_factory=GatewayLimits)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    def __init__(self, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid gateway settings: {exc}") from None
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, source in value.items():
+            if not _ADAPTER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"adapter name {name!r} must be 1-128 letters, digits or ._:/- "
+                    "(starting with a letter or digit)"
+                )
+            if not str(source):
+                raise ValueError(f"adapter {name!r} has an empty source")
+        return value
+
+    @property
+    def model_name(self) -> str:
+        """The name clients use for the base model."""
+        return self.served_model_name or self.model
+
+    @property
+    def key_file(self) -> Path:
+        """Where the operator's key lives."""
+        if self.operator_key_file is not None:
+            return self.operator_key_file
+        return self.ledger.with_name(self.ledger.name + ".operator-key")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> GatewayConfig:
+        """Read settings from a YAML file; ``overrides`` that are not None win.
+
+        Raises:
+            ConfigError: The file cannot be read, is not a mapping, or holds invalid settings.
+        """
+        yaml: Any = importlib.import_module("yaml")  # NOTE: PyYAML ships no type stubs
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read gateway settings from {path}: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(
+                f"{path} must hold a mapping of settings, got {type(loaded).__name__}"
+            )
+        return cls.merged(dict(loaded), **overrides)
+
+    @classmethod
+    def merged(cls, base: Mapping[str, Any], **overrides: Any) -> GatewayConfig:
+        """Settings from ``base`` with the ``overrides`` that are not None (adapters add up)."""
+        fields = dict(base)
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            if name == "adapters":
+                fields["adapters"] = {**dict(fields.get("adapters") or {}), **value}
+            else:
+                fields[name] = value
+        return cls(**fields)
+
+
+def parse_adapter_args(values: Sequence[str]) -> dict[str, str]:
+    """Turn ``NAME=SOURCE`` arguments into ``{name: source}``.
+
+    Raises:
+        ConfigError: An argument without ``=``, or a name given twice.
+    """
+    adapters: dict[str, str] = {}
+    for value in values:
+        name, sep, source = value.partition("=")
+        if not sep or not name or not source:
+            raise ConfigError(f"--adapter takes NAME=SOURCE, got {value!r}")
+        if name in adapters:
+            raise ConfigError(f"--adapter {name!r} is given twice")
+        adapters[name] = source
+    return adapters

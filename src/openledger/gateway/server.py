@@ -1,0 +1,163 @@
+"""Building the gateway (engine, adapters, ledger, operator key) and running it on uvicorn.
+
+SIGTERM (or Ctrl-C) stops accepting connections, lets requests in flight finish for up to
+``drain_timeout`` seconds (then aborts them, metering what they produced), closes the
+ledger and returns; ``openledger serve`` then exits 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from openledger.exceptions import MissingDependencyError
+from openledger.gateway.config import GatewayConfig
+from openledger.gateway.ledger import ReceiptLedger
+from openledger.gateway.metering import Meter, load_operator_key
+from openledger.gateway.receipts import receipt_domain
+from openledger.serve import AsyncEngine
+from openledger.types import Hash32, to_hash32
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from openledger.gateway.state import GatewayState
+
+__all__ = ["create_app", "run_server"]
+
+logger = logging.getLogger("openledger.gateway")
+
+_SERVER_EXTRA = ("fastapi", "uvicorn", "prometheus_client")
+
+
+def require_server_extra() -> None:
+    """Raise unless the ``[server]`` extra (FastAPI, uvicorn, prometheus-client) is installed.
+
+    Raises:
+        MissingDependencyError: Naming the missing packages and the extra to install.
+    """
+    missing = [name for name in _SERVER_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"the gateway needs {', '.join(missing)}: pip install 'openledger[server]'"
+        )
+
+
+def create_app(
+    config: GatewayConfig | None = None, *, engine: AsyncEngine | None = None
+) -> FastAPI:
+    """Build the gateway's ASGI app (FastAPI) over one :class:`~openledger.serve.AsyncEngine`.
+
+    Loads the base model (unless ``engine`` is given), registers the configured adapters
+    on it, opens the ledger and the operator key. Only adapters registered here are
+    served.
+
+    Args:
+        config: Settings; defaults when None.
+        engine: An engine to serve instead of building one from ``config``.
+
+    Returns:
+        The application; run it with any ASGI server (``openledger serve`` uses uvicorn).
+
+    Raises:
+        MissingDependencyError: The ``[server]`` extra is not installed.
+        ConfigError: Invalid settings, or an unusable operator key file.
+        LedgerError: The ledger file is unusable.
+    """
+    require_server_extra()
+    from openledger.gateway.app import build_app
+
+    return build_app(build_state(config or GatewayConfig(), engine))
+
+
+def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> GatewayState:
+    """Open the ledger and operator key, build the engine, register the adapters."""
+    from openledger.gateway.state import GatewayState
+
+    operator = load_operator_key(config.key_file)
+    ledger = ReceiptLedger(config.ledger)
+    try:
+        if engine is None:
+            engine = AsyncEngine(config.model, config.engine)
+        adapter_ids = _register_adapters(engine, config.adapters)
+    except BaseException:
+        ledger.close()
+        raise
+    domain = receipt_domain(config.chain_id, config.verifying_contract)
+    meter = Meter(ledger, operator, domain, config.epoch_seconds)
+    if config.require_api_key and ledger.count_keys() == 0:
+        logger.warning(
+            "the ledger %s holds no API key: every request gets 401 until one is created "
+            "with `openledger keys create --ledger %s`",
+            config.ledger,
+            config.ledger,
+        )
+    logger.info("receipts are signed by operator %s", operator.address)
+    return GatewayState(config, engine, ledger, meter, adapter_ids)
+
+
+def _register_adapters(engine: AsyncEngine, adapters: dict[str, str]) -> dict[str, Hash32]:
+    """Register ``{name: source}`` on the engine and return each one's manifest id.
+
+    An adapter without a manifest is identified by the keccak256 of its weights file (the
+    id a manifest would carry, and the hash the store checks at every load).
+    """
+    ids: dict[str, Hash32] = {}
+    for name, source in adapters.items():
+        spec = engine.engine.add_adapter(name, source)
+        ids[name] = to_hash32(spec.adapter_id or spec.weights_hash, what="adapter id")
+        logger.info("adapter %s from %s: id %s", name, source, ids[name])
+    return ids
+
+
+def run_server(config: GatewayConfig) -> None:
+    """Serve the gateway on ``config.host``:``config.port`` until SIGTERM or Ctrl-C.
+
+    Raises:
+        MissingDependencyError: The ``[server]`` extra is not installed.
+    """
+    require_server_extra()
+    import uvicorn
+
+    app = create_app(config)
+    server_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=max(1, round(config.drain_timeout)),
+        access_log=False,
+    )
+    server = _draining_server_class()(server_config, app.state.gateway)
+    # NOTE: uvicorn re-raises the signal that stopped it once it is done; a handler of
+    # ours takes it, so a drained shutdown exits 0 instead of dying by SIGTERM.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    logger.info("signal %d handled: the gateway has stopped", sig)
+
+
+def _draining_server_class() -> Any:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server that marks the gateway draining as soon as a signal arrives."""
+
+        def __init__(self, config: uvicorn.Config, state: GatewayState) -> None:
+            super().__init__(config)
+            self.gateway = state
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            self.gateway.draining = True
+            super().handle_exit(sig, frame)
+
+    return DrainingServer

@@ -1,0 +1,204 @@
+"""The gateway's shared state: engine, ledger, meter, metrics, keys and admission."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from openledger.exceptions import (
+    AuthenticationError,
+    ModelNotFoundError,
+    OverloadedError,
+    RateLimitError,
+    RequestFieldError,
+)
+from openledger.gateway.config import GatewayConfig
+from openledger.gateway.keys import ApiKey, hash_api_key
+from openledger.gateway.ledger import ReceiptLedger
+from openledger.gateway.metering import Meter
+from openledger.gateway.metrics import GatewayMetrics
+from openledger.gateway.receipts import ZERO_ADDRESS
+from openledger.serve import AsyncEngine
+from openledger.types import Address, Hash32
+
+__all__ = ["Admission", "Caller", "GatewayState"]
+
+logger = logging.getLogger("openledger.gateway")
+
+T = TypeVar("T")
+_KEY_CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent a request: its key's public id (``""`` without keys) and payer."""
+
+    key_id: str
+    payer: Address
+
+
+class Admission:
+    """A request's place among those in flight; :meth:`release` once it is done."""
+
+    def __init__(self, state: GatewayState, key_id: str) -> None:
+        self._state = state
+        self._key_id = key_id
+        self._released = False
+
+    def release(self) -> None:
+        """Give the place back (idempotent)."""
+        if not self._released:
+            self._released = True
+            self._state.leave(self._key_id)
+
+
+class GatewayState:
+    """Everything the routes share.
+
+    Args:
+        config: The settings.
+        engine: The engine every request runs on.
+        ledger: Keys and receipts.
+        meter: Signs and records receipts.
+        adapter_ids: ``{adapter name: manifest id}`` of the served adapters.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        engine: AsyncEngine,
+        ledger: ReceiptLedger,
+        meter: Meter,
+        adapter_ids: Mapping[str, Hash32],
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.ledger = ledger
+        self.meter = meter
+        self.adapter_ids = dict(adapter_ids)
+        scheduler = engine.engine.scheduler
+        self.metrics = GatewayMetrics(
+            lambda: len(scheduler.running), lambda: len(scheduler.waiting), ledger.count_receipts()
+        )
+        self.draining = False
+        self.started = int(time.time())
+        self._in_flight = 0
+        self._per_key: Counter[str] = Counter()
+        self._keys: dict[str, tuple[float, ApiKey]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """Return the caller of a request from its ``Authorization: Bearer`` header.
+
+        Raises:
+            AuthenticationError: No key, or a key the ledger does not hold (or revoked).
+        """
+        scheme, _, key = (authorization or "").partition(" ")
+        key = key.strip()
+        if not self.config.require_api_key and not key:
+            return Caller("", ZERO_ADDRESS)
+        if scheme.lower() != "bearer" or not key:
+            raise AuthenticationError(
+                "no API key: send 'Authorization: Bearer <key>' (create one with "
+                "`openledger keys create --ledger PATH`)"
+            )
+        record = await self._find_key(key)
+        if record is None:
+            raise AuthenticationError("the API key is not valid (unknown or revoked)")
+        return Caller(record.key_id, record.payer)
+
+    def admit(self, caller: Caller) -> Admission:
+        """Take a place for a new request.
+
+        Raises:
+            OverloadedError: Draining, or the gateway holds its most requests.
+            RateLimitError: The caller's key holds its most requests.
+        """
+        limits = self.config.limits
+        if self.draining:
+            raise OverloadedError("the server is shutting down; retry on another replica")
+        if self._in_flight >= limits.max_concurrent_requests:
+            raise OverloadedError(
+                f"the server is serving its most requests ({limits.max_concurrent_requests}); "
+                "retry shortly"
+            )
+        if self._per_key[caller.key_id] >= limits.max_concurrent_per_key:
+            raise RateLimitError(
+                f"this key has {limits.max_concurrent_per_key} requests in flight, its most; "
+                "wait for one to finish"
+            )
+        self._in_flight += 1
+        self._per_key[caller.key_id] += 1
+        self.metrics.in_flight.set(self._in_flight)
+        return Admission(self, caller.key_id)
+
+    def leave(self, key_id: str) -> None:
+        """Free a place taken by :meth:`admit` (call through :meth:`Admission.release`)."""
+        self._in_flight -= 1
+        self._per_key[key_id] -= 1
+        if self._per_key[key_id] <= 0:
+            del self._per_key[key_id]
+        self.metrics.in_flight.set(self._in_flight)
+
+    def resolve(self, model: str, mix: Mapping[str, float] | None) -> dict[str, float]:
+        """Return the adapters a request uses, ``{name: weight}`` (empty: the base model).
+
+        Raises:
+            ModelNotFoundError: ``model`` is neither the base model nor a served adapter, or
+                the mix names an adapter that is not served.
+            RequestFieldError: A mix beside a ``model`` other than the base model.
+        """
+        base = self.config.model_name
+        if mix is not None:
+            if model != base:
+                raise RequestFieldError(
+                    f"'adapters' mixes adapters on the base model: set model to {base!r}", "model"
+                )
+            unknown = sorted(set(mix) - set(self.adapter_ids))
+            if unknown:
+                raise ModelNotFoundError(f"adapters not served here: {', '.join(unknown)}")
+            return dict(mix)
+        if model == base:
+            return {}
+        if model in self.adapter_ids:
+            return {model: 1.0}
+        raise ModelNotFoundError(
+            f"the model {model!r} does not exist here; GET /v1/models lists the base model "
+            "and its adapters"
+        )
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` as a task that outlives its request (shutdown waits for it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def shutdown(self) -> None:
+        """Refuse new requests, finish background writes, stop the engine, close the ledger."""
+        self.draining = True
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.engine.close()
+        self.meter.close()
+        self.ledger.close()
+        logger.info("gateway stopped")
+
+    async def _find_key(self, key: str) -> ApiKey | None:
+        now = time.monotonic()
+        digest = hash_api_key(key)
+        cached = self._keys.get(digest)
+        if cached is not None and now - cached[0] < _KEY_CACHE_SECONDS:
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(None, self.ledger.find_key, key)
+        if record is not None:
+            self._keys[digest] = (now, record)
+        else:
+            self._keys.pop(digest, None)
+        return record
