@@ -113,7 +113,8 @@ def private(tmp_path: Path, owner: Account, alice: Account) -> Datanet:
     dn = Datanet.create(
         tmp_path / "p", name="clinic", schema=InstructionRecord, visibility="private", owner=owner
     )
-    dn.contribute(rows(3), contributor=alice)
+    member = dn.approve(dn.request_access(alice, "contribute").id, owner=owner)
+    dn.contribute(rows(3), contributor=alice, grant=member)
     return dn
 
 

@@ -37,6 +37,7 @@ def test_data_all_is_pinned() -> None:
             "StoredRecord",
             "TextRecord",
             "canonical_bytes",
+            "commitment_of",
             "from_alpaca",
             "from_openai_messages",
             "from_prompt_completion",

@@ -19,6 +19,7 @@ from __future__ import annotations
 from openledger.data.access import AccessGrant, AccessRequest
 from openledger.data.audit import AuditReport
 from openledger.data.canonical import canonical_bytes, record_hash
+from openledger.data.commitments import commitment_of
 from openledger.data.convert import (
     from_alpaca,
     from_openai_messages,
@@ -73,6 +74,7 @@ __all__ = [
     "StoredRecord",
     "TextRecord",
     "canonical_bytes",
+    "commitment_of",
     "from_alpaca",
     "from_openai_messages",
     "from_prompt_completion",

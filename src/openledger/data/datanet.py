@@ -17,10 +17,11 @@ from typing import Any, Literal
 from openledger.crypto import Account
 from openledger.data import contribution, queries
 from openledger.data.access import AccessGrant, check_grant
-from openledger.data.audit import AuditReport, audit
 from openledger.data.canonical import record_hash as _record_hash
+from openledger.data.commitments import check_commitments, store_commitments
 from openledger.data.datanet_exports import ExportMethods
 from openledger.data.datanet_governance import GovernanceMethods
+from openledger.data.datanet_snapshots import SnapshotMethods
 from openledger.data.ingest import (
     DEFAULT_MAX_RECORD_BYTES,
     PreparedBatch,
@@ -37,9 +38,8 @@ from openledger.data.signing import (
     as_account_address,
     sign_contribution,
 )
-from openledger.data.snapshot import Snapshot
 from openledger.data.store import Durability, Store
-from openledger.exceptions import ConfigError, SchemaError, StoreError
+from openledger.exceptions import AccessDeniedError, ConfigError, SchemaError, StoreError
 from openledger.types import Address, Hash32
 
 __all__ = ["Datanet"]
@@ -49,7 +49,7 @@ DuplicatePolicy = Literal["error", "skip"]
 _CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement
 
 
-class Datanet(GovernanceMethods, ExportMethods):
+class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
     """A community dataset stored in one folder, every record traceable to its contributor.
 
     Create one with :meth:`create`, reopen it with :meth:`open`. Not thread-safe; open one
@@ -214,6 +214,7 @@ class Datanet(GovernanceMethods, ExportMethods):
         *,
         contributor: Account | None = None,
         signed: SignedContribution | None = None,
+        grant: AccessGrant | None = None,
     ) -> list[ContributionReceipt]:
         """Validate, sign (or verify), and store records in one transaction.
 
@@ -221,18 +222,24 @@ class Datanet(GovernanceMethods, ExportMethods):
             records: Dicts of fields or instances of the datanet's schema.
             contributor: Sign here with this account (the usual path).
             signed: Or a contribution signed elsewhere (see :meth:`sign`); only verified.
+            grant: For a private datanet, the contributor's own access grant (the owner
+                needs none): whether a record is already stored is private too.
 
         Returns:
             One receipt per stored record (skipped duplicates have none).
 
         Raises:
             SchemaError, QualityError, DuplicateRecordError, SignatureError, NonceError:
-                On bad input; nothing is stored then.
+                On bad input; nothing is stored then. ``DuplicateRecordError`` also when
+                another contributor committed to a record first (see :meth:`commit`).
+            AccessDeniedError: A private datanet and no valid grant of the contributor.
         """
         if (contributor is None) == (signed is None):
             raise ConfigError(
                 "pass exactly one of contributor=Account or signed=SignedContribution"
             )
+        author = signed.contributor if signed is not None else contributor
+        self._check_write(as_account_address(author, what="contributor"), grant)
         batch = self._prepare(records)
         keep = first_positions(batch.hashes, skip=self.duplicates == "skip")
         signatures = self._near_signatures(batch)
@@ -249,11 +256,34 @@ class Datanet(GovernanceMethods, ExportMethods):
                 signed = self._sign_in(conn, batch, contributor)
             else:
                 contribution.verify_signed(conn, batch, signed, datanet_id=self.id, name=self.name)
+            check_commitments(conn, batch.hashes, keep, signed.contributor)
             try:
                 return contribution.insert_batch(conn, batch, keep, signed, signatures, self._near)
             except BaseException:
                 self._reset_near_index()
                 raise
+
+    def commit(
+        self,
+        commitments: Iterable[str | bytes],
+        *,
+        contributor: Account | str,
+        ttl_seconds: int = 3600,
+    ) -> int:
+        """Bind records to ``contributor`` before revealing them (see :mod:`.commitments`).
+
+        Args:
+            commitments: ``commitment_of(record_hash, contributor)`` per record, computed
+                where the records are; they reveal nothing about the records.
+            contributor: Whose records they are.
+            ttl_seconds: How long the commitments hold if the records never arrive.
+
+        Returns:
+            How many new commitments were stored.
+        """
+        address = as_account_address(contributor, what="contributor")
+        with self._store.write() as conn:
+            return store_commitments(conn, list(commitments), address, ttl_seconds)
 
     def _sign_in(
         self, conn: Any, batch: PreparedBatch, contributor: Account | None
@@ -293,6 +323,26 @@ class Datanet(GovernanceMethods, ExportMethods):
         if self.visibility == "private":
             check_grant(self._store, grant, datanet_id=self.id, owner=self.owner or "")
 
+    def can_read(self, grant: AccessGrant | None = None) -> bool:
+        """Return whether ``grant`` (or none, for a public datanet) lets its holder read now."""
+        try:
+            self._check_read(grant)
+        except AccessDeniedError:
+            return False
+        return True
+
+    def _check_write(self, contributor: Address, grant: AccessGrant | None) -> None:
+        # NOTE: a refused duplicate tells its sender the record is stored, so writing to a
+        # private datanet takes the same grant as reading it (the owner needs none). The
+        # grant must name the contributor, whose signature on the contribution proves it.
+        if self.visibility != "private" or contributor == self.owner:
+            return
+        self._check_read(grant)
+        if grant is not None and grant.grantee != contributor:
+            raise AccessDeniedError(
+                f"the grant names {grant.grantee}, not the contributor {contributor}"
+            )
+
     def records(
         self, *, grant: AccessGrant | None = None, include_rejected: bool = False
     ) -> Iterator[StoredRecord]:
@@ -325,71 +375,6 @@ class Datanet(GovernanceMethods, ExportMethods):
     def record_hash(self, record: Any) -> Hash32:
         """Return the hash the datanet would give ``record`` (validated against the schema)."""
         return _record_hash(self._prepare([record]).records[0])
-
-    def audit(self, *, protocol: Any = None, chain_datanet_id: str | None = None) -> AuditReport:
-        """Re-derive from signatures everything that decides who is paid, and compare.
-
-        Checks record hashes, contribution roots and signers, record contributors,
-        statuses against signed reviews, snapshot leaves, roots and manifests, and the
-        settings the id is derived from (see :mod:`openledger.data.audit`).
-
-        Args:
-            protocol: An ``openledger.chain.Protocol``; with ``chain_datanet_id``, every
-                snapshot root published on chain must be a snapshot of this store.
-            chain_datanet_id: This datanet's id in the on-chain ``DatanetRegistry``.
-
-        Returns:
-            The report; ``report.ok`` is true when nothing is inconsistent, and each
-            problem names the row and what is wrong with it.
-        """
-        with self._store.read() as conn:
-            meta = self._store.get_meta()
-            return audit(
-                conn,
-                self.id,
-                self.schema,
-                meta,
-                protocol=protocol,
-                chain_datanet_id=chain_datanet_id,
-            )
-
-    # -- snapshots ---------------------------------------------------------------------------
-
-    def snapshot(self) -> Snapshot:
-        """Freeze the currently accepted records into a new immutable snapshot.
-
-        Raises:
-            DataNotFoundError: If there are no accepted records.
-        """
-        with self._store.write() as conn:
-            snapshot_id = queries.insert_snapshot(conn, self._manifest_base, self.name)
-        return self.snapshot_at(snapshot_id)
-
-    def _manifest_base(self, snapshot_id: int) -> dict[str, Any]:
-        return {
-            "datanet_id": self.id,
-            "name": self.name,
-            "schema_id": self.schema.schema_id,
-            "schema_hash": schema_hash(self.schema),
-            "snapshot_id": snapshot_id,
-        }
-
-    def snapshot_at(self, snapshot_id: int) -> Snapshot:
-        """Reopen a snapshot by id.
-
-        Raises:
-            DataNotFoundError: If there is no such snapshot.
-        """
-        return queries.load_snapshot(self._store.conn, snapshot_id, self)
-
-    def snapshots(self) -> list[int]:
-        """Return the ids of all snapshots, oldest first."""
-        return [int(r[0]) for r in self._store.conn.execute("SELECT id FROM snapshots ORDER BY id")]
-
-    def latest_snapshot(self) -> Snapshot | None:
-        """Return the newest snapshot, or ``None`` if there is none."""
-        ids = self.snapshots()
-        return self.snapshot_at(ids[-1]) if ids else None
 
     # -- display --------------------------------------------------------------------------
 

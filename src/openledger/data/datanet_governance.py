@@ -3,6 +3,7 @@ reputation and the owner's access decisions (the logic lives in :mod:`.governanc
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from openledger.crypto import Account
@@ -56,9 +57,19 @@ class GovernanceMethods:
             self._datanet(), record_hash, accept=accept, reason=reason, validator=validator
         )
 
-    def reviews(self, record_hash: str | bytes | None = None) -> list[Review]:
-        """Return the signed reviews of one record (or of all records), oldest first."""
-        return governance.reviews(self._store.conn, record_hash)
+    def reviews(
+        self, record_hash: str | bytes | None = None, *, grant: AccessGrant | None = None
+    ) -> list[Review]:
+        """Return the signed reviews of one record (or of all records), oldest first.
+
+        A reason may quote the record, so in a private datanet a caller without a valid
+        ``grant`` gets each review with its ``reason`` and ``signature`` blanked (the
+        signature would let a guessed reason be checked); who decided what stays visible.
+        """
+        found = governance.reviews(self._store.conn, record_hash)
+        if self._datanet().can_read(grant):
+            return found
+        return [replace(r, reason="", signature="") for r in found]
 
     def flags(self, record_hash: str | bytes) -> list[tuple[str, str]]:
         """Return ``(kind, detail)`` flags of a record, e.g. near-duplicate matches."""
