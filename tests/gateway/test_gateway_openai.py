@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.gateway.conftest import GatewayModels, Server
 
 from openledger.crypto import Account
 from openledger.gateway import SignedGatewayReceipt, receipt_domain
-from tests.gateway.conftest import GatewayModels, Server
 
 openai = pytest.importorskip("openai")
 
@@ -98,7 +98,8 @@ def test_weighted_mix_streams_what_the_engine_generates(server: Server, referenc
                 tokens += len(choice.logprobs.content)
                 assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
     assert text == greedy(reference, MESSAGES, 10, mix).text
-    assert usage is not None and tokens == usage["completion_tokens"] == 10
+    assert usage is not None
+    assert tokens == usage["completion_tokens"] == 10
     assert {a["name"]: a["weight"] for a in usage["adapters"]} == mix
     signed = verified_receipt(server, usage["receipt_id"])
     assert signed.receipt.completion_tokens == tokens
@@ -125,7 +126,8 @@ def test_completions_list_prompt_n_and_logprobs(server: Server, reference: Any) 
 def test_stop_strings_end_the_answer(server: Server, reference: Any) -> None:
     full = greedy(reference, PROMPTS[0], 12).text
     stop = full[3:5]
-    assert stop and full.index(stop) >= 1
+    assert stop
+    assert full.index(stop) >= 1
     reply = server.client().completions.create(
         model="tiny", prompt=PROMPTS[0], max_tokens=12, temperature=0, stop=[stop]
     )
@@ -163,7 +165,8 @@ def test_models_and_health(server: Server) -> None:
     models = server.client().models.list()
     ids = {m.id: m.model_dump() for m in models.data}
     assert set(ids) == {"tiny", "alpha", "beta"}
-    assert ids["alpha"]["parent"] == "tiny" and ids["alpha"]["adapter_id"].startswith("0x")
+    assert ids["alpha"]["parent"] == "tiny"
+    assert ids["alpha"]["adapter_id"].startswith("0x")
     assert server.get("/health").json() == {"status": "ok"}
 
 
@@ -214,7 +217,8 @@ def test_unsupported_or_invalid_fields_get_400_naming_them(
     response = server.post("/v1/chat/completions", {"model": "tiny", "messages": MESSAGES, **extra})
     assert response.status_code == 400
     error = _error(response)
-    assert error["param"] == param and param in error["message"]
+    assert error["param"] == param
+    assert param in error["message"]
     assert error["type"] == "invalid_request_error"
 
 
@@ -248,9 +252,14 @@ def test_langchain_chat_model(server: Server, reference: Any) -> None:
         max_retries=0,
     )
     message = chat.invoke("Tell me about ledgers.")
-    expected = greedy(reference, [{"role": "user", "content": "Tell me about ledgers."}], 8, "alpha")
+    expected = greedy(
+        reference, [{"role": "user", "content": "Tell me about ledgers."}], 8, "alpha"
+    )
     assert message.content == expected.text
-    assert "".join(str(piece.content) for piece in chat.stream("Tell me about ledgers.")) == expected.text
+    assert (
+        "".join(str(piece.content) for piece in chat.stream("Tell me about ledgers."))
+        == expected.text
+    )
 
 
 def test_metrics_parse_and_move(server: Server) -> None:

@@ -146,7 +146,9 @@ def test_receipts_verify_only_under_their_signer_and_domain() -> None:
         signed.verify(stranger.address, domain)
     with pytest.raises(ReceiptError, match="signed by"):
         signed.verify(operator.address, receipt_domain(2))
-    tampered = SignedGatewayReceipt(receipt=_receipt(completion_tokens=8), signature=signed.signature)
+    tampered = SignedGatewayReceipt(
+        receipt=_receipt(completion_tokens=8), signature=signed.signature
+    )
     with pytest.raises(ReceiptError):
         tampered.verify(operator.address, domain)
     assert SignedGatewayReceipt.model_validate_json(signed.to_json()) == signed
@@ -182,12 +184,15 @@ def test_keys_are_stored_hashed_and_can_be_revoked(tmp_path: Path) -> None:
     with ReceiptLedger(path) as ledger:
         key, record = ledger.create_key(payer=payer, name="k")
         assert ledger.find_key(key) == record
-        assert record.payer == payer and record.key_hash == hash_api_key(key)
+        assert record.payer == payer
+        assert record.key_hash == hash_api_key(key)
         assert ledger.find_key(key + "x") is None
         other, derived = ledger.create_key()
-        assert derived.payer.startswith("0x") and derived.payer != payer
+        assert derived.payer.startswith("0x")
+        assert derived.payer != payer
         assert ledger.revoke_key(record.key_id)
-        assert ledger.find_key(key) is None and ledger.find_key(other) is not None
+        assert ledger.find_key(key) is None
+        assert ledger.find_key(other) is not None
     assert key.encode() not in path.read_bytes()
     with pytest.raises(ConfigError, match="payer"):
         ReceiptLedger(path).create_key(payer="0x1234")
