@@ -63,3 +63,39 @@ def test_console_script_is_installed() -> None:
         pytest.fail("the `openledger` console script is not on PATH; is the package installed?")
     result = subprocess.run([exe, "version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("openledger ")
+
+
+def test_keys_create_prints_the_key_once_and_stores_its_hash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from openledger.gateway import ReceiptLedger, hash_api_key
+
+    ledger = tmp_path / "gateway.db"
+    payer = "0x" + "ab" * 20
+    assert main(["keys", "create", "--ledger", str(ledger), "--payer", payer]) == 0
+    captured = capsys.readouterr()
+    key = captured.out.strip()
+    assert key.startswith("olk-")
+    assert "shown only now" in captured.err
+    with ReceiptLedger(ledger) as book:
+        record = book.find_key(key)
+    assert record is not None
+    assert record.key_hash == hash_api_key(key)
+    assert record.payer.lower() == payer
+    assert key.encode() not in ledger.read_bytes()
+
+
+def test_keys_create_bad_payer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "--ledger", str(tmp_path / "l.db"), "--payer", "0x12"]) == 2
+    assert "payer" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_settings_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("port: 99999\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "port" in capsys.readouterr().err
+    assert main(["serve", "--adapter", "no-equals-sign"]) == 2
+    assert "NAME=SOURCE" in capsys.readouterr().err

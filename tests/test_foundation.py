@@ -23,6 +23,7 @@ PUBLIC_API = {
         "chain",
         "crypto",
         "data",
+        "gateway",
         "models",
         "serve",
         "train",

@@ -2,8 +2,8 @@
 
 Layers are imported as subpackages (``openledger.models``, and as they land
 ``openledger.data``, ``openledger.chain``, ``openledger.train``, ``openledger.serve``,
-``openledger.attribution``); they load lazily so that ``import openledger`` stays cheap
-and a torch-free layer never pulls torch in.
+``openledger.attribution``, ``openledger.gateway``); they load lazily so that
+``import openledger`` stays cheap and a torch-free layer never pulls torch in.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from openledger import chain as chain
     from openledger import crypto as crypto
     from openledger import data as data
+    from openledger import gateway as gateway
     from openledger import models as models
     from openledger import serve as serve
     from openledger import train as train
@@ -30,12 +31,15 @@ __all__ = [
     "chain",
     "crypto",
     "data",
+    "gateway",
     "models",
     "serve",
     "train",
 ]
 
-_LAYERS = frozenset({"attribution", "chain", "crypto", "data", "models", "serve", "train"})
+_LAYERS = frozenset(
+    {"attribution", "chain", "crypto", "data", "gateway", "models", "serve", "train"}
+)
 
 
 def __getattr__(name: str) -> Any:
