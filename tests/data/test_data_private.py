@@ -3,6 +3,7 @@ reads need; records cannot be taken in transit (deadlines, commit before reveal)
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -11,7 +12,12 @@ from datanet_rows import rows
 
 from openledger.crypto import Account
 from openledger.data import Datanet, InstructionRecord, commitment_of
-from openledger.exceptions import AccessDeniedError, DuplicateRecordError, SignatureError
+from openledger.exceptions import (
+    AccessDeniedError,
+    DuplicateRecordError,
+    SignatureError,
+    StoreError,
+)
 
 
 @pytest.fixture
@@ -106,3 +112,34 @@ def test_expired_commitments_bind_nothing(dn: Datanet, alice: Account, bob: Acco
     dn.commit([commitment_of(digest, alice.address)], contributor=alice, ttl_seconds=1)
     dn._store.conn.execute("UPDATE commitments SET expires_at = 0")
     assert dn.contribute(data, contributor=bob)[0].contributor == bob.address
+
+
+def test_a_bound_datanet_reads_only_grants_held_by_their_grantee(
+    tmp_path: Path, owner: Account, alice: Account, bob: Account
+) -> None:
+    dn = Datanet.create(
+        tmp_path / "b",
+        name="b",
+        schema=InstructionRecord,
+        visibility="private",
+        owner=owner,
+        grants="bound",
+    )
+    dn.contribute(rows(2), contributor=owner)
+    grant = dn.approve(dn.request_access(bob, "research").id, owner=owner)
+    with pytest.raises(AccessDeniedError, match=r"pass grant=grant.bind\(grantee_account\)"):
+        list(dn.records(grant=grant))  # the grant alone, e.g. copied from a log
+    with pytest.raises(AccessDeniedError, match="bind it to that account's key"):
+        grant.bind(alice)
+    assert len(list(dn.records(grant=grant.bind(bob)))) == 2
+    assert "_reader" not in grant.bind(bob).model_dump_json()  # the key never leaves memory
+    dn.revoke(grant.request_id, owner=owner)
+    with pytest.raises(AccessDeniedError, match="is revoked"):
+        list(dn.records(grant=grant.bind(bob)))
+    dn.close()
+    flip = sqlite3.connect(tmp_path / "b" / "datanet.sqlite")
+    flip.execute("UPDATE meta SET value = 'bearer' WHERE key = 'grants'")
+    flip.commit()
+    flip.close()
+    with pytest.raises(StoreError, match="tampered"):
+        Datanet.open(tmp_path / "b")

@@ -8,14 +8,23 @@ working even though its signature stays valid).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from openledger.data.signing import HexAddress, HexHash, HexSignature, grant_message, signer_of
+from openledger.crypto import Account, TypedData
+from openledger.data.signing import (
+    HexAddress,
+    HexHash,
+    HexSignature,
+    grant_message,
+    read_message,
+    signer_of,
+)
 from openledger.data.store import Store
 from openledger.exceptions import (
     AccessDeniedError,
@@ -62,6 +71,28 @@ class AccessGrant(BaseModel):
     request_id: int = Field(ge=1)
     expires_at: int = Field(ge=0)
     signature: HexSignature
+    # NOTE: the reader's key stays in memory only: never serialised with the grant.
+    _reader: Account | None = PrivateAttr(default=None)
+
+    def bind(self, reader: Account) -> AccessGrant:
+        """Return this grant held by ``reader``, who must be its grantee.
+
+        A datanet created with ``grants="bound"`` reads only bound grants: each read has
+        the reader sign a fresh challenge, so the grant alone (copied, leaked, logged) reads
+        nothing without the grantee's key.
+
+        Raises:
+            AccessDeniedError: If ``reader`` is not an :class:`Account` with the grantee's
+                address.
+        """
+        if not isinstance(reader, Account) or reader.address != self.grantee:
+            raise AccessDeniedError(
+                f"the grant names {self.grantee}; bind it to that account's key, not "
+                f"{getattr(reader, 'address', type(reader).__name__)}"
+            )
+        bound = self.model_copy()
+        bound._reader = reader
+        return bound
 
 
 def new_request(store: Store, requester: Address, purpose: str) -> AccessRequest:
@@ -142,11 +173,22 @@ def check_grant(
     datanet_id: str,
     owner: str,
     now: float | None = None,
+    bound: bool = False,
 ) -> None:
     """Raise unless ``grant`` lets its holder read this datanet now.
 
+    Args:
+        store: The datanet's store (for the request's current status).
+        grant: The grant presented.
+        datanet_id: The datanet.
+        owner: The owner's address, who must have signed the grant.
+        now: The time to judge expiry by (default: now).
+        bound: Require the grantee's key: the grant must be bound (``grant.bind``) and its
+            reader signs a fresh challenge.
+
     Raises:
-        AccessDeniedError: Naming what is wrong: missing, foreign, expired, forged, revoked.
+        AccessDeniedError: Naming what is wrong: missing, foreign, expired, forged,
+            revoked, or not held by its grantee.
     """
     if grant is None:
         raise AccessDeniedError(
@@ -155,15 +197,33 @@ def check_grant(
         )
     if grant.datanet_id != datanet_id:
         raise AccessDeniedError(f"the grant is for datanet {grant.datanet_id}, not {datanet_id}")
-    if grant.expires_at <= (time.time() if now is None else now):
+    moment = time.time() if now is None else now
+    if grant.expires_at <= moment:
         raise AccessDeniedError(f"the grant expired at unix time {grant.expires_at}; ask again")
     data = grant_message(datanet_id, grant.grantee, grant.request_id, grant.expires_at)
-    try:
-        signer = signer_of(data, grant.signature, what="grant")
-    except SignatureError:
-        signer = None
-    if signer != owner:
+    if _signer(data, grant.signature) != owner:
         raise AccessDeniedError("the grant is not signed by this datanet's owner")
+    if bound:
+        _check_holder(grant, datanet_id, int(moment))
     status = load_request(store, grant.request_id).status
     if status != "approved":
         raise AccessDeniedError(f"access request {grant.request_id} is {status}, not approved")
+
+
+def _signer(data: TypedData, signature: str | bytes) -> str | None:
+    try:
+        return signer_of(data, signature, what="grant")
+    except SignatureError:
+        return None
+
+
+def _check_holder(grant: AccessGrant, datanet_id: str, now: int) -> None:
+    reader = grant._reader
+    if reader is None:
+        raise AccessDeniedError(
+            "this datanet reads only grants held by their grantee: pass "
+            "grant=grant.bind(grantee_account)"
+        )
+    challenge = read_message(datanet_id, grant.request_id, now, os.urandom(32))
+    if _signer(challenge, reader.sign_typed_data(challenge)) != grant.grantee:
+        raise AccessDeniedError(f"the reader could not prove it holds {grant.grantee}'s key")

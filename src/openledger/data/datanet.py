@@ -46,6 +46,7 @@ __all__ = ["Datanet"]
 
 Visibility = Literal["public", "private"]
 DuplicatePolicy = Literal["error", "skip"]
+GrantMode = Literal["bearer", "bound"]
 _CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement
 
 
@@ -69,6 +70,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         self.owner: Address | None = Address(meta["owner"]) if meta.get("owner") else None
         self.max_record_bytes = int(meta["max_record_bytes"])
         self.duplicates: DuplicatePolicy = meta["duplicates"]  # type: ignore[assignment]
+        self.grants: GrantMode = "bound" if meta.get("grants") == "bound" else "bearer"
         threshold = float(meta["near_duplicate_threshold"])
         self._near = NearDuplicateIndex(MinHasher(), threshold) if threshold > 0 else None
         self.path = store.file.parent
@@ -89,6 +91,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         near_duplicate_threshold: float = 0.8,
         rules: Sequence[QualityRule] = (),
         durability: Durability = "full",
+        grants: GrantMode = "bearer",
     ) -> Datanet:
         """Create a new, empty datanet in the folder ``path``.
 
@@ -107,6 +110,9 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
             durability: ``"full"`` (default): every commit is fsync'd before a receipt or
                 snapshot is returned; ``"normal"``: faster, but a power loss may roll back
                 the last commits (a process crash never does). Not persisted.
+            grants: ``"bound"``: a read must present a grant bound to its grantee's key
+                (``grant.bind(account)``), which signs a fresh challenge at each read;
+                ``"bearer"`` (default): the grant alone reads. Persisted.
 
         Returns:
             The open datanet.
@@ -116,7 +122,14 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
             StoreError: If ``path`` already holds a datanet.
         """
         settings = validated_settings(
-            name, schema, visibility, owner, max_record_bytes, duplicates, near_duplicate_threshold
+            name,
+            schema,
+            visibility,
+            owner,
+            max_record_bytes,
+            duplicates,
+            near_duplicate_threshold,
+            grants,
         )
         check_rules(rules)
         store = Store(path, create=True, durability=durability)
@@ -321,7 +334,13 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
 
     def _check_read(self, grant: AccessGrant | None) -> None:
         if self.visibility == "private":
-            check_grant(self._store, grant, datanet_id=self.id, owner=self.owner or "")
+            check_grant(
+                self._store,
+                grant,
+                datanet_id=self.id,
+                owner=self.owner or "",
+                bound=self.grants == "bound",
+            )
 
     def can_read(self, grant: AccessGrant | None = None) -> bool:
         """Return whether ``grant`` (or none, for a public datanet) lets its holder read now."""
@@ -337,7 +356,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         # grant must name the contributor, whose signature on the contribution proves it.
         if self.visibility != "private" or contributor == self.owner:
             return
-        self._check_read(grant)
+        check_grant(self._store, grant, datanet_id=self.id, owner=self.owner or "")
         if grant is not None and grant.grantee != contributor:
             raise AccessDeniedError(
                 f"the grant names {grant.grantee}, not the contributor {contributor}"

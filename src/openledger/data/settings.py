@@ -15,7 +15,15 @@ from openledger.exceptions import ConfigError
 
 __all__ = ["BOUND_SETTINGS", "bind_id", "check_rules", "unbound_settings", "validated_settings"]
 
-BOUND_SETTINGS = ("name", "schema_id", "schema_ref", "schema_hash", "visibility", "owner")
+BOUND_SETTINGS = (
+    "name",
+    "schema_id",
+    "schema_ref",
+    "schema_hash",
+    "visibility",
+    "owner",
+    "grants",
+)
 """The ``meta`` settings a datanet's id is derived from: changing one changes the id, and
 every contribution, review and grant signature names the id."""
 
@@ -30,6 +38,7 @@ def validated_settings(
     max_record_bytes: int,
     duplicates: str,
     threshold: float,
+    grants: str = "bearer",
 ) -> dict[str, str]:
     """Check every ``Datanet.create`` argument and return the ``meta`` rows to store.
 
@@ -46,6 +55,8 @@ def validated_settings(
         raise ConfigError(f"visibility must be 'public' or 'private', got {visibility!r}")
     if visibility == "private" and owner is None:
         raise ConfigError("a private datanet needs owner=Account (who approves access)")
+    if grants not in ("bearer", "bound"):
+        raise ConfigError(f"grants must be 'bearer' or 'bound', got {grants!r}")
     if duplicates not in ("error", "skip"):
         raise ConfigError(f"duplicates must be 'error' or 'skip', got {duplicates!r}")
     if (
@@ -64,6 +75,7 @@ def validated_settings(
         "schema_hash": schema_hash(schema),
         "visibility": visibility,
         "owner": owner_address,
+        "grants": grants,
         "max_record_bytes": str(max_record_bytes),
         "duplicates": duplicates,
         "near_duplicate_threshold": repr(float(threshold)),

@@ -38,6 +38,7 @@ __all__ = [
     "as_account_address",
     "contribution_message",
     "grant_message",
+    "read_message",
     "records_root",
     "review_message",
     "sign_contribution",
@@ -69,6 +70,14 @@ _CONTRIBUTION_WITH_DEADLINE = {
         ("count", "uint256"),
         ("nonce", "uint256"),
         ("deadline", "uint64"),
+    ]
+}
+_READ = {
+    "ReadAccess": [
+        ("datanet", "bytes32"),
+        ("requestId", "uint256"),
+        ("at", "uint64"),
+        ("challenge", "bytes32"),
     ]
 }
 _VALIDATOR = {"Validator": [("datanet", "bytes32"), ("validator", "address")]}
@@ -170,6 +179,17 @@ def contribution_message(
         return typed_data(DOMAIN, _CONTRIBUTION, "Contribution", message)
     message["deadline"] = deadline
     return typed_data(DOMAIN, _CONTRIBUTION_WITH_DEADLINE, "Contribution", message)
+
+
+def read_message(datanet_id: str, request_id: int, at: int, challenge: bytes) -> TypedData:
+    """Return the EIP-712 challenge a grantee signs to prove it holds its key at a read."""
+    message = {
+        "datanet": from_hex(datanet_id, size=32),
+        "requestId": request_id,
+        "at": at,
+        "challenge": challenge,
+    }
+    return typed_data(DOMAIN, _READ, "ReadAccess", message)
 
 
 def validator_message(datanet_id: str, validator: str) -> TypedData:
