@@ -1,0 +1,105 @@
+"""The Chat tab's API: a streamed answer (server-sent events) and its attribution."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from openledger.exceptions import ConfigError, OpenLedgerError
+from openledger.studio.state import StudioState
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api")
+
+
+class ChatBody(BaseModel):
+    """Body of ``POST /api/chat``: one question to an adapter or a base model."""
+
+    message: str
+    adapter: str | None = None
+    base_model: str | None = None
+    max_tokens: int = 64
+
+
+class AttributeBody(BaseModel):
+    """Body of ``POST /api/attribute``: an adapter's answer to attribute."""
+
+    adapter: str
+    prompt: str
+    completion: str
+    tokens: int = 1
+
+
+def _state(request: Request) -> StudioState:
+    state: StudioState = request.app.state.studio
+    return state
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+@router.post("/chat")
+async def chat(body: ChatBody, request: Request) -> StreamingResponse:
+    """Stream an answer as server-sent events: ``{"delta"}`` pieces, then ``{"done"}``.
+
+    Problems found before the answer starts (no such adapter, a model that cannot load)
+    are answered as ordinary error messages; later ones as an ``{"error"}`` event.
+    """
+    from openledger.serve import SamplingParams
+
+    if not body.message.strip():
+        raise ConfigError("type a question first")
+    if not 1 <= body.max_tokens <= 4096:
+        raise ConfigError(f"max_tokens must be within 1..4096, got {body.max_tokens}")
+    engine, base = await _state(request).chat.prepare(body.adapter, body.base_model)
+    params = SamplingParams(max_tokens=body.max_tokens, adapter=body.adapter or None)
+    messages = [{"role": "user", "content": body.message}]
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for output in engine.stream_outputs(messages, params):
+                if output.delta_text:
+                    yield _event({"delta": output.delta_text})
+                if output.finished:
+                    usage = output.usage
+                    tokens = usage.prompt_tokens + usage.completion_tokens if usage else 1
+                    yield _event({"done": True, "text": output.text, "tokens": tokens})
+        except OpenLedgerError as exc:
+            yield _event({"error": str(exc)})
+
+    headers = {"Cache-Control": "no-cache", "X-Base-Model": base}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+@router.post("/attribute")
+def attribute_answer(body: AttributeBody, request: Request) -> dict[str, Any]:
+    """Attribute an adapter's answer to the contributors of the snapshot it learnt from.
+
+    The report joins the answers waiting for the next reward epoch.
+    """
+    from openledger.attribution import attribute
+
+    state = _state(request)
+    adapter = state.workspace.adapter(body.adapter)
+    manifest = adapter.manifest
+    if manifest.datanet_id is None or manifest.snapshot_id is None:
+        raise ConfigError(f"adapter {body.adapter!r} was not trained on a datanet snapshot")
+    name = state.workspace.datanet_for(manifest.datanet_id)
+    with state.workspace.open_datanet(name) as datanet:
+        snapshot = datanet.snapshot_at(manifest.snapshot_id)
+        report = attribute(adapter, snapshot, prompt=body.prompt, completion=body.completion)
+    state.rewards.add(report, max(1, body.tokens), body.adapter)
+    names = state.workspace.names_by_address()
+    shares = sorted(report.contributor_shares().items(), key=lambda kv: -kv[1])
+    return {
+        "method": report.method,
+        "shares": [{"contributor": a, "name": names.get(a, ""), "share": s} for a, s in shares],
+        "pending": len(state.rewards.pending),
+    }

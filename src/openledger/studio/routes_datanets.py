@@ -1,0 +1,167 @@
+"""The Datanets tab's API: accounts, schemas, datanets, uploads, records and snapshots."""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from openledger.exceptions import ConfigError
+from openledger.studio.state import StudioState
+from openledger.studio.uploads import read_capped, rows_of
+from openledger.studio.workspace import check_name
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api")
+
+
+class NewAccount(BaseModel):
+    """Body of ``POST /api/accounts``."""
+
+    name: str
+
+
+class NewDatanet(BaseModel):
+    """Body of ``POST /api/datanets``."""
+
+    name: str
+    schema_id: str
+    owner: str | None = None
+
+
+def _state(request: Request) -> StudioState:
+    state: StudioState = request.app.state.studio
+    return state
+
+
+@router.get("/accounts")
+def list_accounts(request: Request) -> list[dict[str, str]]:
+    """Local accounts: name and address."""
+    accounts = _state(request).workspace.accounts()
+    return [{"name": name, "address": a.address} for name, a in accounts.items()]
+
+
+@router.post("/accounts")
+def create_account(body: NewAccount, request: Request) -> dict[str, str]:
+    """Create a local account."""
+    account = _state(request).workspace.create_account(body.name)
+    return {"name": body.name, "address": account.address}
+
+
+@router.get("/schemas")
+def list_schemas() -> list[dict[str, Any]]:
+    """The built-in record schemas with their fields and descriptions."""
+    from openledger.data.schemas import BUILTIN_SCHEMAS
+
+    return [
+        {
+            "id": schema_id,
+            "name": schema.__name__,
+            "doc": (schema.__doc__ or "").strip().splitlines()[0],
+            "fields": list(schema.model_fields),
+        }
+        for schema_id, schema in BUILTIN_SCHEMAS.items()
+    ]
+
+
+@router.get("/datanets")
+def list_datanets(request: Request) -> list[dict[str, Any]]:
+    """Every datanet with its schema, record count and snapshots."""
+    workspace = _state(request).workspace
+    found = []
+    for name in workspace.datanet_names():
+        with workspace.open_datanet(name) as datanet:
+            snapshots = [_snapshot_row(datanet.snapshot_at(i)) for i in datanet.snapshots()]
+            found.append(
+                {
+                    "name": name,
+                    "id": datanet.id,
+                    "schema": datanet.schema.schema_id,
+                    "records": len(datanet),
+                    "snapshots": snapshots,
+                }
+            )
+    return found
+
+
+@router.post("/datanets")
+def create_datanet(body: NewDatanet, request: Request) -> dict[str, Any]:
+    """Create an empty public datanet."""
+    from openledger.data import Datanet
+    from openledger.data.schemas import BUILTIN_SCHEMAS
+
+    workspace = _state(request).workspace
+    name = check_name(body.name, "datanet")
+    schema = BUILTIN_SCHEMAS.get(body.schema_id)
+    if schema is None:
+        raise ConfigError(f"unknown schema {body.schema_id!r}; pick one of {list(BUILTIN_SCHEMAS)}")
+    owner = workspace.account(body.owner) if body.owner else None
+    folder = workspace.datanets_dir / name
+    with workspace.lock:
+        if folder.exists():
+            raise ConfigError(f"a datanet called {name!r} exists already")
+        Datanet.create(folder, name=name, schema=schema, owner=owner).close()
+    return {"name": name, "schema": schema.schema_id}
+
+
+@router.post("/datanets/{name}/upload")
+async def upload(name: str, filename: str, account: str, request: Request) -> dict[str, Any]:
+    """Contribute a JSONL or CSV file (the raw request body) signed by a local account.
+
+    All rows are stored in one signed contribution, or none is.
+    """
+    state = _state(request)
+    contributor = state.workspace.account(account)
+    body = await read_capped(request.stream(), state.config.max_upload_bytes, filename)
+    rows = rows_of(filename, body)
+
+    def contribute() -> list[Any]:
+        with state.workspace.lock, state.workspace.open_datanet(name) as datanet:
+            receipts: list[Any] = datanet.contribute(rows, contributor=contributor)
+            return receipts
+
+    receipts = await run_in_threadpool(contribute)
+    return {"stored": len(receipts), "rows": len(rows), "contributor": contributor.address}
+
+
+@router.get("/datanets/{name}/records")
+def list_records(name: str, request: Request, limit: int = 100) -> dict[str, Any]:
+    """The first ``limit`` records with status and contributor (rejected ones too)."""
+    workspace = _state(request).workspace
+    names = workspace.names_by_address()
+    with workspace.open_datanet(name) as datanet:
+        stored = list(islice(datanet.records(include_rejected=True), max(0, min(limit, 1000))))
+        total = len(datanet)
+    rows = [
+        {
+            "record_hash": s.record_hash,
+            "status": s.status,
+            "contributor": s.contributor,
+            "contributor_name": names.get(s.contributor, ""),
+            "fields": s.record.model_dump(mode="json", exclude_none=True),
+        }
+        for s in stored
+    ]
+    return {"total": total, "records": rows}
+
+
+@router.post("/datanets/{name}/snapshot")
+def take_snapshot(name: str, request: Request) -> dict[str, Any]:
+    """Snapshot the datanet's accepted records; returns its id and Merkle root."""
+    workspace = _state(request).workspace
+    with workspace.lock, workspace.open_datanet(name) as datanet:
+        return _snapshot_row(datanet.snapshot())
+
+
+def _snapshot_row(snapshot: Any) -> dict[str, Any]:
+    return {
+        "id": snapshot.id,
+        "root": snapshot.root,
+        "count": snapshot.count,
+        "contributors": snapshot.contributors,
+        "created_at": snapshot.created_at,
+    }

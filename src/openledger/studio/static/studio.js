@@ -1,0 +1,336 @@
+"use strict";
+// The Studio page: four tabs over the JSON API under /api (see openledger.studio).
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : String(child));
+  return node;
+}
+
+async function api(method, path, body, headers = {}) {
+  const options = { method, headers };
+  if (body instanceof Blob) options.body = body;
+  else if (body !== undefined) {
+    options.body = JSON.stringify(body);
+    options.headers = { "Content-Type": "application/json", ...headers };
+  }
+  const response = await fetch(path, options);
+  const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
+function say(id, text, kind = "ok") {
+  const box = $(id);
+  box.textContent = text;
+  box.className = `message ${kind}`;
+}
+
+// Runs an action, showing its error as a message on the tab.
+function guarded(messageId, action) {
+  return async (...args) => {
+    try { await action(...args); } catch (error) { say(messageId, error.message, "error"); }
+  };
+}
+
+function fillSelect(select, options, keep = true) {
+  const previous = select.value;
+  select.replaceChildren(...options.map(([value, label]) => el("option", { value }, label)));
+  if (keep && options.some(([value]) => value === previous)) select.value = previous;
+}
+
+function short(hex) { return hex ? `${hex.slice(0, 10)}…${hex.slice(-6)}` : ""; }
+function tokens(wei) { return (Number(BigInt(wei) / 10n ** 12n) / 1e6).toFixed(6); }
+
+// -- tabs -----------------------------------------------------------------------------------
+document.querySelectorAll(".tab").forEach((button) => button.addEventListener("click", () => {
+  document.querySelectorAll(".tab, .panel").forEach((n) => n.classList.remove("active"));
+  button.classList.add("active");
+  $(button.dataset.tab).classList.add("active");
+  refresh[button.dataset.tab]().catch((error) => console.error(error));
+}));
+
+// -- Datanets -------------------------------------------------------------------------------
+let schemas = [];
+
+async function refreshDatanets() {
+  const accounts = await api("GET", "/api/accounts");
+  fillSelect($("account"), accounts.map((a) => [a.name, `${a.name} (${short(a.address)})`]));
+  const chosen = accounts.find((a) => a.name === $("account").value);
+  $("account-address").textContent = chosen ? chosen.address : "create an account to sign with";
+  if (!schemas.length) {
+    schemas = await api("GET", "/api/schemas");
+    fillSelect($("dn-schema"), schemas.map((s) => [s.id, `${s.name} (${s.id})`]));
+    showSchemaHelp();
+  }
+  const datanets = await api("GET", "/api/datanets");
+  fillSelect($("dn-select"), datanets.map((d) => [d.name, d.name]));
+  await showDatanet(datanets.find((d) => d.name === $("dn-select").value));
+}
+
+function showSchemaHelp() {
+  const schema = schemas.find((s) => s.id === $("dn-schema").value);
+  $("dn-schema-help").textContent = schema ? `${schema.doc} Fields: ${schema.fields.join(", ")}.` : "";
+}
+
+async function showDatanet(datanet) {
+  $("snapshots").replaceChildren();
+  $("records").tBodies[0].replaceChildren();
+  if (!datanet) { $("dn-summary").textContent = "no datanet yet"; return; }
+  $("dn-summary").textContent = `${datanet.schema}, ${datanet.records} records`;
+  for (const s of datanet.snapshots) {
+    $("snapshots").append(el("p", { class: "snapshot" }, `snapshot #${s.id}: ${s.count} records, root `,
+      el("span", { class: "mono root" }, s.root)));
+  }
+  const { records } = await api("GET", `/api/datanets/${encodeURIComponent(datanet.name)}/records`);
+  $("records").tBodies[0].replaceChildren(...records.map((r) => el("tr", {},
+    el("td", { class: `status-${r.status}` }, r.status),
+    el("td", { class: "mono" }, r.contributor_name || short(r.contributor)),
+    el("td", {}, JSON.stringify(r.fields)),
+    el("td", { class: "mono" }, short(r.record_hash)))));
+}
+
+$("dn-schema").addEventListener("change", showSchemaHelp);
+$("dn-select").addEventListener("change", guarded("dn-message", refreshDatanets));
+$("account").addEventListener("change", guarded("dn-message", refreshDatanets));
+$("account-create").addEventListener("click", guarded("dn-message", async () => {
+  const made = await api("POST", "/api/accounts", { name: $("new-account").value.trim() });
+  await refreshDatanets();
+  $("account").value = made.name;
+  await refreshDatanets();
+  say("dn-message", `account ${made.name} created: ${made.address}`);
+}));
+$("dn-create").addEventListener("click", guarded("dn-message", async () => {
+  const made = await api("POST", "/api/datanets", {
+    name: $("dn-name").value.trim(), schema_id: $("dn-schema").value, owner: $("account").value || null,
+  });
+  await refreshDatanets();
+  $("dn-select").value = made.name;
+  await refreshDatanets();
+  say("dn-message", `datanet ${made.name} created (${made.schema})`);
+}));
+$("upload-btn").addEventListener("click", guarded("dn-message", async () => {
+  const file = $("upload-file").files[0];
+  if (!file) throw new Error("choose a .jsonl or .csv file first");
+  if (!$("account").value) throw new Error("create a local account to sign with first");
+  const query = new URLSearchParams({ filename: file.name, account: $("account").value });
+  const name = encodeURIComponent($("dn-select").value);
+  const done = await api("POST", `/api/datanets/${name}/upload?${query}`, file);
+  await refreshDatanets();
+  say("dn-message", `${done.stored} records stored, signed by ${$("account").value}`);
+}));
+$("snapshot-btn").addEventListener("click", guarded("dn-message", async () => {
+  const snap = await api("POST", `/api/datanets/${encodeURIComponent($("dn-select").value)}/snapshot`);
+  await refreshDatanets();
+  say("dn-message", `snapshot #${snap.id} of ${snap.count} records, root ${snap.root}`);
+}));
+
+// -- Train ----------------------------------------------------------------------------------
+let options = null;
+let polling = null;
+
+async function refreshTrain() {
+  if (!options) {
+    options = await api("GET", "/api/train/options");
+    fillSelect($("tr-preset"), Object.keys(options.presets).map((p) => [p, p]));
+    $("tr-fields").replaceChildren(...Object.entries(options.fields).map(([name, field]) => el("label", {},
+      el("span", { title: field.help }, name),
+      el("input", { id: `tr-field-${name}`, name, value: field.default ?? "" }),
+      el("small", {}, field.help))));
+    applyPreset();
+  }
+  fillSelect($("tr-base"), options.base_models.map((m) => [m.value, m.label]));
+  const datanets = await api("GET", "/api/datanets");
+  fillSelect($("tr-snapshot"), datanets.flatMap((d) => d.snapshots.map((s) =>
+    [`${d.name}|${s.id}`, `${d.name} #${s.id} (${s.count} records, root ${short(s.root)})`])));
+  const adapters = await api("GET", "/api/adapters");
+  $("adapters").tBodies[0].replaceChildren(...adapters.map((a) => el("tr", {},
+    el("td", {}, a.name), el("td", {}, a.base_model), el("td", {}, a.steps),
+    el("td", {}, a.train_loss == null ? "" : a.train_loss.toFixed(4)), el("td", { class: "mono" }, short(a.id)))));
+}
+
+function applyPreset() {
+  const preset = options.presets[$("tr-preset").value] || {};
+  for (const [name, field] of Object.entries(options.fields)) {
+    const value = name in preset ? preset[name] : field.default;
+    $(`tr-field-${name}`).value = value ?? "";
+  }
+}
+
+function recipeFields() {
+  const fields = {};
+  for (const name of Object.keys(options.fields)) {
+    const raw = $(`tr-field-${name}`).value.trim();
+    if (raw === "") continue;
+    if (raw === "true" || raw === "false") fields[name] = raw === "true";
+    else if (name !== "target_modules" && !Number.isNaN(Number(raw))) fields[name] = Number(raw);
+    else fields[name] = raw;
+  }
+  return fields;
+}
+
+function drawCurve(losses) {
+  const svg = $("tr-curve");
+  svg.dataset.points = String(losses.length);
+  svg.replaceChildren();
+  if (!losses.length) return;
+  const ns = "http://www.w3.org/2000/svg";
+  const steps = losses.map((p) => p[0]);
+  const values = losses.map((p) => p[1]);
+  const [x0, x1] = [Math.min(...steps), Math.max(...steps, Math.min(...steps) + 1)];
+  const [y0, y1] = [Math.min(...values), Math.max(...values, Math.min(...values) + 1e-6)];
+  const x = (s) => 40 + (370 * (s - x0)) / (x1 - x0);
+  const y = (v) => 200 - (180 * (v - y0)) / (y1 - y0);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", losses.map(([s, v]) => `${x(s)},${y(v)}`).join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#3b7dd8");
+  line.setAttribute("stroke-width", "2");
+  svg.append(line);
+  for (const [text, tx, ty] of [[y1.toFixed(3), 2, 24], [y0.toFixed(3), 2, 204], [`step ${x1}`, 360, 216]]) {
+    const label = document.createElementNS(ns, "text");
+    Object.entries({ x: tx, y: ty, "font-size": 11, fill: "#5b6672" }).forEach(([k, v]) => label.setAttribute(k, v));
+    label.textContent = text;
+    svg.append(label);
+  }
+}
+
+function showJob(job) {
+  $("tr-progress").max = job.max_steps || 1;
+  $("tr-progress").value = job.step;
+  const eta = job.eta == null ? "" : `, about ${Math.ceil(job.eta)} s left`;
+  $("tr-status").textContent = `${job.name}: ${job.state}, step ${job.step}/${job.max_steps || "?"}${eta}`;
+  $("tr-status").dataset.state = job.state;
+  $("tr-logs").textContent = job.logs.join("\n");
+  drawCurve(job.losses);
+  const running = job.state === "queued" || job.state === "running";
+  $("tr-start").disabled = running;
+  $("tr-cancel").disabled = !running;
+  if (job.state === "failed") say("tr-message", job.error, "error");
+  if (job.state === "done") say("tr-message", `adapter ${job.adapter} is ready`);
+  if (job.state === "cancelled") say("tr-message", "training cancelled; nothing was kept");
+  return running;
+}
+
+async function poll(jobId) {
+  clearTimeout(polling);
+  const job = await api("GET", `/api/train/jobs/${jobId}`);
+  if (showJob(job)) polling = setTimeout(() => poll(jobId).catch((e) => say("tr-message", e.message, "error")), 500);
+  else await refreshTrain();
+}
+
+$("tr-preset").addEventListener("change", applyPreset);
+$("tr-start").addEventListener("click", guarded("tr-message", async () => {
+  const [datanet, snapshot] = $("tr-snapshot").value.split("|");
+  if (!datanet) throw new Error("take a snapshot of a datanet first (Datanets tab)");
+  const job = await api("POST", "/api/train", {
+    name: $("tr-name").value.trim(), datanet, snapshot_id: Number(snapshot),
+    base_model: $("tr-base").value, recipe: recipeFields(),
+  });
+  say("tr-message", "training started");
+  $("tr-cancel").dataset.job = job.id;
+  await poll(job.id);
+}));
+$("tr-cancel").addEventListener("click", guarded("tr-message", async () => {
+  await api("POST", `/api/train/jobs/${$("tr-cancel").dataset.job}/cancel`);
+}));
+
+// -- Chat -----------------------------------------------------------------------------------
+async function refreshChat() {
+  const adapters = await api("GET", "/api/adapters");
+  fillSelect($("ch-adapter"), [["", "none (base model)"], ...adapters.map((a) => [a.name, `${a.name} on ${a.base_model}`])]);
+  if (!options) options = await api("GET", "/api/train/options");
+  fillSelect($("ch-base"), options.base_models.map((m) => [m.value, m.label]));
+}
+
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const line = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
+    }
+  }
+}
+
+$("ch-send").addEventListener("click", guarded("ch-message", async () => {
+  const message = $("ch-input").value.trim();
+  const adapter = $("ch-adapter").value || null;
+  const body = { message, adapter, base_model: adapter ? null : $("ch-base").value, max_tokens: Number($("ch-max").value) };
+  const response = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  if (!response.ok) throw new Error((await response.json()).error);
+  say("ch-message", "");
+  $("ch-log").append(el("div", { class: "turn user" }, el("span", { class: "who" }, "you"), message));
+  const text = el("span", { class: "answer" });
+  const turn = el("div", { class: "turn assistant" }, el("span", { class: "who" }, adapter || "base"), text);
+  $("ch-log").append(turn);
+  await readEvents(response, (event) => {
+    if (event.delta) text.textContent += event.delta;
+    if (event.error) say("ch-message", event.error, "error");
+    if (event.done) {
+      turn.dataset.done = "true";
+      if (adapter) turn.append(attributeButton(adapter, message, event.text, event.tokens));
+    }
+  });
+}));
+
+function attributeButton(adapter, prompt, completion, count) {
+  const bars = el("div", { class: "bars" });
+  const button = el("button", { class: "attribute" }, "Attribute this answer");
+  button.addEventListener("click", guarded("ch-message", async () => {
+    button.disabled = true;
+    button.textContent = "attributing…";
+    try {
+      const result = await api("POST", "/api/attribute", { adapter, prompt, completion, tokens: count });
+      bars.replaceChildren(...result.shares.map((s) => el("div", { class: "bar" },
+        el("span", { class: "mono" }, s.name || short(s.contributor)),
+        el("div", { class: "fill", style: `width: ${(100 * s.share).toFixed(1)}%` }),
+        el("span", {}, `${(100 * s.share).toFixed(1)}%`))));
+      if (!result.shares.length) bars.textContent = "no record helped this answer";
+      say("ch-message", `attributed (${result.method}); ${result.pending} answer(s) wait for the next reward epoch`);
+    } finally { button.textContent = "Attribute this answer"; }
+  }));
+  return el("div", {}, button, bars);
+}
+
+// -- Rewards --------------------------------------------------------------------------------
+async function refreshRewards() {
+  const data = await api("GET", "/api/rewards");
+  $("rw-pending").textContent = `${data.pending.length} attributed answer(s) wait for the next epoch`;
+  $("rw-epochs").tBodies[0].replaceChildren(...data.epochs.flatMap((epoch) => epoch.payees.map((p) => {
+    const claim = el("button", { class: "claim" }, "Claim");
+    claim.disabled = p.claimed;
+    claim.addEventListener("click", guarded("rw-message", async () => {
+      const done = await api("POST", "/api/rewards/claim", { epoch_id: epoch.epoch_id, address: p.address });
+      say("rw-message", `claimed: ${p.name || p.address} now holds ${tokens(done.balance)} tokens`);
+      await refreshRewards();
+    }));
+    return el("tr", { "data-address": p.address },
+      el("td", {}, epoch.epoch_id), el("td", { class: "mono" }, p.name || p.address),
+      el("td", { class: "claimable" }, p.claimed ? "claimed" : tokens(p.amount)),
+      el("td", { class: "balance" }, tokens(p.balance)), el("td", {}, claim));
+  })));
+}
+
+$("rw-settle").addEventListener("click", guarded("rw-message", async () => {
+  const epoch = await api("POST", "/api/rewards/settle", { pool: $("rw-pool").value });
+  say("rw-message", `epoch ${epoch.epoch_id} settled, reward root ${epoch.root}`);
+  await refreshRewards();
+}));
+
+const refresh = { datanets: refreshDatanets, train: refreshTrain, chat: refreshChat, rewards: refreshRewards };
+refreshDatanets().catch((error) => say("dn-message", error.message, "error"));

@@ -1,0 +1,173 @@
+"""The Studio's API without a browser: bad uploads store nothing, cancels keep nothing,
+errors are messages, the bind address is checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.studio.conftest import TINY_RECIPE, colour_rows, jsonl, wait_for
+
+from openledger.exceptions import ConfigError
+from openledger.studio import StudioConfig, is_loopback
+
+
+def make_datanet(client: TestClient, name: str = "colours") -> None:
+    assert client.post("/api/accounts", json={"name": "alice"}).status_code == 200
+    made = client.post(
+        "/api/datanets", json={"name": name, "schema_id": "openledger.instruction/1"}
+    )
+    assert made.status_code == 200, made.text
+
+
+def upload(client: TestClient, body: bytes, filename: str = "rows.jsonl", name: str = "colours"):
+    return client.post(
+        f"/api/datanets/{name}/upload",
+        params={"filename": filename, "account": "alice"},
+        content=body,
+    )
+
+
+def stored(client: TestClient, name: str = "colours") -> int:
+    return int(client.get(f"/api/datanets/{name}/records").json()["total"])
+
+
+def test_upload_then_snapshot_shows_root_and_contributor(client: TestClient) -> None:
+    make_datanet(client)
+    done = upload(client, jsonl(colour_rows()))
+    assert done.status_code == 200, done.text
+    assert done.json()["stored"] == 8
+    records = client.get("/api/datanets/colours/records").json()["records"]
+    assert {r["contributor_name"] for r in records} == {"alice"}
+    assert {r["status"] for r in records} == {"accepted"}
+    snap = client.post("/api/datanets/colours/snapshot").json()
+    assert snap["count"] == 8
+    assert snap["root"].startswith("0x")
+    assert len(snap["root"]) == 66
+    listed = client.get("/api/datanets").json()
+    assert listed[0]["snapshots"][0]["root"] == snap["root"]
+
+
+def test_csv_upload_stores_rows(client: TestClient) -> None:
+    make_datanet(client)
+    body = b"instruction,input,response\nCode red?,,RED ok.\nCode blue?,ctx,BLUE ok.\n"
+    done = upload(client, body, "rows.csv")
+    assert done.status_code == 200, done.text
+    fields = [r["fields"] for r in client.get("/api/datanets/colours/records").json()["records"]]
+    assert fields[0] == {"instruction": "Code red?", "response": "RED ok."}
+    assert fields[1]["input"] == "ctx"
+
+
+@pytest.mark.parametrize(
+    ("body", "filename", "named"),
+    [
+        # one good row, then one of another schema: the whole file is refused
+        (jsonl([*colour_rows()[:1], {"text": "plain text"}]), "rows.jsonl", "text"),
+        (jsonl([{"instruction": "Code red?"}]), "rows.jsonl", "response"),
+        (
+            b'{"instruction": "Code red?", "response": "RED ok."}\n{not json\n',
+            "bad.jsonl",
+            "bad.jsonl:2",
+        ),
+        (b"instruction,response\nCode red?,RED ok.,extra\n", "rows.csv", "more cells"),
+        (jsonl(colour_rows()), "rows.parquet", ".parquet"),
+        (b"\xff\xfe", "rows.csv", "UTF-8"),
+    ],
+)
+def test_bad_upload_names_the_problem_and_stores_nothing(
+    client: TestClient, body: bytes, filename: str, named: str
+) -> None:
+    make_datanet(client)
+    refused = upload(client, body, filename)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert named in error
+    assert "Traceback" not in refused.text
+    assert stored(client) == 0
+
+
+def test_oversized_upload_is_refused_and_stores_nothing(client: TestClient) -> None:
+    make_datanet(client)
+    rows = [{"instruction": f"Question {i}?", "response": "An answer."} for i in range(200)]
+    refused = upload(client, jsonl(rows))
+    assert refused.status_code == 400
+    assert "larger than the 4,096 bytes" in refused.json()["error"]
+    assert stored(client) == 0
+
+
+def test_unknown_things_are_messages(client: TestClient) -> None:
+    missing = client.get("/api/datanets/nope/records")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "no datanet called 'nope'"
+    bad_name = client.post("/api/datanets", json={"name": "../up", "schema_id": "x"})
+    assert bad_name.status_code == 400
+    assert "datanet name '../up'" in bad_name.json()["error"]
+    unsigned = client.post(
+        "/api/datanets/colours/upload", params={"filename": "a.jsonl", "account": "bob"}
+    )
+    assert "no local account called 'bob'" in unsigned.json()["error"]
+    assert client.post("/api/rewards/settle", json={"pool": "-1"}).status_code == 400
+    no_answers = client.post("/api/rewards/settle", json={"pool": "10"})
+    assert "attribute an answer in the Chat tab" in no_answers.json()["error"]
+
+
+def test_an_unexpected_failure_is_a_message_without_a_traceback(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> list[str]:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(client.app.state.studio.workspace, "datanet_names", broken)  # type: ignore[attr-defined]
+    failed = client.get("/api/datanets")
+    assert failed.status_code == 500
+    assert "unexpected RuntimeError" in failed.json()["error"]
+    assert "disk on fire" not in failed.text
+    assert "Traceback" not in failed.text
+
+
+def test_cancelled_training_leaves_no_adapter_and_no_folder(
+    client: TestClient, studio_home: Path
+) -> None:
+    make_datanet(client)
+    upload(client, jsonl(colour_rows()))
+    client.post("/api/datanets/colours/snapshot")
+    base = str((studio_home / "models" / "tiny-llama").resolve())
+    body = {
+        "name": "never",
+        "datanet": "colours",
+        "snapshot_id": 1,
+        "base_model": base,
+        "recipe": {**TINY_RECIPE, "max_steps": 100_000},
+    }
+    started = client.post("/api/train", json=body)
+    assert started.status_code == 200, started.text
+    job_id = started.json()["id"]
+
+    def job() -> dict[str, Any]:
+        return client.get(f"/api/train/jobs/{job_id}").json()
+
+    wait_for(lambda: job()["step"] >= 1, 120, "the first training step")
+    second = client.post("/api/train", json={**body, "name": "other"})
+    assert "a training run is going" in second.json()["error"]
+    client.post(f"/api/train/jobs/{job_id}/cancel")
+    final = wait_for(
+        lambda: job()["state"] in ("cancelled", "done", "failed") and job(), 120, "cancel"
+    )
+    assert final["state"] == "cancelled"
+    assert client.get("/api/adapters").json() == []
+    adapters = studio_home / "adapters"
+    assert not (adapters / "never").exists()
+    assert [p.name for p in adapters.rglob("*")] in ([], [".staging"])
+
+
+def test_only_loopback_hosts_unless_allowed(tmp_path: Path) -> None:
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("example.org")
+    with pytest.raises(ConfigError, match="--allow-remote"):
+        StudioConfig(home=tmp_path, host="0.0.0.0")
+    assert StudioConfig(home=tmp_path, host="0.0.0.0", allow_remote=True).host == "0.0.0.0"
