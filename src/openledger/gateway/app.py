@@ -126,6 +126,12 @@ def _add_error_handlers(app: FastAPI, state: GatewayState) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
         return JSONResponse(dict(error.body), status_code=error.status, headers=headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        error = http_error(exc)  # NOTE: logged there; the client gets no internals
+        state.metrics.requests.labels(request.url.path, str(error.status)).inc()
+        return JSONResponse(dict(error.body), status_code=error.status)
+
     @app.exception_handler(HTTPException)
     async def http(request: Request, exc: HTTPException) -> Response:
         code = "not_found" if exc.status_code == 404 else None

@@ -54,7 +54,7 @@ def http_error(exc: BaseException) -> HttpError:
         return _error(400, message, "invalid_request_error", exc.param, None)
     if isinstance(exc, InvalidRequestError):
         code = "context_length_exceeded" if any(s in message for s in _TOO_LONG) else None
-        return _error(400, message, "invalid_request_error", "messages", code)
+        return _error(400, message, "invalid_request_error", None, code)
     if isinstance(exc, AuthenticationError):
         return _error(401, message, "invalid_request_error", None, "invalid_api_key")
     if isinstance(exc, (ModelNotFoundError, AdapterNotFoundError)):
