@@ -10,6 +10,7 @@
     openledger serve [--model NAME] [--adapter NAME=SOURCE ...] [--host ADDR] [--port N]
                      [--config FILE] [--ledger PATH]
     openledger keys create --ledger PATH [--payer ADDRESS] [--name LABEL] [--admin]
+    openledger studio [--home FOLDER] [--host ADDR] [--port N] [--share] [--allow-remote]
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--question", default=DEFAULT_QUESTION)
     chat.add_argument("--max-tokens", type=int, default=64)
     _add_serve_parsers(commands)
+    _add_studio_parser(commands)
     return parser
 
 
@@ -118,6 +120,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         _serve(args)
     elif args.command == "keys" and args.verb == "create":
         _keys_create(out, args)
+    elif args.command == "studio":
+        _studio(args)
     return 0
 
 
@@ -215,6 +219,32 @@ def _keys_create(out: TextIO, args: argparse.Namespace) -> None:
         "secret; it is shown only now (the ledger stores its sha256)",
         file=sys.stderr,
     )
+
+
+def _add_studio_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    studio = commands.add_parser("studio", help="the Studio web app (needs the [server] extra)")
+    studio.add_argument("--home", default="openledger-studio", help="the Studio's work folder")
+    studio.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only)")
+    studio.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
+    studio.add_argument("--share", action="store_true", help="listen on every interface")
+    studio.add_argument(
+        "--allow-remote", action="store_true", help="allow --share or a non-loopback --host"
+    )
+
+
+def _studio(args: argparse.Namespace) -> None:
+    from openledger.studio import StudioConfig, run_studio
+
+    if args.share and not args.allow_remote:
+        raise ConfigError(
+            "--share makes the Studio (which has no login) reachable from other machines; "
+            "add --allow-remote if you really mean it"
+        )
+    host = "0.0.0.0" if args.share else args.host
+    config = StudioConfig(
+        home=Path(args.home), host=host, port=args.port, allow_remote=args.allow_remote
+    )
+    run_studio(config)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,15 @@ def test_only_loopback_hosts_unless_allowed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--allow-remote"):
         StudioConfig(home=tmp_path, host="0.0.0.0")
     assert StudioConfig(home=tmp_path, host="0.0.0.0", allow_remote=True).host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--share"], ["--host", "0.0.0.0"], ["--host", "192.168.1.4", "--share"]]
+)
+def test_the_command_refuses_remote_listening_without_allow_remote(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from openledger.cli import main
+
+    assert main(["studio", "--home", str(tmp_path), *argv]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
