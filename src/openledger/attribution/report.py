@@ -15,7 +15,7 @@ from typing import Any
 
 from openledger.types import Address, Hash32
 
-__all__ = ["AttributionReport", "RecordScore"]
+__all__ = ["AttributionReport", "MatchedSpan", "RecordScore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +36,37 @@ class RecordScore:
 
 
 @dataclass(frozen=True, slots=True)
+class MatchedSpan:
+    """A span of the answer that indexed records hold (span attribution).
+
+    Attributes:
+        start: Its first token's position in the answer's tokens.
+        length: Its length in tokens.
+        text: The span as text.
+        weight: ``length * ln(records / holders)``: 0 when every record holds it.
+        record_hashes: The records that hold it (its weight is shared among them).
+    """
+
+    start: int
+    length: int
+    text: str
+    weight: float
+    record_hashes: tuple[Hash32, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AttributionReport:
     """Scores of every indexed training record for one ``(prompt, completion)``.
 
     Attributes:
-        method: ``exact``, ``datainf``, ``tracin`` or ``gradcos``.
-        adapter_id: The adapter the answer came from.
+        method: ``exact``, ``datainf``, ``tracin``, ``gradcos`` or ``spans``.
+        adapter_id: The adapter the answer came from (zeros for the base model).
         snapshot_root: The snapshot the adapter was trained on.
         datanet_id: That snapshot's datanet (``None`` when unknown).
         prompt: The question.
         completion: The answer attributed.
         records: One score per indexed record, in snapshot order.
+        spans: The answer's spans that records hold (``spans`` reports only).
     """
 
     method: str
@@ -56,6 +76,7 @@ class AttributionReport:
     prompt: str
     completion: str
     records: tuple[RecordScore, ...]
+    spans: tuple[MatchedSpan, ...] = ()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -97,6 +118,7 @@ class AttributionReport:
         """Return the report as plain JSON-ready values (shares included)."""
         body = asdict(self)
         body["records"] = [asdict(r) for r in self.records]
+        body["spans"] = [asdict(s) for s in self.spans]
         body["contributor_shares"] = self.contributor_shares()
         return body
 
@@ -131,12 +153,34 @@ class AttributionReport:
             f"<li><code>{html.escape(a)}</code>: {s:.1%}</li>"
             for a, s in self.contributor_shares().items()
         )
+        answer = (
+            _highlighted(self.completion, self.spans)
+            if self.spans
+            else html.escape(_short(self.completion, 80))
+        )
         return (
             f"<div><b>Attribution ({html.escape(self.method)})</b> of "
-            f"<i>{html.escape(_short(self.completion, 80))}</i>"
+            f"<i>{answer}</i>"
             f"<table><tr><th>score</th><th>record</th><th>contributor</th><th>text</th></tr>"
             f"{rows}</table><ul>{shares}</ul></div>"
         )
+
+
+def _highlighted(completion: str, spans: tuple[MatchedSpan, ...]) -> str:
+    """The answer with each weighted span's text marked (first occurrence after the last)."""
+    out, cursor = [], 0
+    for span in spans:
+        found = completion.find(span.text.strip(), cursor) if span.weight > 0 else -1
+        if found < 0 or not span.text.strip():
+            continue
+        end = found + len(span.text.strip())
+        out.append(html.escape(completion[cursor:found]))
+        out.append(
+            f"<mark title='weight {span.weight:.3g}'>{html.escape(completion[found:end])}</mark>"
+        )
+        cursor = end
+    out.append(html.escape(completion[cursor:]))
+    return "".join(out)
 
 
 def _short(text: str, size: int) -> str:
