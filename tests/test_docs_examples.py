@@ -81,5 +81,6 @@ def test_quickstart_runs_end_to_end(
     for payee, amount in payouts.items():
         assert protocol.rewards.is_claimed(ns["epoch"].epoch_id, payee)
         assert f"{payee} {amount}" in printed
-    assert protocol.models.is_registered(model_id(ns["model"]))
+    registrant = protocol.chain.default_account.address
+    assert protocol.models.is_registered(model_id(ns["model"], registrant))
     assert (tmp_path / "quickstart" / "adapter" / "openledger_manifest.json").is_file()

@@ -13,6 +13,8 @@ import {Nonces} from "@openzeppelin/contracts/utils/Nonces.sol";
 ///      `keccak256(bytes.concat(keccak256(abi.encode(recordHash, contributor))))`.
 ///      A datanet id is `keccak256(abi.encode(owner, keccak256(bytes(name))))`, so names are
 ///      namespaced by their owner and nobody can squat another owner's id.
+///      Ownership moves in two steps (the owner proposes, the new owner accepts); accepting
+///      clears every curator, so nobody the old owner trusted keeps publishing.
 contract DatanetRegistry is EIP712, Nonces {
     struct Datanet {
         address owner;
@@ -36,7 +38,11 @@ contract DatanetRegistry is EIP712, Nonces {
 
     mapping(bytes32 datanetId => Datanet) private _datanets;
     mapping(bytes32 datanetId => Snapshot[]) private _snapshots;
-    mapping(bytes32 datanetId => mapping(address account => bool)) private _curators;
+    // NOTE: curators live under a generation that an ownership transfer bumps, which clears
+    //       them all in O(1) without enumerating the set.
+    mapping(bytes32 datanetId => uint256) private _curatorGeneration;
+    mapping(bytes32 datanetId => mapping(uint256 generation => mapping(address account => bool))) private _curators;
+    mapping(bytes32 datanetId => address) private _pendingOwners;
 
     event DatanetRegistered(
         bytes32 indexed datanetId,
@@ -48,6 +54,10 @@ contract DatanetRegistry is EIP712, Nonces {
     );
     event MetadataUpdated(bytes32 indexed datanetId, bytes32 metadataHash, string metadataURI);
     event CuratorSet(bytes32 indexed datanetId, address indexed curator, bool allowed);
+    event DatanetOwnershipTransferStarted(
+        bytes32 indexed datanetId, address indexed previousOwner, address indexed newOwner
+    );
+    event CuratorsCleared(bytes32 indexed datanetId, uint256 generation);
     event DatanetOwnershipTransferred(
         bytes32 indexed datanetId, address indexed previousOwner, address indexed newOwner
     );
@@ -61,6 +71,7 @@ contract DatanetRegistry is EIP712, Nonces {
     error DatanetAlreadyRegistered(bytes32 datanetId);
     error UnknownDatanet(bytes32 datanetId);
     error NotDatanetOwner(bytes32 datanetId, address account);
+    error NotPendingOwner(bytes32 datanetId, address account);
     error NotPublisher(bytes32 datanetId, address account);
     error UnknownSnapshot(bytes32 datanetId, uint256 index);
     error SignatureExpired(uint256 deadline);
@@ -105,16 +116,34 @@ contract DatanetRegistry is EIP712, Nonces {
     function setCurator(bytes32 datanetId, address curator, bool allowed) external {
         _requireOwner(datanetId, msg.sender);
         if (curator == address(0)) revert ZeroAddress();
-        _curators[datanetId][curator] = allowed;
+        _curators[datanetId][_curatorGeneration[datanetId]][curator] = allowed;
         emit CuratorSet(datanetId, curator, allowed);
     }
 
-    /// @notice Hand a datanet to a new owner (owner only).
+    /// @notice Offer a datanet to `newOwner`, who must accept it (owner only); the zero
+    ///         address withdraws a pending offer.
     function transferDatanetOwnership(bytes32 datanetId, address newOwner) external {
         _requireOwner(datanetId, msg.sender);
-        if (newOwner == address(0)) revert ZeroAddress();
-        _datanets[datanetId].owner = newOwner;
-        emit DatanetOwnershipTransferred(datanetId, msg.sender, newOwner);
+        _pendingOwners[datanetId] = newOwner;
+        emit DatanetOwnershipTransferStarted(datanetId, msg.sender, newOwner);
+    }
+
+    /// @notice Take over a datanet offered to the caller; every curator is cleared.
+    function acceptDatanetOwnership(bytes32 datanetId) external {
+        if (_pendingOwners[datanetId] != msg.sender || msg.sender == address(0)) {
+            revert NotPendingOwner(datanetId, msg.sender);
+        }
+        address previous = _datanets[datanetId].owner;
+        delete _pendingOwners[datanetId];
+        _datanets[datanetId].owner = msg.sender;
+        uint256 generation = ++_curatorGeneration[datanetId];
+        emit CuratorsCleared(datanetId, generation);
+        emit DatanetOwnershipTransferred(datanetId, previous, msg.sender);
+    }
+
+    /// @notice The address a datanet is offered to, or zero.
+    function pendingOwner(bytes32 datanetId) external view returns (address) {
+        return _pendingOwners[datanetId];
     }
 
     /// @notice Append a snapshot root (owner or curator); returns its index.
@@ -175,7 +204,7 @@ contract DatanetRegistry is EIP712, Nonces {
 
     /// @notice Whether `account` may publish snapshots of the datanet.
     function isPublisher(bytes32 datanetId, address account) public view returns (bool) {
-        return _datanets[datanetId].owner == account || _curators[datanetId][account];
+        return _datanets[datanetId].owner == account || _curators[datanetId][_curatorGeneration[datanetId]][account];
     }
 
     /// @notice The EIP-712 domain separator of this registry.

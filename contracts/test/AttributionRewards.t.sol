@@ -4,19 +4,21 @@ pragma solidity 0.8.28;
 import {IAccessControl} from "@openzeppelin/contracts/access/IAccessControl.sol";
 import {AttributionRewards} from "../src/AttributionRewards.sol";
 import {OpenToken} from "../src/OpenToken.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {TestBase, TestMerkle} from "./utils/TestBase.sol";
+import {FeeOnTransferToken, ReenteringToken} from "./utils/TokenMocks.sol";
 
 contract AttributionRewardsTest is TestBase {
     OpenToken internal token;
     AttributionRewards internal rewards;
     address internal constant SETTLER = address(0x5e771e7);
-    address internal constant SINK = address(0x5111c);
+    address internal constant SINK = address(0x7ea5);
     uint64 internal constant DEADLINE = 1_000_000;
 
     function setUp() public {
         vm.warp(1000);
-        token = new OpenToken(SETTLER, 1e30);
-        rewards = new AttributionRewards(token, address(this));
+        token = new OpenToken(SETTLER, 1e30, 1e31);
+        rewards = new AttributionRewards(token, address(this), SINK, 1 hours);
         rewards.grantRole(rewards.SETTLER_ROLE(), SETTLER);
         vm.prank(SETTLER);
         token.approve(address(rewards), type(uint256).max);
@@ -84,15 +86,111 @@ contract AttributionRewardsTest is TestBase {
         assertTrue(!rewards.isClaimed(1, _recipient(0)), "no state change");
     }
 
-    function testFuzz_onlySettlerPostsAndSweeps(address caller) public {
+    function testFuzz_onlySettlerPosts(address caller) public {
         vm.assume(caller != SETTLER);
         bytes32 role = rewards.SETTLER_ROLE();
         vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, caller, role));
         vm.prank(caller);
         rewards.postEpoch(1, bytes32(uint256(1)), 1, DEADLINE);
-        vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, caller, role));
+    }
+
+    /// Attack: a settler (or anyone) sweeping an epoch before its claim window closes.
+    function testFuzz_earlySweepReverts(address caller, uint256 at) public {
+        uint256[] memory amounts = new uint256[](2);
+        (amounts[0], amounts[1]) = (5, 6);
+        _post(1, amounts);
+        vm.warp(bound(at, 1000, DEADLINE));
+        vm.expectRevert(abi.encodeWithSelector(AttributionRewards.EpochStillOpen.selector, 1, DEADLINE));
         vm.prank(caller);
-        rewards.sweep(1, caller);
+        rewards.sweep(1);
+        assertEq(token.balanceOf(address(rewards)), 11, "nothing moved");
+    }
+
+    /// Attack: a settler posting an epoch whose claim window is too short to claim in.
+    function testFuzz_claimWindowBelowMinimumReverts(uint64 window) public {
+        window = uint64(bound(window, 1, 1 hours - 1));
+        uint64 deadline = uint64(block.timestamp) + window;
+        vm.expectRevert(
+            abi.encodeWithSelector(AttributionRewards.ClaimWindowTooShort.selector, deadline, block.timestamp + 1 hours)
+        );
+        vm.prank(SETTLER);
+        rewards.postEpoch(1, bytes32(uint256(1)), 1, deadline);
+        vm.prank(SETTLER);
+        rewards.postEpoch(1, bytes32(uint256(1)), 1, uint64(block.timestamp) + 1 hours);
+    }
+
+    function test_onlyAdminSetsTreasuryAndWindowWithinBounds() public {
+        vm.expectRevert(abi.encodeWithSelector(AttributionRewards.ClaimWindowOutOfRange.selector, uint64(59 minutes)));
+        rewards.setMinClaimWindow(59 minutes);
+        vm.expectRevert(abi.encodeWithSelector(AttributionRewards.ClaimWindowOutOfRange.selector, uint64(366 days)));
+        rewards.setMinClaimWindow(366 days);
+        rewards.setMinClaimWindow(7 days);
+        assertEq(rewards.minClaimWindow(), 7 days, "window set");
+        vm.expectRevert(AttributionRewards.ZeroAddress.selector);
+        rewards.setTreasury(address(0));
+        bytes32 admin = rewards.DEFAULT_ADMIN_ROLE();
+        vm.expectRevert(
+            abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, SETTLER, admin)
+        );
+        vm.prank(SETTLER);
+        rewards.setTreasury(SETTLER);
+        assertEq(rewards.treasury(), SINK, "treasury unchanged");
+    }
+
+    /// Attack: a token that calls back into the contract while it pays a claim tries to
+    /// claim the same leaf again; the guard stops it and the account is paid once.
+    function test_reenteringTokenCannotClaimTwice() public {
+        ReenteringToken hostile = new ReenteringToken(SETTLER, 1e24);
+        AttributionRewards pool = new AttributionRewards(hostile, address(this), SINK, 1 hours);
+        pool.grantRole(pool.SETTLER_ROLE(), SETTLER);
+        bytes32[] memory leaves = new bytes32[](2);
+        leaves[0] = pool.rewardLeaf(_recipient(0), 40);
+        leaves[1] = pool.rewardLeaf(_recipient(1), 60);
+        vm.startPrank(SETTLER);
+        hostile.approve(address(pool), 100);
+        pool.postEpoch(1, TestMerkle.root(leaves), 100, DEADLINE);
+        vm.stopPrank();
+        bytes32[] memory proof = TestMerkle.proof(leaves, 0);
+        hostile.arm(address(pool), abi.encodeCall(pool.claimFor, (1, _recipient(0), 40, proof)));
+        pool.claimFor(1, _recipient(0), 40, proof);
+        assertTrue(hostile.attempted() && !hostile.reentered(), "re-entry refused");
+        bytes memory guard = abi.encodeWithSelector(ReentrancyGuardTransient.ReentrancyGuardReentrantCall.selector);
+        assertEq(hostile.reentryRevertData(), guard, "stopped by the guard");
+        assertEq(hostile.balanceOf(_recipient(0)), 40, "paid once");
+        assertEq(hostile.balanceOf(address(pool)), 60, "the rest stays for the other account");
+    }
+
+    /// Attack: a token that re-enters `sweep` of another expired epoch while one is swept.
+    function test_reenteringTokenCannotSweepDuringSweep() public {
+        ReenteringToken hostile = new ReenteringToken(SETTLER, 1e24);
+        AttributionRewards pool = new AttributionRewards(hostile, address(this), SINK, 1 hours);
+        pool.grantRole(pool.SETTLER_ROLE(), SETTLER);
+        vm.startPrank(SETTLER);
+        hostile.approve(address(pool), 30);
+        pool.postEpoch(1, bytes32(uint256(1)), 10, DEADLINE);
+        pool.postEpoch(2, bytes32(uint256(2)), 20, DEADLINE);
+        vm.stopPrank();
+        vm.warp(uint256(DEADLINE) + 1);
+        hostile.arm(address(pool), abi.encodeCall(pool.sweep, (2)));
+        assertEq(pool.sweep(1), 10, "first sweep");
+        assertTrue(hostile.attempted() && !hostile.reentered(), "re-entry refused");
+        assertEq(pool.getEpoch(2).remaining, 20, "second epoch untouched");
+        assertEq(hostile.balanceOf(address(pool)), 20, "balance = open remaining");
+    }
+
+    /// A fee-on-transfer token delivers less than the epoch total: posting is refused.
+    function test_feeOnTransferTokenIsRefused() public {
+        FeeOnTransferToken fee = new FeeOnTransferToken(SETTLER, 1e24);
+        AttributionRewards pool = new AttributionRewards(fee, address(this), SINK, 1 hours);
+        pool.grantRole(pool.SETTLER_ROLE(), SETTLER);
+        vm.startPrank(SETTLER);
+        fee.approve(address(pool), 1000);
+        vm.expectRevert(abi.encodeWithSelector(AttributionRewards.FundingShortfall.selector, 1, 1000, 990));
+        pool.postEpoch(1, bytes32(uint256(1)), 1000, DEADLINE);
+        vm.stopPrank();
+        assertEq(fee.balanceOf(address(pool)), 0, "nothing held");
+        vm.expectRevert(abi.encodeWithSelector(AttributionRewards.UnknownEpoch.selector, 1));
+        pool.getEpoch(1);
     }
 
     function test_claimByOwnerPaysCaller() public {
@@ -149,22 +247,19 @@ contract AttributionRewardsTest is TestBase {
             paid += amounts[i];
         }
         vm.expectRevert(abi.encodeWithSelector(AttributionRewards.EpochStillOpen.selector, 1, DEADLINE));
-        vm.prank(SETTLER);
-        rewards.sweep(1, SINK);
+        rewards.sweep(1);
         vm.warp(uint256(DEADLINE) + 1);
         if (claims < amounts.length) {
             bytes32[] memory proof = TestMerkle.proof(leaves, claims);
             vm.expectRevert(abi.encodeWithSelector(AttributionRewards.ClaimWindowClosed.selector, 1, DEADLINE));
             rewards.claimFor(1, _recipient(claims), amounts[claims], proof);
         }
-        vm.prank(SETTLER);
-        uint256 swept = rewards.sweep(1, SINK);
+        uint256 swept = rewards.sweep(1);
         assertEq(swept, total - paid, "swept the unclaimed rest");
-        assertEq(token.balanceOf(SINK), total - paid, "sink paid");
+        assertEq(token.balanceOf(SINK), total - paid, "treasury paid");
         assertEq(token.balanceOf(address(rewards)), 0, "nothing left");
         vm.expectRevert(abi.encodeWithSelector(AttributionRewards.AlreadySwept.selector, 1));
-        vm.prank(SETTLER);
-        rewards.sweep(1, SINK);
+        rewards.sweep(1);
     }
 
     function test_overfullTreeCannotDrainOtherEpochs() public {

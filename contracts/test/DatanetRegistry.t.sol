@@ -95,6 +95,65 @@ contract DatanetRegistryTest is TestBase {
         registry.publishSnapshotBySig(id, bytes32(uint256(7)), 3, owner, 1 days, sig);
     }
 
+    function test_ownershipMovesInTwoStepsAndClearsCurators() public {
+        address next = address(0xB0B);
+        address curator = address(0xC0C);
+        vm.startPrank(owner);
+        registry.setCurator(id, curator, true);
+        registry.transferDatanetOwnership(id, next);
+        vm.stopPrank();
+        assertEq(registry.getDatanet(id).owner, owner, "owner until accepted");
+        assertEq(registry.pendingOwner(id), next, "pending");
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotPendingOwner.selector, id, curator));
+        vm.prank(curator);
+        registry.acceptDatanetOwnership(id);
+        vm.prank(next);
+        registry.acceptDatanetOwnership(id);
+        assertEq(registry.getDatanet(id).owner, next, "new owner");
+        assertEq(registry.pendingOwner(id), address(0), "offer used");
+        assertTrue(!registry.isPublisher(id, curator), "curator cleared");
+        assertTrue(!registry.isPublisher(id, owner), "old owner is no publisher");
+        vm.prank(next);
+        registry.setCurator(id, curator, true);
+        assertTrue(registry.isPublisher(id, curator), "new owner may appoint again");
+    }
+
+    /// Attack: after a transfer the old owner and its curators try to keep publishing,
+    /// directly and with a signature made before the transfer.
+    function test_oldOwnerCannotPublishAfterTransfer() public {
+        address next = address(0xB0B);
+        address curator = address(0xC0C);
+        bytes memory early = _signPublish(OWNER_KEY, bytes32(uint256(7)), 3, 1 days);
+        vm.startPrank(owner);
+        registry.setCurator(id, curator, true);
+        registry.transferDatanetOwnership(id, next);
+        vm.stopPrank();
+        vm.prank(next);
+        registry.acceptDatanetOwnership(id);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotPublisher.selector, id, owner));
+        vm.prank(owner);
+        registry.publishSnapshot(id, bytes32(uint256(1)), 1);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotPublisher.selector, id, curator));
+        vm.prank(curator);
+        registry.publishSnapshot(id, bytes32(uint256(1)), 1);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotPublisher.selector, id, owner));
+        registry.publishSnapshotBySig(id, bytes32(uint256(7)), 3, owner, 1 days, early);
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotDatanetOwner.selector, id, owner));
+        vm.prank(owner);
+        registry.setCurator(id, owner, true);
+        assertEq(registry.snapshotCount(id), 0, "nothing published");
+    }
+
+    function test_pendingTransferCanBeWithdrawn() public {
+        vm.startPrank(owner);
+        registry.transferDatanetOwnership(id, address(0xB0B));
+        registry.transferDatanetOwnership(id, address(0));
+        vm.stopPrank();
+        vm.expectRevert(abi.encodeWithSelector(DatanetRegistry.NotPendingOwner.selector, id, address(0xB0B)));
+        vm.prank(address(0xB0B));
+        registry.acceptDatanetOwnership(id);
+    }
+
     function testFuzz_publishBySigRejectsWrongSigner(uint256 key) public {
         key = bound(key, 1, 1e70);
         vm.assume(key != OWNER_KEY);

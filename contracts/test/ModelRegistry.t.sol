@@ -15,19 +15,22 @@ contract ModelRegistryTest is TestBase {
         return ModelRegistry.Manifest(weights, "smollm2-135m-instruct", keccak256("recipe"), roots, keccak256("log"));
     }
 
-    function testFuzz_idIsHashOfManifest(bytes32 weights, bytes32[] memory roots) public {
+    function testFuzz_idBindsRegistrantToManifestHash(bytes32 weights, bytes32[] memory roots) public {
         vm.assume(weights != bytes32(0));
         ModelRegistry.Manifest memory m = _manifest(weights, roots);
-        bytes32 expected = keccak256(
+        bytes32 manifestHash = keccak256(
             abi.encode(
                 keccak256("openledger.ModelManifest.v1"), weights, m.baseModel, m.recipeHash, roots, m.trainingLogRoot
             )
         );
-        assertEq(registry.modelIdOf(m), expected, "pure id");
+        bytes32 expected = keccak256(abi.encode(address(this), manifestHash));
+        assertEq(registry.manifestHashOf(m), manifestHash, "pure manifest hash");
+        assertEq(registry.modelIdOf(address(this), m), expected, "pure id");
         bytes32 id = registry.registerModel(m, 5);
         assertEq(id, expected, "registered id");
         ModelRegistry.Model memory model = registry.getModel(id);
         assertEq(model.owner, address(this), "owner");
+        assertEq(model.registrant, address(this), "registrant");
         assertEq(model.manifest.datanetRoots.length, roots.length, "roots stored");
         vm.expectRevert(abi.encodeWithSelector(ModelRegistry.ModelAlreadyRegistered.selector, id));
         registry.registerModel(m, 5);
@@ -43,6 +46,40 @@ contract ModelRegistryTest is TestBase {
         registry.setStatus(id, ModelRegistry.Status.Deprecated);
         vm.stopPrank();
         assertEq(registry.getModel(id).pricePer1kTokens, 5, "price unchanged");
+    }
+
+    /// Attack: a front-runner copies a pending registration (same manifest) into an earlier
+    /// transaction. It gets its own id; the author's id stays free and is the author's.
+    function testFuzz_frontRunRegistrationCannotTakeTheId(address attacker) public {
+        vm.assume(attacker != address(this) && attacker != address(0));
+        ModelRegistry.Manifest memory m = _manifest(keccak256("w"), new bytes32[](1));
+        bytes32 authorId = registry.modelIdOf(address(this), m);
+        vm.prank(attacker);
+        bytes32 squatted = registry.registerModel(m, 0);
+        assertTrue(squatted != authorId, "different id");
+        assertTrue(!registry.isRegistered(authorId), "author id still free");
+        assertEq(registry.registerModel(m, 5), authorId, "author registers its id");
+        assertEq(registry.getModel(authorId).owner, address(this), "author owns it");
+        assertEq(registry.getModel(squatted).registrant, attacker, "the copy names its registrant");
+    }
+
+    function test_ownershipMovesInTwoSteps() public {
+        bytes32 id = registry.registerModel(_manifest(keccak256("w"), new bytes32[](0)), 5);
+        address next = address(0xB0B);
+        registry.transferModelOwnership(id, next);
+        assertEq(registry.getModel(id).owner, address(this), "owner until accepted");
+        assertEq(registry.pendingOwner(id), next, "pending");
+        vm.expectRevert(abi.encodeWithSelector(ModelRegistry.NotPendingOwner.selector, id, address(0xBAD)));
+        vm.prank(address(0xBAD));
+        registry.acceptModelOwnership(id);
+        vm.prank(next);
+        registry.acceptModelOwnership(id);
+        ModelRegistry.Model memory model = registry.getModel(id);
+        assertEq(model.owner, next, "new owner");
+        assertEq(model.registrant, address(this), "registrant kept");
+        assertEq(registry.pendingOwner(id), address(0), "offer used");
+        vm.expectRevert(abi.encodeWithSelector(ModelRegistry.NotModelOwner.selector, id, address(this)));
+        registry.setPrice(id, 1);
     }
 
     function test_statusAndPrice() public {

@@ -7,7 +7,14 @@ from eth_abi.abi import encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openledger.chain import MANIFEST_TAG, ModelManifest, RewardTree, datanet_id, model_id
+from openledger.chain import (
+    MANIFEST_TAG,
+    ModelManifest,
+    RewardTree,
+    datanet_id,
+    manifest_hash,
+    model_id,
+)
 from openledger.crypto import keccak256, to_checksum_address, verify_proof
 from openledger.exceptions import ConfigError
 
@@ -30,7 +37,7 @@ def test_every_reward_proof_verifies_and_total_is_the_sum(amounts: dict[str, int
 
 @settings(max_examples=60, deadline=None)
 @given(hashes, st.text(min_size=1, max_size=40), hashes, st.lists(hashes, max_size=5), hashes)
-def test_model_id_is_the_tagged_abi_hash(
+def test_model_id_binds_the_registrant_to_the_tagged_manifest_hash(
     weights: str, base: str, recipe: str, roots: list[str], log: str
 ) -> None:
     manifest = ModelManifest(
@@ -43,7 +50,12 @@ def test_model_id_is_the_tagged_abi_hash(
     raw = [bytes.fromhex(h[2:]) for h in (weights, recipe, log)]
     types = ["bytes32", "bytes32", "string", "bytes32", "bytes32[]", "bytes32"]
     values = [MANIFEST_TAG, raw[0], base, raw[1], [bytes.fromhex(r[2:]) for r in roots], raw[2]]
-    assert model_id(manifest) == "0x" + keccak256(encode(types, values)).hex()
+    expected_hash = keccak256(encode(types, values))
+    assert manifest_hash(manifest) == "0x" + expected_hash.hex()
+    a, b = "0x" + "11" * 20, "0x" + "22" * 20
+    ident = keccak256(encode(["address", "bytes32"], [a, expected_hash]))
+    assert model_id(manifest, a) == "0x" + ident.hex()
+    assert model_id(manifest, b) != model_id(manifest, a)
 
 
 def test_datanet_id_is_owner_namespaced() -> None:

@@ -11,6 +11,7 @@ from openledger.chain import (
     Protocol,
     connect,
     datanet_id,
+    manifest_hash,
     model_id,
     record_leaf,
     reward_leaf,
@@ -39,7 +40,9 @@ def test_model_id_matches_model_id_of(
         datanet_roots=roots,
         training_log_root=log,
     )
-    assert deployed.models.model_id_of(manifest) == model_id(manifest)
+    registrant = deployed.chain.default_account.address
+    assert deployed.models.model_id_of(manifest, registrant) == model_id(manifest, registrant)
+    assert deployed.models.manifest_hash_of(manifest) == manifest_hash(manifest)
 
 
 @settings(max_examples=25, deadline=None)

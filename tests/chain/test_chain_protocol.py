@@ -106,21 +106,36 @@ def test_wrong_signer_is_refused_and_changes_nothing(chain: Chain, protocol: Pro
 
 def test_model_id_on_chain_equals_off_chain_and_registers(protocol: Protocol) -> None:
     manifest = _manifest(roots=(H, "0x" + "cd" * 32))
-    assert protocol.models.model_id_of(manifest) == model_id(manifest)
+    me = protocol.chain.default_account.address
+    assert protocol.models.model_id_of(manifest, me) == model_id(manifest, me)
     receipt = protocol.models.register_model(manifest, 25)
-    assert receipt.event("ModelRegistered")["modelId"] == model_id(manifest)
-    info = protocol.models.get_model(model_id(manifest))
-    assert (info.manifest, info.price_per_1k_tokens, info.status) == (
+    assert receipt.event("ModelRegistered")["modelId"] == model_id(manifest, me)
+    info = protocol.models.get_model(model_id(manifest, me))
+    assert (info.manifest, info.price_per_1k_tokens, info.status, info.registrant) == (
         manifest,
         25,
         ModelStatus.ACTIVE,
+        me,
     )
+
+
+def test_a_copied_registration_gets_its_own_id(chain: Chain, protocol: Protocol) -> None:
+    """Front-running: a copy of a pending registration cannot take the author's id."""
+    author, copier = chain.dev_accounts[0], chain.dev_accounts[3]
+    manifest = _manifest()
+    protocol.models.register_model(manifest, 1, sender=copier)
+    assert not protocol.models.is_registered(model_id(manifest, author.address))
+    receipt = protocol.models.register_model(manifest, 25, sender=author)
+    assert receipt.event("ModelRegistered")["modelId"] == model_id(manifest, author.address)
+    assert protocol.models.get_model(model_id(manifest, author.address)).owner == author.address
+    copied = protocol.models.get_model(model_id(manifest, copier.address))
+    assert copied.registrant == copier.address
 
 
 def test_only_the_model_owner_changes_price_and_status(chain: Chain, protocol: Protocol) -> None:
     manifest = _manifest()
     protocol.models.register_model(manifest, 25)
-    ident = model_id(manifest)
+    ident = model_id(manifest, chain.default_account.address)
     with pytest.raises(ContractRevertError) as info:
         protocol.models.set_price(ident, 1, sender=chain.dev_accounts[2])
     assert info.value.error_name == "NotModelOwner"
@@ -135,7 +150,8 @@ def test_unknown_model_and_bad_manifest_revert(protocol: Protocol) -> None:
     assert (unknown.value.error_name, unknown.value.error_args) == ("UnknownModel", {"modelId": H})
     with pytest.raises(ContractRevertError, match="ZeroWeightsHash"):
         protocol.models.register_model(_manifest(weights="0x" + "00" * 32))
-    assert not protocol.models.is_registered(model_id(_manifest(weights="0x" + "00" * 32)))
+    me = protocol.chain.default_account.address
+    assert not protocol.models.is_registered(model_id(_manifest(weights="0x" + "00" * 32), me))
 
 
 def test_owners_hand_over_and_update(chain: Chain, protocol: Protocol) -> None:
@@ -145,7 +161,17 @@ def test_owners_hand_over_and_update(chain: Chain, protocol: Protocol) -> None:
     protocol.datanets.set_curator(registered, successor.address, True)
     protocol.datanets.set_curator(registered, successor.address, False)
     assert not protocol.datanets.is_publisher(registered, successor.address)
+    protocol.datanets.set_curator(registered, chain.dev_accounts[6].address, True)
     protocol.datanets.transfer_datanet_ownership(registered, successor.address)
+    assert protocol.datanets.pending_owner(registered) == successor.address
+    assert protocol.datanets.get_datanet(registered).owner == chain.default_account.address
+    with pytest.raises(ContractRevertError, match="NotPendingOwner"):
+        protocol.datanets.accept_datanet_ownership(registered, sender=chain.dev_accounts[6])
+    protocol.datanets.accept_datanet_ownership(registered, sender=successor)
+    assert protocol.datanets.pending_owner(registered) is None
+    assert not protocol.datanets.is_publisher(registered, chain.dev_accounts[6].address)
+    with pytest.raises(ContractRevertError, match="NotPublisher"):
+        protocol.datanets.publish_snapshot(registered, H, 1)
     info = protocol.datanets.get_datanet(registered)
     assert (info.owner, info.metadata_uri, info.metadata_hash) == (
         successor.address,
@@ -156,7 +182,10 @@ def test_owners_hand_over_and_update(chain: Chain, protocol: Protocol) -> None:
         protocol.datanets.update_metadata(registered, H, "ipfs://v3")
     manifest = _manifest()
     protocol.models.register_model(manifest)
-    protocol.models.transfer_model_ownership(model_id(manifest), successor.address)
-    assert protocol.models.get_model(model_id(manifest)).owner == successor.address
-    protocol.models.set_price(model_id(manifest), 9, sender=successor)
-    assert protocol.models.get_model(model_id(manifest)).price_per_1k_tokens == 9
+    ident = model_id(manifest, chain.default_account.address)
+    protocol.models.transfer_model_ownership(ident, successor.address)
+    assert protocol.models.pending_owner(ident) == successor.address
+    protocol.models.accept_model_ownership(ident, sender=successor)
+    assert protocol.models.get_model(ident).owner == successor.address
+    protocol.models.set_price(ident, 9, sender=successor)
+    assert protocol.models.get_model(ident).price_per_1k_tokens == 9

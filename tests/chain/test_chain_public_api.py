@@ -9,14 +9,14 @@ import openledger.chain as chain
 from openledger.crypto import Account
 
 EXPECTED = {
-    "ANVIL_MNEMONIC", "CONTRACT_NAMES", "MANIFEST_TAG", "RECORD_LEAF_ENCODING",
+    "ANVIL_MNEMONIC", "CONTRACT_NAMES", "MANIFEST_TAG", "MINTER_ROLE", "RECORD_LEAF_ENCODING",
     "REWARD_LEAF_ENCODING", "SETTLER_ROLE", "Account", "Artifact", "AttributionRewardsClient",
     "Backend", "Chain", "ChainConnectionError", "ChainError", "ContractNotFoundError",
     "ContractRevertError", "DatanetInfo", "DatanetRegistryClient", "EpochInfo", "Event",
     "ModelInfo", "ModelManifest", "ModelRegistryClient", "ModelStatus", "OpenTokenClient",
     "Protocol", "ProtocolAddresses", "Receipt", "RewardTree", "SnapshotInfo",
     "TransactionTimeoutError", "connect", "datanet_id", "decode_revert", "deploy_protocol",
-    "load_artifact", "model_id", "record_leaf", "reward_leaf",
+    "load_artifact", "manifest_hash", "model_id", "record_leaf", "reward_leaf",
 }  # fmt: skip
 
 

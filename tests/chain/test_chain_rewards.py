@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from openledger.chain import (
+    MINTER_ROLE,
     SETTLER_ROLE,
     Account,
     Chain,
@@ -113,16 +114,19 @@ def test_sweep_after_deadline_returns_only_the_unclaimed(chain: Chain, protocol:
     users = [Account.create() for _ in range(3)]
     tree = _tree(users)
     sink = Account.create().address
+    protocol.rewards.set_treasury(sink)
     protocol.rewards.post_reward_tree(1, tree, chain.block_timestamp() + DAY)
     protocol.rewards.claim_from_tree(1, tree, users[0].address)
+    stranger = chain.dev_accounts[7]
     with pytest.raises(ContractRevertError, match="EpochStillOpen"):
-        protocol.rewards.sweep(1, sink)
+        protocol.rewards.sweep(1, sender=stranger)
     chain.increase_time(DAY + 1)
     with pytest.raises(ContractRevertError, match="ClaimWindowClosed"):
         protocol.rewards.claim_from_tree(1, tree, users[1].address)
     unclaimed = tree.total - tree.amount_of(users[0].address)
-    receipt = protocol.rewards.sweep(1, sink)
+    receipt = protocol.rewards.sweep(1, sender=stranger)
     assert receipt.event("Swept")["amount"] == unclaimed
+    assert receipt.event("Swept")["to"] == sink
     assert protocol.token.balance_of(sink) == unclaimed
     assert protocol.token.balance_of(protocol.rewards.address) == 0
     assert protocol.rewards.get_epoch(1).swept
@@ -148,3 +152,31 @@ def test_posted_epoch_ids_come_from_the_logs(chain: Chain, protocol: Protocol) -
     for epoch_id in (3, 1, 7):
         protocol.rewards.post_reward_tree(epoch_id, tree, deadline)
     assert protocol.rewards.posted_epoch_ids() == [3, 1, 7]
+
+
+def test_a_claim_window_below_the_minimum_is_refused(chain: Chain, protocol: Protocol) -> None:
+    tree = _tree([Account.create()])
+    assert protocol.rewards.min_claim_window() == 3600
+    protocol.token.approve(protocol.rewards.address, tree.total)
+    with pytest.raises(ContractRevertError) as info:
+        protocol.rewards.post_epoch(1, tree.root, tree.total, chain.block_timestamp() + 60)
+    assert info.value.error_name == "ClaimWindowTooShort"
+    with pytest.raises(ContractRevertError, match="ClaimWindowOutOfRange"):
+        protocol.rewards.set_min_claim_window(59)
+    with pytest.raises(ContractRevertError, match="AccessControlUnauthorizedAccount"):
+        protocol.rewards.set_treasury(chain.dev_accounts[4].address, sender=chain.dev_accounts[4])
+    assert protocol.rewards.treasury() == chain.default_account.address
+
+
+def test_the_token_is_capped_and_minted_by_role(chain: Chain, protocol: Protocol) -> None:
+    outsider = chain.dev_accounts[4]
+    room = protocol.token.cap() - protocol.token.total_supply()
+    with pytest.raises(ContractRevertError) as info:
+        protocol.token.mint(outsider.address, room + 1)
+    assert info.value.error_name == "ERC20ExceededCap"
+    with pytest.raises(ContractRevertError, match="AccessControlUnauthorizedAccount"):
+        protocol.token.mint(outsider.address, 1, sender=outsider)
+    protocol.token.grant_role(MINTER_ROLE, outsider.address)
+    protocol.token.mint(outsider.address, 5, sender=outsider)
+    assert protocol.token.balance_of(outsider.address) == 5
+    assert protocol.token.default_admin() == chain.default_account.address

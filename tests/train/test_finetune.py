@@ -132,8 +132,9 @@ def test_the_model_manifest_registers_on_chain_under_its_model_id(
     assert manifest.training_log_root == run.adapter.training_log().root
     protocol = connect().deploy_protocol()
     protocol.models.register_model(manifest, 25)
-    assert protocol.models.model_id_of(manifest) == model_id(manifest)
-    assert protocol.models.is_registered(model_id(manifest))
+    registrant = protocol.chain.default_account.address
+    assert protocol.models.model_id_of(manifest, registrant) == model_id(manifest, registrant)
+    assert protocol.models.is_registered(model_id(manifest, registrant))
 
 
 def test_the_log_holds_snapshot_records_four_per_step(run: TrainingRun, snapshot: Snapshot) -> None:

@@ -34,6 +34,10 @@ abstract contract TestBase {
         if (a != b) revert AssertionFailed(what);
     }
 
+    function assertEq(bytes memory a, bytes memory b, string memory what) internal pure {
+        if (keccak256(a) != keccak256(b)) revert AssertionFailed(what);
+    }
+
     function assertEq(address a, address b, string memory what) internal pure {
         if (a != b) revert AssertionFailed(what);
     }

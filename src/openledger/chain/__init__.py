@@ -26,6 +26,7 @@ from openledger.chain.encoding import (
     ModelManifest,
     RewardTree,
     datanet_id,
+    manifest_hash,
     model_id,
     record_leaf,
     reward_leaf,
@@ -41,6 +42,7 @@ from openledger.chain.registries import (
     SnapshotInfo,
 )
 from openledger.chain.rewards import (
+    MINTER_ROLE,
     SETTLER_ROLE,
     AttributionRewardsClient,
     EpochInfo,
@@ -59,6 +61,7 @@ __all__ = [
     "ANVIL_MNEMONIC",
     "CONTRACT_NAMES",
     "MANIFEST_TAG",
+    "MINTER_ROLE",
     "RECORD_LEAF_ENCODING",
     "REWARD_LEAF_ENCODING",
     "SETTLER_ROLE",
@@ -91,6 +94,7 @@ __all__ = [
     "decode_revert",
     "deploy_protocol",
     "load_artifact",
+    "manifest_hash",
     "model_id",
     "record_leaf",
     "reward_leaf",

@@ -288,20 +288,18 @@ class Chain:
         else:
             raise ConfigError("increase_time() needs the embedded chain or anvil")
 
-    def deploy_protocol(
-        self,
-        *,
-        admin: Account | None = None,
-        token: str | None = None,
-        initial_supply: int = 10**27,
-    ) -> Protocol:
+    def deploy_protocol(self, *, admin: Account | None = None, **options: Any) -> Protocol:
         """Deploy the registries, the rewards contract and (unless given) an OpenToken.
 
-        See :func:`openledger.chain.protocol.deploy_protocol`.
+        Args:
+            admin: Deployer and admin (default :attr:`default_account`).
+            **options: The keyword options of
+                :func:`openledger.chain.protocol.deploy_protocol` (``token``,
+                ``initial_supply``, ``supply_cap``, ``treasury``, ``min_claim_window``).
         """
         from openledger.chain.protocol import deploy_protocol
 
-        return deploy_protocol(self, admin=admin, token=token, initial_supply=initial_supply)
+        return deploy_protocol(self, admin=admin, **options)
 
     def protocol(self, addresses: ProtocolAddresses | dict[str, str]) -> Protocol:
         """Bind typed clients to already deployed contracts (code is checked at each address)."""

@@ -3,10 +3,14 @@
     datanet id   = keccak256(abi.encode(address owner, keccak256(bytes(name))))
     record leaf  = keccak256(keccak256(abi.encode(bytes32 recordHash, address contributor)))
     reward leaf  = keccak256(keccak256(abi.encode(address account, uint256 amount)))
-    model id     = keccak256(abi.encode(MANIFEST_TAG, bytes32 adapterWeightsHash,
-                                        string baseModel, bytes32 recipeHash,
-                                        bytes32[] datanetRoots, bytes32 trainingLogRoot))
+    manifest hash = keccak256(abi.encode(MANIFEST_TAG, bytes32 adapterWeightsHash,
+                                         string baseModel, bytes32 recipeHash,
+                                         bytes32[] datanetRoots, bytes32 trainingLogRoot))
+    model id     = keccak256(abi.encode(address registrant, bytes32 manifestHash))
     MANIFEST_TAG = keccak256("openledger.ModelManifest.v1")
+
+A model id binds the manifest to the address that registered it, so a copied pending
+registration, or a public manifest registered by someone else, gets another id.
 
 Both leaf kinds are OpenZeppelin StandardMerkleTree leaves, so trees come from
 :class:`openledger.crypto.StandardMerkleTree` and proofs verify with ``MerkleProof``.
@@ -31,6 +35,7 @@ __all__ = [
     "ModelManifest",
     "RewardTree",
     "datanet_id",
+    "manifest_hash",
     "model_id",
     "record_leaf",
     "reward_leaf",
@@ -67,7 +72,7 @@ def reward_leaf(account: str, amount: int) -> Hash32:
 
 
 class ModelManifest(BaseModel):
-    """What a model or adapter was made of; its hash is the on-chain model id.
+    """What a model or adapter was made of; with its registrant it names the on-chain model.
 
     Attributes:
         adapter_weights_hash: Hash of the adapter weights file(s).
@@ -106,10 +111,24 @@ class ModelManifest(BaseModel):
         )
 
 
-def model_id(manifest: ModelManifest) -> Hash32:
-    """Return the model id ``ModelRegistry.modelIdOf`` derives from ``manifest``."""
+def manifest_hash(manifest: ModelManifest) -> Hash32:
+    """Return the hash ``ModelRegistry.manifestHashOf`` derives from ``manifest``."""
     types = ["bytes32", "bytes32", "string", "bytes32", "bytes32[]", "bytes32"]
     return to_hash32(keccak256(abi_encode(types, [MANIFEST_TAG, *manifest.as_abi_tuple()])))
+
+
+def model_id(manifest: ModelManifest, registrant: str) -> Hash32:
+    """Return the id ``ModelRegistry`` gives ``manifest`` when ``registrant`` registers it.
+
+    Args:
+        manifest: The model's manifest.
+        registrant: The address that sends (or sent) ``registerModel``.
+
+    Returns:
+        ``keccak256(abi.encode(registrant, manifest_hash(manifest)))`` as ``0x``-hex.
+    """
+    values = [to_checksum_address(registrant), bytes.fromhex(manifest_hash(manifest)[2:])]
+    return to_hash32(keccak256(abi_encode(["address", "bytes32"], values)))
 
 
 class RewardTree:

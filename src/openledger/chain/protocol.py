@@ -14,7 +14,13 @@ from openledger.crypto import Account, to_checksum_address
 if TYPE_CHECKING:
     from openledger.chain.client import Chain
 
-__all__ = ["Protocol", "ProtocolAddresses", "deploy_protocol"]
+__all__ = [
+    "DEFAULT_MIN_CLAIM_WINDOW",
+    "DEFAULT_SUPPLY_CAP",
+    "Protocol",
+    "ProtocolAddresses",
+    "deploy_protocol",
+]
 
 
 class ProtocolAddresses(BaseModel):
@@ -86,31 +92,49 @@ class Protocol:
         )
 
 
+DEFAULT_SUPPLY_CAP = 10**28
+"""``OpenToken``'s cap when :func:`deploy_protocol` deploys it: 10 billion OPEN."""
+
+DEFAULT_MIN_CLAIM_WINDOW = 3600
+"""Shortest claim window (seconds) of a fresh ``AttributionRewards``; the floor it allows."""
+
+
 def deploy_protocol(
     chain: Chain,
     *,
     admin: Account | None = None,
     token: str | None = None,
     initial_supply: int = 10**27,
+    supply_cap: int = DEFAULT_SUPPLY_CAP,
+    treasury: str | None = None,
+    min_claim_window: int = DEFAULT_MIN_CLAIM_WINDOW,
 ) -> Protocol:
     """Deploy the protocol and make ``admin`` its rewards admin and settler.
 
     Args:
         chain: Where to deploy.
-        admin: Deployer, rewards admin and settler (default: the chain's first dev account).
+        admin: Deployer, admin of every contract, settler and minter (default: the chain's
+            first dev account).
         token: An existing ERC-20 to pay rewards in; ``None`` deploys an ``OpenToken`` that
             mints ``initial_supply`` to ``admin``.
         initial_supply: Tokens minted to ``admin`` when deploying ``OpenToken``.
+        supply_cap: The most ``OpenToken`` that can ever exist.
+        treasury: Where swept rewards go (default: ``admin``).
+        min_claim_window: Shortest claim window of reward epochs, in seconds.
 
     Returns:
         The protocol, with ``admin`` as every client's default sender.
     """
     owner = admin or chain.default_account
-    token_address = token or chain.deploy("OpenToken", owner.address, initial_supply, sender=owner)
+    token_address = token or chain.deploy(
+        "OpenToken", owner.address, initial_supply, supply_cap, sender=owner
+    )
+    sink = to_checksum_address(treasury or owner.address)
+    rewards_args = (token_address, owner.address, sink, min_claim_window)
     addresses = ProtocolAddresses(
         datanets=chain.deploy("DatanetRegistry", sender=owner),
         models=chain.deploy("ModelRegistry", sender=owner),
-        rewards=chain.deploy("AttributionRewards", token_address, owner.address, sender=owner),
+        rewards=chain.deploy("AttributionRewards", *rewards_args, sender=owner),
         token=token_address,
     )
     protocol = Protocol.at(chain, addresses, sender=owner)

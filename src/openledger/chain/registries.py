@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from openledger.chain.bindings import ContractClient, Receipt, plain
-from openledger.chain.encoding import ModelManifest, datanet_id, model_id, record_leaf
+from openledger.chain.encoding import (
+    ModelManifest,
+    datanet_id,
+    manifest_hash,
+    model_id,
+    record_leaf,
+)
 from openledger.crypto import Account, eip712_domain, from_hex, to_checksum_address, typed_data
 from openledger.types import Address, Hash32, to_hash32
 
@@ -64,11 +70,21 @@ class ModelStatus(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """A registered model as stored on chain."""
+    """A registered model as stored on chain.
+
+    Attributes:
+        owner: Its current owner.
+        status: Active or deprecated.
+        registered_at: Block timestamp of the registration.
+        registrant: Who registered it (part of its id; kept across ownership transfers).
+        price_per_1k_tokens: Price in wei per 1,000 tokens.
+        manifest: What it was made of.
+    """
 
     owner: Address
     status: ModelStatus
     registered_at: int
+    registrant: Address
     price_per_1k_tokens: int
     manifest: ModelManifest
 
@@ -127,9 +143,21 @@ class DatanetRegistryClient(ContractClient):
     def transfer_datanet_ownership(
         self, datanet: str, new_owner: str, *, sender: Account | None = None
     ) -> Receipt:
-        """Hand the datanet to ``new_owner`` (owner only)."""
+        """Offer the datanet to ``new_owner``, who must accept it (owner only).
+
+        The zero address withdraws a pending offer. Nothing changes until
+        :meth:`accept_datanet_ownership`.
+        """
         who = to_checksum_address(new_owner)
         return self._transact("transferDatanetOwnership", _id(datanet), who, sender=sender)
+
+    def accept_datanet_ownership(self, datanet: str, *, sender: Account | None = None) -> Receipt:
+        """Take over a datanet offered to the sender; every curator is cleared."""
+        return self._transact("acceptDatanetOwnership", _id(datanet), sender=sender)
+
+    def pending_owner(self, datanet: str) -> Address | None:
+        """Return the address the datanet is offered to, or ``None``."""
+        return _address_or_none(self._call("pendingOwner", _id(datanet)))
 
     def publish_snapshot(
         self, datanet: str, root: bytes | str, record_count: int, *, sender: Account | None = None
@@ -221,16 +249,21 @@ class DatanetRegistryClient(ContractClient):
 
 
 class ModelRegistryClient(ContractClient):
-    """``ModelRegistry``: models identified by their manifest, with owner, price and status."""
+    """``ModelRegistry``: models named by registrant and manifest, with owner, price, status."""
 
     contract_name = "ModelRegistry"
 
-    def model_id_of(self, manifest: ModelManifest) -> Hash32:
-        """Return the model id as the contract computes it (an ``eth_call``).
+    def model_id_of(self, manifest: ModelManifest, registrant: str) -> Hash32:
+        """Return the id ``registrant`` gets for ``manifest``, as the contract computes it.
 
         :func:`openledger.chain.model_id` computes the same off chain.
         """
-        return to_hash32(self._call("modelIdOf", manifest.as_abi_tuple()))
+        who = to_checksum_address(registrant)
+        return to_hash32(self._call("modelIdOf", who, manifest.as_abi_tuple()))
+
+    def manifest_hash_of(self, manifest: ModelManifest) -> Hash32:
+        """Return the manifest hash as the contract computes it (an ``eth_call``)."""
+        return to_hash32(self._call("manifestHashOf", manifest.as_abi_tuple()))
 
     def register_model(
         self,
@@ -239,7 +272,10 @@ class ModelRegistryClient(ContractClient):
         *,
         sender: Account | None = None,
     ) -> Receipt:
-        """Register a model owned by the sender; its id is ``model_id(manifest)``."""
+        """Register a model owned by the sender; its id is ``model_id(manifest, sender)``.
+
+        The id is also in the receipt's ``ModelRegistered`` event (``modelId``).
+        """
         return self._transact(
             "registerModel", manifest.as_abi_tuple(), price_per_1k_tokens, sender=sender
         )
@@ -259,15 +295,25 @@ class ModelRegistryClient(ContractClient):
     def transfer_model_ownership(
         self, model: str, new_owner: str, *, sender: Account | None = None
     ) -> Receipt:
-        """Hand the model to ``new_owner`` (owner only)."""
+        """Offer the model to ``new_owner``, who must accept it (owner only).
+
+        The zero address withdraws a pending offer; the model id never changes.
+        """
         who = to_checksum_address(new_owner)
         return self._transact("transferModelOwnership", _id(model), who, sender=sender)
 
+    def accept_model_ownership(self, model: str, *, sender: Account | None = None) -> Receipt:
+        """Take over a model offered to the sender."""
+        return self._transact("acceptModelOwnership", _id(model), sender=sender)
+
+    def pending_owner(self, model: str) -> Address | None:
+        """Return the address the model is offered to, or ``None``."""
+        return _address_or_none(self._call("pendingOwner", _id(model)))
+
     def get_model(self, model: str) -> ModelInfo:
         """Return a model; raises ``ContractRevertError`` (``UnknownModel``) if absent."""
-        owner, status, at, price, (weights, base, recipe, roots, log) = self._call(
-            "getModel", _id(model)
-        )
+        owner, status, at, registrant, price, manifest_values = self._call("getModel", _id(model))
+        weights, base, recipe, roots, log = manifest_values
         manifest = ModelManifest(
             adapter_weights_hash=weights,
             base_model=base,
@@ -275,17 +321,37 @@ class ModelRegistryClient(ContractClient):
             datanet_roots=roots,
             training_log_root=log,
         )
-        return ModelInfo(to_checksum_address(owner), ModelStatus(status), at, price, manifest)
+        return ModelInfo(
+            owner=to_checksum_address(owner),
+            status=ModelStatus(status),
+            registered_at=at,
+            registrant=to_checksum_address(registrant),
+            price_per_1k_tokens=price,
+            manifest=manifest,
+        )
 
     def is_registered(self, model: str) -> bool:
         """Return whether a model with this id is registered."""
         return bool(self._call("isRegistered", _id(model)))
 
     @staticmethod
-    def model_id(manifest: ModelManifest) -> Hash32:
-        """Return the model id of ``manifest``, computed off chain."""
-        return model_id(manifest)
+    def model_id(manifest: ModelManifest, registrant: str) -> Hash32:
+        """Return the id ``registrant`` gets for ``manifest``, computed off chain."""
+        return model_id(manifest, registrant)
+
+    @staticmethod
+    def manifest_hash(manifest: ModelManifest) -> Hash32:
+        """Return the hash of ``manifest``, computed off chain."""
+        return manifest_hash(manifest)
+
+
+_ZERO_ADDRESS = "0x" + "00" * 20
 
 
 def _id(value: bytes | str) -> bytes:
     return from_hex(value, size=32, what="id")
+
+
+def _address_or_none(value: str) -> Address | None:
+    address = to_checksum_address(value)
+    return None if address == to_checksum_address(_ZERO_ADDRESS) else address

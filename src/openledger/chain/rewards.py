@@ -14,10 +14,20 @@ from openledger.types import Address, Hash32, Wei
 if TYPE_CHECKING:
     from openledger.chain.client import Chain
 
-__all__ = ["SETTLER_ROLE", "AttributionRewardsClient", "EpochInfo", "OpenTokenClient"]
+__all__ = [
+    "MINTER_ROLE",
+    "SETTLER_ROLE",
+    "AccessControlled",
+    "AttributionRewardsClient",
+    "EpochInfo",
+    "OpenTokenClient",
+]
 
 SETTLER_ROLE = keccak256(b"SETTLER_ROLE")
-"""``AttributionRewards.SETTLER_ROLE``: may post and sweep epochs."""
+"""``AttributionRewards.SETTLER_ROLE``: may post epochs."""
+
+MINTER_ROLE = keccak256(b"MINTER_ROLE")
+"""``OpenToken.MINTER_ROLE``: may mint, up to the token's cap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +50,39 @@ def _proof(proof: Sequence[bytes | str]) -> list[bytes]:
     return [from_hex(p, size=32, what="proof element") for p in proof]
 
 
-class OpenTokenClient(ContractClient):
+class AccessControlled(ContractClient):
+    """Role reads and grants of a contract using OpenZeppelin ``AccessControl``.
+
+    The default admin moves in two steps after a delay
+    (``AccessControlDefaultAdminRules``); other roles are granted directly by it.
+    """
+
+    def grant_role(self, role: bytes, account: str, *, sender: Account | None = None) -> Receipt:
+        """Grant a role (its admin only), e.g. :data:`SETTLER_ROLE` or :data:`MINTER_ROLE`."""
+        return self._transact("grantRole", role, to_checksum_address(account), sender=sender)
+
+    def revoke_role(self, role: bytes, account: str, *, sender: Account | None = None) -> Receipt:
+        """Revoke a role (its admin only)."""
+        return self._transact("revokeRole", role, to_checksum_address(account), sender=sender)
+
+    def has_role(self, role: bytes, account: str) -> bool:
+        """Return whether ``account`` holds ``role``."""
+        return bool(self._call("hasRole", role, to_checksum_address(account)))
+
+    def default_admin(self) -> Address:
+        """Return the current default admin."""
+        return to_checksum_address(self._call("defaultAdmin"))
+
+
+class OpenTokenClient(AccessControlled):
     """An ERC-20 token (``OpenToken`` on local deployments; any ERC-20 works for reads,
     transfers and approvals)."""
 
     contract_name = "OpenToken"
+
+    def cap(self) -> Wei:
+        """Return the most tokens that can ever exist (``OpenToken`` only)."""
+        return Wei(int(self._call("cap")))
 
     def balance_of(self, account: str) -> Wei:
         """Return ``account``'s token balance."""
@@ -69,12 +107,16 @@ class OpenTokenClient(ContractClient):
         return self._transact("transfer", to_checksum_address(to), amount, sender=sender)
 
     def mint(self, to: str, amount: int, *, sender: Account | None = None) -> Receipt:
-        """Create ``amount`` new tokens for ``to`` (``OpenToken`` owner only)."""
+        """Create ``amount`` new tokens for ``to`` (``MINTER_ROLE`` only; ``ERC20ExceededCap``
+        past the cap)."""
         return self._transact("mint", to_checksum_address(to), amount, sender=sender)
 
 
-class AttributionRewardsClient(ContractClient):
+class AttributionRewardsClient(AccessControlled):
     """``AttributionRewards``: funded reward epochs claimed with Merkle proofs.
+
+    An epoch's deadline leaves at least :meth:`min_claim_window` seconds to claim; after it
+    anyone may :meth:`sweep` the rest, which always goes to the :meth:`treasury`.
 
     Args:
         chain: The chain.
@@ -105,7 +147,11 @@ class AttributionRewardsClient(ContractClient):
         *,
         sender: Account | None = None,
     ) -> Receipt:
-        """Post an epoch and pull ``total`` from the sender (settler; approve first)."""
+        """Post an epoch and pull ``total`` from the sender (settler; approve first).
+
+        ``deadline`` must be at least :meth:`min_claim_window` seconds after the block that
+        includes the transaction (else ``ClaimWindowTooShort``).
+        """
         args = (epoch_id, from_hex(root, size=32, what="root"), total, deadline)
         return self._transact("postEpoch", *args, sender=sender)
 
@@ -133,9 +179,25 @@ class AttributionRewardsClient(ContractClient):
         args = (epoch_id, to_checksum_address(account), amount, _proof(proof))
         return self._transact("claimFor", *args, sender=sender)
 
-    def sweep(self, epoch_id: int, to: str, *, sender: Account | None = None) -> Receipt:
-        """Send an expired epoch's unclaimed rest to ``to`` (settler only)."""
-        return self._transact("sweep", epoch_id, to_checksum_address(to), sender=sender)
+    def sweep(self, epoch_id: int, *, sender: Account | None = None) -> Receipt:
+        """Send an expired epoch's unclaimed rest to the treasury (anyone may call it)."""
+        return self._transact("sweep", epoch_id, sender=sender)
+
+    def treasury(self) -> Address:
+        """Return where swept rewards go."""
+        return to_checksum_address(self._call("treasury"))
+
+    def min_claim_window(self) -> int:
+        """Return the shortest claim window of new epochs, in seconds."""
+        return int(self._call("minClaimWindow"))
+
+    def set_treasury(self, treasury: str, *, sender: Account | None = None) -> Receipt:
+        """Change where swept rewards go (admin only)."""
+        return self._transact("setTreasury", to_checksum_address(treasury), sender=sender)
+
+    def set_min_claim_window(self, seconds: int, *, sender: Account | None = None) -> Receipt:
+        """Change the shortest claim window (admin only; 1 hour to 365 days)."""
+        return self._transact("setMinClaimWindow", seconds, sender=sender)
 
     def get_epoch(self, epoch_id: int) -> EpochInfo:
         """Return an epoch; raises ``ContractRevertError`` (``UnknownEpoch``) if never posted."""
@@ -152,14 +214,6 @@ class AttributionRewardsClient(ContractClient):
         Reads ``EpochPosted`` logs; on a long-lived network pass the deployment block.
         """
         return [int(args["epochId"]) for args in self._logs("EpochPosted", from_block)]
-
-    def grant_role(self, role: bytes, account: str, *, sender: Account | None = None) -> Receipt:
-        """Grant an access-control role (admin only); see :data:`SETTLER_ROLE`."""
-        return self._transact("grantRole", role, to_checksum_address(account), sender=sender)
-
-    def has_role(self, role: bytes, account: str) -> bool:
-        """Return whether ``account`` holds ``role``."""
-        return bool(self._call("hasRole", role, to_checksum_address(account)))
 
     def post_reward_tree(
         self, epoch_id: int, tree: RewardTree, deadline: int, *, sender: Account | None = None

@@ -221,13 +221,13 @@ class Stages:
             self._say(
                 f"{dataset.name}: r={recipe.r} {run.adapter.manifest.num_steps} steps in "
                 f"{seconds:.0f} s, loss {first:.2f} -> {last:.2f}; "
-                f"model {model_id(manifest)[:18]}... registered by devon"
+                f"model {model_id(manifest, developer.address)[:18]}... registered by devon"
             )
             self.result.training.append(
                 {
                     "name": dataset.name,
                     "adapter_id": run.adapter.id,
-                    "model_id": model_id(manifest),
+                    "model_id": model_id(manifest, developer.address),
                     "steps": run.adapter.manifest.num_steps,
                     "seconds": seconds,
                     "curve": curve,

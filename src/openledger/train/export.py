@@ -183,12 +183,12 @@ class Adapter:
             raise ManifestError(f"{self.path}: the training log does not match its manifest root")
 
     def model_manifest(self) -> ModelManifest:
-        """The on-chain manifest of this adapter; its hash is the model id.
+        """The on-chain manifest of this adapter; with its registrant it names the model.
 
         Weights hash = the adapter id, the base model and recipe hash of the manifest, the
         snapshot root trained on (if any) and the training-log root, so
         ``protocol.models.register_model(adapter.model_manifest())`` registers exactly what
-        this folder holds and :func:`openledger.chain.model_id` names it.
+        this folder holds and :func:`openledger.chain.model_id` (manifest, registrant) names it.
         """
         from openledger.chain import ModelManifest
 
