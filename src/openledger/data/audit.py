@@ -26,6 +26,7 @@ from typing import Any
 from openledger.crypto import keccak256, to_hex
 from openledger.data.audit_snapshots import check_chain, check_snapshots
 from openledger.data.governance import reviews, signed_validators
+from openledger.data.queries import Opener, as_stored
 from openledger.data.schemas import Record
 from openledger.data.settings import unbound_settings
 from openledger.data.signing import (
@@ -34,7 +35,7 @@ from openledger.data.signing import (
     review_message,
     signer_of,
 )
-from openledger.exceptions import SignatureError
+from openledger.exceptions import SignatureError, StoreError
 from openledger.types import Address, Hash32
 
 __all__ = ["AuditReport", "audit"]
@@ -87,21 +88,42 @@ def _check_settings(meta: Mapping[str, str], report: AuditReport) -> None:
 
 
 def _check_records(
-    conn: sqlite3.Connection, schema: type[Record], report: AuditReport
+    conn: sqlite3.Connection, schema: type[Record], opener: Opener | None, report: AuditReport
 ) -> dict[int, _Row]:
     rows: dict[int, _Row] = {}
     query = "SELECT id, hash, payload, contribution_id, position, contributor, status FROM records"
     for rid, digest, payload, contribution_id, position, contributor, status in conn.execute(query):
         report.records += 1
         rows[int(rid)] = _Row(bytes(digest), contributor, int(contribution_id), position, status)
-        if keccak256(bytes(payload)) != digest:
-            report.problems.append(f"record {rid}: payload does not hash to {to_hex(digest)}")
-            continue
-        try:
-            schema.model_validate(json.loads(payload)["data"])
-        except (ValueError, KeyError) as exc:
-            report.problems.append(f"record {rid}: payload no longer fits the schema: {exc}")
+        if opener is not None:
+            _check_payload(rid, bytes(digest), bytes(payload), schema, opener, report)
+    if opener is None and rows:
+        report.warnings.append(
+            "records: payloads are encrypted at rest; open with encryption_key to re-hash them"
+        )
     return rows
+
+
+def _check_payload(
+    rid: int,
+    digest: bytes,
+    stored: bytes,
+    schema: type[Record],
+    opener: Opener,
+    report: AuditReport,
+) -> None:
+    try:
+        payload = opener(stored, digest)
+    except StoreError as exc:
+        report.problems.append(f"record {rid}: {exc}")
+        return
+    if keccak256(payload) != digest:
+        report.problems.append(f"record {rid}: payload does not hash to {to_hex(digest)}")
+        return
+    try:
+        schema.model_validate(json.loads(payload)["data"])
+    except (ValueError, KeyError) as exc:
+        report.problems.append(f"record {rid}: payload no longer fits the schema: {exc}")
 
 
 def _signer(row: tuple[Any, ...], datanet_id: str) -> Address | None:
@@ -220,6 +242,7 @@ def audit(
     *,
     protocol: Any = None,
     chain_datanet_id: str | None = None,
+    opener: Opener | None = as_stored,
 ) -> AuditReport:
     """Check a datanet's store (see the module docstring), and its chain roots if given.
 
@@ -231,13 +254,15 @@ def audit(
         protocol: An ``openledger.chain.Protocol``; with ``chain_datanet_id``, every
             snapshot published on chain must be one of the store's snapshots.
         chain_datanet_id: The datanet's id in the on-chain registry.
+        opener: Turns stored payloads into canonical ones (decrypts); ``None`` when they
+            are encrypted and the key is not at hand (they are then not re-hashed).
 
     Returns:
         The report.
     """
     report = AuditReport()
     _check_settings(meta, report)
-    rows = _check_records(conn, schema, report)
+    rows = _check_records(conn, schema, opener, report)
     signers = _check_contributions(conn, datanet_id, rows, report)
     _check_contributors(rows, signers, report)
     owner = meta.get("owner") or None

@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 from openledger.crypto import Account
 from openledger.data import contribution, queries
-from openledger.data.access import AccessGrant, check_grant
+from openledger.data.access import AccessGrant
 from openledger.data.canonical import record_hash as _record_hash
 from openledger.data.commitments import check_commitments, store_commitments
 from openledger.data.datanet_exports import ExportMethods
 from openledger.data.datanet_governance import GovernanceMethods
+from openledger.data.datanet_sealing import SealingMethods
 from openledger.data.datanet_snapshots import SnapshotMethods
 from openledger.data.ingest import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -29,17 +30,19 @@ from openledger.data.ingest import (
     prepare_batch,
 )
 from openledger.data.neardup import MinHasher, NearDuplicateIndex
+from openledger.data.opening import open_store
 from openledger.data.quality import QualityRule
 from openledger.data.receipts import ContributionReceipt, StoredRecord
-from openledger.data.schemas import Record, resolve_schema, schema_hash
-from openledger.data.settings import bind_id, check_rules, unbound_settings, validated_settings
+from openledger.data.schemas import Record
+from openledger.data.sealing import CIPHER
+from openledger.data.settings import bind_id, check_rules, validated_settings
 from openledger.data.signing import (
     SignedContribution,
     as_account_address,
     sign_contribution,
 )
 from openledger.data.store import Durability, Store
-from openledger.exceptions import AccessDeniedError, ConfigError, SchemaError, StoreError
+from openledger.exceptions import AccessDeniedError, ConfigError, StoreError
 from openledger.types import Address, Hash32
 
 __all__ = ["Datanet"]
@@ -50,7 +53,7 @@ GrantMode = Literal["bearer", "bound"]
 _CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement
 
 
-class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
+class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods):
     """A community dataset stored in one folder, every record traceable to its contributor.
 
     Create one with :meth:`create`, reopen it with :meth:`open`. Not thread-safe; open one
@@ -58,7 +61,11 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
     """
 
     def __init__(
-        self, store: Store, schema: type[Record], rules: Sequence[QualityRule] = ()
+        self,
+        store: Store,
+        schema: type[Record],
+        rules: Sequence[QualityRule] = (),
+        encryption_key: bytes | str | None = None,
     ) -> None:
         self._store = store
         self.schema = schema
@@ -74,6 +81,8 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         threshold = float(meta["near_duplicate_threshold"])
         self._near = NearDuplicateIndex(MinHasher(), threshold) if threshold > 0 else None
         self.path = store.file.parent
+        self.encrypted = meta.get("encryption") == CIPHER
+        self._cipher = self._make_cipher(meta, encryption_key)
 
     # -- creating and opening ------------------------------------------------------------
 
@@ -92,6 +101,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         rules: Sequence[QualityRule] = (),
         durability: Durability = "full",
         grants: GrantMode = "bearer",
+        encryption_key: bytes | str | None = None,
     ) -> Datanet:
         """Create a new, empty datanet in the folder ``path``.
 
@@ -113,6 +123,9 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
             grants: ``"bound"``: a read must present a grant bound to its grantee's key
                 (``grant.bind(account)``), which signs a fresh challenge at each read;
                 ``"bearer"`` (default): the grant alone reads. Persisted.
+            encryption_key: 32 bytes the owner keeps: payloads are then sealed with
+                AES-256-GCM, and reading or contributing needs the key (see
+                :mod:`openledger.data.sealing`). Only a check value of it is stored.
 
         Returns:
             The open datanet.
@@ -130,6 +143,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
             duplicates,
             near_duplicate_threshold,
             grants,
+            encryption_key,
         )
         check_rules(rules)
         store = Store(path, create=True, durability=durability)
@@ -139,7 +153,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         bind_id(settings)
         with store.write() as conn:
             conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(settings.items()))
-        return cls(store, schema, rules)
+        return cls(store, schema, rules, encryption_key)
 
     @classmethod
     def open(
@@ -150,6 +164,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         rules: Sequence[QualityRule] = (),
         durability: Durability = "full",
         allow_modules: Sequence[str] = (),
+        encryption_key: bytes | str | None = None,
     ) -> Datanet:
         """Open an existing datanet.
 
@@ -162,33 +177,21 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
             allow_modules: Modules (or packages) from which a user schema stored by its
                 import path may be imported. The file names the module, so nothing else
                 is imported: built-in schemas need nothing, others ``schema=`` or this.
+            encryption_key: The owner's key of a datanet created with one; without it
+                counts, hashes, snapshots and proofs work, records do not.
 
         Raises:
             StoreError: If ``path`` is not a datanet or is unusable.
             SchemaError: If the schema cannot be found or its fields changed.
+            AccessDeniedError: If ``encryption_key`` is not the datanet's key.
         """
         check_rules(rules)
-        store = Store(path, durability=durability)
-        meta = store.get_meta()
-        if "id" not in meta:
-            store.close()
-            raise StoreError(f"{path} holds an incomplete datanet (no metadata)")
-        altered = unbound_settings(meta)
-        if altered is not None:
-            store.close()
-            raise StoreError(f"{path} was tampered with: {altered}")
+        store, found = open_store(path, durability, schema, allow_modules)
         try:
-            found = schema or resolve_schema(meta["schema_id"], meta["schema_ref"], allow_modules)
-        except SchemaError:
+            return cls(store, found, rules, encryption_key)
+        except (ConfigError, AccessDeniedError):
             store.close()
             raise
-        if schema_hash(found) != meta["schema_hash"]:
-            store.close()
-            raise SchemaError(
-                f"schema {found.__name__} does not match the datanet's schema "
-                f"{meta['schema_id']} (its fields changed); open with the original class"
-            )
-        return cls(store, found, rules)
 
     def close(self) -> None:
         """Close the underlying store."""
@@ -253,6 +256,8 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
             )
         author = signed.contributor if signed is not None else contributor
         self._check_write(as_account_address(author, what="contributor"), grant)
+        if self.encrypted:
+            self._opener()  # refuses before any work when the key is missing
         batch = self._prepare(records)
         keep = first_positions(batch.hashes, skip=self.duplicates == "skip")
         signatures = self._near_signatures(batch)
@@ -271,7 +276,9 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
                 contribution.verify_signed(conn, batch, signed, datanet_id=self.id, name=self.name)
             check_commitments(conn, batch.hashes, keep, signed.contributor)
             try:
-                return contribution.insert_batch(conn, batch, keep, signed, signatures, self._near)
+                return contribution.insert_batch(
+                    conn, self._sealed(batch), keep, signed, signatures, self._near
+                )
             except BaseException:
                 self._reset_near_index()
                 raise
@@ -332,36 +339,6 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
     def __len__(self) -> int:
         return int(self._store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
-    def _check_read(self, grant: AccessGrant | None) -> None:
-        if self.visibility == "private":
-            check_grant(
-                self._store,
-                grant,
-                datanet_id=self.id,
-                owner=self.owner or "",
-                bound=self.grants == "bound",
-            )
-
-    def can_read(self, grant: AccessGrant | None = None) -> bool:
-        """Return whether ``grant`` (or none, for a public datanet) lets its holder read now."""
-        try:
-            self._check_read(grant)
-        except AccessDeniedError:
-            return False
-        return True
-
-    def _check_write(self, contributor: Address, grant: AccessGrant | None) -> None:
-        # NOTE: a refused duplicate tells its sender the record is stored, so writing to a
-        # private datanet takes the same grant as reading it (the owner needs none). The
-        # grant must name the contributor, whose signature on the contribution proves it.
-        if self.visibility != "private" or contributor == self.owner:
-            return
-        check_grant(self._store, grant, datanet_id=self.id, owner=self.owner or "")
-        if grant is not None and grant.grantee != contributor:
-            raise AccessDeniedError(
-                f"the grant names {grant.grantee}, not the contributor {contributor}"
-            )
-
     def records(
         self, *, grant: AccessGrant | None = None, include_rejected: bool = False
     ) -> Iterator[StoredRecord]:
@@ -372,7 +349,10 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
         """
         self._check_read(grant)
         return queries.iter_records(
-            self._store.conn, self.schema, include_rejected=include_rejected
+            self._store.conn,
+            self.schema,
+            include_rejected=include_rejected,
+            opener=self._opener(),
         )
 
     def get(self, record_hash: str | bytes, *, grant: AccessGrant | None = None) -> StoredRecord:
@@ -383,13 +363,13 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods):
             DataNotFoundError: If no record has that hash.
         """
         self._check_read(grant)
-        return queries.get_record(self._store.conn, self.schema, record_hash)
+        return queries.get_record(self._store.conn, self.schema, record_hash, self._opener())
 
     def _records_by_ids(
         self, ids: array[int], *, grant: AccessGrant | None
     ) -> Iterator[StoredRecord]:
         self._check_read(grant)
-        return queries.iter_records_by_ids(self._store.conn, self.schema, ids)
+        return queries.iter_records_by_ids(self._store.conn, self.schema, ids, self._opener())
 
     def record_hash(self, record: Any) -> Hash32:
         """Return the hash the datanet would give ``record`` (validated against the schema)."""

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, cast
 
 from openledger.crypto import Account
 from openledger.data import governance
-from openledger.data.access import AccessGrant, AccessRequest, load_request
+from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
 from openledger.data.receipts import Reputation, Review
 from openledger.data.signing import as_account_address
 from openledger.data.store import Store
-from openledger.types import Address
+from openledger.exceptions import AccessDeniedError
+from openledger.types import Address, Hash32
 
 if TYPE_CHECKING:
     from openledger.data.datanet import Datanet
@@ -24,9 +25,45 @@ class GovernanceMethods:
     """Methods of :class:`~openledger.data.Datanet` that govern who reviews and who reads."""
 
     _store: Store
+    id: Hash32
+    visibility: str
+    owner: Address | None
+    grants: str
 
     def _datanet(self) -> Datanet:
         return cast("Datanet", self)
+
+    # -- access checks ------------------------------------------------------------------
+
+    def _check_read(self, grant: AccessGrant | None) -> None:
+        if self.visibility == "private":
+            check_grant(
+                self._store,
+                grant,
+                datanet_id=self.id,
+                owner=self.owner or "",
+                bound=self.grants == "bound",
+            )
+
+    def can_read(self, grant: AccessGrant | None = None) -> bool:
+        """Return whether ``grant`` (or none, for a public datanet) lets its holder read now."""
+        try:
+            self._check_read(grant)
+        except AccessDeniedError:
+            return False
+        return True
+
+    def _check_write(self, contributor: Address, grant: AccessGrant | None) -> None:
+        # NOTE: a refused duplicate tells its sender the record is stored, so writing to a
+        # private datanet takes the same grant as reading it (the owner needs none). The
+        # grant must name the contributor, whose signature on the contribution proves it.
+        if self.visibility != "private" or contributor == self.owner:
+            return
+        check_grant(self._store, grant, datanet_id=self.id, owner=self.owner or "")
+        if grant is not None and grant.grantee != contributor:
+            raise AccessDeniedError(
+                f"the grant names {grant.grantee}, not the contributor {contributor}"
+            )
 
     # -- governance: validators, reviews, reputation, access ----------------------------------
 

@@ -91,4 +91,5 @@ class SnapshotMethods:
                 meta,
                 protocol=protocol,
                 chain_datanet_id=chain_datanet_id,
+                opener=self._datanet()._audit_opener(),
             )

@@ -27,6 +27,8 @@ from openledger.exceptions import DataNotFoundError
 from openledger.types import Address, Hash32
 
 __all__ = [
+    "Opener",
+    "as_stored",
     "dump_json",
     "existing_hashes",
     "flag_near_duplicates",
@@ -161,9 +163,18 @@ def _hashes_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
     return out
 
 
-def _stored(schema: type[Record], row: Sequence[Any]) -> StoredRecord:
+Opener = Callable[[bytes, bytes], bytes]
+"""Turns a stored payload and its record hash into the canonical payload (decryption)."""
+
+
+def as_stored(payload: bytes, record_hash: bytes) -> bytes:
+    """The :data:`Opener` of a datanet that does not encrypt: the payload as stored."""
+    return bytes(payload)
+
+
+def _stored(schema: type[Record], row: Sequence[Any], opener: Opener) -> StoredRecord:
     payload, digest, contributor, contribution_id, position, status = row
-    record = schema.model_validate(json.loads(payload)["data"])
+    record = schema.model_validate(json.loads(opener(payload, bytes(digest)))["data"])
     return StoredRecord(
         record,
         Hash32(to_hex(digest)),
@@ -175,7 +186,11 @@ def _stored(schema: type[Record], row: Sequence[Any]) -> StoredRecord:
 
 
 def iter_records(
-    conn: sqlite3.Connection, schema: type[Record], *, include_rejected: bool
+    conn: sqlite3.Connection,
+    schema: type[Record],
+    *,
+    include_rejected: bool,
+    opener: Opener = as_stored,
 ) -> Iterator[StoredRecord]:
     """Yield the records stored when iteration starts, in arrival order, page by page.
 
@@ -191,12 +206,15 @@ def iter_records(
     last = 0
     while rows := conn.execute(query, (last, top)).fetchall():
         for row in rows:
-            yield _stored(schema, row[1:])
+            yield _stored(schema, row[1:], opener)
         last = int(rows[-1][0])
 
 
 def get_record(
-    conn: sqlite3.Connection, schema: type[Record], record_hash: str | bytes
+    conn: sqlite3.Connection,
+    schema: type[Record],
+    record_hash: str | bytes,
+    opener: Opener = as_stored,
 ) -> StoredRecord:
     """Return one stored record by hash.
 
@@ -209,11 +227,14 @@ def get_record(
     ).fetchone()
     if row is None:
         raise DataNotFoundError(f"no record with hash {to_hex(digest)} in this datanet")
-    return _stored(schema, row)
+    return _stored(schema, row, opener)
 
 
 def iter_records_by_ids(
-    conn: sqlite3.Connection, schema: type[Record], ids: array[int]
+    conn: sqlite3.Connection,
+    schema: type[Record],
+    ids: array[int],
+    opener: Opener = as_stored,
 ) -> Iterator[StoredRecord]:
     """Yield the records with the given ids, in the given order."""
     for start in range(0, len(ids), _CHUNK):
@@ -224,7 +245,7 @@ def iter_records_by_ids(
         )
         by_id = {int(r[0]): r[1:] for r in rows}
         for rid in chunk:
-            yield _stored(schema, by_id[rid])
+            yield _stored(schema, by_id[rid], opener)
 
 
 def insert_snapshot(

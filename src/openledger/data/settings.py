@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from openledger.crypto import Account, keccak256, to_hex
 from openledger.data.quality import QualityRule
 from openledger.data.schemas import Record, schema_hash, schema_ref
+from openledger.data.sealing import CIPHER, key_check
 from openledger.data.signing import as_account_address
 from openledger.exceptions import ConfigError
 
@@ -23,6 +24,7 @@ BOUND_SETTINGS = (
     "visibility",
     "owner",
     "grants",
+    "encryption",
 )
 """The ``meta`` settings a datanet's id is derived from: changing one changes the id, and
 every contribution, review and grant signature names the id."""
@@ -39,6 +41,7 @@ def validated_settings(
     duplicates: str,
     threshold: float,
     grants: str = "bearer",
+    encryption_key: bytes | str | None = None,
 ) -> dict[str, str]:
     """Check every ``Datanet.create`` argument and return the ``meta`` rows to store.
 
@@ -76,6 +79,8 @@ def validated_settings(
         "visibility": visibility,
         "owner": owner_address,
         "grants": grants,
+        "encryption": "" if encryption_key is None else CIPHER,
+        "key_check": "" if encryption_key is None else key_check(encryption_key),
         "max_record_bytes": str(max_record_bytes),
         "duplicates": duplicates,
         "near_duplicate_threshold": repr(float(threshold)),
