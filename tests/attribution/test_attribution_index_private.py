@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.attribution.conftest import colour_records
 
 from openledger.attribution import InfluenceIndex
 from openledger.crypto import Account
 from openledger.data import Datanet, InstructionRecord, Snapshot
 from openledger.exceptions import AccessDeniedError, AttributionInputError
 from openledger.train import TrainingRun
-from tests.attribution.conftest import colour_records
 
 Run = tuple[Snapshot, TrainingRun, list[Account]]
 
@@ -24,8 +24,9 @@ def private_copy(folder: Path, accounts: list[Account], owner: Account) -> Datan
         folder, name="clinic", schema=InstructionRecord, visibility="private", owner=owner
     )
     records = colour_records()
-    datanet.contribute(records[:6], contributor=accounts[0])
-    datanet.contribute(records[6:], contributor=accounts[1])
+    for account, part in ((accounts[0], records[:6]), (accounts[1], records[6:])):
+        member = datanet.approve(datanet.request_access(account, "contribute").id, owner=owner)
+        datanet.contribute(part, contributor=account, grant=member)
     return datanet
 
 
