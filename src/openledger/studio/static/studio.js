@@ -46,6 +46,7 @@ function fillSelect(select, options, keep = true) {
   if (keep && options.some(([value]) => value === previous)) select.value = previous;
 }
 
+function baseName(model) { return model.split("/").filter(Boolean).pop() || model; }
 function short(hex) { return hex ? `${hex.slice(0, 10)}…${hex.slice(-6)}` : ""; }
 function tokens(wei) { return (Number(BigInt(wei) / 10n ** 12n) / 1e6).toFixed(6); }
 
@@ -152,7 +153,7 @@ async function refreshTrain() {
     [`${d.name}|${s.id}`, `${d.name} #${s.id} (${s.count} records, root ${short(s.root)})`])));
   const adapters = await api("GET", "/api/adapters");
   $("adapters").tBodies[0].replaceChildren(...adapters.map((a) => el("tr", {},
-    el("td", {}, a.name), el("td", {}, a.base_model), el("td", {}, a.steps),
+    el("td", {}, a.name), el("td", { title: a.base_model }, baseName(a.base_model)), el("td", {}, a.steps),
     el("td", {}, a.train_loss == null ? "" : a.train_loss.toFixed(4)), el("td", { class: "mono" }, short(a.id)))));
 }
 
@@ -209,6 +210,7 @@ function showJob(job) {
   $("tr-status").textContent = `${job.name}: ${job.state}, step ${job.step}/${job.max_steps || "?"}${eta}`;
   $("tr-status").dataset.state = job.state;
   $("tr-logs").textContent = job.logs.join("\n");
+  $("tr-logs").scrollTop = $("tr-logs").scrollHeight;
   drawCurve(job.losses);
   const running = job.state === "queued" || job.state === "running";
   $("tr-start").disabled = running;
@@ -245,7 +247,7 @@ $("tr-cancel").addEventListener("click", guarded("tr-message", async () => {
 // -- Chat -----------------------------------------------------------------------------------
 async function refreshChat() {
   const adapters = await api("GET", "/api/adapters");
-  fillSelect($("ch-adapter"), [["", "none (base model)"], ...adapters.map((a) => [a.name, `${a.name} on ${a.base_model}`])]);
+  fillSelect($("ch-adapter"), [["", "none (base model)"], ...adapters.map((a) => [a.name, `${a.name} (on ${baseName(a.base_model)})`])]);
   if (!options) options = await api("GET", "/api/train/options");
   fillSelect($("ch-base"), options.base_models.map((m) => [m.value, m.label]));
 }

@@ -1,0 +1,199 @@
+"""The Studio in a real headless Chromium against a real server process on 127.0.0.1.
+
+One walk through the four tabs with a tiny Llama: accounts, a datanet, a refused upload,
+two signed uploads, a snapshot; a training run whose loss curve fills in; a streamed
+answer from the adapter and its attribution bars; an epoch settled and a claim. Each tab
+is photographed into docs/images/studio/ for docs/studio.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import missing_reference
+from tests.studio.conftest import colour_rows, jsonl
+
+CHROMIUM = Path("/usr/bin/chromium")
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images" / "studio"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SLOW = 120_000  # ms: model loading, training and attribution on two shared cores
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by Playwright (skips, or fails under CI, if missing)."""
+    if not CHROMIUM.is_file():
+        missing_reference("no browser: apt-get install chromium (Debian's package)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing_reference("no playwright: pip install playwright")
+    with sync_playwright() as driver:
+        found = driver.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield found
+        found.close()
+
+
+@pytest.fixture
+def studio_url(studio_home: Path) -> Iterator[str]:
+    """A Studio server process on a free 127.0.0.1 port, stopped by its PID afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "openledger.cli", "studio"]
+    command += ["--home", str(studio_home), "--port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            output = process.stdout.read().decode() if process.poll() is not None else ""  # type: ignore[union-attr]
+            pytest.fail(f"the studio server did not come up on {url}: {output[-2000:]}")
+        yield url
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def shoot(page: Any, name: str) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(IMAGES / f"{name}.png"))
+
+
+def expect_message(page: Any, selector: str, text: str, kind: str = "ok") -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator(selector)).to_contain_text(text, timeout=SLOW)
+    expect(page.locator(selector)).to_have_class(f"message {kind}")
+
+
+def upload(page: Any, account: str, name: str, body: bytes) -> None:
+    page.select_option("#account", account)
+    page.set_input_files(
+        "#upload-file", files=[{"name": name, "mimeType": "text/plain", "buffer": body}]
+    )
+    page.click("#upload-btn")
+
+
+def datanets_tab(page: Any) -> None:
+    for name in ("alice", "bob"):
+        page.fill("#new-account", name)
+        page.click("#account-create")
+        expect_message(page, "#dn-message", f"account {name} created")
+    page.fill("#dn-name", "colours")
+    page.select_option("#dn-schema", "openledger.instruction/1")
+    page.click("#dn-create")
+    expect_message(page, "#dn-message", "datanet colours created")
+    upload(page, "alice", "wrong.jsonl", jsonl([{"text": "a record of another schema"}]))
+    expect_message(page, "#dn-message", "text", kind="error")
+    assert page.locator("#records tbody tr").count() == 0
+    rows = colour_rows()
+    upload(page, "alice", "alice.jsonl", jsonl(rows[:5]))
+    expect_message(page, "#dn-message", "5 records stored, signed by alice")
+    upload(page, "bob", "bob.jsonl", jsonl(rows[5:]))
+    expect_message(page, "#dn-message", "3 records stored, signed by bob")
+    page.click("#snapshot-btn")
+    expect_message(page, "#dn-message", "snapshot #1 of 8 records, root 0x")
+    assert page.locator("#records tbody tr").count() == 8
+    assert page.locator(".snapshot .root").inner_text().startswith("0x")
+    shoot(page, "datanets")
+
+
+def train_tab(page: Any, studio_home: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.click("nav [data-tab=train]")
+    base = str((studio_home / "models" / "tiny-llama").resolve())
+    expect(page.locator(f"#tr-base option[value='{base}']")).to_have_count(1, timeout=SLOW)
+    page.select_option("#tr-base", base)
+    page.select_option("#tr-snapshot", "colours|1")
+    page.select_option("#tr-preset", "quick look")
+    page.fill("#tr-field-max_steps", "30")
+    page.fill("#tr-name", "colours-r4")
+    page.click("#tr-start")
+    curve = page.locator("#tr-curve")
+    expect(curve).not_to_have_attribute("data-points", "0", timeout=SLOW)
+    expect(page.locator("#tr-status")).to_have_attribute("data-state", "done", timeout=SLOW)
+    assert curve.get_attribute("data-points") == "30"
+    assert page.locator("#tr-curve polyline").count() == 1
+    expect(page.locator("#adapters tbody tr")).to_have_count(1, timeout=SLOW)
+    shoot(page, "train")
+
+
+def chat_tab(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.click("nav [data-tab=chat]")
+    expect(page.locator("#ch-adapter option[value='colours-r4']")).to_have_count(1, timeout=SLOW)
+    page.select_option("#ch-adapter", "colours-r4")
+    page.fill("#ch-input", "Code red?")
+    page.click("#ch-send")
+    answer = page.locator(".turn.assistant[data-done=true] .answer")
+    expect(answer).to_have_count(1, timeout=SLOW)
+    assert answer.inner_text().strip()
+    page.click("button.attribute")
+    expect(page.locator(".bar").first).to_be_visible(timeout=SLOW)
+    expect_message(page, "#ch-message", "1 answer(s) wait for the next reward epoch")
+    shoot(page, "chat")
+
+
+def rewards_tab(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.click("nav [data-tab=rewards]")
+    expect(page.locator("#rw-pending")).to_contain_text("1 attributed answer(s)", timeout=SLOW)
+    page.fill("#rw-pool", "100")
+    page.click("#rw-settle")
+    expect_message(page, "#rw-message", "epoch 1 settled")
+    first = page.locator("#rw-epochs tbody tr").first
+    expect(first.locator("button.claim")).to_be_enabled(timeout=SLOW)
+    first.locator("button.claim").click()
+    expect_message(page, "#rw-message", "claimed")
+    expect(first.locator(".claimable")).to_have_text("claimed", timeout=SLOW)
+    assert float(first.locator(".balance").inner_text()) > 0
+    shoot(page, "rewards")
+
+
+def test_the_four_tabs_in_a_browser(browser: Any, studio_url: str, studio_home: Path) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(studio_url)
+    datanets_tab(page)
+    train_tab(page, studio_home)
+    chat_tab(page)
+    rewards_tab(page)
+    assert errors == []
