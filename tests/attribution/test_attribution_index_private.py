@@ -79,5 +79,5 @@ def test_an_index_of_the_older_format_with_texts_is_refused(
     manifest = json.loads((folder / "index.json").read_text())
     manifest["format"] = "openledger.influence_index/1"
     (folder / "index.json").write_text(json.dumps(manifest))
-    with pytest.raises(AttributionInputError, match="influence_index/1.*rebuild it"):
+    with pytest.raises(AttributionInputError, match=r"influence_index/1.*rebuild it"):
         InfluenceIndex.load(folder, run.adapter)
