@@ -3,7 +3,9 @@
 One walk through the four tabs with a tiny Llama: accounts, a datanet, a refused upload,
 two signed uploads, a snapshot; a training run whose loss curve fills in; a streamed
 answer from the adapter and its attribution bars; an epoch settled and a claim. Each tab
-is photographed into docs/images/studio/ for docs/studio.md.
+is photographed; with ``OPENLEDGER_UPDATE_SCREENSHOTS=1`` the pictures replace those in
+docs/images/studio/ that docs/studio.md shows (otherwise they go to a temporary folder, so
+a test run leaves the working tree as it was).
 """
 
 from __future__ import annotations
@@ -87,10 +89,18 @@ def studio_url(studio_home: Path) -> Iterator[str]:
             process.wait(timeout=10)
 
 
-def shoot(page: Any, name: str) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """Where the screenshots go: docs/images/studio/ when asked to update them."""
+    return IMAGES if os.environ.get("OPENLEDGER_UPDATE_SCREENSHOTS") == "1" else tmp_path
+
+
+def shoot(page: Any, folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(IMAGES / f"{name}.png"))
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 1000
 
 
 def expect_message(page: Any, selector: str, text: str, kind: str = "ok") -> None:
@@ -108,7 +118,7 @@ def upload(page: Any, account: str, name: str, body: bytes) -> None:
     page.click("#upload-btn")
 
 
-def datanets_tab(page: Any) -> None:
+def datanets_tab(page: Any, images: Path) -> None:
     for name in ("alice", "bob"):
         page.fill("#new-account", name)
         page.click("#account-create")
@@ -129,10 +139,10 @@ def datanets_tab(page: Any) -> None:
     expect_message(page, "#dn-message", "snapshot #1 of 8 records, root 0x")
     assert page.locator("#records tbody tr").count() == 8
     assert page.locator(".snapshot .root").inner_text().startswith("0x")
-    shoot(page, "datanets")
+    shoot(page, images, "datanets")
 
 
-def train_tab(page: Any, studio_home: Path) -> None:
+def train_tab(page: Any, images: Path, studio_home: Path) -> None:
     from playwright.sync_api import expect
 
     page.click("nav [data-tab=train]")
@@ -150,10 +160,10 @@ def train_tab(page: Any, studio_home: Path) -> None:
     assert curve.get_attribute("data-points") == "30"
     assert page.locator("#tr-curve polyline").count() == 1
     expect(page.locator("#adapters tbody tr")).to_have_count(1, timeout=SLOW)
-    shoot(page, "train")
+    shoot(page, images, "train")
 
 
-def chat_tab(page: Any) -> None:
+def chat_tab(page: Any, images: Path) -> None:
     from playwright.sync_api import expect
 
     page.click("nav [data-tab=chat]")
@@ -167,10 +177,10 @@ def chat_tab(page: Any) -> None:
     page.click("button.attribute")
     expect(page.locator(".bar").first).to_be_visible(timeout=SLOW)
     expect_message(page, "#ch-message", "1 answer(s) wait for the next reward epoch")
-    shoot(page, "chat")
+    shoot(page, images, "chat")
 
 
-def rewards_tab(page: Any) -> None:
+def rewards_tab(page: Any, images: Path) -> None:
     from playwright.sync_api import expect
 
     page.click("nav [data-tab=rewards]")
@@ -184,16 +194,18 @@ def rewards_tab(page: Any) -> None:
     expect_message(page, "#rw-message", "claimed")
     expect(first.locator(".claimable")).to_have_text("claimed", timeout=SLOW)
     assert float(first.locator(".balance").inner_text()) > 0
-    shoot(page, "rewards")
+    shoot(page, images, "rewards")
 
 
-def test_the_four_tabs_in_a_browser(browser: Any, studio_url: str, studio_home: Path) -> None:
+def test_the_four_tabs_in_a_browser(
+    browser: Any, studio_url: str, studio_home: Path, images: Path
+) -> None:
     page = browser.new_page(viewport={"width": 1100, "height": 760})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(studio_url)
-    datanets_tab(page)
-    train_tab(page, studio_home)
-    chat_tab(page)
-    rewards_tab(page)
+    datanets_tab(page, images)
+    train_tab(page, images, studio_home)
+    chat_tab(page, images)
+    rewards_tab(page, images)
     assert errors == []
