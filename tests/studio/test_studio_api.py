@@ -183,3 +183,23 @@ def test_the_command_refuses_remote_listening_without_allow_remote(
 
     assert main(["studio", "--home", str(tmp_path), *argv]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_public_names_are_pinned() -> None:
+    import openledger.studio as studio
+
+    expected = [
+        "DEFAULT_MAX_UPLOAD_BYTES",
+        "StudioConfig",
+        "create_app",
+        "is_loopback",
+        "run_studio",
+    ]
+    assert sorted(studio.__all__) == expected
+
+
+def test_an_empty_datanet_cannot_be_snapshot_and_says_so(client: TestClient) -> None:
+    make_datanet(client)
+    refused = client.post("/api/datanets/colours/snapshot")
+    assert refused.status_code == 404
+    assert refused.json()["error"] == "datanet 'colours' has no accepted records to snapshot"
