@@ -10,7 +10,7 @@ import path from "node:path";
 import { CONTRACTS_DIR, compileStandardJson, compilerVersion } from "./solc.mjs";
 
 const ARTIFACTS_DIR = path.resolve(CONTRACTS_DIR, "..", "src", "openledger", "chain", "artifacts");
-const CONTRACTS = ["AttributionRewards", "DatanetRegistry", "ModelRegistry", "OpenToken"];
+const CONTRACTS = ["AgentRegistry", "AttributionRewards", "DatanetRegistry", "ModelRegistry", "OpenToken"];
 const SETTINGS = {
   evmVersion: "cancun",
   optimizer: { enabled: true, runs: 10000 },

@@ -10,9 +10,11 @@ from openledger.crypto import Account
 
 EXPECTED = {
     "ANVIL_MNEMONIC", "CONTRACT_NAMES", "MANIFEST_TAG", "MINTER_ROLE", "RECORD_LEAF_ENCODING",
-    "REWARD_LEAF_ENCODING", "SETTLER_ROLE", "Account", "Artifact", "AttributionRewardsClient",
+    "REWARD_LEAF_ENCODING", "SETTLER_ROLE", "SLASHER_ROLE", "Account", "AgentInfo", "AgentParams",
+    "AgentRegistryClient", "Artifact", "AttributionRewardsClient",
     "Backend", "Chain", "ChainConnectionError", "ChainError", "ContractNotFoundError",
-    "ContractRevertError", "DatanetInfo", "DatanetRegistryClient", "EpochInfo", "Event",
+    "ContractRevertError", "DatanetInfo", "DatanetRegistryClient", "DisputeInfo",
+    "DisputeStatus", "EpochInfo", "Event", "FailedServiceReport",
     "ModelInfo", "ModelManifest", "ModelRegistryClient", "ModelStatus", "OpenTokenClient",
     "Protocol", "ProtocolAddresses", "Receipt", "RewardTree", "SnapshotInfo",
     "TransactionTimeoutError", "connect", "datanet_id", "decode_revert", "deploy_protocol",

@@ -35,8 +35,17 @@ def test_forge_unit_and_fuzz_tests_pass(forge: Path | None, contracts_dir: Path)
     assert summary is not None, result.stdout[-2000:]
     passed, failed = int(summary.group(1)), int(summary.group(2))
     assert failed == 0
-    assert passed >= 20
-    assert "testFuzz_claimAllOnceConservesSum" in result.stdout
+    assert passed >= 50
+    for name in (
+        "testFuzz_claimAllOnceConservesSum",
+        "invariant_balanceIsTheSumOfOpenRemaining",
+        "invariant_noAccountIsPaidTwice",
+        "invariant_totalStakedIsStakesMinusSlashed",
+        "test_reenteringTokenCannotClaimTwice",
+        "testFuzz_frontRunRegistrationCannotTakeTheId",
+        "test_oldOwnerCannotPublishAfterTransfer",
+    ):
+        assert f"[PASS] {name}" in result.stdout, name
 
 
 def test_solidity_sources_are_formatted(forge: Path | None, contracts_dir: Path) -> None:

@@ -9,6 +9,7 @@ Torch-free. ``connect()`` gives an in-process py-evm chain with funded dev accou
     tree = RewardTree({alice.address: 10**18})
     protocol.rewards.post_reward_tree(1, tree, deadline=chain.block_timestamp() + 86400)
     protocol.rewards.claim_from_tree(1, tree, alice)
+    protocol.require_agents().stake_and_register(100 * 10**18, sender=agent)  # an agent stakes
 
 Every revert, on every backend, is raised as
 :class:`~openledger.exceptions.ContractRevertError` with the decoded custom error.
@@ -17,6 +18,15 @@ Every revert, on every backend, is raised as
 from __future__ import annotations
 
 from openledger.chain._artifacts import CONTRACT_NAMES, Artifact, load_artifact
+from openledger.chain.agents import (
+    SLASHER_ROLE,
+    AgentInfo,
+    AgentParams,
+    AgentRegistryClient,
+    DisputeInfo,
+    DisputeStatus,
+    FailedServiceReport,
+)
 from openledger.chain.bindings import Event, Receipt
 from openledger.chain.client import ANVIL_MNEMONIC, Backend, Chain, connect
 from openledger.chain.encoding import (
@@ -65,7 +75,11 @@ __all__ = [
     "RECORD_LEAF_ENCODING",
     "REWARD_LEAF_ENCODING",
     "SETTLER_ROLE",
+    "SLASHER_ROLE",
     "Account",
+    "AgentInfo",
+    "AgentParams",
+    "AgentRegistryClient",
     "Artifact",
     "AttributionRewardsClient",
     "Backend",
@@ -76,8 +90,11 @@ __all__ = [
     "ContractRevertError",
     "DatanetInfo",
     "DatanetRegistryClient",
+    "DisputeInfo",
+    "DisputeStatus",
     "EpochInfo",
     "Event",
+    "FailedServiceReport",
     "ModelInfo",
     "ModelManifest",
     "ModelRegistryClient",

@@ -16,7 +16,13 @@ from openledger.exceptions import ConfigError
 
 __all__ = ["CONTRACT_NAMES", "Artifact", "load_artifact"]
 
-CONTRACT_NAMES = ("AttributionRewards", "DatanetRegistry", "ModelRegistry", "OpenToken")
+CONTRACT_NAMES = (
+    "AgentRegistry",
+    "AttributionRewards",
+    "DatanetRegistry",
+    "ModelRegistry",
+    "OpenToken",
+)
 """Every contract with a shipped artifact."""
 
 

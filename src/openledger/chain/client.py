@@ -295,7 +295,8 @@ class Chain:
             admin: Deployer and admin (default :attr:`default_account`).
             **options: The keyword options of
                 :func:`openledger.chain.protocol.deploy_protocol` (``token``,
-                ``initial_supply``, ``supply_cap``, ``treasury``, ``min_claim_window``).
+                ``initial_supply``, ``supply_cap``, ``treasury``, ``min_claim_window``,
+                ``agent_params``).
         """
         from openledger.chain.protocol import deploy_protocol
 

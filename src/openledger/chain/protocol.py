@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from openledger.chain.agents import SLASHER_ROLE, AgentParams, AgentRegistryClient
 from openledger.chain.registries import DatanetRegistryClient, ModelRegistryClient
 from openledger.chain.rewards import SETTLER_ROLE, AttributionRewardsClient, OpenTokenClient
 from openledger.crypto import Account, to_checksum_address
+from openledger.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from openledger.chain.client import Chain
@@ -32,11 +34,12 @@ class ProtocolAddresses(BaseModel):
     models: str
     rewards: str
     token: str
+    agents: str | None = None
 
-    @field_validator("datanets", "models", "rewards", "token", mode="before")
+    @field_validator("datanets", "models", "rewards", "token", "agents", mode="before")
     @classmethod
-    def _checksum(cls, value: str) -> str:
-        return to_checksum_address(value)
+    def _checksum(cls, value: str | None) -> str | None:
+        return None if value is None else to_checksum_address(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class Protocol:
         models: ``ModelRegistry`` client.
         rewards: ``AttributionRewards`` client.
         token: Client of the reward token.
+        agents: ``AgentRegistry`` client (``None`` for a deployment without one).
     """
 
     chain: Chain
@@ -58,6 +62,17 @@ class Protocol:
     models: ModelRegistryClient
     rewards: AttributionRewardsClient
     token: OpenTokenClient
+    agents: AgentRegistryClient | None = None
+
+    def require_agents(self) -> AgentRegistryClient:
+        """Return :attr:`agents`.
+
+        Raises:
+            ConfigError: If this deployment has no ``AgentRegistry``.
+        """
+        if self.agents is None:
+            raise ConfigError("this protocol has no AgentRegistry; pass its address as agents=")
+        return self.agents
 
     @classmethod
     def at(
@@ -70,7 +85,8 @@ class Protocol:
 
         Args:
             chain: The chain.
-            addresses: A :class:`ProtocolAddresses` or a dict with its four keys.
+            addresses: A :class:`ProtocolAddresses` or a dict of its keys (``agents`` is
+                optional).
             sender: Default signer of every client's transactions.
 
         Raises:
@@ -89,6 +105,11 @@ class Protocol:
             models=ModelRegistryClient(chain, found.models, sender),
             rewards=AttributionRewardsClient(chain, found.rewards, token, sender),
             token=token,
+            agents=(
+                AgentRegistryClient(chain, found.agents, token, sender)
+                if found.agents is not None
+                else None
+            ),
         )
 
 
@@ -108,6 +129,7 @@ def deploy_protocol(
     supply_cap: int = DEFAULT_SUPPLY_CAP,
     treasury: str | None = None,
     min_claim_window: int = DEFAULT_MIN_CLAIM_WINDOW,
+    agent_params: AgentParams | None = None,
 ) -> Protocol:
     """Deploy the protocol and make ``admin`` its rewards admin and settler.
 
@@ -121,6 +143,9 @@ def deploy_protocol(
         supply_cap: The most ``OpenToken`` that can ever exist.
         treasury: Where swept rewards go (default: ``admin``).
         min_claim_window: Shortest claim window of reward epochs, in seconds.
+        agent_params: Staking and slashing parameters of the ``AgentRegistry``
+            (default :class:`~openledger.chain.AgentParams`); ``admin`` also gets its
+            ``SLASHER_ROLE``.
 
     Returns:
         The protocol, with ``admin`` as every client's default sender.
@@ -136,7 +161,16 @@ def deploy_protocol(
         models=chain.deploy("ModelRegistry", sender=owner),
         rewards=chain.deploy("AttributionRewards", *rewards_args, sender=owner),
         token=token_address,
+        agents=chain.deploy(
+            "AgentRegistry",
+            token_address,
+            owner.address,
+            sink,
+            (agent_params or AgentParams()).as_abi_tuple(),
+            sender=owner,
+        ),
     )
     protocol = Protocol.at(chain, addresses, sender=owner)
     protocol.rewards.grant_role(SETTLER_ROLE, owner.address)
+    protocol.require_agents().grant_role(SLASHER_ROLE, owner.address)
     return protocol
