@@ -44,7 +44,9 @@ class MatchedSpan:
         length: Its length in tokens.
         text: The span as text.
         weight: ``length * ln(records / holders)``: 0 when every record holds it.
-        record_hashes: The records that hold it (its weight is shared among them).
+        record_hashes: The records that hold it (its weight is shared among them); empty
+            when its weight is 0 or more than ``spans.LISTED_HOLDERS`` records hold it.
+        holders: How many indexed records hold it.
     """
 
     start: int
@@ -52,6 +54,7 @@ class MatchedSpan:
     text: str
     weight: float
     record_hashes: tuple[Hash32, ...]
+    holders: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,8 @@ class AttributionReport:
         datanet_id: That snapshot's datanet (``None`` when unknown).
         prompt: The question.
         completion: The answer attributed.
-        records: One score per indexed record, in snapshot order.
+        records: One score per indexed record, in snapshot order (``spans`` reports list
+            only the records that score).
         spans: The answer's spans that records hold (``spans`` reports only).
     """
 

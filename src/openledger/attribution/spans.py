@@ -13,11 +13,13 @@ joins them) into one token array with a suffix array over it
    answer and earns nothing, a phrase one record alone holds earns the most;
 3. a record's score is the sum of ``weight / df`` over the spans it holds (a span's weight is
    shared by the records holding it), and the report's contributor shares follow from the
-   records' scores as for influence.
+   records' scores as for influence. The report lists only the records that score (a
+   datanet of a million records would otherwise put a million zeros in every report).
 
 The index holds the records' tokens, which reveal their text as much as the text itself:
 for a private datanet it is built only with a grant, and its files are written 0600 in a
-0700 folder; report texts are read through the snapshot with that grant on every call.
+0700 folder; report texts (of the records that score) are read through the snapshot with
+that grant on every call, so a revoked grant stops them.
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ from openledger.data import AccessGrant, Snapshot
 from openledger.exceptions import AttributionInputError
 from openledger.types import Address, Hash32
 
-__all__ = ["SPAN_INDEX_FORMAT", "SpanIndex"]
+__all__ = ["LISTED_HOLDERS", "SPAN_INDEX_FORMAT", "TEXT_RECORDS", "SpanIndex", "SpanSettings"]
 
 SPAN_INDEX_FORMAT = "openledger.span_index/1"
 """The ``format`` of a span index's ``span_index.json``."""
+LISTED_HOLDERS = 100
+"""A weighted span names the records holding it when they are at most this many."""
+TEXT_RECORDS = 10
+"""A report carries the texts of this many best-scoring records."""
 _MANIFEST = "span_index.json"
 _ARRAYS = ("tokens", "suffixes", "starts")
 _NO_ADAPTER = "0x" + "00" * 32
@@ -250,13 +256,17 @@ class SpanIndex:
         Raises:
             AttributionInputError: An empty or non-string completion.
         """
+        return [span for span, _ in self._matched(completion)]
+
+    def _matched(self, completion: str) -> list[tuple[MatchedSpan, npt.NDArray[np.int64]]]:
+        """Each kept span with the rows (record positions) of the records holding it."""
         if not isinstance(completion, str) or not completion.strip():
             raise AttributionInputError(
                 f"completion must be a non-empty string, got {completion!r}"
             )
         ids = np.asarray(_token_ids(self.tokenizer, completion), dtype=np.int64)
         found = longest_matches(self._corpus, self._suffixes, ids, self.settings.max_tokens)
-        spans, reach = [], 0
+        kept, reach = [], 0
         for start in range(len(ids)):
             length = int(found.lengths[start])
             if start + length <= reach or length < self.settings.min_tokens:
@@ -265,15 +275,25 @@ class SpanIndex:
             rows = np.asarray(self._suffixes[found.lo[start] : found.hi[start]])
             holders = np.unique(np.searchsorted(self._starts, rows, side="right") - 1)
             weight = length * math.log(len(self) / len(holders))
-            text = _decode(self.tokenizer, ids[start : start + length])
-            hashes = tuple(self.record_hashes[int(i)] for i in holders)
-            spans.append(MatchedSpan(start, length, text, weight, hashes))
-        return spans
+            listed = holders if weight > 0 and len(holders) <= LISTED_HOLDERS else holders[:0]
+            span = MatchedSpan(
+                start,
+                length,
+                _decode(self.tokenizer, ids[start : start + length]),
+                weight,
+                tuple(self.record_hashes[int(i)] for i in listed),
+                len(holders),
+            )
+            kept.append((span, holders))
+        return kept
 
     def attribute(
         self, prompt: str, completion: str, *, adapter_id: Hash32 | None = None
     ) -> AttributionReport:
-        """Score every indexed record by the spans of ``completion`` it holds.
+        """Score the indexed records by the spans of ``completion`` they hold.
+
+        The report lists the records that hold a weighted span (every other record scores
+        0), and the texts of the best :data:`TEXT_RECORDS` of them.
 
         Args:
             prompt: The question (recorded in the report; spans come from the answer).
@@ -286,15 +306,22 @@ class SpanIndex:
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise AttributionInputError(f"prompt must be a non-empty string, got {prompt!r}")
-        spans = self.spans(completion)
-        scores = dict.fromkeys(self.record_hashes, 0.0)
-        for span in spans:
-            for record in span.record_hashes:
-                scores[record] += span.weight / len(span.record_hashes)
-        texts = self._texts()
+        matched = self._matched(completion)
+        scores = np.zeros(len(self), dtype=np.float64)
+        for span, holders in matched:
+            if span.weight > 0:
+                scores[holders] += span.weight / len(holders)
+        scored = np.flatnonzero(scores)
+        best = scored[np.argsort(-scores[scored], kind="stable")[:TEXT_RECORDS]]
+        texts = self._texts([self.record_hashes[int(i)] for i in best])
         records = tuple(
-            RecordScore(h, c, scores[h], texts.get(h, ""))
-            for h, c in zip(self.record_hashes, self.contributors, strict=True)
+            RecordScore(
+                self.record_hashes[i],
+                self.contributors[i],
+                float(scores[i]),
+                texts.get(self.record_hashes[i], ""),
+            )
+            for i in scored.tolist()
         )
         return AttributionReport(
             "spans",
@@ -304,15 +331,16 @@ class SpanIndex:
             prompt,
             completion,
             records,
-            tuple(spans),
+            tuple(span for span, _ in matched),
         )
 
-    def _texts(self) -> dict[Hash32, str]:
+    def _texts(self, hashes: Sequence[Hash32]) -> dict[Hash32, str]:
+        """The scored records' texts, read through the snapshot with the grant each call."""
         if self.snapshot is None:
             return {}
         return {
-            r.record_hash: record_text(r.record)[:_PREVIEW_CHARS]
-            for r in self.snapshot.records(grant=self._grant)
+            h: record_text(self.snapshot.get(h, grant=self._grant).record)[:_PREVIEW_CHARS]
+            for h in hashes
         }
 
 

@@ -183,6 +183,18 @@ class Snapshot:
             raise DataNotFoundError("this snapshot is detached from its datanet; use Datanet.open")
         return self._datanet._records_by_ids(self._record_ids, grant=grant)  # type: ignore[no-any-return]
 
+    def get(self, record_hash: str | bytes, *, grant: AccessGrant | None = None) -> StoredRecord:
+        """Return one record of this snapshot by hash (a private datanet needs a valid grant).
+
+        Raises:
+            DataNotFoundError: The record is not in this snapshot, or the snapshot is detached.
+            AccessDeniedError: A private datanet and no valid grant.
+        """
+        self.leaf(record_hash)  # NOTE: raises for a record outside this snapshot
+        if self._datanet is None:
+            raise DataNotFoundError("this snapshot is detached from its datanet; use Datanet.open")
+        return self._datanet.get(record_hash, grant=grant)  # type: ignore[no-any-return]
+
     def __len__(self) -> int:
         return self.count
 
