@@ -22,7 +22,15 @@ from pathlib import Path
 
 from _machine import describe_machine  # benchmarks/ is the script folder
 
-from openledger.chain import Account, Chain, ModelManifest, Protocol, RewardTree, connect
+from openledger.chain import (
+    Account,
+    Chain,
+    FailedServiceReport,
+    ModelManifest,
+    Protocol,
+    RewardTree,
+    connect,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL = ROOT / "contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -75,6 +83,51 @@ def registry_gas(chain: Chain, protocol: Protocol) -> dict[str, int]:
         training_log_root="0x" + "66" * 32,
     )
     gas["register model (1 datanet root)"] = protocol.models.register_model(manifest, 10).gas_used
+    successor = chain.dev_accounts[2]
+    gas["offer datanet ownership"] = protocol.datanets.transfer_datanet_ownership(
+        datanet, successor.address
+    ).gas_used
+    gas["accept datanet ownership (curators cleared)"] = protocol.datanets.accept_datanet_ownership(
+        datanet, sender=successor
+    ).gas_used
+    return gas
+
+
+def agent_gas(chain: Chain, protocol: Protocol) -> dict[str, int]:
+    """Gas of agent staking, a challenged and an unchallenged dispute, and a withdrawal."""
+    agents = protocol.require_agents()
+    agent, user, relayer = chain.dev_accounts[3], chain.dev_accounts[4], chain.dev_accounts[5]
+    for account in (agent, user):
+        protocol.token.transfer(account.address, 1_000 * 10**18)
+        protocol.token.approve(agents.address, 1_000 * 10**18, sender=account)
+    gas = {
+        "agent: register (stake, 1 model)": agents.register(
+            200 * 10**18, ["0x" + "a1" * 32], sender=agent
+        ).gas_used,
+        "agent: add stake": agents.add_stake(10**18, sender=agent).gas_used,
+    }
+    disputes = []
+    for request in ("01", "02"):
+        report = FailedServiceReport(
+            agent=agent.address,
+            model_id="0x" + "a1" * 32,
+            request_hash="0x" + request * 32,
+            evidence_hash="0x" + "e0" * 32,
+            deadline=chain.block_timestamp() + DAY,
+        )
+        signature = agents.sign_report(user, report)
+        receipt = agents.report(report, user.address, signature, sender=relayer)
+        disputes.append(int(receipt.event("Reported")["disputeId"]))
+        gas["agent: report (signed, relayed, bond pulled)"] = receipt.gas_used
+    gas["agent: challenge"] = agents.challenge(disputes[0], "0x" + "c0" * 32, sender=agent).gas_used
+    gas["agent: resolve upheld (slash to reporter + treasury)"] = agents.resolve(
+        disputes[0], True
+    ).gas_used
+    chain.increase_time(agents.params().challenge_window + 60)
+    gas["agent: execute slash (unchallenged)"] = agents.execute_slash(disputes[1]).gas_used
+    gas["agent: begin unbonding"] = agents.begin_unbonding(10**18, sender=agent).gas_used
+    chain.increase_time(agents.params().unbonding_period + 60)
+    gas["agent: withdraw"] = agents.withdraw(sender=agent).gas_used
     return gas
 
 
@@ -103,6 +156,8 @@ def reward_gas(chain: Chain, protocol: Protocol, recipients: int, claims: int) -
     gas["claim, first-time recipient (claim by the account)"] = own
     own_repeat = protocol.rewards.claim_from_tree(2, second, self_claimer).gas_used
     gas["claim, repeat recipient (claim by the account)"] = own_repeat
+    chain.increase_time(DAY + 60)
+    gas["sweep an expired epoch to the treasury"] = protocol.rewards.sweep(1).gas_used
     return gas
 
 
@@ -121,6 +176,7 @@ def measure(chain: Chain, recipients: int, claims: int) -> dict[str, int]:
     protocol = chain.deploy_protocol()
     gas = registry_gas(chain, protocol)
     gas.update(reward_gas(chain, protocol, recipients, claims))
+    gas.update(agent_gas(chain, protocol))
     gas.update(baseline_gas(protocol))
     return gas
 

@@ -228,6 +228,25 @@ class AgentRegistryClient(AccessControlled):
             typed_data(domain, _REPORT_TYPES, "FailedServiceReport", message)
         )
 
+    def report(
+        self,
+        report: FailedServiceReport,
+        reporter: str,
+        signature: bytes | str,
+        *,
+        sender: Account | None = None,
+    ) -> Receipt:
+        """Relay a signed report (anyone may); the reporter's bond is pulled.
+
+        The dispute id is in the receipt's ``Reported`` event (``disputeId``).
+        """
+        args = (
+            report.as_abi_tuple(),
+            to_checksum_address(reporter),
+            from_hex(signature, size=65, what="signature"),
+        )
+        return self._transact("report", *args, sender=sender)
+
     def file_report(
         self,
         report: FailedServiceReport,
@@ -236,17 +255,8 @@ class AgentRegistryClient(AccessControlled):
         *,
         sender: Account | None = None,
     ) -> int:
-        """Relay a signed report (anyone may); the reporter's bond is pulled.
-
-        Returns:
-            The new dispute id.
-        """
-        args = (
-            report.as_abi_tuple(),
-            to_checksum_address(reporter),
-            from_hex(signature, size=65, what="signature"),
-        )
-        receipt = self._transact("report", *args, sender=sender)
+        """Relay a signed report like :meth:`report` and return the new dispute id."""
+        receipt = self.report(report, reporter, signature, sender=sender)
         return int(receipt.event("Reported")["disputeId"])
 
     def challenge(
