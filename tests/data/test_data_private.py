@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from datanet_rows import rows
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from openledger.crypto import Account
 from openledger.data import Datanet, InstructionRecord, commitment_of
@@ -143,3 +145,43 @@ def test_a_bound_datanet_reads_only_grants_held_by_their_grantee(
     flip.close()
     with pytest.raises(StoreError, match="tampered"):
         Datanet.open(tmp_path / "b")
+
+
+PEOPLE = [Account.from_key(f"0x{n + 1:064x}") for n in range(3)]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    commits=st.lists(st.integers(0, 2), max_size=4),
+    attempts=st.lists(st.integers(0, 2), min_size=1, max_size=4),
+)
+def test_a_record_goes_to_its_earliest_committer_else_to_the_first_to_send_it(
+    tmp_path_factory: pytest.TempPathFactory, commits: list[int], attempts: list[int]
+) -> None:
+    """Whatever the order of commitments and sends, the record is stored once, for the
+    earliest committer when there is one (no one else succeeds), else for the first sender."""
+    dn = Datanet.create(
+        tmp_path_factory.mktemp("c") / "dn", name="c", schema=InstructionRecord, duplicates="skip"
+    )
+    data = rows(1)
+    digest = dn.record_hash(data[0])
+    for who in commits:
+        dn.commit([commitment_of(digest, PEOPLE[who].address)], contributor=PEOPLE[who])
+    stored_by = None
+    for who in attempts:
+        try:
+            receipts = dn.contribute(data, contributor=PEOPLE[who])
+        except DuplicateRecordError:
+            continue
+        if receipts:
+            assert stored_by is None
+            stored_by = who
+    expected = commits[0] if commits else attempts[0]
+    if commits and expected not in attempts:
+        assert stored_by is None
+    else:
+        assert stored_by == expected
+    assert len(dn) == (0 if stored_by is None else 1)
+    dn.close()
