@@ -7,6 +7,7 @@ Both need the npm toolchain (``npm ci`` in contracts/) and skip with that reason
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,8 +24,10 @@ def test_forge_unit_and_fuzz_tests_pass(forge: Path | None, contracts_dir: Path)
         missing_reference(
             "forge or node missing: run `npm ci` in contracts/ (npm @foundry-rs/forge)"
         )
+    # NOTE: foundry.toml pins a seed so runs repeat; OPENLEDGER_FUZZ_SEED tries another.
+    seed = os.environ.get("OPENLEDGER_FUZZ_SEED")
     result = subprocess.run(
-        [str(forge), "test", "--color", "never"],
+        [str(forge), "test", "--color", "never", *(["--fuzz-seed", seed] if seed else [])],
         cwd=contracts_dir,
         capture_output=True,
         text=True,

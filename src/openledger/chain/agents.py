@@ -94,7 +94,15 @@ class AgentParams:
 
 @dataclass(frozen=True, slots=True)
 class AgentInfo:
-    """A registered agent as stored on chain."""
+    """A registered agent as stored on chain.
+
+    Attributes:
+        stake: Staked tokens (counts towards the minimum).
+        unbonding: Tokens on their way out (still slashable).
+        unbonding_ends: When ``unbonding`` may be withdrawn (Unix time).
+        open_disputes: Undecided disputes against the agent (withdrawal waits for none).
+        model_ids: The model ids it declared it serves.
+    """
 
     stake: Wei
     unbonding: Wei
@@ -115,7 +123,19 @@ class DisputeStatus(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class DisputeInfo:
-    """A dispute as stored on chain."""
+    """A dispute as stored on chain.
+
+    Attributes:
+        agent: The reported agent.
+        reporter: The user who signed the report.
+        status: Open, challenged, upheld or rejected.
+        challenge_ends: Last second the agent may challenge (Unix time).
+        model_id: The model the request was for.
+        request_hash: The failed request's hash.
+        evidence_hash: The reporter's evidence hash.
+        counter_evidence_hash: The agent's evidence hash (zero until challenged).
+        bond: The reporter's bond held until the decision.
+    """
 
     agent: Address
     reporter: Address

@@ -40,6 +40,7 @@ from openledger.types import Address, Wei, to_wei
 if TYPE_CHECKING:
     from eth_tester import EthereumTester
 
+    from openledger.chain.agents import AgentParams
     from openledger.chain.protocol import Protocol, ProtocolAddresses
 
 __all__ = ["ANVIL_MNEMONIC", "Backend", "Chain", "connect"]
@@ -288,19 +289,40 @@ class Chain:
         else:
             raise ConfigError("increase_time() needs the embedded chain or anvil")
 
-    def deploy_protocol(self, *, admin: Account | None = None, **options: Any) -> Protocol:
-        """Deploy the registries, the rewards contract and (unless given) an OpenToken.
+    def deploy_protocol(
+        self,
+        *,
+        admin: Account | None = None,
+        token: str | None = None,
+        initial_supply: int = 10**27,
+        supply_cap: int | None = None,
+        treasury: str | None = None,
+        min_claim_window: int | None = None,
+        agent_params: AgentParams | None = None,
+    ) -> Protocol:
+        """Deploy the registries, rewards, agents and (unless given) an OpenToken.
 
-        Args:
-            admin: Deployer and admin (default :attr:`default_account`).
-            **options: The keyword options of
-                :func:`openledger.chain.protocol.deploy_protocol` (``token``,
-                ``initial_supply``, ``supply_cap``, ``treasury``, ``min_claim_window``,
-                ``agent_params``).
+        See :func:`openledger.chain.protocol.deploy_protocol` for the arguments; ``None``
+        keeps its defaults.
         """
-        from openledger.chain.protocol import deploy_protocol
+        from openledger.chain.protocol import (
+            DEFAULT_MIN_CLAIM_WINDOW,
+            DEFAULT_SUPPLY_CAP,
+            deploy_protocol,
+        )
 
-        return deploy_protocol(self, admin=admin, **options)
+        return deploy_protocol(
+            self,
+            admin=admin,
+            token=token,
+            initial_supply=initial_supply,
+            supply_cap=DEFAULT_SUPPLY_CAP if supply_cap is None else supply_cap,
+            treasury=treasury,
+            min_claim_window=(
+                DEFAULT_MIN_CLAIM_WINDOW if min_claim_window is None else min_claim_window
+            ),
+            agent_params=agent_params,
+        )
 
     def protocol(self, addresses: ProtocolAddresses | dict[str, str]) -> Protocol:
         """Bind typed clients to already deployed contracts (code is checked at each address)."""
