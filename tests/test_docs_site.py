@@ -30,7 +30,7 @@ API_MODULES = (
     "studio",
     "demo",
 )
-ROOT_MODULES = ("exceptions", "types")
+ROOT_MODULES = ("exceptions", "types", "validation")
 
 
 def nav_pages(entries: list[object]) -> list[str]:

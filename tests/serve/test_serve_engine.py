@@ -200,14 +200,16 @@ def test_small_pool_preempts_and_finishes_with_the_same_tokens(folder: Path) -> 
 
 
 def test_engine_config_errors_name_the_setting(folder: Path) -> None:
-    from pydantic import ValidationError
+    from openledger.exceptions import ConfigError, OpenLedgerError
 
-    from openledger.exceptions import ConfigError
-
-    with pytest.raises(ValidationError, match="block_size"):
+    with pytest.raises(ConfigError, match="engine config field 'block_size': block_size must be a power"):
         EngineConfig(block_size=12)
-    with pytest.raises(ValidationError, match="max_num_seqs"):
+    with pytest.raises(OpenLedgerError, match="engine config field 'max_num_seqs'"):
         EngineConfig(max_num_seqs=0)
+    with pytest.raises(ConfigError, match="'max_num_seqz': is not among the engine config fields"):
+        EngineConfig(max_num_seqz=4)
+    with pytest.raises(ConfigError, match="'block_size'"):
+        EngineConfig.checked({"block_size": "sixteen"})
     with pytest.raises(ConfigError, match="max_model_len=4096"):
         Engine(folder, EngineConfig(max_model_len=4096))
     with pytest.raises(ConfigError, match="kv_cache_memory"):

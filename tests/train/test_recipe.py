@@ -83,7 +83,7 @@ def test_a_single_module_name_becomes_a_list() -> None:
         ({"target_modules": []}, "'target_modules'"),
         ({"batch_size": 0}, "'batch_size'"),
         ({"eval_split": 1.0}, "'eval_split'"),
-        ({"rank": 8}, "'rank': is not a recipe field"),
+        ({"rank": 8}, "'rank': is not among the recipe fields"),
         ({"early_stopping_patience": 2}, "early_stopping_patience needs eval_split"),
         ({"init": "loftq", "quantization": "4bit"}, "init='loftq'"),
         ({"use_dora": True, "init": "pissa"}, "use_dora"),

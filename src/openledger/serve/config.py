@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from openledger.validation import CheckedModel
 
 __all__ = ["EngineConfig"]
 
 
-class EngineConfig(BaseModel):
+class EngineConfig(CheckedModel):
     """How an :class:`~openledger.serve.Engine` sizes its cache and batches.
 
-    Invalid values raise ``pydantic.ValidationError`` (a ``ValueError``) naming the field.
+    Invalid values raise :class:`~openledger.exceptions.ConfigError` (a ``ValueError``)
+    naming the field.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    what = "engine config"
 
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
         default=None,

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from openledger.crypto import keccak256_hex
 from openledger.exceptions import MissingDependencyError, RecipeError
 from openledger.types import Hash32
+from openledger.validation import describe_validation_error
 
 __all__ = ["RECIPE_FORMAT", "LoraRecipe"]
 
@@ -101,7 +102,7 @@ class LoraRecipe(BaseModel):
         try:
             super().__init__(**fields)
         except ValidationError as exc:
-            raise RecipeError(_describe(exc)) from None
+            raise RecipeError(describe_validation_error(exc, "recipe", "LoraRecipe")) from None
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -140,7 +141,7 @@ class LoraRecipe(BaseModel):
         try:
             return cls.model_validate(fields)
         except ValidationError as exc:
-            raise RecipeError(_describe(exc)) from None
+            raise RecipeError(describe_validation_error(exc, "recipe", "LoraRecipe")) from None
 
     def replace(self, **changes: Any) -> LoraRecipe:
         """Return a validated copy with some fields changed.
@@ -232,14 +233,3 @@ def _yaml() -> Any:
         raise MissingDependencyError(
             "YAML recipes need PyYAML: `pip install pyyaml` (or use JSON)"
         ) from None
-
-
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors()[:3]:
-        where = ".".join(str(p) for p in item["loc"]) or "recipe"
-        message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "is not a recipe field (see LoraRecipe's fields)"
-        parts.append(f"recipe field {where!r}: {message}" if where != "recipe" else message)
-    return "invalid recipe: " + "; ".join(parts)
