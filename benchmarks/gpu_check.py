@@ -6,7 +6,7 @@
 2. Engine throughput on a Llama-3-8B-shaped model with random weights (``--layers`` of
    its 32 layers, written once to a temporary folder; no download), 100 registered
    adapters (rank 16, all linear), 64 concurrent requests: no LoRA, LoRA on the Triton
-   backend (the CUDA default), LoRA on the torch backend (OPENLEDGER_LORA_BACKEND=torch).
+   backend (the CUDA default), LoRA on the torch backend (EngineConfig(lora_backend='torch')).
    Two passes each: in the first every request's adapter is loaded just in time as the
    request is admitted; in the second the adapters are in their device slots.
 3. SGMV/BGMV vs the torch paths (per-adapter matmuls; one bmm over every adapter) on one
@@ -37,7 +37,6 @@ if "--cpu-smoke" in sys.argv:
 import torch
 from _scratch import scratch_dir
 
-from openledger.serve.layers.lora import LORA_BACKEND_ENV
 from openledger.serve.ops.lora_batched import BatchedPlan, add_lora_batched, stack_group_weights
 from openledger.serve.ops.lora_reference import lora_expand_reference, lora_shrink_reference
 from openledger.serve.ops.lora_torch import LoraGroups, LoraSlice, LoraWeights, add_lora
@@ -215,11 +214,12 @@ def engine_throughput(layers: int, device: str = "cuda", shape: dict[str, int] =
     del model
     print(f"model and adapter written in {time.perf_counter() - start:.1f} s", flush=True)
 
-    def make_engine() -> Engine:
+    def make_engine(backend: str) -> Engine:
         engine = Engine(root / "base", EngineConfig(device=device, dtype=dtype,  # type: ignore[arg-type]
                                                      max_num_seqs=requests,
                                                      max_adapter_host_memory=4 * 2**30,
-                                                     kv_cache_memory=8 * 2**30))  # fmt: skip
+                                                     kv_cache_memory=8 * 2**30,
+                                                     lora_backend=backend))  # fmt: skip
         for index in range(adapters):
             engine.add_adapter(f"a{index}", root / "adapter")
         return engine
@@ -230,13 +230,11 @@ def engine_throughput(layers: int, device: str = "cuda", shape: dict[str, int] =
 
     runs = (("no LoRA", False, "triton"), (f"{adapters} adapters, Triton", True, "triton"),
             (f"{adapters} adapters, torch batched", True, "torch"))  # fmt: skip
-    os.environ[LORA_BACKEND_ENV] = "triton"
-    engine = make_engine()
+    engine = make_engine("triton")
     for label, adapter, backend in runs:
         if engine.adapters is not None and engine.adapters.state.backend != backend:
             del engine
-            os.environ[LORA_BACKEND_ENV] = backend
-            engine = make_engine()
+            engine = make_engine(backend)
         params = [SamplingParams(max_tokens=new, min_tokens=new,
                                  adapter=f"a{(i * 37) % adapters}" if adapter else None)
                   for i in range(requests)]  # fmt: skip
@@ -252,7 +250,6 @@ def engine_throughput(layers: int, device: str = "cuda", shape: dict[str, int] =
             rate = requests * new / wall
             print(f"engine ({layers} Llama-3-8B layers, {requests} requests x {new} tokens) "
                   f"{label}, {when}: {rate:.0f} tokens/s ({wall:.2f} s)", flush=True)  # fmt: skip
-    os.environ.pop(LORA_BACKEND_ENV, None)
 
 
 def smoke_engine() -> bool:
@@ -275,9 +272,8 @@ def smoke_engine() -> bool:
               for a in ("a0", "a1", {"a0": 0.5, "a1": -1.0})]  # fmt: skip
     tokens = {}
     for backend in ("torch", "triton"):
-        os.environ[LORA_BACKEND_ENV] = backend
         engine = Engine(base, EngineConfig(device="cpu", max_num_seqs=4, block_size=4,
-                                           num_blocks=32))  # fmt: skip
+                                           num_blocks=32, lora_backend=backend))  # fmt: skip
         for index in range(2):
             engine.add_adapter(f"a{index}", root / f"a{index}")
         tokens[backend] = [out.token_ids for out in engine.generate(prompts, params)]

@@ -6,9 +6,10 @@ adapters assigned round-robin; ~16-token prompts; 32 new tokens, greedy, no earl
 
 Baselines measured in the same run, alternating with ours for ``--repeats`` rounds (medians):
 transformers + PEFT one batched ``generate(adapter_names=[...])``; transformers base model
-alone on the same batch; our engine with no adapters; our engine with the compiled CPU
-LoRA kernel off (the batched ``bmm`` path on steady steps); and with both off (matmuls per
-adapter per projection). ``--profile`` also
+alone on the same batch; our engine with no adapters; engines with the same adapters and
+``EngineConfig(lora_backend="torch")`` (the batched ``bmm`` path on steady steps instead of
+the compiled CPU LoRA kernel) and also ``lora_batched_decode=False`` (matmuls per adapter per
+projection). ``--profile`` also
 prints the LoRA share of one mixed-8 run (torch.profiler). Then: cold load of one adapter
 (safetensors on local disk -> usable in a device slot) p50/p99; resident memory with 1, 100
 and 1,000 registered adapters; 1,000 adapters served round-robin through 32 device slots.
@@ -89,15 +90,13 @@ def run_mixed(engine: Engine, texts: list[str]) -> tuple[Timing, list[RequestOut
     return since(start), outputs
 
 
-def run_mixed_paths(engine: Engine, texts: list[str], *, kernel: bool, batched: bool) -> Timing:
-    """Our engine, mixed-8, with the CPU kernel and/or the batched torch path turned off."""
-    assert engine.adapters is not None
-    state = engine.adapters.state
-    state.use_kernel, state.batched = kernel, batched
-    try:
-        return run_mixed(engine, texts)[0]
-    finally:
-        state.use_kernel, state.batched = True, True
+def engine_with(model: str, adapters: list[Path], **paths: Any) -> Engine:
+    """An engine on CPU float32 with the mixed-8 adapters and these path settings
+    (``EngineConfig`` fields: ``lora_backend``, ``lora_batched_decode`` ...)."""
+    engine = Engine(model, EngineConfig(device="cpu", dtype="float32", **paths))
+    for index, path in enumerate(adapters):
+        engine.add_adapter(f"a{index}", path)
+    return engine
 
 
 def profile_lora(engine: Engine, texts: list[str]) -> None:
@@ -200,13 +199,18 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     peft = peft_model(folder, adapters)
-    engine = Engine(args.model, EngineConfig(device="cpu", dtype="float32"))
-    for index, path in enumerate(adapters):
-        engine.add_adapter(f"a{index}", path)
+    engine = engine_with(args.model, adapters)
     kernel = engine.adapters.state.kernel if engine.adapters is not None else None
     print(f"machine: {machine()}; CPU LoRA kernel: {kernel.path if kernel else 'none'}", flush=True)
-    times = measure(engine, peft, hf, tokenizer, texts, args.repeats)
+    torch_paths = {
+        "batched": engine_with(args.model, adapters, lora_backend="torch"),
+        "per-adapter": engine_with(
+            args.model, adapters, lora_backend="torch", lora_batched_decode=False
+        ),
+    }
+    times = measure(engine, torch_paths, peft, hf, tokenizer, texts, args.repeats)
     report(times, len(texts) * NEW_TOKENS)
+    del torch_paths
     if args.profile:
         profile_lora(engine, texts)
     loads = sorted(cold_loads(engine, adapters[0], 50))
@@ -220,27 +224,26 @@ def main() -> None:
 
 def measure(
     engine: Engine,
+    torch_paths: dict[str, Engine],
     peft: torch.nn.Module,
     hf: torch.nn.Module,
     tokenizer: object,
     texts: list[str],
     repeats: int,
 ) -> dict[str, list[Timing]]:
-    """Warm up once, then alternate every variant for ``repeats`` rounds."""
+    """Warm up once, then alternate every variant for ``repeats`` rounds (``torch_paths``:
+    the same adapters on engines with ``lora_backend="torch"``, batched and per-adapter)."""
     runs = {
         "PEFT mixed-8 generate": lambda: run_peft(peft, tokenizer, texts),
         "HF base-only generate": lambda: run_hf(hf, tokenizer, texts)[0],
         "ours base-only": lambda: run_ours(engine, texts)[0],
         "ours mixed-8": lambda: run_mixed(engine, texts)[0],
-        "ours mixed-8 kernel off": lambda: run_mixed_paths(
-            engine, texts, kernel=False, batched=True
-        ),
-        "ours mixed-8 per-adapter": lambda: run_mixed_paths(
-            engine, texts, kernel=False, batched=False
-        ),
+        "ours mixed-8 kernel off": lambda: run_mixed(torch_paths["batched"], texts)[0],
+        "ours mixed-8 per-adapter": lambda: run_mixed(torch_paths["per-adapter"], texts)[0],
     }
     run_peft(peft, tokenizer, texts[:2])
-    run_mixed(engine, texts[:8])
+    for warm in (engine, *torch_paths.values()):
+        run_mixed(warm, texts[:8])
     times: dict[str, list[Timing]] = {label: [] for label in runs}
     for round_ in range(repeats):
         for label, run in runs.items():

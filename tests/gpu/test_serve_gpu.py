@@ -114,22 +114,18 @@ def lora_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_mixed_adapters_on_cuda_match_peft(
-    lora_setup: dict[str, object], backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_mixed_adapters_on_cuda_match_peft(lora_setup: dict[str, object], backend: str) -> None:
     """A batch mixing adapters, a weighted mix and no adapter: PEFT's tokens on the same GPU."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from openledger.serve import Engine, EngineConfig, SamplingParams
-    from openledger.serve.layers.lora import LORA_BACKEND_ENV
 
     base, folders = lora_setup["base"], lora_setup["folders"]
     assert isinstance(base, Path)
     assert isinstance(folders, dict)
-    monkeypatch.setenv(LORA_BACKEND_ENV, backend)
     config = EngineConfig(device="cuda", dtype="float32", max_num_seqs=4, block_size=4,
-                          num_blocks=96)  # fmt: skip
+                          num_blocks=96, lora_backend=backend)  # type: ignore[arg-type]  # fmt: skip
     engine = Engine(base, config)
     assert engine.adapters is not None
     assert engine.adapters.state.backend == backend

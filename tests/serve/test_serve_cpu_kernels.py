@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,6 @@ from openledger.serve.ops.attention_cpu import (  # noqa: E402
     paged_decode_attention_cpu,
 )
 from openledger.serve.ops.cpu_kernels import (  # noqa: E402
-    CPU_KERNELS_ENV,
     CpuKernels,
     argmax_rows,
     c_compiler,
@@ -64,8 +62,6 @@ OUT = sum(SIZES)
 def kernel() -> CpuLoraKernel:
     if c_compiler() is None:
         missing_reference("no C compiler on this machine")
-    if os.environ.get(CPU_KERNELS_ENV) == "0":
-        pytest.skip(f"{CPU_KERNELS_ENV}=0")
     built = cpu_lora_kernel()
     assert built is not None, "a C compiler is here but the kernel did not build"
     return built
@@ -300,23 +296,15 @@ def test_without_a_compiler_the_torch_paths_serve(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cc"]  # no half-built library
 
 
-def test_switched_off_states_keep_the_fused_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CPU_KERNELS_ENV, "0")
-    cpu_kernels.cache_clear()
-    try:
-        state = LoraState(["proj"], 2, torch.device("cpu"), backend="torch")
-        assert state.kernel is None
-        assert cpu_lora_kernel() is None
-        assert cpu_decode_attention(torch.zeros(1, 2, 4)) is None
-        gen = torch.Generator().manual_seed(4)
-        state.install(0, {"proj": random_weights(gen, HIDDEN, SIZES, [2, 3, None])})
-        installed = state.slots["proj"][0]
-        assert installed is not None
-        assert len(installed.slices) == 1
-    finally:
-        cpu_kernels.cache_clear()
+def test_switched_off_states_keep_the_fused_layout() -> None:
+    gen = torch.Generator().manual_seed(4)
+    off = LoraState(["proj"], 2, torch.device("cpu"), backend="torch", cpu_kernel=False)
+    assert off.kernel is None
+    off.install(0, {"proj": random_weights(gen, HIDDEN, SIZES, [2, 3, None])})
+    installed = off.slots["proj"][0]
+    assert installed is not None
+    assert len(installed.slices) == 1
     if c_compiler() is not None:
-        monkeypatch.delenv(CPU_KERNELS_ENV)
         state = LoraState(["proj"], 2, torch.device("cpu"), backend="torch")
         assert state.kernel is not None
         state.install(0, {"proj": random_weights(gen, HIDDEN, SIZES, [2, 3, None])})
@@ -324,6 +312,46 @@ def test_switched_off_states_keep_the_fused_layout(monkeypatch: pytest.MonkeyPat
         assert installed is not None
         assert len(installed.slices) == 2
         assert installed.slices[0].b.T.is_contiguous()
+
+
+def test_an_engine_without_cpu_kernels_runs_torch_paths_to_the_same_tokens(
+    kernel: CpuLoraKernel, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openledger.serve import Engine, EngineConfig, SamplingParams
+    from openledger.serve.layers.linear import Linear
+    from openledger.serve.layers.norm import RMSNorm
+
+    calls: list[str] = []
+    library = cpu_kernels()
+    assert library is not None
+    for name in ("linear", "add_rms_norm", "rotary", "silu_mul", "argmax_rows", "paged_decode"):
+        original = getattr(library, name)
+        monkeypatch.setattr(
+            library, name, lambda *a, _n=name, _f=original: calls.append(_n) or _f(*a)
+        )
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    config = EngineConfig(num_blocks=64, block_size=4, max_num_seqs=4)
+    tokens = {}
+    for kernels in (True, False):
+        calls.clear()
+        engine = Engine(tiny_llama_dir, config.model_copy(update={"cpu_kernels": kernels}))
+        tokens[kernels] = [o.token_ids for o in engine.generate([[5, 9, 33], [7, 1]], params)]
+        assert bool(calls) == kernels, sorted(set(calls))
+        model = engine.runner.model
+        assert all(m.use_cpu_kernels == kernels for m in model.modules() if isinstance(m, RMSNorm))
+        assert all(m.packed.use_kernel == kernels for m in model.modules() if isinstance(m, Linear))
+    assert tokens[True] == tokens[False]
+    from openledger.exceptions import ConfigError
+
+    chosen = Engine(tiny_llama_dir, config.model_copy(update={"lora_backend": "cpu"}))
+    assert chosen.adapters is not None
+    assert chosen.adapters.state.kernel is not None
+    plain = Engine(tiny_llama_dir, config.model_copy(update={"lora_backend": "torch"}))
+    assert plain.adapters is not None
+    assert plain.adapters.state.kernel is None
+    off = config.model_copy(update={"lora_backend": "cpu", "cpu_kernels": False})
+    with pytest.raises(ConfigError, match="lora_backend='cpu' needs the compiled CPU kernel"):
+        Engine(tiny_llama_dir, off)
 
 
 def cache_and_tables(

@@ -202,7 +202,9 @@ def test_small_pool_preempts_and_finishes_with_the_same_tokens(folder: Path) -> 
 def test_engine_config_errors_name_the_setting(folder: Path) -> None:
     from openledger.exceptions import ConfigError, OpenLedgerError
 
-    with pytest.raises(ConfigError, match="engine config field 'block_size': block_size must be a power"):
+    with pytest.raises(
+        ConfigError, match="engine config field 'block_size': block_size must be a power"
+    ):
         EngineConfig(block_size=12)
     with pytest.raises(OpenLedgerError, match="engine config field 'max_num_seqs'"):
         EngineConfig(max_num_seqs=0)

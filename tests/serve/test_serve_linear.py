@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tests.conftest import missing_reference
 from tests.numerics import abs_products, assert_within_rounding
 
-from openledger.serve.layers.linear import KERNEL_MAX_ROWS, PACKING_ENV, Linear, PackedWeight
+from openledger.serve.layers.linear import KERNEL_MAX_ROWS, Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm, _fits_kernel
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import RopeConfig
@@ -66,9 +66,7 @@ def test_packed_projection_matches_the_plain_matmul(bias: bool, rows: int) -> No
     assert_within_rounding(linear(x), want, bound=size, dtype=x.dtype, terms=97)
 
 
-def test_packed_copy_follows_reloaded_weights_and_can_be_switched_off(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_packed_copy_follows_reloaded_weights_and_can_be_switched_off() -> None:
     linear = Linear(8, (4,))
     linear.load_slice("weight", torch.ones(4, 8))
     x = torch.randn(3, 8)
@@ -80,8 +78,7 @@ def test_packed_copy_follows_reloaded_weights_and_can_be_switched_off(
     with torch.no_grad():
         linear.weight.fill_(2.0)  # an in-place write bumps the version: repacked
     assert_within_rounding(linear(x), 2 * want, bound=2 * size, dtype=x.dtype, terms=8)
-    monkeypatch.setenv(PACKING_ENV, "0")  # read when packing
-    linear.packed.invalidate()
+    linear.packed.configure(packing=False, use_kernel=True)  # EngineConfig.weight_packing
     assert torch.equal(linear(x), F.linear(x, linear.weight))
 
 

@@ -21,7 +21,6 @@ from tests.serve.test_serve_lora_ops import (  # noqa: E402
 
 from openledger.exceptions import ConfigError  # noqa: E402
 from openledger.serve.layers.lora import (  # noqa: E402
-    LORA_BACKEND_ENV,
     LoraBatch,
     LoraProjection,
     LoraState,
@@ -212,14 +211,28 @@ def test_stacks_are_rebuilt_when_a_slot_changes(kernel: bool) -> None:
     assert not torch.allclose(first.out, second.out)
 
 
-def test_backend_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(LORA_BACKEND_ENV, raising=False)
+def test_backend_switch() -> None:
     assert resolve_lora_backend("auto", CPU) == "torch"
     assert resolve_lora_backend("torch", torch.device("cuda")) == "torch"
-    monkeypatch.setenv(LORA_BACKEND_ENV, "torch")
-    assert resolve_lora_backend("auto", torch.device("cuda")) == "torch"
-    monkeypatch.setenv(LORA_BACKEND_ENV, "cutlass")
     with pytest.raises(ConfigError, match="unknown LoRA backend 'cutlass'"):
-        resolve_lora_backend("auto", CPU)
+        resolve_lora_backend("cutlass", CPU)
     with pytest.raises(ConfigError, match="unknown LoRA backend"):
         LoraState(["proj"], 2, CPU, backend="fast")
+
+
+def test_path_switches_come_from_the_config_and_the_environment_overrides_them() -> None:
+    from openledger.serve import EngineConfig
+
+    config = EngineConfig()
+    assert config.with_environment({}) is config
+    found = config.with_environment(
+        {
+            "OPENLEDGER_LORA_BACKEND": "torch",
+            "OPENLEDGER_CPU_KERNELS": "0",
+            "OPENLEDGER_ONEDNN": "0",
+        }
+    )
+    assert (found.lora_backend, found.cpu_kernels, found.weight_packing) == ("torch", False, False)
+    assert config.with_environment({"OPENLEDGER_CPU_KERNELS": "1"}).cpu_kernels
+    with pytest.raises(ConfigError, match="lora_backend"):
+        config.with_environment({"OPENLEDGER_LORA_BACKEND": "cutlass"})

@@ -191,14 +191,11 @@ def test_slot_stack_grows_and_empties() -> None:
     assert stack.ranks.tolist() == [3, 0, 0]
 
 
-def test_engine_tokens_are_identical_on_the_triton_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_engine_tokens_are_identical_on_the_triton_path(tmp_path: Path) -> None:
     from tests.serve.serve_lora_factory import make_peft_adapter
 
     from openledger.models import save_tiny_model
     from openledger.serve import Engine, EngineConfig, SamplingParams
-    from openledger.serve.layers.lora import LORA_BACKEND_ENV
 
     base = save_tiny_model(tmp_path / "base", "llama", seed=4)
     adapters = {
@@ -211,8 +208,8 @@ def test_engine_tokens_are_identical_on_the_triton_path(
     params = [SamplingParams(max_tokens=4, min_tokens=4, adapter=c) for c in choices]
     tokens = {}
     for backend in ("torch", "triton"):
-        monkeypatch.setenv(LORA_BACKEND_ENV, backend)
-        engine = Engine(base, EngineConfig(max_num_seqs=4, block_size=4, num_blocks=32))
+        config = EngineConfig(max_num_seqs=4, block_size=4, num_blocks=32, lora_backend=backend)
+        engine = Engine(base, config)
         for name, folder in adapters.items():
             engine.add_adapter(name, folder)
         assert engine.adapters is not None

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
 from openledger.validation import CheckedModel
 
-__all__ = ["EngineConfig"]
+__all__ = ["ENVIRONMENT_OVERRIDES", "EngineConfig"]
+
+ENVIRONMENT_OVERRIDES: dict[str, str] = {
+    "OPENLEDGER_LORA_BACKEND": "lora_backend",
+    "OPENLEDGER_CPU_KERNELS": "cpu_kernels",
+    "OPENLEDGER_ONEDNN": "weight_packing",
+}
+"""Environment variables that override a setting of every engine in the process (for
+operators; code passes the setting): ``OPENLEDGER_LORA_BACKEND=torch|triton``,
+``OPENLEDGER_CPU_KERNELS=0``, ``OPENLEDGER_ONEDNN=0`` (no packed weights). Read once,
+when an engine is built (:meth:`EngineConfig.with_environment`)."""
 
 
 class EngineConfig(CheckedModel):
     """How an :class:`~openledger.serve.Engine` sizes its cache and batches.
 
     Invalid values raise :class:`~openledger.exceptions.ConfigError` (a ``ValueError``)
-    naming the field.
+    naming the field. Every path switch is a field here; :data:`ENVIRONMENT_OVERRIDES`
+    names the few an operator may also set from the environment.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -64,6 +77,29 @@ class EngineConfig(CheckedModel):
         default="auto",
         description="Decode attention: 'triton' on CUDA under 'auto', else 'reference'.",
     )
+    lora_backend: Literal["auto", "cpu", "torch", "triton"] = Field(
+        default="auto",
+        description="Multi-adapter LoRA updates: 'cpu' (the compiled CPU kernel, float32 "
+        "on CPU), 'torch' (torch ops: batched or per-adapter matmuls) or 'triton' (SGMV/"
+        "BGMV kernels); 'auto' takes 'triton' on CUDA where installed, else 'cpu' where "
+        "the kernel is built and cpu_kernels allows it, else 'torch'.",
+    )
+    lora_batched_decode: bool = Field(
+        default=True,
+        description="Runs of decode steps with the same adapters take one batched matmul "
+        "over stacked adapter weights (torch backend; off: one matmul per adapter).",
+    )
+    cpu_kernels: bool = Field(
+        default=True,
+        description="Run the compiled CPU kernels (float32 on CPU, where a C compiler "
+        "built them: projections, attention, norms, LoRA, sampling); off: torch ops only.",
+    )
+    weight_packing: bool = Field(
+        default=True,
+        description="Keep a packed copy of each float32 CPU projection weight (the "
+        "kernels' panels, else oneDNN's layout) for decode-sized matmuls; off: plain GEMMs "
+        "and no second copy of the weights.",
+    )
     seed: int = Field(
         default=0, ge=0, description="Seed of the stream for requests without their own seed."
     )
@@ -85,3 +121,22 @@ class EngineConfig(CheckedModel):
         if value < 1 or value > 256 or value & (value - 1):
             raise ValueError(f"block_size must be a power of two in [1, 256], got {value}")
         return value
+
+    def with_environment(self, environ: Mapping[str, str] | None = None) -> EngineConfig:
+        """This config with :data:`ENVIRONMENT_OVERRIDES` applied from ``environ``
+        (default ``os.environ``); unset variables change nothing.
+
+        Raises:
+            ConfigError: A variable's value is not valid for its setting.
+        """
+        environ = os.environ if environ is None else environ
+        changes: dict[str, object] = {}
+        for variable, field in ENVIRONMENT_OVERRIDES.items():
+            value = environ.get(variable)
+            if value is None or value == "":
+                continue
+            is_switch = isinstance(getattr(self, field), bool)
+            changes[field] = value not in ("0", "false", "off") if is_switch else value
+        if not changes:
+            return self
+        return type(self)(**{**self.model_dump(), **changes})

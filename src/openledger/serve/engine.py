@@ -53,7 +53,7 @@ class Engine:
     def __init__(self, base_model: str | os.PathLike[str], config: EngineConfig | None = None):
         from openledger.serve.setup import build_components
 
-        self.config = config or EngineConfig()
+        self.config = (config or EngineConfig()).with_environment()
         parts = build_components(base_model, self.config)
         self.model_config = parts.model_config
         self.tokenizer: Any = parts.tokenizer
@@ -386,7 +386,21 @@ class Engine:
                 "every running request's adapter needs a slot"
             )
         runner = self.runner
-        runner.lora = attach_lora(runner.model, slots, runner.device)
+        config = self.config
+        choice = config.lora_backend
+        runner.lora = attach_lora(
+            runner.model,
+            slots,
+            runner.device,
+            backend="torch" if choice == "cpu" else choice,
+            use_kernel=config.cpu_kernels and choice in ("auto", "cpu"),
+            batched=config.lora_batched_decode,
+        )
+        if choice == "cpu" and runner.lora.kernel is None:
+            raise ConfigError(
+                "lora_backend='cpu' needs the compiled CPU kernel: float32 on CPU, a C "
+                "compiler, and cpu_kernels=True"
+            )
         dtype = runner.model.embed_tokens.weight.dtype
         return AdapterStore(
             self.model_config,

@@ -37,6 +37,8 @@ class ModelRunner:
         max_positions: Longest sequence served (rotary table size).
         backend: Decode attention path.
         seed: Seed of the stream used by requests without their own seed.
+        cpu_kernels: Let the compiled CPU kernels run where they are built.
+        weight_packing: Keep packed copies of float32 CPU projection weights.
     """
 
     def __init__(
@@ -51,6 +53,8 @@ class ModelRunner:
         max_positions: int,
         backend: AttentionBackend,
         seed: int = 0,
+        cpu_kernels: bool = True,
+        weight_packing: bool = True,
     ):
         self.config = config
         self.device = device
@@ -58,6 +62,8 @@ class ModelRunner:
         self.model = build_model(
             folder, config, dtype=dtype, device=device, max_positions=max_positions, backend=backend
         )
+        self.model.set_cpu_paths(kernels=cpu_kernels, packing=weight_packing)
+        self.cpu_kernels = cpu_kernels
         shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
         for attn in self.model.attention_layers():
             attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -93,6 +99,7 @@ class ModelRunner:
             [seq.num_output_tokens for seq in done],
             self.generator,
             [_banned(seq) for seq in done],
+            use_kernel=self.cpu_kernels,
         )
 
     def prepare(

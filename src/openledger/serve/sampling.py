@@ -76,6 +76,8 @@ def sample(
     steps: list[int],
     generator: torch.Generator | None = None,
     banned: list[frozenset[int]] | None = None,
+    *,
+    use_kernel: bool = True,
 ) -> SampledTokens:
     """Pick the next token of every row.
 
@@ -86,6 +88,7 @@ def sample(
         steps: Each row's number of tokens generated so far (seeds its draw).
         generator: Stream for rows without a seed; None uses torch's global one.
         banned: Per row, tokens that must not be chosen now (EOS before ``min_tokens``).
+        use_kernel: Greedy picks may use the compiled CPU kernel (``EngineConfig.cpu_kernels``).
 
     Returns:
         The chosen tokens and, where asked for, log-probabilities.
@@ -110,7 +113,7 @@ def sample(
             )
             saved = rows[at]
             rows[at] = float("-inf")
-        picked = argmax_rows(rows)
+        picked = argmax_rows(rows, use_kernel=use_kernel)
         if saved is not None:
             rows[at] = saved
         for row, token in zip(plain, picked, strict=True):

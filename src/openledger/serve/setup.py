@@ -56,6 +56,8 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
         max_positions=max_model_len,
         backend=backend,
         seed=config.seed,
+        cpu_kernels=config.cpu_kernels,
+        weight_packing=config.weight_packing,
     )
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     eos = set(model_config.eos_token_ids)

@@ -34,7 +34,13 @@ class PagedAttention(nn.Module):
         head_dim: Width of a head.
         sliding_window: Mistral-style window, None for full attention.
         backend: ``"reference"`` or ``"triton"``.
+
+    Attributes:
+        use_cpu_kernels: Whether the compiled CPU decode kernel may run
+            (``EngineConfig.cpu_kernels``).
     """
+
+    use_cpu_kernels = True
 
     def __init__(
         self,
@@ -103,7 +109,7 @@ class PagedAttention(nn.Module):
         """The paged decode kernel for ``query``: Triton's with ``backend="triton"``, the
         compiled CPU one for float32 on CPU where it is built, else None (gather + SDPA)."""
         if self.backend != "triton":
-            return cpu_decode_attention(query)
+            return cpu_decode_attention(query) if self.use_cpu_kernels else None
         from openledger.serve.ops.triton_attention import paged_decode_attention
 
         return paged_decode_attention

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -17,9 +16,6 @@ __all__ = ["KERNEL_MAX_ROWS", "Linear", "OutputHook", "PackedWeight"]
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[no-untyped-call]
     torch.ops.mkldnn, "_linear_pointwise"
 )
-PACKING_ENV = "OPENLEDGER_ONEDNN"
-"""Set to ``0`` to keep every CPU projection on the default GEMM (no packed copies)."""
-
 KERNEL_MAX_ROWS = 1024
 """Token rows up to which a projection runs through the compiled kernel's packed weight;
 above, the default GEMM over the row-major weight (the crossover measured on 2 cores:
@@ -41,16 +37,24 @@ class PackedWeight:
     into oneDNN's layout, for every row count (benchmarks/RESULTS.md, Serving). Either
     costs a second copy of the weight. Packed lazily, again when the weight's storage or
     version changes (call :meth:`invalidate` after writing through ``.data``); on GPU,
-    other dtypes, while autograd records, with neither packing at hand or with
-    ``OPENLEDGER_ONEDNN=0`` (read when packing) it is unused.
+    other dtypes, while autograd records, with neither packing at hand or when turned off
+    (:meth:`configure`; ``EngineConfig.weight_packing``) it is unused.
     """
 
-    __slots__ = ("_key", "_kind", "_packed")
+    __slots__ = ("_key", "_kind", "_packed", "packing", "use_kernel")
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
         self._packed: torch.Tensor | None = None
         self._kind: _Packing = "onednn"
+        self.packing = True
+        self.use_kernel = True
+
+    def configure(self, *, packing: bool, use_kernel: bool) -> None:
+        """Pack at all (``packing``), and into the compiled kernel's panels where it is built
+        (``use_kernel``; else oneDNN's layout); the next :meth:`linear` packs again."""
+        self.packing, self.use_kernel = packing, use_kernel
+        self.invalidate()
 
     def invalidate(self) -> None:
         """Forget the packed copy; the next :meth:`linear` packs again."""
@@ -102,17 +106,17 @@ class PackedWeight:
             self._key = key
             self._packed = None
             if (
-                weight.device.type == "cpu"
+                self.packing
+                and weight.device.type == "cpu"
                 and weight.dtype == torch.float32
                 and weight.dim() == 2
-                and os.environ.get(PACKING_ENV, "1") != "0"
             ):
-                self._packed, self._kind = _pack(weight.detach())
+                self._packed, self._kind = _pack(weight.detach(), self.use_kernel)
         return self._packed
 
 
-def _pack(weight: torch.Tensor) -> tuple[torch.Tensor | None, _Packing]:
-    kernels = cpu_kernels()
+def _pack(weight: torch.Tensor, use_kernel: bool) -> tuple[torch.Tensor | None, _Packing]:
+    kernels = cpu_kernels() if use_kernel else None
     if kernels is not None:
         if weight.stride(1) != 1:
             weight = weight.contiguous()

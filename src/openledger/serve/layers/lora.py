@@ -26,14 +26,14 @@ Ways to compute it, chosen per step (the results agree up to rounding):
   padding would exceed the real rows, two matmuls per adapter over its own tokens
   instead (:func:`~openledger.serve.ops.lora_torch.add_lora`).
 
-The backend is ``EngineConfig``-independent: ``OPENLEDGER_LORA_BACKEND=torch|triton``
-forces one, else Triton on CUDA and torch elsewhere.
+``EngineConfig.lora_backend`` picks the backend (``"auto"``: Triton on CUDA, torch
+elsewhere), ``EngineConfig.cpu_kernels`` the compiled CPU kernel and
+``EngineConfig.lora_batched_decode`` the batched path.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
     from openledger.serve.ops.lora_triton import LoraSegments
 
 __all__ = [
-    "LORA_BACKEND_ENV",
     "LoraBackend",
     "LoraBatch",
     "LoraProjection",
@@ -74,8 +73,6 @@ __all__ = [
 ]
 
 LoraBackend = Literal["torch", "triton"]
-LORA_BACKEND_ENV = "OPENLEDGER_LORA_BACKEND"
-"""Environment variable that forces the LoRA backend: ``torch`` or ``triton``."""
 
 
 _STEADY_STEPS = 2  # steps with the same adapters seen before the batched path stacks them
@@ -83,14 +80,14 @@ _KERNEL_MAX_ROWS = 128  # tokens per adapter up to which the CPU kernel beats pe
 
 
 def resolve_lora_backend(requested: str, device: torch.device) -> LoraBackend:
-    """The backend to use: ``requested``, or under ``"auto"`` the environment's choice,
-    else ``"triton"`` on CUDA (when installed) and ``"torch"`` elsewhere.
+    """The backend to use: ``requested``, or under ``"auto"`` ``"triton"`` on CUDA (when
+    installed) and ``"torch"`` elsewhere (``EngineConfig.lora_backend``).
 
     Raises:
         ConfigError: An unknown backend name.
         MissingDependencyError: ``"triton"`` was asked for without triton installed.
     """
-    choice = os.environ.get(LORA_BACKEND_ENV, "auto") if requested == "auto" else requested
+    choice = requested
     has_triton = importlib.util.find_spec("triton") is not None
     if choice == "auto":
         return "triton" if device.type == "cuda" and has_triton else "torch"
@@ -102,10 +99,7 @@ def resolve_lora_backend(requested: str, device: torch.device) -> LoraBackend:
                 "the triton LoRA backend needs `pip install openledger[gpu]`"
             )
         return "triton"
-    raise ConfigError(
-        f"unknown LoRA backend {choice!r} (argument or ${LORA_BACKEND_ENV}); "
-        "use 'auto', 'torch' or 'triton'"
-    )
+    raise ConfigError(f"unknown LoRA backend {choice!r}; use 'auto', 'torch' or 'triton'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +202,7 @@ class LoraState:
         num_slots: Device slots.
         device: Where the step's token indices live.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :func:`resolve_lora_backend`).
+        cpu_kernel: Use the compiled CPU kernel where it is built (``EngineConfig.cpu_kernels``).
 
     Raises:
         ConfigError: Triton was chosen but module shapes were not given.
@@ -220,6 +215,7 @@ class LoraState:
         device: torch.device | None = None,
         *,
         backend: str = "auto",
+        cpu_kernel: bool = True,
     ) -> None:
         self.num_slots = num_slots
         self.device = device or torch.device("cpu")
@@ -236,13 +232,13 @@ class LoraState:
         self.version = 0
         self.batch: LoraBatch | None = None
         self.batched = True
-        """Whether the torch backend may use the batched path (benchmarks turn it off)."""
-        self.kernel: CpuLoraKernel | None = (
-            cpu_lora_kernel() if self.backend == "torch" and self.device.type == "cpu" else None
-        )
+        """Whether the torch backend may use the batched path
+        (``EngineConfig.lora_batched_decode``)."""
+        on_cpu = cpu_kernel and self.backend == "torch" and self.device.type == "cpu"
+        self.kernel: CpuLoraKernel | None = cpu_lora_kernel() if on_cpu else None
         """The compiled CPU kernel, where it could be built (see :mod:`.lora_cpu`)."""
         self.use_kernel = True
-        """Whether steps may use :attr:`kernel` (benchmarks turn it off)."""
+        """Whether steps may use :attr:`kernel` (tests compare paths on one state)."""
         self.kernel_max_rows = _KERNEL_MAX_ROWS
         """Steps with more tokens than this for one adapter take the torch paths."""
         self.steady_steps = 0
@@ -410,7 +406,13 @@ class LoraProjection:
 
 
 def attach_lora(
-    model: nn.Module, num_slots: int, device: torch.device, *, backend: str = "auto"
+    model: nn.Module,
+    num_slots: int,
+    device: torch.device,
+    *,
+    backend: str = "auto",
+    use_kernel: bool = True,
+    batched: bool = True,
 ) -> LoraState:
     """Give every :class:`Linear` of ``model`` a LoRA side sharing one new state.
 
@@ -419,13 +421,17 @@ def attach_lora(
         num_slots: Device slots.
         device: Where the model runs.
         backend: See :func:`resolve_lora_backend`.
+        use_kernel: Whether steps may use the compiled CPU kernel (``EngineConfig.cpu_kernels``).
+        batched: Whether steady decode steps may take the batched matmul
+            (``EngineConfig.lora_batched_decode``).
 
     Returns:
         The shared state (the adapter store installs weights into it).
     """
     linears = {name: m for name, m in model.named_modules() if isinstance(m, Linear)}
     shapes = {name: (m.input_size, m.offsets[-1]) for name, m in linears.items()}
-    state = LoraState(shapes, num_slots, device, backend=backend)
+    state = LoraState(shapes, num_slots, device, backend=backend, cpu_kernel=use_kernel)
+    state.batched = batched
     for name, linear in linears.items():
         linear.lora = LoraProjection(state, name)
     return state

@@ -22,7 +22,12 @@ class RMSNorm(nn.Module):
     Args:
         size: Feature width.
         eps: Added to the mean square.
+
+    Attributes:
+        use_cpu_kernels: Whether the compiled kernel may run (``EngineConfig.cpu_kernels``).
     """
+
+    use_cpu_kernels = True
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -31,14 +36,19 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of ``x``."""
-        if _fits_kernel(x, self.weight):
+        if self.use_cpu_kernels and _fits_kernel(x, self.weight):
             return self._kernel(x, None)
         return self._torch(x)
 
     def add_norm(self, hidden: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
         """``hidden += delta`` in place (a residual connection; skipped for None), then
         the norm of ``hidden``."""
-        if delta is not None and _fits_kernel(hidden, self.weight) and cpu_float32(delta):
+        if (
+            delta is not None
+            and self.use_cpu_kernels
+            and _fits_kernel(hidden, self.weight)
+            and cpu_float32(delta)
+        ):
             return self._kernel(hidden, delta)
         if delta is not None:
             hidden += delta

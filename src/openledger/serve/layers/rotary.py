@@ -46,9 +46,13 @@ class RotaryEmbedding(nn.Module):
         head_dim: Width of one head.
         max_positions: Positions precomputed.
         rope: Frequency settings.
+
+    Attributes:
+        use_cpu_kernels: Whether the compiled kernel may run (``EngineConfig.cpu_kernels``).
     """
 
     cos_sin: torch.Tensor
+    use_cpu_kernels = True
 
     def __init__(self, head_dim: int, max_positions: int, rope: RopeConfig):
         super().__init__()
@@ -67,7 +71,11 @@ class RotaryEmbedding(nn.Module):
         Returns:
             A new ``[T, n, dim]`` tensor.
         """
-        if _kernel_fits(heads, positions, self.cos_sin) and (kernels := cpu_kernels()):
+        if (
+            self.use_cpu_kernels
+            and _kernel_fits(heads, positions, self.cos_sin)
+            and (kernels := cpu_kernels())
+        ):
             return self._kernel(kernels, positions, heads)
         return self._torch(positions, heads)
 

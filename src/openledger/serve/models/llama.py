@@ -59,7 +59,13 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """``down(silu(gate(x)) * up(x))`` with gate|up fused into one projection."""
+    """``down(silu(gate(x)) * up(x))`` with gate|up fused into one projection.
+
+    Attributes:
+        use_cpu_kernels: Whether the compiled activation may run (``EngineConfig.cpu_kernels``).
+    """
+
+    use_cpu_kernels = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -70,7 +76,7 @@ class LlamaMLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[T, hidden]`` -> ``[T, hidden]``."""
         gate_up = self.gate_up_proj(hidden)
-        kernels = cpu_kernels() if cpu_float32(gate_up) else None
+        kernels = cpu_kernels() if self.use_cpu_kernels and cpu_float32(gate_up) else None
         if kernels is not None:  # NOTE: silu(gate) * up in one compiled pass
             rows, width = gate_up.shape[0], gate_up.shape[1] // 2
             act = torch.empty(rows, width, dtype=torch.float32)
@@ -154,6 +160,16 @@ class LlamaForCausalLM(nn.Module):
         """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head
         return self._head.linear(hidden, weight, None)
+
+    def set_cpu_paths(self, *, kernels: bool, packing: bool) -> None:
+        """Let the compiled CPU kernels run (where they are built) or not, and keep packed
+        copies of the float32 CPU projection weights or not, in every layer."""
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, RotaryEmbedding, PagedAttention, LlamaMLP)):
+                module.use_cpu_kernels = kernels
+            elif isinstance(module, Linear):
+                module.packed.configure(packing=packing, use_kernel=kernels)
+        self._head.configure(packing=packing, use_kernel=kernels)
 
     def attention_layers(self) -> list[PagedAttention]:
         """Each layer's paged attention, in order (the runner binds their KV caches)."""

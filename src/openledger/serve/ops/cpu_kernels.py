@@ -17,9 +17,9 @@ file name carries a hash of the source, the flags and the CPU, so a changed sour
 another machine compiles again; a build is written under
 a scratch name and renamed, so concurrent processes never load half a file. The library
 links the OpenMP runtime torch has already loaded, so the kernels share torch's threads.
-Without a compiler (logged once), on Windows, or with ``OPENLEDGER_CPU_KERNELS=0``,
-:func:`cpu_kernels` returns None and the torch paths run instead (the same results up to
-rounding: the kernels sum in other orders and may fuse multiply-adds).
+Without a compiler (logged once) or on Windows, :func:`cpu_kernels` returns None and the
+torch paths run instead (the same results up to rounding: the kernels sum in other orders
+and may fuse multiply-adds); an engine turns them off with ``EngineConfig.cpu_kernels``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "CPU_KERNELS_ENV",
     "CpuKernels",
     "argmax_rows",
     "c_compiler",
@@ -50,9 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CPU_KERNELS_ENV = "OPENLEDGER_CPU_KERNELS"
-"""Set to ``0`` to never compile or load the CPU kernels (the torch paths run instead)."""
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # NOTE: -fno-trapping-math only gives up floating-point exception flags (never read here),
@@ -165,10 +161,7 @@ class CpuKernels:
 @functools.cache
 def cpu_kernels() -> CpuKernels | None:
     """The kernels, compiled on first use and cached for the process; None where they
-    cannot be had (``OPENLEDGER_CPU_KERNELS=0``, no C compiler, Windows); the reason is
-    logged once."""
-    if os.environ.get(CPU_KERNELS_ENV, "1") == "0":
-        return None
+    cannot be had (no C compiler, Windows); the reason is logged once."""
     path = compile_cpu_kernels()
     if path is None:
         return None
@@ -191,12 +184,13 @@ def cpu_float32(*tensors: torch.Tensor) -> bool:
     )
 
 
-def argmax_rows(x: torch.Tensor) -> list[int]:
+def argmax_rows(x: torch.Tensor, *, use_kernel: bool = True) -> list[int]:
     """The index of each row's largest value of ``x [rows, cols]`` (the first among equals,
     a row's first NaN if it has one), as ``x.argmax(dim=-1).tolist()`` gives: through the
-    compiled kernel for float32 CPU rows (about 2x faster on a step's logits), else torch.
+    compiled kernel for float32 CPU rows (about 2x faster on a step's logits) unless
+    ``use_kernel`` is False, else torch.
     """
-    kernels = cpu_kernels()
+    kernels = cpu_kernels() if use_kernel else None
     if kernels is None or x.dim() != 2 or x.shape[1] == 0 or not cpu_float32(x):
         found: list[int] = x.argmax(dim=-1).tolist()
         return found
