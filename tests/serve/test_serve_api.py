@@ -9,17 +9,12 @@ import openledger.serve
 
 PUBLIC = [
     "AsyncEngine",
-    "BlockPool",
     "Engine",
     "EngineConfig",
     "FinishReason",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
-    "Scheduler",
-    "SchedulerOutput",
-    "Sequence",
-    "SequenceStatus",
     "merge_adapters",
 ]
 
@@ -32,8 +27,12 @@ def test_public_api_is_pinned() -> None:
 def test_scheduler_and_block_pool_work_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from openledger.serve import BlockPool, Scheduler, Sequence, SamplingParams\n"
+        "from openledger.serve import SamplingParams\n"
+        "from openledger.serve.block_pool import BlockPool\n"
+        "from openledger.serve.scheduler import Scheduler\n"
+        "from openledger.serve.sequence import SequenceState\n"
         "pool = BlockPool(4, 2); s = Scheduler(pool, max_num_seqs=2, max_num_batched_tokens=8)\n"
-        "s.add(Sequence(0, [1, 2, 3], 3, SamplingParams(), 8)); assert s.schedule().is_prefill\n"
+        "s.add(SequenceState(0, [1, 2, 3], 3, SamplingParams(), 8))\n"
+        "assert s.schedule().is_prefill\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

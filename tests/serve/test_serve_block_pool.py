@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 
 from openledger.exceptions import ConfigError
-from openledger.serve import BlockPool, SamplingParams, Sequence
+from openledger.serve import SamplingParams
+from openledger.serve.block_pool import BlockPool
+from openledger.serve.sequence import SequenceState
 
 
-def _seq(seq_id: int, tokens: list[int], salt: str = "") -> Sequence:
-    return Sequence(seq_id, list(tokens), len(tokens), SamplingParams(), 10_000, cache_salt=salt)
+def _seq(seq_id: int, tokens: list[int], salt: str = "") -> SequenceState:
+    return SequenceState(
+        seq_id, list(tokens), len(tokens), SamplingParams(), 10_000, cache_salt=salt
+    )
 
 
-def _computed(pool: BlockPool, seq: Sequence) -> int:
+def _computed(pool: BlockPool, seq: SequenceState) -> int:
     """Allocate and seal every token, as a step computing the whole prompt does."""
     hits = pool.allocate(seq)
     pool.seal(seq, len(seq))

@@ -8,7 +8,8 @@ import pytest
 from tests.numerics import abs_products, assert_within_rounding
 
 from openledger.exceptions import InvalidRequestError
-from openledger.serve import Engine, EngineConfig, SamplingParams, Sequence
+from openledger.serve import Engine, EngineConfig, SamplingParams
+from openledger.serve.sequence import SequenceState
 
 LONG = SamplingParams(max_tokens=24, ignore_eos=True)
 SHARED = "Datanets collect records from many contributors; each record is hashed and signed."
@@ -46,14 +47,14 @@ def test_context_limit_ends_with_length(engine: Engine) -> None:
 
 
 def test_eos_and_stop_tokens_end_generation() -> None:
-    seq = Sequence(0, [5], 1, SamplingParams(max_tokens=9), 10, eos_token_ids=frozenset({2}))
+    seq = SequenceState(0, [5], 1, SamplingParams(max_tokens=9), 10, eos_token_ids=frozenset({2}))
     assert seq.append_token(7) is None
     assert seq.append_token(2) == "stop"
-    ignoring = Sequence(
+    ignoring = SequenceState(
         1, [5], 1, SamplingParams(max_tokens=9, ignore_eos=True), 10, frozenset({2})
     )
     assert ignoring.append_token(2) is None
-    stop_tok = Sequence(2, [5], 1, SamplingParams(stop_token_ids=[4]), 10)
+    stop_tok = SequenceState(2, [5], 1, SamplingParams(stop_token_ids=[4]), 10)
     assert stop_tok.append_token(4) == "stop"
 
 

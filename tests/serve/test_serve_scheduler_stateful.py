@@ -14,14 +14,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from openledger.serve import (
-    BlockPool,
-    SamplingParams,
-    Scheduler,
-    SchedulerOutput,
-    Sequence,
-    SequenceStatus,
-)
+from openledger.serve import SamplingParams
+from openledger.serve.block_pool import BlockPool
+from openledger.serve.scheduler import Scheduler, SchedulerOutput
+from openledger.serve.sequence import SequenceState, SequenceStatus
 
 EOS = 99
 
@@ -70,7 +66,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             enable_chunked_prefill=chunked,
         )
         self.slots: dict[tuple[int, int], int] = {}
-        self.seqs: list[Sequence] = []
+        self.seqs: list[SequenceState] = []
         self.prompts: dict[int, list[int]] = {}
         self.preempted = 0
 
@@ -81,7 +77,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             return  # the engine refuses these up front
         if not self.scheduler.enable_chunked_prefill and total > self.budget:
             return  # likewise: without chunks, max_model_len <= max_num_batched_tokens
-        seq = Sequence(
+        seq = SequenceState(
             len(self.seqs),
             list(prompt),
             len(prompt),
@@ -112,7 +108,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             if reason is not None:
                 self.scheduler.finish(seq, reason)
 
-    def _check_budget(self, work: SchedulerOutput, running_before: list[Sequence]) -> None:
+    def _check_budget(self, work: SchedulerOutput, running_before: list[SequenceState]) -> None:
         scheduler = self.scheduler
         assert work.num_tokens <= scheduler.max_num_batched_tokens
         assert len(work.seqs) <= scheduler.max_num_seqs
@@ -134,11 +130,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.scheduler.abort(seq.seq_id) is seq
         assert self.scheduler.abort(seq.seq_id) is None
 
-    def _slot(self, seq: Sequence, pos: int) -> tuple[int, int]:
+    def _slot(self, seq: SequenceState, pos: int) -> tuple[int, int]:
         size = self.pool.block_size
         return seq.block_table[pos // size], pos % size
 
-    def _check_reads(self, seq: Sequence, start: int) -> None:
+    def _check_reads(self, seq: SequenceState, start: int) -> None:
         for pos in range(start):
             assert self.slots.get(self._slot(seq, pos)) == seq.token_ids[pos], (seq.seq_id, pos)
 
@@ -180,7 +176,7 @@ def test_preemption_happens_and_outputs_survive_it() -> None:
     pool = BlockPool(3, 2)
     scheduler = Scheduler(pool, max_num_seqs=3, max_num_batched_tokens=16)
     eos = frozenset({EOS})
-    seqs = [Sequence(i, [i, 1], 2, SamplingParams(max_tokens=4), 6, eos) for i in range(3)]
+    seqs = [SequenceState(i, [i, 1], 2, SamplingParams(max_tokens=4), 6, eos) for i in range(3)]
     for seq in seqs:
         scheduler.add(seq)
     preempted = 0

@@ -10,7 +10,7 @@
 
 Layout (pure-Python bookkeeping on top, torch below)::
 
-    Engine / AsyncEngine  ->  Scheduler  ->  BlockPool, Sequence           (no torch)
+    Engine / AsyncEngine  ->  Scheduler  ->  BlockPool, SequenceState      (no torch)
                           ->  ModelRunner ->  models/ -> layers/ -> ops/   (torch, Triton)
 """
 
@@ -19,27 +19,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from openledger.serve.async_engine import AsyncEngine
-from openledger.serve.block_pool import BlockPool
 from openledger.serve.config import EngineConfig
 from openledger.serve.engine import Engine
 from openledger.serve.outputs import RequestMetrics, RequestOutput
 from openledger.serve.params import SamplingParams
-from openledger.serve.scheduler import Scheduler, SchedulerOutput
-from openledger.serve.sequence import FinishReason, Sequence, SequenceStatus
+from openledger.serve.sequence import FinishReason
 
+# NOTE: what users touch; the scheduler, block pool and sequence bookkeeping stay
+# importable from their modules (openledger.serve.scheduler, .block_pool, .sequence).
 __all__ = [
     "AsyncEngine",
-    "BlockPool",
     "Engine",
     "EngineConfig",
     "FinishReason",
     "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
-    "Scheduler",
-    "SchedulerOutput",
-    "Sequence",
-    "SequenceStatus",
     "merge_adapters",
 ]
 

@@ -29,7 +29,7 @@ from array import array
 from dataclasses import dataclass
 
 from openledger.exceptions import ConfigError
-from openledger.serve.sequence import Sequence
+from openledger.serve.sequence import SequenceState
 
 __all__ = ["Block", "BlockPool", "hash_block"]
 
@@ -96,11 +96,11 @@ class BlockPool:
         """Blocks needed to hold ``num_tokens`` tokens."""
         return -(-num_tokens // self.block_size)
 
-    def can_allocate(self, seq: Sequence) -> bool:
+    def can_allocate(self, seq: SequenceState) -> bool:
         """Whether :meth:`allocate` would succeed (conservative: ignores cache hits)."""
         return self.blocks_needed(len(seq)) <= len(self._free)
 
-    def allocate(self, seq: Sequence) -> int:
+    def allocate(self, seq: SequenceState) -> int:
         """Give a sequence blocks for all its tokens, reusing cached prefix blocks.
 
         At most ``len(seq) - 1`` tokens come from the cache: the last token is always
@@ -125,7 +125,7 @@ class BlockPool:
             seq.block_table.append(self._fresh().block_id)
         return seq.num_cached_tokens
 
-    def _take_cached_prefix(self, seq: Sequence) -> int:
+    def _take_cached_prefix(self, seq: SequenceState) -> int:
         """Append the cached blocks of the sequence's longest cached prefix; their count."""
         parent = b""
         # NOTE: the block holding the last token is never taken from the cache.
@@ -139,7 +139,7 @@ class BlockPool:
             seq.block_table.append(hit.block_id)
         return len(seq.block_table)
 
-    def seal(self, seq: Sequence, num_tokens: int) -> None:
+    def seal(self, seq: SequenceState, num_tokens: int) -> None:
         """Make the full blocks among the first ``num_tokens`` tokens findable by content.
 
         Called once a step is scheduled to compute those tokens: a later sequence (even
@@ -161,7 +161,7 @@ class BlockPool:
             self._cached.setdefault(block.block_hash, block.block_id)
         seq.num_sealed_blocks = max(seq.num_sealed_blocks, num_full)
 
-    def free(self, seq: Sequence) -> None:
+    def free(self, seq: SequenceState) -> None:
         """Release a sequence's blocks (tail first, so tails are evicted first)."""
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
@@ -173,12 +173,12 @@ class BlockPool:
         seq.block_table.clear()
         seq.num_cached_tokens = seq.num_computed_tokens = seq.num_sealed_blocks = 0
 
-    def can_append(self, seq: Sequence) -> bool:
+    def can_append(self, seq: SequenceState) -> bool:
         """Whether the sequence's next decode step has a slot (a new block if needed)."""
         needs_block = self.blocks_needed(len(seq)) > len(seq.block_table)
         return not needs_block or bool(self._free)
 
-    def append_slot(self, seq: Sequence) -> None:
+    def append_slot(self, seq: SequenceState) -> None:
         """Make room for the KV of the sequence's last token before a decode step.
 
         Adds a block when the token starts a new one (the block is sealed by :meth:`seal`

@@ -20,7 +20,7 @@ from openledger.serve.outputs import RequestOutput, RequestUsage
 from openledger.serve.params import SamplingParams
 from openledger.serve.request import PromptInput, RequestState, is_single_prompt, tokenize_prompt
 from openledger.serve.scheduler import Scheduler
-from openledger.serve.sequence import Sequence as Seq
+from openledger.serve.sequence import SequenceState
 
 if TYPE_CHECKING:  # NOTE: the adapter store imports torch; engine.py stays importable without
     from openledger.serve.adapters import AdapterSpec, AdapterStore, AdapterUse
@@ -423,7 +423,7 @@ class Engine:
         store.prefetch(use)  # NOTE: unreadable weights refuse this request now
         return use
 
-    def _bind_adapters(self, seqs: list[Seq]) -> list[AdapterUse]:
+    def _bind_adapters(self, seqs: list[SequenceState]) -> list[AdapterUse]:
         bound: list[AdapterUse] = []
         try:
             for seq in seqs:
@@ -457,11 +457,15 @@ class Engine:
         )
         return output
 
-    def _new_sequence(self, number: int, token_ids: list[int], params: SamplingParams) -> Seq:
+    def _new_sequence(
+        self, number: int, token_ids: list[int], params: SamplingParams
+    ) -> SequenceState:
         self._check_tokens(token_ids)
         self._check_length(len(token_ids), params)
         total = min(len(token_ids) + params.max_tokens, self.max_model_len)
-        return Seq(number, token_ids, len(token_ids), params, total, eos_token_ids=self._eos)
+        return SequenceState(
+            number, token_ids, len(token_ids), params, total, eos_token_ids=self._eos
+        )
 
     def _check_prompt(self, prompt: PromptInput, params: SamplingParams) -> None:
         self._adapter_use(params)

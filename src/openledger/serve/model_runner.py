@@ -13,7 +13,7 @@ from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.loader import build_model
 from openledger.serve.ops.step_attention import plan_attention
 from openledger.serve.sampling import SampledTokens, sample
-from openledger.serve.sequence import Sequence
+from openledger.serve.sequence import SequenceState
 
 __all__ = ["ModelRunner", "kv_block_bytes"]
 
@@ -73,7 +73,7 @@ class ModelRunner:
         self.generator.manual_seed(seed)
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], num_new_tokens: list[int]) -> SampledTokens:
+    def run(self, seqs: list[SequenceState], num_new_tokens: list[int]) -> SampledTokens:
         """Compute one step and sample the next token of every sequence it completes.
 
         Args:
@@ -103,7 +103,7 @@ class ModelRunner:
         )
 
     def prepare(
-        self, seqs: list[Sequence], num_new_tokens: list[int]
+        self, seqs: list[SequenceState], num_new_tokens: list[int]
     ) -> tuple[torch.Tensor, BatchMetadata]:
         """Flatten the step's tokens and build the batch metadata on the device, once."""
         input_ids: list[int] = []
@@ -124,7 +124,7 @@ class ModelRunner:
 
     def _metadata(
         self,
-        seqs: list[Sequence],
+        seqs: list[SequenceState],
         query_lens: list[int],
         positions: list[int],
         slots: list[int],
@@ -160,7 +160,7 @@ class ModelRunner:
             ),
         )
 
-    def _slot(self, seq: Sequence, position: int) -> int:
+    def _slot(self, seq: SequenceState, position: int) -> int:
         return (
             seq.block_table[position // self.block_size] * self.block_size
             + position % self.block_size
@@ -172,7 +172,7 @@ class ModelRunner:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
 
-def _banned(seq: Sequence) -> frozenset[int]:
+def _banned(seq: SequenceState) -> frozenset[int]:
     """Tokens that would end the sequence before its ``min_tokens``."""
     if seq.num_output_tokens >= seq.params.min_tokens:
         return frozenset()

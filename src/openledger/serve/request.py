@@ -10,8 +10,7 @@ from typing import Any, TypeAlias
 from openledger.exceptions import InvalidRequestError
 from openledger.serve.detokenizer import IncrementalDetokenizer
 from openledger.serve.outputs import RequestMetrics, RequestOutput
-from openledger.serve.sequence import FinishReason
-from openledger.serve.sequence import Sequence as Seq
+from openledger.serve.sequence import FinishReason, SequenceState
 
 __all__ = ["ChatMessage", "PromptInput", "RequestState", "is_single_prompt", "tokenize_prompt"]
 
@@ -64,14 +63,18 @@ class RequestState:
 
     request_id: str
     prompt: str | None
-    seq: Seq
+    seq: SequenceState
     detokenizer: IncrementalDetokenizer
     metrics: RequestMetrics
     logprobs: list[dict[int, float]] | None
 
     @classmethod
     def create(
-        cls, request_id: str, prompt: str | None, seq: Seq, detokenizer: IncrementalDetokenizer
+        cls,
+        request_id: str,
+        prompt: str | None,
+        seq: SequenceState,
+        detokenizer: IncrementalDetokenizer,
     ) -> RequestState:
         """A fresh state, arriving now."""
         metrics = RequestMetrics(time.perf_counter(), num_prompt_tokens=seq.num_prompt_tokens)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from openledger.exceptions import ConfigError
 from openledger.serve.block_pool import BlockPool
-from openledger.serve.sequence import FinishReason, Sequence, SequenceStatus
+from openledger.serve.sequence import FinishReason, SequenceState, SequenceStatus
 
 __all__ = ["Scheduler", "SchedulerOutput"]
 
@@ -47,9 +47,9 @@ class SchedulerOutput:
         preempted: Sequences preempted while scheduling this step.
     """
 
-    seqs: list[Sequence]
+    seqs: list[SequenceState]
     num_new_tokens: list[int]
-    preempted: list[Sequence] = field(default_factory=list)
+    preempted: list[SequenceState] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -62,7 +62,7 @@ class SchedulerOutput:
         return any(n > 1 for n in self.num_new_tokens)
 
     @property
-    def sampled(self) -> list[Sequence]:
+    def sampled(self) -> list[SequenceState]:
         """The sequences whose next token this step samples (all their tokens computed)."""
         return [seq for seq in self.seqs if seq.num_computed_tokens == len(seq)]
 
@@ -96,10 +96,10 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
-        self.waiting: deque[Sequence] = deque()
-        self.running: deque[Sequence] = deque()
+        self.waiting: deque[SequenceState] = deque()
+        self.running: deque[SequenceState] = deque()
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: SequenceState) -> None:
         """Queue a new sequence at the back of the waiting queue."""
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
@@ -123,12 +123,12 @@ class Scheduler:
             self._schedule_waiting(work, budget)
         return work
 
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+    def finish(self, seq: SequenceState, reason: FinishReason) -> None:
         """Mark a running sequence finished and free its blocks."""
         self.running.remove(seq)
         self._retire(seq, reason)
 
-    def abort(self, seq_id: int) -> Sequence | None:
+    def abort(self, seq_id: int) -> SequenceState | None:
         """Remove a waiting or running sequence; None when it is not (or no longer) here."""
         for queue in (self.waiting, self.running):
             for seq in queue:
@@ -138,14 +138,14 @@ class Scheduler:
                     return seq
         return None
 
-    def _retire(self, seq: Sequence, reason: FinishReason) -> None:
+    def _retire(self, seq: SequenceState, reason: FinishReason) -> None:
         self.block_pool.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
 
     def _schedule_running(self, work: SchedulerOutput, budget: int) -> int:
         """Schedule the running sequences in admission order; returns the budget left."""
-        scheduled: list[Sequence] = []
+        scheduled: list[SequenceState] = []
         while self.running:
             seq = self.running.popleft()
             if not self._make_room(seq, work.preempted):
@@ -159,7 +159,7 @@ class Scheduler:
         self.running.extend(scheduled)
         return budget
 
-    def _make_room(self, seq: Sequence, preempted: list[Sequence]) -> bool:
+    def _make_room(self, seq: SequenceState, preempted: list[SequenceState]) -> bool:
         """Give ``seq`` a block for its next token, preempting from the back if needed;
         False when ``seq`` itself had to be preempted."""
         while not self.block_pool.can_append(seq):
@@ -188,13 +188,13 @@ class Scheduler:
             budget -= num_new
             self._take(seq, num_new, work)
 
-    def _take(self, seq: Sequence, num_new: int, work: SchedulerOutput) -> None:
+    def _take(self, seq: SequenceState, num_new: int, work: SchedulerOutput) -> None:
         seq.num_computed_tokens += num_new
         self.block_pool.seal(seq, seq.num_computed_tokens)
         work.seqs.append(seq)
         work.num_new_tokens.append(num_new)
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: SequenceState) -> None:
         self.block_pool.free(seq)  # NOTE: also resets num_computed_tokens
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1

@@ -8,7 +8,7 @@ from typing import Literal
 
 from openledger.serve.params import SamplingParams
 
-__all__ = ["FinishReason", "Sequence", "SequenceStatus"]
+__all__ = ["FinishReason", "SequenceState", "SequenceStatus"]
 
 FinishReason = Literal["stop", "length", "abort"]
 """Why a request finished: ``"stop"`` (EOS, a stop token or stop string), ``"length"``
@@ -24,7 +24,7 @@ class SequenceStatus(enum.Enum):
 
 
 @dataclass(slots=True, eq=False)
-class Sequence:
+class SequenceState:
     """The tokens of one request and the KV-cache blocks that hold them.
 
     Invariant while RUNNING, between steps::
