@@ -32,8 +32,8 @@ SHAPES = [  # (heads, kv_heads, head_dim): SmolLM2-135M, Llama-3-8B, Qwen2-0.5B
 def test_triton_decode_matches_reference_on_cuda(
     heads: int, kv_heads: int, dim: int, dtype: str, window: int | None
 ) -> None:
-    from openledger.serve.ops import reference
-    from openledger.serve.ops.triton_attention import paged_decode_attention
+    from openledger.serve.ops import attention_torch as reference
+    from openledger.serve.ops.attention_triton import paged_decode_attention
 
     torch_dtype = getattr(torch, dtype)
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -16,7 +16,7 @@ from tests.numerics import (
 )
 
 from openledger.serve import Engine, EngineConfig, SamplingParams
-from openledger.serve.ops import reference
+from openledger.serve.ops import attention_torch as reference
 
 needs_triton = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="triton not installed"
@@ -128,7 +128,7 @@ def test_decode_reference_matches_naive(window: int | None) -> None:
 def test_triton_decode_matches_reference(
     block_size: int, heads: int, kv_heads: int, dim: int, window: int | None, dtype: torch.dtype
 ) -> None:
-    from openledger.serve.ops.triton_attention import paged_decode_attention
+    from openledger.serve.ops.attention_triton import paged_decode_attention
 
     lens = [1, 9, 17]
     k_cache, v_cache, tables, _, _ = paged_case(lens, block_size, heads, kv_heads, dim, dtype)

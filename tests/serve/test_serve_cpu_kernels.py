@@ -34,6 +34,7 @@ from openledger.serve.ops.attention_cpu import (  # noqa: E402
     cpu_decode_attention,
     paged_decode_attention_cpu,
 )
+from openledger.serve.ops.attention_torch import decode_attention  # noqa: E402
 from openledger.serve.ops.cpu_kernels import (  # noqa: E402
     CpuKernels,
     argmax_rows,
@@ -51,7 +52,6 @@ from openledger.serve.ops.lora_cpu import (  # noqa: E402
     kernel_layout,
 )
 from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights  # noqa: E402
-from openledger.serve.ops.reference import decode_attention  # noqa: E402
 
 HIDDEN = 40
 SIZES = [40, 8, 8]  # a q|k|v-like fused projection

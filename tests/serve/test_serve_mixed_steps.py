@@ -113,7 +113,7 @@ def test_plan_pads_similar_prompts_together_and_long_ones_apart() -> None:
 def test_step_attention_with_the_triton_decode_kernel(
     heads: int, kv_heads: int, window: int | None
 ) -> None:
-    from openledger.serve.ops.triton_attention import paged_decode_attention
+    from openledger.serve.ops.attention_triton import paged_decode_attention
 
     query, want, limit, args = _mixed_case(MIXED_SHAPES[0], 4, heads, kv_heads, window)
     k_cache, v_cache = args.pop("caches")  # type: ignore[misc]

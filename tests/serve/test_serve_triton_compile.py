@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     from triton.compiler import ASTSource
 
     from openledger.serve.ops import lora_triton as lora
-    from openledger.serve.ops import triton_attention as attention
+    from openledger.serve.ops import attention_triton as attention
 
     TARGET = GPUTarget("cuda", 90, 32)
     built = 0

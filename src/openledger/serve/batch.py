@@ -15,9 +15,10 @@ __all__ = ["BatchMetadata"]
 class BatchMetadata:
     """Per-step batch layout shared by every layer of the model.
 
-    Tokens of all sequences are flattened into one dimension ``T``; sequence ``i`` owns
-    tokens ``query_start_loc[i]:query_start_loc[i + 1]``. In a decode step every sequence
-    has exactly one token; a mixed step has prompt chunks and decode tokens side by side.
+    Tokens of all sequences are flattened into one dimension ``T``, one sequence after
+    another (``host_query_lens`` tokens each). In a decode step every sequence has exactly
+    one token; a mixed step has prompt chunks and decode tokens side by side. (The LoRA
+    layers get the step's adapters from their own state, set by the runner.)
 
     Attributes:
         is_prefill: Whether any sequence has several tokens (else: decode, one each).
@@ -26,15 +27,12 @@ class BatchMetadata:
             where each token's key and value are written.
         block_tables: ``[B, max_blocks]`` int32 block ids, right-padded with 0.
         context_lens: ``[B]`` int32 tokens of each sequence visible after this step's writes.
-        query_start_loc: ``[B + 1]`` int64 offsets of each sequence's tokens.
         logits_indices: ``[S]`` int64 row of the last token of each sequence sampled in
             this step (those whose prompt chunk does not reach their end are not).
-        adapter_indices: ``[T]`` int64 adapter slot of each token, -1 for the base model.
-            NOTE: carried for multi-adapter serving; the base-only layers do not read it.
         host_query_lens: Query lengths as Python ints (the reference path loops on them).
         host_context_lens: Context lengths as Python ints.
         attention: Gather indices and masks of the step's attention, built once for all
-            layers (None: layers use the per-sequence reference path).
+            layers.
     """
 
     is_prefill: bool
@@ -42,12 +40,10 @@ class BatchMetadata:
     slot_mapping: torch.Tensor
     block_tables: torch.Tensor
     context_lens: torch.Tensor
-    query_start_loc: torch.Tensor
     logits_indices: torch.Tensor
-    adapter_indices: torch.Tensor
     host_query_lens: list[int]
     host_context_lens: list[int]
-    attention: AttentionPlan | None = None
+    attention: AttentionPlan
 
     @property
     def num_seqs(self) -> int:

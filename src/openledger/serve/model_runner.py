@@ -133,21 +133,13 @@ class ModelRunner:
         context_lens = [seq.num_computed_tokens for seq in seqs]
         width = max(len(seq.block_table) for seq in seqs)
         tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
-        starts = [0]
-        for length in query_lens:
-            starts.append(starts[-1] + length)
-        adapters = [
-            seq.adapter_index for seq, n in zip(seqs, query_lens, strict=True) for _ in range(n)
-        ]
         return BatchMetadata(
             is_prefill=any(n > 1 for n in query_lens),
             positions=self._tensor(positions),
             slot_mapping=self._tensor(slots),
             block_tables=self._tensor(tables, torch.int32),
             context_lens=self._tensor(context_lens, torch.int32),
-            query_start_loc=self._tensor(starts),
             logits_indices=self._tensor(last_rows),
-            adapter_indices=self._tensor(adapters),
             host_query_lens=list(query_lens),
             host_context_lens=context_lens,
             attention=plan_attention(

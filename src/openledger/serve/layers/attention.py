@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from openledger.serve.batch import BatchMetadata
-from openledger.serve.ops import reference
 from openledger.serve.ops.attention_cpu import cpu_decode_attention
+from openledger.serve.ops.attention_torch import store_kv
 from openledger.serve.ops.step_attention import DecodeFn, step_attention
 
 __all__ = ["AttentionBackend", "PagedAttention"]
@@ -21,10 +21,10 @@ class PagedAttention(nn.Module):
     """Attention over a paged KV cache for one layer.
 
     The model runner binds ``k_cache`` / ``v_cache`` (``[num_blocks, block_size, kv_heads,
-    dim]``) before the first step. With a step plan (:attr:`BatchMetadata.attention`, built
+    dim]``) before the first step. With the step plan (:attr:`BatchMetadata.attention`, built
     once per step by the runner) prompt chunks and decode rows run batched together
-    (:func:`openledger.serve.ops.step_attention.step_attention`); without one, prefill takes
-    the reference path (gather + SDPA). Decode rows take the Triton kernel when
+    (:func:`openledger.serve.ops.step_attention.step_attention`). Decode rows take the Triton
+    kernel when
     ``backend == "triton"``, else on CPU in float32 the compiled kernel
     (:mod:`~openledger.serve.ops.attention_cpu`) where it is built.
 
@@ -69,40 +69,16 @@ class PagedAttention(nn.Module):
         Returns:
             ``[T, heads, dim]``.
         """
-        reference.store_kv(key, value, self.k_cache, self.v_cache, batch.slot_mapping)
-        if batch.attention is not None:
-            # NOTE: a step plan (mixed prompt chunks and decode rows) shared by all layers.
-            return step_attention(
-                query,
-                self.k_cache,
-                self.v_cache,
-                batch.attention,
-                scale=self.scale,
-                sliding_window=self.sliding_window,
-                decode=self._decode_kernel(query),
-            )
-        if batch.is_prefill:
-            return reference.prefill_attention(
-                query,
-                self.k_cache,
-                self.v_cache,
-                batch.block_tables,
-                batch.host_query_lens,
-                batch.host_context_lens,
-                scale=self.scale,
-                sliding_window=self.sliding_window,
-                key=key,
-                value=value,
-            )
-        decode = self._decode_kernel(query) or reference.decode_attention
-        return decode(
+        store_kv(key, value, self.k_cache, self.v_cache, batch.slot_mapping)
+        # NOTE: the step plan (mixed prompt chunks and decode rows) is shared by all layers.
+        return step_attention(
             query,
             self.k_cache,
             self.v_cache,
-            batch.block_tables,
-            batch.context_lens,
+            batch.attention,
             scale=self.scale,
             sliding_window=self.sliding_window,
+            decode=self._decode_kernel(query),
         )
 
     def _decode_kernel(self, query: torch.Tensor) -> DecodeFn | None:
@@ -110,6 +86,6 @@ class PagedAttention(nn.Module):
         compiled CPU one for float32 on CPU where it is built, else None (gather + SDPA)."""
         if self.backend != "triton":
             return cpu_decode_attention(query) if self.use_cpu_kernels else None
-        from openledger.serve.ops.triton_attention import paged_decode_attention
+        from openledger.serve.ops.attention_triton import paged_decode_attention
 
         return paged_decode_attention

@@ -150,7 +150,7 @@ class Linear(nn.Module):
 
     NOTE: multi-adapter serving hooks in here: ``lora`` (None by default) gets the base
     output and the input after the matmul; a LoRA update applies per slice
-    (``output_sizes``) and per token (``BatchMetadata.adapter_indices``).
+    (``output_sizes``) and per token (the step's adapters, in the LoRA state).
 
     Args:
         input_size: Input features.

@@ -6,7 +6,7 @@ sequences that is a few hundred microseconds per layer of small ops for a few hu
 kilo-flops of work. ``openledger_paged_decode`` (:mod:`.cpu_kernels`) reads the keys
 and values where they sit in the cache blocks, in parallel over (sequence, kv head), the
 query heads of a kv head sharing its keys (grouped-query attention); softmax in float32 in
-two passes. Same signature as :func:`~openledger.serve.ops.reference.decode_attention`,
+two passes. Same signature as :func:`~openledger.serve.ops.attention_torch.decode_attention`,
 which it is tested against.
 """
 

@@ -9,7 +9,7 @@ and one per group of similar prompt rows, over a padded layout::
     prompt group  q [Bp, heads, max_q, dim] keys gathered [Bp, max_k]   mask [Bp, 1, max_q, max_k]
 
 Prompt sequences are grouped so that padding adds little to a group's attention work. The
-per-sequence functions of :mod:`openledger.serve.ops.reference` are the references these
+per-sequence functions of :mod:`openledger.serve.ops.attention_torch` are the references these
 are tested against; a paged decode kernel (Triton) can take the decode rows instead.
 """
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 DecodeFn = Callable[..., torch.Tensor]
-"""A paged decode kernel with :func:`~openledger.serve.ops.reference.decode_attention`'s
+"""A paged decode kernel with :func:`~openledger.serve.ops.attention_torch.decode_attention`'s
 signature."""
 
 # A prompt group's padded area (queries x keys) may exceed its real area by this factor

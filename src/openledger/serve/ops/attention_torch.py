@@ -1,7 +1,9 @@
-"""Reference paged-attention ops in plain torch: gather the blocks, then SDPA.
+"""Paged attention in plain torch (the torch backend): gather the blocks, then SDPA.
 
-They run on any device and define the expected results for the fast paths in this
-package (see :mod:`openledger.serve.ops.triton_attention`). Cache layout, per layer::
+They run on any device: the engine writes the cache with :func:`store_kv` and falls back to
+them where no compiled or Triton kernel applies, and the tests hold the fast paths
+(:mod:`.attention_cpu`, :mod:`.attention_triton`) to their results. Cache layout, per
+layer::
 
     k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
     flat slot s = block_id * block_size + offset   ->   cache.view(-1, kv_heads, dim)[s]

@@ -2,7 +2,7 @@
 
 One program per (sequence, query head) walks the sequence's block table, block by block,
 with an online softmax, so no gathered copy of the context is ever made. Its reference is
-:func:`openledger.serve.ops.reference.decode_attention`. The kernel's pointer and scalar
+:func:`openledger.serve.ops.attention_torch.decode_attention`. The kernel's pointer and scalar
 parameters carry no annotations: Triton's compiler resolves every annotation as a global of
 this module, and only ``tl.constexpr`` is one it accepts.
 """
@@ -92,7 +92,7 @@ def paged_decode_attention(
     scale: float,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Same contract as :func:`openledger.serve.ops.reference.decode_attention`.
+    """Same contract as :func:`openledger.serve.ops.attention_torch.decode_attention`.
 
     Args:
         query: ``[B, heads, dim]``.
