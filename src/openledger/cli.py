@@ -8,7 +8,7 @@
     openledger demo [--fast] [--output DIR] [--model NAME] [--pool TOKENS] [--max-tokens N]
     openledger chat [--model NAME] [--adapter FOLDER] [--question TEXT] [--max-tokens N]
     openledger serve [--model NAME] [--adapter NAME=SOURCE ...] [--host ADDR] [--port N]
-                     [--config FILE] [--ledger PATH]
+                     [--config FILE] [--ledger PATH] [--adapter-resolver FOLDER|hf://ORG]
     openledger keys create --ledger PATH [--payer ADDRESS] [--name LABEL] [--admin]
     openledger studio [--home FOLDER] [--host ADDR] [--port N] [--share] [--allow-remote]
 """
@@ -80,6 +80,12 @@ def _add_serve_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
     serve.add_argument("--port", type=int, default=None, help="TCP port (default: 8000)")
     serve.add_argument("--config", default=None, help="YAML settings (GatewayConfig fields)")
     serve.add_argument("--ledger", default=None, help="SQLite ledger of keys and receipts")
+    serve.add_argument(
+        "--adapter-resolver",
+        default=None,
+        metavar="FOLDER|hf://ORG",
+        help="load unknown adapter names on first request from FOLDER/<name> or hf://ORG/<name>",
+    )
     keys = commands.add_parser("keys", help="API keys of a gateway's ledger")
     verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
     create = verbs.add_parser("create", help="create a key and print it (once)")
@@ -198,6 +204,7 @@ def _serve(args: argparse.Namespace) -> None:
         "port": args.port,
         "ledger": args.ledger,
         "adapters": parse_adapter_args(args.adapter) or None,
+        "adapter_resolver": args.adapter_resolver,
     }
     if args.config is not None:
         config = GatewayConfig.from_yaml(args.config, **overrides)

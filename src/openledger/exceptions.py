@@ -57,7 +57,14 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   ├── AuthenticationError(PermissionError)  no API key, or one the ledger does not
     │   │                                   hold (HTTP 401)
     │   ├── ModelNotFoundError(LookupError) no base model or adapter of that name (HTTP 404)
+    │   ├── PermissionDeniedError(PermissionError)  a valid key without the role an
+    │   │                                   endpoint needs, e.g. admin (HTTP 403)
+    │   ├── AdapterConflictError(ValueError)  an adapter of that name is served already
+    │   │                                   (HTTP 409)
+    │   ├── AdapterIdMismatchError(ValueError)  an adapter's weights are not the adapter
+    │   │                                   id the caller expected (HTTP 400)
     │   ├── RateLimitError(RuntimeError)    a key is over one of its limits (HTTP 429)
+    │   │   └── TokenRateLimitError         over its tokens per minute; carries retry_after
     │   ├── OverloadedError(RuntimeError)   the server is full or draining (HTTP 503)
     │   └── LedgerError(OSError)            the receipt ledger is unusable, or a receipt
     │                                       cannot be written (or was written already)
@@ -78,8 +85,10 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "AdapterCapacityError",
+    "AdapterConflictError",
     "AdapterError",
     "AdapterFormatError",
+    "AdapterIdMismatchError",
     "AdapterMismatchError",
     "AdapterNotFoundError",
     "AdapterSourceError",
@@ -109,6 +118,7 @@ __all__ = [
     "NonceError",
     "OpenLedgerError",
     "OverloadedError",
+    "PermissionDeniedError",
     "QualityError",
     "RateLimitError",
     "ReceiptError",
@@ -119,6 +129,7 @@ __all__ = [
     "SignatureError",
     "SnapshotMismatchError",
     "StoreError",
+    "TokenRateLimitError",
     "TrainDataError",
     "TrainError",
     "TransactionTimeoutError",
@@ -287,6 +298,35 @@ class ModelNotFoundError(GatewayError, LookupError):
 
 class RateLimitError(GatewayError, RuntimeError):
     """An API key is over one of its limits (concurrent requests); retry later."""
+
+
+class PermissionDeniedError(GatewayError, PermissionError):
+    """A valid API key without the role an endpoint needs (the adapter endpoints need an
+    admin key)."""
+
+
+class AdapterConflictError(GatewayError, ValueError):
+    """An adapter of that name is served already; replace it (PUT) or delete it first."""
+
+
+class AdapterIdMismatchError(GatewayError, ValueError):
+    """An adapter's weights do not hash to the adapter id the caller expected; it is not
+    served."""
+
+
+class TokenRateLimitError(RateLimitError):
+    """An API key has used its tokens per minute.
+
+    Attributes:
+        retry_after: Seconds until the key may send again.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[TokenRateLimitError], tuple[str, float]]:
+        return (type(self), (str(self), self.retry_after))
 
 
 class OverloadedError(GatewayError, RuntimeError):

@@ -8,7 +8,10 @@
 
 Every finished request becomes a :class:`GatewayReceipt` (payer, adapters and weights,
 token counts, prompt and answer hashes, epoch), EIP-712 signed by the operator and written
-to the :class:`ReceiptLedger` (SQLite, fsync'd) before the response ends. The HTTP
+to the :class:`ReceiptLedger` (SQLite, fsync'd) before the response ends. Admin keys
+load, replace and remove adapters while requests run (``/v1/adapters``); requests enter
+the engine in fair order across keys (virtual token counters), within each key's
+tokens-per-minute and concurrency limits (:class:`GatewayLimits`). The HTTP
 framework (FastAPI, uvicorn, prometheus-client) is the ``[server]`` extra, loaded only
 when an application is built. The guide is docs/gateway.md.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -16,12 +17,13 @@ from starlette.responses import JSONResponse, Response
 
 from openledger._version import __version__
 from openledger.exceptions import AuthenticationError, OpenLedgerError, RequestFieldError
+from openledger.gateway.adapter_routes import adapter_card, add_adapter_routes
 from openledger.gateway.errors import http_error
 from openledger.gateway.ledger import request_hash_of
 from openledger.gateway.planning import plan_request
 from openledger.gateway.schemas import ChatCompletionRequest, CompletionRequest, parse_request
 from openledger.gateway.serving import run_plan
-from openledger.gateway.state import GatewayState
+from openledger.gateway.state import Admission, GatewayState
 from openledger.gateway.wire import error_payload
 
 __all__ = ["build_app"]
@@ -42,6 +44,7 @@ def build_app(state: GatewayState) -> FastAPI:
     _add_error_handlers(app, state)
     _add_info_routes(app, state)
     _add_generation_routes(app, state)
+    add_adapter_routes(app, state)
     return app
 
 
@@ -69,9 +72,47 @@ async def _generate(
         parsed = parse_request(body, ChatCompletionRequest)
     else:
         parsed = parse_request(body, CompletionRequest)
+    await state.adapters.ensure(_adapter_names(state, parsed))
     plan = plan_request(state, caller, parsed)
-    admission = state.admit(caller)
+    need = len(plan.choices)
+    admission = state.admit(caller, plan.engine_names, need, plan.prompt_estimate)
+    try:
+        if not await _wait_turn(admission, request):
+            admission.release()
+            return Response(status_code=499)  # NOTE: the client left while it waited
+    except BaseException:
+        admission.release()
+        raise
     return await run_plan(state, request, plan, admission)
+
+
+def _adapter_names(
+    state: GatewayState, parsed: ChatCompletionRequest | CompletionRequest
+) -> list[str]:
+    """Adapter names a request asks for (the resolver may load the unknown ones)."""
+    if parsed.adapters is not None:
+        return sorted(parsed.adapters)
+    return [] if parsed.model == state.config.model_name else [parsed.model]
+
+
+async def _wait_turn(admission: Admission, request: Request) -> bool:
+    """Wait for the fair queue's turn; False if the client disconnects first."""
+    if admission.turn is None or admission.turn.granted:
+        return True
+    turn = asyncio.ensure_future(admission.wait_turn())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (turn, gone):
+            task.cancel()
+        await asyncio.gather(turn, gone, return_exceptions=True)
+    return bool(admission.turn.granted)
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _add_info_routes(app: FastAPI, state: GatewayState) -> None:
@@ -84,9 +125,9 @@ def _add_info_routes(app: FastAPI, state: GatewayState) -> None:
     async def models(request: Request) -> dict[str, Any]:
         await state.authenticate(request.headers.get("authorization"))
         base = state.config.model_name
-        data: list[dict[str, Any]] = [_model_card(base, state.started, None, None)]
-        for name, adapter_id in sorted(state.adapter_ids.items()):
-            data.append(_model_card(name, state.started, base, adapter_id))
+        data: list[dict[str, Any]] = [_model_card(base, state.started)]
+        served = sorted(state.adapters.current.values(), key=lambda s: s.name)
+        data.extend(adapter_card(s, base) for s in served)
         return {"object": "list", "data": data}
 
     @app.get("/v1/receipts/{receipt_id}")
@@ -107,15 +148,8 @@ def _add_info_routes(app: FastAPI, state: GatewayState) -> None:
         return Response(content, media_type=content_type)
 
 
-def _model_card(
-    name: str, created: int, parent: str | None, adapter_id: str | None
-) -> dict[str, Any]:
-    card: dict[str, Any] = {"id": name, "object": "model", "created": created}
-    card["owned_by"] = "openledger"
-    if parent is not None:
-        card["parent"] = parent
-        card["adapter_id"] = adapter_id
-    return card
+def _model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "openledger"}
 
 
 def _add_error_handlers(app: FastAPI, state: GatewayState) -> None:
@@ -123,7 +157,9 @@ def _add_error_handlers(app: FastAPI, state: GatewayState) -> None:
     async def ours(request: Request, exc: OpenLedgerError) -> Response:
         error = http_error(exc)
         state.metrics.requests.labels(request.url.path, str(error.status)).inc()
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
+        headers = dict(error.headers or {})
+        if isinstance(exc, AuthenticationError):
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(dict(error.body), status_code=error.status, headers=headers)
 
     @app.exception_handler(Exception)

@@ -8,7 +8,8 @@ A file mirrors :class:`GatewayConfig` field by field, with the engine's settings
     host: 127.0.0.1
     port: 8000
     ledger: ./gateway.db
-    limits: {max_concurrent_requests: 256, max_concurrent_per_key: 32}
+    adapter_resolver: ./adapters        # or hf://acme: unknown names load on first request
+    limits: {max_concurrent_requests: 256, max_concurrent_per_key: 32, tokens_per_minute: 100000}
     engine: {max_num_seqs: 32, kv_cache_memory: 536870912}
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from openledger.exceptions import ConfigError
+from openledger.gateway.adapters import ADAPTER_NAME
 from openledger.serve.config import EngineConfig
 
 __all__ = ["GatewayConfig", "GatewayLimits", "parse_adapter_args"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
 
 class GatewayLimits(BaseModel):
@@ -42,6 +42,23 @@ class GatewayLimits(BaseModel):
     )
     max_concurrent_per_key: int = Field(
         default=64, ge=1, description="Requests in flight per API key; more get HTTP 429."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompt + completion tokens per minute per API key; a key over it gets "
+        "HTTP 429 with Retry-After. None: no limit.",
+    )
+    fair_share: bool = Field(
+        default=True,
+        description="Admit requests into the engine by virtual token counters per key "
+        "(a flood from one key cannot starve another); off: first come, first served.",
+    )
+    engine_sequences: int | None = Field(
+        default=None,
+        ge=1,
+        description="Engine sequences admitted at once under fair_share; more wait in the "
+        "gateway's fair queue. None: the engine's max_num_seqs.",
     )
     max_tokens: int | None = Field(
         default=None,
@@ -75,6 +92,11 @@ class GatewayConfig(BaseModel):
     adapters: dict[str, str] = Field(
         default_factory=dict,
         description="LoRA adapters served by name: {name: source} (folder, hf://, https).",
+    )
+    adapter_resolver: str | None = Field(
+        default=None,
+        description="Load unknown adapter names on first request from this folder "
+        "(<folder>/<name>) or hub namespace (hf://org -> hf://org/<name>); None: off.",
     )
     host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0: any free port).")
@@ -115,7 +137,7 @@ class GatewayConfig(BaseModel):
     @classmethod
     def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name, source in value.items():
-            if not _ADAPTER_NAME.fullmatch(name):
+            if not ADAPTER_NAME.fullmatch(name):
                 raise ValueError(
                     f"adapter name {name!r} must be 1-128 letters, digits or ._:/- "
                     "(starting with a letter or digit)"

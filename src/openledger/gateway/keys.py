@@ -20,7 +20,7 @@ __all__ = ["ApiKey", "KeyRole", "hash_api_key", "new_api_key"]
 
 KEY_PREFIX = "olk-"
 KeyRole = Literal["user", "admin"]
-"""``"user"`` calls the OpenAI endpoints; ``"admin"`` also the (future) admin endpoints."""
+"""``"user"`` calls the OpenAI endpoints; ``"admin"`` also the adapter endpoints."""
 
 
 @dataclass(frozen=True, slots=True)

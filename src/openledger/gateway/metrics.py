@@ -10,6 +10,7 @@
 ``openledger_inter_token_latency_seconds``             histogram, per generated token after the
                                                        first
 ``openledger_requests_running`` / ``_waiting``         engine requests running / queued now
+                                                       (waiting: in the engine or the fair queue)
 ``openledger_http_requests_in_flight``                 HTTP requests admitted and not finished
 ``openledger_receipts_written_total``                  receipts written since start
 ``openledger_receipts_in_ledger``                      receipts in the ledger file

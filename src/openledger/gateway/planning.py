@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import time
 from collections.abc import Mapping
@@ -38,6 +39,8 @@ class Plan:
         num_logprobs: Top log-probabilities per token, or None for none.
         metered: What its receipt records besides the outputs.
         labels: Metric labels of its adapters.
+        engine_names: The adapter versions it runs with (``<name>@<serial>``).
+        prompt_estimate: Its prompt tokens, estimated before tokenization (characters / 4).
     """
 
     kind: Kind
@@ -51,6 +54,8 @@ class Plan:
     num_logprobs: int | None
     metered: MeteredRequest
     labels: list[str]
+    engine_names: tuple[str, ...] = ()
+    prompt_estimate: float = 0.0
 
 
 def plan_request(
@@ -58,12 +63,16 @@ def plan_request(
 ) -> Plan:
     """Check a request against the gateway's models and limits, and plan its choices.
 
+    The adapters' current versions are read here, once: the request runs with them and
+    its receipt names them, whatever replaces them while it waits.
+
     Raises:
         RequestFieldError: Over a limit, or fields that contradict each other.
         ModelNotFoundError: Unknown model or adapter.
         InvalidRequestError: Sampling parameters the engine refuses.
     """
     adapters = state.resolve(request.model, request.adapters)
+    served = {name: state.adapters.current[name] for name in adapters}
     _check_limits(state, request)
     if isinstance(request, ChatCompletionRequest):
         kind: Kind = "chat"
@@ -73,7 +82,8 @@ def plan_request(
         kind = "text"
         prompts = list(request.prompts)
         prompt_input = request.prompt
-    params = _params(state, request, adapters)
+    engine_adapters = {served[name].engine_name: weight for name, weight in adapters.items()}
+    params = _params(state, request, engine_adapters)
     choices = [
         Choice(p * request.n + j, p, prompt, _nth(params, j))
         for p, prompt in enumerate(prompts)
@@ -85,7 +95,7 @@ def plan_request(
         request_id=request_id,
         payer=caller.payer,
         adapters=adapters,
-        adapter_ids={name: state.adapter_ids[name] for name in adapters},
+        adapter_ids={name: served[name].adapter_id for name in adapters},
         prompt_input=prompt_input,
     )
     return Plan(
@@ -100,6 +110,8 @@ def plan_request(
         num_logprobs=request.num_logprobs,
         metered=metered,
         labels=sorted(adapters) or [state.config.model_name],
+        engine_names=tuple(sorted(engine_adapters)),
+        prompt_estimate=len(json.dumps(prompt_input)) / 4,
     )
 
 
@@ -149,6 +161,8 @@ def _params(
         stop=request.stop_strings,
         logprobs=request.num_logprobs,
         adapter=adapter,
+        min_tokens=request.min_tokens,
+        ignore_eos=request.ignore_eos,
     )
 
 

@@ -86,6 +86,10 @@ class _Common(BaseModel):
     adapters: dict[str, float] | None = Field(
         default=None, description="A weighted mix of served adapters {name: weight > 0}."
     )
+    min_tokens: int = Field(
+        default=0, ge=0, description="Tokens generated before EOS or a stop may end it (vLLM's)."
+    )
+    ignore_eos: bool = Field(default=False, description="Generate past EOS (vLLM's; benchmarks).")
 
     @field_validator("stop")
     @classmethod
@@ -165,7 +169,7 @@ class CompletionRequest(_Common):
         return self.logprobs
 
 
-RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
 def parse_request(body: object, schema: type[RequestT]) -> RequestT:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import importlib.util
 import logging
 import signal
+import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from openledger.exceptions import MissingDependencyError
+from openledger.gateway.adapters import ServedAdapter, ServedAdapters
 from openledger.gateway.config import GatewayConfig
 from openledger.gateway.ledger import ReceiptLedger
 from openledger.gateway.metering import Meter, load_operator_key
 from openledger.gateway.receipts import receipt_domain
 from openledger.serve import AsyncEngine
-from openledger.types import Hash32, to_hash32
+from openledger.types import to_hash32
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -52,8 +54,9 @@ def create_app(
     """Build the gateway's ASGI app (FastAPI) over one :class:`~openledger.serve.AsyncEngine`.
 
     Loads the base model (unless ``engine`` is given), registers the configured adapters
-    on it, opens the ledger and the operator key. Only adapters registered here are
-    served.
+    on it, opens the ledger and the operator key. More adapters are loaded, replaced and
+    removed at run time through ``/v1/adapters`` (admin keys) or, with
+    ``adapter_resolver``, on a request's first use of a name.
 
     Args:
         config: Settings; defaults when None.
@@ -82,7 +85,8 @@ def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> Gat
     try:
         if engine is None:
             engine = AsyncEngine(config.model, config.engine)
-        adapter_ids = _register_adapters(engine, config.adapters)
+        adapters = ServedAdapters(engine, config.adapter_resolver, config.drain_timeout)
+        _register_adapters(engine, adapters, config.adapters)
     except BaseException:
         ledger.close()
         raise
@@ -96,21 +100,23 @@ def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> Gat
             config.ledger,
         )
     logger.info("receipts are signed by operator %s", operator.address)
-    return GatewayState(config, engine, ledger, meter, adapter_ids)
+    return GatewayState(config, engine, ledger, meter, adapters)
 
 
-def _register_adapters(engine: AsyncEngine, adapters: dict[str, str]) -> dict[str, Hash32]:
-    """Register ``{name: source}`` on the engine and return each one's manifest id.
+def _register_adapters(
+    engine: AsyncEngine, served: ServedAdapters, adapters: dict[str, str]
+) -> None:
+    """Register ``{name: source}`` on the engine (before it serves) as first versions.
 
     An adapter without a manifest is identified by the keccak256 of its weights file (the
     id a manifest would carry, and the hash the store checks at every load).
     """
-    ids: dict[str, Hash32] = {}
     for name, source in adapters.items():
-        spec = engine.engine.add_adapter(name, source)
-        ids[name] = to_hash32(spec.adapter_id or spec.weights_hash, what="adapter id")
-        logger.info("adapter %s from %s: id %s", name, source, ids[name])
-    return ids
+        engine_name = served.engine_name(name)
+        spec = engine.engine.add_adapter(engine_name, source)
+        adapter_id = to_hash32(spec.adapter_id or spec.weights_hash, what="adapter id")
+        served.adopt(ServedAdapter(name, engine_name, adapter_id, str(source), int(time.time())))
+        logger.info("adapter %s from %s: id %s", name, source, adapter_id)
 
 
 def run_server(config: GatewayConfig) -> None:

@@ -109,13 +109,16 @@ class _Run:
         self.receipt: GatewayReceipt | None = None
         self._events: AsyncIterator[tuple[int, RequestOutput]] | None = None
         self._sent_tokens: dict[int, int] = {}
+        self._charged: dict[int, int] = {}
         self._counted = False
 
     async def start(self) -> tuple[int, RequestOutput]:
         """Submit the choices and wait for the first output (errors surface here)."""
         self.generation.start()
         self._events = self.generation.events()
-        return await anext(self._events)
+        first = await anext(self._events)
+        self._charge(*first)
+        return first
 
     async def complete(self, first: tuple[int, RequestOutput], request: Request) -> Response:
         """Run to the end and answer with one JSON body."""
@@ -178,7 +181,19 @@ class _Run:
     async def _next(self) -> tuple[int, RequestOutput] | None:
         if self._events is None:
             return None
-        return await anext(self._events, None)
+        event = await anext(self._events, None)
+        if event is None:
+            self.admission.engine_done()  # NOTE: before metering: the next request may start
+            return None
+        self._charge(*event)
+        return event
+
+    def _charge(self, index: int, out: RequestOutput) -> None:
+        """Count the tokens new in ``out`` against the key (rate limit, fair share)."""
+        before = self._charged.get(index)
+        prompt = len(out.prompt_token_ids) if before is None else 0
+        self._charged[index] = len(out.token_ids)
+        self.admission.charge(prompt, len(out.token_ids) - (before or 0))
 
     async def _drain(self) -> None:
         while await self._next() is not None:

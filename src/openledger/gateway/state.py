@@ -1,4 +1,4 @@
-"""The gateway's shared state: engine, ledger, meter, metrics, keys and admission."""
+"""The gateway's shared state: engine, adapters, ledger, meter, metrics, keys, admission."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ from openledger.exceptions import (
     AuthenticationError,
     ModelNotFoundError,
     OverloadedError,
+    PermissionDeniedError,
     RateLimitError,
     RequestFieldError,
 )
+from openledger.gateway.adapters import ServedAdapters
 from openledger.gateway.config import GatewayConfig
+from openledger.gateway.fairness import FairQueue, TokenBuckets, Turn
 from openledger.gateway.keys import ApiKey, hash_api_key
 from openledger.gateway.ledger import ReceiptLedger
 from openledger.gateway.metering import Meter
 from openledger.gateway.metrics import GatewayMetrics
 from openledger.gateway.receipts import ZERO_ADDRESS
 from openledger.serve import AsyncEngine
-from openledger.types import Address, Hash32
+from openledger.types import Address
 
 __all__ = ["Admission", "Caller", "GatewayState"]
 
@@ -36,24 +39,45 @@ _KEY_CACHE_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sent a request: its key's public id (``""`` without keys) and payer."""
+    """Who sent a request: its key's public id (``""`` without keys), payer and role."""
 
     key_id: str
     payer: Address
+    admin: bool = False
 
 
 class Admission:
-    """A request's place among those in flight; :meth:`release` once it is done."""
+    """A request's place among those in flight: its limits, its adapter versions, its
+    turn in the fair queue. :meth:`release` once it is done (idempotent)."""
 
-    def __init__(self, state: GatewayState, key_id: str) -> None:
+    def __init__(self, state: GatewayState, key_id: str, engine_names: tuple[str, ...]) -> None:
         self._state = state
         self._key_id = key_id
+        self._engine_names = engine_names
+        self.turn: Turn | None = None
         self._released = False
 
+    async def wait_turn(self) -> None:
+        """Return once the fair queue lets the request into the engine."""
+        if self.turn is not None:
+            await self._state.fair.wait(self.turn)
+
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count tokens served to the request's key (rate limit and fair share)."""
+        self._state.fair.charge(self._key_id, completion_tokens)
+        self._state.rates.charge(self._key_id, prompt_tokens + completion_tokens)
+
+    def engine_done(self) -> None:
+        """Free the request's engine sequences for the next in the fair queue."""
+        if self.turn is not None:
+            self._state.fair.leave(self.turn)
+
     def release(self) -> None:
-        """Give the place back (idempotent)."""
+        """Give everything back (idempotent)."""
         if not self._released:
             self._released = True
+            self.engine_done()
+            self._state.adapters.release(self._engine_names)
             self._state.leave(self._key_id)
 
 
@@ -65,7 +89,7 @@ class GatewayState:
         engine: The engine every request runs on.
         ledger: Keys and receipts.
         meter: Signs and records receipts.
-        adapter_ids: ``{adapter name: manifest id}`` of the served adapters.
+        adapters: The served adapters.
     """
 
     def __init__(
@@ -74,16 +98,22 @@ class GatewayState:
         engine: AsyncEngine,
         ledger: ReceiptLedger,
         meter: Meter,
-        adapter_ids: Mapping[str, Hash32],
+        adapters: ServedAdapters,
     ) -> None:
         self.config = config
         self.engine = engine
         self.ledger = ledger
         self.meter = meter
-        self.adapter_ids = dict(adapter_ids)
+        self.adapters = adapters
+        limits = config.limits
+        capacity = limits.engine_sequences or engine.engine.config.max_num_seqs
+        self.fair = FairQueue(capacity, enabled=limits.fair_share)
+        self.rates = TokenBuckets(limits.tokens_per_minute)
         scheduler = engine.engine.scheduler
         self.metrics = GatewayMetrics(
-            lambda: len(scheduler.running), lambda: len(scheduler.waiting), ledger.count_receipts()
+            lambda: len(scheduler.running),
+            lambda: len(scheduler.waiting) + self.fair.num_waiting,  # NOTE: both queues
+            ledger.count_receipts(),
         )
         self.draining = False
         self.started = int(time.time())
@@ -110,14 +140,44 @@ class GatewayState:
         record = await self._find_key(key)
         if record is None:
             raise AuthenticationError("the API key is not valid (unknown or revoked)")
-        return Caller(record.key_id, record.payer)
+        return Caller(record.key_id, record.payer, record.role == "admin")
 
-    def admit(self, caller: Caller) -> Admission:
-        """Take a place for a new request.
+    async def authenticate_admin(self, authorization: str | None) -> Caller:
+        """Return the caller of an admin request.
+
+        Raises:
+            AuthenticationError: No key, or an unknown one (HTTP 401), even without
+                ``require_api_key``.
+            PermissionDeniedError: A valid key that is not an admin key (HTTP 403).
+        """
+        if not (authorization or "").partition(" ")[2].strip():
+            raise AuthenticationError(
+                "the adapter endpoints need an admin key: send 'Authorization: Bearer <key>' "
+                "(create one with `openledger keys create --admin --ledger PATH`)"
+            )
+        caller = await self.authenticate(authorization)
+        if not caller.admin:
+            raise PermissionDeniedError(
+                "this key may not manage adapters; use a key created with "
+                "`openledger keys create --admin`"
+            )
+        return caller
+
+    def admit(
+        self, caller: Caller, engine_names: tuple[str, ...], need: int, prompt_tokens: float
+    ) -> Admission:
+        """Take a place for a new request and queue it for the engine.
+
+        Args:
+            caller: Who sends it.
+            engine_names: The adapter versions it runs with (held until it is released).
+            need: Its engine sequences (choices).
+            prompt_tokens: Its prompt tokens as estimated for the fair queue.
 
         Raises:
             OverloadedError: Draining, or the gateway holds its most requests.
             RateLimitError: The caller's key holds its most requests.
+            TokenRateLimitError: The caller's key has used its tokens per minute.
         """
         limits = self.config.limits
         if self.draining:
@@ -132,10 +192,14 @@ class GatewayState:
                 f"this key has {limits.max_concurrent_per_key} requests in flight, its most; "
                 "wait for one to finish"
             )
+        self.rates.check(caller.key_id)
         self._in_flight += 1
         self._per_key[caller.key_id] += 1
         self.metrics.in_flight.set(self._in_flight)
-        return Admission(self, caller.key_id)
+        self.adapters.hold(engine_names)
+        admission = Admission(self, caller.key_id, engine_names)
+        admission.turn = self.fair.join(caller.key_id, need, prompt_tokens)
+        return admission
 
     def leave(self, key_id: str) -> None:
         """Free a place taken by :meth:`admit` (call through :meth:`Admission.release`)."""
@@ -159,13 +223,13 @@ class GatewayState:
                 raise RequestFieldError(
                     f"'adapters' mixes adapters on the base model: set model to {base!r}", "model"
                 )
-            unknown = sorted(set(mix) - set(self.adapter_ids))
+            unknown = sorted(set(mix) - set(self.adapters.current))
             if unknown:
                 raise ModelNotFoundError(f"adapters not served here: {', '.join(unknown)}")
             return dict(mix)
         if model == base:
             return {}
-        if model in self.adapter_ids:
+        if model in self.adapters.current:
             return {model: 1.0}
         raise ModelNotFoundError(
             f"the model {model!r} does not exist here; GET /v1/models lists the base model "
@@ -184,6 +248,7 @@ class GatewayState:
         self.draining = True
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.adapters.close()
         await self.engine.close()
         self.meter.close()
         self.ledger.close()
