@@ -1,0 +1,266 @@
+"""Over the network: workload "mixed-8" through the gateway vs the same requests in process.
+
+Workload (../shared/BENCHMARKS.md): SmolLM2-135M-Instruct, fp32, CPU; 8 LoRA adapters of
+rank 16 on all linear projections with random non-zero weights; 16 concurrent requests,
+adapters assigned round-robin; ~16-token prompts; 32 new tokens, greedy, no early stop.
+
+Two paths, alternating for ``--repeats`` rounds after one warm-up each:
+
+* in process: 16 coroutines on one :class:`~openledger.serve.AsyncEngine`
+  (``stream_outputs``);
+* over HTTP: ``openledger serve`` in its own process (uvicorn on 127.0.0.1, API key,
+  metering on: every response is signed and fsync'd into the ledger before its last
+  chunk), 16 streaming ``POST /v1/completions`` (server-sent events) from httpx.
+
+Prints the tokens/s of both and their ratio per round (median), time to first token
+(TTFT) and inter-token latency (ITL) p50/p99 as each client sees them (an event carrying
+text), the machine and its load. The HTTP client runs on the same cores as the server.
+
+    python benchmarks/serve_http.py [--repeats 5] [--threads N] [--model NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import torch
+import yaml
+from _scratch import scratch_dir
+from serve_adapters import NUM_ADAPTERS, make_adapters
+from serve_throughput import NEW_TOKENS, load_average, machine, prompts
+
+from openledger.gateway import ReceiptLedger
+from openledger.models import resolve_model
+from openledger.serve import AsyncEngine, EngineConfig, SamplingParams
+
+ENGINE = {"device": "cpu", "dtype": "float32"}
+
+
+@dataclass
+class Round:
+    """One pass of the 16 requests: wall time and what each client saw."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+    def add(self, start: float, events: Sequence[float], tokens: int) -> None:
+        """Record one request: its start and the times its text events arrived."""
+        self.tokens += tokens
+        if events:
+            self.ttft.append(events[0] - start)
+            self.itl.extend(later - earlier for earlier, later in itertools.pairwise(events))
+
+
+async def in_process(engine: AsyncEngine, texts: list[str]) -> Round:
+    """The 16 requests as coroutines on the engine."""
+    result = Round()
+
+    async def one(index: int) -> None:
+        params = SamplingParams(
+            max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS, adapter=f"a{index % NUM_ADAPTERS}"
+        )
+        start, events, tokens = time.perf_counter(), [], 0
+        async for out in engine.stream_outputs(texts[index], params):
+            if out.delta_text:
+                events.append(time.perf_counter())
+            tokens = len(out.token_ids)
+        result.add(start, events, tokens)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(len(texts))))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+async def over_http(client: httpx.AsyncClient, texts: list[str]) -> Round:
+    """The 16 requests as streaming completions through the gateway."""
+    result = Round()
+
+    async def one(index: int) -> None:
+        body = {
+            "model": f"a{index % NUM_ADAPTERS}",
+            "prompt": texts[index],
+            "max_tokens": NEW_TOKENS,
+            "min_tokens": NEW_TOKENS,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        start, events, tokens = time.perf_counter(), [], 0
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if any(choice.get("text") for choice in chunk["choices"]):
+                    events.append(time.perf_counter())
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        result.add(start, events, tokens)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(len(texts))))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def start_gateway(
+    model: str, adapters: list[Path], folder: Path, threads: int
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """``openledger serve`` on a free loopback port with a fresh ledger and key."""
+    ledger = folder / "ledger.db"
+    with ReceiptLedger(ledger) as book:
+        key, _ = book.create_key(name="benchmark")
+    config = {
+        "model": model,
+        "adapters": {f"a{i}": str(path) for i, path in enumerate(adapters)},
+        "ledger": str(ledger),
+        "log_level": "warning",
+        "engine": ENGINE,
+    }
+    (folder / "gateway.yaml").write_text(yaml.safe_dump(config))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [
+        sys.executable,
+        "-m",
+        "openledger.cli",
+        "serve",
+        "--config",
+        str(folder / "gateway.yaml"),
+    ]
+    log = (folder / "server.log").open("wb")
+    process = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((folder / "server.log").read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process, port, key
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    raise RuntimeError("the gateway did not start in 300 s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) in milliseconds."""
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+async def measure(
+    engine: AsyncEngine, port: int, key: str, texts: list[str], repeats: int
+) -> list[tuple[Round, Round]]:
+    """Warm both paths up once, then alternate them ``repeats`` times."""
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300, limits=limits
+    ) as client:
+        await in_process(engine, texts)
+        await over_http(client, texts)
+        rounds = []
+        for number in range(repeats):
+            if number % 2 == 0:
+                local = await in_process(engine, texts)
+                remote = await over_http(client, texts)
+            else:
+                remote = await over_http(client, texts)
+                local = await in_process(engine, texts)
+            rounds.append((local, remote))
+            print(
+                f"round {number + 1}: in process {local.tokens_per_second:.1f} tok/s, "
+                f"HTTP {remote.tokens_per_second:.1f} tok/s",
+                flush=True,
+            )
+        return rounds
+
+
+def report(rounds: list[tuple[Round, Round]], receipts: int, requests: int) -> None:
+    """Print the medians, ratios and latency percentiles."""
+    local_tps = statistics.median(r[0].tokens_per_second for r in rounds)
+    remote_tps = statistics.median(r[1].tokens_per_second for r in rounds)
+    ratio = statistics.median(r[1].tokens_per_second / r[0].tokens_per_second for r in rounds)
+    print(
+        f"\nthroughput, median of {len(rounds)} rounds: in process {local_tps:.1f} tok/s, "
+        f"HTTP {remote_tps:.1f} tok/s; ratio HTTP / in process {ratio:.3f}x (target >= 0.9x)"
+    )
+    overheads = []
+    for name, index in (("in process", 0), ("HTTP", 1)):
+        ttft = [t for r in rounds for t in r[index].ttft]
+        itl = [t for r in rounds for t in r[index].itl]
+        print(
+            f"{name:10s}: TTFT p50 {percentile(ttft, 50):.1f} ms "
+            f"p99 {percentile(ttft, 99):.1f} ms; "
+            f"ITL p50 {percentile(itl, 50):.1f} ms p99 {percentile(itl, 99):.1f} ms"
+        )
+    for local, remote in rounds:
+        overheads.append(percentile(remote.ttft, 50) - percentile(local.ttft, 50))
+    print(
+        f"TTFT overhead p50 (HTTP - in process, median over rounds): "
+        f"{statistics.median(overheads):.1f} ms (target <= 5 ms)"
+    )
+    print(f"receipts written: {receipts} for {requests} HTTP requests")
+
+
+def main() -> None:
+    """Run both paths and print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = str(resolve_model(args.model).path)
+    root = scratch_dir("serve-http-")
+    adapters = make_adapters(folder, root)
+    texts = prompts()
+    process, port, key = start_gateway(args.model, adapters, root, args.threads)
+    try:
+        engine = AsyncEngine(args.model, EngineConfig(**ENGINE))
+        for index, path in enumerate(adapters):
+            engine.engine.add_adapter(f"a{index}", path)
+        print(f"machine: {machine()}; load average before: {load_average()}", flush=True)
+        rounds = asyncio.run(measure(engine, port, key, texts, args.repeats))
+        print(f"load average after: {load_average()}")
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    with ReceiptLedger(root / "ledger.db") as ledger:
+        receipts = ledger.count_receipts()
+    report(rounds, receipts, (args.repeats + 1) * len(texts))
+
+
+if __name__ == "__main__":
+    main()
