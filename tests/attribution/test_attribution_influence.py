@@ -22,6 +22,7 @@ from openledger.attribution.examples import query_example, training_examples
 from openledger.attribution.influence import make_scorer
 from openledger.crypto import Account
 from openledger.data import Snapshot
+from openledger.exceptions import AttributionInputError
 from openledger.train import Adapter, TrainingRun
 
 Run = tuple[Snapshot, TrainingRun, list[Account]]
@@ -255,3 +256,66 @@ def test_tracin_over_checkpoints_matches_a_loop_over_checkpoint_models(
     final = InfluenceIndex.build(run.adapter, snapshot, "exact").attribute("Code navy?", "NAVY ok.")
     last = index.with_method("exact").attribute("Code navy?", "NAVY ok.")
     assert last.scores() == pytest.approx(final.scores(), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["exact", "datainf", "gradcos"])
+def test_many_queries_score_as_each_does_alone(method: str) -> None:
+    grads, layout = synthetic(30, [12, 20])
+    queries = torch.randn(5, 32, generator=torch.Generator().manual_seed(11))
+    scorer = make_scorer(method, [grads], layout)
+    together = scorer.scores([queries])
+    assert together.shape == (5, 30)
+    for row, query in zip(together, queries, strict=True):
+        alone = scorer.scores([query])
+        if method == "gradcos":  # |cos| <= 1: a dot product and two norms of 32 terms
+            assert_within_rounding(row, alone, bound=3.0, dtype=torch.float32, terms=34)
+        else:  # the same products in another order, grown by the solve
+            assert_scores_close(row, alone, grads, layout)
+    first, second = synthetic(6, [8]), synthetic(6, [8], seed=1)
+    tracin = make_scorer("tracin", [first[0], second[0]], first[1], learning_rates=[0.1, 0.01])
+    q1, q2 = torch.randn(3, 8), torch.randn(3, 8)
+    both = tracin.scores([q1, q2])
+    for i in range(3):
+        size = 0.1 * abs_products(first[0], q1[i : i + 1]) + 0.01 * abs_products(
+            second[0], q2[i : i + 1]
+        )
+        alone = tracin.scores([q1[i], q2[i]])
+        assert_within_rounding(both[i], alone, bound=size[:, 0], dtype=torch.float32, terms=10)
+
+
+def test_attribute_many_batches_the_answers_and_caches_their_gradients(
+    colour_run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openledger.attribution.index as index_module
+
+    snapshot, run, _ = colour_run
+    answers = [("Code red?", "RED ok."), ("Code navy?", "NAVY ok."), ("Code gold?", "GOLD ok.")]
+    index = InfluenceIndex.build(run.adapter, snapshot, "gradcos", projection_dim=8)
+    together = index.attribute_many(answers)
+    model, _ = run.adapter.load(dtype="float32", device="cpu")
+    terms = backward_terms(model.config, 64, projected=True)
+    for (prompt, completion), report in zip(answers, together, strict=True):
+        fresh = InfluenceIndex.build(run.adapter, snapshot, "gradcos", projection_dim=8)
+        alone = fresh.attribute(prompt, completion)
+        assert (report.prompt, report.completion) == (prompt, completion)
+        assert [r.record_hash for r in report.records] == [r.record_hash for r in alone.records]
+        # cosines (|cos| <= 1) of rows each within the backward pass's bound, batched or not
+        got, want = (
+            torch.tensor([r.score for r in report.records]),
+            torch.tensor([r.score for r in alone.records]),
+        )
+        assert_within(got, want, 8 * gamma(terms, torch.float32))
+    assert together[0].top(1)[0].text.startswith("user: Code red?")
+
+    def no_model(*args: object, **kwargs: object) -> list[torch.Tensor]:
+        raise AssertionError("a cached answer ran the model again")
+
+    monkeypatch.setattr(index_module, "query_gradients", no_model)
+    again = index.attribute(*answers[1])
+    # the same cached rows, scored alone (a matrix-vector product instead of a matrix one)
+    cached = torch.tensor([r.score for r in again.records])
+    batched = torch.tensor([r.score for r in together[1].records])
+    assert_within(cached, batched, 2 * 3 * gamma(index.width + 2, torch.float32))
+    assert index.attribute_many([]) == []
+    with pytest.raises(AttributionInputError, match="completion"):
+        index.attribute_many([("Code red?", "")])

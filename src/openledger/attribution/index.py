@@ -20,6 +20,7 @@ time, with the grant the index was given, so a revoked or expired grant stops th
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,20 @@ if TYPE_CHECKING:
     from openledger.data import AccessGrant
     from openledger.train import Adapter
 
-__all__ = ["INDEX_FILE", "INDEX_FORMAT", "IndexManifest", "IndexedRecord", "InfluenceIndex"]
+__all__ = [
+    "INDEX_FILE",
+    "INDEX_FORMAT",
+    "QUERY_CACHE",
+    "IndexManifest",
+    "IndexedRecord",
+    "InfluenceIndex",
+]
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "openledger.influence_index/2"
 _PREVIEW_CHARS = 500
+QUERY_CACHE = 256
+"""Answers whose query gradients an index keeps (least recently used go first)."""
 
 
 class IndexedRecord(BaseModel):
@@ -121,6 +131,7 @@ class InfluenceIndex:
         self._model: Any = None
         self._tokenizer: Any = None
         self._scorer: Scorer | None = None
+        self._queries: OrderedDict[tuple[str, str], list[torch.Tensor]] = OrderedDict()
 
     @property
     def method(self) -> str:
@@ -281,11 +292,28 @@ class InfluenceIndex:
 
     def query_gradients(self, prompt: str, completion: str) -> list[torch.Tensor]:
         """Return the query's (projected) gradient under each checkpoint."""
-        self._ensure_model()
-        ids, labels = query_example(prompt, completion, self._tokenizer, self.adapter.recipe)
-        projector = Projector(self.manifest.projection_dim, self.manifest.projection_seed)
-        checkpoints = self.manifest.checkpoints
-        return query_gradients(self._model, projector, ids, labels, checkpoints)
+        return [rows[0] for rows in self._query_rows([(prompt, completion)])]
+
+    def _query_rows(self, answers: Sequence[tuple[str, str]]) -> list[torch.Tensor]:
+        """The answers' gradient rows ``[Q, D]`` per checkpoint: cached ones (the last
+        :data:`QUERY_CACHE` answers) reused, the rest computed in batches."""
+        import torch
+
+        missing = list(dict.fromkeys(a for a in answers if a not in self._queries))
+        if missing:
+            self._ensure_model()
+            recipe = self.adapter.recipe
+            examples = [query_example(p, c, self._tokenizer, recipe) for p, c in missing]
+            projector = Projector(self.manifest.projection_dim, self.manifest.projection_seed)
+            found = query_gradients(self._model, projector, examples, self.manifest.checkpoints)
+            for position, answer in enumerate(missing):
+                self._queries[answer] = [rows[position] for rows in found]
+        for answer in answers:
+            self._queries.move_to_end(answer)
+        rows = [torch.stack([self._queries[a][c] for a in answers]) for c in range(len(self.grads))]
+        while len(self._queries) > QUERY_CACHE:
+            self._queries.popitem(last=False)
+        return rows
 
     def texts(self) -> dict[Hash32, str]:
         """Read the indexed records' texts (a preview each) through the snapshot.
@@ -314,16 +342,41 @@ class InfluenceIndex:
             AttributionInputError: An empty prompt or completion.
             AccessDeniedError: The datanet is private and the grant no longer works.
         """
+        return self.attribute_many([(prompt, completion)])[0]
+
+    def attribute_many(self, answers: Sequence[tuple[str, str]]) -> list[AttributionReport]:
+        """Score every indexed record for many ``(prompt, completion)`` answers at once:
+        their gradients in batches (one forward and backward pass per batch) and one
+        matrix product against the index; each report as :meth:`attribute` gives it.
+
+        Raises:
+            AttributionInputError: An empty prompt or completion.
+            AccessDeniedError: The datanet is private and the grant no longer works.
+        """
+        answers = [(prompt, completion) for prompt, completion in answers]
+        if not answers:
+            return []
         texts = self.texts()
-        scores = self.scorer().scores(self.query_gradients(prompt, completion)).tolist()
-        records = tuple(
-            RecordScore(r.record_hash, r.contributor, float(s), texts.get(r.record_hash, ""))
-            for r, s in zip(self.manifest.records, scores, strict=True)
-        )
+        scores = self.scorer().scores(self._query_rows(answers))
         m = self.manifest
-        return AttributionReport(
-            m.method, m.adapter_id, m.snapshot_root, m.datanet_id, prompt, completion, records
-        )
+        reports = []
+        for (prompt, completion), row in zip(answers, scores.tolist(), strict=True):
+            records = tuple(
+                RecordScore(r.record_hash, r.contributor, float(s), texts.get(r.record_hash, ""))
+                for r, s in zip(m.records, row, strict=True)
+            )
+            reports.append(
+                AttributionReport(
+                    m.method,
+                    m.adapter_id,
+                    m.snapshot_root,
+                    m.datanet_id,
+                    prompt,
+                    completion,
+                    records,
+                )
+            )
+        return reports
 
 
 @dataclass(frozen=True, slots=True)

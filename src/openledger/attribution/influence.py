@@ -57,10 +57,14 @@ METHODS: tuple[str, ...] = get_args(Method)
 
 
 class Scorer(Protocol):
-    """Scores every training example against a query's gradients (one per checkpoint)."""
+    """Scores every training example against a query's gradients (one per checkpoint).
+
+    A query is a ``[D]`` row, or ``[Q, D]`` rows of ``Q`` queries scored at once (one
+    matrix product against the index instead of ``Q``); the scores are then ``[Q, n]``.
+    """
 
     def scores(self, queries: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Return one float64 score per training example."""
+        """Return one float64 score per training example (per query, for ``[Q, D]``)."""
         ...
 
 
@@ -102,27 +106,29 @@ class ExactScorer:
         return factor
 
     def _solve(self, index: int, q: torch.Tensor) -> torch.Tensor:
+        """``H_l^-1 q_l`` for the columns of ``q [w, Q]``."""
         import torch
 
         g = self.grads[:, self.slices[index]]
         factor, damping = self._factors[index], self.dampings[index]
         if g.shape[1] <= g.shape[0]:
-            return torch.cholesky_solve(q[:, None], factor)[:, 0]
+            solved: torch.Tensor = torch.cholesky_solve(q, factor)
+            return solved
         # NOTE: Woodbury (fewer rows than values) cancels q against G^T inner when the
         # damping is small: float64 throughout, cheap since G_l has few rows here.
         g = g.double()
-        inner = torch.cholesky_solve((g @ q)[:, None], factor)[:, 0]
+        inner = torch.cholesky_solve(g @ q, factor)
         return (q - g.T @ inner) / damping
 
     def scores(self, queries: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return ``sum_l G_l H_l^-1 q_l``."""
         import torch
 
-        query = queries[-1].double()
-        total = torch.zeros(self.grads.shape[0], dtype=torch.float64)
+        query, single = _columns(queries[-1])
+        total = torch.zeros(self.grads.shape[0], query.shape[1], dtype=torch.float64)
         for index, part in enumerate(self.slices):
             total += _times(self.grads[:, part], self._solve(index, query[part]))
-        return total
+        return _rows(total, single)
 
 
 class DataInfScorer:
@@ -147,15 +153,15 @@ class DataInfScorer:
         """Return ``sum_l G_l v_l`` with ``v_l`` DataInf's estimate of ``H_l^-1 q_l``."""
         import torch
 
-        query = queries[-1].double()
+        query, single = _columns(queries[-1])
         count = self.grads.shape[0]
-        total = torch.zeros(count, dtype=torch.float64)
+        total = torch.zeros(count, query.shape[1], dtype=torch.float64)
         for index, part in enumerate(self.slices):
             g, q = self.grads[:, part], query[part]
             dots = _times(g, q)
-            correction = _times(g.T, dots * self._weights[index]) / count
+            correction = _times(g.T, dots * self._weights[index][:, None]) / count
             total += _times(g, (q - correction) / self.dampings[index])
-        return total
+        return _rows(total, single)
 
 
 class TracInScorer:
@@ -174,8 +180,10 @@ class TracInScorer:
 
     def scores(self, queries: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return ``sum_c eta_c G_c q_c``."""
+        single = queries[0].dim() == 1
         parts = zip(self.grads, queries, self.learning_rates, strict=True)
-        return sum((eta * _times(g, q) for g, q, eta in parts))  # type: ignore[return-value]
+        total = sum(eta * _times(g, _columns(q)[0]) for g, q, eta in parts)
+        return _rows(total, single)  # type: ignore[arg-type]
 
 
 class GradCosScorer:
@@ -194,11 +202,23 @@ class GradCosScorer:
 
     def scores(self, queries: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return ``G q / (|g_i| |q|)`` (0 where a norm is 0)."""
-        query = queries[-1].double()
-        denominator = self._norms * query.norm()
+        query, single = _columns(queries[-1])
+        denominator = self._norms[:, None] * query.norm(dim=0)[None, :]
         dots = _times(self.grads, query)
         cosine: torch.Tensor = dots / denominator.clamp_min(1e-30)
-        return cosine
+        return _rows(cosine, single)
+
+
+def _columns(query: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A ``[D]`` query or ``[Q, D]`` queries as float64 columns ``[D, Q]``; True for one."""
+    single = query.dim() == 1
+    rows = query[None, :] if single else query
+    return rows.double().T, single
+
+
+def _rows(scores: torch.Tensor, single: bool) -> torch.Tensor:
+    """Scores ``[n, Q]`` as ``[n]`` for one query, else ``[Q, n]``."""
+    return scores[:, 0] if single else scores.T
 
 
 def _times(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:

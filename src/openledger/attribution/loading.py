@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from openledger.attribution.batched import (
     DEFAULT_BATCH_TOKENS,
-    batch_gradients,
     iter_batch_gradients,
 )
 from openledger.attribution.examples import IndexedExample
@@ -139,14 +138,23 @@ def gradient_rows(
 def query_gradients(
     model: Any,
     projector: Projector,
-    input_ids: list[int],
-    labels: list[int],
+    queries: Sequence[tuple[list[int], list[int]]],
     checkpoints: Sequence[str | os.PathLike[str]],
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
 ) -> list[torch.Tensor]:
-    """Return the query's gradient under each checkpoint (the final weights without any)."""
+    """Return the queries' gradient rows ``[Q, D]`` under each checkpoint (the final
+    weights without any), in batches of at most ``batch_tokens`` padded tokens (one forward
+    and backward pass each, :mod:`.batched`)."""
+    import torch
+
     pairs = lora_pairs(model)
     found = []
     for weights in checkpoint_weights(model, checkpoints):
         with weights:
-            found.append(batch_gradients(model, pairs, projector, [(input_ids, labels)])[0])
+            rows: dict[int, torch.Tensor] = {}
+            for indices, block in iter_batch_gradients(
+                model, pairs, projector, list(queries), batch_tokens
+            ):
+                rows.update(zip(indices, block, strict=True))
+            found.append(torch.stack([rows[i] for i in range(len(queries))]))
     return found
