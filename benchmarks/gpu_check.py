@@ -232,7 +232,7 @@ def engine_throughput(layers: int, device: str = "cuda", shape: dict[str, int] =
             (f"{adapters} adapters, torch batched", True, "torch"))  # fmt: skip
     engine = make_engine("triton")
     for label, adapter, backend in runs:
-        if engine.adapters is not None and engine.adapters.state.backend != backend:
+        if engine.adapters is not None and engine.adapters.state.backend_name != backend:
             del engine
             engine = make_engine(backend)
         params = [SamplingParams(max_tokens=new, min_tokens=new,

@@ -200,8 +200,8 @@ def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     peft = peft_model(folder, adapters)
     engine = engine_with(args.model, adapters)
-    kernel = engine.adapters.state.kernel if engine.adapters is not None else None
-    print(f"machine: {machine()}; CPU LoRA kernel: {kernel.path if kernel else 'none'}", flush=True)
+    backend = engine.adapters.state.backend_name if engine.adapters is not None else "none"
+    print(f"machine: {machine()}; LoRA backend: {backend}", flush=True)
     torch_paths = {
         "batched": engine_with(args.model, adapters, lora_backend="torch"),
         "per-adapter": engine_with(

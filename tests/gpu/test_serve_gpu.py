@@ -128,7 +128,7 @@ def test_mixed_adapters_on_cuda_match_peft(lora_setup: dict[str, object], backen
                           num_blocks=96, lora_backend=backend)  # type: ignore[arg-type]  # fmt: skip
     engine = Engine(base, config)
     assert engine.adapters is not None
-    assert engine.adapters.state.backend == backend
+    assert engine.adapters.state.backend_name == backend
     for name, folder in folders.items():
         engine.add_adapter(name, folder)
     gen = torch.Generator().manual_seed(0)

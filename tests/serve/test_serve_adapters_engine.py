@@ -88,20 +88,22 @@ def engine(setup: dict[str, Any]) -> Engine:
     return engine
 
 
-@pytest.mark.parametrize("kernel", [True, False], ids=["cpu-kernel", "torch-paths"])
+@pytest.mark.parametrize("backend", ["cpu", "torch"], ids=["cpu-kernel", "torch-paths"])
 def test_mixed_batch_matches_peft_per_request(
-    engine: Engine, peft_model: Any, kernel: bool
+    engine: Engine, setup: dict[str, Any], peft_model: Any, backend: str
 ) -> None:
     assert engine.adapters is not None
-    state = engine.adapters.state
-    if kernel and state.kernel is None:  # NOTE: only where it cannot be built
-        assert c_compiler() is None
+    if backend == "cpu" and engine.adapters.state.backend_name != "cpu":
+        assert c_compiler() is None  # NOTE: "auto" takes the kernel wherever it is built
         pytest.skip("the CPU LoRA kernel is not built here (no C compiler)")
-    state.use_kernel = kernel
-    try:
-        check_mixed_batch(engine, peft_model)
-    finally:
-        state.use_kernel = True
+    if backend != engine.adapters.state.backend_name:
+        config = engine.config.model_copy(update={"lora_backend": backend})
+        engine = Engine(setup["base"], config)
+        for name, folder in setup["folders"].items():
+            engine.add_adapter(name, folder)
+    assert engine.adapters is not None
+    assert engine.adapters.state.backend_name == backend
+    check_mixed_batch(engine, peft_model)
 
 
 def check_mixed_batch(engine: Engine, peft_model: Any) -> None:

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from tests.numerics import assert_within_rounding  # noqa: E402
 from tests.serve.serve_lora_factory import make_peft_adapter  # noqa: E402
-from tests.serve.test_serve_lora_ops import delta_bound  # noqa: E402
+from tests.serve.test_serve_lora_ops import delta_bound, groups_of  # noqa: E402
 
 from openledger.exceptions import (  # noqa: E402
     AdapterCapacityError,
@@ -25,7 +25,7 @@ from openledger.models import save_tiny_model  # noqa: E402
 from openledger.serve.adapters import AdapterStore  # noqa: E402
 from openledger.serve.layers.lora import LoraState  # noqa: E402
 from openledger.serve.models.config import ModelConfig  # noqa: E402
-from openledger.serve.ops.lora_torch import LoraGroups, add_lora  # noqa: E402
+from openledger.serve.ops.lora_torch import add_lora  # noqa: E402
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -99,7 +99,7 @@ def our_delta(store: AdapterStore, name: str, fused: str, x: torch.Tensor) -> to
     weights = store.load_host(name).modules[fused]
     out_size = max(s.col_end for s in weights.slices)
     out = torch.zeros(x.shape[0], out_size + 64)
-    add_lora(out, x, LoraGroups.from_indices(torch.zeros(x.shape[0], dtype=torch.int64)), [weights])
+    add_lora(out, x, groups_of(torch.zeros(x.shape[0], dtype=torch.int64)), [weights])
     return out
 
 
@@ -220,7 +220,7 @@ def test_slots_evict_lru_and_mixes_are_exact(base: Path, adapters: dict[str, Pat
     assert store.slots.resident() == [mix.key, "qv4#2"]
     fused = "layers.0.self_attn.qkv_proj"
     x = torch.randn(3, store.config.hidden_size)
-    groups = LoraGroups.from_indices(torch.full((3,), slot_mix))
+    groups = groups_of(torch.full((3,), slot_mix))
     config = store.config
     width = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
     got = torch.zeros(3, width)

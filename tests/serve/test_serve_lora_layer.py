@@ -21,16 +21,18 @@ from tests.serve.test_serve_lora_ops import (  # noqa: E402
 
 from openledger.exceptions import ConfigError  # noqa: E402
 from openledger.serve.layers.lora import (  # noqa: E402
-    LoraBatch,
     LoraProjection,
     LoraState,
     resolve_lora_backend,
 )
+from openledger.serve.ops.lora_backends import TorchLoraBackend  # noqa: E402
 from openledger.serve.ops.lora_batched import (  # noqa: E402
     BatchedPlan,
     add_lora_batched,
     stack_group_weights,
 )
+from openledger.serve.ops.lora_cpu import cpu_lora_kernel  # noqa: E402
+from openledger.serve.ops.lora_step import LoraStep  # noqa: E402
 from openledger.serve.ops.lora_torch import LoraWeights, fuse_expand  # noqa: E402
 
 HIDDEN = 24
@@ -54,22 +56,24 @@ def token_indices(slots: list[int], lengths: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
 
 
+def kernel_or_torch(kernel: bool) -> str:
+    """The CPU kernel's backend where asked for and built, else torch's."""
+    return "cpu" if kernel and cpu_lora_kernel() is not None else "torch"
+
+
 def layer_output(
     state: LoraState,
     weights: list[LoraWeights | None],
     seq_slots: list[int],
     lengths: list[int],
-    *,
-    kernel: bool,
 ) -> LayerRun:
     """One projection on random inputs, checked against the reference within the float32
     rounding bound of the update (:func:`lora_limit`).
 
-    With ``kernel`` (where it is built) every step within its row limit takes the CPU
-    kernel. Without, the step runs three times: the first two with these adapters take
-    the per-adapter path, the third (a steady step) the batched one; all must agree.
+    The step runs three times: under the torch backend the first two with these adapters
+    take the per-adapter path, the third (a steady step) the batched one; under the CPU
+    backend every step within its row limit takes the kernel; all must agree.
     """
-    state.use_kernel = kernel
     for slot, w in enumerate(weights):
         state.install(slot, None if w is None else {"proj": fuse_expand(w)})
     tokens = sum(lengths)
@@ -129,32 +133,32 @@ def test_projection_matches_reference_for_any_step(
         data = sorted(data)
     seq_slots, lengths = [s for s, _ in data], [n for _, n in data]
     weights = make_slots(3, 5)
-    state = LoraState({"proj": (HIDDEN, sum(SIZES))}, 5, CPU, backend="torch")
-    layer_output(state, weights, seq_slots, lengths, kernel=kernel)
+    state = LoraState({"proj": (HIDDEN, sum(SIZES))}, 5, CPU, backend=kernel_or_torch(kernel))
+    layer_output(state, weights, seq_slots, lengths)
 
 
 def test_steps_pick_the_batched_layout_they_allow() -> None:
-    decode = LoraBatch.from_sequences([0, 0, 1, 1, 3, 3], [1] * 6, CPU)
+    decode = LoraStep.from_sequences([0, 0, 1, 1, 3, 3], [1] * 6, CPU)
     assert decode.is_decode
     assert decode.active == (0, 1, 3)
     assert decode.plan is not None
     assert decode.plan.block == (0, 6)
-    with_base = LoraBatch.from_sequences([-1, 2, 2, 5, 5], [1] * 5, CPU)
+    with_base = LoraStep.from_sequences([-1, 2, 2, 5, 5], [1] * 5, CPU)
     assert with_base.plan is not None
     assert with_base.plan.block == (1, 5)
-    ragged = LoraBatch.from_sequences([1, 2, 1], [3, 2, 1], CPU)
+    ragged = LoraStep.from_sequences([1, 2, 1], [3, 2, 1], CPU)
     assert ragged.plan is not None
     assert ragged.plan.block is None
     assert ragged.plan.gather is not None
     assert ragged.plan.gather.tolist() == [0, 1, 2, 5, 3, 4, 0, 0]
     assert ragged.plan.pad_mask is not None
     assert ragged.plan.pad_mask.flatten().tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
-    lopsided = LoraBatch.from_sequences([0, 1, 2], [40, 1, 1], CPU)
+    lopsided = LoraStep.from_sequences([0, 1, 2], [40, 1, 1], CPU)
     assert lopsided.plan is None  # padding would triple the rows: per-adapter path
     assert not lopsided.is_decode
-    assert LoraBatch.from_sequences([-1, -1], [2, 1], CPU).empty
+    assert LoraStep.from_sequences([-1, -1], [2, 1], CPU).empty
     with pytest.raises(ValueError, match="2 slots for 1 sequences"):
-        LoraBatch.from_sequences([0, 1], [1], CPU)
+        LoraStep.from_sequences([0, 1], [1], CPU)
 
 
 def test_batched_stacks_pad_ranks_and_skip_untargeted_groups() -> None:
@@ -177,7 +181,8 @@ def test_batched_stacks_pad_ranks_and_skip_untargeted_groups() -> None:
 
 def test_batched_path_runs_on_steady_steps_only() -> None:
     state = LoraState(["proj"], 4, CPU, backend="torch")
-    state.use_kernel = False
+    backend = state.backend
+    assert isinstance(backend, TorchLoraBackend)
     for slot, w in enumerate(make_slots(6, 4)):
         state.install(slot, None if w is None else {"proj": fuse_expand(w)})
     projection = LoraProjection(state, "proj")
@@ -187,33 +192,41 @@ def test_batched_path_runs_on_steady_steps_only() -> None:
     for step_slots in steps:
         state.set_batch(step_slots, [1] * 4)
         projection.apply(out, x)
-        used.append((state.steady_steps, projection._stacked_key is not None))
+        used.append((state.steady_steps, backend.stacked("proj")))
     assert used == [
         (0, False), (1, False), (2, True), (3, True),  # stacked from the third step on
         (0, False), (1, False), (2, True),  # a new set: stale stacks freed, then rebuilt
         (0, False), (0, False),  # adapters changing every step: never stacked
     ]  # fmt: skip
-    state.set_batch([0, 3], [1, 1])
-    state.set_batch([0, 3], [1, 1])
-    state.set_batch([0, 3], [1, 1])
-    state.batched = False  # per-adapter path only
-    projection.apply(out[:2], x[:2])
-    assert projection._stacked_key is None
+    per_adapter = LoraState(["proj"], 4, CPU, backend="torch", batched=False)
+    for slot, w in enumerate(make_slots(6, 4)):
+        per_adapter.install(slot, None if w is None else {"proj": fuse_expand(w)})
+    for _ in range(3):
+        per_adapter.set_batch([0, 3], [1, 1])
+        LoraProjection(per_adapter, "proj").apply(out[:2], x[:2])
+    assert isinstance(per_adapter.backend, TorchLoraBackend)
+    assert not per_adapter.backend.stacked("proj")  # EngineConfig(lora_batched_decode=False)
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 def test_stacks_are_rebuilt_when_a_slot_changes(kernel: bool) -> None:
     weights = make_slots(1, 3)
-    state = LoraState(["proj"], 3, CPU, backend="torch")
-    first = layer_output(state, weights, [0, 2], [1, 1], kernel=kernel)
+    state = LoraState(["proj"], 3, CPU, backend=kernel_or_torch(kernel))
+    first = layer_output(state, weights, [0, 2], [1, 1])
     weights[2] = make_slots(2, 3)[0]  # a new adapter in slot 2, same step layout
-    second = layer_output(state, weights, [0, 2], [1, 1], kernel=kernel)
+    second = layer_output(state, weights, [0, 2], [1, 1])
     assert not torch.allclose(first.out, second.out)
 
 
 def test_backend_switch() -> None:
-    assert resolve_lora_backend("auto", CPU) == "torch"
+    built = cpu_lora_kernel() is not None
+    assert resolve_lora_backend("auto", CPU) == ("cpu" if built else "torch")
+    assert resolve_lora_backend("auto", CPU, cpu_kernel=False) == "torch"
     assert resolve_lora_backend("torch", torch.device("cuda")) == "torch"
+    with pytest.raises(ConfigError, match="lora_backend='cpu' needs the compiled CPU kernel"):
+        resolve_lora_backend("cpu", torch.device("cuda"))
+    with pytest.raises(ConfigError, match="lora_backend='cpu'"):
+        resolve_lora_backend("cpu", CPU, cpu_kernel=False)
     with pytest.raises(ConfigError, match="unknown LoRA backend 'cutlass'"):
         resolve_lora_backend("cutlass", CPU)
     with pytest.raises(ConfigError, match="unknown LoRA backend"):

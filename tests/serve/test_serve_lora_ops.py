@@ -12,6 +12,7 @@ from openledger.serve.ops.lora_reference import (  # noqa: E402
     lora_expand_reference,
     lora_shrink_reference,
 )
+from openledger.serve.ops.lora_step import LoraStep  # noqa: E402
 from openledger.serve.ops.lora_torch import (  # noqa: E402
     LoraGroups,
     LoraSlice,
@@ -21,6 +22,11 @@ from openledger.serve.ops.lora_torch import (  # noqa: E402
     fuse_expand,
     stack_lora_weights,
 )
+
+
+def groups_of(indices: torch.Tensor) -> LoraGroups:
+    """Tokens grouped by slot from each token's slot (-1 for none), as a step encodes them."""
+    return LoraStep.from_token_slots(indices.tolist(), indices.device).groups
 
 
 def random_weights(
@@ -101,7 +107,7 @@ def test_add_lora_matches_reference(
     add_lora(
         out,
         x.to(dtype),
-        LoraGroups.from_indices(indices),
+        groups_of(indices),
         [None if w is None else w.to(torch.device("cpu"), dtype) for w in slots],
     )
     live = torch.tensor([i >= 0 and slots[i] is not None for i in indices.tolist()])
@@ -116,12 +122,12 @@ def test_add_lora_matches_reference(
 
 
 def test_groups_use_views_for_contiguous_runs() -> None:
-    groups = LoraGroups.from_indices(torch.tensor([2, 2, 2, -1, 0, 1, 0]))
+    groups = groups_of(torch.tensor([2, 2, 2, -1, 0, 1, 0]))
     by_slot = dict(groups.groups)
     assert by_slot[2] == slice(0, 3)
     assert torch.equal(by_slot[0], torch.tensor([4, 6]))
     assert by_slot[1] == slice(5, 6)
-    assert LoraGroups.from_indices(torch.tensor([-1, -1])).empty
+    assert groups_of(torch.tensor([-1, -1])).empty
 
 
 def test_combination_is_the_weighted_sum_of_updates() -> None:
@@ -132,7 +138,7 @@ def test_combination_is_the_weighted_sum_of_updates() -> None:
     assert mixed.a.shape == (3 + 5 + 2, 12)
     x = torch.randn(6, 12, generator=gen)
     got, one, two = torch.zeros(6, 16), torch.zeros(6, 16), torch.zeros(6, 16)
-    groups = LoraGroups.from_indices(torch.zeros(6, dtype=torch.int64))
+    groups = groups_of(torch.zeros(6, dtype=torch.int64))
     add_lora(got, x, groups, [mixed])
     add_lora(one, x, groups, [first])
     add_lora(two, x, groups, [second])
@@ -146,19 +152,19 @@ def test_combination_is_the_weighted_sum_of_updates() -> None:
 
 def test_slot_without_weights_for_this_projection_is_skipped() -> None:
     out = torch.ones(2, 4)
-    add_lora(out, torch.ones(2, 3), LoraGroups.from_indices(torch.tensor([0, 0])), [None])
+    add_lora(out, torch.ones(2, 3), groups_of(torch.tensor([0, 0])), [None])
     assert torch.equal(out, torch.ones(2, 4))
 
 
 def test_groups_from_sequences_merge_adjacent_runs() -> None:
-    groups = LoraGroups.from_sequences([1, 1, -1, 0, 1], [3, 2, 4, 1, 2], torch.device("cpu"))
+    groups = LoraStep.from_sequences([1, 1, -1, 0, 1], [3, 2, 4, 1, 2], torch.device("cpu")).groups
     by_slot = dict(groups.groups)
     assert torch.equal(by_slot[1], torch.tensor([0, 1, 2, 3, 4, 10, 11]))
     assert by_slot[0] == slice(9, 10)
     indices = torch.tensor([1] * 5 + [-1] * 4 + [0] + [1] * 2)
-    from_tokens = dict(LoraGroups.from_indices(indices).groups)
+    from_tokens = dict(groups_of(indices).groups)
     assert torch.equal(from_tokens[1], by_slot[1])
-    assert LoraGroups.from_sequences([-1], [5], torch.device("cpu")).empty
+    assert LoraStep.from_sequences([-1], [5], torch.device("cpu")).groups.empty
 
 
 def test_fused_expand_gives_the_same_update() -> None:
@@ -168,7 +174,7 @@ def test_fused_expand_gives_the_same_update() -> None:
     assert len(fused.slices) == 1
     assert (fused.slices[0].col_start, fused.slices[0].col_end) == (0, 24)
     x = torch.randn(7, 16, generator=gen)
-    groups = LoraGroups.from_indices(torch.tensor([0, -1, 0, 0, -1, 0, 0]))
+    groups = groups_of(torch.tensor([0, -1, 0, 0, -1, 0, 0]))
     got, want = torch.zeros(7, 24), torch.zeros(7, 24)
     add_lora(got, x, groups, [fused])
     add_lora(want, x, groups, [weights])

@@ -18,14 +18,20 @@ from openledger.serve.ops.lora_reference import (  # noqa: E402
     lora_expand_reference,
     lora_shrink_reference,
 )
+from openledger.serve.ops.lora_step import LoraStep  # noqa: E402
 from openledger.serve.ops.lora_triton import (  # noqa: E402
+    LoraSegments,
     bgmv_expand,
     bgmv_shrink,
-    lora_segments,
-    segments_from_sequences,
     sgmv_expand,
     sgmv_shrink,
 )
+
+
+def segments_of(indices: torch.Tensor) -> LoraSegments:
+    """Runs of equal slots from each token's slot (-1 for none), as a step encodes them."""
+    return LoraStep.from_token_slots(indices.tolist(), indices.device).lora_segments
+
 
 CASES = [  # (max rank, slots, hidden, out features)
     (1, 1, 16, 24),
@@ -82,7 +88,7 @@ def test_sgmv_matches_reference(
     dtype: torch.dtype, max_rank: int, num_slots: int, hidden: int, out: int
 ) -> None:
     case = make_case(max_rank, num_slots, hidden, out, dtype)
-    segments = lora_segments(case["indices"])
+    segments = segments_of(case["indices"])
     y = sgmv_shrink(case["x"], case["a"], case["ranks"], segments)
     got = case["base"].clone()
     sgmv_expand(y, case["b"], case["ranks"], segments, got)
@@ -105,25 +111,25 @@ def test_expand_into_a_column_slice_of_a_fused_output() -> None:
     case = make_case(8, 3, 64, 40, torch.float32)
     fused = torch.zeros(case["x"].shape[0], 100)
     fused[:, 30:70] = case["base"]
-    y = sgmv_shrink(case["x"], case["a"], case["ranks"], lora_segments(case["indices"]))
-    sgmv_expand(y, case["b"], case["ranks"], lora_segments(case["indices"]), fused[:, 30:70])
+    y = sgmv_shrink(case["x"], case["a"], case["ranks"], segments_of(case["indices"]))
+    sgmv_expand(y, case["b"], case["ranks"], segments_of(case["indices"]), fused[:, 30:70])
     assert_kernel_close(case, None, fused[:, 30:70])
     assert not fused[:, :30].any()
     assert not fused[:, 70:].any()
 
 
 def test_segments_are_runs_of_equal_slots() -> None:
-    segments = lora_segments(torch.tensor([3, 3, -1, 3, 0, 0, 1, -1]))
+    segments = segments_of(torch.tensor([3, 3, -1, 3, 0, 0, 1, -1]))
     assert segments.starts.tolist() == [0, 3, 4, 6]
     assert segments.lengths.tolist() == [2, 1, 2, 1]
     assert segments.slots.tolist() == [3, 3, 0, 1]
     assert segments.max_length == 2
-    assert lora_segments(torch.tensor([-1, -1])).max_length == 0
+    assert segments_of(torch.tensor([-1, -1])).max_length == 0
 
 
 def test_wrappers_refuse_bad_inputs() -> None:
     case = make_case(8, 3, 64, 40, torch.float32)
-    segments = lora_segments(case["indices"])
+    segments = segments_of(case["indices"])
     with pytest.raises(ValueError, match="dtype"):
         sgmv_shrink(case["x"].half(), case["a"], case["ranks"], segments)
     with pytest.raises(ValueError, match="contiguous"):
@@ -139,9 +145,9 @@ def test_wrappers_refuse_bad_inputs() -> None:
 
 def test_segments_from_sequences_match_the_token_runs() -> None:
     seq_slots, lengths = [2, 2, -1, 0, 0, 1, 2], [3, 1, 2, 4, 0, 1, 2]
-    host = segments_from_sequences(seq_slots, lengths, torch.device("cpu"))
+    host = LoraStep.from_sequences(seq_slots, lengths, torch.device("cpu")).lora_segments
     tokens = torch.tensor([s for s, n in zip(seq_slots, lengths, strict=True) for _ in range(n)])
-    want = lora_segments(tokens)
+    want = segments_of(tokens)
     for field in ("starts", "lengths", "slots"):
         assert getattr(host, field).tolist() == getattr(want, field).tolist()
     assert host.max_length == want.max_length == 4
@@ -155,7 +161,13 @@ def test_segments_from_sequences_match_the_token_runs() -> None:
     ],
 )
 def test_triton_projection_matches_the_torch_one(seq_slots: list[int], lengths: list[int]) -> None:
-    from tests.serve.test_serve_lora_layer import HIDDEN, SIZES, layer_output, make_slots
+    from tests.serve.test_serve_lora_layer import (
+        HIDDEN,
+        SIZES,
+        kernel_or_torch,
+        layer_output,
+        make_slots,
+    )
 
     from openledger.serve.layers.lora import LoraState
 
@@ -163,17 +175,17 @@ def test_triton_projection_matches_the_torch_one(seq_slots: list[int], lengths: 
     shapes = {"proj": (HIDDEN, sum(SIZES))}
     cpu = torch.device("cpu")
     triton_state = LoraState(shapes, 4, cpu, backend="triton")
-    triton_run = layer_output(triton_state, weights, seq_slots, lengths, kernel=False)
+    triton_run = layer_output(triton_state, weights, seq_slots, lengths)
     for kernel in (False, True):
-        torch_state = LoraState(shapes, 4, cpu, backend="torch")
-        torch_run = layer_output(torch_state, weights, seq_slots, lengths, kernel=kernel)
+        torch_state = LoraState(shapes, 4, cpu, backend=kernel_or_torch(kernel))
+        torch_run = layer_output(torch_state, weights, seq_slots, lengths)
         assert_within(triton_run.out, torch_run.out, triton_run.limit + torch_run.limit)
 
 
 def test_slot_stack_grows_and_empties() -> None:
     from tests.serve.test_serve_lora_ops import random_weights
 
-    from openledger.serve.layers.lora_stack import SlotStack
+    from openledger.serve.ops.lora_stack import SlotStack
 
     gen = torch.Generator().manual_seed(2)
     stack = SlotStack(3, 8, 12, torch.float32, torch.device("cpu"))
@@ -213,7 +225,7 @@ def test_engine_tokens_are_identical_on_the_triton_path(tmp_path: Path) -> None:
         for name, folder in adapters.items():
             engine.add_adapter(name, folder)
         assert engine.adapters is not None
-        assert engine.adapters.state.backend == backend
+        assert engine.adapters.state.backend_name == backend
         tokens[backend] = [out.token_ids for out in engine.generate(prompts, params)]
     assert tokens["triton"] == tokens["torch"]
 
@@ -222,10 +234,13 @@ def test_triton_backend_takes_the_batched_bmm_on_steady_decode_steps() -> None:
     from tests.serve.test_serve_lora_layer import HIDDEN, SIZES, lora_limit, make_slots
 
     from openledger.serve.layers.lora import LoraProjection, LoraState
+    from openledger.serve.ops.lora_backends import TritonLoraBackend
     from openledger.serve.ops.lora_torch import fuse_expand
 
     weights = make_slots(5, 4)
     state = LoraState({"proj": (HIDDEN, sum(SIZES))}, 4, torch.device("cpu"), backend="triton")
+    assert isinstance(state.backend, TritonLoraBackend)
+    backend = state.backend.torch
     for slot, w in enumerate(weights):
         state.install(slot, None if w is None else {"proj": fuse_expand(w)})
     projection = LoraProjection(state, "proj")
@@ -240,7 +255,7 @@ def test_triton_backend_takes_the_batched_bmm_on_steady_decode_steps() -> None:
         state.set_batch(seq_slots, lengths)
         out = torch.zeros(5, sum(SIZES))
         projection.apply(out, x)
-        used.append(projection._stacked_key is not None)
+        used.append(backend.stacked("proj"))
         outputs.append(out)
     # BGMV for the first two decode steps, the stacked bmm from the third on; a prefill with
     # the same adapters keeps the stacks for the next decode step; a new set frees them

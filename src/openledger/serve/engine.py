@@ -387,20 +387,14 @@ class Engine:
             )
         runner = self.runner
         config = self.config
-        choice = config.lora_backend
         runner.lora = attach_lora(
             runner.model,
             slots,
             runner.device,
-            backend="torch" if choice == "cpu" else choice,
-            use_kernel=config.cpu_kernels and choice in ("auto", "cpu"),
+            backend=config.lora_backend,
+            cpu_kernel=config.cpu_kernels,
             batched=config.lora_batched_decode,
         )
-        if choice == "cpu" and runner.lora.kernel is None:
-            raise ConfigError(
-                "lora_backend='cpu' needs the compiled CPU kernel: float32 on CPU, a C "
-                "compiler, and cpu_kernels=True"
-            )
         dtype = runner.model.embed_tokens.weight.dtype
         return AdapterStore(
             self.model_config,

@@ -16,7 +16,7 @@ once per step and reused by every layer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -133,32 +133,12 @@ class LoraGroups:
     groups: tuple[tuple[int, slice | torch.Tensor], ...]
 
     @classmethod
-    def from_indices(cls, indices: torch.Tensor) -> LoraGroups:
-        """Group ``indices [T]`` (slot per token, -1 for none)."""
-        host = indices.tolist()
-        positions: dict[int, list[int]] = {}
-        for row, slot in enumerate(host):
-            if slot >= 0:
-                positions.setdefault(slot, []).append(row)
-        groups = tuple((slot, _rows(rows, indices.device)) for slot, rows in positions.items())
-        return cls(groups)
-
-    @classmethod
-    def from_sequences(
-        cls, slots: Sequence[int], lengths: Sequence[int], device: torch.device
+    def from_runs(
+        cls, runs: Mapping[int, Sequence[tuple[int, int]]], device: torch.device
     ) -> LoraGroups:
-        """Group a step laid out sequence by sequence: ``lengths[i]`` tokens of ``slots[i]``.
-
-        Built from host lists, so no device synchronisation is needed.
-        """
-        ranges: dict[int, list[tuple[int, int]]] = {}
-        start = 0
-        for slot, length in zip(slots, lengths, strict=True):
-            if slot >= 0 and length:
-                ranges.setdefault(slot, []).append((start, start + length))
-            start += length
-        groups = tuple((slot, _ranges_rows(spans, device)) for slot, spans in ranges.items())
-        return cls(groups)
+        """Groups from each slot's ``(start, end)`` token runs (see
+        :class:`~openledger.serve.ops.lora_step.LoraStep`, which builds them once a step)."""
+        return cls(tuple((slot, _ranges_rows(spans, device)) for slot, spans in runs.items()))
 
     @property
     def empty(self) -> bool:
@@ -166,13 +146,7 @@ class LoraGroups:
         return not self.groups
 
 
-def _rows(rows: list[int], device: torch.device) -> slice | torch.Tensor:
-    if rows[-1] - rows[0] + 1 == len(rows):
-        return slice(rows[0], rows[-1] + 1)
-    return torch.tensor(rows, dtype=torch.int64, device=device)
-
-
-def _ranges_rows(spans: list[tuple[int, int]], device: torch.device) -> slice | torch.Tensor:
+def _ranges_rows(spans: Sequence[tuple[int, int]], device: torch.device) -> slice | torch.Tensor:
     merged = [list(spans[0])]
     for begin, end in spans[1:]:
         if begin == merged[-1][1]:

@@ -21,7 +21,6 @@ every annotation as a global of this module, and only ``tl.constexpr`` is one it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +39,6 @@ __all__ = [
     "LoraSegments",
     "bgmv_expand",
     "bgmv_shrink",
-    "lora_segments",
-    "segments_from_sequences",
     "sgmv_expand",
     "sgmv_shrink",
 ]
@@ -54,7 +51,9 @@ _BLOCK_K = 32
 
 @dataclass(frozen=True, slots=True)
 class LoraSegments:
-    """Runs of consecutive tokens sharing one adapter slot (runs of -1 left out).
+    """Runs of consecutive tokens sharing one adapter slot (runs of -1 left out), as
+    :attr:`LoraStep.lora_segments <openledger.serve.ops.lora_step.LoraStep.lora_segments>`
+    builds them.
 
     Attributes:
         starts: ``[G]`` int32 first token of each run.
@@ -67,53 +66,6 @@ class LoraSegments:
     lengths: torch.Tensor
     slots: torch.Tensor
     max_length: int
-
-
-def lora_segments(indices: torch.Tensor) -> LoraSegments:
-    """Split ``indices [T]`` (slot per token, -1 for none) into runs of equal slots."""
-    host = indices.tolist()
-    starts: list[int] = []
-    lengths: list[int] = []
-    slots: list[int] = []
-    for token, slot in enumerate(host):
-        if slots and slot == slots[-1] and starts[-1] + lengths[-1] == token:
-            lengths[-1] += 1
-        elif slot >= 0:
-            starts.append(token)
-            lengths.append(1)
-            slots.append(slot)
-
-    def to_device(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int32, device=indices.device)
-
-    return LoraSegments(
-        to_device(starts), to_device(lengths), to_device(slots), max(lengths or [0])
-    )
-
-
-def segments_from_sequences(
-    slots: Sequence[int], lengths: Sequence[int], device: torch.device
-) -> LoraSegments:
-    """The runs of a step laid out sequence by sequence (``lengths[i]`` tokens of
-    ``slots[i]``, -1 for none), built from host lists: no device synchronisation."""
-    starts: list[int] = []
-    runs: list[int] = []
-    run_slots: list[int] = []
-    token = 0
-    for slot, length in zip(slots, lengths, strict=True):
-        if slot >= 0 and length:
-            if run_slots and run_slots[-1] == slot and starts[-1] + runs[-1] == token:
-                runs[-1] += length
-            else:
-                starts.append(token)
-                runs.append(length)
-                run_slots.append(slot)
-        token += length
-
-    def to_device(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int32).to(device, non_blocking=True)
-
-    return LoraSegments(to_device(starts), to_device(runs), to_device(run_slots), max(runs or [0]))
 
 
 @triton.jit  # type: ignore[untyped-decorator]
