@@ -116,7 +116,10 @@ def test_kill_9_mid_load_then_restart_and_drain(
     finally:
         first.stop(signal.SIGKILL)
     completed = [r for r in results if isinstance(r, Received) and r.completed]
-    assert 30 <= len(completed) < 120
+    # NOTE: a receipt is written before its response's last chunk, so 30 receipts at the
+    # kill may have reached fewer than 30 clients: what must hold is that some responses
+    # completed and some did not, and each completed one has its receipt (below)
+    assert 0 < len(completed) < 120
     assert any(isinstance(r, BaseException) for r in results)
 
     second = start_server(tmp_path / "b", gateway_models, ledger=first.ledger, key=first.key)
