@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.data.crash_helpers import run_and_kill
 
 from openledger.data import Datanet, InstructionRecord
 
@@ -29,18 +29,6 @@ print("done", flush=True)
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
 
-def wait_for_wal_growth(folder: Path, child: subprocess.Popen[str], grow: int) -> None:
-    """Return once the write-ahead log has grown by ``grow`` bytes: the transaction is
-    spilling pages, so the kill lands inside it."""
-    wal = folder / "datanet.sqlite-wal"
-    start = wal.stat().st_size if wal.exists() else 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and child.poll() is None:
-        if wal.exists() and wal.stat().st_size > start + grow:
-            return
-        time.sleep(0.002)
-
-
 @pytest.mark.parametrize("delay", [0.05, 0.8, "wal"])
 def test_sigkill_during_a_large_contribution_leaves_all_or_nothing(
     tmp_path: Path, delay: float | str
@@ -48,20 +36,7 @@ def test_sigkill_during_a_large_contribution_leaves_all_or_nothing(
     folder = tmp_path / "dn"
     Datanet.create(folder, name="crash", schema=InstructionRecord).close()
     n = 15_000
-    child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(folder), str(n)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    if delay == "wal":
-        wait_for_wal_growth(folder, child, grow=1 << 20)
-    else:
-        time.sleep(float(delay))
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
+    run_and_kill(WRITER, folder, delay, str(n), grow=1 << 20)
     dn = Datanet.open(folder)
     stored = len(dn)
     assert stored in (0, n)

@@ -3,14 +3,11 @@ nothing it had reported as done, and leaves a store that audits clean."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from tests.data.crash_helpers import run_and_kill
 
 from openledger.crypto import Account
 from openledger.data import Datanet, InstructionRecord
@@ -45,38 +42,7 @@ for round in range(100000):
 """
 
 
-def wait_for_wal_growth(folder: Path, child: subprocess.Popen[str], grow: int) -> None:
-    """Return once the write-ahead log has grown by ``grow`` bytes (a write is under way)."""
-    wal = folder / "datanet.sqlite-wal"
-    start = wal.stat().st_size if wal.exists() else 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and child.poll() is None:
-        if wal.exists() and wal.stat().st_size > start + grow:
-            return
-        time.sleep(0.002)
-
-
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
-
-
-def run_and_kill(script: str, folder: Path, delay: float | str, *args: str) -> list[str]:
-    """Start ``script``, SIGKILL it after ``delay`` (or once the WAL grows), return what it
-    reported as done before dying."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, str(folder), *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    if delay == "wal":
-        wait_for_wal_growth(folder, child, grow=256 << 10)
-    else:
-        time.sleep(float(delay))
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
-    return [line.split() for line in child.stdout.read().splitlines()]  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.1, 2.3, "wal"])
