@@ -293,7 +293,7 @@ def test_attribute_many_batches_the_answers_and_caches_their_gradients(
     index = InfluenceIndex.build(run.adapter, snapshot, "gradcos", projection_dim=8)
     together = index.attribute_many(answers)
     model, _ = run.adapter.load(dtype="float32", device="cpu")
-    terms = backward_terms(model.config, 64, projected=True)
+    terms = backward_terms(model.config, run.adapter.recipe.max_length, projected=True)
     for (prompt, completion), report in zip(answers, together, strict=True):
         fresh = InfluenceIndex.build(run.adapter, snapshot, "gradcos", projection_dim=8)
         alone = fresh.attribute(prompt, completion)

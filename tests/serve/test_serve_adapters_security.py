@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import socket
-import tarfile
 import threading
 import time
 import zipfile
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.serve.test_serve_adapters_sources import tar_gz, zipped
 
 from openledger.exceptions import AdapterFormatError, AdapterSourceError, ConfigError
 from openledger.serve.adapters.fetch import AdapterSourcePolicy, allowed_address, check_url
@@ -29,22 +28,9 @@ FILES = {"medqa/adapter_config.json": b"{}", "medqa/adapter_model.safetensors": 
 LOOPBACK = AdapterSourcePolicy(allow_loopback=True, download_timeout_s=20.0)
 
 
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+def zipped_deflated(files: dict[str, bytes]) -> bytes:
+    """A zip whose members are compressed (a bomb must be small on the wire)."""
+    return zipped(files, zipfile.ZIP_DEFLATED)
 
 
 ARCHIVE = tar_gz(FILES)
@@ -219,7 +205,7 @@ def many_members(count: int) -> bytes:
 @pytest.mark.parametrize(
     ("archive", "reason"),
     [
-        (zipped({**FILES, "medqa/zeros.bin": bytes(16 << 20)}), "max_unpacked_bytes"),
+        (zipped_deflated({**FILES, "medqa/zeros.bin": bytes(16 << 20)}), "max_unpacked_bytes"),
         (bomb_tar(16 << 20), "max_unpacked_bytes"),
         (many_members(300), "max_members=256"),
     ],
@@ -237,7 +223,7 @@ def test_archive_bombs_are_stopped_at_the_caps(archive: bytes, reason: str, tmp_
 
 def test_archives_without_exactly_one_adapter_are_not_cached(tmp_path: Path) -> None:
     url = "https://example.org/empty.zip"
-    client = mock_client({url: httpx.Response(200, content=zipped({"readme": b"hi"}))}, [])
+    client = mock_client({url: httpx.Response(200, content=zipped_deflated({"readme": b"hi"}))}, [])
     with pytest.raises(AdapterFormatError, match=r"0 adapter_config\.json"):
         resolve_source(url, tmp_path, http_client=client)
     assert leftovers(tmp_path) == []

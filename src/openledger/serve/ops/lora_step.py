@@ -76,8 +76,7 @@ class LoraStep:
     @classmethod
     def from_token_slots(cls, token_slots: Sequence[int], device: torch.device) -> LoraStep:
         """The slot of each token (-1 for none), as one-token sequences."""
-        step = cls.from_sequences(token_slots, [1] * len(token_slots), device)
-        return step
+        return cls.from_sequences(token_slots, [1] * len(token_slots), device)
 
     @property
     def empty(self) -> bool:
