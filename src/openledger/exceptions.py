@@ -66,8 +66,11 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   ├── RateLimitError(RuntimeError)    a key is over one of its limits (HTTP 429)
     │   │   └── TokenRateLimitError         over its tokens per minute; carries retry_after
     │   ├── OverloadedError(RuntimeError)   the server is full or draining (HTTP 503)
-    │   └── LedgerError(OSError)            the receipt ledger is unusable, or a receipt
-    │                                       cannot be written (or was written already)
+    │   ├── LedgerError(OSError)            the receipt ledger is unusable, or a receipt
+    │   │                                   cannot be written (or was written already)
+    │   └── SettlementError(RuntimeError)   an interrupted epoch cannot be resolved, two
+    │                                       settles ran at once, or a credit cannot be
+    │                                       checked; nothing of the run is kept
     └── TrainError                          fine-tuning and adapters (openledger.train)
         ├── RecipeError(ValueError)         a recipe field is invalid or does not fit the
         │                                   model or machine (absent module, 4bit on CPU)
@@ -126,6 +129,7 @@ __all__ = [
     "RequestFieldError",
     "SchemaError",
     "ServeError",
+    "SettlementError",
     "SignatureError",
     "SnapshotMismatchError",
     "StoreError",
@@ -336,6 +340,12 @@ class OverloadedError(GatewayError, RuntimeError):
 class LedgerError(GatewayError, OSError):
     """The receipt ledger file is unusable, or a receipt cannot be written (or its
     request id is recorded already)."""
+
+
+class SettlementError(GatewayError, RuntimeError):
+    """Settling a ledger cannot go on: an interrupted epoch belongs to another chain,
+    two settles ran at once, or a receipt's credit cannot be checked on chain. Nothing
+    the run would have written is kept."""
 
 
 class TrainError(OpenLedgerError):

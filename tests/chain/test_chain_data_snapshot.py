@@ -30,9 +30,11 @@ def test_data_snapshot_records_are_proven_on_chain(
         "medqa", schema, snap.manifest_hash, "file://medqa"
     )
     datanet_id = receipt.event("DatanetRegistered")["datanetId"]
+    assert snap.root.lower() not in protocol.datanets.published_roots()
     published = protocol.datanets.publish_snapshot(datanet_id, snap.root, snap.count)
     index = published.event("SnapshotPublished")["index"]
     assert protocol.datanets.get_snapshot(datanet_id, index).root == snap.root
+    assert snap.root.lower() in protocol.datanets.published_roots()
     hashes = snap.record_hashes()
     assert len(hashes) == snap.count == 13
     outsider = Account.create().address

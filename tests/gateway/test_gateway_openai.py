@@ -279,11 +279,15 @@ def test_metrics_parse_and_move(server: Server) -> None:
         "tokens": sample("openledger_completion_tokens_total", adapter="beta"),
         "receipts": sample("openledger_receipts_written_total"),
         "ttft": sample("openledger_time_to_first_token_seconds_count"),
+        "unsettled": sample("openledger_receipts_unsettled"),
+        "awaiting": sample("openledger_receipts_awaiting_attribution"),
     }
     server.client().completions.create(model="beta", prompt="a", max_tokens=3, temperature=0)
     assert sample("openledger_requests_total", **ok) == before["requests"] + 1
     assert sample("openledger_completion_tokens_total", adapter="beta") == before["tokens"] + 3
     assert sample("openledger_receipts_written_total") == before["receipts"] + 1
     assert sample("openledger_time_to_first_token_seconds_count") == before["ttft"] + 1
+    assert sample("openledger_receipts_unsettled") == before["unsettled"] + 1
+    assert sample("openledger_receipts_awaiting_attribution") == before["awaiting"] + 1
     assert sample("openledger_inter_token_latency_seconds_count") >= 2
     assert sample("openledger_requests_running") == 0

@@ -27,18 +27,26 @@ from openledger.gateway.schemas import ChatCompletionRequest, CompletionRequest,
 PUBLIC = [
     "GATEWAY_RECEIPT_TYPES",
     "ApiKey",
+    "AttributionPass",
+    "AttributionWorker",
+    "Claim",
     "GatewayConfig",
     "GatewayLimits",
     "GatewayReceipt",
     "ReceiptLedger",
+    "Settlement",
     "SignedGatewayReceipt",
     "canonical_hash",
+    "claims_of",
     "create_app",
     "hash_api_key",
+    "ledger_settings",
     "load_operator_key",
     "parse_adapter_args",
     "receipt_domain",
+    "recover_epochs",
     "run_server",
+    "settle_ledger",
 ]
 
 
@@ -78,6 +86,8 @@ def test_adapter_arguments() -> None:
         parse_adapter_args(["noequals"])
     with pytest.raises(ConfigError, match="twice"):
         parse_adapter_args(["a=1", "a=2"])
+    with pytest.raises(ConfigError, match="--index takes ADAPTER=INDEX, got 'x'"):
+        parse_adapter_args(["x"], flag="--index", shape="ADAPTER=INDEX")
 
 
 def test_unsupported_fields_are_named_and_neutral_ones_accepted() -> None:

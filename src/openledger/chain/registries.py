@@ -235,6 +235,14 @@ class DatanetRegistryClient(ContractClient):
         root, publisher, count, at = self._call("getSnapshot", _id(datanet), index)
         return SnapshotInfo(plain(root), to_checksum_address(publisher), count, at)
 
+    def published_roots(self, from_block: int = 0) -> set[Hash32]:
+        """Return every snapshot root published since ``from_block`` (any datanet).
+
+        Reads ``SnapshotPublished`` logs; on a long-lived network pass the deployment block.
+        """
+        logs = self._logs("SnapshotPublished", from_block)
+        return {Hash32(str(args["root"]).lower()) for args in logs}
+
     def snapshot_count(self, datanet: str) -> int:
         """Return how many snapshots the datanet has published."""
         return int(self._call("snapshotCount", _id(datanet)))

@@ -16,13 +16,20 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from openledger._version import __version__
-from openledger.exceptions import AuthenticationError, OpenLedgerError, RequestFieldError
+from openledger.crypto import to_checksum_address
+from openledger.exceptions import (
+    AuthenticationError,
+    CryptoError,
+    OpenLedgerError,
+    RequestFieldError,
+)
 from openledger.gateway.adapter_routes import adapter_card, add_adapter_routes
 from openledger.gateway.errors import http_error
 from openledger.gateway.ledger import request_hash_of
 from openledger.gateway.planning import plan_request
 from openledger.gateway.schemas import ChatCompletionRequest, CompletionRequest, parse_request
 from openledger.gateway.serving import run_plan
+from openledger.gateway.settlement import Claim, claims_of
 from openledger.gateway.state import Admission, GatewayState
 from openledger.gateway.wire import error_payload
 
@@ -140,6 +147,21 @@ def _add_info_routes(app: FastAPI, state: GatewayState) -> None:
         body = json.loads(signed.to_json())
         body["signer"] = state.meter.operator.address
         body["domain"] = {k: v for k, v in state.meter.domain.items() if k != "salt"}
+        return JSONResponse(body)
+
+    @app.get("/v1/claims/{address}")
+    async def claims(address: str, request: Request) -> Response:
+        await state.authenticate(request.headers.get("authorization"))
+        try:
+            account = to_checksum_address(address, what="address")
+        except CryptoError as exc:
+            raise RequestFieldError(str(exc), "address") from None
+
+        def find() -> list[Claim]:
+            return claims_of(state.ledger, account, state.protocol())
+
+        found = await run_in_threadpool(find)
+        body = {"object": "list", "account": account, "data": [c.to_json() for c in found]}
         return JSONResponse(body)
 
     @app.get("/metrics")

@@ -120,6 +120,23 @@ class GatewayConfig(BaseModel):
     epoch_seconds: int = Field(
         default=86_400, ge=1, description="Length of a settlement window; epoch = time // it."
     )
+    attribution_indexes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Credit answers inside the gateway: {adapter (a served name or its "
+        "folder): influence index folder}; answers of other adapters wait for "
+        "`openledger attribute`.",
+    )
+    attribution_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between the attribution worker's passes."
+    )
+    chain_url: str | None = Field(
+        default=None,
+        description="JSON-RPC URL of the chain epochs are posted on; with protocol_addresses, "
+        "/v1/claims leaves out payouts already claimed.",
+    )
+    protocol_addresses: Path | None = Field(
+        default=None, description="JSON file of the deployed protocol's contract addresses."
+    )
     drain_timeout: float = Field(
         default=30.0, ge=0, description="Seconds SIGTERM waits for requests in flight."
     )
@@ -145,6 +162,10 @@ class GatewayConfig(BaseModel):
             if not str(source):
                 raise ValueError(f"adapter {name!r} has an empty source")
         return value
+
+    def index_folders(self) -> dict[str, str]:
+        """``attribution_indexes`` with served adapter names replaced by their folders."""
+        return {self.adapters.get(k, k): v for k, v in self.attribution_indexes.items()}
 
     @property
     def model_name(self) -> str:
@@ -192,8 +213,15 @@ class GatewayConfig(BaseModel):
         return cls(**fields)
 
 
-def parse_adapter_args(values: Sequence[str]) -> dict[str, str]:
+def parse_adapter_args(
+    values: Sequence[str], *, flag: str = "--adapter", shape: str = "NAME=SOURCE"
+) -> dict[str, str]:
     """Turn ``NAME=SOURCE`` arguments into ``{name: source}``.
+
+    Args:
+        values: The arguments.
+        flag: The option they came from, for errors.
+        shape: What one argument looks like, for errors.
 
     Raises:
         ConfigError: An argument without ``=``, or a name given twice.
@@ -202,8 +230,8 @@ def parse_adapter_args(values: Sequence[str]) -> dict[str, str]:
     for value in values:
         name, sep, source = value.partition("=")
         if not sep or not name or not source:
-            raise ConfigError(f"--adapter takes NAME=SOURCE, got {value!r}")
+            raise ConfigError(f"{flag} takes {shape}, got {value!r}")
         if name in adapters:
-            raise ConfigError(f"--adapter {name!r} is given twice")
+            raise ConfigError(f"{flag} {name!r} is given twice")
         adapters[name] = source
     return adapters

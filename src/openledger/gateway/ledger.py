@@ -1,19 +1,36 @@
-"""The gateway's durable SQLite ledger: API keys and signed receipts.
+"""The gateway's durable SQLite ledger: API keys, signed receipts, and their settlement.
 
 Receipts are written one transaction each, in WAL mode with ``synchronous=FULL``: a
 receipt is on disk (the log fsync'd) before :meth:`ReceiptLedger.record` returns, and so
 before the response it meters is finished. The request id is the primary key, so a
 receipt is recorded once, across restarts too. The file is created with mode 0600.
+
+Tables (schema version 2)::
+
+    api_keys      key hashes -> payer accounts and roles
+    receipts      request id -> signed GatewayReceipt (JSON), epoch window, token counts
+    answers       request id -> (prompt, answer) texts awaiting attribution; deleted once
+                  attributed (the only place answer texts are kept)
+    attributions  (request id, adapter id) -> contributors' shares of that adapter's part
+    epochs        reward epochs: id, root, payouts, signed usage receipts, state
+                  (prepared -> posted, or abandoned), the posting transaction
+    settled       request id -> the epoch that paid for it (once: primary key)
+    settings      the ledger's fixed settings (the window length receipts were cut by)
+
+Settlement's tables are read and written by :mod:`openledger.gateway.settlement` and
+:mod:`openledger.gateway.attribution_worker` through :meth:`ReceiptLedger.read` and
+:meth:`ReceiptLedger.transaction`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +47,9 @@ from openledger.gateway.keys import (
 from openledger.gateway.receipts import SignedGatewayReceipt
 from openledger.types import Hash32
 
-__all__ = ["ReceiptLedger"]
+__all__ = ["ReceiptLedger", "pin_settings"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
@@ -55,6 +72,43 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 CREATE INDEX IF NOT EXISTS receipts_by_epoch ON receipts (epoch);
 CREATE INDEX IF NOT EXISTS receipts_by_payer ON receipts (payer);
+CREATE TABLE IF NOT EXISTS answers (
+    request_id TEXT PRIMARY KEY REFERENCES receipts (request_id),
+    pairs TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attributions (
+    request_id TEXT NOT NULL REFERENCES receipts (request_id),
+    adapter_id TEXT NOT NULL,
+    snapshot_root TEXT NOT NULL,
+    datanet_id TEXT,
+    snapshot_id INTEGER,
+    method TEXT NOT NULL,
+    shares TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, adapter_id)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch_id INTEGER PRIMARY KEY,
+    chain_id INTEGER NOT NULL,
+    contract TEXT NOT NULL,
+    through_window INTEGER NOT NULL,
+    root TEXT NOT NULL,
+    total TEXT NOT NULL,
+    deadline INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('prepared', 'posted', 'abandoned')),
+    tx_hash TEXT,
+    created_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settled (
+    request_id TEXT PRIMARY KEY REFERENCES receipts (request_id),
+    epoch_id INTEGER REFERENCES epochs (epoch_id)
+);
+CREATE INDEX IF NOT EXISTS settled_by_epoch ON settled (epoch_id);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -96,8 +150,21 @@ class ReceiptLedger:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def record(self, signed: SignedGatewayReceipt, *, finish_reason: str = "stop") -> None:
+    def record(
+        self,
+        signed: SignedGatewayReceipt,
+        *,
+        finish_reason: str = "stop",
+        answers: Sequence[tuple[str, str]] = (),
+    ) -> None:
         """Write one receipt in its own fsync'd transaction.
+
+        Args:
+            signed: The signed receipt.
+            finish_reason: How the request ended (kept beside the receipt).
+            answers: ``(prompt, answer)`` texts of its choices, kept (in the same
+                transaction) until the attribution worker has credited them; give them
+                for requests served with adapters.
 
         Raises:
             LedgerError: Its request id is recorded already (nothing is changed), or the
@@ -117,6 +184,9 @@ class ReceiptLedger:
         try:
             with self._write() as conn:
                 conn.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                if answers:
+                    pairs = json.dumps([list(pair) for pair in answers], ensure_ascii=False)
+                    conn.execute("INSERT INTO answers VALUES (?, ?)", (receipt.request_id, pairs))
         except sqlite3.IntegrityError:
             raise LedgerError(f"receipt {receipt.request_id} is recorded already") from None
 
@@ -137,6 +207,16 @@ class ReceiptLedger:
     def count_receipts(self) -> int:
         """Return how many receipts are recorded."""
         return int(self._read("SELECT COUNT(*) FROM receipts", ())[0][0])
+
+    def count_pending(self) -> tuple[int, int]:
+        """Return how many receipts are not settled yet, and how many of those still wait
+        for the attribution worker."""
+        rows = self._read(
+            "SELECT (SELECT COUNT(*) FROM receipts WHERE request_id NOT IN "
+            "(SELECT request_id FROM settled)), (SELECT COUNT(*) FROM answers)",
+            (),
+        )
+        return int(rows[0][0]), int(rows[0][1])
 
     def create_key(
         self, *, payer: str | None = None, role: KeyRole = "user", name: str = ""
@@ -195,6 +275,33 @@ class ReceiptLedger:
         rows = self._read("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL", ())
         return int(rows[0][0])
 
+    def setting(self, name: str, default: str) -> str:
+        """Return a fixed setting of the ledger, storing ``default`` the first time.
+
+        The first value written stays (one transaction): every later caller reads it.
+        """
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (name, default))
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return str(row[0])
+
+    def read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one query and return its rows (for the gateway's settlement modules).
+
+        Raises:
+            LedgerError: The file cannot be read.
+        """
+        return self._read(sql, args)
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``; fsync'd at commit, rolled back on
+        any error), for the gateway's settlement modules.
+
+        Raises:
+            LedgerError: The file cannot be written.
+        """
+        return self._write()
+
     def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         try:
             with self._lock:
@@ -230,6 +337,30 @@ class ReceiptLedger:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def pin_settings(
+    ledger: ReceiptLedger, operator: str, epoch_seconds: int, domain: dict[str, Any]
+) -> None:
+    """Record the operator, window length and receipt domain on a ledger's first use, and
+    refuse a gateway that would sign or cut windows differently later.
+
+    Raises:
+        ConfigError: The ledger was written with other settings (named).
+    """
+    wanted = {
+        "operator": to_checksum_address(operator),
+        "epoch_seconds": str(epoch_seconds),
+        "receipt_domain": json.dumps(domain, sort_keys=True),
+    }
+    for name, value in wanted.items():
+        stored = ledger.setting(name, value)
+        if stored != value:
+            raise ConfigError(
+                f"{ledger.path} was written with {name} = {stored}, not {value}: serve it with "
+                "the same operator key, epoch_seconds, chain_id and verifying_contract, or "
+                "start a new ledger"
+            )
 
 
 def _make_private(path: Path) -> None:

@@ -59,6 +59,9 @@ class MeteredRequest:
         adapters: ``{name: weight}`` of the adapters used (empty for the base model).
         adapter_ids: ``{name: manifest id}`` of those adapters.
         prompt_input: The request's ``messages`` or ``prompt``, as sent (hashed).
+        prompt_texts: Per prompt, the text an adapter's training records would hold as
+            their instruction (a chat's last user message; a completion's prompt): what
+            the attribution worker attributes the answers to.
     """
 
     request_id: Hash32
@@ -66,6 +69,21 @@ class MeteredRequest:
     adapters: Mapping[str, float]
     adapter_ids: Mapping[str, Hash32]
     prompt_input: Any
+    prompt_texts: tuple[str, ...] = ()
+
+    def answers(self, outputs: Mapping[int, tuple[int, RequestOutput]]) -> list[tuple[str, str]]:
+        """``(prompt, answer)`` texts of the choices to attribute: none for the base model,
+        none for an empty answer."""
+        if not self.adapters:
+            return []
+        pairs = []
+        for index in sorted(outputs):
+            prompt_index, out = outputs[index]
+            texts = self.prompt_texts
+            prompt = texts[prompt_index] if prompt_index < len(texts) else ""
+            if prompt.strip() and out.text.strip():
+                pairs.append((prompt, out.text))
+        return pairs
 
 
 class Meter:
@@ -126,22 +144,27 @@ class Meter:
             finish_reason=_finish_reason(reasons),
         )
 
-    async def record(self, receipt: GatewayReceipt) -> SignedGatewayReceipt:
-        """Sign ``receipt`` and write it (fsync'd) on the ledger's thread.
+    async def record(
+        self, receipt: GatewayReceipt, answers: Sequence[tuple[str, str]] = ()
+    ) -> SignedGatewayReceipt:
+        """Sign ``receipt`` and write it (fsync'd) on the ledger's thread, with the
+        ``(prompt, answer)`` texts the attribution worker will credit.
 
         Raises:
             LedgerError: The write failed or the request id is recorded already.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._sign_and_write, receipt)
+        return await loop.run_in_executor(self._writer, self._sign_and_write, receipt, answers)
 
     def close(self) -> None:
         """Wait for writes in progress, then stop the ledger's thread."""
         self._writer.shutdown(wait=True)
 
-    def _sign_and_write(self, receipt: GatewayReceipt) -> SignedGatewayReceipt:
+    def _sign_and_write(
+        self, receipt: GatewayReceipt, answers: Sequence[tuple[str, str]]
+    ) -> SignedGatewayReceipt:
         signed = receipt.sign(self.operator, self.domain)
-        self.ledger.record(signed, finish_reason=receipt.finish_reason)
+        self.ledger.record(signed, finish_reason=receipt.finish_reason, answers=answers)
         return signed
 
 

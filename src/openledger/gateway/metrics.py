@@ -14,6 +14,9 @@
 ``openledger_http_requests_in_flight``                 HTTP requests admitted and not finished
 ``openledger_receipts_written_total``                  receipts written since start
 ``openledger_receipts_in_ledger``                      receipts in the ledger file
+``openledger_receipts_unsettled``                      receipts no epoch has settled yet
+``openledger_receipts_awaiting_attribution``           receipts whose answers wait for the
+                                                       attribution worker
 =====================================================  ===========================================
 """
 
@@ -39,10 +42,16 @@ class GatewayMetrics:
         running: Returns the engine's running request count.
         waiting: Returns the engine's waiting request count.
         receipts_in_ledger: The ledger's receipt count at start.
+        books: Returns ``(unsettled, awaiting attribution)`` receipt counts (read at each
+            scrape).
     """
 
     def __init__(
-        self, running: Callable[[], int], waiting: Callable[[], int], receipts_in_ledger: int
+        self,
+        running: Callable[[], int],
+        waiting: Callable[[], int],
+        receipts_in_ledger: int,
+        books: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -85,6 +94,15 @@ class GatewayMetrics:
             "openledger_receipts_in_ledger", "Receipts in the ledger", registry=reg
         )
         self.receipts_in_ledger.set(receipts_in_ledger)
+        if books is not None:
+            Gauge(
+                "openledger_receipts_unsettled", "Receipts not settled yet", registry=reg
+            ).set_function(lambda: float(books()[0]))
+            Gauge(
+                "openledger_receipts_awaiting_attribution",
+                "Receipts whose answers wait for attribution",
+                registry=reg,
+            ).set_function(lambda: float(books()[1]))
 
     def observe_request(
         self,

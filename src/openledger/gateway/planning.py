@@ -78,10 +78,13 @@ def plan_request(
         kind: Kind = "chat"
         prompts: list[PromptInput] = [[m.as_engine_message() for m in request.messages]]
         prompt_input: Any = [m.model_dump(exclude_none=True) for m in request.messages]
+        users = [m.as_engine_message()["content"] for m in request.messages if m.role == "user"]
+        prompt_texts: tuple[str, ...] = (users[-1] if users else "",)
     else:
         kind = "text"
         prompts = list(request.prompts)
         prompt_input = request.prompt
+        prompt_texts = tuple(_prompt_text(state, p) for p in prompts)
     engine_adapters = {served[name].engine_name: weight for name, weight in adapters.items()}
     params = _params(state, request, engine_adapters)
     choices = [
@@ -97,6 +100,7 @@ def plan_request(
         adapters=adapters,
         adapter_ids={name: served[name].adapter_id for name in adapters},
         prompt_input=prompt_input,
+        prompt_texts=prompt_texts if adapters else (),
     )
     return Plan(
         kind=kind,
@@ -113,6 +117,15 @@ def plan_request(
         engine_names=tuple(sorted(engine_adapters)),
         prompt_estimate=len(json.dumps(prompt_input)) / 4,
     )
+
+
+def _prompt_text(state: GatewayState, prompt: PromptInput) -> str:
+    """A completion prompt as text (token ids decoded)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return str(state.engine.engine.tokenizer.decode(prompt))
+    return ""
 
 
 def _check_limits(state: GatewayState, request: ChatCompletionRequest | CompletionRequest) -> None:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from openledger.exceptions import MissingDependencyError
 from openledger.gateway.adapters import ServedAdapter, ServedAdapters
+from openledger.gateway.attribution_worker import AttributionWorker
 from openledger.gateway.config import GatewayConfig
-from openledger.gateway.ledger import ReceiptLedger
+from openledger.gateway.ledger import ReceiptLedger, pin_settings
 from openledger.gateway.metering import Meter, load_operator_key
 from openledger.gateway.receipts import receipt_domain
 from openledger.serve import AsyncEngine
@@ -91,6 +92,11 @@ def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> Gat
         ledger.close()
         raise
     domain = receipt_domain(config.chain_id, config.verifying_contract)
+    try:
+        pin_settings(ledger, operator.address, config.epoch_seconds, domain)
+    except BaseException:
+        ledger.close()
+        raise
     meter = Meter(ledger, operator, domain, config.epoch_seconds)
     if config.require_api_key and ledger.count_keys() == 0:
         logger.warning(
@@ -100,7 +106,11 @@ def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> Gat
             config.ledger,
         )
     logger.info("receipts are signed by operator %s", operator.address)
-    return GatewayState(config, engine, ledger, meter, adapters)
+    state = GatewayState(config, engine, ledger, meter, adapters)
+    if config.attribution_indexes:
+        state.attribution = AttributionWorker(ledger, config.index_folders())
+        state.attribution.start(config.attribution_interval)
+    return state
 
 
 def _register_adapters(

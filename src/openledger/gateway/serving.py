@@ -210,7 +210,7 @@ class _Run:
         receipt = state.meter.receipt(plan.metered, outputs)
         self.receipt = receipt  # NOTE: set first: a cancel now must not meter it twice
         self._counted = True
-        await state.meter.record(receipt)
+        await state.meter.record(receipt, plan.metered.answers(outputs))
         state.metrics.receipt_written()
         state.metrics.requests.labels(plan.endpoint, str(status)).inc()
         state.metrics.observe_request(

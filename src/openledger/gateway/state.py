@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from openledger.exceptions import (
     AuthenticationError,
@@ -19,6 +20,7 @@ from openledger.exceptions import (
     RequestFieldError,
 )
 from openledger.gateway.adapters import ServedAdapters
+from openledger.gateway.attribution_worker import AttributionWorker
 from openledger.gateway.config import GatewayConfig
 from openledger.gateway.fairness import FairQueue, TokenBuckets, Turn
 from openledger.gateway.keys import ApiKey, hash_api_key
@@ -28,6 +30,9 @@ from openledger.gateway.metrics import GatewayMetrics
 from openledger.gateway.receipts import ZERO_ADDRESS
 from openledger.serve import AsyncEngine
 from openledger.types import Address
+
+if TYPE_CHECKING:
+    from openledger.chain import Protocol
 
 __all__ = ["Admission", "Caller", "GatewayState"]
 
@@ -114,6 +119,7 @@ class GatewayState:
             lambda: len(scheduler.running),
             lambda: len(scheduler.waiting) + self.fair.num_waiting,  # NOTE: both queues
             ledger.count_receipts(),
+            ledger.count_pending,
         )
         self.draining = False
         self.started = int(time.time())
@@ -121,6 +127,19 @@ class GatewayState:
         self._per_key: Counter[str] = Counter()
         self._keys: dict[str, tuple[float, ApiKey]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self.attribution: AttributionWorker | None = None
+        self._protocol: Protocol | None = None
+
+    def protocol(self) -> Protocol | None:
+        """The protocol of ``chain_url`` and ``protocol_addresses`` (connected on first use),
+        or None when they are not set."""
+        config = self.config
+        if self._protocol is None and config.chain_url and config.protocol_addresses:
+            from openledger.chain import Protocol, connect
+
+            addresses = json.loads(config.protocol_addresses.read_text(encoding="utf-8"))
+            self._protocol = Protocol.at(connect(config.chain_url), addresses)
+        return self._protocol
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """Return the caller of a request from its ``Authorization: Bearer`` header.
@@ -246,6 +265,8 @@ class GatewayState:
     async def shutdown(self) -> None:
         """Refuse new requests, finish background writes, stop the engine, close the ledger."""
         self.draining = True
+        if self.attribution is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.attribution.stop)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.adapters.close()

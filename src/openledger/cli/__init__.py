@@ -10,6 +10,11 @@
     openledger serve [--model NAME] [--adapter NAME=SOURCE ...] [--host ADDR] [--port N]
                      [--config FILE] [--ledger PATH] [--adapter-resolver FOLDER|hf://ORG]
     openledger keys create --ledger PATH [--payer ADDRESS] [--name LABEL] [--admin]
+    openledger attribute --ledger PATH --index ADAPTER=INDEX [...] [--batch-size N]
+    openledger settle --ledger PATH --chain URL --protocol FILE
+                      (--pool-wei N | --wei-per-1k-tokens N) [--through-window W]
+                      [--settler-key-file FILE] [--claim-days D]
+    openledger claims --ledger PATH ADDRESS [--chain URL --protocol FILE]
     openledger studio [--home FOLDER] [--host ADDR] [--port N] [--share] [--allow-remote]
 """
 
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 from openledger._version import __version__
+from openledger.cli.gateway import GATEWAY_COMMANDS, add_gateway_parsers, run_gateway_command
 from openledger.exceptions import ConfigError, OpenLedgerError
 
 __all__ = ["main"]
@@ -59,40 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", default=None, help="a LoRA adapter folder to answer with")
     chat.add_argument("--question", default=DEFAULT_QUESTION)
     chat.add_argument("--max-tokens", type=int, default=64)
-    _add_serve_parsers(commands)
+    add_gateway_parsers(commands)
     _add_studio_parser(commands)
     return parser
-
-
-def _add_serve_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser(
-        "serve", help="the OpenAI-compatible HTTP gateway (needs the [server] extra)"
-    )
-    serve.add_argument("--model", default=None, help=f"base model (default: {DEFAULT_MODEL})")
-    serve.add_argument(
-        "--adapter",
-        action="append",
-        default=[],
-        metavar="NAME=SOURCE",
-        help="serve a LoRA adapter under NAME (folder, hf://, https archive); repeatable",
-    )
-    serve.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="TCP port (default: 8000)")
-    serve.add_argument("--config", default=None, help="YAML settings (GatewayConfig fields)")
-    serve.add_argument("--ledger", default=None, help="SQLite ledger of keys and receipts")
-    serve.add_argument(
-        "--adapter-resolver",
-        default=None,
-        metavar="FOLDER|hf://ORG",
-        help="load unknown adapter names on first request from FOLDER/<name> or hf://ORG/<name>",
-    )
-    keys = commands.add_parser("keys", help="API keys of a gateway's ledger")
-    verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
-    create = verbs.add_parser("create", help="create a key and print it (once)")
-    create.add_argument("--ledger", required=True, help="the gateway's ledger file")
-    create.add_argument("--payer", default=None, help="account billed for the key's requests")
-    create.add_argument("--name", default="", help="a label for the key")
-    create.add_argument("--admin", action="store_true", help="an admin key")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,10 +97,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         _demo(out, args)
     elif args.command == "chat":
         _chat(out, args.model, args.adapter, args.question, args.max_tokens)
-    elif args.command == "serve":
-        _serve(args)
-    elif args.command == "keys" and args.verb == "create":
-        _keys_create(out, args)
+    elif args.command in GATEWAY_COMMANDS:
+        run_gateway_command(args, out)
     elif args.command == "studio":
         _studio(args)
     return 0
@@ -195,39 +168,6 @@ def _chat(
     print(f"\n\n[{count} pieces streamed in {elapsed:.1f} s]", file=out)
 
 
-def _serve(args: argparse.Namespace) -> None:
-    from openledger.gateway import GatewayConfig, parse_adapter_args, run_server
-
-    overrides = {
-        "model": args.model,
-        "host": args.host,
-        "port": args.port,
-        "ledger": args.ledger,
-        "adapters": parse_adapter_args(args.adapter) or None,
-        "adapter_resolver": args.adapter_resolver,
-    }
-    if args.config is not None:
-        config = GatewayConfig.from_yaml(args.config, **overrides)
-    else:
-        config = GatewayConfig.merged({}, **overrides)
-    run_server(config)
-
-
-def _keys_create(out: TextIO, args: argparse.Namespace) -> None:
-    from openledger.gateway import ReceiptLedger
-
-    with ReceiptLedger(args.ledger) as ledger:
-        key, record = ledger.create_key(
-            payer=args.payer, role="admin" if args.admin else "user", name=args.name
-        )
-    print(key, file=out)
-    print(
-        f"key id {record.key_id}, payer {record.payer}, role {record.role}: keep the key "
-        "secret; it is shown only now (the ledger stores its sha256)",
-        file=sys.stderr,
-    )
-
-
 def _add_studio_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     studio = commands.add_parser("studio", help="the Studio web app (needs the [server] extra)")
     studio.add_argument("--home", default="openledger-studio", help="the Studio's work folder")
@@ -252,7 +192,3 @@ def _studio(args: argparse.Namespace) -> None:
         home=Path(args.home), host=host, port=args.port, allow_remote=args.allow_remote
     )
     run_studio(config)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
