@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from openledger.serve.ops.cpu_kernels import argmax_rows
+from openledger.serve.ops.rowwise_cpu import argmax_rows
 from openledger.serve.params import SamplingParams
 
 __all__ = [

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openledger.serve.ops import linear_cpu
 from openledger.serve.ops.cpu_kernels import cpu_kernels
 
 __all__ = ["KERNEL_MAX_ROWS", "Linear", "OutputHook", "PackedWeight"]
@@ -90,15 +91,7 @@ class PackedWeight:
             )
         ):
             return F.linear(x, weight, bias)  # NOTE: also what reports a shape mismatch
-        kernels = cpu_kernels()
-        assert kernels is not None  # NOTE: packed for the kernel only when it was built
-        out = torch.empty(rows, outputs, dtype=torch.float32)
-        kernels.linear(
-            x.data_ptr(), x.stride(0), rows, packed.data_ptr(), outputs, inputs,
-            None if bias is None else bias.data_ptr(), out.data_ptr(), outputs,
-            torch.get_num_threads(),
-        )  # fmt: skip
-        return out
+        return linear_cpu.linear(x, packed, outputs, bias)
 
     def _get(self, weight: torch.Tensor) -> torch.Tensor | None:
         key = (weight.data_ptr(), weight._version)
@@ -116,17 +109,10 @@ class PackedWeight:
 
 
 def _pack(weight: torch.Tensor, use_kernel: bool) -> tuple[torch.Tensor | None, _Packing]:
-    kernels = cpu_kernels() if use_kernel else None
-    if kernels is not None:
+    if use_kernel and cpu_kernels() is not None:
         if weight.stride(1) != 1:
             weight = weight.contiguous()
-        outputs, inputs = weight.shape
-        packed = torch.empty(kernels.packed_linear_size(outputs, inputs), dtype=torch.float32)
-        kernels.pack_linear(
-            weight.data_ptr(), weight.stride(0), outputs, inputs, packed.data_ptr(),
-            torch.get_num_threads(),
-        )  # fmt: skip
-        return packed, "kernel"
+        return linear_cpu.pack_linear(weight), "kernel"
     if not _HAS_ONEDNN:
         return None, "onednn"
     try:

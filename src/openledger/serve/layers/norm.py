@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openledger.serve.ops.cpu_kernels import cpu_float32, cpu_kernels
+from openledger.serve.ops import rowwise_cpu
+from openledger.serve.ops.cpu_kernels import cpu_float32
 
 __all__ = ["RMSNorm"]
 
@@ -13,9 +14,10 @@ __all__ = ["RMSNorm"]
 class RMSNorm(nn.Module):
     """``weight * x / sqrt(mean(x^2) + eps)``, normalised in float32.
 
-    On CPU in float32, where the compiled kernels are built
-    (:mod:`~openledger.serve.ops.cpu_kernels`), one kernel call does the norm (and with
-    :meth:`add_norm` the residual add before it) instead of six small ops; it sums the
+    On CPU in float32, where the compiled kernels are built, one kernel call
+    (``openledger::rms_norm``, :mod:`~openledger.serve.ops.rowwise_cpu`) does the norm (and
+    with :meth:`add_norm`, ``openledger::add_rms_norm``, the residual add before it)
+    instead of six small ops; it sums the
     squares in another order than torch, so values may differ in the last bit. Elsewhere
     the torch path is bit for bit transformers' ``LlamaRMSNorm``.
 
@@ -37,7 +39,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of ``x``."""
         if self.use_cpu_kernels and _fits_kernel(x, self.weight):
-            return self._kernel(x, None)
+            return rowwise_cpu.rms_norm(x, self.weight, self.eps)
         return self._torch(x)
 
     def add_norm(self, hidden: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
@@ -49,33 +51,11 @@ class RMSNorm(nn.Module):
             and _fits_kernel(hidden, self.weight)
             and cpu_float32(delta)
         ):
-            return self._kernel(hidden, delta)
+            return rowwise_cpu.add_rms_norm(hidden, delta, self.weight, self.eps)
         if delta is not None:
             hidden += delta
         normed: torch.Tensor = self(hidden)
         return normed
-
-    def _kernel(self, x: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
-        kernels = cpu_kernels()
-        assert kernels is not None  # NOTE: checked by _fits_kernel
-        rows, width = x.shape
-        if delta is not None and delta.shape != x.shape:
-            raise ValueError(f"residual {tuple(delta.shape)} does not match {tuple(x.shape)}")
-        out = torch.empty(rows, width, dtype=torch.float32)
-        kernels.add_rms_norm(
-            x.data_ptr(),
-            x.stride(0),
-            None if delta is None else delta.data_ptr(),
-            0 if delta is None else delta.stride(0),
-            self.weight.data_ptr(),
-            self.eps,
-            rows,
-            width,
-            out.data_ptr(),
-            width,
-            torch.get_num_threads(),
-        )
-        return out
 
     def _torch(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from openledger.serve.models.config import RopeConfig
-from openledger.serve.ops.cpu_kernels import CpuKernels, cpu_float32, cpu_kernels
+from openledger.serve.ops import rowwise_cpu
+from openledger.serve.ops.cpu_kernels import cpu_float32
 
 __all__ = ["RotaryEmbedding", "inverse_frequencies"]
 
@@ -63,7 +64,6 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin", torch.stack((emb.cos(), emb.sin())), persistent=False)
         self._positions: torch.Tensor | None = None
         self._cos_sin_at = torch.empty(0)
-        self._checked: torch.Tensor | None = None
 
     def forward(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
         """Rotate ``heads [T, n, dim]`` (the query and key heads side by side) at ``positions``.
@@ -71,12 +71,8 @@ class RotaryEmbedding(nn.Module):
         Returns:
             A new ``[T, n, dim]`` tensor.
         """
-        if (
-            self.use_cpu_kernels
-            and _kernel_fits(heads, positions, self.cos_sin)
-            and (kernels := cpu_kernels())
-        ):
-            return self._kernel(kernels, positions, heads)
+        if self.use_cpu_kernels and _kernel_fits(heads, positions, self.cos_sin):
+            return rowwise_cpu.rotary(heads, self.cos_sin, positions)
         return self._torch(positions, heads)
 
     def _torch(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
@@ -93,32 +89,6 @@ class RotaryEmbedding(nn.Module):
         cos, signed_sin = self._cos_sin_at
         out: torch.Tensor = heads * cos
         out += heads.roll(heads.shape[-1] // 2, dims=-1) * signed_sin
-        return out
-
-    def _kernel(
-        self, kernels: CpuKernels, positions: torch.Tensor, heads: torch.Tensor
-    ) -> torch.Tensor:
-        """The rotation through the compiled kernel (float32 CPU): one pass, no temporaries.
-
-        NOTE: the kernel indexes the table by ``positions``: they are range-checked once per
-        step (every layer passes the same tensor)."""
-        table = self.cos_sin
-        if positions is not self._checked:
-            if (
-                positions.numel()
-                and not 0 <= int(positions.min()) <= int(positions.max()) < table.shape[1]
-            ):
-                raise ValueError(
-                    f"positions must be in 0..{table.shape[1] - 1} (max_positions of this "
-                    f"rotary table), got {positions.min().item()}..{positions.max().item()}"
-                )
-            self._checked = positions
-        rows, count, dim = heads.shape
-        out = torch.empty(rows, count, dim, dtype=torch.float32)
-        kernels.rotary(
-            heads.data_ptr(), heads.stride(0), rows, count, dim, table.data_ptr(),
-            table.shape[1], positions.data_ptr(), out.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
         return out
 
 

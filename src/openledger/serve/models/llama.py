@@ -17,7 +17,8 @@ from openledger.serve.layers.linear import Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
-from openledger.serve.ops.cpu_kernels import cpu_float32, cpu_kernels
+from openledger.serve.ops import rowwise_cpu
+from openledger.serve.ops.cpu_kernels import cpu_float32
 
 __all__ = ["LlamaForCausalLM"]
 
@@ -76,14 +77,8 @@ class LlamaMLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[T, hidden]`` -> ``[T, hidden]``."""
         gate_up = self.gate_up_proj(hidden)
-        kernels = cpu_kernels() if self.use_cpu_kernels and cpu_float32(gate_up) else None
-        if kernels is not None:  # NOTE: silu(gate) * up in one compiled pass
-            rows, width = gate_up.shape[0], gate_up.shape[1] // 2
-            act = torch.empty(rows, width, dtype=torch.float32)
-            kernels.silu_mul(
-                gate_up.data_ptr(), gate_up.stride(0), rows, width, act.data_ptr(),
-                torch.get_num_threads(),
-            )  # fmt: skip
+        if self.use_cpu_kernels and cpu_float32(gate_up):  # NOTE: silu(gate) * up in one pass
+            act = rowwise_cpu.silu_mul(gate_up)
         else:
             gate, up = gate_up.chunk(2, dim=-1)
             act = F.silu(gate).mul_(up)

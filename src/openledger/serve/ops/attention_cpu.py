@@ -1,20 +1,28 @@
-"""Paged decode attention on CPU through the compiled kernel.
+"""Paged decode attention on CPU: ``openledger::paged_decode`` (``csrc/attention.c``).
 
 Plain torch attends a decode step's rows by gathering every sequence's keys and values
 out of the paged cache into a padded batch and running SDPA: at a handful of short
-sequences that is a few hundred microseconds per layer of small ops for a few hundred
-kilo-flops of work. ``openledger_paged_decode`` (:mod:`.cpu_kernels`) reads the keys
-and values where they sit in the cache blocks, in parallel over (sequence, kv head), the
-query heads of a kv head sharing its keys (grouped-query attention); softmax in float32 in
-two passes. Same signature as :func:`~openledger.serve.ops.attention_torch.decode_attention`,
-which it is tested against.
+sequences that is many small ops per layer for little arithmetic. The kernel reads the
+keys and values where they sit in the cache blocks, in parallel over (sequence, kv head),
+the query heads of a kv head sharing its keys (grouped-query attention); softmax in
+float32 in two passes. :func:`paged_decode_attention_cpu` has the signature of
+:func:`~openledger.serve.ops.attention_torch.decode_attention`, which it is tested against.
+
+The op::
+
+    paged_decode(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables,
+                 Tensor context_lens, float scale, int sliding_window) -> Tensor
+
+``sliding_window`` <= 0 for none; block tables and lengths are int32; every call checks
+that they stay inside the cache before the kernel follows them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from openledger.serve.ops.cpu_kernels import cpu_float32, cpu_kernels
+from openledger.serve.ops.cpu_kernels import cpu_float32
+from openledger.serve.ops.cpu_ops import check_contiguous, define, library_or_raise
 from openledger.serve.ops.step_attention import DecodeFn
 
 __all__ = ["cpu_decode_attention", "paged_decode_attention_cpu"]
@@ -49,40 +57,55 @@ def paged_decode_attention_cpu(
         ValueError: Tensors of the wrong dtype, device, layout or shape.
         MemoryError: The kernel could not allocate its scratch.
     """
-    kernels = cpu_kernels()
-    if kernels is None:
-        raise RuntimeError("the CPU kernels are not built here (see openledger.serve.ops)")
+    out: torch.Tensor = _PAGED_DECODE(
+        query,
+        k_cache,
+        v_cache,
+        block_tables.to(torch.int32),
+        context_lens.to(torch.int32),
+        float(scale),
+        sliding_window or 0,
+    )
+    return out
+
+
+def _paged_decode(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    tables: torch.Tensor,
+    lens: torch.Tensor,
+    scale: float,
+    window: int,
+) -> torch.Tensor:
+    _check(query, k_cache, v_cache, tables, lens)
     batch, heads, dim = query.shape
-    num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
-    lens = context_lens.to(torch.int32)
-    tables = block_tables.to(torch.int32)
-    _check(query, k_cache, v_cache, tables, lens, heads, kv_heads, dim, cache_dim)
-    if batch:
-        _check_ranges(tables, lens, num_blocks, block_size)
+    num_blocks, block_size, kv_heads, _ = k_cache.shape
     out = torch.empty(batch, heads, dim, dtype=torch.float32)
     if batch == 0:
         return out
-    status = kernels.paged_decode(
-        query.data_ptr(),
-        query.stride(0),
-        k_cache.data_ptr(),
-        v_cache.data_ptr(),
-        tables.data_ptr(),
-        tables.stride(0),
-        lens.data_ptr(),
-        batch,
-        heads,
-        kv_heads,
-        dim,
-        block_size,
-        float(scale),
-        sliding_window or 0,
-        out.data_ptr(),
-        torch.get_num_threads(),
-    )
+    _check_ranges(tables, lens, num_blocks, block_size)
+    status = library_or_raise().paged_decode(
+        query.data_ptr(), query.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+        tables.data_ptr(), tables.stride(0), lens.data_ptr(), batch, heads, kv_heads, dim,
+        block_size, scale, window, out.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
     if status != 0:
         raise MemoryError("the CPU decode attention kernel could not allocate its scratch")
     return out
+
+
+def _fake_paged_decode(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    tables: torch.Tensor,
+    lens: torch.Tensor,
+    scale: float,
+    window: int,
+) -> torch.Tensor:
+    _check(query, k_cache, v_cache, tables, lens)
+    return query.new_empty(query.shape)
 
 
 def _check(
@@ -91,20 +114,21 @@ def _check(
     v_cache: torch.Tensor,
     tables: torch.Tensor,
     lens: torch.Tensor,
-    heads: int,
-    kv_heads: int,
-    dim: int,
-    cache_dim: int,
 ) -> None:
-    tensors = (("query", query), ("k_cache", k_cache), ("v_cache", v_cache))
-    for name, t in tensors:
+    for name, t in (("query", query), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.dtype != torch.float32 or t.device.type != "cpu":
             raise ValueError(f"{name}: float32 CPU expected, got {t.dtype} {t.device}")
+    if query.dim() != 3 or k_cache.dim() != 4:
+        raise ValueError(
+            f"query {tuple(query.shape)} and caches {tuple(k_cache.shape)}: [B, heads, dim] "
+            "and [num_blocks, block_size, kv_heads, dim] expected"
+        )
+    heads, dim, kv_heads = query.shape[1], query.shape[2], k_cache.shape[2]
     if query.stride(2) != 1 or query.stride(1) != dim:
         raise ValueError(f"query: each row's heads must be contiguous, strides {query.stride()}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("k_cache and v_cache must be contiguous")
-    if k_cache.shape != v_cache.shape or cache_dim != dim or heads % kv_heads:
+    if k_cache.shape != v_cache.shape or k_cache.shape[3] != dim or heads % kv_heads:
         raise ValueError(
             f"query {tuple(query.shape)} does not fit caches {tuple(k_cache.shape)} / "
             f"{tuple(v_cache.shape)} (heads a multiple of kv heads, same head width)"
@@ -114,8 +138,9 @@ def _check(
             f"block tables {tuple(tables.shape)} and context lengths {tuple(lens.shape)} "
             f"do not fit {query.shape[0]} queries"
         )
-    if tables.stride(1) != 1 or not lens.is_contiguous():
-        raise ValueError("block tables rows and context lengths must be contiguous")
+    if tables.dtype != torch.int32 or tables.stride(1) != 1:
+        raise ValueError("block tables: int32 with contiguous rows expected")
+    check_contiguous("context_lens", lens, torch.int32)
 
 
 def _check_ranges(
@@ -132,6 +157,15 @@ def _check_ranges(
     low, high = (int(v) for v in torch.aminmax(tables))
     if low < 0 or high >= num_blocks:
         raise ValueError(f"block ids must be in 0..{num_blocks - 1}, got {low}..{high}")
+
+
+define(
+    "paged_decode(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
+    "Tensor context_lens, float scale, int sliding_window) -> Tensor",
+    _paged_decode,
+    _fake_paged_decode,
+)
+_PAGED_DECODE = torch.ops.openledger.paged_decode.default
 
 
 def cpu_decode_attention(query: torch.Tensor) -> DecodeFn | None:

@@ -1,25 +1,27 @@
 """openledger's compiled CPU kernels: built on first use, cached, loaded with :mod:`ctypes`.
 
-``cpu_kernels.c`` holds the kernels where plain torch spends its time at decode, in
-many small ops or in GEMM routines tuned for large matrices: the projections of a few
-token rows over a packed weight (:class:`~openledger.serve.layers.linear.PackedWeight`),
-the LoRA updates of a step's adapters (:mod:`.lora_cpu`), paged decode
-attention (:mod:`.attention_cpu`), a residual add with
-RMSNorm (:class:`~openledger.serve.layers.norm.RMSNorm`), the rotary embedding, the
-gated MLP activation and the greedy pick over a step's logits (:func:`argmax_rows`).
+The C sources (``csrc/``, one file per kernel family: ``lora.c``, ``linear.c``,
+``attention.c``, ``rowwise.c``, sharing ``common.h``) hold the kernels where plain torch
+spends its time at decode, in many small ops or in GEMM routines tuned for large
+matrices: the projections of a few token rows over a packed weight, the LoRA updates of a
+step's adapters, paged decode attention, a residual add with RMSNorm, the rotary
+embedding, the gated MLP activation and the greedy pick over a step's logits. Callers
+never touch this module's entry points: every kernel is a registered torch op
+(:mod:`.cpu_ops`, ``torch.ops.openledger.*``) that checks its tensors and calls them.
 
-It is compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``;
-``-O3 -fopenmp`` and the target of :func:`kernel_target`, a few tenths of a second) into
-``$OPENLEDGER_HOME/kernels``. The target follows the vector instructions torch itself
-uses (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` lowers),
-so one switch runs a whole process on the AVX2 or baseline paths of an AVX-512 CPU. The
-file name carries a hash of the source, the flags and the CPU, so a changed source or
-another machine compiles again; a build is written under
-a scratch name and renamed, so concurrent processes never load half a file. The library
-links the OpenMP runtime torch has already loaded, so the kernels share torch's threads.
-Without a compiler (logged once) or on Windows, :func:`cpu_kernels` returns None and the
-torch paths run instead (the same results up to rounding: the kernels sum in other orders
-and may fuse multiply-adds); an engine turns them off with ``EngineConfig.cpu_kernels``.
+The library is compiled with the system's C compiler (``$CC``, else ``cc``, ``gcc`` or
+``clang``; ``-O3 -fopenmp`` and the target of :func:`kernel_target`; one compiler process
+per source file, in parallel, then one link) into ``$OPENLEDGER_HOME/kernels``. The
+target follows the vector instructions torch itself uses
+(``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` lowers), so
+one switch runs a whole process on the AVX2 or baseline paths of an AVX-512 CPU. The file
+name carries a hash of the sources, the flags and the CPU, so a changed source or another
+machine compiles again; a build is linked under a scratch name and renamed, so concurrent
+processes never load half a file. The library links the OpenMP runtime torch has already
+loaded, so the kernels share torch's threads. Without a compiler (logged once) or on
+Windows, :func:`cpu_kernels` returns None and the torch paths run instead (the same
+results up to rounding: the kernels sum in other orders and may fuse multiply-adds); an
+engine turns them off with ``EngineConfig.cpu_kernels``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import torch
 
 __all__ = [
     "CpuKernels",
-    "argmax_rows",
     "c_compiler",
     "compile_cpu_kernels",
     "cpu_float32",
@@ -50,7 +51,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
+SOURCES = Path(__file__).with_name("csrc")
+"""The kernels' C sources (``*.c``) and their shared header (``common.h``)."""
 # NOTE: -fno-trapping-math only gives up floating-point exception flags (never read here),
 # which lets comparisons and selects vectorise; values are unchanged by it.
 _OPTIMISE = ("-O3", "-fno-trapping-math")
@@ -132,7 +134,7 @@ class CpuKernels:
         self.argmax_rows = self._bind(
             "openledger_argmax_rows", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
-        """``openledger_argmax_rows`` (see :func:`argmax_rows`)."""
+        """``openledger_argmax_rows`` (the greedy pick over a step's logits)."""
         self.packed_linear_size = self._bind(
             "openledger_packed_linear_size", [i64, i64], restype=ctypes.c_int64
         )
@@ -175,36 +177,15 @@ def cpu_kernels() -> CpuKernels | None:
 def cpu_float32(*tensors: torch.Tensor) -> bool:
     """Whether every tensor is float32 on the CPU with unit stride along its last dimension
     (rows the kernels can read), and the kernels are built."""
-    return (
-        all(
-            t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
-            for t in tensors
-        )
-        and cpu_kernels() is not None
-    )
-
-
-def argmax_rows(x: torch.Tensor, *, use_kernel: bool = True) -> list[int]:
-    """The index of each row's largest value of ``x [rows, cols]`` (the first among equals,
-    a row's first NaN if it has one), as ``x.argmax(dim=-1).tolist()`` gives: through the
-    compiled kernel for float32 CPU rows (about 2x faster on a step's logits) unless
-    ``use_kernel`` is False, else torch.
-    """
-    kernels = cpu_kernels() if use_kernel else None
-    if kernels is None or x.dim() != 2 or x.shape[1] == 0 or not cpu_float32(x):
-        found: list[int] = x.argmax(dim=-1).tolist()
-        return found
-    out = torch.empty(x.shape[0], dtype=torch.int64)
-    kernels.argmax_rows(
-        x.data_ptr(), x.stride(0), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads()
-    )
-    found = out.tolist()
-    return found
+    for t in tensors:
+        if not (t.dtype is torch.float32 and t.is_cpu and t.stride(-1) == 1):
+            return False
+    return cpu_kernels() is not None
 
 
 def compile_cpu_kernels(folder: Path | None = None) -> Path | None:
-    """Compile ``cpu_kernels.c`` into ``folder`` (default ``$OPENLEDGER_HOME/kernels``)
-    unless a library built from the same source, flags and CPU is already there.
+    """Compile the sources into ``folder`` (default ``$OPENLEDGER_HOME/kernels``) unless a
+    library built from the same sources, flags and CPU is already there.
 
     Returns:
         The shared library's path, or None when no compiler could build it (logged).
@@ -220,7 +201,7 @@ def compile_cpu_kernels(folder: Path | None = None) -> Path | None:
         from openledger.models.cache import openledger_home
 
         folder = openledger_home() / "kernels"
-    source = SOURCE.read_bytes()
+    source = _source_digest()
     errors: list[str] = []
     for flags in _flag_sets():
         digest = hashlib.sha256(
@@ -257,19 +238,50 @@ def _cpu_identity() -> bytes:
     return "\n".join(sorted(set(wanted))).encode()
 
 
+def _source_digest() -> bytes:
+    files = sorted(p for p in SOURCES.iterdir() if p.suffix in (".c", ".h"))
+    return b"\0".join(p.name.encode() + b"\0" + p.read_bytes() for p in files)
+
+
 def _build(compiler: str, flags: Sequence[str], target: Path) -> str | None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    command = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", scratch, "-lm"]
+    sources = sorted(SOURCES.glob("*.c"))
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:
+        objects = [Path(scratch) / f"{source.stem}.o" for source in sources]
+        compiles = [
+            [compiler, *flags, "-fPIC", "-c", str(source), "-o", str(obj)]
+            for source, obj in zip(sources, objects, strict=True)
+        ]
+        library = Path(scratch) / target.name
+        link = [compiler, *flags, "-shared", *map(str, objects), "-o", str(library), "-lm"]
+        try:
+            error = _run_all(compiles) or _run_all([link])
+            if error is None:
+                # NOTE: atomic: a concurrent build never sees half a file
+                os.replace(library, target)
+            return error
+        except (OSError, subprocess.SubprocessError) as error:
+            return str(error)
+
+
+def _run_all(commands: Sequence[Sequence[str]]) -> str | None:
+    """Run ``commands`` side by side; the first failure's message, or None."""
+    running: list[subprocess.Popen[str]] = []
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            return done.stderr.strip()[-500:] or f"exit status {done.returncode}"
-        os.replace(scratch, target)  # NOTE: atomic: a concurrent build never sees half a file
-        return None
-    except (OSError, subprocess.SubprocessError) as error:
-        return str(error)
+        for command in commands:
+            running.append(
+                subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                )
+            )
+        errors = []
+        for process in running:
+            _, stderr = process.communicate(timeout=120)
+            if process.returncode != 0:
+                errors.append(stderr.strip()[-500:] or f"exit status {process.returncode}")
+        return errors[0] if errors else None
     finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

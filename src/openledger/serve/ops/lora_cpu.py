@@ -1,23 +1,17 @@
-"""The compiled CPU kernel for the LoRA updates of a step's tokens, grouped by adapter.
+"""The CPU LoRA kernel's layout of a step's tokens and adapters' weights.
 
 At decode, a step has a row or two per adapter: the update is bound by reading the
 adapters' weights, and general GEMM routines (``bmm`` included) stream many small
-matrices at well under the memory bandwidth. ``openledger_lora_apply``
-(:mod:`.cpu_kernels`) reads each ``A`` and each slice's ``B`` once, front to back, both
-threads at a time, with no padding to a common rank and no block-diagonal zeros for fused
-projections (benchmarks/RESULTS.md, Multi-adapter serving). Where the kernels cannot be
-built, :func:`cpu_lora_kernel` returns None and the torch paths run instead.
+matrices at well under the memory bandwidth. ``openledger::lora_apply``
+(:mod:`.lora_cpu_op`, ``csrc/lora.c``) reads each ``A`` and each slice's ``B`` once, front
+to back, both threads at a time, with no padding to a common rank and no block-diagonal
+zeros for fused projections. Where the kernels cannot be built, :func:`cpu_lora_kernel`
+returns None and the torch paths run instead.
 
-Layout the kernel reads (:class:`LoraCpuTable`, one per projection and set of adapters;
-:class:`LoraRows`, one per step)::
-
-    groups  [G, 4] int64   address of A_g [rank_g, H], rank_g, first slice, slice count
-    slices  [S, 5] int64   rank_start, rank_end, col_start, col_end, address of B^T
-                           [rank_end - rank_start, col_end - col_start] (scaling folded in)
-    row_offsets [G + 1], rows [N] int64: group g's token rows are
-                           rows[row_offsets[g]:row_offsets[g + 1]]
-
-Weights enter through :func:`kernel_layout`, which stores each ``B`` transposed (the
+This module builds what the op reads: :class:`LoraRows` (a step's token rows by group, one
+per step), :class:`LoraCpuTable` (one projection's weights of a step's groups, one per
+projection and set of adapters, from each adapter's :class:`KernelEntry`). Weights enter
+through :func:`kernel_layout`, which stores each ``B`` transposed (the
 :class:`~openledger.serve.ops.lora_torch.LoraSlice` keeps its ``[cols, rank]`` shape as a
 view, so the torch paths read the same tensors).
 """
@@ -30,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from openledger.serve.ops.cpu_kernels import CpuKernels, cpu_kernels
+from openledger.serve.ops.cpu_kernels import cpu_kernels
+from openledger.serve.ops.lora_cpu_op import SliceSpec, check_entry, lora_apply
 from openledger.serve.ops.lora_torch import LoraSlice, LoraWeights
 
 __all__ = [
@@ -91,78 +86,85 @@ class LoraRows:
 
 
 def kernel_layout(weights: LoraWeights) -> LoraWeights:
-    """The same update in the layout the kernel reads: ``A`` contiguous, each slice's
-    ``B`` a transposed view of a contiguous ``[rank, cols]`` tensor (no copy when it is
-    already), no block-diagonal zeros."""
-    slices = tuple(
-        LoraSlice(s.rank_start, s.rank_end, s.col_start, s.col_end, _transposed_storage(s.b))
-        for s in weights.slices
-    )
-    return LoraWeights(weights.a.contiguous(), slices)
+    """The same update in the layout the kernel reads: ``A`` and every slice's ``B^T`` side
+    by side in one contiguous buffer (``A`` first, then the slices in order), seen through
+    views (``A [rank, H]``; each slice's ``B`` the transpose of its ``[rank, cols]`` rows),
+    with no block-diagonal zeros; no copy when ``weights`` is laid out so already."""
+    if _buffer_of(weights) is not None:
+        return weights
+    parts = [weights.a.reshape(-1), *(s.b.T.reshape(-1) for s in weights.slices)]
+    buffer = torch.cat(parts)
+    a = buffer[: weights.a.numel()].view(weights.a.shape)
+    offset, slices = a.numel(), []
+    for s in weights.slices:
+        cols, rank = s.b.shape
+        bt = buffer[offset : offset + rank * cols].view(rank, cols)
+        slices.append(LoraSlice(s.rank_start, s.rank_end, s.col_start, s.col_end, bt.T))
+        offset += rank * cols
+    return LoraWeights(a, tuple(slices))
 
 
-def _transposed_storage(b: torch.Tensor) -> torch.Tensor:
-    return b if b.T.is_contiguous() else b.T.contiguous().T
+def _buffer_of(weights: LoraWeights) -> torch.Tensor | None:
+    """The one buffer ``weights`` views in :func:`kernel_layout`'s layout, or None."""
+    buffer = weights.a._base
+    if (
+        buffer is None
+        or buffer.dim() != 1
+        or not buffer.is_contiguous()
+        or not weights.a.is_contiguous()
+        or weights.a.storage_offset() != buffer.storage_offset()
+    ):
+        return None
+    for s in weights.slices:
+        if s.b._base is not buffer or not s.b.T.is_contiguous():
+            return None
+    return buffer
 
 
 @dataclass(frozen=True, slots=True)
 class KernelEntry:
-    """One adapter's weights for one projection, checked and addressed for the kernel.
+    """One adapter's weights for one projection in the kernel's layout, checked.
 
     Attributes:
-        a_ptr: Address of ``A [rank, H]`` (contiguous float32).
-        rank: Its rows.
-        slices: Five int64 per targeted slice: rank start/end, column start/end, address of
-            the slice's contiguous ``B^T``.
-        keep: The tensors those addresses point into (held while the entry lives).
+        buffer: ``A [rank, H]`` then each slice's ``B^T``, contiguous float32.
+        rank: ``A``'s rows.
+        slices: Each targeted slice's ``(rank_start, rank_end, col_start, col_end, offset
+            of its B^T in the buffer)``.
     """
 
-    a_ptr: int
+    buffer: torch.Tensor
     rank: int
-    slices: tuple[int, ...]
-    keep: tuple[torch.Tensor, ...]
+    slices: tuple[SliceSpec, ...]
 
     @classmethod
     def of(cls, weights: LoraWeights, in_features: int, out_features: int) -> KernelEntry:
-        """Check ``weights`` against the projection's shape and record their addresses
-        (copying only what is not already in :func:`kernel_layout`).
+        """``weights`` in :func:`kernel_layout` (copied only when they are not), checked as
+        the op checks them (:func:`~openledger.serve.ops.lora_cpu_op.check_entry`).
 
         Raises:
             ValueError: A weight that is not float32, or does not fit ``H`` and ``O``.
         """
-        a = weights.a.contiguous()
+        a = weights.a
         if a.dtype != torch.float32 or a.dim() != 2 or a.shape[1] != in_features:
             raise ValueError(
                 f"LoRA A of shape {tuple(a.shape)} and dtype {a.dtype}: the CPU kernel "
                 f"needs float32 [rank, {in_features}]"
             )
-        keep = [a]
-        slices: list[int] = []
-        for s in weights.slices:
-            if not (0 <= s.rank_start < s.rank_end <= a.shape[0]) or not (
-                0 <= s.col_start < s.col_end <= out_features
-            ):
-                raise ValueError(
-                    f"LoRA slice rank {s.rank_start}:{s.rank_end} cols {s.col_start}:"
-                    f"{s.col_end} does not fit rank {a.shape[0]} and {out_features} outputs"
-                )
-            bt = s.b.T.contiguous()
-            if bt.dtype != torch.float32 or tuple(bt.shape) != (
-                s.rank_end - s.rank_start,
-                s.col_end - s.col_start,
-            ):
-                raise ValueError(
-                    f"LoRA B of shape {tuple(s.b.shape)} and dtype {bt.dtype} does not fit "
-                    f"its slice ({s.col_end - s.col_start} cols, rank "
-                    f"{s.rank_end - s.rank_start}, float32)"
-                )
-            keep.append(bt)
-            slices += [s.rank_start, s.rank_end, s.col_start, s.col_end, bt.data_ptr()]
-        return cls(a.data_ptr(), int(a.shape[0]), tuple(slices), tuple(keep))
+        laid = kernel_layout(weights)
+        buffer = _buffer_of(laid)
+        assert buffer is not None  # NOTE: kernel_layout's own layout
+        base = int(buffer.storage_offset())
+        slices = tuple(
+            (s.rank_start, s.rank_end, s.col_start, s.col_end, int(s.b.storage_offset()) - base)
+            for s in laid.slices
+        )
+        check_entry(buffer, a.shape[0], slices, in_features, out_features)
+        return cls(buffer, a.shape[0], slices)
 
 
 class LoraCpuTable:
-    """One projection's weights of a step's groups, as the kernel's address tables.
+    """One projection's weights of a step's groups, as the op's ``weights``, ``groups``
+    and ``slices``.
 
     Args:
         entries: Each group's :class:`KernelEntry`, in the step's group order; None where
@@ -174,21 +176,23 @@ class LoraCpuTable:
     def __init__(
         self, entries: Sequence[KernelEntry | None], in_features: int, out_features: int
     ) -> None:
-        groups: list[int] = []
-        slices: list[int] = []
+        weights: list[torch.Tensor] = []
+        groups: list[list[int]] = []
+        slices: list[SliceSpec] = []
         for entry in entries:
             if entry is None:
-                groups += [0, 0, len(slices) // 5, 0]
+                groups.append([-1, 0, len(slices), 0])
                 continue
-            groups += [entry.a_ptr, entry.rank, len(slices) // 5, len(entry.slices) // 5]
+            groups.append([len(weights), entry.rank, len(slices), len(entry.slices)])
+            weights.append(entry.buffer)
             slices += entry.slices
-        self.groups = torch.tensor(groups, dtype=torch.int64)
-        self.slices = torch.tensor(slices or [0], dtype=torch.int64)
+        self.weights = weights
+        self.groups = torch.tensor(groups, dtype=torch.int64).reshape(-1, 4)
+        self.slices = torch.tensor(slices, dtype=torch.int64).reshape(-1, 5)
         self.num_groups = len(entries)
         self.in_features = in_features
         self.out_features = out_features
         self.empty = not slices
-        self._entries = tuple(entries)  # NOTE: keeps every addressed tensor alive
 
     @classmethod
     def from_weights(
@@ -206,15 +210,7 @@ class LoraCpuTable:
 
 
 class CpuLoraKernel:
-    """The LoRA kernel of a compiled :class:`~openledger.serve.ops.cpu_kernels.CpuKernels`.
-
-    Args:
-        kernels: The loaded library.
-    """
-
-    def __init__(self, kernels: CpuKernels) -> None:
-        self.path = kernels.path
-        self._fn = kernels.lora_apply
+    """The LoRA kernel (``openledger::lora_apply``) for the tables of a backend."""
 
     def apply(
         self, out: torch.Tensor, x: torch.Tensor, rows: LoraRows, table: LoraCpuTable
@@ -231,67 +227,13 @@ class CpuLoraKernel:
             ValueError: Tensors of the wrong dtype, device, shape or strides.
             MemoryError: The kernel could not allocate its scratch.
         """
-        # NOTE: one expression on the hot path (a few hundred calls per step); the
-        # detailed checks and messages only when it fails
-        f32 = torch.float32
-        if not (
-            out.dtype is f32
-            and x.dtype is f32
-            and out.is_cpu
-            and x.is_cpu
-            and out.dim() == 2
-            and x.dim() == 2
-            and out.stride(1) == 1
-            and x.stride(1) == 1
-            and x.shape[1] == table.in_features
-            and out.shape[1] == table.out_features
-            and x.shape[0] == out.shape[0] >= rows.row_end
-            and rows.num_groups == table.num_groups
-        ):
-            _check(out, x, rows, table)  # NOTE: raises the precise error
-            raise ValueError("the inputs do not fit the CPU LoRA kernel")
-        if table.empty:
-            return
-        status = self._fn(
-            x.data_ptr(),
-            x.stride(0),
-            out.data_ptr(),
-            out.stride(0),
-            table.in_features,
-            table.num_groups,
-            rows.row_offsets.data_ptr(),
-            rows.rows.data_ptr(),
-            table.groups.data_ptr(),
-            table.slices.data_ptr(),
-            torch.get_num_threads(),
-        )
-        if status != 0:
-            raise MemoryError("the CPU LoRA kernel could not allocate its scratch")
-
-
-def _check(out: torch.Tensor, x: torch.Tensor, rows: LoraRows, table: LoraCpuTable) -> None:
-    for name, t in (("out", out), ("x", x)):
-        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1:
-            raise ValueError(
-                f"{name}: the CPU LoRA kernel needs a float32 CPU matrix with unit stride "
-                f"along its rows, got {t.dtype} {t.device} shape {tuple(t.shape)} "
-                f"strides {t.stride()}"
+        if not table.empty:
+            lora_apply(
+                out, x, rows.row_offsets, rows.rows, table.weights, table.groups, table.slices
             )
-    if x.shape[1] != table.in_features or out.shape[1] != table.out_features:
-        raise ValueError(
-            f"x {tuple(x.shape)} / out {tuple(out.shape)} do not fit a table for "
-            f"{table.in_features} -> {table.out_features} features"
-        )
-    if x.shape[0] != out.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows and out {out.shape[0]}")
-    if rows.num_groups != table.num_groups:
-        raise ValueError(f"{rows.num_groups} row groups for a table of {table.num_groups}")
-    if rows.row_end > x.shape[0]:
-        raise ValueError(f"a grouped row is past the step's {x.shape[0]} tokens")
 
 
 def cpu_lora_kernel() -> CpuLoraKernel | None:
     """The LoRA kernel, or None where the CPU kernels cannot be had (see
     :func:`~openledger.serve.ops.cpu_kernels.cpu_kernels`)."""
-    kernels = cpu_kernels()
-    return None if kernels is None else CpuLoraKernel(kernels)
+    return None if cpu_kernels() is None else CpuLoraKernel()

@@ -1,0 +1,111 @@
+/* Projections of a step's token rows over a packed weight (openledger::linear and
+   openledger::pack_linear, cpu_ops.py; used by layers/linear.py, PackedWeight). */
+#include "common.h"
+
+/* Projections: out = x W^T (+ b) for a step's token rows, over W packed in panels.
+
+   At a few to a few dozen rows a projection is bound by streaming W from memory and by the
+   latency of that stream, not by arithmetic; general GEMM routines tuned for large
+   matrices leave much of the bandwidth unused there. W [N, K] is packed once into panels
+   of LIN_NR output columns, each panel [K][LIN_NR] contiguous (the last one padded with
+   zero columns), so a thread reads its panels front to back. Per panel, the depth is
+   taken LIN_KC at a time: every 4-row block of the item's rows runs over that slice (from
+   L1 after the first), 4 rows x 24 columns summed in twelve 8-float registers; the first
+   block also prefetches the slice ahead (past the end of the last panel too: a prefetch
+   is a hint and never faults). Parallel over (panel, run of LIN_MC rows) items,
+   panel-major, so each thread streams a contiguous range of the weight. Each output
+   element is summed by one thread in depth order: results do not depend on the thread
+   count. GCC/Clang vector extensions: AVX2/FMA code under -march=native on x86, NEON on
+   arm64, plain SSE otherwise. */
+#define LIN_NR 24
+#define LIN_MC 32
+#define LIN_KC 128
+#define LIN_PF 768
+
+/* Floats of the packed copy of a weight [N, K]. */
+int64_t openledger_packed_linear_size(int64_t N, int64_t K) {
+  return (N + LIN_NR - 1) / LIN_NR * LIN_NR * K;
+}
+
+/* packed [ceil(N / LIN_NR)][K][LIN_NR] from w [N, K] (row stride w_stride). */
+void openledger_pack_linear(const float *w, int64_t w_stride, int64_t N, int64_t K,
+                            float *packed, int nthreads) {
+  const int64_t P = (N + LIN_NR - 1) / LIN_NR;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t p = 0; p < P; p++) {
+    float *dst = packed + p * K * LIN_NR;
+    for (int64_t j = 0; j < LIN_NR; j++) {
+      const int64_t n = p * LIN_NR + j;
+      const float *src = w + n * w_stride;
+      for (int64_t k = 0; k < K; k++) dst[k * LIN_NR + j] = n < N ? src[k] : 0.f;
+    }
+  }
+}
+
+/* acc[0..11] += x[4 rows, k0:k1] . panel[k0:k1, 24 columns]; rows past `rows` repeat row 0
+   (computed, never stored). */
+static inline void linear_block(const float *x, int64_t x_stride, int64_t rows,
+                                const float *panel, int64_t k0, int64_t k1, f32x8 *acc,
+                                int prefetch) {
+  const float *x0 = x, *x1 = rows > 1 ? x + x_stride : x;
+  const float *x2 = rows > 2 ? x + 2 * x_stride : x, *x3 = rows > 3 ? x + 3 * x_stride : x;
+  f32x8 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  f32x8 b0 = acc[4], b1 = acc[5], b2 = acc[6], b3 = acc[7];
+  f32x8 c0 = acc[8], c1 = acc[9], c2 = acc[10], c3 = acc[11];
+  for (int64_t k = k0; k < k1; k++) {
+    const float *wk = panel + k * LIN_NR;
+    if (prefetch && (k & 7) == 0) /* the 12 cache lines of 8 depth steps, LIN_PF ahead */
+      for (int64_t line = 0; line < 8 * LIN_NR; line += 16) __builtin_prefetch(wk + LIN_PF + line);
+    f32x8 w0 = *(const f32x8 *)wk, w1 = *(const f32x8 *)(wk + 8), w2 = *(const f32x8 *)(wk + 16);
+    IN_REGISTER(w0); /* 7 loads a step, not 16 */
+    IN_REGISTER(w1);
+    IN_REGISTER(w2);
+    float s = x0[k];
+    a0 += w0 * s, b0 += w1 * s, c0 += w2 * s;
+    s = x1[k];
+    a1 += w0 * s, b1 += w1 * s, c1 += w2 * s;
+    s = x2[k];
+    a2 += w0 * s, b2 += w1 * s, c2 += w2 * s;
+    s = x3[k];
+    a3 += w0 * s, b3 += w1 * s, c3 += w2 * s;
+  }
+  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+  acc[4] = b0, acc[5] = b1, acc[6] = b2, acc[7] = b3;
+  acc[8] = c0, acc[9] = c1, acc[10] = c2, acc[11] = c3;
+}
+
+/* out [M, N] (row stride out_stride) = x [M, K] (row stride x_stride) W^T + bias (NULL: none),
+   W packed by openledger_pack_linear. */
+void openledger_linear(const float *x, int64_t x_stride, int64_t M, const float *packed,
+                       int64_t N, int64_t K, const float *bias, float *out, int64_t out_stride,
+                       int nthreads) {
+  const int64_t P = (N + LIN_NR - 1) / LIN_NR, C = (M + LIN_MC - 1) / LIN_MC;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t item = 0; item < P * C; item++) {
+    const int64_t p = item / C, m0 = item % C * LIN_MC;
+    const int64_t m = M - m0 < LIN_MC ? M - m0 : LIN_MC, blocks = (m + 3) / 4;
+    const int64_t n0 = p * LIN_NR, cols = N - n0 < LIN_NR ? N - n0 : LIN_NR;
+    const float *panel = packed + p * K * LIN_NR;
+    f32x8 acc[LIN_MC / 4][12];
+    for (int64_t b = 0; b < blocks; b++)
+      for (int i = 0; i < 12; i++) acc[b][i] = (f32x8){0};
+    for (int64_t k0 = 0; k0 < K; k0 += LIN_KC) {
+      const int64_t k1 = K - k0 < LIN_KC ? K : k0 + LIN_KC;
+      for (int64_t b = 0; b < blocks; b++) {
+        const int64_t rows = m - 4 * b < 4 ? m - 4 * b : 4;
+        linear_block(x + (m0 + 4 * b) * x_stride, x_stride, rows, panel, k0, k1, acc[b], b == 0);
+      }
+    }
+    for (int64_t r = 0; r < m; r++) {
+      float row[LIN_NR];
+      *(f32x8 *)row = acc[r / 4][r % 4];
+      *(f32x8 *)(row + 8) = acc[r / 4][4 + r % 4];
+      *(f32x8 *)(row + 16) = acc[r / 4][8 + r % 4];
+      float *o = out + (m0 + r) * out_stride + n0;
+      if (bias)
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j] + bias[n0 + j];
+      else
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j];
+    }
+  }
+}
