@@ -31,7 +31,7 @@ NPM_PROJECTS = ("contracts", "tests/js")
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download fails offline
 ALL_EXTRAS = "dev,data,gpu,rag,server"
 LOCK = ROOT / "requirements" / "lock.txt"
-LOCKED_EXTRAS = ("dev", "data", "gpu", "rag", "server", "spans", "docs")
+LOCKED_EXTRAS = ("dev", "data", "gpu", "rag", "server", "spans", "docs", "demo")
 PYTEST_ARGS = ("-q", "-p", "no:cacheprovider")
 # NOTE: the CPU paths below the best one are checked too: torch's own kernels
 # (ATEN_CPU_CAPABILITY), oneDNN's and MKL's, and our compiled kernels, which follow torch.
@@ -189,7 +189,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def demo(session: nox.Session) -> None:
     """The main job: `openledger demo` on the embedded defaults."""
-    _install(session, "rag")
+    _install(session, "demo")
     session.run("openledger", "demo", *session.posargs)
 
 

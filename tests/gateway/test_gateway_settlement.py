@@ -386,6 +386,8 @@ def test_ledger_settings_are_pinned(tmp_path: Path) -> None:
             pin_settings(ledger, operator.address, 60, {"chainId": 2})
         with pytest.raises(ConfigError, match="exactly one of pool_wei"):
             settle_ledger(ledger, None, operator=operator)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="pool_wei must be > 0, got 0"):
+            settle_ledger(ledger, None, operator=operator, pool_wei=0)  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="is signed by operator"):
             settle_ledger(ledger, None, operator=Account.create(), pool_wei=1)  # type: ignore[arg-type]
 

@@ -213,6 +213,20 @@ def render_report(result: DemoResult) -> str:
         + [["<b>total</b>", f"{total / 10**18:.6f}", total, sum(result.claimed.values()), ""]],
         {1, 2, 3},
     )
+    receipts = _table(
+        ["receipt id", "served by", "tokens", "payer", "in the epoch"],
+        [
+            [
+                f"<code>{_esc(r['receipt_id'][:18])}...</code>",
+                _esc(r["adapters"]),
+                r["tokens"],
+                _esc(r["payer"]),
+                "credited" if r["credited"] else "nothing owed (base model)",
+            ]
+            for r in result.receipts
+        ],
+        {2},
+    )
     timings = _table(
         ["stage", "seconds"],
         [[_esc(k), f"{v:.1f}"] for k, v in result.timings.items()]
@@ -233,5 +247,8 @@ def render_report(result: DemoResult) -> str:
         f"<p>Pool {result.pool_wei} wei; payouts sum to "
         f"<b class='{'ok' if exact else 'bad'}'>{total}</b> wei "
         f"({'exactly the pool' if exact else 'NOT the pool'}).</p>{payouts}"
+        f"<p>The epoch was built from the {len(result.receipts)} signed receipts the gateway "
+        "wrote (plus the retrieval answers):</p>"
+        f"{receipts}"
         f"<h2>5. Timings</h2>{timings}</body></html>\n"
     )

@@ -87,6 +87,7 @@ class DemoAnswer:
         shares: Contributor name -> attribution share (influence or citations).
         teacher: The contributor whose records teach the answer, if the demo knows one.
         expected: A fragment of the answer the teacher's records give.
+        receipt_id: The gateway's signed receipt of the answer (None: served beside it).
     """
 
     question: str
@@ -99,6 +100,7 @@ class DemoAnswer:
     shares: dict[str, float] = field(default_factory=dict)
     teacher: str | None = None
     expected: str | None = None
+    receipt_id: str | None = None
 
 
 @dataclass
@@ -114,6 +116,7 @@ class DemoResult:
         answers: Every answer served.
         pool_wei: The epoch's pool.
         epoch_id: The settled epoch.
+        receipts: The gateway's receipts: id, adapters, tokens, payer, whether credited.
         payouts: Payee name -> wei.
         claimed: Payee name -> token balance after claiming.
         names: Address -> name of every demo account.
@@ -128,6 +131,7 @@ class DemoResult:
     answers: list[DemoAnswer] = field(default_factory=list)
     pool_wei: int = 0
     epoch_id: int = 0
+    receipts: list[dict[str, Any]] = field(default_factory=list)
     payouts: dict[str, int] = field(default_factory=dict)
     claimed: dict[str, int] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
@@ -143,15 +147,18 @@ def run_demo(config: DemoConfig | None = None, out: TextIO | None = None) -> Dem
 
     Raises:
         ConfigError: ``output_dir`` is a non-empty folder that no demo run made.
-        MissingDependencyError: bm25s (the ``rag`` extra) is not installed.
+        MissingDependencyError: A package of the ``demo`` extra (bm25s, FastAPI,
+            uvicorn, prometheus-client, openai) is not installed.
         OpenLedgerError: Any layer's error, unchanged.
     """
     from openledger.demo.stages import Stages
 
     config = config or DemoConfig()
-    if importlib.util.find_spec("bm25s") is None:
+    missing = [n for n in _NEEDS if importlib.util.find_spec(n) is None]
+    if missing:
         raise MissingDependencyError(
-            "the demo's retrieval stage needs bm25s: pip install 'openledger[rag]'"
+            f"the demo needs {', '.join(missing)} (retrieval, the gateway and its client): "
+            "pip install 'openledger[demo]'"
         )
     folder = _fresh_folder(Path(config.output_dir))
     base = config.base_model or (None if config.fast else DEFAULT_BASE_MODEL)
@@ -159,6 +166,9 @@ def run_demo(config: DemoConfig | None = None, out: TextIO | None = None) -> Dem
     stages = Stages(config, folder, console, load_datasets())
     with _quiet():
         return _run(stages, console, base)
+
+
+_NEEDS = ("bm25s", "fastapi", "uvicorn", "prometheus_client", "openai")
 
 
 def _run(stages: Stages, console: Console, base: str | None) -> DemoResult:
@@ -171,13 +181,13 @@ def _run(stages: Stages, console: Console, base: str | None) -> DemoResult:
         stages.register()
     with console.stage("fine-tune one LoRA adapter per datanet", timings):
         stages.train()
-    with console.stage("serve both adapters and the base model in one engine", timings):
+    with console.stage("serve the adapters and the base model over the OpenAI API", timings):
         stages.serve()
     with console.stage("retrieval-augmented answers with citations", timings):
         stages.rag()
     with console.stage("attribute the answers to contributors", timings):
         stages.attribute()
-    with console.stage("settle an epoch and let every payee claim", timings):
+    with console.stage("settle an epoch from the gateway's ledger; payees claim", timings):
         stages.settle()
     return stages.finish()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,12 @@ class Stages:
         self.evm: Chain | None = None
         self.protocol: Protocol | None = None
         self.engine: Engine | None = None
+        self.ledger_path = folder / "gateway.db"
+
+    @property
+    def base_name(self) -> str:
+        """The name clients send as ``model`` for the base model."""
+        return Path(self.result.base_model).name
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -235,50 +242,66 @@ class Stages:
             )
 
     def serve(self) -> None:
-        """One engine, both adapters and the base model; every answer streamed."""
+        """The gateway on a loopback port serves both adapters and the base model from one
+        engine; the official openai client streams every answer; each becomes a signed
+        receipt in the gateway's ledger."""
+        from openledger.demo.service import LocalGateway, openai_client
+        from openledger.gateway import GatewayConfig, ReceiptLedger
         from openledger.serve import Engine
 
+        assert self.evm is not None
         engine = self.engine = Engine(self.result.base_model)
-        for dataset in self.datasets:
-            engine.add_adapter(dataset.name, self.runs[dataset.name].output_dir)
-        self._say(
-            f"engine up: base {self.result.base_model} + adapters "
-            + ", ".join(d.name for d in self.datasets)
+        with ReceiptLedger(self.ledger_path) as ledger:
+            key, record = ledger.create_key(payer=self.account("ursula").address, name="demo app")
+        config = GatewayConfig(
+            model=self.result.base_model,
+            served_model_name=self.base_name,
+            adapters={d.name: str(self.runs[d.name].output_dir) for d in self.datasets},
+            ledger=self.ledger_path,
+            chain_id=self.evm.chain_id,
+            log_level="warning",
         )
-        for dataset in self.datasets:
-            for question in dataset.questions:
-                self._ask(question, dataset.name)
-        self._ask(DemoQuestion(self.datasets[0].questions[0].text, "", ""), None)
-        self._ask(DemoQuestion(_general_question(), "", ""), None)
+        with LocalGateway(config, engine) as gateway:
+            client = openai_client(gateway.base_url, key)
+            self._say(
+                f"gateway on {gateway.base_url}: {self.base_name} + adapters "
+                + ", ".join(d.name for d in self.datasets)
+                + f"; app key {record.key_id} bills ursula"
+            )
+            for dataset in self.datasets:
+                for question in dataset.questions:
+                    self._ask(client, question, dataset.name)
+            self._ask(client, DemoQuestion(self.datasets[0].questions[0].text, "", ""), None)
+            self._ask(client, DemoQuestion(_general_question(), "", ""), None)
+        with ReceiptLedger(self.ledger_path) as ledger:
+            count = ledger.count_receipts()
+        self._say(f"{count} signed receipts in {self.ledger_path.name}, one per answer")
 
-    def _ask(self, question: DemoQuestion, adapter: str | None) -> DemoAnswer:
-        from openledger.serve import SamplingParams
+    def _ask(self, client: Any, question: DemoQuestion, adapter: str | None) -> DemoAnswer:
+        from openledger.demo.service import stream_answer
 
-        assert self.engine is not None
         label = adapter or "base"
         self.console.write(
             f"    [{label}] user> {question.text}\n    [{label}] assistant> ", end=""
         )
-        params = SamplingParams(max_tokens=self.config.max_tokens, adapter=adapter)
-        messages = [{"role": "user", "content": question.text}]
         started = time.perf_counter()
-        final = None
-        for output in self.engine.stream_outputs(messages, params):
-            if output.delta_text:
-                self.console.write(output.delta_text.replace("\n", " "), end="")
-            final = output
+        found = stream_answer(
+            client,
+            adapter or self.base_name,
+            question.text,
+            self.config.max_tokens,
+            on_delta=lambda piece: self.console.write(piece.replace("\n", " "), end=""),
+        )
         self.console.write()
-        assert final is not None
-        assert final.usage is not None
-        tokens = final.usage.prompt_tokens + final.usage.completion_tokens
         answer = DemoAnswer(
             question.text,
             adapter,
-            final.text.strip(),
-            tokens,
+            found.text.strip(),
+            found.prompt_tokens + found.completion_tokens,
             time.perf_counter() - started,
             teacher=question.teacher or None,
             expected=question.expected or None,
+            receipt_id=found.receipt_id,
         )
         self.result.answers.append(answer)
         return answer
@@ -347,37 +370,52 @@ class Stages:
                 self._say("  no retrieved record helped this answer: no reward for it")
 
     def attribute(self) -> None:
-        """Influence of each training record on each adapter answer; shares by contributor."""
-        from openledger.attribution import InfluenceIndex
+        """Build each adapter's influence index; the attribution worker credits the
+        gateway's answers from its ledger with them (shares by contributor)."""
+        from openledger.attribution import SHARE_UNITS, InfluenceIndex
+        from openledger.gateway import AttributionWorker, ReceiptLedger
 
+        indexes = {}
         for dataset in self.datasets:
             started = time.perf_counter()
+            folder = self.folder / "index" / dataset.name
             index: InfluenceIndex = InfluenceIndex.build(
                 self.runs[dataset.name].adapter,
                 self.snapshots[dataset.name],
                 method="exact",
-                output_dir=self.folder / "index" / dataset.name,
+                output_dir=folder,
                 progress=self.config.progress,
             )
+            indexes[str(self.runs[dataset.name].output_dir)] = str(folder)
             self._say(
                 f"{dataset.name}: influence index (exact) of {len(index)} records built in "
                 f"{time.perf_counter() - started:.0f} s"
             )
-            for answer in self.result.answers:
-                if answer.adapter != dataset.name:
-                    continue
-                report = index.attribute(answer.question, answer.text)
-                answer.shares = {self.name_of(a): s for a, s in report.contributor_shares().items()}
-                self.reports.append((answer, report))
-                top = sorted(answer.shares.items(), key=lambda kv: -kv[1])
-                shown = ", ".join(f"{n} {s:.0%}" for n, s in top[:4])
-                self._say(f"{answer.question!r}: {shown}")
-                if answer.teacher:
-                    self._say("  " + _verdict(answer, top[0][0] if top else None))
+        started = time.perf_counter()
+        with ReceiptLedger(self.ledger_path) as ledger:
+            done = AttributionWorker(ledger, indexes).run_once()
+            rows = ledger.read("SELECT request_id, shares FROM attributions")
+        self._say(
+            f"attribution worker: {done.attributed} receipts credited from the ledger in "
+            f"{time.perf_counter() - started:.0f} s ({done.waiting} waiting)"
+        )
+        credited = {request_id: json.loads(shares)["weights"] for request_id, shares in rows}
+        for answer in self.result.answers:
+            if answer.adapter is None or answer.receipt_id is None:
+                continue
+            weights = credited.get(answer.receipt_id, {})
+            answer.shares = {self.name_of(a): w / SHARE_UNITS for a, w in weights.items()}
+            top = sorted(answer.shares.items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{n} {s:.0%}" for n, s in top[:4])
+            self._say(f"{answer.question!r}: {shown}")
+            if answer.teacher:
+                self._say("  " + _verdict(answer, top[0][0] if top else None))
 
     def settle(self) -> None:
-        """One epoch over every attributed answer; each payee claims with its own key."""
-        from openledger.attribution import RewardPolicy, settle
+        """One epoch over the gateway's receipts (and the retrieval answers), built from
+        the ledger; each payee claims with its own key and the proof the ledger serves."""
+        from openledger.attribution import RewardPolicy, UsageReceipt
+        from openledger.gateway import ReceiptLedger, claims_of, load_operator_key, settle_ledger
 
         assert self.protocol is not None
         assert self.evm is not None
@@ -388,38 +426,58 @@ class Stages:
             protocol_bps=config.protocol_bps,
             protocol=self.account("treasury").address,
         )
-        reports = [report for _, report in self.reports]
-        tokens = [answer.tokens for answer, _ in self.reports]
-        epoch = settle(
-            reports,
-            pool_wei=config.pool_wei,
-            protocol=self.protocol,
-            operator=self.evm.default_account,
-            tokens=tokens,
-            policy=policy,
-        )
-        payouts = {self.name_of(a): int(v) for a, v in epoch.split.payouts.items()}
-        total = sum(payouts.values())
+        # NOTE: retrieval answers ran beside the gateway: credited by context ablation,
+        # they join the epoch as usage the operator vouches for.
+        extra = [UsageReceipt.from_report(r, tokens=a.tokens) for a, r in self.reports]
+        operator = load_operator_key(Path(f"{self.ledger_path}.operator-key"))
+        with ReceiptLedger(self.ledger_path) as ledger:
+            done = settle_ledger(
+                ledger,
+                self.protocol,
+                operator=operator,
+                pool_wei=config.pool_wei,
+                policy=policy,
+                through_window=int(time.time()) // 86_400,
+                extra=extra,
+            )
+            receipts = [signed.receipt for signed in ledger.receipts()]
+            claims = {a: claims_of(ledger, a) for a in done.payouts}
+        assert done.epoch_id is not None
         self._say(
-            f"epoch {epoch.epoch_id}: {len(reports)} signed usage receipts, pool "
-            f"{config.pool_wei / ETH:g} tokens, root {epoch.tree.root[:18]}..."
+            f"epoch {done.epoch_id} from the ledger: {len(done.settled)} credited receipts, "
+            f"{len(done.nothing_owed)} of the base model (nothing owed), {len(extra)} "
+            f"retrieval answers; pool {config.pool_wei / ETH:g} tokens, root {done.root}"
         )
+        payouts = {self.name_of(a): int(v) for a, v in done.payouts.items()}
+        total = sum(payouts.values())
         for name, amount in sorted(payouts.items(), key=lambda kv: -kv[1]):
             self._say(f"  {name:<9} {amount / ETH:>12.6f}  ({amount} wei)")
         self._say(f"  {'total':<9} {total / ETH:>12.6f}  (= pool: {total == config.pool_wei})")
         claimed = {}
-        for address in epoch.split.payouts:
+        for address, (claim,) in claims.items():
             name = self.name_of(address)
             account = self.account(name)
             self.evm.fund(account.address, ETH // 10)
-            epoch.claim(account)
+            self.protocol.rewards.claim(claim.epoch_id, claim.amount, claim.proof, sender=account)
             claimed[name] = int(self.protocol.token.balance_of(account.address))
         ok = all(claimed[n] == payouts[n] for n in payouts)
         self._say(
-            f"{len(claimed)} claims sent by the payees themselves; balances equal payouts: {ok}"
+            f"{len(claimed)} claims sent by the payees themselves with the ledger's proofs; "
+            f"balances equal payouts: {ok}"
         )
+        settled = set(done.settled)
+        self.result.receipts = [
+            {
+                "receipt_id": r.request_id,
+                "adapters": ", ".join(r.adapter_names) or self.base_name,
+                "tokens": r.prompt_tokens + r.completion_tokens,
+                "payer": self.name_of(r.payer),
+                "credited": r.request_id in settled,
+            }
+            for r in receipts
+        ]
         self.result.pool_wei = config.pool_wei
-        self.result.epoch_id = epoch.epoch_id
+        self.result.epoch_id = done.epoch_id
         self.result.payouts = payouts
         self.result.claimed = claimed
 

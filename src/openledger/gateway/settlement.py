@@ -168,6 +168,7 @@ def settle_ledger(
     policy: RewardPolicy | None = None,
     claim_window: int = DEFAULT_CLAIM_WINDOW,
     require_published_snapshots: bool = True,
+    extra: Sequence[UsageReceipt] = (),
     now: float | None = None,
 ) -> Settlement:
     """Recover interrupted epochs, then pay the pending receipts in one new epoch.
@@ -186,16 +187,22 @@ def settle_ledger(
         claim_window: Seconds payees have to claim (at least the contract's minimum).
         require_published_snapshots: Hold attributions whose snapshot is not published on
             chain under its datanet (off only for deployments without a registry).
+        extra: Usage this gateway did not meter but the operator vouches for (a
+            retrieval-augmented answer credited by context ablation, say), paid in the same
+            epoch: signed by ``operator`` and kept in the epoch with the rest.
         now: Unix time (default now).
 
     Raises:
-        ConfigError: Both or neither of ``pool_wei`` and ``wei_per_1k_tokens``, or an
-            operator other than the ledger's.
+        ConfigError: Both or neither of ``pool_wei`` and ``wei_per_1k_tokens``, one not
+            positive, or an operator other than the ledger's.
         SettlementError: An interrupted epoch cannot be resolved, or another settle ran at
             the same time (nothing of this run is kept; run it again).
     """
     if (pool_wei is None) == (wei_per_1k_tokens is None):
         raise ConfigError("give exactly one of pool_wei and wei_per_1k_tokens")
+    for name, value in (("pool_wei", pool_wei), ("wei_per_1k_tokens", wei_per_1k_tokens)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
     settings = ledger_settings(ledger)
     if operator.address != settings.operator:
         raise ConfigError(
@@ -213,19 +220,21 @@ def settle_ledger(
     owed = [r for r, parts in credits if parts]
     result.nothing_owed = [r.request_id for r, parts in credits if not parts]
     tokens = sum(r.prompt_tokens + r.completion_tokens for r in owed)
+    tokens += sum(u.tokens for u in extra)
     pool = pool_wei if pool_wei is not None else tokens * (wei_per_1k_tokens or 0) // 1000
+    usages += list(extra)
     if not usages or pool <= 0:
         result.nothing_owed += [r.request_id for r in owed]
         owed = []
     rewards_domain = _rewards_domain(protocol)
-    signed = [_sign(u, operator, rewards_domain) for u in usages] if owed else []
+    signed = [_sign(u, operator, rewards_domain) for u in usages] if usages and pool > 0 else []
     epoch = None
-    if owed:
+    if signed:
         try:
             split = split_rewards(signed, pool, policy)
         except AttributionInputError:  # NOTE: every share rounded to zero: nobody is owed
             result.nothing_owed += [r.request_id for r in owed]
-            owed, signed = [], []
+            owed = []
         else:
             epoch = _Prepared.new(ledger, protocol, split.payouts, signed, window, claim_window)
     _persist(ledger, epoch, [r.request_id for r in owed], result.nothing_owed)
