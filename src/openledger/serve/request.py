@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from openledger.exceptions import InvalidRequestError
+from openledger.serve.block_pool import BlockPool
 from openledger.serve.detokenizer import IncrementalDetokenizer
 from openledger.serve.outputs import RequestMetrics, RequestOutput
+from openledger.serve.params import SamplingParams
 from openledger.serve.sequence import FinishReason, SequenceState
 
-__all__ = ["ChatMessage", "PromptInput", "RequestState", "is_single_prompt", "tokenize_prompt"]
+__all__ = [
+    "AdapterChoice",
+    "ChatMessage",
+    "PromptInput",
+    "RequestLimits",
+    "RequestState",
+    "is_single_prompt",
+    "params_per_prompt",
+    "tokenize_prompt",
+    "with_adapter",
+]
 
 ChatMessage: TypeAlias = Mapping[str, Any]
 PromptInput: TypeAlias = "str | Sequence[ChatMessage] | Sequence[int]"
 """A prompt: text, chat messages (``[{"role": ..., "content": ...}]``) or token ids."""
+AdapterChoice: TypeAlias = "str | Mapping[str, float]"
+"""A registered adapter's name, or a weighted mix ``{name: weight}``."""
 
 
 def is_single_prompt(prompt: object) -> bool:
@@ -55,6 +70,80 @@ def tokenize_prompt(tokenizer: Any, prompt: object) -> tuple[str | None, list[in
     raise InvalidRequestError(
         "a prompt list must hold only token ids or only {'role', 'content'} messages"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What a request's tokens must fit: the vocabulary, the context and the KV cache.
+
+    Attributes:
+        vocab_size: Token ids must be below it.
+        max_model_len: Prompt + output tokens of one sequence.
+        block_pool: The KV cache (a request that could not fit it alone is refused).
+    """
+
+    vocab_size: int
+    max_model_len: int
+    block_pool: BlockPool
+
+    def check(self, token_ids: list[int], params: SamplingParams) -> None:
+        """Refuse a prompt that the engine could not finish.
+
+        Raises:
+            InvalidRequestError: A token id outside the vocabulary, a prompt that fills the
+                context, or prompt + ``max_tokens`` needing more blocks than the cache has.
+        """
+        if any(not 0 <= token < self.vocab_size for token in token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {self.vocab_size})")
+        if len(token_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {len(token_ids)} tokens; the context holds {self.max_model_len} "
+                "(prompt + at least one generated token). Shorten the prompt."
+            )
+        total = self.total_tokens(len(token_ids), params)
+        pool = self.block_pool
+        if pool.blocks_needed(total) > pool.num_blocks:
+            raise InvalidRequestError(
+                f"prompt + max_tokens = {total} tokens needs more KV blocks than the cache has "
+                f"({pool.num_blocks} x {pool.block_size}); lower max_tokens "
+                "or raise EngineConfig.kv_cache_memory"
+            )
+
+    def total_tokens(self, num_prompt_tokens: int, params: SamplingParams) -> int:
+        """The most tokens the sequence can reach."""
+        return min(num_prompt_tokens + params.max_tokens, self.max_model_len)
+
+
+def params_per_prompt(
+    num_prompts: int, params: SamplingParams | Sequence[SamplingParams] | None
+) -> list[SamplingParams]:
+    """One :class:`SamplingParams` per prompt (default greedy for all).
+
+    Raises:
+        InvalidRequestError: A list of another length.
+    """
+    if params is None or isinstance(params, SamplingParams):
+        return [params or SamplingParams()] * num_prompts
+    per_prompt = list(params)
+    if len(per_prompt) != num_prompts:
+        raise InvalidRequestError(f"{len(per_prompt)} SamplingParams for {num_prompts} prompts")
+    return per_prompt
+
+
+def with_adapter(params: SamplingParams | None, adapter: AdapterChoice | None) -> SamplingParams:
+    """``params`` with ``adapter`` set (it must not contradict an adapter already set).
+
+    Raises:
+        InvalidRequestError: ``params`` names another adapter.
+    """
+    params = params or SamplingParams()
+    if adapter is None:
+        return params
+    if params.adapter is not None and params.adapter != adapter:
+        raise InvalidRequestError(
+            f"adapter={adapter!r} contradicts SamplingParams(adapter={params.adapter!r})"
+        )
+    return dataclasses.replace(params, adapter=adapter)
 
 
 @dataclass(slots=True)
