@@ -69,11 +69,11 @@ def watch_steps(engine: Engine) -> list[str]:
     real_run = engine.runner.run
 
     def run(*args: Any) -> Any:
-        before = (dict(store._names), store.slots.resident())
+        before = (dict(store.registry.names), store.slots.resident())
         time.sleep(0.002)  # NOTE: widens the window an unlocked change would hit
         out = real_run(*args)
-        if (dict(store._names), store.slots.resident()) != before:
-            violations.append(f"{before} -> {store._names}")
+        if (dict(store.registry.names), store.slots.resident()) != before:
+            violations.append(f"{before} -> {store.registry.names}")
         return out
 
     engine.runner.run = run  # type: ignore[method-assign]
@@ -160,8 +160,8 @@ def test_adapter_changes_during_a_request_stream_lose_no_request(
     asyncio.run(play(setup, ops))
     store = setup["engine"].adapters
     assert setup["violations"] == []
-    assert store._refs == {}  # nothing leaked
-    assert store._regs == {}
+    assert store.registry.refs == {}  # nothing leaked
+    assert store.registry.specs == {}
     assert len(store) == 0
     assert store.host_bytes == 0
 
@@ -189,5 +189,5 @@ def test_a_replaced_adapter_finishes_its_running_request_with_the_old_weights(
     assert old.usage.adapter_ids == (ids[0],)
     assert new.token_ids == expected[(0, 1)]
     assert new.usage.adapter_ids == (ids[1],)
-    assert setup["engine"].adapters._regs == {}
+    assert setup["engine"].adapters.registry.specs == {}
     assert setup["violations"] == []

@@ -10,37 +10,35 @@ r"""The adapter store: registered (disk) -> host memory -> device slots.
 A request names one adapter, none, or a weighted mix ``{"a": 0.7, "b": 0.3}``; a mix is
 its own slot entry whose weights are the exact concatenation of its members
 (:func:`~openledger.serve.ops.lora_torch.combine_lora_weights`), never merged into the
-base model.
-
-Each :meth:`AdapterStore.add` is a *registration* (``"a#3"``: the third one, named
-``a``). Slots, host copies and prefix-cache salts belong to registrations, not names, so
-removing ``a`` and adding a new ``a`` while requests of the old one still run serves each
-request the weights it was admitted with: the engine :meth:`~AdapterStore.retain`\ s a
-request's registrations when it is admitted and :meth:`~AdapterStore.drop`\ s them when
-it ends, and a removed registration is unloaded when its last request ends.
+base model. Names, registrations and the requests holding them are the store's
+:class:`~openledger.serve.adapters.registry.AdapterRegistry`: slots and host copies belong
+to registrations, so a removed adapter's weights serve its admitted requests to the end.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import torch
 
-from openledger.exceptions import AdapterNotFoundError, ConfigError, InvalidRequestError
+from openledger.exceptions import AdapterNotFoundError
 from openledger.serve.adapters.fetch import AdapterSourcePolicy
 from openledger.serve.adapters.loading import (
     AdapterSpec,
     LoadedAdapter,
     inspect_adapter,
     load_adapter,
+)
+from openledger.serve.adapters.registry import (
+    AdapterRef,
+    AdapterRegistry,
+    AdapterUse,
+    key_registrations,
 )
 from openledger.serve.adapters.slots import SlotTable
 from openledger.serve.adapters.sources import resolve_source
@@ -49,34 +47,6 @@ from openledger.serve.models.config import ModelConfig
 from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights
 
 __all__ = ["AdapterRef", "AdapterStore", "AdapterUse"]
-
-AdapterRef = str | Mapping[str, float]
-"""What a request asks for: an adapter name, or ``{name: weight}`` for a weighted mix."""
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterUse:
-    """A request's resolved adapter choice (also its usage record).
-
-    Attributes:
-        key: The device-slot key: the registrations, e.g. ``"a#1"`` or
-            ``"a#1*0.7+b#2*0.3"``.
-        names: Adapter names, sorted.
-        weights: Their weights (1.0 for a single adapter).
-        adapter_ids: Their manifests' adapter ids, verified to be keccak256 of the
-            weights served (None for an adapter without manifest).
-        cache_salt: Folded into prefix-cache hashes; unique per registration, so a prefix
-            computed under one adapter (or an earlier adapter of the same name) never
-            serves another.
-        registrations: The registrations of ``names``, e.g. ``("a#1", "b#2")``.
-    """
-
-    key: str
-    names: tuple[str, ...]
-    weights: tuple[float, ...]
-    adapter_ids: tuple[str | None, ...]
-    cache_salt: str
-    registrations: tuple[str, ...] = ()
 
 
 class AdapterStore:
@@ -127,18 +97,15 @@ class AdapterStore:
         self.source_policy = source_policy or AdapterSourcePolicy()
         self._hash_fn = base_weights_hash
         self._base_hash: str | None = None
-        self._names: dict[str, str] = {}  # name -> its registration
-        self._regs: dict[str, AdapterSpec] = {}  # registered, or removed but still in use
-        self._refs: dict[str, int] = {}  # requests using each registration
+        self.registry = AdapterRegistry()
         self._host: OrderedDict[str, LoadedAdapter] = OrderedDict()  # by registration
         self._host_bytes = 0
-        self._registrations = 0
 
     def __contains__(self, name: object) -> bool:
-        return name in self._names
+        return name in self.registry
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self.registry)
 
     @property
     def host_bytes(self) -> int:
@@ -166,7 +133,7 @@ class AdapterStore:
                 whose adapter id is not the hash of its weights.
             AdapterMismatchError: Made for another base model.
         """
-        self._check_name(name, free=True)
+        self.registry.check_name(name, free=True)
         return self.register(self.prepare(name, source, sha256=sha256))
 
     def prepare(
@@ -178,7 +145,7 @@ class AdapterStore:
         to :meth:`register` between steps. Arguments and errors as :meth:`add`, except
         that ``name`` may be registered (to replace it).
         """
-        self._check_name(name, free=False)
+        self.registry.check_name(name, free=False)
 
         def inspect(folder: Path) -> AdapterSpec:
             return inspect_adapter(name, folder, self.config, self._base_weights_hash(folder))
@@ -199,20 +166,8 @@ class AdapterStore:
         Raises:
             ConfigError: The name is registered (or invalid).
         """
-        self._check_name(spec.name, free=True)
-        self._registrations += 1
-        registration = f"{spec.name}#{self._registrations}"
-        self._names[spec.name] = registration
-        self._regs[registration] = spec
+        self.registry.register(spec)
         return spec
-
-    def _check_name(self, name: str, *, free: bool) -> None:
-        if not isinstance(name, str) or not name or set(name) & {"*", "+", "#"}:
-            raise ConfigError(
-                f"adapter name must be a non-empty str without '*', '+' or '#': {name!r}"
-            )
-        if free and name in self._names:
-            raise ConfigError(f"adapter {name!r} is registered; remove_adapter({name!r}) first")
 
     def spec(self, name: str) -> AdapterSpec:
         """The registered adapter ``name`` (folder, targets, ranks, scalings).
@@ -220,7 +175,7 @@ class AdapterStore:
         Raises:
             AdapterNotFoundError: Unknown name.
         """
-        return self._regs[self._registration(name)]
+        return self.registry.specs[self.registry.registration(name)]
 
     def remove(self, name: str) -> None:
         """Forget an adapter's name; its weights go when no request uses them any more.
@@ -231,36 +186,27 @@ class AdapterStore:
         Raises:
             AdapterNotFoundError: Unknown name.
         """
-        registration = self._registration(name)
-        del self._names[name]
-        if not self._refs.get(registration):
-            self._unload(registration)
+        released = self.registry.remove(name)
+        if released is not None:
+            self._unload(released)
 
     def retain(self, use: AdapterUse) -> None:
         """Count a request admitted with ``use``: its registrations stay loadable until
         :meth:`drop`, even if their names are removed meanwhile."""
-        for registration in use.registrations:
-            self._refs[registration] = self._refs.get(registration, 0) + 1
+        self.registry.retain(use)
 
     def drop(self, use: AdapterUse) -> None:
         """Undo one :meth:`retain` (the request ended); unloads removed registrations
         no request uses any more."""
-        for registration in use.registrations:
-            left = self._refs.get(registration, 0) - 1
-            if left > 0:
-                self._refs[registration] = left
-                continue
-            self._refs.pop(registration, None)
-            name = registration.rsplit("#", 1)[0]
-            if self._names.get(name) != registration:
-                self._unload(registration)
+        for registration in self.registry.drop(use):
+            self._unload(registration)
 
     def _unload(self, registration: str) -> None:
         for key in self.slots.resident():
-            if registration in _key_registrations(key):
+            if registration in key_registrations(key):
                 self._unload_slot(key)
         self._drop_host(registration)
-        self._regs.pop(registration, None)
+        self.registry.specs.pop(registration, None)
 
     def resolve(self, ref: AdapterRef) -> AdapterUse:
         """Check a request's adapter choice and give its canonical form.
@@ -269,14 +215,7 @@ class AdapterStore:
             AdapterNotFoundError: A named adapter is not registered.
             InvalidRequestError: A malformed mix (empty, non-finite or zero weights).
         """
-        pairs = _pairs(ref)
-        names = tuple(name for name, _ in pairs)
-        weights = tuple(weight for _, weight in pairs)
-        regs = tuple(self._registration(name) for name in names)
-        ids = tuple(self._regs[r].adapter_id for r in regs)
-        salt = "+".join(f"{r}*{w!r}" for r, w in zip(regs, weights, strict=True))
-        key = regs[0] if isinstance(ref, str) else salt
-        return AdapterUse(key, names, weights, ids, salt, regs)
+        return self.registry.resolve(ref)
 
     def load_host(self, name: str) -> LoadedAdapter:
         """The adapter's weights in host memory, read from disk on first use.
@@ -285,13 +224,13 @@ class AdapterStore:
             AdapterNotFoundError: Unknown name.
             AdapterFormatError: The weights changed since registration or are unreadable.
         """
-        return self._load_registration(self._registration(name))
+        return self._load_registration(self.registry.registration(name))
 
     def _load_registration(self, registration: str) -> LoadedAdapter:
         if registration in self._host:
             self._host.move_to_end(registration)
             return self._host[registration]
-        spec = self._regs.get(registration)
+        spec = self.registry.specs.get(registration)
         if spec is None:
             raise AdapterNotFoundError(f"adapter registration {registration!r} was removed")
         loaded = load_adapter(spec, self.config, self.dtype)
@@ -363,40 +302,9 @@ class AdapterStore:
         if loaded is not None:
             self._host_bytes -= loaded.num_bytes
 
-    def _registration(self, name: str) -> str:
-        registration = self._names.get(name)
-        if registration is None:
-            raise AdapterNotFoundError(
-                f"no adapter named {name!r} is registered; call add_adapter({name!r}, source) "
-                f"first ({len(self._names)} registered)"
-            )
-        return registration
-
     def _base_weights_hash(self, folder: Path) -> str | None:
         if self._hash_fn is None or not (folder / "openledger_manifest.json").is_file():
             return None
         if self._base_hash is None:
             self._base_hash = self._hash_fn()
         return self._base_hash
-
-
-def _pairs(ref: AdapterRef) -> list[tuple[str, float]]:
-    if isinstance(ref, str):
-        return [(ref, 1.0)]
-    if not isinstance(ref, Mapping) or not ref:
-        raise InvalidRequestError(
-            f"adapter must be a name or a non-empty {{name: weight}}: {ref!r}"
-        )
-    pairs: list[tuple[str, float]] = []
-    for name, weight in sorted(ref.items()):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise InvalidRequestError(f"adapter weight of {name!r} must be a number: {weight!r}")
-        if not math.isfinite(weight) or weight == 0:
-            raise InvalidRequestError(f"adapter weight of {name!r} must be finite and non-zero")
-        pairs.append((str(name), float(weight)))
-    return pairs
-
-
-def _key_registrations(key: str) -> set[str]:
-    # NOTE: names hold no '*', '+' or '#', weights no '#' ("a#1*1e+20+b#2*0.5" parses too)
-    return set(re.findall(r"[^*+#]+#\d+", key))
