@@ -16,9 +16,9 @@ registered adapters to disk as a new PEFT adapter folder (``cat``, ``linear``, `
 
 from __future__ import annotations
 
-from openledger.serve.adapters.fetch import AdapterSourcePolicy
 from openledger.serve.adapters.loading import AdapterSpec, LoadedAdapter
 from openledger.serve.adapters.merge import MergeSource, merge_adapter_specs, merge_adapters
+from openledger.serve.adapters.policy import AdapterSourcePolicy
 from openledger.serve.adapters.slots import SlotTable
 from openledger.serve.adapters.store import AdapterRef, AdapterStore, AdapterUse
 

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from openledger.exceptions import AdapterFormatError, AdapterSourceError
-from openledger.serve.adapters.fetch import AdapterSourcePolicy
+from openledger.serve.adapters.policy import AdapterSourcePolicy
 
 __all__ = ["unpack_archive"]
 

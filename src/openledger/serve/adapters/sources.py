@@ -37,14 +37,10 @@ import httpx
 from filelock import FileLock, Timeout
 
 from openledger.exceptions import AdapterFormatError, AdapterNotFoundError, AdapterSourceError
+from openledger.serve.adapters.addresses import check_url, guarded_client
 from openledger.serve.adapters.archives import unpack_archive
-from openledger.serve.adapters.fetch import (
-    AdapterSourcePolicy,
-    check_sha256,
-    check_url,
-    download,
-    guarded_client,
-)
+from openledger.serve.adapters.fetch import download
+from openledger.serve.adapters.policy import AdapterSourcePolicy, check_sha256
 
 __all__ = ["ADAPTER_CONFIG_FILE", "resolve_source"]
 

@@ -27,13 +27,13 @@ import httpx
 import torch
 
 from openledger.exceptions import AdapterNotFoundError
-from openledger.serve.adapters.fetch import AdapterSourcePolicy
 from openledger.serve.adapters.loading import (
     AdapterSpec,
     LoadedAdapter,
     inspect_adapter,
     load_adapter,
 )
+from openledger.serve.adapters.policy import AdapterSourcePolicy
 from openledger.serve.adapters.registry import (
     AdapterRef,
     AdapterRegistry,
