@@ -2,9 +2,9 @@
 
 :func:`inspect_adapter` (registration) reads ``adapter_config.json`` (validated by
 :mod:`.lora_config`), the optional ``openledger_manifest.json`` and the safetensors
-*header* (names, shapes; checked by :mod:`.checkpoint`), and hashes the weights file: the adapter id is keccak256 of
-``adapter_model.safetensors`` (as ``openledger.train`` exports it), so a manifest whose
-``adapter_id`` is not the hash of its weights is refused.
+*header* (names, shapes; checked by :mod:`.checkpoint`), and hashes the weights file:
+the adapter id is keccak256 of ``adapter_model.safetensors`` (as ``openledger.train``
+exports it), so a manifest whose ``adapter_id`` is not the hash of its weights is refused.
 :func:`load_adapter` (first use) reads the weights once, checks they still hash to what
 was registered and still fit, and lays them out as one
 :class:`~openledger.serve.ops.lora_torch.LoraWeights` per fused projection of the engine's

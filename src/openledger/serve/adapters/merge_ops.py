@@ -1,4 +1,6 @@
-"""Task-arithmetic combinations of equally shaped tensors (one side of a LoRA merge).
+"""The tensors of a LoRA merge, one module at a time: ``cat``'s rank blocks
+(:func:`cat_blocks`), and the task-arithmetic combinations of equally shaped tensors
+(:func:`task_arithmetic`, one side at a time through :func:`combine_tensors`).
 
 The semantics are PEFT's ``merge_utils`` (so a merge gives PEFT's tensors)::
 
@@ -12,9 +14,20 @@ The semantics are PEFT's ``merge_utils`` (so a merge gives PEFT's tensors)::
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["combine_tensors", "magnitude_prune", "random_prune"]
+from openledger.exceptions import AdapterMismatchError
+
+__all__ = [
+    "cat_blocks",
+    "combine_tensors",
+    "magnitude_prune",
+    "random_prune",
+    "same_ranks",
+    "task_arithmetic",
+]
 
 
 def magnitude_prune(tensor: torch.Tensor, density: float) -> torch.Tensor:
@@ -81,3 +94,55 @@ def combine_tensors(
     agree = _elected_signs(stacked, sign_method)
     kept = (weighted * agree).sum(dim=0)
     return kept / agree.sum(dim=0).clamp(min=1.0)
+
+
+def same_ranks(module: str, a_list: list[torch.Tensor], names: list[str]) -> None:
+    """Refuse sources of different ranks on ``module`` (all merges but ``cat``).
+
+    Raises:
+        AdapterMismatchError: Naming each source's rank.
+    """
+    ranks = [int(a.shape[0]) for a in a_list]
+    if len(set(ranks)) > 1:
+        found = ", ".join(f"{n}: r={r}" for n, r in zip(names, ranks, strict=True))
+        raise AdapterMismatchError(
+            f"linear, ties and dare merges need equal ranks; {module} has {found}. "
+            "Use combination='cat' for adapters of different ranks"
+        )
+
+
+def cat_blocks(
+    a_list: list[torch.Tensor],
+    b_list: list[torch.Tensor],
+    coefficients: list[tuple[float, float]],
+    rank: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank blocks side by side, zero-padded to the sum of the sources' ranks (as PEFT)."""
+    a = a_list[0].new_zeros(rank, a_list[0].shape[1])
+    b = b_list[0].new_zeros(b_list[0].shape[0], rank)
+    at = 0
+    for a_i, b_i, (scaling, weight) in zip(a_list, b_list, coefficients, strict=True):
+        r = a_i.shape[0]
+        a[at : at + r] = a_i * weight * scaling
+        b[:, at : at + r] = b_i
+        at += r
+    return a, b
+
+
+def task_arithmetic(
+    kind: str,
+    a_list: list[torch.Tensor],
+    b_list: list[torch.Tensor],
+    coefficients: list[tuple[float, float]],
+    density: float | None,
+    sign_method: str,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each side combined with ``sqrt|w s|`` (the sign on A only), then pruned/merged."""
+    roots = [math.sqrt(abs(weight * scaling)) for scaling, weight in coefficients]
+    signs = [1.0 if weight * scaling >= 0 else -1.0 for scaling, weight in coefficients]
+    a_weights = torch.tensor([r * s for r, s in zip(roots, signs, strict=True)])
+    b_weights = torch.tensor(roots)
+    a = combine_tensors(kind, a_list, a_weights, density, sign_method, generator)
+    b = combine_tensors(kind, b_list, b_weights, density, sign_method, generator)
+    return a, b
