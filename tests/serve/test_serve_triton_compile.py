@@ -27,6 +27,7 @@ SCRIPT = textwrap.dedent(
     from triton.compiler import ASTSource
 
     from openledger.serve.ops import lora_triton as lora
+    from openledger.serve.ops import lora_triton_kernels as kernels
     from openledger.serve.ops import attention_triton as attention
 
     TARGET = GPUTarget("cuda", 90, 32)
@@ -47,15 +48,15 @@ SCRIPT = textwrap.dedent(
         ieee, block_r = dtype == "fp32", lora._block_r(rank)
         weights = {"x_ptr": f"*{dtype}", "a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}",
                    "out_ptr": f"*{dtype}", "y_ptr": "*fp32", **ints}
-        build(lora._sgmv_shrink_kernel, weights, dict(BLOCK_M=lora._BLOCK_M, BLOCK_R=block_r,
+        build(kernels.sgmv_shrink_kernel, weights, dict(BLOCK_M=lora._BLOCK_M, BLOCK_R=block_r,
               BLOCK_K=lora._BLOCK_K, IEEE=ieee))
-        build(lora._sgmv_expand_kernel, weights, dict(BLOCK_M=lora._BLOCK_M,
+        build(kernels.sgmv_expand_kernel, weights, dict(BLOCK_M=lora._BLOCK_M,
               BLOCK_N=lora._BLOCK_N, BLOCK_R=block_r, IEEE=ieee))
         for index in ("*i32", "*i64"):
             gathered = {**weights, "indices_ptr": index}
-            build(lora._bgmv_shrink_kernel, gathered, dict(BLOCK_R=block_r,
+            build(kernels.bgmv_shrink_kernel, gathered, dict(BLOCK_R=block_r,
                   BLOCK_K=lora._BLOCK_K))
-            build(lora._bgmv_expand_kernel, gathered, dict(BLOCK_N=lora._BLOCK_N,
+            build(kernels.bgmv_expand_kernel, gathered, dict(BLOCK_N=lora._BLOCK_N,
                   BLOCK_R=block_r))
     for dtype, (group, dim) in itertools.product(("fp16", "bf16", "fp32"), ((3, 64), (4, 128))):
         cache = {name: f"*{dtype}" for name in ("out_ptr", "q_ptr", "k_cache_ptr",

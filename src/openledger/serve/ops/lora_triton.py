@@ -14,9 +14,7 @@ dtype, shape and contiguity before every launch.
 
 With float32 weights the SGMV products run in IEEE float32 (``tl.dot`` would otherwise
 round its inputs to TF32 on NVIDIA GPUs); with float16/bfloat16 the shrink's float32 rows
-are rounded to the weights' type before the expand, as PEFT's second matmul does. The
-kernels' pointer and size parameters carry no annotations: Triton's compiler resolves
-every annotation as a global of this module, and only ``tl.constexpr`` is one it accepts.
+are rounded to the weights' type before the expand, as PEFT's second matmul does.
 """
 
 from __future__ import annotations
@@ -29,11 +27,17 @@ from openledger.exceptions import MissingDependencyError
 
 try:
     import triton  # type: ignore[import-untyped]
-    import triton.language as tl  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(
         "the triton LoRA kernels need `pip install openledger[gpu]`"
     ) from exc
+
+from openledger.serve.ops.lora_triton_kernels import (
+    bgmv_expand_kernel,
+    bgmv_shrink_kernel,
+    sgmv_expand_kernel,
+    sgmv_shrink_kernel,
+)
 
 __all__ = [
     "LoraSegments",
@@ -66,133 +70,6 @@ class LoraSegments:
     lengths: torch.Tensor
     slots: torch.Tensor
     max_length: int
-
-
-@triton.jit  # type: ignore[untyped-decorator]
-def _sgmv_shrink_kernel(  # type: ignore[no-untyped-def]
-    x_ptr, a_ptr, y_ptr, starts_ptr, lengths_ptr, slots_ptr,
-    ranks_ptr, hidden, stride_xt, stride_as, stride_ar,
-    stride_yt, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr,
-) -> None:  # fmt: skip
-    seg = tl.program_id(0)
-    start = tl.load(starts_ptr + seg)
-    slot = tl.load(slots_ptr + seg).to(tl.int64)
-    rank = tl.load(ranks_ptr + slot)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_k = tl.arange(0, BLOCK_K)
-    m_mask = offs_m < tl.load(lengths_ptr + seg)
-    r_mask = offs_r < rank
-    rows = (start + offs_m).to(tl.int64)
-    acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        k = k0 + offs_k
-        k_mask = k < hidden
-        x_tile = tl.load(
-            x_ptr + rows[:, None] * stride_xt + k[None, :],
-            mask=m_mask[:, None] & k_mask[None, :], other=0.0,
-        )  # fmt: skip
-        a_tile = tl.load(
-            a_ptr + slot * stride_as + offs_r[None, :] * stride_ar + k[:, None],
-            mask=r_mask[None, :] & k_mask[:, None], other=0.0,
-        )  # fmt: skip
-        if IEEE:  # float32 weights: full-precision products, not TF32
-            acc = tl.dot(x_tile, a_tile, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x_tile, a_tile, acc)
-    y_ptrs = y_ptr + rows[:, None] * stride_yt + offs_r[None, :]
-    tl.store(y_ptrs, acc, mask=m_mask[:, None] & r_mask[None, :])
-
-
-@triton.jit  # type: ignore[untyped-decorator]
-def _sgmv_expand_kernel(  # type: ignore[no-untyped-def]
-    y_ptr, b_ptr, out_ptr, starts_ptr, lengths_ptr, slots_ptr,
-    ranks_ptr, out_features, stride_yt, stride_bs, stride_bo,
-    stride_ot, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    IEEE: tl.constexpr,
-) -> None:  # fmt: skip
-    seg = tl.program_id(0)
-    start = tl.load(starts_ptr + seg)
-    slot = tl.load(slots_ptr + seg).to(tl.int64)
-    rank = tl.load(ranks_ptr + slot)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, BLOCK_R)
-    m_mask = offs_m < tl.load(lengths_ptr + seg)
-    n_mask = offs_n < out_features
-    r_mask = offs_r < rank
-    rows = (start + offs_m).to(tl.int64)
-    y_tile = tl.load(
-        y_ptr + rows[:, None] * stride_yt + offs_r[None, :],
-        mask=m_mask[:, None] & r_mask[None, :], other=0.0,
-    )  # fmt: skip
-    b_tile = tl.load(
-        b_ptr + slot * stride_bs + offs_n[None, :] * stride_bo + offs_r[:, None],
-        mask=r_mask[:, None] & n_mask[None, :], other=0.0,
-    )  # fmt: skip
-    if IEEE:
-        delta = tl.dot(y_tile, b_tile, input_precision="ieee")
-    else:  # the shrink's float32 rows meet B in B's half type, as PEFT's second matmul does
-        delta = tl.dot(y_tile.to(b_tile.dtype), b_tile)
-    out_ptrs = out_ptr + rows[:, None] * stride_ot + offs_n[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
-    current = tl.load(out_ptrs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptrs, (current + delta).to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit  # type: ignore[untyped-decorator]
-def _bgmv_shrink_kernel(  # type: ignore[no-untyped-def]
-    x_ptr, a_ptr, y_ptr, indices_ptr, ranks_ptr, hidden, width,
-    stride_xt, stride_as, stride_ar, stride_yt,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-) -> None:  # fmt: skip
-    token = tl.program_id(0).to(tl.int64)
-    slot = tl.load(indices_ptr + token).to(tl.int64)
-    valid = (slot >= 0).to(tl.int32)
-    slot = tl.maximum(slot, 0)
-    rank = tl.load(ranks_ptr + slot) * valid
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_k = tl.arange(0, BLOCK_K)
-    r_mask = offs_r < rank
-    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        k = k0 + offs_k
-        k_mask = k < hidden
-        x_row = tl.load(x_ptr + token * stride_xt + k, mask=k_mask, other=0.0).to(tl.float32)
-        a_tile = tl.load(
-            a_ptr + slot * stride_as + offs_r[:, None] * stride_ar + k[None, :],
-            mask=r_mask[:, None] & k_mask[None, :], other=0.0,
-        ).to(tl.float32)  # fmt: skip
-        acc += tl.sum(a_tile * x_row[None, :], 1)
-    # NOTE: the whole row, zeros past the rank (and for no adapter): y needs no zero fill
-    tl.store(y_ptr + token * stride_yt + offs_r, acc, mask=offs_r < width)
-
-
-@triton.jit  # type: ignore[untyped-decorator]
-def _bgmv_expand_kernel(  # type: ignore[no-untyped-def]
-    y_ptr, b_ptr, out_ptr, indices_ptr, ranks_ptr, out_features,
-    stride_yt, stride_bs, stride_bo, stride_ot,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-) -> None:  # fmt: skip
-    token = tl.program_id(0).to(tl.int64)
-    slot = tl.load(indices_ptr + token).to(tl.int64)
-    valid = (slot >= 0).to(tl.int32)
-    slot = tl.maximum(slot, 0)
-    rank = tl.load(ranks_ptr + slot) * valid
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, BLOCK_R)
-    r_mask = offs_r < rank
-    n_mask = (offs_n < out_features) & (offs_n * 0 + rank > 0)
-    y_row = tl.load(y_ptr + token * stride_yt + offs_r, mask=r_mask, other=0.0)
-    b_tile = tl.load(
-        b_ptr + slot * stride_bs + offs_n[:, None] * stride_bo + offs_r[None, :],
-        mask=n_mask[:, None] & r_mask[None, :], other=0.0,
-    ).to(tl.float32)  # fmt: skip
-    delta = tl.sum(b_tile * y_row[None, :], 1)
-    out_ptrs = out_ptr + token * stride_ot + offs_n
-    current = tl.load(out_ptrs, mask=n_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptrs, (current + delta).to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
 def _block_r(rank: int) -> int:
@@ -236,7 +113,7 @@ def sgmv_shrink(
     if segments.max_length == 0:
         return y
     grid = (segments.starts.shape[0], triton.cdiv(segments.max_length, _BLOCK_M))
-    _sgmv_shrink_kernel[grid](
+    sgmv_shrink_kernel[grid](
         x, a_stack, y, segments.starts, segments.lengths, segments.slots, ranks,
         x.shape[1], x.stride(0), a_stack.stride(0), a_stack.stride(1), y.stride(0),
         BLOCK_M=_BLOCK_M, BLOCK_R=_block_r(a_stack.shape[1]), BLOCK_K=_BLOCK_K,
@@ -271,7 +148,7 @@ def sgmv_expand(
         triton.cdiv(segments.max_length, _BLOCK_M),
         triton.cdiv(out.shape[1], _BLOCK_N),
     )
-    _sgmv_expand_kernel[grid](
+    sgmv_expand_kernel[grid](
         y, b_stack, out, segments.starts, segments.lengths, segments.slots, ranks,
         out.shape[1], y.stride(0), b_stack.stride(0), b_stack.stride(1), out.stride(0),
         BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_R=_block_r(b_stack.shape[2]),
@@ -304,7 +181,7 @@ def bgmv_shrink(
     y = torch.empty(x.shape[0], a_stack.shape[1], dtype=torch.float32, device=x.device)
     if x.shape[0] == 0:
         return y
-    _bgmv_shrink_kernel[(x.shape[0],)](
+    bgmv_shrink_kernel[(x.shape[0],)](
         x, a_stack, y, indices, ranks, x.shape[1], y.shape[1], x.stride(0), a_stack.stride(0),
         a_stack.stride(1), y.stride(0), BLOCK_R=_block_r(a_stack.shape[1]), BLOCK_K=_BLOCK_K,
     )  # fmt: skip
@@ -334,7 +211,7 @@ def bgmv_expand(
     if y.shape[0] == 0:
         return
     grid = (y.shape[0], triton.cdiv(out.shape[1], _BLOCK_N))
-    _bgmv_expand_kernel[grid](
+    bgmv_expand_kernel[grid](
         y, b_stack, out, indices, ranks, out.shape[1], y.stride(0), b_stack.stride(0),
         b_stack.stride(1), out.stride(0), BLOCK_N=_BLOCK_N, BLOCK_R=_block_r(b_stack.shape[2]),
     )  # fmt: skip
