@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from openledger.serve.ops.attention_plan import DecodeFn
 from openledger.serve.ops.cpu_kernels import cpu_float32
 from openledger.serve.ops.cpu_ops import check_contiguous, define, library_or_raise
-from openledger.serve.ops.step_attention import DecodeFn
 
 __all__ = ["cpu_decode_attention", "paged_decode_attention_cpu"]
 
@@ -38,19 +38,10 @@ def paged_decode_attention_cpu(
     scale: float,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """One new token per sequence attending over its cached context (its own included).
-
-    Args:
-        query: ``[B, heads, dim]`` float32 CPU (each row's heads contiguous).
-        k_cache: ``[num_blocks, block_size, kv_heads, dim]`` contiguous float32.
-        v_cache: Likewise.
-        block_tables: ``[B, max_blocks]`` int32 block ids, padded with any valid id.
-        context_lens: ``[B]`` int32, at least 1 and at most ``max_blocks * block_size``.
-        scale: Softmax scale.
-        sliding_window: Mistral-style window, None for full attention.
-
-    Returns:
-        ``[B, heads, dim]`` float32.
+    """The CPU :class:`~openledger.serve.ops.attention_plan.DecodeFn` (arguments and result
+    there), ``openledger::paged_decode``: float32 CPU query rows (each row's heads
+    contiguous), contiguous float32 caches, context lengths at most ``max_blocks *
+    block_size`` (tables and lengths are made int32).
 
     Raises:
         RuntimeError: The CPU kernels are not built here.
@@ -93,19 +84,6 @@ def _paged_decode(
     if status != 0:
         raise MemoryError("the CPU decode attention kernel could not allocate its scratch")
     return out
-
-
-def _fake_paged_decode(
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    tables: torch.Tensor,
-    lens: torch.Tensor,
-    scale: float,
-    window: int,
-) -> torch.Tensor:
-    _check(query, k_cache, v_cache, tables, lens)
-    return query.new_empty(query.shape)
 
 
 def _check(
@@ -163,7 +141,10 @@ define(
     "paged_decode(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, "
     "Tensor context_lens, float scale, int sliding_window) -> Tensor",
     _paged_decode,
-    _fake_paged_decode,
+    check=lambda query, k_cache, v_cache, tables, lens, *_: _check(
+        query, k_cache, v_cache, tables, lens
+    ),
+    out=lambda query, *_: query.new_empty(query.shape),
 )
 _PAGED_DECODE = torch.ops.openledger.paged_decode.default
 

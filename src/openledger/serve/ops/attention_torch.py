@@ -122,20 +122,9 @@ def decode_attention(
     scale: float,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """One new token per sequence attending over its whole cached context.
-
-    Args:
-        query: ``[B, heads, dim]``.
-        k_cache: Key cache, already holding this step's keys.
-        v_cache: Value cache, likewise.
-        block_tables: ``[B, max_blocks]`` block ids, padded with any valid id.
-        context_lens: ``[B]`` tokens visible to each query (its own included).
-        scale: Softmax scale.
-        sliding_window: Mistral-style window, None for full attention.
-
-    Returns:
-        ``[B, heads, dim]``.
-    """
+    """One new token per sequence attending over its whole cached context: the reference
+    :class:`~openledger.serve.ops.attention_plan.DecodeFn` (arguments and result there),
+    every table's blocks gathered and one masked SDPA, on any device and dtype."""
     batch, max_blocks = block_tables.shape
     span = max_blocks * k_cache.shape[1]
     k = k_cache[block_tables].view(batch, span, *k_cache.shape[2:]).transpose(1, 2)

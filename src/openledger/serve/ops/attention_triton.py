@@ -92,19 +92,12 @@ def paged_decode_attention(
     scale: float,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Same contract as :func:`openledger.serve.ops.attention_torch.decode_attention`.
+    """The Triton :class:`~openledger.serve.ops.attention_plan.DecodeFn` (arguments and
+    result there): contiguous caches of one dtype whose block size is a power of two, int32
+    block tables and context lengths.
 
-    Args:
-        query: ``[B, heads, dim]``.
-        k_cache: ``[num_blocks, block_size, kv_heads, dim]``, contiguous.
-        v_cache: Same shape and dtype as ``k_cache``.
-        block_tables: ``[B, max_blocks]`` int32.
-        context_lens: ``[B]`` int32, each >= 1.
-        scale: Softmax scale.
-        sliding_window: Mistral-style window, None for full attention.
-
-    Returns:
-        ``[B, heads, dim]`` in the query's dtype.
+    Raises:
+        ValueError: Tensors that do not fit each other or the kernel.
     """
     _check_inputs(query, k_cache, v_cache, block_tables, context_lens)
     batch, heads, dim = query.shape

@@ -108,33 +108,33 @@ class CpuKernels:
             "openledger_lora_apply",
             [ptr, i64, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int],
         )
-        """``openledger_lora_apply`` (see :mod:`.lora_cpu`)."""
+        """``openledger_lora_apply`` (``openledger::lora_apply``, :mod:`.lora_cpu_op`)."""
         self.paged_decode = self._bind(
             "openledger_paged_decode",
             [ptr, i64, ptr, ptr, ptr, i64, ptr, i64, i64, i64, i64, i64, f32, i64, ptr,
              ctypes.c_int],
         )  # fmt: skip
-        """``openledger_paged_decode`` (see :mod:`.attention_cpu`)."""
+        """``openledger_paged_decode`` (``openledger::paged_decode``, :mod:`.attention_cpu`)."""
         self.add_rms_norm = self._bind(
             "openledger_add_rms_norm",
             [ptr, i64, ptr, i64, ptr, f32, i64, i64, ptr, i64, ctypes.c_int],
             restype=None,
         )
-        """``openledger_add_rms_norm`` (see :class:`~openledger.serve.layers.norm.RMSNorm`)."""
+        """``openledger_add_rms_norm`` (``openledger::rms_norm``, ``add_rms_norm``)."""
         self.silu_mul = self._bind(
             "openledger_silu_mul", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
-        """``openledger_silu_mul`` (the gated MLP activation of the Llama decoder)."""
+        """``openledger_silu_mul`` (``openledger::silu_mul``, :mod:`.rowwise_cpu`)."""
         self.rotary = self._bind(
             "openledger_rotary",
             [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int],
             restype=None,
         )
-        """``openledger_rotary`` (see :class:`~openledger.serve.layers.rotary.RotaryEmbedding`)."""
+        """``openledger_rotary`` (``openledger::rotary``, :mod:`.rowwise_cpu`)."""
         self.argmax_rows = self._bind(
             "openledger_argmax_rows", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
-        """``openledger_argmax_rows`` (the greedy pick over a step's logits)."""
+        """``openledger_argmax_rows`` (``openledger::argmax_rows``, :mod:`.rowwise_cpu`)."""
         self.packed_linear_size = self._bind(
             "openledger_packed_linear_size", [i64, i64], restype=ctypes.c_int64
         )
@@ -142,13 +142,13 @@ class CpuKernels:
         self.pack_linear = self._bind(
             "openledger_pack_linear", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
         )
-        """``openledger_pack_linear``: a weight into the panels ``openledger_linear`` reads."""
+        """``openledger_pack_linear`` (``openledger::pack_linear``, :mod:`.linear_cpu`)."""
         self.linear = self._bind(
             "openledger_linear",
             [ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int],
             restype=None,
         )
-        """``openledger_linear`` (see :class:`~openledger.serve.layers.linear.PackedWeight`)."""
+        """``openledger_linear`` (``openledger::linear``, :mod:`.linear_cpu`)."""
 
     def _bind(
         self, name: str, argtypes: list[type], restype: type | None = ctypes.c_int

@@ -3,8 +3,8 @@
 Each kernel of :mod:`.cpu_kernels` is an operator of the ``openledger`` namespace with a
 schema, a fake implementation (shapes only, for fake tensors and ``torch.compile``
 tracing) and a CPU implementation that calls the compiled library. Both implementations
-run the op's one check of shapes, dtypes and strides (``_check_*`` below), so a trace
-refuses what the kernel would refuse; the CPU implementation then checks the indices it
+run the op's one check of shapes, dtypes and strides (its ``check``, see :func:`define`),
+so a trace refuses what the kernel would refuse; the CPU implementation then checks the indices it
 follows (block ids, positions, token rows) before the kernel reads where they point.
 torch's profiler records every call under the op's name::
 
@@ -34,6 +34,7 @@ have no autograd formula.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import torch
@@ -147,9 +148,22 @@ def check_contiguous(name: str, t: torch.Tensor, dtype: torch.dtype = F32) -> No
         )
 
 
-def define(schema: str, cpu: object, fake: object) -> None:
-    """Define ``openledger::<schema>`` with its CPU and fake implementations."""
+def define(
+    schema: str,
+    cpu: Callable[..., object],
+    *,
+    check: Callable[..., None],
+    out: Callable[..., object],
+) -> None:
+    """Define ``openledger::<schema>``: ``cpu`` runs it (and checks its tensors itself);
+    the fake implementation runs ``check`` on the same arguments and returns ``out`` of
+    them (empty tensors of the result's shapes)."""
     name = schema.split("(", 1)[0]
+
+    def fake(*args: object) -> object:
+        check(*args)
+        return out(*args)
+
     LIBRARY.define(schema)  # type: ignore[no-untyped-call]
     LIBRARY.impl(name, cpu, "CPU")  # type: ignore[no-untyped-call]
-    torch.library.register_fake(f"openledger::{name}", fake, lib=LIBRARY)  # type: ignore[arg-type]
+    torch.library.register_fake(f"openledger::{name}", fake, lib=LIBRARY)

@@ -45,12 +45,6 @@ def _pack_linear(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
-def _fake_pack_linear(weight: torch.Tensor) -> torch.Tensor:
-    _check_pack(weight)
-    width = panel_width()
-    return weight.new_empty(-(-weight.shape[0] // width), weight.shape[1], width)
-
-
 def _check_linear(
     x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None
 ) -> None:
@@ -89,18 +83,19 @@ def _linear(
     return out
 
 
-def _fake_linear(
-    x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None
-) -> torch.Tensor:
-    _check_linear(x, packed, out_features, bias)
-    return x.new_empty(x.shape[0], out_features)
-
-
-define("pack_linear(Tensor weight) -> Tensor", _pack_linear, _fake_pack_linear)
+define(
+    "pack_linear(Tensor weight) -> Tensor",
+    _pack_linear,
+    check=_check_pack,
+    out=lambda weight: weight.new_empty(
+        -(-weight.shape[0] // panel_width()), weight.shape[1], panel_width()
+    ),
+)
 define(
     "linear(Tensor x, Tensor packed, int out_features, Tensor? bias) -> Tensor",
     _linear,
-    _fake_linear,
+    check=_check_linear,
+    out=lambda x, packed, out_features, bias: x.new_empty(x.shape[0], out_features),
 )
 _PACK_LINEAR = torch.ops.openledger.pack_linear.default
 _LINEAR = torch.ops.openledger.linear.default

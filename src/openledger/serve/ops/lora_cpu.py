@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from openledger.serve.ops.cpu_kernels import cpu_kernels
-from openledger.serve.ops.lora_cpu_op import SliceSpec, check_entry, lora_apply
+from openledger.serve.ops.lora_cpu_op import LORA_APPLY, SliceSpec, check_entry
 from openledger.serve.ops.lora_torch import LoraSlice, LoraWeights
 
 __all__ = [
@@ -228,7 +228,7 @@ class CpuLoraKernel:
             MemoryError: The kernel could not allocate its scratch.
         """
         if not table.empty:
-            lora_apply(
+            LORA_APPLY(
                 out, x, rows.row_offsets, rows.rows, table.weights, table.groups, table.slices
             )
 

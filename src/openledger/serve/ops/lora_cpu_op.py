@@ -35,7 +35,7 @@ from openledger.serve.ops.cpu_ops import (
     library_or_raise,
 )
 
-__all__ = ["SliceSpec", "check_entry", "lora_apply"]
+__all__ = ["LORA_APPLY", "SliceSpec", "check_entry"]
 
 SliceSpec = tuple[int, int, int, int, int]
 """``(rank_start, rank_end, col_start, col_end, offset of B^T in the buffer)``."""
@@ -78,26 +78,6 @@ def check_entry(
                 f"LoRA B^T of slice {rank_start}:{rank_end} at {offset} does not fit a buffer "
                 f"of {size} floats after A [{rank}, {in_features}]"
             )
-
-
-def lora_apply(
-    out: torch.Tensor,
-    x: torch.Tensor,
-    row_offsets: torch.Tensor,
-    rows: torch.Tensor,
-    weights: list[torch.Tensor],
-    groups: torch.Tensor,
-    slices: torch.Tensor,
-) -> None:
-    """``openledger::lora_apply`` (see the module docstring): ``out [T, O]`` and ``x [T, H]``
-    float32 CPU with unit stride along their rows.
-
-    Raises:
-        ValueError: Tensors of the wrong dtype, device, shape or strides, or a layout that
-            does not fit its weights.
-        MemoryError: The kernel could not allocate its scratch.
-    """
-    _LORA_APPLY(out, x, row_offsets, rows, weights, groups, slices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,22 +223,17 @@ def _lora_apply(
         raise MemoryError("the CPU LoRA kernel could not allocate its scratch")
 
 
-def _fake_lora_apply(
-    out: torch.Tensor,
-    x: torch.Tensor,
-    row_offsets: torch.Tensor,
-    rows: torch.Tensor,
-    weights: list[torch.Tensor],
-    groups: torch.Tensor,
-    slices: torch.Tensor,
-) -> None:
-    _check_apply(out, x, row_offsets, rows, groups, slices)
-
-
 define(
     "lora_apply(Tensor(a!) out, Tensor x, Tensor row_offsets, Tensor rows, Tensor[] weights, "
     "Tensor groups, Tensor slices) -> ()",
     _lora_apply,
-    _fake_lora_apply,
+    check=lambda out, x, row_offsets, rows, weights, groups, slices: _check_apply(
+        out, x, row_offsets, rows, groups, slices
+    ),
+    out=lambda *_: None,
 )
-_LORA_APPLY = torch.ops.openledger.lora_apply.default
+LORA_APPLY = torch.ops.openledger.lora_apply.default
+"""``openledger::lora_apply`` (see the module docstring): ``out [T, O]`` and ``x [T, H]``
+float32 CPU with unit stride along their rows. Raises ValueError for tensors of the wrong
+dtype, device, shape or strides or a layout that does not fit its weights, MemoryError
+when the kernel cannot allocate its scratch."""

@@ -69,18 +69,6 @@ def _add_rms_norm(
     return _norm(hidden, delta, weight, eps)
 
 
-def _fake_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    _check_norm(x, None, weight)
-    return x.new_empty(x.shape)
-
-
-def _fake_add_rms_norm(
-    hidden: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
-) -> torch.Tensor:
-    _check_norm(hidden, delta, weight)
-    return hidden.new_empty(hidden.shape)
-
-
 def _check_silu_mul(gate_up: torch.Tensor) -> None:
     check_rows("gate_up", gate_up)
     if gate_up.shape[1] % 2:
@@ -95,11 +83,6 @@ def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         gate_up.data_ptr(), gate_up.stride(0), rows, width, out.data_ptr(), torch.get_num_threads()
     )
     return out
-
-
-def _fake_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    _check_silu_mul(gate_up)
-    return gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
 
 
 def _check_rotary(heads: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor) -> None:
@@ -137,13 +120,6 @@ def _rotary(heads: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor)
     return out
 
 
-def _fake_rotary(
-    heads: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor
-) -> torch.Tensor:
-    _check_rotary(heads, cos_sin, positions)
-    return heads.new_empty(heads.shape)
-
-
 def _check_argmax(x: torch.Tensor) -> None:
     check_rows("x", x)
     if x.shape[1] == 0:
@@ -159,20 +135,36 @@ def _argmax_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _fake_argmax_rows(x: torch.Tensor) -> torch.Tensor:
-    _check_argmax(x)
-    return x.new_empty(x.shape[0], dtype=torch.int64)
-
-
-define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", _rms_norm, _fake_rms_norm)
+define(
+    "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor",
+    _rms_norm,
+    check=lambda x, weight, eps: _check_norm(x, None, weight),
+    out=lambda x, weight, eps: x.new_empty(x.shape),
+)
 define(
     "add_rms_norm(Tensor(a!) hidden, Tensor delta, Tensor weight, float eps) -> Tensor",
     _add_rms_norm,
-    _fake_add_rms_norm,
+    check=lambda hidden, delta, weight, eps: _check_norm(hidden, delta, weight),
+    out=lambda hidden, delta, weight, eps: hidden.new_empty(hidden.shape),
 )
-define("silu_mul(Tensor gate_up) -> Tensor", _silu_mul, _fake_silu_mul)
-define("rotary(Tensor heads, Tensor cos_sin, Tensor positions) -> Tensor", _rotary, _fake_rotary)
-define("argmax_rows(Tensor x) -> Tensor", _argmax_rows, _fake_argmax_rows)
+define(
+    "silu_mul(Tensor gate_up) -> Tensor",
+    _silu_mul,
+    check=_check_silu_mul,
+    out=lambda gate_up: gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2),
+)
+define(
+    "rotary(Tensor heads, Tensor cos_sin, Tensor positions) -> Tensor",
+    _rotary,
+    check=_check_rotary,
+    out=lambda heads, cos_sin, positions: heads.new_empty(heads.shape),
+)
+define(
+    "argmax_rows(Tensor x) -> Tensor",
+    _argmax_rows,
+    check=_check_argmax,
+    out=lambda x: x.new_empty(x.shape[0], dtype=torch.int64),
+)
 _RMS_NORM = torch.ops.openledger.rms_norm.default
 _ADD_RMS_NORM = torch.ops.openledger.add_rms_norm.default
 _SILU_MUL = torch.ops.openledger.silu_mul.default
