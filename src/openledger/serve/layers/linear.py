@@ -30,12 +30,11 @@ class PackedWeight:
 
     NOTE: at the token counts of decode steps (a few to a few dozen rows) a projection is
     bound by streaming its weight, and the default GEMM over the row-major weight streams
-    it well below the memory bandwidth. Where the compiled CPU kernels are built
-    (:mod:`~openledger.serve.ops.cpu_kernels`), the weight is packed into the panels that
-    ``openledger_linear`` reads, which runs up to :data:`KERNEL_MAX_ROWS` rows (0.6-0.8x
-    oneDNN's time for a decode step's projections, within 1.07x of the faster of oneDNN
-    and the default GEMM up to that limit; longer prompts take the default GEMM); else
-    into oneDNN's layout, for every row count (benchmarks/RESULTS.md, Serving). Either
+    it well below the memory bandwidth. Where the compiled CPU kernels are built, the
+    weight is packed into the panels that ``openledger::linear``
+    (:mod:`~openledger.serve.ops.linear_cpu`) reads, which runs up to
+    :data:`KERNEL_MAX_ROWS` rows (longer prompts take the default GEMM); else into oneDNN's
+    layout, for every row count (how each compares: benchmarks/RESULTS.md, Serving). Either
     costs a second copy of the weight. Packed lazily, again when the weight's storage or
     version changes (call :meth:`invalidate` after writing through ``.data``); on GPU,
     other dtypes, while autograd records, with neither packing at hand or when turned off
