@@ -161,7 +161,7 @@ async def one_at_a_time(
 
 
 def start_gateway(
-    model: str, adapters: list[Path], folder: Path, threads: int
+    model: str, adapters: list[Path], folder: Path, threads: int, batch_window: float
 ) -> tuple[subprocess.Popen[bytes], int, str]:
     """``openledger serve`` on a free loopback port with a fresh ledger and key."""
     ledger = folder / "ledger.db"
@@ -173,6 +173,7 @@ def start_gateway(
         "ledger": str(ledger),
         "log_level": "warning",
         "engine": ENGINE,
+        "batch_window": batch_window,
     }
     (folder / "gateway.yaml").write_text(yaml.safe_dump(config))
     with socket.socket() as sock:
@@ -286,6 +287,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=0.0015,
+        help="the gateway's batch_window in seconds (0: off)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -293,12 +300,16 @@ def main() -> None:
     root = scratch_dir("serve-http-")
     adapters = make_adapters(folder, root)
     texts = prompts()
-    process, port, key = start_gateway(args.model, adapters, root, args.threads)
+    process, port, key = start_gateway(args.model, adapters, root, args.threads, args.batch_window)
     try:
         engine = AsyncEngine(args.model, EngineConfig(**ENGINE))
         for index, path in enumerate(adapters):
             engine.engine.add_adapter(f"a{index}", path)
-        print(f"machine: {machine()}; load average before: {load_average()}", flush=True)
+        print(
+            f"machine: {machine()}; load average before: {load_average()}; "
+            f"gateway batch_window {args.batch_window * 1000:g} ms",
+            flush=True,
+        )
         rounds, alone = asyncio.run(measure(engine, port, key, texts, args.repeats))
         print(f"load average after: {load_average()}")
     finally:
