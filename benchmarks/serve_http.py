@@ -16,6 +16,10 @@ Prints the tokens/s of both and their ratio per round (median), time to first to
 (TTFT) and inter-token latency (ITL) p50/p99 as each client sees them (an event carrying
 text), the machine and its load. The HTTP client runs on the same cores as the server.
 
+Then one request at a time (the same prompts and adapters, 4 new tokens, the two paths
+alternating): the TTFT the gateway adds to a request when no batch forms around it
+(parsing, authentication, planning, admission, the SSE framing, the client's own HTTP).
+
     python benchmarks/serve_http.py [--repeats 5] [--threads N] [--model NAME]
 """
 
@@ -125,8 +129,39 @@ async def over_http(client: httpx.AsyncClient, texts: list[str]) -> Round:
     return result
 
 
+async def one_at_a_time(
+    engine: AsyncEngine, client: httpx.AsyncClient, texts: list[str], tokens: int = 4
+) -> tuple[list[float], list[float]]:
+    """TTFT of each request alone, in process and over HTTP alternately (seconds)."""
+    local, remote = [], []
+    for index, text in enumerate(texts):
+        adapter = f"a{index % NUM_ADAPTERS}"
+        params = SamplingParams(max_tokens=tokens, min_tokens=tokens, adapter=adapter)
+        start = time.perf_counter()
+        async for out in engine.stream_outputs(text, params):
+            if out.delta_text and len(local) == index:
+                local.append(time.perf_counter() - start)
+        body = {
+            "model": adapter,
+            "prompt": text,
+            "max_tokens": tokens,
+            "min_tokens": tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+        start = time.perf_counter()
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {") or len(remote) > index:
+                    continue
+                if any(c.get("text") for c in json.loads(line[6:])["choices"]):
+                    remote.append(time.perf_counter() - start)
+    return local, remote
+
+
 def start_gateway(
-    model: str, adapters: list[Path], folder: Path, threads: int
+    model: str, adapters: list[Path], folder: Path, threads: int, batch_window: float
 ) -> tuple[subprocess.Popen[bytes], int, str]:
     """``openledger serve`` on a free loopback port with a fresh ledger and key."""
     ledger = folder / "ledger.db"
@@ -138,6 +173,7 @@ def start_gateway(
         "ledger": str(ledger),
         "log_level": "warning",
         "engine": ENGINE,
+        "batch_window": batch_window,
     }
     (folder / "gateway.yaml").write_text(yaml.safe_dump(config))
     with socket.socket() as sock:
@@ -180,7 +216,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def measure(
     engine: AsyncEngine, port: int, key: str, texts: list[str], repeats: int
-) -> list[tuple[Round, Round]]:
+) -> tuple[list[tuple[Round, Round]], tuple[list[float], list[float]]]:
     """Warm both paths up once, then alternate them ``repeats`` times."""
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=32)
@@ -203,10 +239,16 @@ async def measure(
                 f"HTTP {remote.tokens_per_second:.1f} tok/s",
                 flush=True,
             )
-        return rounds
+        alone = await one_at_a_time(engine, client, texts * 2)
+        return rounds, alone
 
 
-def report(rounds: list[tuple[Round, Round]], receipts: int, requests: int) -> None:
+def report(
+    rounds: list[tuple[Round, Round]],
+    alone: tuple[list[float], list[float]],
+    receipts: int,
+    requests: int,
+) -> None:
     """Print the medians, ratios and latency percentiles."""
     local_tps = statistics.median(r[0].tokens_per_second for r in rounds)
     remote_tps = statistics.median(r[1].tokens_per_second for r in rounds)
@@ -230,6 +272,12 @@ def report(rounds: list[tuple[Round, Round]], receipts: int, requests: int) -> N
         f"TTFT overhead p50 (HTTP - in process, median over rounds): "
         f"{statistics.median(overheads):.1f} ms (target <= 5 ms)"
     )
+    local, remote = alone
+    print(
+        f"one request at a time ({len(local)} each): TTFT p50 in process "
+        f"{percentile(local, 50):.1f} ms, HTTP {percentile(remote, 50):.1f} ms; the gateway "
+        f"adds {percentile(remote, 50) - percentile(local, 50):.1f} ms (p50 difference)"
+    )
     print(f"receipts written: {receipts} for {requests} HTTP requests")
 
 
@@ -239,6 +287,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=0.0015,
+        help="the gateway's batch_window in seconds (0: off)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,20 +300,24 @@ def main() -> None:
     root = scratch_dir("serve-http-")
     adapters = make_adapters(folder, root)
     texts = prompts()
-    process, port, key = start_gateway(args.model, adapters, root, args.threads)
+    process, port, key = start_gateway(args.model, adapters, root, args.threads, args.batch_window)
     try:
         engine = AsyncEngine(args.model, EngineConfig(**ENGINE))
         for index, path in enumerate(adapters):
             engine.engine.add_adapter(f"a{index}", path)
-        print(f"machine: {machine()}; load average before: {load_average()}", flush=True)
-        rounds = asyncio.run(measure(engine, port, key, texts, args.repeats))
+        print(
+            f"machine: {machine()}; load average before: {load_average()}; "
+            f"gateway batch_window {args.batch_window * 1000:g} ms",
+            flush=True,
+        )
+        rounds, alone = asyncio.run(measure(engine, port, key, texts, args.repeats))
         print(f"load average after: {load_average()}")
     finally:
         os.kill(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
     with ReceiptLedger(root / "ledger.db") as ledger:
         receipts = ledger.count_receipts()
-    report(rounds, receipts, (args.repeats + 1) * len(texts))
+    report(rounds, alone, receipts, (args.repeats + 1 + 2) * len(texts))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ async def _generate(
         if not await _wait_turn(admission, request):
             admission.release()
             return Response(status_code=499)  # NOTE: the client left while it waited
+        await state.window.wait()
     except BaseException:
         admission.release()
         raise

@@ -137,6 +137,15 @@ class GatewayConfig(BaseModel):
     protocol_addresses: Path | None = Field(
         default=None, description="JSON file of the deployed protocol's contract addresses."
     )
+    batch_window: float = Field(
+        default=0.0015,
+        ge=0,
+        description="Seconds an idle engine waits for more of a burst once a request arrives: "
+        "each arrival extends the wait by this much (0: off; see gateway/batching.py).",
+    )
+    batch_window_limit: float = Field(
+        default=0.02, ge=0, description="Longest such wait, in seconds."
+    )
     drain_timeout: float = Field(
         default=30.0, ge=0, description="Seconds SIGTERM waits for requests in flight."
     )

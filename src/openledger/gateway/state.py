@@ -21,6 +21,7 @@ from openledger.exceptions import (
 )
 from openledger.gateway.adapters import ServedAdapters
 from openledger.gateway.attribution_worker import AttributionWorker
+from openledger.gateway.batching import ArrivalWindow
 from openledger.gateway.config import GatewayConfig
 from openledger.gateway.fairness import FairQueue, TokenBuckets, Turn
 from openledger.gateway.keys import ApiKey, hash_api_key
@@ -120,6 +121,11 @@ class GatewayState:
             lambda: len(scheduler.waiting) + self.fair.num_waiting,  # NOTE: both queues
             ledger.count_receipts(),
             ledger.count_pending,
+        )
+        self.window = ArrivalWindow(
+            config.batch_window,
+            config.batch_window_limit,
+            lambda: not scheduler.running and not scheduler.waiting,
         )
         self.draining = False
         self.started = int(time.time())
