@@ -10,6 +10,15 @@
     openledger serve [--model NAME] [--adapter NAME=SOURCE ...] [--host ADDR] [--port N]
                      [--config FILE] [--ledger PATH] [--adapter-resolver FOLDER|hf://ORG]
     openledger keys create --ledger PATH [--payer ADDRESS] [--name LABEL] [--admin]
+    openledger account new|address KEY_FILE
+    openledger datanet create FOLDER --name NAME --owner-key KEY [--schema S] [--private]
+    openledger datanet contribute FOLDER FILE.jsonl|.parquet --key KEY
+    openledger datanet snapshot FOLDER
+    openledger datanet export FOLDER OUT.jsonl|.parquet [--grant GRANT]
+    openledger datanet access request|approve|deny|revoke FOLDER ...
+    openledger train RECIPE.yaml --data FOLDER[@N]|EXPORT.jsonl --output DIR [--resume]
+    openledger evaluate ADAPTER --data FOLDER[@N]|EXPORT.jsonl [--grant GRANT]
+    openledger attribute --adapter DIR --data FOLDER[@N] --prompt TEXT --completion TEXT
     openledger attribute --ledger PATH --index ADAPTER=INDEX [...] [--batch-size N]
     openledger settle --ledger PATH --chain URL --protocol FILE
                       (--pool-wei N | --wei-per-1k-tokens N) [--through-window W]
@@ -29,6 +38,7 @@ from pathlib import Path
 from typing import TextIO
 
 from openledger._version import __version__
+from openledger.cli.factory import FACTORY_COMMANDS, add_factory_parsers, run_factory_command
 from openledger.cli.gateway import GATEWAY_COMMANDS, add_gateway_parsers, run_gateway_command
 from openledger.exceptions import ConfigError, OpenLedgerError
 
@@ -36,10 +46,29 @@ __all__ = ["main"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_QUESTION = "What is the capital of France? Answer in one sentence."
+EPILOG = """examples:
+  openledger demo                                   the whole loop on embedded defaults
+  openledger account new alice.key                  a signing key (mode 0600)
+  openledger datanet create medqa --name medqa --owner-key alice.key
+  openledger datanet contribute medqa rows.jsonl --key alice.key
+  openledger datanet snapshot medqa
+  openledger train recipe.yaml --data medqa@1 --output out/medqa
+  openledger chat --adapter out/medqa --question "..."
+  openledger attribute --adapter out/medqa --data medqa@1 --prompt "..." --completion "..."
+  openledger serve --adapter medqa=out/medqa         the OpenAI-compatible gateway
+
+'openledger COMMAND --help' describes each command; every command prints JSON where it
+prints a result."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="openledger", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="openledger",
+        description="openledger: community datanets, LoRA fine-tuning, multi-adapter serving, "
+        "attribution and on-chain rewards.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("version", help="print the installed version")
@@ -65,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", default=None, help="a LoRA adapter folder to answer with")
     chat.add_argument("--question", default=DEFAULT_QUESTION)
     chat.add_argument("--max-tokens", type=int, default=64)
+    add_factory_parsers(commands)
     add_gateway_parsers(commands)
     _add_studio_parser(commands)
     return parser
@@ -97,6 +127,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         _demo(out, args)
     elif args.command == "chat":
         _chat(out, args.model, args.adapter, args.question, args.max_tokens)
+    elif args.command in FACTORY_COMMANDS:
+        run_factory_command(args, out)
     elif args.command in GATEWAY_COMMANDS:
         run_gateway_command(args, out)
     elif args.command == "studio":

@@ -58,19 +58,34 @@ def add_gateway_parsers(commands: Commands) -> None:
 
 def _add_settlement_parsers(commands: Commands) -> None:
     attribute = commands.add_parser(
-        "attribute", help="credit a gateway ledger's answers to contributors (influence indexes)"
+        "attribute",
+        help="one answer to the records and contributors behind it, or (with --ledger) "
+        "every pending answer of a gateway's ledger",
     )
-    attribute.add_argument("--ledger", required=True, help="the gateway's ledger file")
-    attribute.add_argument(
+    one = attribute.add_argument_group("one answer")
+    one.add_argument("--adapter", default=None, help="the adapter folder that answered")
+    one.add_argument("--data", default=None, help="its datanet folder, FOLDER@N, or export")
+    one.add_argument("--prompt", default=None, help="the question")
+    one.add_argument("--completion", default=None, help="the answer")
+    one.add_argument(
+        "--method",
+        default="datainf",
+        choices=["exact", "datainf", "tracin", "gradcos", "spans"],
+        help="influence method (default datainf)",
+    )
+    one.add_argument("--grant", default=None, help="access grant JSON (private datanets)")
+    one.add_argument("--top", type=int, default=5, help="records listed")
+    ledger = attribute.add_argument_group("a gateway's ledger")
+    ledger.add_argument("--ledger", default=None, help="the gateway's ledger file")
+    ledger.add_argument(
         "--index",
         action="append",
         default=[],
-        required=True,
         metavar="ADAPTER=INDEX",
         help="an adapter folder and its influence index folder; repeatable",
     )
-    attribute.add_argument("--batch-size", type=int, default=16, help="answers per model pass")
-    attribute.add_argument("--limit", type=int, default=1024, help="most receipts in this run")
+    ledger.add_argument("--batch-size", type=int, default=16, help="answers per model pass")
+    ledger.add_argument("--limit", type=int, default=1024, help="most receipts in this run")
     settle = commands.add_parser(
         "settle", help="pay a gateway ledger's closed windows in one reward epoch"
     )
@@ -161,8 +176,13 @@ def _keys_create(out: TextIO, args: argparse.Namespace) -> None:
 
 
 def _attribute(out: TextIO, args: argparse.Namespace) -> None:
+    if args.ledger is None:
+        _attribute_one(out, args)
+        return
     from openledger.gateway import AttributionWorker, ReceiptLedger, parse_adapter_args
 
+    if not args.index:
+        raise ConfigError("--ledger needs at least one --index ADAPTER=INDEX")
     indexes = parse_adapter_args(args.index, flag="--index", shape="ADAPTER=INDEX")
     with ReceiptLedger(_existing(args.ledger)) as ledger:
         worker = AttributionWorker(ledger, indexes, batch_size=args.batch_size)
@@ -172,6 +192,48 @@ def _attribute(out: TextIO, args: argparse.Namespace) -> None:
         "answers": done.answers,
         "waiting": done.waiting,
         "adapters_without_index": sorted(done.missing_indexes),
+    }
+    print(json.dumps(body, indent=2), file=out)
+
+
+def _attribute_one(out: TextIO, args: argparse.Namespace) -> None:
+    from openledger.attribution import attribute
+    from openledger.cli.factory import load_grant, open_data
+    from openledger.data import Datanet
+
+    wanted = {"--adapter": args.adapter, "--data": args.data, "--prompt": args.prompt}
+    wanted["--completion"] = args.completion
+    missing = [flag for flag, value in wanted.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"attribute needs {', '.join(missing)} (or --ledger for a gateway's ledger)"
+        )
+    data = open_data(args.data)
+    if isinstance(data, Path):
+        raise ConfigError(
+            "--data must name a datanet folder or FOLDER@N: attribution needs "
+            "the snapshot the adapter was trained on"
+        )
+    snapshot = data.latest_snapshot() if isinstance(data, Datanet) else data
+    if snapshot is None:
+        raise ConfigError(f"--data {args.data}: the datanet has no snapshot")
+    report = attribute(
+        args.adapter,
+        snapshot,
+        prompt=args.prompt,
+        completion=args.completion,
+        method=args.method,
+        grant=load_grant(args.grant),
+    )
+    body = {
+        "method": report.method,
+        "adapter_id": report.adapter_id,
+        "snapshot_root": report.snapshot_root,
+        "contributor_shares": report.contributor_shares(),
+        "top_records": [
+            {"record_hash": r.record_hash, "contributor": r.contributor, "score": r.score}
+            for r in report.top(args.top)
+        ],
     }
     print(json.dumps(body, indent=2), file=out)
 

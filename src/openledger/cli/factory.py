@@ -1,0 +1,310 @@
+"""The Model Factory's commands: ``account``, ``datanet``, ``train``, ``evaluate``.
+
+Each command calls the SDK function a notebook would (``Datanet.create``,
+``Datanet.import_jsonl``, ``Datanet.snapshot``, ``finetune``, ``evaluate`` ...) and prints
+its result as JSON on standard output, so scripts and CI can read it. Keys are files
+holding one ``0x``-hex private key (mode 0600), made with ``openledger account new``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from openledger.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from openledger.crypto import Account
+    from openledger.data import AccessGrant, Datanet, Snapshot
+
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = [
+    "FACTORY_COMMANDS",
+    "add_factory_parsers",
+    "load_grant",
+    "load_key",
+    "open_data",
+    "run_factory_command",
+]
+
+FACTORY_COMMANDS = frozenset({"account", "datanet", "train", "evaluate"})
+SCHEMAS = ("instruction", "chat", "text", "classification")
+
+
+def add_factory_parsers(commands: Commands) -> None:
+    """Add the Model Factory's commands to the ``openledger`` parser."""
+    account = commands.add_parser("account", help="local signing keys (key files)")
+    verbs = account.add_subparsers(dest="verb", required=True, metavar="VERB")
+    new = verbs.add_parser("new", help="create a key file (mode 0600) and print its address")
+    new.add_argument("key_file", help="where to write the key; refused if it exists")
+    show = verbs.add_parser("address", help="print the address of a key file")
+    show.add_argument("key_file")
+    _add_datanet_parsers(commands)
+    train = commands.add_parser("train", help="fine-tune a LoRA adapter from a YAML recipe")
+    train.add_argument("recipe", help="a LoraRecipe as YAML or JSON")
+    train.add_argument("--data", required=True, help=_DATA_HELP)
+    train.add_argument("--output", required=True, help="the adapter folder to write")
+    train.add_argument("--grant", default=None, help="access grant JSON (private datanets)")
+    train.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps")
+    train.add_argument(
+        "--resume", action="store_true", help="go on from the latest checkpoint in --output"
+    )
+    evaluate = commands.add_parser("evaluate", help="an adapter against its base model")
+    evaluate.add_argument("adapter", help="the adapter folder")
+    evaluate.add_argument("--data", required=True, help=_DATA_HELP)
+    evaluate.add_argument("--grant", default=None, help="access grant JSON (private datanets)")
+    evaluate.add_argument("--num-generate", type=int, default=16, help="records answered")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="longest answer")
+
+
+_DATA_HELP = "a datanet folder (its latest snapshot), DATANET@N for snapshot N, or a JSONL export"
+
+
+def _add_datanet_parsers(commands: Commands) -> None:
+    datanet = commands.add_parser("datanet", help="create, fill, snapshot and share datanets")
+    verbs = datanet.add_subparsers(dest="verb", required=True, metavar="VERB")
+    create = verbs.add_parser("create", help="a new, empty datanet in a folder")
+    create.add_argument("folder")
+    create.add_argument("--name", required=True, help="its human-readable name")
+    create.add_argument("--schema", choices=SCHEMAS, default="instruction", help="record kind")
+    create.add_argument("--private", action="store_true", help="readers need a grant")
+    create.add_argument("--owner-key", required=True, help="the owner's key file")
+    contribute = verbs.add_parser("contribute", help="sign and add a JSONL or Parquet file")
+    contribute.add_argument("folder")
+    contribute.add_argument("file", help="rows of the datanet's schema (.jsonl or .parquet)")
+    contribute.add_argument("--key", required=True, help="the contributor's key file")
+    snapshot = verbs.add_parser("snapshot", help="freeze the accepted records (Merkle root)")
+    snapshot.add_argument("folder")
+    export = verbs.add_parser("export", help="accepted records with provenance")
+    export.add_argument("folder")
+    export.add_argument("output", help="a .jsonl or .parquet file")
+    export.add_argument("--grant", default=None, help="access grant JSON (private datanets)")
+    access = verbs.add_parser("access", help="request, approve, deny or revoke read access")
+    steps = access.add_subparsers(dest="step", required=True, metavar="STEP")
+    request = steps.add_parser("request", help="ask the owner for access")
+    request.add_argument("folder")
+    request.add_argument("--key", required=True, help="the requester's key file")
+    request.add_argument("--purpose", required=True, help="what the data is for")
+    approve = steps.add_parser("approve", help="approve a request; writes the signed grant")
+    approve.add_argument("folder")
+    approve.add_argument("request_id", type=int)
+    approve.add_argument("--owner-key", required=True, help="the owner's key file")
+    approve.add_argument("--out", required=True, help="where to write the grant (JSON)")
+    approve.add_argument("--days", type=float, default=30.0, help="how long it is valid")
+    for verb, what in (("deny", "deny a pending request"), ("revoke", "revoke a grant now")):
+        step = steps.add_parser(verb, help=what)
+        step.add_argument("folder")
+        step.add_argument("request_id", type=int)
+        step.add_argument("--owner-key", required=True, help="the owner's key file")
+
+
+def run_factory_command(args: argparse.Namespace, out: TextIO) -> None:
+    """Run one of :data:`FACTORY_COMMANDS`."""
+    if args.command == "account":
+        _account(out, args)
+    elif args.command == "datanet":
+        _datanet(out, args)
+    elif args.command == "train":
+        _train(out, args)
+    elif args.command == "evaluate":
+        _evaluate(out, args)
+
+
+def _print(out: TextIO, body: Any) -> None:
+    print(json.dumps(body, indent=2, default=str), file=out)
+
+
+def _account(out: TextIO, args: argparse.Namespace) -> None:
+    from openledger.crypto import Account
+
+    path = Path(args.key_file)
+    if args.verb == "new":
+        account = Account.create()
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{path} exists already: a key file is never overwritten") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write("0x" + account.key.hex() + "\n")
+        _print(out, {"address": account.address, "key_file": str(path)})
+    else:
+        _print(out, {"address": load_key(path).address})
+
+
+def load_key(path: str | os.PathLike[str]) -> Account:
+    """Read an account from a key file.
+
+    Raises:
+        ConfigError: The file is missing or holds no valid key.
+    """
+    from openledger.crypto import Account
+    from openledger.exceptions import CryptoError
+
+    try:
+        return Account.from_key(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from None
+    except CryptoError as exc:
+        raise ConfigError(f"{path} holds no valid private key: {exc}") from None
+
+
+def _datanet(out: TextIO, args: argparse.Namespace) -> None:
+    from openledger.data import Datanet
+    from openledger.data.schemas import BUILTIN_SCHEMAS
+
+    if args.verb == "create":
+        schemas = {s.schema_id.split(".")[1].split("/")[0]: s for s in BUILTIN_SCHEMAS.values()}
+        datanet = Datanet.create(
+            args.folder,
+            name=args.name,
+            schema=schemas[args.schema],
+            visibility="private" if args.private else "public",
+            owner=load_key(args.owner_key),
+        )
+        with datanet:
+            _print(out, {"datanet_id": datanet.id, "name": datanet.name, "folder": args.folder})
+        return
+    with Datanet.open(args.folder) as datanet:
+        if args.verb == "contribute":
+            _contribute(out, datanet, Path(args.file), load_key(args.key))
+        elif args.verb == "snapshot":
+            snap = datanet.snapshot()
+            _print(out, {"snapshot_id": snap.id, "root": snap.root, "records": snap.count})
+        elif args.verb == "export":
+            _export(out, datanet, Path(args.output), load_grant(args.grant))
+        elif args.verb == "access":
+            _access(out, datanet, args)
+
+
+def _contribute(out: TextIO, datanet: Datanet, path: Path, contributor: Account) -> None:
+    if not path.is_file():
+        raise ConfigError(f"no file at {path}")
+    suffix = path.suffix.lower()
+    # NOTE: one batch for the whole file: a bad row stores nothing of it
+    if suffix == ".jsonl":
+        receipts = datanet.import_jsonl(path, contributor=contributor, batch_size=sys.maxsize)
+    elif suffix == ".parquet":
+        receipts = datanet.import_parquet(path, contributor=contributor, batch_size=sys.maxsize)
+    else:
+        raise ConfigError(f"{path}: give a .jsonl or .parquet file, not {suffix or 'no suffix'}")
+    flagged = sum(1 for r in receipts if r.near_duplicates)
+    body = {"contributor": contributor.address, "records": len(receipts)}
+    _print(out, {**body, "near_duplicates_flagged": flagged})
+
+
+def _export(out: TextIO, datanet: Datanet, path: Path, grant: AccessGrant | None) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        count = datanet.to_jsonl(path, grant=grant)
+    elif suffix == ".parquet":
+        count = datanet.to_parquet(path, grant=grant)
+    else:
+        raise ConfigError(f"{path}: export to a .jsonl or .parquet file, not {suffix or 'none'}")
+    _print(out, {"records": count, "file": str(path)})
+
+
+def _access(out: TextIO, datanet: Datanet, args: argparse.Namespace) -> None:
+    if args.step == "request":
+        request = datanet.request_access(load_key(args.key), args.purpose)
+        _print(out, {"request_id": request.id, "status": request.status})
+        return
+    owner = load_key(args.owner_key)
+    if args.step == "approve":
+        grant = datanet.approve(args.request_id, owner=owner, ttl_seconds=round(args.days * 86_400))
+        target = Path(args.out)
+        fd = os.open(target, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(grant.model_dump_json(indent=2) + "\n")
+        _print(out, {"request_id": args.request_id, "grant": str(target), "grantee": grant.grantee})
+    elif args.step == "deny":
+        datanet.deny(args.request_id, owner=owner)
+        _print(out, {"request_id": args.request_id, "status": "denied"})
+    else:
+        datanet.revoke(args.request_id, owner=owner)
+        _print(out, {"request_id": args.request_id, "status": "revoked"})
+
+
+def load_grant(path: str | None) -> AccessGrant | None:
+    """Read an access grant written by ``openledger datanet access approve`` (None: none).
+
+    Raises:
+        ConfigError: The file cannot be read or is not a grant.
+    """
+    if path is None:
+        return None
+    from pydantic import ValidationError
+
+    from openledger.data import AccessGrant
+
+    try:
+        return AccessGrant.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the grant {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not an access grant: {exc}") from None
+
+
+def open_data(spec: str) -> Datanet | Snapshot | Path:
+    """What ``--data`` names: a datanet folder (latest snapshot), ``FOLDER@N`` (snapshot N),
+    or a JSONL export file.
+
+    Raises:
+        ConfigError: Nothing usable at that path.
+    """
+    from openledger.data import Datanet
+
+    folder, at, number = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    path = Path(folder)
+    if path.is_file() and not at:
+        return path
+    if not path.is_dir():
+        raise ConfigError(f"--data {spec}: no datanet folder or JSONL file at {path}")
+    datanet = Datanet.open(path)
+    if not at:
+        return datanet
+    if not number.isdigit():
+        raise ConfigError(f"--data {spec}: give a snapshot number after @, e.g. {folder}@1")
+    return datanet.snapshot_at(int(number))
+
+
+def _train(out: TextIO, args: argparse.Namespace) -> None:
+    from openledger.train import finetune
+
+    run = finetune(
+        args.recipe,
+        open_data(args.data),
+        args.output,
+        grant=load_grant(args.grant),
+        save_steps=args.save_steps,
+        resume_from_checkpoint=True if args.resume else None,
+    )
+    manifest = run.adapter.manifest
+    _print(
+        out,
+        {
+            "adapter": str(run.output_dir),
+            "adapter_id": run.adapter.id,
+            "snapshot_root": manifest.snapshot_root,
+            "steps": manifest.num_steps,
+            "metrics": manifest.metrics,
+        },
+    )
+
+
+def _evaluate(out: TextIO, args: argparse.Namespace) -> None:
+    from openledger.train import evaluate
+
+    report = evaluate(
+        args.adapter,
+        open_data(args.data),
+        grant=load_grant(args.grant),
+        num_generate=args.num_generate,
+        max_new_tokens=args.max_new_tokens,
+    )
+    _print(out, report.to_dict())
