@@ -29,9 +29,9 @@ from tests.gateway.conftest import GatewayModels, Server, start_server
 
 from openledger.attribution import SHARE_UNITS, InfluenceIndex, largest_remainder
 from openledger.chain import Chain, Protocol, connect
-from openledger.crypto import Account
+from openledger.crypto import Account, keccak256_hex
 from openledger.data import Snapshot
-from openledger.exceptions import ConfigError, SettlementError
+from openledger.exceptions import AttributionInputError, ConfigError, SettlementError
 from openledger.gateway import (
     AttributionWorker,
     ReceiptLedger,
@@ -534,3 +534,143 @@ def test_the_commands_explain_bad_input_and_print_claims(
     assert (claim["epoch_id"], int(claim["amount"])) == (done.epoch_id, done.payouts[payee])
     assert main(["claims", payee, "--ledger", str(path), "--chain", "http://127.0.0.1:1"]) == 2
     assert "--chain and --protocol together" in capsys.readouterr().err
+
+
+# -- sampling policy and span indexes --------------------------------------------------------
+
+
+def _synthetic_ledger(served: Served, path: Path, windows: dict[int, int]) -> list[str]:
+    """A ledger of `count` facts-adapter receipts per window (epoch_seconds=100), each with
+    one answer to attribute; returns their request ids in order."""
+    from openledger.gateway import GatewayReceipt, canonical_hash, receipt_domain
+    from openledger.train import Adapter
+
+    adapter = Adapter.open(served.adapter)
+    operator = Account.create()
+    domain = receipt_domain(1)
+    ids = []
+    with ReceiptLedger(path) as ledger:
+        pin_settings(ledger, operator.address, 100, domain)
+        for epoch, count in windows.items():
+            for n in range(count):
+                word = WORDS[(epoch + n) % len(WORDS)]
+                request_id = keccak256_hex(f"{path.name}/{epoch}/{n}".encode())
+                receipt = GatewayReceipt(
+                    request_id=request_id,
+                    payer=operator.address,
+                    adapter_names=("facts",),
+                    adapter_ids=(adapter.id,),
+                    adapter_weights=(SHARE_UNITS,),
+                    prompt_tokens=5,
+                    completion_tokens=4,
+                    prompt_hash=canonical_hash(word),
+                    answer_hash=canonical_hash([word]),
+                    timestamp=epoch * 100 + n,
+                    epoch=epoch,
+                )
+                answers = [(f"Code {word}?", f"{word.upper()} ok.")]
+                ledger.record(receipt.sign(operator, domain), answers=answers)
+                ids.append(request_id)
+    Path(f"{path}.operator-key").write_text("0x" + operator.key.hex() + "\n")
+    return ids
+
+
+def _credits(path: Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    with ReceiptLedger(path) as ledger:
+        rows = ledger.read("SELECT request_id, method, shares FROM attributions")
+    return {r: (m, json.loads(s)) for r, m, s in rows}
+
+
+def test_sampled_receipts_are_scored_and_the_rest_get_their_windows_mean(
+    served: Served, tmp_path: Path
+) -> None:
+    from openledger.gateway.attribution_policy import estimate, sampled
+
+    path = tmp_path / "sampled.db"
+    # NOTE: windows 3 and 4 closed at now=500 (window 5); window 5 still open
+    ids = _synthetic_ledger(served, path, {3: 12, 4: 1, 5: 6})
+    with ReceiptLedger(path) as ledger:
+        worker = AttributionWorker(ledger, {str(served.adapter): str(served.index)}, sample=0.5)
+        done = worker.run_once(now=500)
+        left = {r for (r,) in ledger.read("SELECT request_id FROM answers")}
+    drawn = [i for i in ids if sampled(i, 0.5)]
+    credits = _credits(path)
+    window3, window4, window5 = ids[:12], ids[12:13], ids[13:]
+    scored3 = [credits[i][1] for i in window3 if i in drawn]
+    assert 0 < len(scored3) < len(window3)  # NOTE: fixed ids, so a fixed draw
+    for request_id in window3:
+        method, shares = credits[request_id]
+        if request_id in drawn:
+            assert method == "datainf"
+        else:
+            assert method == "sample"
+            assert shares == estimate(scored3)
+            assert shares["estimated_from"] == len(scored3)
+    assert window4[0] in credits  # NOTE: drawn, or scored because its closed window had none
+    assert credits[window4[0]][0] == "datainf"
+    for request_id in window5:
+        assert (request_id in credits) == (request_id in drawn)
+    assert left == {i for i in window5 if i not in drawn}
+    assert done.waiting == len(left)
+    assert done.estimated == sum(1 for i in window3 if i not in drawn)
+
+
+def test_the_draw_is_verifiable_and_close_to_its_rate() -> None:
+    from openledger.gateway.attribution_policy import sampled
+
+    ids = [keccak256_hex(f"draw/{n}".encode()) for n in range(4000)]
+    assert [sampled(i, 0.25) for i in ids] == [sampled(i, 0.25) for i in ids]
+    assert all(sampled(i, 1.0) for i in ids[:10])
+    hits = sum(sampled(i, 0.25) for i in ids)
+    sd = (4000 * 0.25 * 0.75) ** 0.5
+    assert abs(hits - 1000) < 5 * sd  # NOTE: five standard deviations of a binomial draw
+
+
+def test_an_estimate_is_the_mean_with_a_95_percent_interval() -> None:
+    import statistics
+
+    from openledger.gateway.attribution_policy import estimate
+
+    scored = [
+        {"weights": {"0xA": 600, "0xB": 400}, "penalties": {}},
+        {"weights": {"0xA": 900, "0xB": 100}, "penalties": {"0xC": 30}},
+        {"weights": {"0xA": 300}, "penalties": {}},
+    ]
+    found = estimate(scored)
+    assert found["weights"] == {"0xA": 600, "0xB": 166}
+    assert found["penalties"] == {"0xC": 10}
+    assert found["estimated_from"] == 3
+    for account, values in (("0xA", [600, 900, 300]), ("0xB", [400, 100, 0])):
+        expected = 1.96 * statistics.stdev(values) / 3**0.5 / SHARE_UNITS
+        assert found["ci95"][account] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_span_index_credits_answers_as_it_scores_them(served: Served, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from openledger.attribution import SpanIndex
+    from openledger.train import Adapter
+
+    tokenizer = AutoTokenizer.from_pretrained(served.base)
+    index = SpanIndex.build(served.snapshot, tokenizer)
+    index.save(tmp_path / "spans")
+    path = tmp_path / "spans.db"
+    ids = _synthetic_ledger(served, path, {2: 4})
+    with ReceiptLedger(path) as ledger:
+        pending = dict(_answers(ledger))
+        AttributionWorker(ledger, {str(served.adapter): str(tmp_path / "spans")}).run_once()
+    credits = _credits(path)
+    adapter_id = Adapter.open(served.adapter).id
+    for request_id in ids:
+        ((prompt, answer),) = pending[request_id]
+        expected = index.attribute(prompt, answer, adapter_id=adapter_id).contributor_weights()
+        assert credits[request_id] == ("spans", {"weights": expected, "penalties": {}})
+    assert any(shares["weights"] for _, shares in credits.values())
+
+
+def test_bad_sources_are_refused(served: Served, tmp_path: Path) -> None:
+    with ReceiptLedger(tmp_path / "l.db") as ledger:
+        with pytest.raises(AttributionInputError, match="no influence index"):
+            AttributionWorker(ledger, {str(served.adapter): str(tmp_path)})
+        with pytest.raises(AttributionInputError, match="sample rate"):
+            AttributionWorker(ledger, {str(served.adapter): str(served.index)}, sample=0)

@@ -85,6 +85,12 @@ def _add_settlement_parsers(commands: Commands) -> None:
         help="an adapter folder and its influence index folder; repeatable",
     )
     ledger.add_argument("--batch-size", type=int, default=16, help="answers per model pass")
+    ledger.add_argument(
+        "--sample",
+        type=float,
+        default=1.0,
+        help="fraction of receipts scored; the rest get their window's mean (default 1)",
+    )
     ledger.add_argument("--limit", type=int, default=1024, help="most receipts in this run")
     settle = commands.add_parser(
         "settle", help="pay a gateway ledger's closed windows in one reward epoch"
@@ -185,11 +191,12 @@ def _attribute(out: TextIO, args: argparse.Namespace) -> None:
         raise ConfigError("--ledger needs at least one --index ADAPTER=INDEX")
     indexes = parse_adapter_args(args.index, flag="--index", shape="ADAPTER=INDEX")
     with ReceiptLedger(_existing(args.ledger)) as ledger:
-        worker = AttributionWorker(ledger, indexes, batch_size=args.batch_size)
+        worker = AttributionWorker(ledger, indexes, batch_size=args.batch_size, sample=args.sample)
         done = worker.run_once(limit=args.limit)
     body = {
         "attributed": done.attributed,
         "answers": done.answers,
+        "estimated": done.estimated,
         "waiting": done.waiting,
         "adapters_without_index": sorted(done.missing_indexes),
     }

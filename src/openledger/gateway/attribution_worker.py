@@ -2,12 +2,15 @@
 
 The gateway keeps each adapter-served answer's ``(prompt, answer)`` texts beside its
 receipt. :class:`AttributionWorker` scores them in batches with each adapter's persisted
-:class:`~openledger.attribution.InfluenceIndex` (one forward and backward pass per batch,
-:meth:`~openledger.attribution.InfluenceIndex.attribute_many`), writes one attribution
-per (receipt, adapter) (the contributors' quantised shares, averaged over the receipt's
-choices), and deletes the texts once every adapter of the receipt is credited, in one
-transaction. An adapter without an index leaves its receipts waiting (settlement holds
-them for a later window; nothing is dropped).
+index, an :class:`~openledger.attribution.InfluenceIndex` (one forward and backward pass
+per batch, :meth:`~openledger.attribution.InfluenceIndex.attribute_many`) or a
+:class:`~openledger.attribution.SpanIndex` of its snapshot (milliseconds per answer),
+writes one attribution per (receipt, adapter) (the contributors' quantised shares,
+averaged over the receipt's choices), and deletes the texts once every adapter of the
+receipt is credited. With a sample rate below one, only a verifiable draw of receipts is
+scored and the rest get the drawn ones' mean per window, with a confidence interval (see
+:mod:`openledger.gateway.attribution_policy`). An adapter without an index leaves its
+receipts waiting (settlement holds them for a later window; nothing is dropped).
 
 Run it from the shell (``openledger attribute --ledger PATH --index ADAPTER=INDEX``) or
 inside the gateway (``attribution_indexes`` in the gateway settings), where it runs on
@@ -23,21 +26,25 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from openledger.attribution.rewards import SHARE_UNITS
 from openledger.exceptions import AttributionInputError
+from openledger.gateway.attribution_policy import AttributionSource, averaged, estimate, sampled
 from openledger.gateway.ledger import ReceiptLedger
-from openledger.gateway.receipts import SignedGatewayReceipt
+from openledger.gateway.receipts import GatewayReceipt, SignedGatewayReceipt
 from openledger.types import Hash32
 
 if TYPE_CHECKING:
-    from openledger.attribution import AttributionReport, InfluenceIndex
+    from openledger.train import Adapter
 
 __all__ = ["AttributionPass", "AttributionWorker"]
 
 logger = logging.getLogger("openledger.gateway")
+
+ESTIMATED = "sample"
+"""The ``method`` of an attribution estimated from a window's scored receipts."""
+
+Job = tuple[GatewayReceipt, list[tuple[str, str]]]
 
 
 @dataclass
@@ -47,27 +54,34 @@ class AttributionPass:
     Attributes:
         attributed: Receipts whose every adapter is now credited.
         answers: ``(prompt, answer)`` pairs scored.
-        waiting: Receipts left for later: an adapter has no index here.
+        estimated: (receipt, adapter) credits estimated from the scored sample.
+        waiting: Receipts left for later: an adapter has no index here, or the window of an
+            unsampled receipt is still open.
         missing_indexes: Adapter ids that had answers but no index.
     """
 
     attributed: int = 0
     answers: int = 0
+    estimated: int = 0
     waiting: int = 0
     missing_indexes: set[Hash32] = field(default_factory=set)
 
 
 class AttributionWorker:
-    """Credits the ledger's pending answers with the adapters' influence indexes.
+    """Credits the ledger's pending answers with the adapters' indexes.
 
     Args:
         ledger: The gateway's ledger.
-        indexes: ``{adapter folder: index folder}`` (each index built with
-            :meth:`InfluenceIndex.build` ``(..., output_dir=...)`` for that adapter).
+        indexes: ``{adapter folder: index folder}``: an influence index built with
+            :meth:`InfluenceIndex.build` ``(..., output_dir=...)`` for that adapter, or a
+            span index (:meth:`SpanIndex.save`) of the snapshot it was trained on.
         batch_size: Answers scored per pass of the model.
+        sample: Fraction of each adapter's receipts scored: one rate, or ``{adapter
+            folder: rate}`` (1 for folders not named).
 
     Raises:
-        AttributionInputError: An adapter folder or index folder that cannot be opened.
+        AttributionInputError: An adapter or index folder that cannot be opened, or a
+            rate outside (0, 1].
     """
 
     def __init__(
@@ -76,6 +90,7 @@ class AttributionWorker:
         indexes: Mapping[str, str] | Mapping[os.PathLike[str], os.PathLike[str]],
         *,
         batch_size: int = 16,
+        sample: float | Mapping[str, float] = 1.0,
     ) -> None:
         from openledger.attribution.loading import open_adapter
 
@@ -83,23 +98,27 @@ class AttributionWorker:
             raise AttributionInputError(f"batch_size must be >= 1, got {batch_size}")
         self.ledger = ledger
         self.batch_size = batch_size
-        self._folders: dict[Hash32, tuple[Path, Path]] = {}
+        self._sources: dict[Hash32, tuple[Adapter, AttributionSource]] = {}
         for adapter, index in indexes.items():
+            rate = sample if isinstance(sample, (int, float)) else sample.get(str(adapter), 1.0)
+            source = AttributionSource.of(adapter, index, float(rate))
             found = open_adapter(adapter)
-            if not (Path(index) / "index.json").is_file():
-                raise AttributionInputError(f"{index} holds no influence index (no index.json)")
-            self._folders[found.id] = (Path(adapter), Path(index))
-        self._loaded: dict[Hash32, InfluenceIndex] = {}
+            self._sources[found.id] = (found, source)
+        self._scorers: dict[Hash32, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def adapter_ids(self) -> set[Hash32]:
         """The adapters this worker can credit."""
-        return set(self._folders)
+        return set(self._sources)
 
-    def run_once(self, limit: int = 256) -> AttributionPass:
+    def run_once(self, limit: int = 256, *, now: float | None = None) -> AttributionPass:
         """Credit up to ``limit`` pending receipts (oldest first).
+
+        Args:
+            limit: Most receipts read in this pass.
+            now: Unix time, to tell which windows have closed (default now).
 
         Raises:
             LedgerError: The ledger cannot be read or written.
@@ -114,22 +133,33 @@ class AttributionWorker:
             (SignedGatewayReceipt.model_validate_json(body).receipt, json.loads(pairs))
             for body, pairs in rows
         ]
+        closed = self._current_window(now)
+        if pending and len(rows) == limit:  # NOTE: the last window read may go on past it
+            closed = min(closed, pending[-1][0].epoch)
         credited = self._credited([r.request_id for r, _ in pending])
-        work: dict[Hash32, list[tuple[Hash32, list[tuple[str, str]]]]] = {}
+        drawn: dict[Hash32, list[Job]] = {}
+        rest: dict[tuple[Hash32, int], list[Job]] = {}
         for receipt, pairs in pending:
+            answers = [(str(p), str(c)) for p, c in pairs]
             for adapter_id in receipt.adapter_ids:
                 if (receipt.request_id, adapter_id) in credited:
                     continue
-                if adapter_id not in self._folders:
+                if adapter_id not in self._sources:
                     done.missing_indexes.add(adapter_id)
-                    continue
-                answers = [(str(p), str(c)) for p, c in pairs]
-                work.setdefault(adapter_id, []).append((receipt.request_id, answers))
-        for adapter_id, jobs in work.items():
-            for start in range(0, len(jobs), self.batch_size):
-                batch = jobs[start : start + self.batch_size]
-                self._credit(adapter_id, batch)
-                done.answers += sum(len(answers) for _, answers in batch)
+                elif sampled(receipt.request_id, self._sources[adapter_id][1].sample):
+                    drawn.setdefault(adapter_id, []).append((receipt, answers))
+                elif receipt.epoch < closed:
+                    rest.setdefault((adapter_id, receipt.epoch), []).append((receipt, answers))
+        for adapter_id, jobs in drawn.items():
+            done.answers += self._score(adapter_id, jobs)
+        for (adapter_id, epoch), jobs in rest.items():
+            base = self._scored_shares(adapter_id, epoch)
+            if not base:  # NOTE: nothing of this closed window was drawn: score one anyway
+                done.answers += self._score(adapter_id, jobs[:1])
+                base, jobs = self._scored_shares(adapter_id, epoch), jobs[1:]
+            guess = estimate(base)
+            self._write(adapter_id, [(r.request_id, guess) for r, _ in jobs], ESTIMATED)
+            done.estimated += len(jobs)
         credited = self._credited([r.request_id for r, _ in pending])
         finished = []
         for receipt, _ in pending:
@@ -167,21 +197,26 @@ class AttributionWorker:
                 found = self.run_once()
                 if found.attributed or found.waiting:
                     logger.info(
-                        "attribution: %d receipts credited, %d waiting",
+                        "attribution: %d receipts credited (%d estimated), %d waiting",
                         found.attributed,
+                        found.estimated,
                         found.waiting,
                     )
             except Exception:  # NOTE: a worker thread must outlive one bad batch; logged
                 logger.exception("attribution pass failed; retrying in %.0f s", interval)
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
-    def _index(self, adapter_id: Hash32) -> InfluenceIndex:
-        if adapter_id not in self._loaded:
-            from openledger.attribution import InfluenceIndex
+    def _current_window(self, now: float | None) -> int:
+        from openledger.gateway.settlement import ledger_settings
 
-            adapter, index = self._folders[adapter_id]
-            self._loaded[adapter_id] = InfluenceIndex.load(index, adapter)
-        return self._loaded[adapter_id]
+        seconds = ledger_settings(self.ledger).epoch_seconds
+        return int(time.time() if now is None else now) // seconds
+
+    def _scorer(self, adapter_id: Hash32) -> Any:
+        if adapter_id not in self._scorers:
+            adapter, source = self._sources[adapter_id]
+            self._scorers[adapter_id] = source.scorer(adapter)
+        return self._scorers[adapter_id]
 
     def _credited(self, request_ids: list[Hash32]) -> set[tuple[Hash32, Hash32]]:
         if not request_ids:
@@ -193,53 +228,52 @@ class AttributionWorker:
         )
         return {(Hash32(r), Hash32(a)) for r, a in rows}
 
-    def _credit(
-        self, adapter_id: Hash32, batch: list[tuple[Hash32, list[tuple[str, str]]]]
+    def _score(self, adapter_id: Hash32, jobs: list[Job]) -> int:
+        """Score the jobs' answers in batches and write their credits; returns pairs scored."""
+        scorer = self._scorer(adapter_id)
+        count = 0
+        for start in range(0, len(jobs), self.batch_size):
+            batch = jobs[start : start + self.batch_size]
+            flat = [pair for _, answers in batch for pair in answers]
+            reports = scorer.attribute_many(flat)
+            rows, position = [], 0
+            for receipt, answers in batch:
+                mine = reports[position : position + len(answers)]
+                rows.append((receipt.request_id, averaged(mine)))
+                position += len(answers)
+            self._write(adapter_id, rows, str(scorer.method))
+            count += len(flat)
+        return count
+
+    def _write(
+        self, adapter_id: Hash32, rows: list[tuple[Hash32, dict[str, Any]]], method: str
     ) -> None:
-        """Score a batch of receipts' answers for one adapter and write their credits."""
-        index = self._index(adapter_id)
-        flat = [pair for _, answers in batch for pair in answers]
-        reports = index.attribute_many(flat)
-        snapshot_id = index.adapter.manifest.snapshot_id
-        rows = []
-        position = 0
-        for request_id, answers in batch:
-            mine = reports[position : position + len(answers)]
-            position += len(answers)
-            shares = json.dumps(_averaged(mine), sort_keys=True)
-            m = index.manifest
-            rows.append(
-                (
-                    request_id,
-                    adapter_id,
-                    m.snapshot_root,
-                    m.datanet_id,
-                    snapshot_id,
-                    m.method,
-                    shares,
-                    int(time.time()),
-                )
+        adapter, _ = self._sources[adapter_id]
+        manifest = adapter.manifest
+        now = int(time.time())
+        values = [
+            (
+                request_id,
+                adapter_id,
+                manifest.snapshot_root,
+                manifest.datanet_id,
+                manifest.snapshot_id,
+                method,
+                json.dumps(shares, sort_keys=True),
+                now,
             )
+            for request_id, shares in rows
+        ]
         with self.ledger.transaction() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR IGNORE INTO attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values
             )
 
-
-def _averaged(reports: list[AttributionReport]) -> dict[str, dict[str, int]]:
-    """The reports' quantised positive shares and penalties, averaged over the answers
-    (integer division: the shares still sum to one share at most)."""
-    weights: dict[str, int] = {}
-    penalties: dict[str, int] = {}
-    for report in reports:
-        for account, weight in report.contributor_weights().items():
-            weights[account] = weights.get(account, 0) + weight
-        for account, score in report.penalties().items():
-            units = round(-score * SHARE_UNITS)
-            if units > 0:
-                penalties[account] = penalties.get(account, 0) + units
-    count = max(1, len(reports))
-    return {
-        "weights": {a: w // count for a, w in weights.items() if w // count > 0},
-        "penalties": {a: p // count for a, p in penalties.items() if p // count > 0},
-    }
+    def _scored_shares(self, adapter_id: Hash32, epoch: int) -> list[dict[str, Any]]:
+        """The scored (not estimated) credits of an adapter in one window."""
+        rows = self.ledger.read(
+            "SELECT a.shares FROM attributions a JOIN receipts r USING (request_id) "
+            "WHERE a.adapter_id = ? AND r.epoch = ? AND a.method != ?",
+            (adapter_id, epoch, ESTIMATED),
+        )
+        return [json.loads(shares) for (shares,) in rows]

@@ -123,8 +123,15 @@ class GatewayConfig(BaseModel):
     attribution_indexes: dict[str, str] = Field(
         default_factory=dict,
         description="Credit answers inside the gateway: {adapter (a served name or its "
-        "folder): influence index folder}; answers of other adapters wait for "
-        "`openledger attribute`.",
+        "folder): influence index folder, or span index folder of its snapshot}; answers of "
+        "other adapters wait for `openledger attribute`.",
+    )
+    attribution_sample: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Fraction of each adapter's receipts the worker scores; the rest get the "
+        "scored ones' mean for their window, with a confidence interval.",
     )
     attribution_interval: float = Field(
         default=30.0, gt=0, description="Seconds between the attribution worker's passes."

@@ -108,7 +108,9 @@ def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> Gat
     logger.info("receipts are signed by operator %s", operator.address)
     state = GatewayState(config, engine, ledger, meter, adapters)
     if config.attribution_indexes:
-        state.attribution = AttributionWorker(ledger, config.index_folders())
+        state.attribution = AttributionWorker(
+            ledger, config.index_folders(), sample=config.attribution_sample
+        )
         state.attribution.start(config.attribution_interval)
     return state
 
