@@ -203,3 +203,15 @@ def test_an_empty_datanet_cannot_be_snapshot_and_says_so(client: TestClient) -> 
     refused = client.post("/api/datanets/colours/snapshot")
     assert refused.status_code == 404
     assert refused.json()["error"] == "datanet 'colours' has no accepted records to snapshot"
+
+
+def test_evaluation_runs_in_the_background_and_names_bad_choices(client: TestClient) -> None:
+    assert (
+        client.post(
+            "/api/evaluate", json={"adapter": "nope", "datanet": "x", "snapshot_id": 1}
+        ).status_code
+        == 404
+    )
+    response = client.get("/api/evaluate/unknown")
+    assert response.status_code == 404
+    assert "no evaluation" in response.json()["error"]

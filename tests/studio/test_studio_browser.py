@@ -163,6 +163,24 @@ def train_tab(page: Any, images: Path, studio_home: Path) -> None:
     shoot(page, images, "train")
 
 
+def evaluate_tab(page: Any, images: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.click("nav [data-tab=evaluate]")
+    expect(page.locator("#ev-adapter option[value='colours-r4']")).to_have_count(1, timeout=SLOW)
+    page.select_option("#ev-adapter", "colours-r4")
+    page.select_option("#ev-snapshot", "colours|1")
+    page.fill("#ev-generate", "2")
+    page.click("#ev-start")
+    expect(page.locator("#ev-status")).to_have_text("done", timeout=SLOW)
+    expect_message(page, "#ev-message", "the snapshot it was trained on: not held out")
+    expect(page.locator("#ev-scores tbody tr")).to_have_count(4)
+    expect(page.locator("#ev-samples tbody tr")).not_to_have_count(0)
+    loss = page.locator("#ev-scores tbody tr").first.locator("td")
+    assert float(loss.nth(2).inner_text()) < float(loss.nth(1).inner_text())
+    shoot(page, images, "evaluate")
+
+
 def chat_tab(page: Any, images: Path) -> None:
     from playwright.sync_api import expect
 
@@ -197,7 +215,7 @@ def rewards_tab(page: Any, images: Path) -> None:
     shoot(page, images, "rewards")
 
 
-def test_the_four_tabs_in_a_browser(
+def test_the_five_tabs_in_a_browser(
     browser: Any, studio_url: str, studio_home: Path, images: Path
 ) -> None:
     page = browser.new_page(viewport={"width": 1100, "height": 760})
@@ -206,6 +224,7 @@ def test_the_four_tabs_in_a_browser(
     page.goto(studio_url)
     datanets_tab(page, images)
     train_tab(page, images, studio_home)
+    evaluate_tab(page, images)
     chat_tab(page, images)
     rewards_tab(page, images)
     assert errors == []

@@ -1,11 +1,12 @@
-"""The Train tab's API: base models, presets with help text, start, progress, cancel."""
+"""The Train and Evaluate tabs' API: base models, presets with help text, start,
+progress, cancel; an adapter evaluated against its base model."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from openledger.studio.jobs import TrainingRequest
 from openledger.studio.state import StudioState
@@ -130,6 +131,29 @@ def get_job(job_id: str, request: Request) -> dict[str, Any]:
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     """Cancel a job; it stops at its next step and keeps nothing."""
     return _state(request).jobs.cancel(job_id).to_dict()
+
+
+class StartEvaluation(BaseModel):
+    """Body of ``POST /api/evaluate``: which adapter, on which snapshot."""
+
+    adapter: str
+    datanet: str
+    snapshot_id: int
+    num_generate: int = Field(default=8, ge=0, le=64)
+
+
+@router.post("/evaluate")
+def start_evaluation(body: StartEvaluation, request: Request) -> dict[str, Any]:
+    """Evaluate an adapter against its base model on a snapshot, in the background."""
+    evaluations = _state(request).evaluations
+    job = evaluations.start(body.adapter, body.datanet, body.snapshot_id, body.num_generate)
+    return job.to_dict()
+
+
+@router.get("/evaluate/{job_id}")
+def get_evaluation(job_id: str, request: Request) -> dict[str, Any]:
+    """An evaluation's state and, once done, its scores and sample answers."""
+    return _state(request).evaluations.get(job_id).to_dict()
 
 
 @router.get("/adapters")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from openledger.studio.chat import ChatEngines
 from openledger.studio.config import StudioConfig
+from openledger.studio.evaluations import Evaluations
 from openledger.studio.jobs import TrainingJobs
 from openledger.studio.rewards import Rewards
 from openledger.studio.workspace import Workspace
@@ -22,6 +23,7 @@ class StudioState:
     jobs: TrainingJobs
     chat: ChatEngines
     rewards: Rewards
+    evaluations: Evaluations
 
     @classmethod
     def from_config(cls, config: StudioConfig) -> StudioState:
@@ -33,4 +35,5 @@ class StudioState:
             TrainingJobs(workspace),
             ChatEngines(workspace),
             Rewards(config.chain_url),
+            Evaluations(workspace),
         )

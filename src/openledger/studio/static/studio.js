@@ -334,5 +334,47 @@ $("rw-settle").addEventListener("click", guarded("rw-message", async () => {
   await refreshRewards();
 }));
 
-const refresh = { datanets: refreshDatanets, train: refreshTrain, chat: refreshChat, rewards: refreshRewards };
+// -- Evaluate -------------------------------------------------------------------------------
+async function refreshEvaluate() {
+  const adapters = await api("GET", "/api/adapters");
+  fillSelect($("ev-adapter"), adapters.map((a) => [a.name, a.name]));
+  const datanets = await api("GET", "/api/datanets");
+  fillSelect($("ev-snapshot"), datanets.flatMap((d) => d.snapshots.map((s) =>
+    [`${d.name}|${s.id}`, `${d.name} #${s.id} (${s.count} records)`])));
+}
+
+function score(value, digits = 4) { return value == null ? "n/a" : Number(value).toFixed(digits); }
+
+function showEvaluation(job) {
+  $("ev-status").textContent = job.state === "running" ? "evaluating…" : job.state;
+  if (job.state === "failed") say("ev-message", job.error, "error");
+  if (job.state !== "done") return;
+  const r = job.result;
+  say("ev-message", `${job.adapter} on ${job.datanet} #${job.snapshot_id}: ${r.num_records} records, `
+    + `${r.num_generated} answers generated` + (job.trained_on ? " (the snapshot it was trained on: not held out)" : ""));
+  const rows = [["loss", r.base_loss, r.loss], ["perplexity", r.base_perplexity, r.perplexity],
+    ["exact match", r.base_exact_match, r.exact_match], ["ROUGE-L", r.base_rouge_l, r.rouge_l]];
+  $("ev-scores").tBodies[0].replaceChildren(...rows.map(([name, base, mine]) =>
+    el("tr", {}, el("td", {}, name), el("td", {}, score(base)), el("td", {}, score(mine)))));
+  $("ev-samples").tBodies[0].replaceChildren(...r.samples.map((s) => el("tr", {},
+    el("td", {}, s.prompt), el("td", {}, s.reference), el("td", {}, s.base), el("td", {}, s.adapter))));
+}
+
+$("ev-start").addEventListener("click", guarded("ev-message", async () => {
+  const [datanet, snapshot] = $("ev-snapshot").value.split("|");
+  const body = { adapter: $("ev-adapter").value, datanet, snapshot_id: Number(snapshot),
+    num_generate: Number($("ev-generate").value) };
+  let job = await api("POST", "/api/evaluate", body);
+  $("ev-scores").tBodies[0].replaceChildren();
+  $("ev-samples").tBodies[0].replaceChildren();
+  say("ev-message", "", "ok");
+  showEvaluation(job);
+  while (job.state === "running") {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    job = await api("GET", `/api/evaluate/${job.id}`);
+    showEvaluation(job);
+  }
+}));
+
+const refresh = { datanets: refreshDatanets, train: refreshTrain, evaluate: refreshEvaluate, chat: refreshChat, rewards: refreshRewards };
 refreshDatanets().catch((error) => say("dn-message", error.message, "error"));
