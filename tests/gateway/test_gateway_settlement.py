@@ -674,3 +674,21 @@ def test_bad_sources_are_refused(served: Served, tmp_path: Path) -> None:
             AttributionWorker(ledger, {str(served.adapter): str(tmp_path)})
         with pytest.raises(AttributionInputError, match="sample rate"):
             AttributionWorker(ledger, {str(served.adapter): str(served.index)}, sample=0)
+
+
+def test_an_index_in_memory_serves_as_its_folder_does(served: Served, tmp_path: Path) -> None:
+    path = tmp_path / "memory.db"
+    ids = _synthetic_ledger(served, path, {1: 3})
+    index = InfluenceIndex.load(served.index, served.adapter)
+    with ReceiptLedger(path) as ledger:
+        done = AttributionWorker(ledger, {str(served.adapter): index}).run_once()
+    assert done.attributed == len(ids)
+    by_folder = tmp_path / "folder.db"
+    same = _synthetic_ledger(served, by_folder, {1: 3})
+    with ReceiptLedger(by_folder) as ledger:
+        AttributionWorker(ledger, {str(served.adapter): str(served.index)}).run_once()
+    in_memory, from_disk = _credits(path), _credits(by_folder)
+    assert [in_memory[i] for i in ids] == [from_disk[i] for i in same]
+    index.folder = None
+    with ReceiptLedger(path) as ledger, pytest.raises(AttributionInputError, match="output_dir"):
+        AttributionWorker(ledger, {str(served.adapter): index})

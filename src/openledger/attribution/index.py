@@ -132,6 +132,8 @@ class InfluenceIndex:
         self._tokenizer: Any = None
         self._scorer: Scorer | None = None
         self._queries: OrderedDict[tuple[str, str], list[torch.Tensor]] = OrderedDict()
+        self.folder: Path | None = None
+        """Where the index is saved (``output_dir`` of :meth:`build`, or :meth:`load`'s)."""
 
     @property
     def method(self) -> str:
@@ -215,6 +217,7 @@ class InfluenceIndex:
             (folder / INDEX_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
         index = cls(manifest, grads, found, snapshot, grant)
         index._model, index._tokenizer = model, tokenizer
+        index.folder = folder
         return index
 
     @classmethod
@@ -259,7 +262,9 @@ class InfluenceIndex:
             torch.from_numpy(np.load(root / f"gradients-{c}.npy", mmap_mode="r"))
             for c in range(len(manifest.learning_rates))
         ]
-        return cls(manifest, grads, found, snapshot, grant)
+        index = cls(manifest, grads, found, snapshot, grant)
+        index.folder = root
+        return index
 
     def with_method(self, method: str, *, damping_scale: float | None = None) -> InfluenceIndex:
         """Return an index over the same gradients scored by another method.

@@ -375,30 +375,29 @@ class Stages:
         from openledger.attribution import SHARE_UNITS, InfluenceIndex
         from openledger.gateway import AttributionWorker, ReceiptLedger
 
-        indexes = {}
         for dataset in self.datasets:
             started = time.perf_counter()
-            folder = self.folder / "index" / dataset.name
             index: InfluenceIndex = InfluenceIndex.build(
                 self.runs[dataset.name].adapter,
                 self.snapshots[dataset.name],
                 method="exact",
-                output_dir=folder,
+                output_dir=self.folder / "index" / dataset.name,
                 progress=self.config.progress,
             )
-            indexes[str(self.runs[dataset.name].output_dir)] = str(folder)
+            built = time.perf_counter() - started
+            # NOTE: the worker scores with the index just built (held in memory); one adapter
+            # at a time, so one index of gradients is in memory at once
+            adapter = str(self.runs[dataset.name].output_dir)
+            with ReceiptLedger(self.ledger_path) as ledger:
+                done = AttributionWorker(ledger, {adapter: index}).run_once()
             self._say(
                 f"{dataset.name}: influence index (exact) of {len(index)} records built in "
-                f"{time.perf_counter() - started:.0f} s"
+                f"{built:.0f} s; the attribution worker credited {done.attributed} of its "
+                f"receipts from the ledger in {time.perf_counter() - started - built:.0f} s"
             )
-        started = time.perf_counter()
+            del index
         with ReceiptLedger(self.ledger_path) as ledger:
-            done = AttributionWorker(ledger, indexes).run_once()
             rows = ledger.read("SELECT request_id, shares FROM attributions")
-        self._say(
-            f"attribution worker: {done.attributed} receipts credited from the ledger in "
-            f"{time.perf_counter() - started:.0f} s ({done.waiting} waiting)"
-        )
         credited = {request_id: json.loads(shares)["weights"] for request_id, shares in rows}
         for answer in self.result.answers:
             if answer.adapter is None or answer.receipt_id is None:

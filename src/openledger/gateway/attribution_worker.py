@@ -35,6 +35,7 @@ from openledger.gateway.receipts import GatewayReceipt, SignedGatewayReceipt
 from openledger.types import Hash32
 
 if TYPE_CHECKING:
+    from openledger.attribution import InfluenceIndex
     from openledger.train import Adapter
 
 __all__ = ["AttributionPass", "AttributionWorker"]
@@ -74,7 +75,9 @@ class AttributionWorker:
         ledger: The gateway's ledger.
         indexes: ``{adapter folder: index folder}``: an influence index built with
             :meth:`InfluenceIndex.build` ``(..., output_dir=...)`` for that adapter, or a
-            span index (:meth:`SpanIndex.save`) of the snapshot it was trained on.
+            span index (:meth:`SpanIndex.save`) of the snapshot it was trained on; or the
+            :class:`InfluenceIndex` itself, when this process has just built it (saved
+            with ``output_dir``).
         batch_size: Answers scored per pass of the model.
         sample: Fraction of each adapter's receipts scored: one rate, or ``{adapter
             folder: rate}`` (1 for folders not named).
@@ -87,7 +90,9 @@ class AttributionWorker:
     def __init__(
         self,
         ledger: ReceiptLedger,
-        indexes: Mapping[str, str] | Mapping[os.PathLike[str], os.PathLike[str]],
+        indexes: Mapping[str, str]
+        | Mapping[os.PathLike[str], os.PathLike[str]]
+        | Mapping[str, InfluenceIndex],
         *,
         batch_size: int = 16,
         sample: float | Mapping[str, float] = 1.0,
@@ -99,12 +104,20 @@ class AttributionWorker:
         self.ledger = ledger
         self.batch_size = batch_size
         self._sources: dict[Hash32, tuple[Adapter, AttributionSource]] = {}
+        self._scorers: dict[Hash32, Any] = {}
         for adapter, index in indexes.items():
             rate = sample if isinstance(sample, (int, float)) else sample.get(str(adapter), 1.0)
-            source = AttributionSource.of(adapter, index, float(rate))
             found = open_adapter(adapter)
+            if isinstance(index, (str, os.PathLike)):
+                source = AttributionSource.of(adapter, index, float(rate))
+            else:  # NOTE: an InfluenceIndex already in memory (built in this process)
+                source = AttributionSource.of(adapter, _folder_of(index), float(rate))
+                if index.manifest.adapter_id != found.id:
+                    raise AttributionInputError(
+                        f"the index given for {adapter} is of adapter {index.manifest.adapter_id}"
+                    )
+                self._scorers[found.id] = index
             self._sources[found.id] = (found, source)
-        self._scorers: dict[Hash32, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -277,3 +290,17 @@ class AttributionWorker:
             (adapter_id, epoch, ESTIMATED),
         )
         return [json.loads(shares) for (shares,) in rows]
+
+
+def _folder_of(index: InfluenceIndex) -> str:
+    """Where an in-memory influence index was saved (its ``output_dir``).
+
+    Raises:
+        AttributionInputError: It was built in memory only.
+    """
+    folder = index.folder
+    if folder is None:
+        raise AttributionInputError(
+            "give an influence index built with output_dir=..., or its folder"
+        )
+    return str(folder)
