@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from datanet_rows import rows
+from tests.data.store_edits import edit_store
 
 from openledger.crypto import Account, to_hex
 from openledger.data import Datanet, InstructionRecord
@@ -33,17 +34,18 @@ def test_skipped_duplicates_still_audit_ok(tmp_path: Path, alice: Account, bob: 
 
 def test_tampering_is_reported(dn: Datanet, alice: Account) -> None:
     receipts = dn.contribute(rows(3), contributor=alice)
-    conn = sqlite3.connect(dn.path / STORE_FILE)
-    conn.execute(
-        "UPDATE records SET payload = ? WHERE hash = ?",
+    edit_store(
+        dn,
         (
-            b'{"data":{"instruction":"x","response":"forged"},"schema":"openledger.instruction/1"}',
-            bytes.fromhex(receipts[1].record_hash[2:]),
+            "UPDATE records SET payload = ? WHERE hash = ?",
+            (
+                b'{"data":{"instruction":"x","response":"forged"},'
+                b'"schema":"openledger.instruction/1"}',
+                bytes.fromhex(receipts[1].record_hash[2:]),
+            ),
         ),
+        ("UPDATE contributions SET nonce = 7", ()),
     )
-    conn.execute("UPDATE contributions SET nonce = 7")
-    conn.commit()
-    conn.close()
     problems = dn.audit().problems
     assert problems[0] == f"record 2: payload does not hash to {receipts[1].record_hash}"
     assert problems[1] == f"contribution 1: signature is not {alice.address}'s"
@@ -99,10 +101,7 @@ def test_version_1_store_is_migrated_and_old_rows_are_still_audited(
 def test_forged_review_is_reported(dn: Datanet, alice: Account, owner: Account) -> None:
     receipts = dn.contribute(rows(1), contributor=alice)
     dn.review(receipts[0].record_hash, accept=False, reason="spam", validator=owner)
-    conn = sqlite3.connect(dn.path / STORE_FILE)
-    conn.execute("UPDATE reviews SET reason = 'fine after all', accept = 1")
-    conn.commit()
-    conn.close()
+    edit_store(dn, ("UPDATE reviews SET reason = 'fine after all', accept = 1", ()))
     assert dn.audit().problems == [
         f"review 1: signature is not {owner.address}'s",
         "record 1: status 'rejected' is not 'accepted', what its latest signed review decided",

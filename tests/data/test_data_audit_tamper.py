@@ -3,29 +3,24 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 import pytest
 from datanet_rows import rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.data.store_edits import edit_store, read_store
 
 from openledger.crypto import Account, to_hex
 from openledger.data import Datanet, InstructionRecord
 from openledger.data.snapshot import make_manifest, manifest_hash, snapshot_root
-from openledger.data.store import STORE_FILE
 from openledger.exceptions import StoreError
 
 MALLORY = Account.from_key("0x" + "66" * 32)
 
 
 def tamper(dn: Datanet, *statements: tuple[str, tuple[object, ...]]) -> None:
-    conn = sqlite3.connect(dn.path / STORE_FILE)
-    for sql, params in statements:
-        conn.execute(sql, params)
-    conn.commit()
-    conn.close()
+    edit_store(dn, *statements)
 
 
 @pytest.fixture
@@ -112,9 +107,7 @@ def test_a_snapshot_root_that_does_not_follow_its_leaves_is_named(filled: Datane
 def test_snapshot_leaves_that_pay_someone_else_are_named(filled: Datanet, alice: Account) -> None:
     """Leaves, root, manifest and its hash rewritten consistently: only the signatures
     behind the records can tell."""
-    conn = sqlite3.connect(filled.path / STORE_FILE)
-    leaves, text = conn.execute("SELECT leaves, manifest FROM snapshots WHERE id = 1").fetchone()
-    conn.close()
+    leaves, text = read_store(filled, "SELECT leaves, manifest FROM snapshots WHERE id = 1")
     forged = leaves[:32] + bytes.fromhex(MALLORY.address[2:]) + leaves[52:]
     import json
 

@@ -20,7 +20,8 @@ from openledger.exceptions import ConfigError, StoreError
 ROW = {"instruction": "What does the mitral valve separate?", "response": "Atrium, ventricle."}
 
 
-def test_commits_are_fsynced_unless_asked_otherwise(dn: Datanet, tmp_path: Path) -> None:
+def test_commits_are_fsynced_unless_asked_otherwise(sqlite_dn: Datanet, tmp_path: Path) -> None:
+    dn = sqlite_dn
     assert dn._store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     fast = Datanet.open(dn.path, durability="normal")
     assert fast._store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -29,7 +30,8 @@ def test_commits_are_fsynced_unless_asked_otherwise(dn: Datanet, tmp_path: Path)
         Datanet.open(dn.path, durability="off")  # type: ignore[arg-type]
 
 
-def test_the_store_is_readable_by_its_owner_only(dn: Datanet, alice: Account) -> None:
+def test_the_store_is_readable_by_its_owner_only(sqlite_dn: Datanet, alice: Account) -> None:
+    dn = sqlite_dn
     dn.contribute([ROW], contributor=alice)
     assert stat.S_IMODE(dn.path.stat().st_mode) == 0o700
     for name in ("datanet.sqlite", "datanet.sqlite-wal", "datanet.sqlite-shm"):
@@ -43,7 +45,10 @@ def commit_a_dangling_flag(store: Store) -> None:
         conn.execute("INSERT INTO flags (record_id, kind, detail) VALUES (999, 'x', 'y')")
 
 
-def test_a_failed_commit_rolls_back_and_raises_store_error(dn: Datanet, alice: Account) -> None:
+def test_a_failed_commit_rolls_back_and_raises_store_error(
+    sqlite_dn: Datanet, alice: Account
+) -> None:
+    dn = sqlite_dn
     store = dn._store
     with pytest.raises(StoreError, match="failed and was rolled back: FOREIGN KEY"):
         commit_a_dangling_flag(store)

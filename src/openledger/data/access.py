@@ -9,7 +9,6 @@ working even though its signature stays valid).
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from openledger.data.signing import (
     read_message,
     signer_of,
 )
-from openledger.data.store import Store
+from openledger.data.store_api import Connection, DatanetStore
 from openledger.exceptions import (
     AccessDeniedError,
     ConfigError,
@@ -95,25 +94,26 @@ class AccessGrant(BaseModel):
         return bound
 
 
-def new_request(store: Store, requester: Address, purpose: str) -> AccessRequest:
+def new_request(store: DatanetStore, requester: Address, purpose: str) -> AccessRequest:
     """Store a pending request and return it."""
     if not purpose.strip():
         raise ConfigError("purpose must say what the data is for; got an empty string")
     with store.write() as conn:
-        cursor = conn.execute(
-            "INSERT INTO access_requests (requester, purpose, created_at) VALUES (?, ?, ?)",
+        rows = conn.execute(
+            "INSERT INTO access_requests (requester, purpose, created_at) VALUES (?, ?, ?)"
+            " RETURNING id",
             (requester, purpose, time.time()),
-        )
-    return AccessRequest(int(cursor.lastrowid or 0), requester, purpose, "pending")
+        ).fetchall()
+    return AccessRequest(int(rows[0][0]), requester, purpose, "pending")
 
 
-def load_request(store: Store | sqlite3.Connection, request_id: int) -> AccessRequest:
+def load_request(store: DatanetStore | Connection, request_id: int) -> AccessRequest:
     """Return one request (``store`` may be a connection inside a transaction).
 
     Raises:
         DataNotFoundError: If there is no such request.
     """
-    conn = store.conn if isinstance(store, Store) else store
+    conn = store.conn if isinstance(store, DatanetStore) else store
     row = conn.execute(
         "SELECT id, requester, purpose, status FROM access_requests WHERE id = ?", (request_id,)
     ).fetchone()
@@ -123,7 +123,7 @@ def load_request(store: Store | sqlite3.Connection, request_id: int) -> AccessRe
 
 
 def decide(
-    store: Store,
+    store: DatanetStore,
     request_id: int,
     *,
     wanted: str,
@@ -160,14 +160,16 @@ def decide(
         )
         if grant is not None:
             conn.execute(
-                "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?)",
+                "INSERT INTO grants VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE"
+                " SET grantee = excluded.grantee, expires_at = excluded.expires_at,"
+                " signature = excluded.signature",
                 (request_id, grant.grantee, grant.expires_at, bytes.fromhex(grant.signature[2:])),
             )
     return grant
 
 
 def check_grant(
-    store: Store,
+    store: DatanetStore,
     grant: AccessGrant | None,
     *,
     datanet_id: str,

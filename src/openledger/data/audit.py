@@ -18,7 +18,6 @@ trusted when it can be derived from a signature instead:
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from openledger.data.signing import (
     review_message,
     signer_of,
 )
+from openledger.data.store_api import Connection
 from openledger.exceptions import SignatureError, StoreError
 from openledger.types import Address, Hash32
 
@@ -88,7 +88,7 @@ def _check_settings(meta: Mapping[str, str], report: AuditReport) -> None:
 
 
 def _check_records(
-    conn: sqlite3.Connection, schema: type[Record], opener: Opener | None, report: AuditReport
+    conn: Connection, schema: type[Record], opener: Opener | None, report: AuditReport
 ) -> dict[int, _Row]:
     rows: dict[int, _Row] = {}
     query = "SELECT id, hash, payload, contribution_id, position, contributor, status FROM records"
@@ -154,7 +154,7 @@ def _check_signed_hashes(
 
 
 def _check_contributions(
-    conn: sqlite3.Connection, datanet_id: str, rows: dict[int, _Row], report: AuditReport
+    conn: Connection, datanet_id: str, rows: dict[int, _Row], report: AuditReport
 ) -> dict[int, Address]:
     positions: dict[int, dict[int, bytes]] = {}
     for row in rows.values():
@@ -199,7 +199,7 @@ def _check_contributors(
 
 
 def _latest_decisions(
-    conn: sqlite3.Connection, datanet_id: str, owner: str | None, report: AuditReport
+    conn: Connection, datanet_id: str, owner: str | None, report: AuditReport
 ) -> dict[bytes, bool]:
     allowed, unsigned = signed_validators(conn, datanet_id, owner)
     for address in unsigned:
@@ -235,7 +235,7 @@ def _check_statuses(
 
 
 def audit(
-    conn: sqlite3.Connection,
+    conn: Connection,
     datanet_id: Hash32,
     schema: type[Record],
     meta: Mapping[str, str],

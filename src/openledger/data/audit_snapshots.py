@@ -9,12 +9,12 @@ must be the record's hash and the signer of the record's contribution, not whate
 from __future__ import annotations
 
 import json
-import sqlite3
 from array import array
 from typing import TYPE_CHECKING, Any
 
 from openledger.crypto import to_checksum_address, to_hex
 from openledger.data.snapshot import make_manifest, manifest_hash, snapshot_root
+from openledger.data.store_api import Connection
 from openledger.types import Address
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def _check_manifest(
 
 
 def check_snapshots(
-    conn: sqlite3.Connection,
+    conn: Connection,
     datanet_id: str,
     records: dict[int, tuple[bytes, Address | None]],
     report: AuditReport,

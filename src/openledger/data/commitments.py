@@ -15,11 +15,11 @@ them. Commitments expire (``ttl_seconds``) and are consumed when their records a
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 
 from openledger.crypto import from_hex, keccak256, to_hex
+from openledger.data.store_api import Connection
 from openledger.exceptions import ConfigError, DuplicateRecordError
 from openledger.types import Hash32
 
@@ -43,7 +43,7 @@ def commitment_of(record_hash: str | bytes, contributor: str) -> Hash32:
 
 
 def store_commitments(
-    conn: sqlite3.Connection, commitments: Sequence[str | bytes], contributor: str, ttl: int
+    conn: Connection, commitments: Sequence[str | bytes], contributor: str, ttl: int
 ) -> int:
     """Store new commitments (ignoring repeats) and drop expired ones; return how many."""
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
@@ -51,15 +51,15 @@ def store_commitments(
     digests = [from_hex(c, size=32, what="commitment") for c in commitments]
     now = int(time.time())
     conn.execute("DELETE FROM commitments WHERE expires_at <= ?", (now,))
-    before = conn.total_changes
-    conn.executemany(
-        "INSERT OR IGNORE INTO commitments (commitment, contributor, expires_at) VALUES (?, ?, ?)",
+    cursor = conn.executemany(
+        "INSERT INTO commitments (commitment, contributor, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (commitment) DO NOTHING",
         [(d, contributor, now + ttl) for d in digests],
     )
-    return conn.total_changes - before
+    return cursor.rowcount
 
 
-def _found(conn: sqlite3.Connection, digests: list[bytes], now: int) -> dict[bytes, int]:
+def _found(conn: Connection, digests: list[bytes], now: int) -> dict[bytes, int]:
     """Return the live commitments among ``digests`` with their (arrival-ordered) ids."""
     out: dict[bytes, int] = {}
     for start in range(0, len(digests), _CHUNK):
@@ -74,7 +74,7 @@ def _found(conn: sqlite3.Connection, digests: list[bytes], now: int) -> dict[byt
 
 
 def check_commitments(
-    conn: sqlite3.Connection, hashes: Sequence[bytes], positions: Sequence[int], contributor: str
+    conn: Connection, hashes: Sequence[bytes], positions: Sequence[int], contributor: str
 ) -> None:
     """Refuse records another contributor committed to first; consume the contributor's own.
 

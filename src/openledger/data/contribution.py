@@ -7,7 +7,6 @@ all inside one ``BEGIN IMMEDIATE`` so a failure anywhere stores nothing.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 import numpy as np
@@ -24,6 +23,7 @@ from openledger.data.signing import (
     records_root,
     signer_of,
 )
+from openledger.data.store_api import Connection
 from openledger.exceptions import DuplicateRecordError, NonceError, SignatureError
 from openledger.types import Address, Hash32
 
@@ -31,7 +31,7 @@ __all__ = ["drop_stored", "insert_batch", "next_nonce", "verify_signed"]
 
 
 def drop_stored(
-    conn: sqlite3.Connection, batch: PreparedBatch, keep: list[int], *, skip: bool, name: str
+    conn: Connection, batch: PreparedBatch, keep: list[int], *, skip: bool, name: str
 ) -> list[int]:
     """Return ``keep`` without positions whose record is already stored.
 
@@ -50,7 +50,7 @@ def drop_stored(
     return [i for i in keep if batch.hashes[i] not in stored]
 
 
-def next_nonce(conn: sqlite3.Connection, address: str) -> int:
+def next_nonce(conn: Connection, address: str) -> int:
     """Return the next unused nonce of ``address``."""
     row = conn.execute(
         "SELECT COALESCE(MAX(nonce) + 1, 0) FROM contributions WHERE contributor = ?",
@@ -60,7 +60,7 @@ def next_nonce(conn: sqlite3.Connection, address: str) -> int:
 
 
 def verify_signed(
-    conn: sqlite3.Connection,
+    conn: Connection,
     batch: PreparedBatch,
     signed: SignedContribution,
     *,
@@ -104,7 +104,7 @@ def verify_signed(
 
 
 def insert_batch(
-    conn: sqlite3.Connection,
+    conn: Connection,
     batch: PreparedBatch,
     keep: list[int],
     signed: SignedContribution,

@@ -4,7 +4,7 @@
 
     Datanet ── ingest (validate, encode, hash, rules) ── signing (EIP-712)
        │                                                      │
-       └──────────── store (SQLite, WAL, one transaction per contribution) ── snapshot
+       └── store (SQLite file or PostgreSQL schema, one transaction per contribution) ── snapshot
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from openledger.crypto import Account
@@ -30,7 +31,7 @@ from openledger.data.ingest import (
     prepare_batch,
 )
 from openledger.data.neardup import MinHasher, NearDuplicateIndex
-from openledger.data.opening import open_store
+from openledger.data.opening import connect_store, open_store
 from openledger.data.quality import QualityRule
 from openledger.data.receipts import ContributionReceipt, StoredRecord
 from openledger.data.schemas import Record
@@ -41,7 +42,9 @@ from openledger.data.signing import (
     as_account_address,
     sign_contribution,
 )
-from openledger.data.store import Durability, Store
+from openledger.data.store import Durability
+from openledger.data.store_api import DatanetStore
+from openledger.data.store_postgres import PostgresStore
 from openledger.exceptions import AccessDeniedError, ConfigError, StoreError
 from openledger.types import Address, Hash32
 
@@ -56,13 +59,15 @@ _CHUNK = 900  # stays under SQLite's default limit of bound parameters per state
 class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods):
     """A community dataset stored in one folder, every record traceable to its contributor.
 
-    Create one with :meth:`create`, reopen it with :meth:`open`. Not thread-safe; open one
+    Create one with :meth:`create`, reopen it with :meth:`open`. The folder holds a SQLite
+    file; a ``postgresql://`` URL in its place keeps the datanet in PostgreSQL instead
+    (many writers on many machines, the ``postgres`` extra). Not thread-safe; open one
     ``Datanet`` per thread or process (many may read while one writes).
     """
 
     def __init__(
         self,
-        store: Store,
+        store: DatanetStore,
         schema: type[Record],
         rules: Sequence[QualityRule] = (),
         encryption_key: bytes | str | None = None,
@@ -80,7 +85,9 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods)
         self.grants: GrantMode = "bound" if meta.get("grants") == "bound" else "bearer"
         threshold = float(meta["near_duplicate_threshold"])
         self._near = NearDuplicateIndex(MinHasher(), threshold) if threshold > 0 else None
-        self.path = store.file.parent
+        self.path: Path | str = (
+            store.url if isinstance(store, PostgresStore) else Path(store.location)
+        )
         self.encrypted = meta.get("encryption") == CIPHER
         self._cipher = self._make_cipher(meta, encryption_key)
 
@@ -106,7 +113,9 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods)
         """Create a new, empty datanet in the folder ``path``.
 
         Args:
-            path: Folder to create (it may exist but must not hold a datanet).
+            path: Folder to create (it may exist but must not hold a datanet), or a
+                PostgreSQL URL, ``postgresql://user@host/database?datanet=schema``: the
+                schema is created if missing and must not hold a datanet yet.
             name: Human-readable name.
             schema: Record class, a built-in such as ``InstructionRecord`` or a subclass.
             visibility: ``"public"`` (anyone reads) or ``"private"`` (reads need a grant).
@@ -146,10 +155,10 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods)
             encryption_key,
         )
         check_rules(rules)
-        store = Store(path, create=True, durability=durability)
+        store = connect_store(path, create=True, durability=durability)
         if store.get_meta():
             store.close()
-            raise StoreError(f"{path} already holds a datanet; use Datanet.open")
+            raise StoreError(f"{store.location} already holds a datanet; use Datanet.open")
         bind_id(settings)
         with store.write() as conn:
             conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(settings.items()))
@@ -169,7 +178,7 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods)
         """Open an existing datanet.
 
         Args:
-            path: The datanet folder.
+            path: The datanet folder, or the PostgreSQL URL it was created at.
             schema: The record class; needed only when a user subclass cannot be imported
                 by its stored path. It must hash to the stored schema hash.
             rules: Quality rules for contributions made through this handle.
@@ -379,7 +388,8 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods)
 
     def __repr__(self) -> str:
         schema = self.schema.schema_id
-        return f"Datanet(name={self.name!r}, schema={schema!r}, path={str(self.path)!r})"
+        where = self._store.location
+        return f"Datanet(name={self.name!r}, schema={schema!r}, path={where!r})"
 
     def _repr_html_(self) -> str:
         from openledger.data.html import datanet_html

@@ -11,7 +11,7 @@ from openledger.data import governance
 from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
 from openledger.data.receipts import Reputation, Review
 from openledger.data.signing import as_account_address
-from openledger.data.store import Store
+from openledger.data.store_api import DatanetStore
 from openledger.exceptions import AccessDeniedError
 from openledger.types import Address, Hash32
 
@@ -24,7 +24,7 @@ __all__ = ["GovernanceMethods"]
 class GovernanceMethods:
     """Methods of :class:`~openledger.data.Datanet` that govern who reviews and who reads."""
 
-    _store: Store
+    _store: DatanetStore
     id: Hash32
     visibility: str
     owner: Address | None

@@ -8,7 +8,7 @@ from openledger.data import queries
 from openledger.data.audit import AuditReport, audit
 from openledger.data.schemas import Record, schema_hash
 from openledger.data.snapshot import Snapshot
-from openledger.data.store import Store
+from openledger.data.store_api import DatanetStore
 from openledger.types import Hash32
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ __all__ = ["SnapshotMethods"]
 class SnapshotMethods:
     """Methods of :class:`~openledger.data.Datanet` that freeze and re-check its records."""
 
-    _store: Store
+    _store: DatanetStore
     id: Hash32
     name: str
     schema: type[Record]

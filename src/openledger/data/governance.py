@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -16,6 +15,7 @@ from openledger.data.signing import (
     signer_of,
     validator_message,
 )
+from openledger.data.store_api import Connection
 from openledger.exceptions import AccessDeniedError, ConfigError, DataNotFoundError, SignatureError
 from openledger.types import Address, Hash32
 
@@ -61,7 +61,7 @@ def add_validator(datanet: Datanet, address: Address, *, owner: Account) -> None
 
 
 def signed_validators(
-    conn: sqlite3.Connection, datanet_id: str, owner: str | None
+    conn: Connection, datanet_id: str, owner: str | None
 ) -> tuple[list[Address], list[Address]]:
     """Split the stored validators into those the owner signed and the others, sorted."""
     good: list[Address] = []
@@ -121,7 +121,7 @@ def review(
         conn.execute("UPDATE records SET status = ? WHERE id = ?", (status, row[0]))
 
 
-def reviews(conn: sqlite3.Connection, record_hash: str | bytes | None = None) -> list[Review]:
+def reviews(conn: Connection, record_hash: str | bytes | None = None) -> list[Review]:
     """Return stored reviews, oldest first (of one record, or of all)."""
     where, params = (
         ("WHERE records.hash = ?", (from_hex(record_hash, size=32),)) if record_hash else ("", ())
@@ -138,7 +138,7 @@ def reviews(conn: sqlite3.Connection, record_hash: str | bytes | None = None) ->
     ]
 
 
-def flags(conn: sqlite3.Connection, record_hash: str | bytes) -> list[tuple[str, str]]:
+def flags(conn: Connection, record_hash: str | bytes) -> list[tuple[str, str]]:
     """Return ``(kind, detail)`` flags of one record."""
     digest = from_hex(record_hash, size=32, what="record_hash")
     rows = conn.execute(
@@ -149,10 +149,11 @@ def flags(conn: sqlite3.Connection, record_hash: str | bytes) -> list[tuple[str,
     return [(str(k), str(d)) for k, d in rows]
 
 
-def reputation(conn: sqlite3.Connection, address: Address) -> Reputation:
+def reputation(conn: Connection, address: Address) -> Reputation:
     """Count a contributor's records and rejections."""
     row = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(status = 'rejected'), 0) FROM records WHERE contributor = ?",
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END), 0)"
+        " FROM records WHERE contributor = ?",
         (address,),
     ).fetchone()
     return Reputation(address, int(row[0]), int(row[1]))

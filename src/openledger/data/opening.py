@@ -1,41 +1,54 @@
-"""Opening a datanet's store: the checks that come before trusting anything in it."""
+"""Opening a datanet's store: which store a location names, and the checks that come
+before trusting anything in it."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from openledger.data.schemas import Record, resolve_schema, schema_hash
 from openledger.data.settings import unbound_settings
 from openledger.data.store import Durability, Store
+from openledger.data.store_api import DatanetStore
+from openledger.data.store_postgres import PostgresStore, is_postgres_url
 from openledger.exceptions import SchemaError, StoreError
 
-__all__ = ["open_store"]
+__all__ = ["connect_store", "open_store"]
+
+Location: TypeAlias = "str | os.PathLike[str]"
+
+
+def connect_store(location: Location, *, create: bool, durability: Durability) -> DatanetStore:
+    """Return the store at ``location``: a ``postgresql://`` URL, or else a folder (SQLite)."""
+    if is_postgres_url(location):
+        return PostgresStore(str(location), create=create, durability=durability)
+    return Store(location, create=create, durability=durability)
 
 
 def open_store(
-    path: str | os.PathLike[str],
+    path: Location,
     durability: Durability,
     schema: type[Record] | None,
     allow_modules: Sequence[str],
-) -> tuple[Store, type[Record]]:
+) -> tuple[DatanetStore, type[Record]]:
     """Open the store and find its schema; close it again on any refusal.
 
     Raises:
         StoreError: Not a datanet, incomplete, or its settings were edited in the file.
         SchemaError: The schema is not allowed, cannot be found, or its fields changed.
     """
-    store = Store(path, durability=durability)
+    store = connect_store(path, create=False, durability=durability)
     try:
-        return store, _schema_of(store, path, schema, allow_modules)
+        return store, _schema_of(store, store.location, schema, allow_modules)
     except BaseException:
         store.close()
         raise
 
 
 def _schema_of(
-    store: Store,
-    path: str | os.PathLike[str],
+    store: DatanetStore,
+    path: str,
     schema: type[Record] | None,
     allow_modules: Sequence[str],
 ) -> type[Record]:

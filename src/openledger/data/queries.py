@@ -7,7 +7,6 @@ the facade decides transaction boundaries.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from openledger.data.receipts import StoredRecord
 from openledger.data.schemas import Record
 from openledger.data.signing import SignedContribution
 from openledger.data.snapshot import Snapshot, make_manifest, manifest_hash, snapshot_root
+from openledger.data.store_api import Connection, insert_rows
 from openledger.exceptions import DataNotFoundError
 from openledger.types import Address, Hash32
 
@@ -45,6 +45,7 @@ __all__ = [
 _CHUNK = 900  # under SQLite's default limit of bound parameters per statement
 _PAGE = 2_000  # records fetched per query while iterating
 _RECORD_COLUMNS = "payload, hash, contributor, contribution_id, position, status"
+_INSERT_COLUMNS = ("id", "hash", "contributor", "contribution_id", "position", "payload", "minhash")
 
 
 def dump_json(value: Any) -> str:
@@ -52,7 +53,7 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def existing_hashes(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> set[bytes]:
+def existing_hashes(conn: Connection, hashes: Sequence[bytes]) -> set[bytes]:
     """Return which of ``hashes`` are already stored."""
     found: set[bytes] = set()
     for start in range(0, len(hashes), _CHUNK):
@@ -64,12 +65,12 @@ def existing_hashes(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> set[by
 
 
 def insert_contribution(
-    conn: sqlite3.Connection, signed: SignedContribution, record_hashes: Sequence[bytes]
+    conn: Connection, signed: SignedContribution, record_hashes: Sequence[bytes]
 ) -> int:
     """Store the signed contribution row (with every signed record hash); return its id."""
-    cursor = conn.execute(
+    rows = conn.execute(
         "INSERT INTO contributions (contributor, nonce, records_root, count, signature,"
-        " created_at, record_hashes, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, record_hashes, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             signed.contributor,
             signed.nonce,
@@ -80,12 +81,12 @@ def insert_contribution(
             b"".join(record_hashes),
             signed.deadline,
         ),
-    )
-    return int(cursor.lastrowid or 0)
+    ).fetchall()
+    return int(rows[0][0])
 
 
 def insert_records(
-    conn: sqlite3.Connection,
+    conn: Connection,
     batch: PreparedBatch,
     positions: Sequence[int],
     contributor: str,
@@ -104,15 +105,11 @@ def insert_records(
         (first + n, batch.hashes[p], contributor, contribution_id, p, batch.payloads[p], sigs[n])
         for n, p in enumerate(positions)
     )
-    conn.executemany(
-        "INSERT INTO records (id, hash, contributor, contribution_id, position, payload, minhash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
+    insert_rows(conn, "records", _INSERT_COLUMNS, rows)
     return first
 
 
-def load_signatures(conn: sqlite3.Connection, index: NearDuplicateIndex, *, below: int) -> None:
+def load_signatures(conn: Connection, index: NearDuplicateIndex, *, below: int) -> None:
     """Add stored signatures with ids in ``(index.last_id, below)`` to ``index``."""
     rows = conn.execute(
         "SELECT id, minhash FROM records WHERE id > ? AND id < ? AND minhash IS NOT NULL"
@@ -125,7 +122,7 @@ def load_signatures(conn: sqlite3.Connection, index: NearDuplicateIndex, *, belo
 
 
 def flag_near_duplicates(
-    conn: sqlite3.Connection,
+    conn: Connection,
     index: NearDuplicateIndex,
     ids: Sequence[int],
     signatures: npt.NDArray[np.uint32],
@@ -151,7 +148,7 @@ def flag_near_duplicates(
     return {rid: tuple(Hash32(hashes[o]) for o in others) for rid, others in found.items()}
 
 
-def _hashes_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, str]:
+def _hashes_of(conn: Connection, ids: Sequence[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     for start in range(0, len(ids), _CHUNK):
         chunk = list(ids[start : start + _CHUNK])
@@ -186,7 +183,7 @@ def _stored(schema: type[Record], row: Sequence[Any], opener: Opener) -> StoredR
 
 
 def iter_records(
-    conn: sqlite3.Connection,
+    conn: Connection,
     schema: type[Record],
     *,
     include_rejected: bool,
@@ -211,7 +208,7 @@ def iter_records(
 
 
 def get_record(
-    conn: sqlite3.Connection,
+    conn: Connection,
     schema: type[Record],
     record_hash: str | bytes,
     opener: Opener = as_stored,
@@ -231,7 +228,7 @@ def get_record(
 
 
 def iter_records_by_ids(
-    conn: sqlite3.Connection,
+    conn: Connection,
     schema: type[Record],
     ids: array[int],
     opener: Opener = as_stored,
@@ -249,7 +246,7 @@ def iter_records_by_ids(
 
 
 def insert_snapshot(
-    conn: sqlite3.Connection, manifest_base: Callable[[int], dict[str, Any]], name: str
+    conn: Connection, manifest_base: Callable[[int], dict[str, Any]], name: str
 ) -> int:
     """Freeze the accepted records into a new snapshot row; return its id.
 
@@ -286,7 +283,7 @@ def insert_snapshot(
     return snapshot_id
 
 
-def load_snapshot(conn: sqlite3.Connection, snapshot_id: int, datanet: Any) -> Snapshot:
+def load_snapshot(conn: Connection, snapshot_id: int, datanet: Any) -> Snapshot:
     """Load a snapshot row.
 
     Raises:

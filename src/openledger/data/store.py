@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from openledger.data.store_api import DatanetStore
 from openledger.exceptions import ConfigError, StoreError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STORE_FILE", "Durability", "Store"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "STORE_FILE", "Durability", "Store", "openable_version"]
 
 STORE_FILE = "datanet.sqlite"
 """Name of the SQLite file inside a datanet folder."""
@@ -122,8 +123,8 @@ _FILE_MODE = 0o600
 _FOLDER_MODE = 0o700
 
 
-class Store:
-    """A connection to one datanet's SQLite file.
+class Store(DatanetStore):
+    """A connection to one datanet's SQLite file (the embedded default store).
 
     Args:
         path: The datanet folder.
@@ -139,6 +140,8 @@ class Store:
         ConfigError: For an unknown ``durability``.
     """
 
+    conn: sqlite3.Connection
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -150,6 +153,7 @@ class Store:
             raise ConfigError(f"durability must be 'full' or 'normal', got {durability!r}")
         folder = Path(path)
         self.file = folder / STORE_FILE
+        self.location = str(folder)
         if create:
             _make_private(folder, self.file)
         elif not self.file.is_file():
@@ -164,13 +168,7 @@ class Store:
             raise StoreError(f"{self.file} is not a usable datanet store: {exc}") from exc
 
     def _version(self) -> int:
-        version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.file} has store version {version}, newer than this openledger's "
-                f"{SCHEMA_VERSION}; upgrade openledger to open it"
-            )
-        return version
+        return openable_version(self.conn.execute("PRAGMA user_version").fetchone()[0], self.file)
 
     def _migrate(self) -> None:
         # NOTE: the first read only skips the write lock when nothing is to do; the version
@@ -224,13 +222,24 @@ class Store:
         finally:
             self.conn.execute("COMMIT")
 
-    def get_meta(self) -> dict[str, str]:
-        """Return every ``meta`` key and value."""
-        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
-
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def openable_version(version: int, location: object) -> int:
+    """Return a stored layout version this openledger can open.
+
+    Raises:
+        StoreError: If a newer openledger wrote it.
+    """
+    number = int(version)
+    if number > SCHEMA_VERSION:
+        raise StoreError(
+            f"{location} has store version {number}, newer than this openledger's "
+            f"{SCHEMA_VERSION}; upgrade openledger to open it"
+        )
+    return number
 
 
 def _make_private(folder: Path, file: Path) -> None:
