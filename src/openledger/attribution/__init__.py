@@ -44,6 +44,7 @@ from openledger.attribution.rewards import (
     largest_remainder,
     split_rewards,
 )
+from openledger.attribution.sharded import RayExecutor
 from openledger.attribution.spans import SpanIndex
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "Passage",
     "Projector",
     "RagAnswer",
+    "RayExecutor",
     "RecordScore",
     "Retriever",
     "RewardPolicy",

@@ -52,6 +52,7 @@ from openledger.attribution.loading import (
     query_gradients,
 )
 from openledger.attribution.report import AttributionReport, RecordScore
+from openledger.attribution.sharded import Executor, build_shards
 from openledger.data import Snapshot
 from openledger.exceptions import AttributionInputError, SnapshotMismatchError
 from openledger.types import Address, Hash32
@@ -170,6 +171,8 @@ class InfluenceIndex:
         progress: bool | None = None,
         device: str | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        executor: Executor | None = None,
+        shards: int = 1,
     ) -> InfluenceIndex:
         """Compute and cache the per-example LoRA gradients of the snapshot's records.
 
@@ -190,6 +193,12 @@ class InfluenceIndex:
             batch_tokens: Padded tokens per forward and backward pass: records of similar
                 length share a pass (per-example gradients of a whole batch, see
                 :mod:`openledger.attribution.batched`); more is faster and uses more memory.
+            executor: Build the gradients in ``shards`` tasks on this executor (a
+                ``concurrent.futures`` pool, :class:`~openledger.attribution.RayExecutor`):
+                the files equal a single-process build's byte for byte, and a build
+                interrupted part way resumes (see :mod:`openledger.attribution.sharded`).
+                Needs ``output_dir``.
+            shards: How many tasks (with ``executor``).
 
         Raises:
             SnapshotMismatchError: The adapter's manifest names another snapshot.
@@ -210,9 +219,26 @@ class InfluenceIndex:
         settings = _Settings(method, projector, damping_scale, rates, tuple(map(str, checkpoints)))
         manifest = _manifest(found, snapshot, settings, layout, skipped, examples)
         folder = None if output_dir is None else Path(output_dir)
-        grads = _gradients(
-            model, projector, examples, checkpoints, folder, layout.width, progress, batch_tokens
-        )
+        if executor is None:
+            width = layout.width
+            grads = _gradients(
+                model, projector, examples, checkpoints, folder, width, progress, batch_tokens
+            )
+        elif folder is None:
+            raise AttributionInputError("a sharded build writes its shards to output_dir: give one")
+        else:
+            grads = build_shards(
+                str(found.path),
+                examples,
+                checkpoints,
+                folder,
+                projector=projector,
+                width=layout.width,
+                batch_tokens=batch_tokens,
+                shards=shards,
+                executor=executor,
+                device=str(device or "cpu"),
+            )
         if folder is not None:
             (folder / INDEX_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
         index = cls(manifest, grads, found, snapshot, grant)
