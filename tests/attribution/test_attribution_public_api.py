@@ -21,6 +21,7 @@ PUBLIC = [
     "Passage",
     "Projector",
     "RagAnswer",
+    "RayExecutor",
     "RecordScore",
     "Retriever",
     "RewardPolicy",
