@@ -10,7 +10,17 @@ import path from "node:path";
 import { CONTRACTS_DIR, compileStandardJson, compilerVersion } from "./solc.mjs";
 
 const ARTIFACTS_DIR = path.resolve(CONTRACTS_DIR, "..", "src", "openledger", "chain", "artifacts");
-const CONTRACTS = ["AgentRegistry", "AttributionRewards", "DatanetRegistry", "ModelRegistry", "OpenToken"];
+const CONTRACTS = [
+  "AgentRegistry",
+  "AttributionRewards",
+  "ContributionVotes",
+  "DataBonds",
+  "DatanetRegistry",
+  "ModelRegistry",
+  "OpenLedgerGovernor",
+  "OpenLedgerTimelock",
+  "OpenToken",
+];
 const SETTINGS = {
   evmVersion: "cancun",
   optimizer: { enabled: true, runs: 10000 },

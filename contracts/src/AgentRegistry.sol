@@ -157,14 +157,16 @@ contract AgentRegistry is AccessControlDefaultAdminRules, ReentrancyGuardTransie
 
     /// @param token_ The staking token.
     /// @param admin Default admin (sets parameters, roles and the treasury).
+    /// @param slasher First holder of `SLASHER_ROLE` (`address(0)`: none yet).
     /// @param treasury_ Receives the protocol's part of slashes.
     /// @param params_ Stake, bond, periods and slashing rates (see `Params`).
-    constructor(IERC20 token_, address admin, address treasury_, Params memory params_)
+    constructor(IERC20 token_, address admin, address slasher, address treasury_, Params memory params_)
         AccessControlDefaultAdminRules(ADMIN_TRANSFER_DELAY, admin)
         EIP712("OpenLedger AgentRegistry", "1")
     {
         if (address(token_) == address(0)) revert ZeroAddress();
         token = token_;
+        if (slasher != address(0)) _grantRole(SLASHER_ROLE, slasher);
         _setTreasury(treasury_);
         _setParams(params_);
     }

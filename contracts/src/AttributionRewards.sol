@@ -8,6 +8,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ContributionVotes} from "./ContributionVotes.sol";
 
 /// @title AttributionRewards
 /// @notice Reward epochs settled from proof of attribution, claimed with Merkle proofs.
@@ -19,6 +20,9 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 ///      once before the deadline; after it anyone may sweep what is left, always to the
 ///      `treasury`. The contract's balance always equals the sum of `remaining` over
 ///      unswept epochs. Every function that moves tokens is `nonReentrant`.
+///      Every paid claim earns the account as many votes in `votes` (a `ContributionVotes`
+///      this contract creates and alone mints), so the votes ever earned equal the rewards
+///      ever claimed.
 contract AttributionRewards is AccessControlDefaultAdminRules, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -45,6 +49,9 @@ contract AttributionRewards is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @notice The ERC-20 every epoch is paid in.
     IERC20 public immutable token;
+
+    /// @notice The contribution-weighted votes every paid claim earns.
+    ContributionVotes public immutable votes;
 
     /// @notice Where swept (unclaimed, expired) rewards go.
     address public treasury;
@@ -83,13 +90,16 @@ contract AttributionRewards is AccessControlDefaultAdminRules, ReentrancyGuardTr
 
     /// @param token_ The ERC-20 epochs are paid in.
     /// @param admin Default admin (sets roles, the treasury and the claim window).
+    /// @param settler First holder of `SETTLER_ROLE` (`address(0)`: none yet).
     /// @param treasury_ Destination of swept rewards.
     /// @param minClaimWindow_ Shortest claim window, in `[MIN_CLAIM_WINDOW_FLOOR, MAX_CLAIM_WINDOW]`.
-    constructor(IERC20 token_, address admin, address treasury_, uint64 minClaimWindow_)
+    constructor(IERC20 token_, address admin, address settler, address treasury_, uint64 minClaimWindow_)
         AccessControlDefaultAdminRules(ADMIN_TRANSFER_DELAY, admin)
     {
         if (address(token_) == address(0)) revert ZeroAddress();
         token = token_;
+        votes = new ContributionVotes(address(this));
+        if (settler != address(0)) _grantRole(SETTLER_ROLE, settler);
         _setTreasury(treasury_);
         _setMinClaimWindow(minClaimWindow_);
     }
@@ -179,6 +189,7 @@ contract AttributionRewards is AccessControlDefaultAdminRules, ReentrancyGuardTr
         if (amount > remaining) revert ClaimExceedsRemaining(epochId, amount, remaining);
         _claimedBits[account][epochId >> 8] |= 1 << (epochId & 0xff);
         epoch.remaining = remaining - uint128(amount);
+        votes.earn(account, amount);
         token.safeTransfer(account, amount);
         emit Claimed(epochId, account, amount);
     }

@@ -19,16 +19,17 @@ contract OpenToken is ERC20Capped, AccessControlDefaultAdminRules {
     /// @notice Seconds between starting and accepting an admin transfer.
     uint48 public constant ADMIN_TRANSFER_DELAY = 1 days;
 
-    /// @param admin Default admin and first minter; receives `initialSupply`.
-    /// @param initialSupply Tokens minted to `admin` at deployment (at most `supplyCap`).
+    /// @param admin Default admin and first minter.
+    /// @param holder Receives `initialSupply`.
+    /// @param initialSupply Tokens minted to `holder` at deployment (at most `supplyCap`).
     /// @param supplyCap The most tokens that can ever exist.
-    constructor(address admin, uint256 initialSupply, uint256 supplyCap)
+    constructor(address admin, address holder, uint256 initialSupply, uint256 supplyCap)
         ERC20("OpenLedger Token", "OPEN")
         ERC20Capped(supplyCap)
         AccessControlDefaultAdminRules(ADMIN_TRANSFER_DELAY, admin)
     {
         _grantRole(MINTER_ROLE, admin);
-        _mint(admin, initialSupply);
+        _mint(holder, initialSupply);
     }
 
     /// @notice Create `amount` new tokens for `to` (minter only; reverts past the cap).

@@ -133,9 +133,9 @@ contract AgentRegistryInvariantTest is TestBase {
 
     function setUp() public {
         vm.warp(1000);
-        token = new OpenToken(address(this), 1e28, 1e28);
+        token = new OpenToken(address(this), address(this), 1e28, 1e28);
         AgentRegistry.Params memory params = AgentRegistry.Params(100e18, 10e18, 7 days, 2 days, 5000, 2000);
-        registry = new AgentRegistry(token, address(this), address(0x7ea5), params);
+        registry = new AgentRegistry(token, address(this), address(0), address(0x7ea5), params);
         handler = new AgentHandler(registry, token);
         token.transfer(address(handler), 1e26);
         handler.fundAccounts();

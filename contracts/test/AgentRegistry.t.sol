@@ -19,8 +19,8 @@ contract AgentRegistryTest is TestBase {
 
     function setUp() public {
         vm.warp(1000);
-        token = new OpenToken(address(this), 1e30, 1e31);
-        registry = new AgentRegistry(token, address(this), TREASURY, _params());
+        token = new OpenToken(address(this), address(this), 1e30, 1e31);
+        registry = new AgentRegistry(token, address(this), address(0), TREASURY, _params());
         registry.grantRole(registry.SLASHER_ROLE(), GOVERNANCE);
         reporter = vm.addr(REPORTER_KEY);
         token.transfer(AGENT, 1e24);
@@ -176,7 +176,7 @@ contract AgentRegistryTest is TestBase {
 
     function test_feeOnTransferStakeIsRefused() public {
         FeeOnTransferToken fee = new FeeOnTransferToken(AGENT, 1e24);
-        AgentRegistry other = new AgentRegistry(fee, address(this), TREASURY, _params());
+        AgentRegistry other = new AgentRegistry(fee, address(this), address(0), TREASURY, _params());
         vm.startPrank(AGENT);
         fee.approve(address(other), type(uint256).max);
         vm.expectRevert(abi.encodeWithSelector(AgentRegistry.FundingShortfall.selector, 100e18, 99e18));

@@ -96,8 +96,8 @@ contract AttributionRewardsInvariantTest is TestBase {
 
     function setUp() public {
         vm.warp(1000);
-        token = new OpenToken(address(this), 0, 1e40);
-        rewards = new AttributionRewards(token, address(this), address(0x7ea5), 1 hours);
+        token = new OpenToken(address(this), address(this), 0, 1e40);
+        rewards = new AttributionRewards(token, address(this), address(0), address(0x7ea5), 1 hours);
         handler = new RewardsHandler(rewards, token);
         rewards.grantRole(rewards.SETTLER_ROLE(), address(handler));
         token.mint(address(handler), 1e30);

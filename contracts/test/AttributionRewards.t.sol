@@ -17,8 +17,8 @@ contract AttributionRewardsTest is TestBase {
 
     function setUp() public {
         vm.warp(1000);
-        token = new OpenToken(SETTLER, 1e30, 1e31);
-        rewards = new AttributionRewards(token, address(this), SINK, 1 hours);
+        token = new OpenToken(SETTLER, SETTLER, 1e30, 1e31);
+        rewards = new AttributionRewards(token, address(this), address(0), SINK, 1 hours);
         rewards.grantRole(rewards.SETTLER_ROLE(), SETTLER);
         vm.prank(SETTLER);
         token.approve(address(rewards), type(uint256).max);
@@ -141,7 +141,7 @@ contract AttributionRewardsTest is TestBase {
     /// claim the same leaf again; the guard stops it and the account is paid once.
     function test_reenteringTokenCannotClaimTwice() public {
         ReenteringToken hostile = new ReenteringToken(SETTLER, 1e24);
-        AttributionRewards pool = new AttributionRewards(hostile, address(this), SINK, 1 hours);
+        AttributionRewards pool = new AttributionRewards(hostile, address(this), address(0), SINK, 1 hours);
         pool.grantRole(pool.SETTLER_ROLE(), SETTLER);
         bytes32[] memory leaves = new bytes32[](2);
         leaves[0] = pool.rewardLeaf(_recipient(0), 40);
@@ -163,7 +163,7 @@ contract AttributionRewardsTest is TestBase {
     /// Attack: a token that re-enters `sweep` of another expired epoch while one is swept.
     function test_reenteringTokenCannotSweepDuringSweep() public {
         ReenteringToken hostile = new ReenteringToken(SETTLER, 1e24);
-        AttributionRewards pool = new AttributionRewards(hostile, address(this), SINK, 1 hours);
+        AttributionRewards pool = new AttributionRewards(hostile, address(this), address(0), SINK, 1 hours);
         pool.grantRole(pool.SETTLER_ROLE(), SETTLER);
         vm.startPrank(SETTLER);
         hostile.approve(address(pool), 30);
@@ -181,7 +181,7 @@ contract AttributionRewardsTest is TestBase {
     /// A fee-on-transfer token delivers less than the epoch total: posting is refused.
     function test_feeOnTransferTokenIsRefused() public {
         FeeOnTransferToken fee = new FeeOnTransferToken(SETTLER, 1e24);
-        AttributionRewards pool = new AttributionRewards(fee, address(this), SINK, 1 hours);
+        AttributionRewards pool = new AttributionRewards(fee, address(this), address(0), SINK, 1 hours);
         pool.grantRole(pool.SETTLER_ROLE(), SETTLER);
         vm.startPrank(SETTLER);
         fee.approve(address(pool), 1000);

@@ -12,7 +12,7 @@ contract OpenTokenTest is TestBase {
 
     function setUp() public {
         vm.warp(1000);
-        token = new OpenToken(address(this), 100e18, CAP);
+        token = new OpenToken(address(this), address(this), 100e18, CAP);
     }
 
     function testFuzz_supplyNeverExceedsCap(uint256 amount) public {

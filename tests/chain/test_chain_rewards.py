@@ -140,9 +140,10 @@ def test_repeat_claimers_pay_less_gas(chain: Chain, protocol: Protocol) -> None:
     protocol.rewards.post_reward_tree(2, second, deadline)
     fresh = protocol.rewards.claim_from_tree(1, first, users[0].address).gas_used
     repeat = protocol.rewards.claim_from_tree(2, second, users[0].address).gas_used
-    # NOTE: the claimed bitmap slot and the token balance are already non-zero the second time.
+    # NOTE: the claimed bitmap slot, the token balance and the earned votes are already
+    #       non-zero the second time; the votes' checkpoints still take new slots (~50k).
     assert repeat < fresh - 30_000
-    assert repeat < 80_000
+    assert repeat < 140_000
 
 
 def test_posted_epoch_ids_come_from_the_logs(chain: Chain, protocol: Protocol) -> None:
@@ -165,7 +166,7 @@ def test_a_claim_window_below_the_minimum_is_refused(chain: Chain, protocol: Pro
         protocol.rewards.set_min_claim_window(59)
     with pytest.raises(ContractRevertError, match="AccessControlUnauthorizedAccount"):
         protocol.rewards.set_treasury(chain.dev_accounts[4].address, sender=chain.dev_accounts[4])
-    assert protocol.rewards.treasury() == chain.default_account.address
+    assert protocol.rewards.treasury() == protocol.require_governance().timelock.address
 
 
 def test_the_token_is_capped_and_minted_by_role(chain: Chain, protocol: Protocol) -> None:

@@ -11,6 +11,7 @@ interface Vm {
     function stopPrank() external;
     function warp(uint256 timestamp) external;
     function assume(bool condition) external pure;
+    function expectRevert() external;
     function expectRevert(bytes calldata revertData) external;
     function expectRevert(bytes4 selector) external;
 }

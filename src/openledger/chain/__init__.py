@@ -10,6 +10,8 @@ Torch-free. ``connect()`` gives an in-process py-evm chain with funded dev accou
     protocol.rewards.post_reward_tree(1, tree, deadline=chain.block_timestamp() + 86400)
     protocol.rewards.claim_from_tree(1, tree, alice)
     protocol.require_agents().stake_and_register(100 * 10**18, sender=agent)  # an agent stakes
+    protocol.require_governance().get_votes(alice.address)    # votes earned by claims
+    protocol.require_bonds().approve_and_bond(datanet, 10**20, sender=contributor)
 
 Every revert, on every backend, is raised as
 :class:`~openledger.exceptions.ContractRevertError` with the decoded custom error.
@@ -27,8 +29,10 @@ from openledger.chain.agents import (
     DisputeStatus,
     FailedServiceReport,
 )
-from openledger.chain.bindings import Event, Receipt
-from openledger.chain.client import ANVIL_MNEMONIC, Backend, Chain, connect
+from openledger.chain.bindings import Call, Event, Receipt
+from openledger.chain.bonds import BondInfo, BondPolicy, DataBondsClient, FlagInfo, FlagKind
+from openledger.chain.client import ANVIL_MNEMONIC, Backend, Chain, SignedTransaction, connect
+from openledger.chain.deployment import DeploymentManifest
 from openledger.chain.encoding import (
     MANIFEST_TAG,
     RECORD_LEAF_ENCODING,
@@ -42,6 +46,15 @@ from openledger.chain.encoding import (
     reward_leaf,
 )
 from openledger.chain.errors import decode_revert
+from openledger.chain.governance import (
+    ContributionVotesClient,
+    GovernanceClient,
+    GovernanceParams,
+    Proposal,
+    ProposalState,
+    Support,
+    TimelockClient,
+)
 from openledger.chain.protocol import Protocol, ProtocolAddresses, deploy_protocol
 from openledger.chain.registries import (
     DatanetInfo,
@@ -83,28 +96,43 @@ __all__ = [
     "Artifact",
     "AttributionRewardsClient",
     "Backend",
+    "BondInfo",
+    "BondPolicy",
+    "Call",
     "Chain",
     "ChainConnectionError",
     "ChainError",
     "ContractNotFoundError",
     "ContractRevertError",
+    "ContributionVotesClient",
+    "DataBondsClient",
     "DatanetInfo",
     "DatanetRegistryClient",
+    "DeploymentManifest",
     "DisputeInfo",
     "DisputeStatus",
     "EpochInfo",
     "Event",
     "FailedServiceReport",
+    "FlagInfo",
+    "FlagKind",
+    "GovernanceClient",
+    "GovernanceParams",
     "ModelInfo",
     "ModelManifest",
     "ModelRegistryClient",
     "ModelStatus",
     "OpenTokenClient",
+    "Proposal",
+    "ProposalState",
     "Protocol",
     "ProtocolAddresses",
     "Receipt",
     "RewardTree",
+    "SignedTransaction",
     "SnapshotInfo",
+    "Support",
+    "TimelockClient",
     "TransactionTimeoutError",
     "connect",
     "datanet_id",

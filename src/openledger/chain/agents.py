@@ -17,10 +17,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from openledger.chain.bindings import Receipt, plain
-from openledger.chain.rewards import AccessControlled, OpenTokenClient
+from openledger.chain.rewards import TokenSpender
 from openledger.crypto import (
     Account,
     eip712_domain,
@@ -30,9 +29,6 @@ from openledger.crypto import (
     typed_data,
 )
 from openledger.types import Address, Hash32, Wei
-
-if TYPE_CHECKING:
-    from openledger.chain.client import Chain
 
 __all__ = [
     "SLASHER_ROLE",
@@ -177,7 +173,7 @@ class FailedServiceReport:
         )
 
 
-class AgentRegistryClient(AccessControlled):
+class AgentRegistryClient(TokenSpender):
     """``AgentRegistry``: staked agents, failed-service disputes and slashing.
 
     Args:
@@ -189,12 +185,6 @@ class AgentRegistryClient(AccessControlled):
 
     contract_name = "AgentRegistry"
 
-    def __init__(
-        self, chain: Chain, address: str, token: OpenTokenClient, sender: Account | None = None
-    ) -> None:
-        super().__init__(chain, address, sender)
-        self.token = token
-
     def register(
         self, amount: int, model_ids: Sequence[str] = (), *, sender: Account | None = None
     ) -> Receipt:
@@ -205,8 +195,7 @@ class AgentRegistryClient(AccessControlled):
         self, amount: int, model_ids: Sequence[str] = (), *, sender: Account | None = None
     ) -> Receipt:
         """Approve ``amount`` if needed, then :meth:`register`."""
-        self._approve(amount, sender)
-        return self.register(amount, model_ids, sender=sender)
+        return self.register(amount, model_ids, sender=self._approved(amount, sender))
 
     def add_stake(self, amount: int, *, sender: Account | None = None) -> Receipt:
         """Add ``amount`` to the sender's stake (approve first)."""
@@ -345,11 +334,6 @@ class AgentRegistryClient(AccessControlled):
     def nonces(self, account: str) -> int:
         """Return ``account``'s next report nonce."""
         return int(self._call("nonces", to_checksum_address(account)))
-
-    def _approve(self, amount: int, sender: Account | None) -> None:
-        owner = sender or self.sender or self.chain.default_account
-        if self.token.allowance(owner.address, self.address) < amount:
-            self.token.approve(self.address, amount, sender=owner)
 
 
 def _ids(values: Sequence[str]) -> list[bytes]:

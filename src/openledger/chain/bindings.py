@@ -26,7 +26,22 @@ if TYPE_CHECKING:
 
     from openledger.chain.client import Chain
 
-__all__ = ["ContractClient", "Event", "Receipt"]
+__all__ = ["Call", "ContractClient", "Event", "Receipt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One contract call to be made later, e.g. by the timelock when a proposal executes.
+
+    Attributes:
+        target: The contract to call.
+        data: ABI-encoded calldata.
+        value: Native coin to send with it, in wei.
+    """
+
+    target: Address
+    data: bytes
+    value: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +119,16 @@ class ContractClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(address={self.address!r})"
 
+    def encode_call(self, function: str, *args: Any, value: int = 0) -> Call:
+        """Return a :class:`Call` of ``function(*args)`` on this contract, to send later.
+
+        Arguments are ABI values: checksummed addresses, ``bytes`` for ``bytes32``, tuples
+        for structs. Used to build governance proposals, e.g.
+        ``protocol.token.encode_call("transfer", grantee, amount)``.
+        """
+        data = bytes.fromhex(self._contract.encode_abi(function, args=list(args))[2:])
+        return Call(self.address, data, value)
+
     def _call(self, function: str, *args: Any) -> Any:
         data = bytes.fromhex(self._contract.encode_abi(function, args=list(args))[2:])
         raw = self.chain.call(self.address, data)
@@ -111,9 +136,12 @@ class ContractClient:
         values = abi_decode(outputs, raw)
         return values[0] if len(values) == 1 else values
 
-    def _transact(self, function: str, *args: Any, sender: Account | None = None) -> Receipt:
-        data = bytes.fromhex(self._contract.encode_abi(function, args=list(args))[2:])
-        receipt = self.chain.send(self.address, data, sender=sender or self.sender)
+    def _transact(
+        self, function: str, *args: Any, sender: Account | None = None, extra_gas: int = 0
+    ) -> Receipt:
+        data = self.encode_call(function, *args).data
+        signer = sender or self.sender
+        receipt = self.chain.send(self.address, data, sender=signer, extra_gas=extra_gas)
         return self._receipt(receipt)
 
     def _logs(self, event: str, from_block: int) -> list[dict[str, Any]]:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from eth_typing import ChecksumAddress
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
-from web3.exceptions import TimeExhausted
+from web3.exceptions import TimeExhausted, TransactionNotFound
 from web3.types import Nonce, RPCEndpoint, RPCResponse, TxParams, TxReceipt
 from web3.types import Wei as Web3Wei
 
@@ -35,15 +37,17 @@ from openledger.exceptions import (
     ContractRevertError,
     TransactionTimeoutError,
 )
-from openledger.types import Address, Wei, to_wei
+from openledger.types import Address, Hash32, Wei, to_hash32, to_wei
 
 if TYPE_CHECKING:
     from eth_tester import EthereumTester
 
     from openledger.chain.agents import AgentParams
+    from openledger.chain.deployment import DeploymentManifest
+    from openledger.chain.governance import GovernanceParams
     from openledger.chain.protocol import Protocol, ProtocolAddresses
 
-__all__ = ["ANVIL_MNEMONIC", "Backend", "Chain", "connect"]
+__all__ = ["ANVIL_MNEMONIC", "Backend", "Chain", "SignedTransaction", "connect"]
 
 Backend = Literal["embedded", "anvil", "http"]
 """Which kind of node a :class:`Chain` talks to."""
@@ -59,6 +63,23 @@ _TIP_WEI = 10**9
 
 def _cs(address: str) -> ChecksumAddress:
     return cast(ChecksumAddress, to_checksum_address(address))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTransaction:
+    """A transaction signed and about to be sent (``Chain.send(on_signed=...)`` sees it).
+
+    Attributes:
+        tx_hash: Its hash, known before it is sent.
+        sender: The signing account.
+        nonce: Its nonce.
+        raw: The signed bytes, which can be sent again if the node forgets it.
+    """
+
+    tx_hash: Hash32
+    sender: Address
+    nonce: int
+    raw: bytes
 
 
 class _Nonces:
@@ -181,6 +202,8 @@ class Chain:
         sender: Account | None = None,
         value: int = 0,
         gas: int | None = None,
+        extra_gas: int = 0,
+        on_signed: Callable[[SignedTransaction], None] | None = None,
     ) -> TxReceipt:
         """Sign and send a transaction, wait for its receipt, and check it succeeded.
 
@@ -190,6 +213,10 @@ class Chain:
             sender: The signing account (default :attr:`default_account`).
             value: Native coin to send, in wei.
             gas: A gas limit; estimated (or pre-flighted) when ``None``.
+            extra_gas: Added to an estimate, for costs the estimate cannot see (e.g. a
+                vote checkpoint that the next block's timestamp makes a new slot).
+            on_signed: Called with the signed transaction before it is sent (e.g. to
+                journal its hash, so a crashed caller can find it again).
 
         Returns:
             The successful receipt.
@@ -202,11 +229,11 @@ class Chain:
         tx: TxParams = {"from": _cs(account.address), "data": data, "value": Web3Wei(to_wei(value))}
         if to is not None:
             tx["to"] = _cs(to)
-        tx["gas"] = gas if gas is not None else self._gas_limit(tx)
+        tx["gas"] = gas if gas is not None else self._gas_limit(tx, extra_gas)
         tx.update(self._fees())
         tx["chainId"] = self._chain_id
         try:
-            tx_hash = self._sign_and_send(account, tx)
+            tx_hash = self._sign_and_send(account, tx, on_signed)
         except ContractRevertError:
             raise
         except Exception as exc:  # web3 and eth-tester word a stale nonce differently
@@ -214,16 +241,54 @@ class Chain:
                 raise
             # NOTE: another client sent from this account; the cached nonce was dropped,
             # so one retry picks up the node's count.
-            tx_hash = self._sign_and_send(account, tx)
+            tx_hash = self._sign_and_send(account, tx, on_signed)
         try:
             receipt = self.wait_for_receipt(tx_hash)
         except TransactionTimeoutError:
             # NOTE: the transaction may have been dropped; recount rather than leave a gap.
             self._nonces.forget(account.address)
             raise
-        if receipt["status"] != 1:
-            raise self._replay_revert(tx, int(receipt["blockNumber"]))
-        return receipt
+        return self.check_receipt(receipt, tx)
+
+    def check_receipt(self, receipt: TxReceipt, tx: TxParams | None = None) -> TxReceipt:
+        """Return ``receipt`` if its transaction succeeded.
+
+        Raises:
+            ContractRevertError: If it reverted (decoded by replaying ``tx``, or the mined
+                transaction when ``tx`` is ``None``).
+        """
+        if receipt["status"] == 1:
+            return receipt
+        if tx is None:
+            mined = self._rpc(self.w3.eth.get_transaction, receipt["transactionHash"])
+            tx = {"from": mined["from"], "data": mined["input"], "gas": mined["gas"]}
+            tx["value"] = mined["value"]
+            if mined.get("to"):
+                tx["to"] = mined["to"]
+        raise self._replay_revert(tx, int(receipt["blockNumber"]))
+
+    def find_receipt(self, tx_hash: str) -> TxReceipt | None:
+        """Return the receipt of a mined transaction, or ``None`` if it is not mined (yet)."""
+        try:
+            return self._rpc(self.w3.eth.get_transaction_receipt, cast(Any, tx_hash))
+        except TransactionNotFound:
+            return None
+
+    def is_pending(self, tx_hash: str) -> bool:
+        """Return whether the node knows ``tx_hash`` (in its pool or mined)."""
+        try:
+            self._rpc(self.w3.eth.get_transaction, cast(Any, tx_hash))
+        except TransactionNotFound:
+            return False
+        return True
+
+    def send_raw(self, raw: bytes) -> Hash32:
+        """Send an already signed transaction (e.g. again, after the node dropped it)."""
+        return to_hash32(bytes(self._rpc(self.w3.eth.send_raw_transaction, raw)))
+
+    def nonce_of(self, address: str, block: Literal["latest", "pending"] = "latest") -> int:
+        """Return how many transactions ``address`` has sent as of ``block``."""
+        return int(self._rpc(self.w3.eth.get_transaction_count, _cs(address), block))
 
     def wait_for_receipt(self, tx_hash: str, timeout: float | None = None) -> TxReceipt:
         """Wait for a transaction's receipt.
@@ -251,11 +316,14 @@ class Chain:
             *args: Constructor arguments.
             sender: The deployer (default :attr:`default_account`).
         """
+        receipt = self.send(None, self.creation_code(name, *args), sender=sender)
+        return Address(to_checksum_address(str(receipt["contractAddress"])))
+
+    def creation_code(self, name: str, *args: Any) -> bytes:
+        """Return the creation code of a shipped contract with its constructor arguments."""
         artifact = load_artifact(name)
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-        code = factory.constructor(*args).data_in_transaction
-        receipt = self.send(None, bytes.fromhex(code[2:]), sender=sender)
-        return Address(to_checksum_address(str(receipt["contractAddress"])))
+        return bytes.fromhex(factory.constructor(*args).data_in_transaction[2:])
 
     def require_code(self, address: str, what: str) -> Address:
         """Return ``address`` checksummed if it holds contract code.
@@ -282,7 +350,8 @@ class Chain:
             ConfigError: On a node that is not a dev chain.
         """
         if self._tester is not None:
-            self._tester.time_travel(self.block_timestamp() + seconds)
+            # NOTE: eth-tester mines the travelling block one second before its target.
+            self._tester.time_travel(self.block_timestamp() + seconds + 1)
         elif self.backend == "anvil":
             self.w3.provider.make_request(cast(Any, "evm_increaseTime"), [seconds])
             self.w3.provider.make_request(cast(Any, "evm_mine"), [])
@@ -299,46 +368,68 @@ class Chain:
         treasury: str | None = None,
         min_claim_window: int | None = None,
         agent_params: AgentParams | None = None,
+        governance: GovernanceParams | None = None,
+        max_bond_slash_bps: int | None = None,
+        governed: bool = False,
+        manifest: str | Path | None = None,
     ) -> Protocol:
-        """Deploy the registries, rewards, agents and (unless given) an OpenToken.
+        """Deploy the whole protocol: registries, rewards and their votes, agents, data
+        bonds, the governor and its timelock, and (unless given) an OpenToken.
 
         See :func:`openledger.chain.protocol.deploy_protocol` for the arguments; ``None``
         keeps its defaults.
         """
-        from openledger.chain.protocol import (
-            DEFAULT_MIN_CLAIM_WINDOW,
-            DEFAULT_SUPPLY_CAP,
-            deploy_protocol,
-        )
+        from openledger.chain.protocol import deploy_protocol
 
         return deploy_protocol(
             self,
             admin=admin,
             token=token,
             initial_supply=initial_supply,
-            supply_cap=DEFAULT_SUPPLY_CAP if supply_cap is None else supply_cap,
+            supply_cap=supply_cap,
             treasury=treasury,
-            min_claim_window=(
-                DEFAULT_MIN_CLAIM_WINDOW if min_claim_window is None else min_claim_window
-            ),
+            min_claim_window=min_claim_window,
             agent_params=agent_params,
+            governance=governance,
+            max_bond_slash_bps=max_bond_slash_bps,
+            governed=governed,
+            manifest=manifest,
         )
 
-    def protocol(self, addresses: ProtocolAddresses | dict[str, str]) -> Protocol:
-        """Bind typed clients to already deployed contracts (code is checked at each address)."""
+    def protocol(
+        self, addresses: ProtocolAddresses | dict[str, str] | DeploymentManifest | str | Path
+    ) -> Protocol:
+        """Bind typed clients to already deployed contracts (code is checked at each address).
+
+        Args:
+            addresses: The addresses (a :class:`ProtocolAddresses` or its dict), a
+                :class:`~openledger.chain.DeploymentManifest`, or the path of a manifest
+                file written by ``openledger chain deploy``.
+        """
         from openledger.chain.protocol import Protocol
 
+        if isinstance(addresses, (str, Path)):
+            return Protocol.from_manifest(self, addresses)
         return Protocol.at(self, addresses)
 
-    def _sign_and_send(self, account: Account, tx: TxParams) -> str:
+    def _sign_and_send(
+        self,
+        account: Account,
+        tx: TxParams,
+        on_signed: Callable[[SignedTransaction], None] | None = None,
+    ) -> str:
         with self._nonces.reserve(account.address) as nonce:
             tx["nonce"] = Nonce(nonce)
-            raw = account.local_account.sign_transaction(cast(dict[str, Any], tx)).raw_transaction
-            return self._rpc(self.w3.eth.send_raw_transaction, raw).to_0x_hex()
+            signed = account.local_account.sign_transaction(cast(dict[str, Any], tx))
+            if on_signed is not None:
+                tx_hash = to_hash32(bytes(signed.hash))
+                raw = signed.raw_transaction
+                on_signed(SignedTransaction(tx_hash, account.address, nonce, raw))
+            return self._rpc(self.w3.eth.send_raw_transaction, signed.raw_transaction).to_0x_hex()
 
-    def _gas_limit(self, tx: TxParams) -> int:
+    def _gas_limit(self, tx: TxParams, extra_gas: int = 0) -> int:
         if self.estimate_gas:
-            return int(self._rpc(self.w3.eth.estimate_gas, tx) * _GAS_MARGIN)
+            return int(self._rpc(self.w3.eth.estimate_gas, tx) * _GAS_MARGIN) + extra_gas
         # NOTE: py-evm's eth_estimateGas is a binary search (~7 executions); a single
         # eth_call still surfaces the revert, and unused gas costs nothing on a dev chain.
         self._rpc(self.w3.eth.call, tx)
@@ -346,10 +437,20 @@ class Chain:
 
     def _fees(self) -> TxParams:
         base = int(self._rpc(self.w3.eth.get_block, "latest").get("baseFeePerGas", 0))
+        tip = _TIP_WEI if self._tester is not None else self._node_tip()
         return {
-            "maxFeePerGas": Web3Wei(2 * base + _TIP_WEI),
-            "maxPriorityFeePerGas": Web3Wei(_TIP_WEI),
+            "maxFeePerGas": Web3Wei(2 * base + tip),
+            "maxPriorityFeePerGas": Web3Wei(tip),
         }
+
+    def _node_tip(self) -> int:
+        """The node's suggested priority fee (``eth_maxPriorityFeePerGas``), else 1 gwei."""
+        try:
+            return int(self._rpc(lambda: self.w3.eth.max_priority_fee))
+        except ChainConnectionError:
+            raise
+        except Exception:  # nodes without the method answer "method not found"
+            return _TIP_WEI
 
     def _replay_revert(self, tx: TxParams, block_number: int) -> ContractRevertError:
         replay = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value", "gas")}

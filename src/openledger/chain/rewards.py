@@ -15,12 +15,14 @@ if TYPE_CHECKING:
     from openledger.chain.client import Chain
 
 __all__ = [
+    "CHECKPOINT_GAS",
     "MINTER_ROLE",
     "SETTLER_ROLE",
     "AccessControlled",
     "AttributionRewardsClient",
     "EpochInfo",
     "OpenTokenClient",
+    "TokenSpender",
 ]
 
 SETTLER_ROLE = keccak256(b"SETTLER_ROLE")
@@ -28,6 +30,14 @@ SETTLER_ROLE = keccak256(b"SETTLER_ROLE")
 
 MINTER_ROLE = keccak256(b"MINTER_ROLE")
 """``OpenToken.MINTER_ROLE``: may mint, up to the token's cap."""
+
+CHECKPOINT_GAS = 50_000
+"""Gas added to the estimate of a transaction that writes two vote checkpoints (a claim,
+a delegation).
+
+NOTE: a checkpoint of the timestamp the last one has is rewritten in place (~3k), one of a
+later timestamp takes a new slot (~25k). A node estimates at the current block's timestamp,
+which the next block may not share, so an estimate can miss two new slots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +122,32 @@ class OpenTokenClient(AccessControlled):
         return self._transact("mint", to_checksum_address(to), amount, sender=sender)
 
 
-class AttributionRewardsClient(AccessControlled):
+class TokenSpender(AccessControlled):
+    """A contract that pulls the protocol's token from its users (rewards, agents, bonds).
+
+    Args:
+        chain: The chain.
+        address: The contract.
+        token: Client of the token it pulls (for approvals).
+        sender: Default signer of transactions.
+    """
+
+    def __init__(
+        self, chain: Chain, address: str, token: OpenTokenClient, sender: Account | None = None
+    ) -> None:
+        super().__init__(chain, address, sender)
+        self.token = token
+
+    def _approved(self, amount: int, sender: Account | None) -> Account:
+        """Approve this contract for ``amount`` of the sender's tokens unless it already may
+        pull that much; return the sender."""
+        owner = sender or self.sender or self.chain.default_account
+        if self.token.allowance(owner.address, self.address) < amount:
+            self.token.approve(self.address, amount, sender=owner)
+        return owner
+
+
+class AttributionRewardsClient(TokenSpender):
     """``AttributionRewards``: funded reward epochs claimed with Merkle proofs.
 
     An epoch's deadline leaves at least :meth:`min_claim_window` seconds to claim; after it
@@ -126,12 +161,6 @@ class AttributionRewardsClient(AccessControlled):
     """
 
     contract_name = "AttributionRewards"
-
-    def __init__(
-        self, chain: Chain, address: str, token: OpenTokenClient, sender: Account | None = None
-    ) -> None:
-        super().__init__(chain, address, sender)
-        self.token = token
 
     @staticmethod
     def reward_leaf(account: str, amount: int) -> Hash32:
@@ -164,7 +193,8 @@ class AttributionRewardsClient(AccessControlled):
         sender: Account | None = None,
     ) -> Receipt:
         """Claim the sender's ``amount`` of the epoch."""
-        return self._transact("claim", epoch_id, amount, _proof(proof), sender=sender)
+        args = (epoch_id, amount, _proof(proof))
+        return self._transact("claim", *args, sender=sender, extra_gas=CHECKPOINT_GAS)
 
     def claim_for(
         self,
@@ -177,7 +207,7 @@ class AttributionRewardsClient(AccessControlled):
     ) -> Receipt:
         """Relay ``account``'s claim; the tokens go to ``account``, the sender pays gas."""
         args = (epoch_id, to_checksum_address(account), amount, _proof(proof))
-        return self._transact("claimFor", *args, sender=sender)
+        return self._transact("claimFor", *args, sender=sender, extra_gas=CHECKPOINT_GAS)
 
     def sweep(self, epoch_id: int, *, sender: Account | None = None) -> Receipt:
         """Send an expired epoch's unclaimed rest to the treasury (anyone may call it)."""
@@ -219,9 +249,7 @@ class AttributionRewardsClient(AccessControlled):
         self, epoch_id: int, tree: RewardTree, deadline: int, *, sender: Account | None = None
     ) -> Receipt:
         """Approve the tree's total if needed, then post the epoch with its root and total."""
-        settler = sender or self.sender or self.chain.default_account
-        if self.token.allowance(settler.address, self.address) < tree.total:
-            self.token.approve(self.address, tree.total, sender=settler)
+        settler = self._approved(tree.total, sender)
         return self.post_epoch(epoch_id, tree.root, tree.total, deadline, sender=settler)
 
     def claim_from_tree(
