@@ -99,3 +99,53 @@ def test_serve_refuses_bad_settings_before_loading(
     assert "port" in capsys.readouterr().err
     assert main(["serve", "--adapter", "no-equals-sign"]) == 2
     assert "NAME=SOURCE" in capsys.readouterr().err
+
+
+def test_chain_deploy_needs_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["chain", "deploy", "--rpc-url", "http://127.0.0.1:1"])
+    assert "--keystore" in capsys.readouterr().err
+    unset = ["chain", "deploy", "--rpc-url", "http://127.0.0.1:1", "--private-key-env", "NO_VAR"]
+    assert main(unset) == 2
+    assert "NO_VAR is not set" in capsys.readouterr().err
+    keystore = tmp_path / "key.json"
+    keystore.write_text("{}")
+    piped = ["chain", "deploy", "--rpc-url", "http://127.0.0.1:1", "--keystore", str(keystore)]
+    assert main(piped) == 2  # stdin is no terminal: the password must come from a variable
+    assert "--password-env" in capsys.readouterr().err
+
+
+def test_chain_deploy_with_a_keystore_writes_a_manifest_the_protocol_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from eth_account import Account as EthAccount
+    from tests.chain.conftest import running_anvil
+
+    from openledger.chain import Account, DeploymentManifest, connect
+
+    deployer = Account.create()
+    keystore = tmp_path / "deployer.json"
+    keystore.write_text(json.dumps(EthAccount.encrypt(deployer.key, "pw", iterations=2)))
+    monkeypatch.setenv("DEPLOY_PASSWORD", "wrong")
+    manifest = tmp_path / "deployment.json"
+    with running_anvil() as url:
+        args = ["chain", "deploy", "--rpc-url", url, "--keystore", str(keystore)]
+        args += ["--password-env", "DEPLOY_PASSWORD", "--manifest", str(manifest), "--keep-admin"]
+        assert main(args) == 2
+        assert "cannot decrypt" in capsys.readouterr().err
+        monkeypatch.setenv("DEPLOY_PASSWORD", "pw")
+        assert main(args) == 2  # a fresh account: nothing to pay gas with
+        assert "no native coin" in capsys.readouterr().err
+        assert not manifest.exists()
+        chain = connect(url)
+        chain.fund(deployer.address, 10**19)
+        assert main(args) == 0
+        body = json.loads(capsys.readouterr().out)
+        assert body["resumed"] is False
+        assert body["chain_id"] == chain.chain_id
+        protocol = chain.protocol(manifest)
+        assert protocol.rewards.default_admin() == deployer.address  # --keep-admin
+        assert protocol.addresses.rewards == body["contracts"]["rewards"]
+        assert DeploymentManifest.load(manifest).complete

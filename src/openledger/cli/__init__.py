@@ -25,6 +25,7 @@
                       [--settler-key-file FILE] [--claim-days D]
     openledger claims --ledger PATH ADDRESS [--chain URL --protocol FILE]
     openledger studio [--home FOLDER] [--host ADDR] [--port N] [--share] [--allow-remote]
+    openledger chain deploy --rpc-url URL (--keystore FILE | --private-key-env VAR) [...]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import TextIO
 
 from openledger._version import __version__
+from openledger.cli.chain import CHAIN_COMMANDS, add_chain_parsers, run_chain_command
 from openledger.cli.factory import FACTORY_COMMANDS, add_factory_parsers, run_factory_command
 from openledger.cli.gateway import GATEWAY_COMMANDS, add_gateway_parsers, run_gateway_command
 from openledger.exceptions import ConfigError, OpenLedgerError
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=64)
     add_factory_parsers(commands)
     add_gateway_parsers(commands)
+    add_chain_parsers(commands)
     _add_studio_parser(commands)
     return parser
 
@@ -131,6 +134,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         run_factory_command(args, out)
     elif args.command in GATEWAY_COMMANDS:
         run_gateway_command(args, out)
+    elif args.command in CHAIN_COMMANDS:
+        run_chain_command(args, out)
     elif args.command == "studio":
         _studio(args)
     return 0
