@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +26,13 @@ from _machine import describe_machine  # benchmarks/ is the script folder
 from openledger.chain import (
     Account,
     Chain,
+    DeploymentManifest,
     FailedServiceReport,
+    FlagKind,
     ModelManifest,
     Protocol,
     RewardTree,
+    Support,
     connect,
 )
 
@@ -131,6 +135,71 @@ def agent_gas(chain: Chain, protocol: Protocol) -> dict[str, int]:
     return gas
 
 
+def governance_gas(chain: Chain, protocol: Protocol) -> dict[str, int]:
+    """Gas of a treasury grant from proposal to execution, and of a delegation."""
+    gov = protocol.require_governance()
+    alice, bob = chain.dev_accounts[6], chain.dev_accounts[7]
+    tree = RewardTree({alice.address: 60 * 10**18, bob.address: 40 * 10**18})
+    protocol.rewards.post_reward_tree(9, tree, chain.block_timestamp() + DAY)
+    for account in (alice, bob):
+        protocol.rewards.claim_from_tree(9, tree, account)
+    protocol.token.transfer(gov.timelock.address, 10 * 10**18)
+    chain.increase_time(60)
+    grant = protocol.token.encode_call("transfer", Account.create().address, 10**18)
+    proposal = gov.propose([grant], "Fund an evaluation", sender=alice)
+    gas = {"governance: propose (one call)": _latest_transaction_gas(chain)}
+    chain.increase_time(gov.voting_delay() + 60)
+    gas["governance: vote"] = gov.vote(proposal, Support.FOR, sender=alice).gas_used
+    gas["governance: vote with a reason"] = gov.vote(
+        proposal, Support.AGAINST, reason="later", sender=bob
+    ).gas_used
+    chain.increase_time(gov.voting_period() + 60)
+    gas["governance: queue in the timelock"] = gov.queue(proposal).gas_used
+    chain.increase_time(gov.timelock.min_delay() + 60)
+    gas["governance: execute (an OPEN grant from the treasury)"] = gov.execute(proposal).gas_used
+    gas["governance: delegate votes"] = gov.votes.delegate(alice.address, sender=bob).gas_used
+    return gas
+
+
+def _latest_transaction_gas(chain: Chain) -> int:
+    """Gas of the last transaction of the latest block (a client call that returns no receipt)."""
+    last = chain.w3.eth.get_block("latest")["transactions"][-1]
+    return int(chain.w3.eth.get_transaction_receipt(last)["gasUsed"])
+
+
+def bond_gas(chain: Chain, protocol: Protocol) -> dict[str, int]:
+    """Gas of a datanet's bond policy, a bond, a flag that slashes it, and an unbonding."""
+    bonds = protocol.require_bonds()
+    owner, contributor = chain.default_account, chain.dev_accounts[8]
+    datanet = protocol.datanets.register_datanet("bonded").event("DatanetRegistered")["datanetId"]
+    protocol.token.transfer(contributor.address, 1_000 * 10**18)
+    protocol.token.approve(bonds.address, 1_000 * 10**18, sender=contributor)
+    gas = {
+        "bonds: set a datanet's policy": bonds.set_policy(
+            datanet, 100 * 10**18, 2_000, DAY, sender=owner
+        ).gas_used,
+        "bonds: bond (first)": bonds.bond(datanet, 100 * 10**18, sender=contributor).gas_used,
+        "bonds: bond more": bonds.bond(datanet, 10**18, sender=contributor).gas_used,
+        "bonds: flag a record (penalty to the treasury)": bonds.flag(
+            datanet, "0x" + "ab" * 32, contributor.address, FlagKind.DUPLICATE, "0x" + "cd" * 32
+        ).gas_used,
+        "bonds: begin unbonding": bonds.begin_unbonding(
+            datanet, 10**18, sender=contributor
+        ).gas_used,
+    }
+    chain.increase_time(DAY + 60)
+    gas["bonds: withdraw"] = bonds.withdraw(datanet, sender=contributor).gas_used
+    return gas
+
+
+def deployment_gas(chain: Chain, manifest: DeploymentManifest) -> dict[str, int]:
+    """Gas of the whole deployment (every creation and the timelock's setup)."""
+    hashes = {r.tx_hash for r in manifest.contracts.values() if r.tx_hash}
+    hashes |= {s.tx_hash for s in manifest.steps.values()}
+    total = sum(int(chain.w3.eth.get_transaction_receipt(h)["gasUsed"]) for h in hashes)
+    return {f"deploy the whole protocol ({len(hashes)} transactions), total": total}
+
+
 def reward_gas(chain: Chain, protocol: Protocol, recipients: int, claims: int) -> dict[str, int]:
     """Gas of posting two epochs of ``recipients`` and of ``claims`` claims in each."""
     accounts = [Account.create() for _ in range(recipients)]
@@ -171,12 +240,16 @@ def baseline_gas(protocol: Protocol) -> dict[str, int]:
     }
 
 
-def measure(chain: Chain, recipients: int, claims: int) -> dict[str, int]:
+def measure(chain: Chain, recipients: int, claims: int, folder: Path) -> dict[str, int]:
     """All figures on one chain."""
-    protocol = chain.deploy_protocol()
-    gas = registry_gas(chain, protocol)
+    manifest = folder / f"deployment-{chain.backend}.json"
+    protocol = chain.deploy_protocol(manifest=manifest)
+    gas = deployment_gas(chain, DeploymentManifest.load(manifest))
+    gas.update(registry_gas(chain, protocol))
     gas.update(reward_gas(chain, protocol, recipients, claims))
     gas.update(agent_gas(chain, protocol))
+    gas.update(governance_gas(chain, protocol))
+    gas.update(bond_gas(chain, protocol))
     gas.update(baseline_gas(protocol))
     return gas
 
@@ -189,10 +262,13 @@ def main() -> None:
     parser.add_argument("--no-anvil", action="store_true")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    results = {"embedded py-evm": measure(connect(), args.recipients, args.claims)}
-    if ANVIL.exists() and not args.no_anvil:
-        with anvil() as url:
-            results["anvil 1.7.1"] = measure(connect(url), args.recipients, args.claims)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        results = {"embedded py-evm": measure(connect(), args.recipients, args.claims, folder)}
+        if ANVIL.exists() and not args.no_anvil:
+            with anvil() as url:
+                found = measure(connect(url), args.recipients, args.claims, folder)
+                results["anvil 1.7.1"] = found
     names = list(results)
     print("| operation | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
