@@ -3,6 +3,7 @@ errors are messages, the bind address is checked."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,24 @@ def test_evaluation_runs_in_the_background_and_names_bad_choices(client: TestCli
     response = client.get("/api/evaluate/unknown")
     assert response.status_code == 404
     assert "no evaluation" in response.json()["error"]
+
+
+def test_retrieval_needs_a_datanet_with_a_snapshot(client: TestClient, studio_home: Path) -> None:
+    base = str((studio_home / "models" / "tiny-llama").resolve())
+    ask = {"message": "Code red?", "base_model": base, "max_tokens": 2}
+    missing = client.post("/api/chat", json={**ask, "retrieval": "nope"})
+    assert missing.status_code == 404
+    assert "no datanet called 'nope'" in missing.json()["error"]
+    make_datanet(client)
+    empty = client.post("/api/chat", json={**ask, "retrieval": "colours"})
+    assert "has no snapshot to retrieve from" in empty.json()["error"]
+    upload(client, jsonl(colour_rows()))
+    client.post("/api/datanets/colours/snapshot")
+    response = client.post("/api/chat", json={**ask, "retrieval": "colours", "k": 2})
+    events = [
+        json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")
+    ]
+    assert [s["number"] for s in events[0]["sources"]] == [1, 2]
+    assert "Code red?" in events[0]["sources"][0]["text"]
+    assert events[-1]["done"] is True
+    assert all(1 <= n <= 2 for n in events[-1]["cited"])

@@ -195,6 +195,13 @@ def chat_tab(page: Any, images: Path) -> None:
     page.click("button.attribute")
     expect(page.locator(".bar").first).to_be_visible(timeout=SLOW)
     expect_message(page, "#ch-message", "1 answer(s) wait for the next reward epoch")
+    page.select_option("#ch-retrieval", "colours")
+    page.fill("#ch-input", "Code blue?")
+    page.click("#ch-send")
+    expect(page.locator(".turn.assistant[data-done=true]")).to_have_count(2, timeout=SLOW)
+    sources = page.locator(".turn.assistant").nth(1).locator(".sources li")
+    expect(sources).to_have_count(3)
+    assert "Code blue?" in sources.first.inner_text()
     shoot(page, images, "chat")
 
 

@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
+from openledger.attribution.rag import build_messages, citations_of
 from openledger.exceptions import ConfigError, OpenLedgerError
 from openledger.studio.state import StudioState
 
@@ -25,6 +27,9 @@ class ChatBody(BaseModel):
     adapter: str | None = None
     base_model: str | None = None
     max_tokens: int = 64
+    retrieval: str | None = None
+    """A datanet to retrieve sources from (its latest snapshot), numbered in the prompt."""
+    k: int = 3
 
 
 class AttributeBody(BaseModel):
@@ -58,24 +63,64 @@ async def chat(body: ChatBody, request: Request) -> StreamingResponse:
         raise ConfigError("type a question first")
     if not 1 <= body.max_tokens <= 4096:
         raise ConfigError(f"max_tokens must be within 1..4096, got {body.max_tokens}")
-    engine, base = await _state(request).chat.prepare(body.adapter, body.base_model)
+    state = _state(request)
+    engine, base = await state.chat.prepare(body.adapter, body.base_model)
     params = SamplingParams(max_tokens=body.max_tokens, adapter=body.adapter or None)
     messages = [{"role": "user", "content": body.message}]
+    sources: list[dict[str, Any]] = []
+    passages: list[Any] = []
+    if body.retrieval:
+        if not 1 <= body.k <= 10:
+            raise ConfigError(f"k must be within 1..10 sources, got {body.k}")
+        passages = await run_in_threadpool(_retrieve, state, body.retrieval, body.message, body.k)
+        messages = build_messages(body.message, passages)
+        names = state.workspace.names_by_address()
+        sources = [
+            {
+                "number": n,
+                "record_hash": p.record_hash,
+                "contributor": p.contributor,
+                "name": names.get(str(p.contributor), ""),
+                "text": p.text,
+            }
+            for n, p in enumerate(passages, start=1)
+        ]
 
     async def events() -> AsyncIterator[bytes]:
         try:
+            if sources:
+                yield _event({"sources": sources})
             async for output in engine.stream_outputs(messages, params):
                 if output.delta_text:
                     yield _event({"delta": output.delta_text})
                 if output.finished:
                     usage = output.usage
                     tokens = usage.prompt_tokens + usage.completion_tokens if usage else 1
-                    yield _event({"done": True, "text": output.text, "tokens": tokens})
+                    done: dict[str, Any] = {"done": True, "text": output.text, "tokens": tokens}
+                    if sources:
+                        done["cited"] = [c.number for c in citations_of(output.text, passages)]
+                    yield _event(done)
         except OpenLedgerError as exc:
             yield _event({"error": str(exc)})
 
     headers = {"Cache-Control": "no-cache", "X-Base-Model": base}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _retrieve(state: StudioState, datanet: str, question: str, k: int) -> list[Any]:
+    """The ``k`` records of ``datanet``'s latest snapshot that best match ``question``.
+
+    Raises:
+        DataNotFoundError: No such datanet.
+        ConfigError: It has no snapshot yet.
+    """
+    from openledger.attribution import Retriever
+
+    with state.workspace.open_datanet(datanet) as opened:
+        snapshot = opened.latest_snapshot()
+        if snapshot is None:
+            raise ConfigError(f"datanet {datanet!r} has no snapshot to retrieve from")
+        return Retriever(snapshot).search(question, k=k)
 
 
 @router.post("/attribute")

@@ -250,6 +250,16 @@ async function refreshChat() {
   fillSelect($("ch-adapter"), [["", "none (base model)"], ...adapters.map((a) => [a.name, `${a.name} (on ${baseName(a.base_model)})`])]);
   if (!options) options = await api("GET", "/api/train/options");
   fillSelect($("ch-base"), options.base_models.map((m) => [m.value, m.label]));
+  const datanets = await api("GET", "/api/datanets");
+  fillSelect($("ch-retrieval"), [["", "no retrieval"], ...datanets.filter((d) => d.snapshots.length)
+    .map((d) => [d.name, `${d.name} (latest snapshot)`])]);
+}
+
+// Numbered sources under an answer; the ones the answer cites are marked.
+function sourceList(sources) {
+  return el("ol", { class: "sources" }, ...sources.map((s) => el("li", { id: `source-${s.number}`, "data-number": s.number },
+    el("span", { class: "mono", title: s.record_hash }, `${s.name || short(s.contributor)} · ${short(s.record_hash)}`),
+    " ", s.text)));
 }
 
 async function readEvents(response, onEvent) {
@@ -272,7 +282,8 @@ async function readEvents(response, onEvent) {
 $("ch-send").addEventListener("click", guarded("ch-message", async () => {
   const message = $("ch-input").value.trim();
   const adapter = $("ch-adapter").value || null;
-  const body = { message, adapter, base_model: adapter ? null : $("ch-base").value, max_tokens: Number($("ch-max").value) };
+  const body = { message, adapter, base_model: adapter ? null : $("ch-base").value, max_tokens: Number($("ch-max").value),
+    retrieval: $("ch-retrieval").value || null };
   const response = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) throw new Error((await response.json()).error);
   say("ch-message", "");
@@ -280,8 +291,11 @@ $("ch-send").addEventListener("click", guarded("ch-message", async () => {
   const text = el("span", { class: "answer" });
   const turn = el("div", { class: "turn assistant" }, el("span", { class: "who" }, adapter || "base"), text);
   $("ch-log").append(turn);
+  let list = null;
   await readEvents(response, (event) => {
+    if (event.sources) { list = sourceList(event.sources); turn.append(list); }
     if (event.delta) text.textContent += event.delta;
+    if (event.cited && list) for (const n of event.cited) list.querySelector(`[data-number="${n}"]`).classList.add("cited");
     if (event.error) say("ch-message", event.error, "error");
     if (event.done) {
       turn.dataset.done = "true";
