@@ -237,3 +237,37 @@ def test_retrieval_needs_a_datanet_with_a_snapshot(client: TestClient, studio_ho
     assert "Code red?" in events[0]["sources"][0]["text"]
     assert events[-1]["done"] is True
     assert all(1 <= n <= 2 for n in events[-1]["cited"])
+
+
+def test_reviews_are_signed_by_the_owner_or_a_validator(client: TestClient) -> None:
+    for name in ("olivia", "vera"):
+        client.post("/api/accounts", json={"name": name})
+    made = client.post(
+        "/api/datanets",
+        json={"name": "reviewed", "schema_id": "openledger.instruction/1", "owner": "olivia"},
+    )
+    assert made.status_code == 200, made.text
+    stored = client.post(
+        "/api/datanets/reviewed/upload",
+        params={"filename": "rows.jsonl", "account": "olivia"},
+        content=jsonl(colour_rows()[:3]),
+    )
+    assert stored.status_code == 200, stored.text
+    records = client.get("/api/datanets/reviewed/records").json()["records"]
+    first = records[0]["record_hash"]
+    body = {"record_hash": first, "accept": False, "reason": "wrong colour"}
+    refused = client.post("/api/datanets/reviewed/review", json={**body, "account": "vera"})
+    assert refused.status_code == 400
+    assert "vera" in refused.json()["error"] or "validator" in refused.json()["error"]
+    allowed = client.post(
+        "/api/datanets/reviewed/validators", json={"validator": "vera", "owner": "olivia"}
+    )
+    assert len(allowed.json()["validators"]) >= 1
+    done = client.post("/api/datanets/reviewed/review", json={**body, "account": "vera"})
+    assert done.json()["status"] == "rejected"
+    snapshot = client.post("/api/datanets/reviewed/snapshot").json()
+    assert snapshot["count"] == 2
+    not_owner = client.post(
+        "/api/datanets/reviewed/validators", json={"validator": "olivia", "owner": "vera"}
+    )
+    assert not_owner.status_code == 400

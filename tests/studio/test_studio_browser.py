@@ -119,6 +119,8 @@ def upload(page: Any, account: str, name: str, body: bytes) -> None:
 
 
 def datanets_tab(page: Any, images: Path) -> None:
+    from playwright.sync_api import expect
+
     for name in ("alice", "bob"):
         page.fill("#new-account", name)
         page.click("#account-create")
@@ -139,6 +141,10 @@ def datanets_tab(page: Any, images: Path) -> None:
     expect_message(page, "#dn-message", "snapshot #1 of 8 records, root 0x")
     assert page.locator("#records tbody tr").count() == 8
     assert page.locator(".snapshot .root").inner_text().startswith("0x")
+    page.fill("#review-reason", "duplicate of another colour")
+    page.locator("#records tbody tr").last.locator("button.reject").click()
+    expect_message(page, "#dn-message", "rejected, signed by bob")
+    expect(page.locator("#records tbody tr td.status-rejected")).to_have_count(1, timeout=SLOW)
     shoot(page, images, "datanets")
 
 

@@ -149,6 +149,46 @@ def list_records(name: str, request: Request, limit: int = 100) -> dict[str, Any
     return {"total": total, "records": rows}
 
 
+class ReviewBody(BaseModel):
+    """Body of ``POST /api/datanets/{name}/review``: a validator's signed decision."""
+
+    record_hash: str
+    accept: bool
+    reason: str = ""
+    account: str
+
+
+class ValidatorBody(BaseModel):
+    """Body of ``POST /api/datanets/{name}/validators``: the owner lets an account review."""
+
+    validator: str
+    owner: str
+
+
+@router.post("/datanets/{name}/review")
+def review_record(name: str, body: ReviewBody, request: Request) -> dict[str, Any]:
+    """Accept or reject a record, signed by a local account that may review (the owner or
+    a validator); a rejected record leaves future snapshots."""
+    workspace = _state(request).workspace
+    validator = workspace.account(body.account)
+    reason = body.reason.strip() or ("accepted" if body.accept else "rejected")
+    with workspace.lock, workspace.open_datanet(name) as datanet:
+        datanet.review(body.record_hash, accept=body.accept, reason=reason, validator=validator)
+        status = datanet.get(body.record_hash).status
+    return {"record_hash": body.record_hash, "status": status, "validator": validator.address}
+
+
+@router.post("/datanets/{name}/validators")
+def add_validator(name: str, body: ValidatorBody, request: Request) -> dict[str, Any]:
+    """Let a local account review the datanet's records (signed by its owner)."""
+    workspace = _state(request).workspace
+    validator, owner = workspace.account(body.validator), workspace.account(body.owner)
+    with workspace.lock, workspace.open_datanet(name) as datanet:
+        datanet.add_validator(validator, owner=owner)
+        validators = datanet.validators()
+    return {"validators": validators}
+
+
 @router.post("/datanets/{name}/snapshot")
 def take_snapshot(name: str, request: Request) -> dict[str, Any]:
     """Snapshot the datanet's accepted records; returns its id and Merkle root."""

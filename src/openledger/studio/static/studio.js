@@ -91,12 +91,32 @@ async function showDatanet(datanet) {
       el("span", { class: "mono root" }, s.root)));
   }
   const { records } = await api("GET", `/api/datanets/${encodeURIComponent(datanet.name)}/records`);
-  $("records").tBodies[0].replaceChildren(...records.map((r) => el("tr", {},
+  $("records").tBodies[0].replaceChildren(...records.map((r) => el("tr", { "data-hash": r.record_hash },
     el("td", { class: `status-${r.status}` }, r.status),
     el("td", { class: "mono" }, r.contributor_name || short(r.contributor)),
     el("td", {}, JSON.stringify(r.fields)),
-    el("td", { class: "mono" }, short(r.record_hash)))));
+    el("td", { class: "mono" }, short(r.record_hash)),
+    el("td", {}, reviewButton(datanet.name, r.record_hash, true), reviewButton(datanet.name, r.record_hash, false)))));
 }
+
+// A validator's signed decision on one record, as the account chosen above.
+function reviewButton(datanet, hash, accept) {
+  const button = el("button", { class: accept ? "accept" : "reject" }, accept ? "accept" : "reject");
+  button.addEventListener("click", guarded("dn-message", async () => {
+    const done = await api("POST", `/api/datanets/${encodeURIComponent(datanet)}/review`,
+      { record_hash: hash, accept, reason: $("review-reason").value, account: $("account").value });
+    await refreshDatanets();
+    say("dn-message", `record ${short(hash)} ${done.status}, signed by ${$("account").value}`);
+  }));
+  return button;
+}
+
+$("validator-add").addEventListener("click", guarded("dn-message", async () => {
+  const validator = $("validator-name").value.trim();
+  const done = await api("POST", `/api/datanets/${encodeURIComponent($("dn-select").value)}/validators`,
+    { validator, owner: $("account").value });
+  say("dn-message", `${validator} may review; ${done.validators.length} validator(s)`);
+}));
 
 $("dn-schema").addEventListener("change", showSchemaHelp);
 $("dn-select").addEventListener("change", guarded("dn-message", refreshDatanets));
