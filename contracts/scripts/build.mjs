@@ -20,6 +20,7 @@ const CONTRACTS = [
   "OpenLedgerGovernor",
   "OpenLedgerTimelock",
   "OpenToken",
+  "OpenTokenL2",
 ];
 const SETTINGS = {
   evmVersion: "cancun",

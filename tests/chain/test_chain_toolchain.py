@@ -52,6 +52,7 @@ def test_forge_unit_and_fuzz_tests_pass(forge: Path | None, contracts_dir: Path)
         "test_treasuryGrantPassesByContributionAndRunsAfterTheTimelock",
         "invariant_totalBondedIsDepositsMinusWithdrawalsAndPenalties",
         "test_aFlagSlashesTheBondToTheTreasuryAndRecordsTheReview",
+        "test_theBridgeRecognisesTheTokenByErc165",
     ):
         assert f"[PASS] {name}" in result.stdout, name
 

@@ -27,6 +27,7 @@ CONTRACT_NAMES = (
     "OpenLedgerGovernor",
     "OpenLedgerTimelock",
     "OpenToken",
+    "OpenTokenL2",
 )
 """Every contract with a shipped artifact."""
 
