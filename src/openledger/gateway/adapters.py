@@ -16,7 +16,7 @@ current version::
 A request holds the versions it was planned with (:meth:`ServedAdapters.hold`) until it
 ends, so the adapter id in its receipt is always the one whose weights served it, even
 when it waited in the admission queue across a replace. Nothing here touches the engine
-except through :class:`~openledger.serve.AsyncEngine`'s adapter methods.
+except through the engine's adapter methods (:class:`~openledger.gateway.engines.ServingEngine`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from openledger.exceptions import (
     ModelNotFoundError,
     RequestFieldError,
 )
-from openledger.serve import AsyncEngine
+from openledger.gateway.engines import ServingEngine
 from openledger.types import Hash32, to_hash32
 
 __all__ = ["ServedAdapter", "ServedAdapters", "check_adapter_name", "resolver_source"]
@@ -106,7 +106,7 @@ class ServedAdapters:
         drain_timeout: Longest wait for a retired version's requests before it is removed.
     """
 
-    def __init__(self, engine: AsyncEngine, resolver: str | None, drain_timeout: float) -> None:
+    def __init__(self, engine: ServingEngine, resolver: str | None, drain_timeout: float) -> None:
         self.engine = engine
         self.resolver = resolver
         self.drain_timeout = drain_timeout

@@ -11,7 +11,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from openledger.serve import AsyncEngine, RequestOutput, SamplingParams
+from openledger.gateway.engines import ServingEngine
+from openledger.serve import RequestOutput, SamplingParams
 from openledger.serve.request import PromptInput
 
 __all__ = ["Choice", "Generation"]
@@ -46,7 +47,7 @@ class Generation:
         latest: Each choice's latest output (its final one once finished).
     """
 
-    engine: AsyncEngine
+    engine: ServingEngine
     choices: list[Choice]
     latest: dict[int, RequestOutput] = field(default_factory=dict)
     _queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)

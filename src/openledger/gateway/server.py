@@ -18,6 +18,7 @@ from openledger.exceptions import MissingDependencyError
 from openledger.gateway.adapters import ServedAdapter, ServedAdapters
 from openledger.gateway.attribution_worker import AttributionWorker
 from openledger.gateway.config import GatewayConfig
+from openledger.gateway.engines import ServingEngine
 from openledger.gateway.ledger import ReceiptLedger, pin_settings
 from openledger.gateway.metering import Meter, load_operator_key
 from openledger.gateway.receipts import receipt_domain
@@ -77,8 +78,12 @@ def create_app(
     return build_app(build_state(config or GatewayConfig(), engine))
 
 
-def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> GatewayState:
-    """Open the ledger and operator key, build the engine, register the adapters."""
+def build_state(config: GatewayConfig, engine: ServingEngine | None = None) -> GatewayState:
+    """Open the ledger and operator key, build the engine, register the adapters.
+
+    An in-process engine gets ``config.adapters`` now, before it serves; any other engine
+    (replicas on Ray) gets them from its owner, through ``state.adapters.put``.
+    """
     from openledger.gateway.state import GatewayState
 
     operator = load_operator_key(config.key_file)
@@ -87,7 +92,8 @@ def build_state(config: GatewayConfig, engine: AsyncEngine | None = None) -> Gat
         if engine is None:
             engine = AsyncEngine(config.model, config.engine)
         adapters = ServedAdapters(engine, config.adapter_resolver, config.drain_timeout)
-        _register_adapters(engine, adapters, config.adapters)
+        if isinstance(engine, AsyncEngine):
+            _register_adapters(engine, adapters, config.adapters)
     except BaseException:
         ledger.close()
         raise

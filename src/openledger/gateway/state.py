@@ -23,13 +23,13 @@ from openledger.gateway.adapters import ServedAdapters
 from openledger.gateway.attribution_worker import AttributionWorker
 from openledger.gateway.batching import ArrivalWindow
 from openledger.gateway.config import GatewayConfig
+from openledger.gateway.engines import ServingEngine
 from openledger.gateway.fairness import FairQueue, TokenBuckets, Turn
 from openledger.gateway.keys import ApiKey, hash_api_key
 from openledger.gateway.ledger import ReceiptLedger
 from openledger.gateway.metering import Meter
 from openledger.gateway.metrics import GatewayMetrics
 from openledger.gateway.receipts import ZERO_ADDRESS
-from openledger.serve import AsyncEngine
 from openledger.types import Address
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class GatewayState:
 
     Args:
         config: The settings.
-        engine: The engine every request runs on.
+        engine: The engine every request runs on (in process, or replicas on Ray).
         ledger: Keys and receipts.
         meter: Signs and records receipts.
         adapters: The served adapters.
@@ -101,7 +101,7 @@ class GatewayState:
     def __init__(
         self,
         config: GatewayConfig,
-        engine: AsyncEngine,
+        engine: ServingEngine,
         ledger: ReceiptLedger,
         meter: Meter,
         adapters: ServedAdapters,
