@@ -129,6 +129,26 @@ def test_ops_refuse_what_the_kernels_cannot_read(tmp_path: Path) -> None:
         torch.ops.openledger.silu_mul(torch.randn(2, 7))
     with pytest.raises(ValueError, match="residual"):
         torch.ops.openledger.add_rms_norm(torch.randn(2, 8), torch.randn(3, 8), torch.ones(8), 1e-6)
+    # the LoRA kernel's rows: checked by the kernel on every call, before it writes
+    a = torch.randn(2 * 8 + 2 * 12)  # A [2, 8], then B^T [2, 12] of one slice
+    groups = torch.tensor([[0, 2, 0, 1]])
+    slices = torch.tensor([[0, 2, 0, 12, 16]])
+    out, x = torch.zeros(3, 12), torch.randn(3, 8)
+    for offsets, rows in (([0, 2], [0, 0]), ([0, 2], [0, 3]), ([0, 1], [0, 1]), ([1, 2], [0, 1])):
+        with pytest.raises(ValueError, match="one of the step's 3 tokens"):
+            torch.ops.openledger.lora_apply(
+                out, x, torch.tensor(offsets), torch.tensor(rows), [a], groups, slices
+            )
+    assert not out.any()
+    torch.ops.openledger.lora_apply(
+        out, x, torch.tensor([0, 2]), torch.tensor([2, 0]), [a], groups, slices
+    )
+    assert out[[0, 2]].abs().sum() > 0
+    assert not out[1].any()
+    with pytest.raises(ValueError, match="does not fit a buffer"):
+        torch.ops.openledger.lora_apply(
+            out, x, torch.tensor([0, 1]), torch.tensor([0]), [a[:-1]], groups, slices
+        )
     weight = torch.randn(30, 16)
     packed = torch.ops.openledger.pack_linear(weight)
     got = torch.ops.openledger.linear(torch.randn(4, 16), packed, 30, None)

@@ -13,8 +13,9 @@ The op::
     paged_decode(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables,
                  Tensor context_lens, float scale, int sliding_window) -> Tensor
 
-``sliding_window`` <= 0 for none; block tables and lengths are int32; every call checks
-that they stay inside the cache before the kernel follows them.
+``sliding_window`` <= 0 for none; block tables and lengths are int32; the kernel checks
+on every call, before it reads, that the lengths fit the tables and every block id it
+reads is in the cache.
 """
 
 from __future__ import annotations
@@ -75,12 +76,19 @@ def _paged_decode(
     out = torch.empty(batch, heads, dim, dtype=torch.float32)
     if batch == 0:
         return out
-    _check_ranges(tables, lens, num_blocks, block_size)
     status = library_or_raise().paged_decode(
         query.data_ptr(), query.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
-        tables.data_ptr(), tables.stride(0), lens.data_ptr(), batch, heads, kv_heads, dim,
-        block_size, scale, window, out.data_ptr(), torch.get_num_threads(),
+        tables.data_ptr(), tables.stride(0), tables.shape[1], num_blocks, lens.data_ptr(),
+        batch, heads, kv_heads, dim, block_size, scale, window, out.data_ptr(),
+        torch.get_num_threads(),
     )  # fmt: skip
+    if status == -2:
+        raise ValueError(
+            f"context lengths must be in 1..{tables.shape[1] * block_size} "
+            f"({tables.shape[1]} blocks of {block_size}), got {lens.tolist()}"
+        )
+    if status == -3:
+        raise ValueError(f"block ids must be in 0..{num_blocks - 1}, got {tables.tolist()}")
     if status != 0:
         raise MemoryError("the CPU decode attention kernel could not allocate its scratch")
     return out
@@ -119,22 +127,6 @@ def _check(
     if tables.dtype != torch.int32 or tables.stride(1) != 1:
         raise ValueError("block tables: int32 with contiguous rows expected")
     check_contiguous("context_lens", lens, torch.int32)
-
-
-def _check_ranges(
-    tables: torch.Tensor, lens: torch.Tensor, num_blocks: int, block_size: int
-) -> None:
-    """Refuse block ids or lengths that would read outside the cache (every call: the
-    kernel reads where they point)."""
-    shortest, longest = (int(v) for v in torch.aminmax(lens))
-    if shortest < 1 or longest > tables.shape[1] * block_size:
-        raise ValueError(
-            f"context lengths must be in 1..{tables.shape[1] * block_size} "
-            f"({tables.shape[1]} blocks of {block_size}), got {lens.tolist()}"
-        )
-    low, high = (int(v) for v in torch.aminmax(tables))
-    if low < 0 or high >= num_blocks:
-        raise ValueError(f"block ids must be in 0..{num_blocks - 1}, got {low}..{high}")
 
 
 define(

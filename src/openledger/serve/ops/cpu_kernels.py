@@ -106,13 +106,13 @@ class CpuKernels:
         i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
         self.lora_apply = self._bind(
             "openledger_lora_apply",
-            [ptr, i64, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int],
+            [ptr, i64, ptr, i64, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ctypes.c_int],
         )
         """``openledger_lora_apply`` (``openledger::lora_apply``, :mod:`.lora_cpu_op`)."""
         self.paged_decode = self._bind(
             "openledger_paged_decode",
-            [ptr, i64, ptr, ptr, ptr, i64, ptr, i64, i64, i64, i64, i64, f32, i64, ptr,
-             ctypes.c_int],
+            [ptr, i64, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i64, i64, i64, i64, f32, i64,
+             ptr, ctypes.c_int],
         )  # fmt: skip
         """``openledger_paged_decode`` (``openledger::paged_decode``, :mod:`.attention_cpu`)."""
         self.add_rms_norm = self._bind(
@@ -128,7 +128,6 @@ class CpuKernels:
         self.rotary = self._bind(
             "openledger_rotary",
             [ptr, i64, i64, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int],
-            restype=None,
         )
         """``openledger_rotary`` (``openledger::rotary``, :mod:`.rowwise_cpu`)."""
         self.argmax_rows = self._bind(

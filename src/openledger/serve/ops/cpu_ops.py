@@ -4,8 +4,8 @@ Each kernel of :mod:`.cpu_kernels` is an operator of the ``openledger`` namespac
 schema, a fake implementation (shapes only, for fake tensors and ``torch.compile``
 tracing) and a CPU implementation that calls the compiled library. Both implementations
 run the op's one check of shapes, dtypes and strides (its ``check``, see :func:`define`),
-so a trace refuses what the kernel would refuse; the CPU implementation then checks the indices it
-follows (block ids, positions, token rows) before the kernel reads where they point.
+so a trace refuses what the kernel would refuse; the indices a kernel follows (block ids,
+positions, token rows) the C code checks itself, on every call, before it reads or writes.
 torch's profiler records every call under the op's name::
 
     linear(Tensor x, Tensor packed, int out_features, Tensor? bias) -> Tensor
@@ -81,13 +81,13 @@ _Facts = TypeVar("_Facts")
 
 
 class CheckedOnce(Generic[_Facts]):
-    """What an op found checking a tensor (the range of its indices, the addresses it
-    names), kept while that tensor lives: a step's index tensors are read by every layer,
-    and checking them once is enough.
+    """What an op made of a tensor after checking it (a LoRA table's addresses), kept while
+    that tensor lives: a table is read by hundreds of calls, and checking it once is enough.
 
     NOTE: by identity, cheaper than :class:`torch.utils.weak.WeakIdKeyDictionary` on the
     hot path; an entry goes when its tensor does. A tensor written in place after its
-    first call keeps its old facts: the engine builds new index tensors each step.
+    first call keeps its old facts (the LoRA backend builds a new table when its adapters
+    change); what the facts point into is held with them, so they stay safe to follow.
     """
 
     def __init__(self) -> None:

@@ -14,9 +14,9 @@ in its group's buffer (scaling folded in). The layout is built by
 :class:`~openledger.serve.ops.lora_cpu.LoraRows`.
 
 The addresses the C code follows are made here, once per ``groups`` tensor and set of
-buffers, after each buffer is checked against the layout (:func:`check_entry`); a step's
-rows are checked once per ``rows`` tensor (unique, non-negative), and against the step's
-tokens on every call.
+buffers, after each buffer is checked against the layout (:func:`check_entry`); the
+kernel checks the rows on every call before it writes (in order, inside the step, each
+in one group).
 """
 
 from __future__ import annotations
@@ -91,10 +91,9 @@ class _Addressed:
     slice_table: torch.Tensor
 
 
-# NOTE: the op runs a few hundred times a step: what does not change between its calls
-# (a table's addresses, a step's rows) is checked once per tensor and remembered.
+# NOTE: the op runs a few hundred times a step: a table's addresses, which do not change
+# between its calls, are checked once per table and remembered.
 _TABLES: CheckedOnce[_Addressed] = CheckedOnce()
-_ROWS: CheckedOnce[tuple[torch.Tensor, int]] = CheckedOnce()
 
 
 def _check_apply(
@@ -172,23 +171,6 @@ def _addressed(
     return found
 
 
-def _row_end(row_offsets: torch.Tensor, rows: torch.Tensor) -> int:
-    """One past the largest row, after checking (once per ``rows`` tensor) that the groups
-    tile ``rows`` and that no row is negative or in two groups."""
-    found = _ROWS.get(rows)
-    if found is not None and found[0] is row_offsets:
-        return found[1]
-    _check_rows_layout(row_offsets, rows)
-    offsets, values = row_offsets.tolist(), rows.tolist()
-    if offsets[0] != 0 or offsets[-1] != len(values) or offsets != sorted(offsets):
-        raise ValueError(f"row offsets {offsets} do not split {len(values)} rows into groups")
-    if min(values, default=0) < 0 or len(set(values)) != len(values):
-        raise ValueError("token rows must be non-negative and in one group each")
-    row_end = max(values, default=-1) + 1
-    _ROWS.put(rows, (row_offsets, row_end))
-    return row_end
-
-
 def _lora_apply(
     out: torch.Tensor,
     x: torch.Tensor,
@@ -212,13 +194,16 @@ def _lora_apply(
     ):
         _check_apply(out, x, row_offsets, rows, groups, slices)  # NOTE: raises the precise error
     table = _addressed(weights, groups, slices, (x.shape[1], out.shape[1]))
-    if _row_end(row_offsets, rows) > x.shape[0]:
-        raise ValueError(f"a grouped row is past the step's {x.shape[0]} tokens")
     status = library_or_raise().lora_apply(
         x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), x.shape[1], groups.shape[0],
-        row_offsets.data_ptr(), rows.data_ptr(), table.group_table.data_ptr(),
-        table.slice_table.data_ptr(), torch.get_num_threads(),
+        row_offsets.data_ptr(), rows.data_ptr(), rows.shape[0], x.shape[0],
+        table.group_table.data_ptr(), table.slice_table.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
+    if status == -2:
+        raise ValueError(
+            f"the row groups must split the rows in order, each row one of the step's "
+            f"{x.shape[0]} tokens and in one group only"
+        )
     if status != 0:
         raise MemoryError("the CPU LoRA kernel could not allocate its scratch")
 

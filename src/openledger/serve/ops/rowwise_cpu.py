@@ -19,7 +19,6 @@ import torch
 
 from openledger.serve.ops.cpu_kernels import cpu_float32
 from openledger.serve.ops.cpu_ops import (
-    CheckedOnce,
     check_contiguous,
     check_rows,
     define,
@@ -27,10 +26,6 @@ from openledger.serve.ops.cpu_ops import (
 )
 
 __all__ = ["add_rms_norm", "argmax_rows", "rms_norm", "rotary", "silu_mul"]
-
-# NOTE: a step's positions are read by every layer's rotary call: their range is checked
-# the first time the op sees the tensor (the model runner builds a new one each step).
-_POSITION_RANGES: CheckedOnce[tuple[int, int]] = CheckedOnce()
 
 
 def _check_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> None:
@@ -102,21 +97,17 @@ def _check_rotary(heads: torch.Tensor, cos_sin: torch.Tensor, positions: torch.T
 
 def _rotary(heads: torch.Tensor, cos_sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     _check_rotary(heads, cos_sin, positions)
-    found = _POSITION_RANGES.get(positions)
-    if found is None:
-        found = (int(positions.min()), int(positions.max())) if positions.numel() else (0, 0)
-        _POSITION_RANGES.put(positions, found)
-    if not 0 <= found[0] <= found[1] < cos_sin.shape[1]:
-        raise ValueError(
-            f"positions must be in 0..{cos_sin.shape[1] - 1} (max_positions of this "
-            f"rotary table), got {found[0]}..{found[1]}"
-        )
     rows, count, dim = heads.shape
     out = torch.empty(rows, count, dim, dtype=torch.float32)
-    library_or_raise().rotary(
+    status = library_or_raise().rotary(
         heads.data_ptr(), heads.stride(0), rows, count, dim, cos_sin.data_ptr(),
         cos_sin.shape[1], positions.data_ptr(), out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
+    if status != 0:
+        raise ValueError(
+            f"positions must be in 0..{cos_sin.shape[1] - 1} (max_positions of this "
+            f"rotary table), got {int(positions.min())}..{int(positions.max())}"
+        )
     return out
 
 

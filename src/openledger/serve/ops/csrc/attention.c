@@ -63,16 +63,24 @@ static inline void attend(const float *qb, const float *k_cache, const float *v_
    query at position L - 1 sees keys p with L - 1 - p < window; out [B, Hq, D] contiguous.
    Parallel over (sequence, kv head); the Hq / KV query heads of a kv head share each key
    and value as it is read, block by block. Softmax in two passes over a scratch row of
-   scores per query head. Returns 0, or -1 when out of memory. */
+   scores per query head. Checked first: each length in 1..max_blocks * block_size (a
+   table row holds max_blocks ids) and each block id read in 0..num_blocks - 1.
+   Returns 0, -1 when out of memory, -2 for a length, -3 for a block id out of range. */
 int openledger_paged_decode(const float *q, int64_t q_stride, const float *k_cache,
                             const float *v_cache, const int32_t *tables, int64_t table_stride,
-                            const int32_t *lens, int64_t B, int64_t Hq, int64_t KV, int64_t D,
-                            int64_t block_size, float scale, int64_t window, float *out,
-                            int nthreads) {
+                            int64_t max_blocks, int64_t num_blocks, const int32_t *lens,
+                            int64_t B, int64_t Hq, int64_t KV, int64_t D, int64_t block_size,
+                            float scale, int64_t window, float *out, int nthreads) {
   const int64_t group = Hq / KV, token_stride = KV * D;
   int64_t max_len = 1;
-  for (int64_t b = 0; b < B; b++)
-    if (lens[b] > max_len) max_len = lens[b];
+  for (int64_t b = 0; b < B; b++) {
+    const int64_t len = lens[b], start = window > 0 && len > window ? len - window : 0;
+    if (len < 1 || len > max_blocks * block_size) return -2;
+    for (int64_t blk = start / block_size; blk * block_size < len; blk++)
+      if (tables[b * table_stride + blk] < 0 || tables[b * table_stride + blk] >= num_blocks)
+        return -3;
+    if (len > max_len) max_len = len;
+  }
   int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
   {

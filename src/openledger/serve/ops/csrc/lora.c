@@ -192,13 +192,36 @@ static int apply_groups(const float *x, int64_t x_stride, float *out, int64_t ou
   return 0;
 }
 
+/* 1 when the G groups' offsets split rows[0..N-1] in order and every row is one of the
+   step's T tokens, in one group only (two threads must never write one row); else 0, or
+   -1 when out of memory. */
+static int rows_fit(const int64_t *row_off, const int64_t *rows, int64_t G, int64_t N,
+                    int64_t T) {
+  if (row_off[0] != 0 || row_off[G] != N) return 0;
+  for (int64_t g = 0; g < G; g++)
+    if (row_off[g + 1] < row_off[g]) return 0;
+  unsigned char *seen = calloc((size_t)(T > 0 ? T : 1), 1);
+  if (!seen) return -1;
+  int ok = 1;
+  for (int64_t i = 0; i < N && ok; i++) {
+    ok = rows[i] >= 0 && rows[i] < T && !seen[rows[i]];
+    if (ok) seen[rows[i]] = 1;
+  }
+  free(seen);
+  return ok;
+}
+
 /* groups: G x 4 int64 [a_ptr, rank, first_slice, num_slices], A is [rank, H] row-major;
    slices: 5 int64 each [rank_start, rank_end, col_start, col_end, bt_ptr], Bt is
    [rank_end - rank_start, col_end - col_start] row-major; group g's token rows are
-   rows[row_off[g] : row_off[g + 1]]. Returns 0, or -1 when out of memory. */
+   rows[row_off[g] : row_off[g + 1]], N rows in all, each below T (checked first).
+   Returns 0, -1 when out of memory, -2 when the rows do not fit (nothing written). */
 int openledger_lora_apply(const float *x, int64_t x_stride, float *out, int64_t out_stride,
                           int64_t H, int64_t G, const int64_t *row_off, const int64_t *rows,
-                          const int64_t *groups, const int64_t *slices, int nthreads) {
+                          int64_t N, int64_t T, const int64_t *groups, const int64_t *slices,
+                          int nthreads) {
+  const int fit = rows_fit(row_off, rows, G, N, T);
+  if (fit != 1) return fit == 0 ? -2 : -1;
   for (int64_t start = 0; start < G; start += CHUNK) {
     const int64_t n = G - start < CHUNK ? G - start : CHUNK;
     if (apply_groups(x, x_stride, out, out_stride, H, n, row_off + start, rows, groups + 4 * start,

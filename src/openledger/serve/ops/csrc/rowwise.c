@@ -44,10 +44,13 @@ void openledger_silu_mul(const float *gate_up, int64_t stride, int64_t T, int64_
    x_stride, heads contiguous, width D), with c, s the cosine and sine of its position p
    (table [2, P, D]: cos then sin, each half a copy of the other):
    out[:half] = x[:half] c - x[half:] s, out[half:] = x[half:] c + x[:half] s;
-   out is contiguous [T, n, D]. */
-void openledger_rotary(const float *x, int64_t x_stride, int64_t T, int64_t n, int64_t D,
-                       const float *table, int64_t P, const int64_t *positions, float *out,
-                       int nthreads) {
+   out is contiguous [T, n, D]. Returns 0, or -2 (nothing written) when a position is
+   outside 0..P-1. */
+int openledger_rotary(const float *x, int64_t x_stride, int64_t T, int64_t n, int64_t D,
+                      const float *table, int64_t P, const int64_t *positions, float *out,
+                      int nthreads) {
+  for (int64_t t = 0; t < T; t++)
+    if (positions[t] < 0 || positions[t] >= P) return -2;
   const int64_t half = D / 2;
 #pragma omp parallel for if (T * n * D >= 65536) num_threads(nthreads) schedule(static)
   for (int64_t t = 0; t < T; t++) {
@@ -62,6 +65,7 @@ void openledger_rotary(const float *x, int64_t x_stride, int64_t T, int64_t n, i
       }
     }
   }
+  return 0;
 }
 
 /* out[r] = index of the largest element of row r of x [rows, cols] (row stride `stride`):
