@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from openledger.exceptions import ConfigError
 from openledger.gateway.adapters import ADAPTER_NAME
+from openledger.gateway.ray.config import RayServeConfig
 from openledger.serve.config import EngineConfig
 
 __all__ = ["GatewayConfig", "GatewayLimits", "parse_adapter_args"]
@@ -159,6 +160,10 @@ class GatewayConfig(BaseModel):
     log_level: str = Field(default="info", description="uvicorn's log level.")
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    ray: RayServeConfig = Field(
+        default_factory=RayServeConfig,
+        description="Replicas on Ray Serve (`openledger serve --ray`; see docs/deployment.md).",
+    )
 
     def __init__(self, **fields: Any) -> None:
         try:
