@@ -46,6 +46,19 @@ def add_gateway_parsers(commands: Commands) -> None:
         metavar="FOLDER|hf://ORG",
         help="load unknown adapter names on first request from FOLDER/<name> or hf://ORG/<name>",
     )
+    serve.add_argument(
+        "--ray",
+        action="store_true",
+        help="engine replicas on Ray Serve behind one metering ingress (needs the [ray] extra)",
+    )
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="with --ray: the Ray cluster to join ('auto', ray://HEAD:10001); default a local one",
+    )
+    serve.add_argument(
+        "--replicas", type=int, default=None, help="with --ray: engine replicas (default 1)"
+    )
     keys = commands.add_parser("keys", help="API keys of a gateway's ledger")
     verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
     create = verbs.add_parser("create", help="create a key and print it (once)")
@@ -163,7 +176,16 @@ def _serve(args: argparse.Namespace) -> None:
         config = GatewayConfig.from_yaml(args.config, **overrides)
     else:
         config = GatewayConfig.merged({}, **overrides)
-    run_server(config)
+    if not args.ray:
+        if args.address is not None or args.replicas is not None:
+            raise ConfigError("--address and --replicas go with --ray")
+        run_server(config)
+        return
+    from openledger.gateway.ray import run_ray_server
+
+    changes = {"address": args.address, "replicas": args.replicas}
+    ray = {**config.ray.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+    run_ray_server(GatewayConfig(**{**config.model_dump(), "ray": ray}))
 
 
 def _keys_create(out: TextIO, args: argparse.Namespace) -> None:
