@@ -54,7 +54,9 @@ def anvil() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([str(ANVIL), "--port", str(port), "--silent"])
+    proc = subprocess.Popen(
+        [str(ANVIL), "--port", str(port), "--silent", "--max-persisted-states", "0"]
+    )
     try:
         time.sleep(0.3)
         yield f"http://127.0.0.1:{port}"

@@ -67,7 +67,19 @@ def running_anvil(*extra_args: str) -> Iterator[str]:
         missing_reference("anvil not found: run `npm ci` in contracts/ or set OPENLEDGER_ANVIL")
     port = _free_port()
     process = subprocess.Popen(
-        [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent", *extra_args],
+        # NOTE: --max-persisted-states 0: anvil otherwise writes every old state to
+        # ~/.foundry/anvil/tmp and leaves it there (gigabytes per busy test run)
+        [
+            str(binary),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--silent",
+            "--max-persisted-states",
+            "0",
+            *extra_args,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
