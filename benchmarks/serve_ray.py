@@ -1,0 +1,184 @@
+"""The gateway on Ray Serve: 1 vs 2 engine replicas, and adapter loads by routing.
+
+A local Ray instance (127.0.0.1, ``--cpus`` CPU resources) serves a tiny random Llama with
+6 rank-4 adapters; each engine replica has 2 sequences and 2 adapter slots. The same
+request sequence (6 adapters, uniformly shuffled, fixed seed) is sent through the
+``openai`` client with ``--concurrency`` requests in flight:
+
+- 1 replica, then 2 replicas, adapter routing (Ray Serve multiplexing): throughput;
+- 2 replicas with Ray's default routing (``ray.routing: any``): adapter loads;
+- round-robin over 2 replicas, each an LRU of 2 adapters, simulated on the same sequence.
+
+Adapter loads are the replicas' own counters (``GET /v1/replicas``). On a 2-core machine
+the scaling figure says little (both replicas share the cores); the load counts are the
+point. Prints the machine and a ratio against the 1-replica run of the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _scratch import scratch_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ADAPTERS = [f"a{i}" for i in range(6)]
+ENGINE = {"max_num_seqs": 2, "max_adapter_slots": 2, "kv_cache_memory": 8 * 2**20}
+MESSAGES = [{"role": "user", "content": "Tell me about ledgers."}]
+
+
+def round_robin_loads(sequence: list[str], replicas: int, slots: int) -> int:
+    """Adapter loads if request i went to replica i mod ``replicas`` (LRU of ``slots``)."""
+    caches: list[list[str]] = [[] for _ in range(replicas)]
+    loads = 0
+    for i, name in enumerate(sequence):
+        cache = caches[i % replicas]
+        if name in cache:
+            cache.remove(name)
+        else:
+            loads += 1
+            if len(cache) == slots:
+                cache.pop(0)
+        cache.append(name)
+    return loads
+
+
+async def send(port: int, key: str, sequence: list[str], concurrency: int, tokens: int) -> int:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(model: str) -> int:
+        async with gate:
+            reply = await client.chat.completions.create(
+                model=model,
+                messages=MESSAGES,
+                max_tokens=tokens,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
+            return int(reply.usage.completion_tokens)
+
+    try:
+        return sum(await asyncio.gather(*(one(m) for m in sequence)))
+    finally:
+        await client.close()
+
+
+def run_case(
+    base: Path, adapters: dict[str, Path], folder: Path, args: argparse.Namespace, **ray: Any
+) -> dict[str, float]:
+    """Deploy, warm up, send the sequence; return throughput and adapter loads."""
+    from ray import serve
+
+    from openledger.gateway import GatewayConfig, ReceiptLedger
+    from openledger.gateway.ray import build_application
+
+    ledger = folder / f"ledger-{time.time_ns()}.db"
+    with ReceiptLedger(ledger) as book:
+        key, _ = book.create_key(name="bench", role="admin")
+    config = GatewayConfig(
+        model=str(base),
+        served_model_name="tiny",
+        adapters={n: str(p) for n, p in adapters.items()},
+        ledger=str(ledger),
+        port=args.port,
+        engine=ENGINE,
+        ray={"num_cpus": args.cpus / 4, "ingress_num_cpus": args.cpus / 4, **ray},
+    )
+    serve.run(build_application(config), name="openledger", route_prefix="/")
+    try:
+        asyncio.run(send(args.port, key, ["tiny", "tiny"], 2, 2))  # NOTE: warm-up
+        headers = {"Authorization": f"Bearer {key}"}
+        url = f"http://127.0.0.1:{args.port}/v1/replicas"
+        before = httpx.get(url, headers=headers, timeout=30).json()["adapter_loads"]
+        rng = random.Random(args.seed)
+        sequence = [name for name in ADAPTERS for _ in range(args.per_adapter)]
+        rng.shuffle(sequence)
+        start = time.perf_counter()
+        tokens = asyncio.run(send(args.port, key, sequence, args.concurrency, args.tokens))
+        seconds = time.perf_counter() - start
+        loads = httpx.get(url, headers=headers, timeout=30).json()["adapter_loads"] - before
+        with ReceiptLedger(ledger) as book:
+            receipts = book.count_receipts()
+        return {
+            "tok_s": tokens / seconds,
+            "loads": loads,
+            "requests": len(sequence),
+            "receipts": receipts - 2,
+        }
+    finally:
+        serve.delete("openledger")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpus", type=int, default=2, help="CPU resources of the Ray instance")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--per-adapter", type=int, default=8, help="requests per adapter")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import ray
+    from ray import serve
+    from tests.serve.serve_lora_factory import make_peft_adapter
+
+    from openledger.models import save_tiny_model
+
+    folder = scratch_dir("openledger-serve-ray-")
+    base = save_tiny_model(folder / "llama", "llama", seed=1)
+    targets = ["q_proj", "v_proj", "down_proj"]
+    adapters = {
+        name: make_peft_adapter(base, folder / name, r=4, targets=targets, seed=30 + i)
+        for i, name in enumerate(ADAPTERS)
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        args.port = int(sock.getsockname()[1])
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        one = run_case(base, adapters, folder, args, replicas=1)
+        two = run_case(base, adapters, folder, args, replicas=2)
+        anywhere = run_case(base, adapters, folder, args, replicas=2, routing="any")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(session, ignore_errors=True)
+    rng = random.Random(args.seed)
+    sequence = [name for name in ADAPTERS for _ in range(args.per_adapter)]
+    rng.shuffle(sequence)
+    rr = round_robin_loads(sequence, 2, ENGINE["max_adapter_slots"])
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,")
+    print(f"  load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}")
+    print(f"workload: {len(sequence)} chat requests, 6 adapters shuffled (seed {args.seed}),")
+    print(f"  {args.tokens} new tokens each, {args.concurrency} in flight, {args.cpus} Ray CPUs")
+    print(f"1 replica  (adapter routing): {one['tok_s']:7.1f} tok/s, {one['loads']:3.0f} loads")
+    print(f"2 replicas (adapter routing): {two['tok_s']:7.1f} tok/s, {two['loads']:3.0f} loads")
+    other = anywhere
+    print(f"2 replicas (Ray's default):   {other['tok_s']:7.1f} tok/s, {other['loads']:3.0f} loads")
+    print(f"2 replicas, round-robin (simulated LRU of 2 each):  {rr:3d} loads")
+    print(f"throughput 2 / 1 replicas: {two['tok_s'] / one['tok_s']:.2f}x")
+    print(f"adapter loads, adapter routing / round-robin: {two['loads'] / rr:.2f}")
+    print(f"adapter loads, Ray's default / round-robin:   {anywhere['loads'] / rr:.2f}")
+    print(
+        "receipts = requests:",
+        all(c["receipts"] == c["requests"] for c in (one, two, anywhere)),
+    )
+
+
+if __name__ == "__main__":
+    main()
