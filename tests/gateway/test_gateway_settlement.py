@@ -692,3 +692,29 @@ def test_an_index_in_memory_serves_as_its_folder_does(served: Served, tmp_path: 
     index.folder = None
     with ReceiptLedger(path) as ledger, pytest.raises(AttributionInputError, match="output_dir"):
         AttributionWorker(ledger, {str(served.adapter): index})
+
+
+def test_a_gateway_that_keeps_no_answers_settles_crediting_nobody(
+    served: Served, tmp_path: Path
+) -> None:
+    models = GatewayModels(served.base, {"facts": served.adapter})
+    extra = {
+        "record_answers": False,
+        "epoch_seconds": 1,
+        "engine": {"max_num_seqs": 4, "kv_cache_memory": 4 * 2**20},
+    }
+    server = start_server(tmp_path, models, extra=extra)
+    try:
+        _ask(server, ["red"])
+    finally:
+        assert server.stop() == 0
+    with ReceiptLedger(server.ledger) as ledger:
+        assert ledger.read("SELECT COUNT(*) FROM answers") == [(0,)]
+        done = settle_ledger(
+            ledger,
+            _protocol(connect(), served.snapshot),
+            operator=_operator(server.ledger),
+            pool_wei=10,
+            through_window=FAR_WINDOW,
+        )
+    assert (done.epoch_id, len(done.nothing_owed), done.waiting) == (None, 1, [])

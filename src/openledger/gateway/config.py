@@ -121,6 +121,12 @@ class GatewayConfig(BaseModel):
     epoch_seconds: int = Field(
         default=86_400, ge=1, description="Length of a settlement window; epoch = time // it."
     )
+    record_answers: bool = Field(
+        default=True,
+        description="Keep each adapter-served answer's prompt and answer texts in the ledger "
+        "until the attribution worker credits them; off: no texts are kept, and those "
+        "receipts settle crediting nobody.",
+    )
     attribution_indexes: dict[str, str] = Field(
         default_factory=dict,
         description="Credit answers inside the gateway: {adapter (a served name or its "
