@@ -29,6 +29,8 @@ def test_data_all_is_pinned() -> None:
             "LengthRule",
             "QualityRule",
             "Record",
+            "RemoteDatanet",
+            "RemoteSnapshot",
             "Reputation",
             "RequiredFieldsRule",
             "Review",

@@ -10,8 +10,9 @@ Quick tour::
     assert ol.data.verify_proof(snap.root, receipts[0].record_hash, alice.address,
                                 snap.proof(receipts[0].record_hash))
 
-This layer imports no torch. The canonical encoding and the snapshot leaf format are
-specified in docs/data.md.
+A datanet hosted by a service (``openledger datanets serve``) is used the same way through
+``ol.data.RemoteDatanet(url)``. This layer imports no torch. The canonical encoding and
+the snapshot leaf format are specified in docs/data.md.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from openledger.data.quality import (
     RequiredFieldsRule,
 )
 from openledger.data.receipts import ContributionReceipt, Reputation, Review, StoredRecord
+from openledger.data.remote import RemoteDatanet
+from openledger.data.remote_snapshot import RemoteSnapshot
 from openledger.data.schemas import (
     ChatMessage,
     ChatRecord,
@@ -66,6 +69,8 @@ __all__ = [
     "LengthRule",
     "QualityRule",
     "Record",
+    "RemoteDatanet",
+    "RemoteSnapshot",
     "Reputation",
     "RequiredFieldsRule",
     "Review",

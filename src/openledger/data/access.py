@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from openledger.crypto import Account, TypedData
+from openledger.data.remote_signing import SignedCall, check_call
 from openledger.data.signing import (
     HexAddress,
     HexHash,
@@ -71,23 +72,29 @@ class AccessGrant(BaseModel):
     expires_at: int = Field(ge=0)
     signature: HexSignature
     # NOTE: the reader's key stays in memory only: never serialised with the grant.
-    _reader: Account | None = PrivateAttr(default=None)
+    _reader: Account | SignedCall | None = PrivateAttr(default=None)
 
-    def bind(self, reader: Account) -> AccessGrant:
+    def bind(self, reader: Account | SignedCall) -> AccessGrant:
         """Return this grant held by ``reader``, who must be its grantee.
 
         A datanet created with ``grants="bound"`` reads only bound grants: each read has
         the reader sign a fresh challenge, so the grant alone (copied, leaked, logged) reads
-        nothing without the grantee's key.
+        nothing without the grantee's key. A datanet service, which never holds the key,
+        binds the grant to the grantee's fresh signed ``"read"`` call instead (checked at
+        each read like the challenge: the grantee's, for this datanet, within
+        :data:`~openledger.data.remote_signing.CALL_TTL`).
 
         Raises:
-            AccessDeniedError: If ``reader`` is not an :class:`Account` with the grantee's
-                address.
+            AccessDeniedError: If ``reader`` is not an :class:`Account` (or a signed call)
+                of the grantee's address.
         """
-        if not isinstance(reader, Account) or reader.address != self.grantee:
+        address = reader.signer if isinstance(reader, SignedCall) else None
+        if isinstance(reader, Account):
+            address = reader.address
+        if address != self.grantee:
             raise AccessDeniedError(
                 f"the grant names {self.grantee}; bind it to that account's key, not "
-                f"{getattr(reader, 'address', type(reader).__name__)}"
+                f"{address or type(reader).__name__}"
             )
         bound = self.model_copy()
         bound._reader = reader
@@ -226,6 +233,9 @@ def _check_holder(grant: AccessGrant, datanet_id: str, now: int) -> None:
             "this datanet reads only grants held by their grantee: pass "
             "grant=grant.bind(grantee_account)"
         )
+    if isinstance(reader, SignedCall):
+        check_call(reader, datanet_id=datanet_id, action="read", signers={grant.grantee}, now=now)
+        return
     challenge = read_message(datanet_id, grant.request_id, now, os.urandom(32))
     if _signer(challenge, reader.sign_typed_data(challenge)) != grant.grantee:
         raise AccessDeniedError(f"the reader could not prove it holds {grant.grantee}'s key")

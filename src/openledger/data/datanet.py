@@ -364,6 +364,44 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods)
             opener=self._opener(),
         )
 
+    def records_page(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        grant: AccessGrant | None = None,
+        include_rejected: bool = False,
+    ) -> tuple[list[StoredRecord], int]:
+        """Return one page of :meth:`records` for readers elsewhere (a datanet service).
+
+        Args:
+            after: The cursor a previous page returned (0 for the first page).
+            limit: Most records in the page (1 to 10,000).
+            grant: For a private datanet, a valid grant.
+            include_rejected: Also records that validators rejected.
+
+        Returns:
+            The records and the cursor of the next page (the same cursor when the page is
+            empty: the reader has everything stored so far).
+
+        Raises:
+            AccessDeniedError: For a private datanet without a valid grant.
+            ConfigError: For a negative cursor or a limit out of range.
+        """
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ConfigError(f"after must be a cursor (an int >= 0), got {after!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ConfigError(f"limit must be an int in 1..10000, got {limit!r}")
+        self._check_read(grant)
+        return queries.page_records(
+            self._store.conn,
+            self.schema,
+            after=after,
+            limit=limit,
+            include_rejected=include_rejected,
+            opener=self._opener(),
+        )
+
     def get(self, record_hash: str | bytes, *, grant: AccessGrant | None = None) -> StoredRecord:
         """Return one stored record by hash.
 

@@ -10,6 +10,7 @@ from openledger.crypto import Account
 from openledger.data import governance
 from openledger.data.access import AccessGrant, AccessRequest, check_grant, load_request
 from openledger.data.receipts import Reputation, Review
+from openledger.data.remote_signing import SignedCall, SignedReview
 from openledger.data.signing import as_account_address
 from openledger.data.store_api import DatanetStore
 from openledger.exceptions import AccessDeniedError
@@ -45,6 +46,15 @@ class GovernanceMethods:
                 bound=self.grants == "bound",
             )
 
+    def require_read(self, grant: AccessGrant | None = None) -> None:
+        """Raise unless ``grant`` (or none, for a public datanet) lets its holder read now.
+
+        Raises:
+            AccessDeniedError: Naming why: missing, foreign, expired, forged, revoked, or
+                (``grants="bound"``) not held by its grantee.
+        """
+        self._check_read(grant)
+
     def can_read(self, grant: AccessGrant | None = None) -> bool:
         """Return whether ``grant`` (or none, for a public datanet) lets its holder read now."""
         try:
@@ -67,10 +77,26 @@ class GovernanceMethods:
 
     # -- governance: validators, reviews, reputation, access ----------------------------------
 
-    def add_validator(self, validator: Account | str, *, owner: Account) -> None:
-        """Let ``validator`` review records; only the owner may do this."""
+    def add_validator(
+        self,
+        validator: Account | str,
+        *,
+        owner: Account | None = None,
+        signature: str | bytes | None = None,
+    ) -> None:
+        """Let ``validator`` review records; only the owner may do this.
+
+        Args:
+            validator: The account or address.
+            owner: The owner's account, which signs ``Validator(datanet, validator)`` here.
+            signature: Or that signature, made where the owner's key is (a service
+                storing what an owner signed elsewhere).
+
+        Raises:
+            AccessDeniedError: ``owner`` is not the owner, or ``signature`` is not its.
+        """
         address = as_account_address(validator, what="validator")
-        governance.add_validator(self._datanet(), address, owner=owner)
+        governance.add_validator(self._datanet(), address, owner=owner, signature=signature)
 
     def validators(self) -> list[Address]:
         """Return the addresses allowed to review (the owner is always allowed).
@@ -93,6 +119,18 @@ class GovernanceMethods:
         governance.review(
             self._datanet(), record_hash, accept=accept, reason=reason, validator=validator
         )
+
+    def add_review(self, signed: SignedReview) -> None:
+        """Store a review signed elsewhere (``remote_signing.sign_review``), as
+        :meth:`review` stores one signed here.
+
+        Raises:
+            AccessDeniedError: The signer is neither the owner nor a validator.
+            SignatureError: Signed for another datanet, or not by its validator.
+            NonceError: The validator already signed exactly this review (a replay).
+            DataNotFoundError: The record is not stored.
+        """
+        governance.add_review(self._datanet(), signed)
 
     def reviews(
         self, record_hash: str | bytes | None = None, *, grant: AccessGrant | None = None
@@ -124,26 +162,55 @@ class GovernanceMethods:
         )
         return {Address(a): int(n) for a, n in rows}
 
-    def request_access(self, requester: Account | str, purpose: str) -> AccessRequest:
-        """File a request to read this datanet; the owner approves or denies it."""
+    def request_access(self, requester: Account | str | SignedCall, purpose: str) -> AccessRequest:
+        """File a request to read this datanet; the owner approves or denies it.
+
+        ``requester`` may be the requester's signed ``"request-access"`` call with the
+        purpose as its detail (how a service knows who asks).
+        """
         return governance.request_access(self._datanet(), requester, purpose)
 
     def access_request(self, request_id: int) -> AccessRequest:
         """Return one access request (its current status)."""
         return load_request(self._store, request_id)
 
-    def approve(
-        self, request_id: int, *, owner: Account, ttl_seconds: int = 30 * 24 * 3600
-    ) -> AccessGrant:
-        """Approve a pending request, returning the owner-signed grant valid ``ttl_seconds``."""
-        return governance.approve(self._datanet(), request_id, owner=owner, ttl_seconds=ttl_seconds)
+    def access_requests(self, status: str | None = None) -> list[AccessRequest]:
+        """Return every access request, or those with ``status`` (e.g. ``"pending"``)."""
+        return governance.access_requests(self._datanet(), status)
 
-    def deny(self, request_id: int, *, owner: Account) -> None:
-        """Deny a pending request."""
+    def grant_for(self, request_id: int, *, requester: Account | SignedCall) -> AccessGrant:
+        """Return the grant of an approved request to its requester (its account, or its
+        signed ``"grant:<id>"`` call), or to the owner.
+
+        Raises:
+            AccessDeniedError: Someone else asks, or the request is not approved.
+        """
+        return governance.grant_for(self._datanet(), request_id, requester)
+
+    def approve(
+        self,
+        request_id: int,
+        *,
+        owner: Account | None = None,
+        ttl_seconds: int = 30 * 24 * 3600,
+        grant: AccessGrant | None = None,
+    ) -> AccessGrant:
+        """Approve a pending request, returning the owner-signed grant valid ``ttl_seconds``.
+
+        ``grant`` instead of ``owner``: a grant the owner signed elsewhere for this request
+        (its grantee must be the requester); it is checked and stored as it is.
+        """
+        return governance.approve(
+            self._datanet(), request_id, owner=owner, ttl_seconds=ttl_seconds, grant=grant
+        )
+
+    def deny(self, request_id: int, *, owner: Account | SignedCall) -> None:
+        """Deny a pending request (``owner``: its account, or its signed ``"deny:<id>"`` call)."""
         governance.deny(self._datanet(), request_id, owner=owner)
 
-    def revoke(self, request_id: int, *, owner: Account) -> None:
-        """Revoke an approved request; its grant stops working at once."""
+    def revoke(self, request_id: int, *, owner: Account | SignedCall) -> None:
+        """Revoke an approved request; its grant stops working at once (``owner``: its
+        account, or its signed ``"revoke:<id>"`` call)."""
         governance.revoke(self._datanet(), request_id, owner=owner)
 
     def _require_owner(self, owner: Account) -> None:

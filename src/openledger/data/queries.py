@@ -40,6 +40,7 @@ __all__ = [
     "iter_records_by_ids",
     "load_signatures",
     "load_snapshot",
+    "page_records",
 ]
 
 _CHUNK = 900  # under SQLite's default limit of bound parameters per statement
@@ -205,6 +206,25 @@ def iter_records(
         for row in rows:
             yield _stored(schema, row[1:], opener)
         last = int(rows[-1][0])
+
+
+def page_records(
+    conn: Connection,
+    schema: type[Record],
+    *,
+    after: int,
+    limit: int,
+    include_rejected: bool,
+    opener: Opener = as_stored,
+) -> tuple[list[StoredRecord], int]:
+    """Return up to ``limit`` records stored after record id ``after``, in arrival order,
+    and the id to pass as ``after`` for the next page (``after`` itself when none came)."""
+    status = "" if include_rejected else " AND status = 'accepted'"
+    rows = conn.execute(
+        f"SELECT id, {_RECORD_COLUMNS} FROM records WHERE id > ?{status} ORDER BY id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [_stored(schema, row[1:], opener) for row in rows], int(rows[-1][0]) if rows else after
 
 
 def get_record(

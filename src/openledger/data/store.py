@@ -159,7 +159,11 @@ class Store(DatanetStore):
         elif not self.file.is_file():
             raise StoreError(f"{folder} is not a datanet (no {STORE_FILE}); use Datanet.create")
         try:
-            self.conn = sqlite3.connect(self.file, isolation_level=None, timeout=30.0)
+            # NOTE: a handle may move between threads (a service runs each request in a
+            # worker thread, one at a time per handle); it is still never shared at once.
+            self.conn = sqlite3.connect(
+                self.file, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
             self.conn.execute("PRAGMA foreign_keys=ON")
