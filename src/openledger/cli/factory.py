@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from openledger.cli.datanets import DATANETS_COMMANDS, add_datanets_parser, run_datanets_command
 from openledger.exceptions import ConfigError
 
 if TYPE_CHECKING:
     from openledger.crypto import Account
-    from openledger.data import AccessGrant, Datanet, Snapshot
+    from openledger.data import AccessGrant, Datanet, RemoteDatanet, Snapshot
 
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -32,7 +33,7 @@ __all__ = [
     "run_factory_command",
 ]
 
-FACTORY_COMMANDS = frozenset({"account", "datanet", "train", "evaluate"})
+FACTORY_COMMANDS = frozenset({"account", "datanet", "train", "evaluate"}) | DATANETS_COMMANDS
 SCHEMAS = ("instruction", "chat", "text", "classification")
 
 
@@ -45,6 +46,7 @@ def add_factory_parsers(commands: Commands) -> None:
     show = verbs.add_parser("address", help="print the address of a key file")
     show.add_argument("key_file")
     _add_datanet_parsers(commands)
+    add_datanets_parser(commands)
     train = commands.add_parser("train", help="fine-tune a LoRA adapter from a YAML recipe")
     train.add_argument("recipe", help="a LoraRecipe as YAML or JSON")
     train.add_argument("--data", required=True, help=_DATA_HELP)
@@ -75,37 +77,47 @@ def _add_datanet_parsers(commands: Commands) -> None:
     create.add_argument("--private", action="store_true", help="readers need a grant")
     create.add_argument("--owner-key", required=True, help="the owner's key file")
     contribute = verbs.add_parser("contribute", help="sign and add a JSONL or Parquet file")
-    contribute.add_argument("folder")
+    _add_where(contribute)
     contribute.add_argument("file", help="rows of the datanet's schema (.jsonl or .parquet)")
     contribute.add_argument("--key", required=True, help="the contributor's key file")
     snapshot = verbs.add_parser("snapshot", help="freeze the accepted records (Merkle root)")
-    snapshot.add_argument("folder")
+    _add_where(snapshot)
+    snapshot.add_argument("--owner-key", default=None, help="the owner's key file (with --url)")
     export = verbs.add_parser("export", help="accepted records with provenance")
-    export.add_argument("folder")
+    _add_where(export)
     export.add_argument("output", help="a .jsonl or .parquet file")
     export.add_argument("--grant", default=None, help="access grant JSON (private datanets)")
     access = verbs.add_parser("access", help="request, approve, deny or revoke read access")
     steps = access.add_subparsers(dest="step", required=True, metavar="STEP")
     request = steps.add_parser("request", help="ask the owner for access")
-    request.add_argument("folder")
+    _add_where(request)
     request.add_argument("--key", required=True, help="the requester's key file")
     request.add_argument("--purpose", required=True, help="what the data is for")
     approve = steps.add_parser("approve", help="approve a request; writes the signed grant")
-    approve.add_argument("folder")
+    _add_where(approve)
     approve.add_argument("request_id", type=int)
     approve.add_argument("--owner-key", required=True, help="the owner's key file")
     approve.add_argument("--out", required=True, help="where to write the grant (JSON)")
     approve.add_argument("--days", type=float, default=30.0, help="how long it is valid")
     for verb, what in (("deny", "deny a pending request"), ("revoke", "revoke a grant now")):
         step = steps.add_parser(verb, help=what)
-        step.add_argument("folder")
+        _add_where(step)
         step.add_argument("request_id", type=int)
         step.add_argument("--owner-key", required=True, help="the owner's key file")
 
 
+def _add_where(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("folder", nargs="?", default=None, help="the datanet folder (or --url)")
+    verb.add_argument(
+        "--url", default=None, help="a hosted datanet instead: http(s)://host/v1/datanets/NAME"
+    )
+
+
 def run_factory_command(args: argparse.Namespace, out: TextIO) -> None:
     """Run one of :data:`FACTORY_COMMANDS`."""
-    if args.command == "account":
+    if args.command in DATANETS_COMMANDS:
+        run_datanets_command(args, out)
+    elif args.command == "account":
         _account(out, args)
     elif args.command == "datanet":
         _datanet(out, args)
@@ -170,19 +182,40 @@ def _datanet(out: TextIO, args: argparse.Namespace) -> None:
         with datanet:
             _print(out, {"datanet_id": datanet.id, "name": datanet.name, "folder": args.folder})
         return
-    with Datanet.open(args.folder) as datanet:
+    with _open_where(args) as where:
         if args.verb == "contribute":
-            _contribute(out, datanet, Path(args.file), load_key(args.key))
+            _contribute(out, where, Path(args.file), load_key(args.key))
         elif args.verb == "snapshot":
-            snap = datanet.snapshot()
+            snap = _snapshot(where, args.owner_key)
             _print(out, {"snapshot_id": snap.id, "root": snap.root, "records": snap.count})
         elif args.verb == "export":
-            _export(out, datanet, Path(args.output), load_grant(args.grant))
+            _export(out, where, Path(args.output), load_grant(args.grant))
         elif args.verb == "access":
-            _access(out, datanet, args)
+            _access(out, where, args)
 
 
-def _contribute(out: TextIO, datanet: Datanet, path: Path, contributor: Account) -> None:
+def _open_where(args: argparse.Namespace) -> Datanet | RemoteDatanet:
+    """The datanet a command names: a folder, or a hosted one with ``--url``."""
+    from openledger.data import Datanet, RemoteDatanet
+
+    if (args.folder is None) == (args.url is None):
+        raise ConfigError("name the datanet by its folder or by --url (one of them)")
+    return Datanet.open(args.folder) if args.url is None else RemoteDatanet(args.url)
+
+
+def _snapshot(datanet: Datanet | RemoteDatanet, owner_key: str | None) -> Any:
+    from openledger.data import RemoteDatanet
+
+    if not isinstance(datanet, RemoteDatanet):
+        return datanet.snapshot()
+    if owner_key is None:
+        raise ConfigError("a hosted datanet's snapshot is asked for by its owner: --owner-key")
+    return datanet.snapshot(owner=load_key(owner_key))
+
+
+def _contribute(
+    out: TextIO, datanet: Datanet | RemoteDatanet, path: Path, contributor: Account
+) -> None:
     if not path.is_file():
         raise ConfigError(f"no file at {path}")
     suffix = path.suffix.lower()
@@ -198,7 +231,9 @@ def _contribute(out: TextIO, datanet: Datanet, path: Path, contributor: Account)
     _print(out, {**body, "near_duplicates_flagged": flagged})
 
 
-def _export(out: TextIO, datanet: Datanet, path: Path, grant: AccessGrant | None) -> None:
+def _export(
+    out: TextIO, datanet: Datanet | RemoteDatanet, path: Path, grant: AccessGrant | None
+) -> None:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         count = datanet.to_jsonl(path, grant=grant)
@@ -209,7 +244,7 @@ def _export(out: TextIO, datanet: Datanet, path: Path, grant: AccessGrant | None
     _print(out, {"records": count, "file": str(path)})
 
 
-def _access(out: TextIO, datanet: Datanet, args: argparse.Namespace) -> None:
+def _access(out: TextIO, datanet: Datanet | RemoteDatanet, args: argparse.Namespace) -> None:
     if args.step == "request":
         request = datanet.request_access(load_key(args.key), args.purpose)
         _print(out, {"request_id": request.id, "status": request.status})
