@@ -11,6 +11,7 @@ back to the test, which checks the store against it.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +41,8 @@ class Outcome:
     nonces: list[int] = field(default_factory=list)
     nonce_refusals: int = 0
     duplicate_refusals: int = 0
+    started: float = 0.0
+    finished: float = 0.0
 
 
 def key_of(writer: int) -> str:
@@ -78,7 +81,7 @@ def write(dn: Any, writer: int, parts: list[list[dict[str, str]]]) -> Outcome:
     """Contribute every batch to ``dn`` (a ``Datanet`` or a ``RemoteDatanet``), signing
     again on a nonce race and leaving out rows that another writer stored first."""
     account = Account.from_key(key_of(writer))
-    outcome = Outcome(writer, account.address)
+    outcome = Outcome(writer, account.address, started=time.time())
     for rows in parts:
         while rows:
             signed = dn.sign(rows, contributor=account)
@@ -94,6 +97,7 @@ def write(dn: Any, writer: int, parts: list[list[dict[str, str]]]) -> Outcome:
             outcome.record_hashes.extend(r.record_hash for r in receipts)
             outcome.nonces.append(signed.nonce)
             break
+    outcome.finished = time.time()
     return outcome
 
 

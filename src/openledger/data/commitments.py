@@ -102,4 +102,8 @@ def check_commitments(
                 f"record {position} was committed to by another contributor before you; "
                 "it is theirs to reveal"
             )
-    conn.executemany("DELETE FROM commitments WHERE commitment = ?", [(own[p],) for p in positions])
+    # NOTE: only the live commitments found above exist to consume (expired ones are
+    # dropped by the next store_commitments); most contributions have none at all.
+    consumed = [(own[p],) for p in positions if own[p] in found]
+    if consumed:
+        conn.executemany("DELETE FROM commitments WHERE commitment = ?", consumed)

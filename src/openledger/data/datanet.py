@@ -10,18 +10,18 @@
 from __future__ import annotations
 
 import os
-from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from openledger.crypto import Account
-from openledger.data import contribution, queries
+from openledger.data import contribution
 from openledger.data.access import AccessGrant
 from openledger.data.canonical import record_hash as _record_hash
 from openledger.data.commitments import check_commitments, store_commitments
 from openledger.data.datanet_exports import ExportMethods
 from openledger.data.datanet_governance import GovernanceMethods
+from openledger.data.datanet_reads import ReadMethods
 from openledger.data.datanet_sealing import SealingMethods
 from openledger.data.datanet_snapshots import SnapshotMethods
 from openledger.data.ingest import (
@@ -33,7 +33,7 @@ from openledger.data.ingest import (
 from openledger.data.neardup import MinHasher, NearDuplicateIndex
 from openledger.data.opening import connect_store, open_store
 from openledger.data.quality import QualityRule
-from openledger.data.receipts import ContributionReceipt, StoredRecord
+from openledger.data.receipts import ContributionReceipt
 from openledger.data.schemas import Record
 from openledger.data.sealing import CIPHER
 from openledger.data.settings import bind_id, check_rules, validated_settings
@@ -56,7 +56,7 @@ GrantMode = Literal["bearer", "bound"]
 _CHUNK = 900  # stays under SQLite's default limit of bound parameters per statement
 
 
-class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods):
+class Datanet(ReadMethods, SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods):
     """A community dataset stored in one folder, every record traceable to its contributor.
 
     Create one with :meth:`create`, reopen it with :meth:`open`. The folder holds a SQLite
@@ -344,79 +344,6 @@ class Datanet(SnapshotMethods, GovernanceMethods, ExportMethods, SealingMethods)
         return None if self._near is None else self._near.hasher.signatures(batch.texts)
 
     # -- reading ---------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return int(self._store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
-
-    def records(
-        self, *, grant: AccessGrant | None = None, include_rejected: bool = False
-    ) -> Iterator[StoredRecord]:
-        """Iterate stored records in arrival order.
-
-        Raises:
-            AccessDeniedError: For a private datanet without a valid grant.
-        """
-        self._check_read(grant)
-        return queries.iter_records(
-            self._store.conn,
-            self.schema,
-            include_rejected=include_rejected,
-            opener=self._opener(),
-        )
-
-    def records_page(
-        self,
-        *,
-        after: int = 0,
-        limit: int = 1000,
-        grant: AccessGrant | None = None,
-        include_rejected: bool = False,
-    ) -> tuple[list[StoredRecord], int]:
-        """Return one page of :meth:`records` for readers elsewhere (a datanet service).
-
-        Args:
-            after: The cursor a previous page returned (0 for the first page).
-            limit: Most records in the page (1 to 10,000).
-            grant: For a private datanet, a valid grant.
-            include_rejected: Also records that validators rejected.
-
-        Returns:
-            The records and the cursor of the next page (the same cursor when the page is
-            empty: the reader has everything stored so far).
-
-        Raises:
-            AccessDeniedError: For a private datanet without a valid grant.
-            ConfigError: For a negative cursor or a limit out of range.
-        """
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ConfigError(f"after must be a cursor (an int >= 0), got {after!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise ConfigError(f"limit must be an int in 1..10000, got {limit!r}")
-        self._check_read(grant)
-        return queries.page_records(
-            self._store.conn,
-            self.schema,
-            after=after,
-            limit=limit,
-            include_rejected=include_rejected,
-            opener=self._opener(),
-        )
-
-    def get(self, record_hash: str | bytes, *, grant: AccessGrant | None = None) -> StoredRecord:
-        """Return one stored record by hash.
-
-        Raises:
-            AccessDeniedError: For a private datanet without a valid grant.
-            DataNotFoundError: If no record has that hash.
-        """
-        self._check_read(grant)
-        return queries.get_record(self._store.conn, self.schema, record_hash, self._opener())
-
-    def _records_by_ids(
-        self, ids: array[int], *, grant: AccessGrant | None
-    ) -> Iterator[StoredRecord]:
-        self._check_read(grant)
-        return queries.iter_records_by_ids(self._store.conn, self.schema, ids, self._opener())
 
     def record_hash(self, record: Any) -> Hash32:
         """Return the hash the datanet would give ``record`` (validated against the schema)."""

@@ -18,7 +18,7 @@ would have to be signed again on every retry, and because consecutive record ids
 iteration and snapshots rely on) conflict in every concurrent pair anyway. The lock is
 held only for the store's part: validation, hashing and MinHash signatures happen before.
 
-Records go in with ``COPY`` (:meth:`PgConnection.copy_rows`); ``durability="normal"``
+Records go in with a binary ``COPY`` (:meth:`PgConnection.copy_rows`); ``durability="normal"``
 turns ``synchronous_commit`` off (a server crash may then lose the last commits, never
 half of one).
 """
@@ -103,6 +103,7 @@ class PgConnection:
         self.raw = raw
         self._location = location
         self._error: type[Exception] = _psycopg().Error
+        self._types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         """Run one statement."""
@@ -123,17 +124,32 @@ class PgConnection:
         return cursor
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        """Insert rows with ``COPY ... FROM STDIN`` (one round trip for the batch)."""
+        """Insert rows with a binary ``COPY ... FROM STDIN`` (one round trip for the batch)."""
         sql = _psycopg().sql
-        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
         )
         try:
+            types = self._column_types(table, tuple(columns))
             with self.raw.cursor().copy(statement) as copy:
+                copy.set_types(types)
                 for row in rows:
                     copy.write_row(row)
         except self._error as exc:
             raise StoreError(f"{self._location}: {exc}") from exc
+
+    def _column_types(self, table: str, columns: tuple[str, ...]) -> list[str]:
+        key = (table, columns)
+        if key not in self._types:
+            found = dict(
+                self.raw.execute(
+                    "SELECT column_name, udt_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = %s",
+                    (table,),
+                ).fetchall()
+            )
+            self._types[key] = [found[c] for c in columns]
+        return self._types[key]
 
 
 class PostgresStore(DatanetStore):
