@@ -9,6 +9,7 @@
     openledger chat [--model NAME] [--adapter FOLDER] [--question TEXT] [--max-tokens N]
     openledger serve [--model NAME] [--adapter NAME=SOURCE ...] [--host ADDR] [--port N]
                      [--config FILE] [--ledger PATH] [--adapter-resolver FOLDER|hf://ORG]
+                     [--ray [--address ADDR] [--replicas N]]
     openledger keys create --ledger PATH [--payer ADDRESS] [--name LABEL] [--admin]
     openledger account new|address KEY_FILE
     openledger datanet create FOLDER --name NAME --owner-key KEY [--schema S] [--private]
@@ -16,6 +17,8 @@
     openledger datanet snapshot FOLDER
     openledger datanet export FOLDER OUT.jsonl|.parquet [--grant GRANT]
     openledger datanet access request|approve|deny|revoke FOLDER ...
+                       (contribute, snapshot, export and access take --url URL for a hosted one)
+    openledger datanets serve FOLDER|postgresql://... [...] [--host ADDR] [--port N]
     openledger train RECIPE.yaml --data FOLDER[@N]|EXPORT.jsonl --output DIR [--resume]
     openledger evaluate ADAPTER --data FOLDER[@N]|EXPORT.jsonl [--grant GRANT]
     openledger attribute --adapter DIR --data FOLDER[@N] --prompt TEXT --completion TEXT
