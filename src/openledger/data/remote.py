@@ -207,9 +207,13 @@ class RemoteDatanet(RemoteGovernanceMethods, ExportMethods):
         with the next nonce (up to three times).
 
         Raises:
-            SchemaError, QualityError, DuplicateRecordError, SignatureError, NonceError,
-            AccessDeniedError: As :meth:`Datanet.contribute`, from the service; nothing is
-                stored then.
+            SchemaError: As :meth:`Datanet.contribute`, from the service (so for all of
+                these: nothing is stored then).
+            QualityError: Likewise.
+            DuplicateRecordError: Likewise.
+            SignatureError: Likewise.
+            NonceError: Likewise, after the retries.
+            AccessDeniedError: Likewise.
         """
         if (contributor is None) == (signed is None):
             raise ConfigError(
