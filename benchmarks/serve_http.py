@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-window",
         type=float,
-        default=0.0015,
+        default=0.0,
         help="the gateway's batch_window in seconds (0: off)",
     )
     args = parser.parse_args()
