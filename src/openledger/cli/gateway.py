@@ -268,14 +268,16 @@ def _attribute_one(out: TextIO, args: argparse.Namespace) -> None:
 
 
 def _settle(out: TextIO, args: argparse.Namespace) -> None:
-    from openledger.gateway import ReceiptLedger, load_operator_key, settle_ledger
+    from openledger.cli.factory import load_key
+    from openledger.gateway import ReceiptLedger, settle_ledger
 
     ledger_path = _existing(args.ledger)
     operator_file = Path(args.operator_key_file or f"{ledger_path}.operator-key")
     if not operator_file.is_file():
         raise ConfigError(f"no operator key at {operator_file}: give --operator-key-file")
-    operator = load_operator_key(operator_file)
-    settler = load_operator_key(Path(args.settler_key_file)) if args.settler_key_file else operator
+    # NOTE: read, never create: a mistyped key file must not become a fresh, empty account
+    operator = load_key(operator_file)
+    settler = load_key(args.settler_key_file) if args.settler_key_file else operator
     protocol = _protocol(args.chain, args.protocol, settler)
     with ReceiptLedger(ledger_path) as ledger:
         done = settle_ledger(

@@ -40,13 +40,14 @@ from typing import Any
 
 from openledger.attribution import (
     SHARE_UNITS,
+    Ledger,
     RewardPolicy,
     SignedReceipt,
     UsageReceipt,
     split_rewards,
 )
 from openledger.chain import Protocol, RewardTree
-from openledger.crypto import Account, eip712_domain, keccak256_hex, to_checksum_address
+from openledger.crypto import Account, keccak256_hex, to_checksum_address
 from openledger.exceptions import (
     AttributionInputError,
     ConfigError,
@@ -226,8 +227,9 @@ def settle_ledger(
     if not usages or pool <= 0:
         result.nothing_owed += [r.request_id for r in owed]
         owed = []
-    rewards_domain = _rewards_domain(protocol)
-    signed = [_sign(u, operator, rewards_domain) for u in usages] if usages and pool > 0 else []
+    # NOTE: the rewards domain and signing of attribution's own Ledger, so its checks verify
+    book = Ledger(protocol, [operator.address])
+    signed = [book.sign(u, operator) for u in usages] if usages and pool > 0 else []
     epoch = None
     if signed:
         try:
@@ -440,20 +442,6 @@ def _usage(receipt: GatewayReceipt, part: _Part) -> UsageReceipt:
         penalized=tuple(part.penalties),
         penalties=tuple(part.penalties.values()),
     )
-
-
-def _rewards_domain(protocol: Protocol) -> dict[str, Any]:
-    return eip712_domain(
-        "OpenLedger Usage",
-        "1",
-        chain_id=protocol.chain.chain_id,
-        verifying_contract=protocol.rewards.address,
-    )
-
-
-def _sign(usage: UsageReceipt, operator: Account, domain: dict[str, Any]) -> SignedReceipt:
-    signature = operator.sign_typed_data(usage.typed_data(domain))
-    return SignedReceipt(receipt=usage, signature="0x" + signature.hex())
 
 
 # -- epochs: persisted before they are posted -------------------------------------------
