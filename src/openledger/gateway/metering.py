@@ -72,9 +72,9 @@ class MeteredRequest:
     prompt_texts: tuple[str, ...] = ()
 
     def answers(self, outputs: Mapping[int, tuple[int, RequestOutput]]) -> list[tuple[str, str]]:
-        """``(prompt, answer)`` texts of the choices to attribute: none for the base model,
-        none for an empty answer."""
-        if not self.adapters:
+        """``(prompt, answer)`` texts of the choices to attribute: none without prompt texts
+        (the base model, or ``record_answers`` off), none for an empty answer."""
+        if not self.adapters or not self.prompt_texts:
             return []
         pairs = []
         for index in sorted(outputs):

@@ -78,13 +78,13 @@ def plan_request(
         kind: Kind = "chat"
         prompts: list[PromptInput] = [[m.as_engine_message() for m in request.messages]]
         prompt_input: Any = [m.model_dump(exclude_none=True) for m in request.messages]
-        users = [m.as_engine_message()["content"] for m in request.messages if m.role == "user"]
-        prompt_texts: tuple[str, ...] = (users[-1] if users else "",)
     else:
         kind = "text"
         prompts = list(request.prompts)
         prompt_input = request.prompt
-        prompt_texts = tuple(_prompt_text(state, p) for p in prompts)
+    # NOTE: texts for the attribution worker, only when there is something to attribute
+    attributed = bool(adapters) and state.config.record_answers
+    prompt_texts = _prompt_texts(state, request, prompts) if attributed else ()
     engine_adapters = {served[name].engine_name: weight for name, weight in adapters.items()}
     params = _params(state, request, engine_adapters)
     choices = [
@@ -100,7 +100,7 @@ def plan_request(
         adapters=adapters,
         adapter_ids={name: served[name].adapter_id for name in adapters},
         prompt_input=prompt_input,
-        prompt_texts=prompt_texts if adapters else (),
+        prompt_texts=prompt_texts,
     )
     return Plan(
         kind=kind,
@@ -119,13 +119,25 @@ def plan_request(
     )
 
 
-def _prompt_text(state: GatewayState, prompt: PromptInput) -> str:
-    """A completion prompt as text (token ids decoded)."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        return str(state.engine.engine.tokenizer.decode(prompt))
-    return ""
+def _prompt_texts(
+    state: GatewayState,
+    request: ChatCompletionRequest | CompletionRequest,
+    prompts: list[PromptInput],
+) -> tuple[str, ...]:
+    """Per prompt, what a training record would hold as its instruction: a chat's last
+    user message; a completion's prompt (token ids decoded)."""
+    if isinstance(request, ChatCompletionRequest):
+        users = [m.as_engine_message()["content"] for m in request.messages if m.role == "user"]
+        return (users[-1] if users else "",)
+    texts = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            texts.append(prompt)
+        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            texts.append(str(state.engine.engine.tokenizer.decode(prompt)))
+        else:
+            texts.append("")
+    return tuple(texts)
 
 
 def _check_limits(state: GatewayState, request: ChatCompletionRequest | CompletionRequest) -> None:

@@ -228,8 +228,7 @@ class _Run:
         receipt = state.meter.receipt(plan.metered, outputs)
         self.receipt = receipt  # NOTE: set first: a cancel now must not meter it twice
         self._counted = True
-        answers = plan.metered.answers(outputs) if state.config.record_answers else []
-        await state.meter.record(receipt, answers)
+        await state.meter.record(receipt, plan.metered.answers(outputs))
         state.metrics.receipt_written()
         state.metrics.requests.labels(plan.endpoint, str(status)).inc()
         state.metrics.observe_request(
