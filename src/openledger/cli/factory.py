@@ -132,18 +132,16 @@ def _print(out: TextIO, body: Any) -> None:
 
 
 def _account(out: TextIO, args: argparse.Namespace) -> None:
-    from openledger.crypto import Account
+    from openledger.gateway.metering import new_key_file
 
     path = Path(args.key_file)
     if args.verb == "new":
-        account = Account.create()
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            account = new_key_file(path)
         except FileExistsError:
             raise ConfigError(f"{path} exists already: a key file is never overwritten") from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write("0x" + account.key.hex() + "\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the key file {path}: {exc.strerror}") from None
         _print(out, {"address": account.address, "key_file": str(path)})
     else:
         _print(out, {"address": load_key(path).address})

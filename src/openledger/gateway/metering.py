@@ -23,7 +23,25 @@ from openledger.gateway.receipts import GatewayReceipt, SignedGatewayReceipt, ca
 from openledger.serve import RequestOutput
 from openledger.types import Address, Hash32
 
-__all__ = ["Meter", "MeteredRequest", "load_operator_key"]
+__all__ = ["Meter", "MeteredRequest", "load_operator_key", "new_key_file"]
+
+
+def new_key_file(path: Path) -> Account:
+    """Create a fresh account and write its key to ``path`` (mode 0600, fsync'd; folders
+    0700).
+
+    Raises:
+        FileExistsError: ``path`` exists: a key file is never overwritten.
+        OSError: It cannot be written.
+    """
+    account = Account.create()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("0x" + account.key.hex() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return account
 
 
 def load_operator_key(path: Path) -> Account:
@@ -34,14 +52,7 @@ def load_operator_key(path: Path) -> Account:
     """
     try:
         if not path.exists():
-            account = Account.create()
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write("0x" + account.key.hex() + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            return account
+            return new_key_file(path)
         return Account.from_key(path.read_text(encoding="utf-8").strip())
     except FileExistsError:  # NOTE: another process created it first: read theirs
         return Account.from_key(path.read_text(encoding="utf-8").strip())
