@@ -31,26 +31,12 @@ from typing import Any
 import httpx
 from _scratch import scratch_dir
 
+from openledger.gateway.ray.routing import round_robin_loads
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 ADAPTERS = [f"a{i}" for i in range(6)]
 ENGINE = {"max_num_seqs": 2, "max_adapter_slots": 2, "kv_cache_memory": 8 * 2**20}
 MESSAGES = [{"role": "user", "content": "Tell me about ledgers."}]
-
-
-def round_robin_loads(sequence: list[str], replicas: int, slots: int) -> int:
-    """Adapter loads if request i went to replica i mod ``replicas`` (LRU of ``slots``)."""
-    caches: list[list[str]] = [[] for _ in range(replicas)]
-    loads = 0
-    for i, name in enumerate(sequence):
-        cache = caches[i % replicas]
-        if name in cache:
-            cache.remove(name)
-        else:
-            loads += 1
-            if len(cache) == slots:
-                cache.pop(0)
-        cache.append(name)
-    return loads
 
 
 async def send(port: int, key: str, sequence: list[str], concurrency: int, tokens: int) -> int:

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from openledger.gateway.ray.routing import round_robin_loads
+
 pytest.importorskip("ray.serve", reason="the [ray] extra is not installed")
 pytest.importorskip("openai", reason="the official openai client is not installed")
 
@@ -215,22 +217,6 @@ def test_streamed_mix_and_completions_equal_one_engine(
     reply = client.completions.create(model="a5", prompt=prompts, max_tokens=6, temperature=0)
     texts = [choice.text for choice in sorted(reply.choices, key=lambda c: c.index)]
     assert texts == [greedy(reference, p, 6, "a5").text for p in prompts]
-
-
-def round_robin_loads(sequence: list[str], replicas: int, slots: int) -> int:
-    """Adapter loads if request i went to replica i mod ``replicas`` (LRU of ``slots``)."""
-    caches: list[list[str]] = [[] for _ in range(replicas)]
-    loads = 0
-    for i, name in enumerate(sequence):
-        cache = caches[i % replicas]
-        if name in cache:
-            cache.remove(name)
-        else:
-            loads += 1
-            if len(cache) == slots:
-                cache.pop(0)
-        cache.append(name)
-    return loads
 
 
 async def send_all(gateway: RayGateway, sequence: list[str], concurrency: int) -> list[Any]:

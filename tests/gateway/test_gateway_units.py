@@ -223,3 +223,11 @@ def test_a_file_that_is_no_ledger_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(LedgerError, match="not a usable"):
         ReceiptLedger(path)
+
+
+def test_round_robin_loads_counts_lru_misses_per_replica() -> None:
+    from openledger.gateway.ray.routing import round_robin_loads
+
+    assert round_robin_loads(["a", "b", "a", "b"], replicas=2, slots=1) == 2
+    assert round_robin_loads(["a", "b", "c", "a"], replicas=1, slots=2) == 4
+    assert round_robin_loads(["a", "b", "a", "c", "a"], replicas=1, slots=2) == 3
