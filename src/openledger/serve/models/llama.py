@@ -143,18 +143,54 @@ class LlamaForCausalLM(nn.Module):
                 torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
             )
 
-    def forward(self, input_ids: torch.Tensor, batch: BatchMetadata) -> torch.Tensor:
-        """Hidden states ``[T, hidden]`` of the flattened tokens ``input_ids [T]``."""
-        hidden = self.embed_tokens(input_ids)
+    def embed_input(
+        self, input_ids: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The hidden states ``[T, hidden]`` fed to the first layer for ``input_ids [T]``.
+
+        Args:
+            input_ids: Flattened token ids.
+            weight: An embedding matrix ``[vocab, hidden]`` to use instead of the model's
+                (an adapter's own ``embed_tokens``); None for the model's.
+        """
+        table = self.embed_tokens.weight if weight is None else weight
+        return F.embedding(input_ids, table)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        batch: BatchMetadata,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states ``[T, hidden]`` of the flattened tokens ``input_ids [T]``.
+
+        Args:
+            input_ids: Flattened token ids.
+            batch: The step's metadata.
+            inputs_embeds: The first layer's input ``[T, hidden]`` when already embedded
+                (by :meth:`embed_input`, possibly per request; the layers update it in
+                place); None embeds ``input_ids``.
+        """
+        hidden = self.embed_input(input_ids) if inputs_embeds is None else inputs_embeds
         pending: torch.Tensor | None = None
         for layer in self.layers:
             hidden, pending = layer(hidden, batch, pending)
         return self.norm.add_norm(hidden, pending)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``."""
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head
-        return self._head.linear(hidden, weight, None)
+    def compute_logits(
+        self, hidden: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``.
+
+        Args:
+            hidden: Final hidden states.
+            weight: An LM head ``[vocab, hidden]`` to use instead of the model's (an
+                adapter's own ``lm_head``); None for the model's.
+        """
+        if weight is not None:
+            return F.linear(hidden, weight)
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
+        return self._head.linear(hidden, head, None)
 
     def set_cpu_paths(self, *, kernels: bool, packing: bool) -> None:
         """Let the compiled CPU kernels run (where they are built) or not, and keep packed
