@@ -85,6 +85,27 @@ def test_a_split_renders_as_an_html_table_of_payees_roles_and_total() -> None:
     assert page.index(address(0)) < page.index(address(1))  # largest payout first
 
 
+def test_bond_penalties_are_reported_beside_the_payouts_and_never_change_them() -> None:
+    usages = [report({0: [1.0], 1: [3.0]})]
+    plain = split_rewards(usages, 100)
+    slashed = {address(1).lower(): 7 * 10**18, address(5): 10**18, address(6): 0}
+    split = split_rewards(usages, 100, bond_penalties=slashed)
+    assert split.payouts == plain.payouts  # the slash already took them from the bond
+    assert split.bond_penalties == {address(1): 7 * 10**18, address(5): 10**18}
+    page = split._repr_html_()
+    assert "<th>bond slashed (wei)</th>" in page
+    # the flagged contributor who earned nothing this epoch is listed, with its penalty
+    assert f"<code>{address(5)}</code></td><td>flagged contributor</td>" in page
+    assert str(8 * 10**18) in page  # the column's total
+    assert "bond slashed" not in plain._repr_html_()
+
+
+@pytest.mark.parametrize("amount", [-1, 1.5, True, "7"])
+def test_a_bond_penalty_that_is_not_a_non_negative_int_is_refused(amount: object) -> None:
+    with pytest.raises(AttributionInputError, match="bond penalty of"):
+        split_rewards([report({0: [1.0]})], 10, bond_penalties={address(0): amount})  # type: ignore[dict-item]
+
+
 def test_fees_that_take_the_whole_pool_still_list_the_contributors_at_zero() -> None:
     policy = RewardPolicy(developer_bps=10_000, developer=address(99))
     split = split_rewards([report({0: [1.0], 1: [2.0]})], 1, policy)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 import openledger.data as data
+from openledger.attribution import Ledger, UsageReceipt
 from openledger.chain import Account, Chain, ContractRevertError, FlagKind, Protocol
 from openledger.crypto import to_hex, typed_data_digest
 from openledger.data.signing import review_message
+from openledger.exceptions import AccessDeniedError
 
 OPEN = 10**18
 DAY = 86_400
@@ -95,3 +97,68 @@ def test_only_validators_flag_and_unbonding_waits_for_the_delay(
     assert bonds.withdraw(datanet, sender=contributor).event("Withdrawn")["amount"] == 45 * OPEN
     assert bonds.total_bonded() == 0
     assert protocol.token.balance_of(contributor.address) == 45 * OPEN
+
+
+def test_an_epochs_payouts_show_the_bond_penalties_slashed_in_its_window(
+    chain: Chain, protocol: Protocol, tmp_path: Path
+) -> None:
+    owner, good, flagged = chain.dev_accounts[0], chain.dev_accounts[3], chain.dev_accounts[4]
+    bonds = protocol.require_bonds()
+    datanet = protocol.datanets.register_datanet("recipes").event("DatanetRegistered")["datanetId"]
+    elsewhere = protocol.datanets.register_datanet("poems").event("DatanetRegistered")["datanetId"]
+    root, other_root = "0x" + "aa" * 32, "0x" + "bb" * 32
+    protocol.datanets.publish_snapshot(datanet, root, 2, sender=owner)
+    protocol.datanets.publish_snapshot(elsewhere, other_root, 1, sender=owner)
+    for net in (datanet, elsewhere):
+        bonds.set_policy(net, 100 * OPEN, 1_500, DAY, sender=owner)
+    for account in (good, flagged):
+        protocol.token.transfer(account.address, 200 * OPEN)
+        bonds.approve_and_bond(datanet, 100 * OPEN, sender=account)
+    bonds.approve_and_bond(elsewhere, 100 * OPEN, sender=good)
+
+    # A contribution gate: only bonded contributors may add records to the off-chain datanet.
+    gate = bonds.contribution_gate(datanet)
+    assert gate(good.address) is None
+    stranger = Account.create()
+    refusal = gate(stranger.address)
+    assert refusal is not None
+    assert "0 wei of bond" in refusal
+    assert str(100 * OPEN) in refusal
+    store = data.Datanet.create(
+        tmp_path / "recipes", name="recipes", schema=data.TextRecord, owner=owner
+    )
+    store.contribution_gate = gate
+    store.contribute([{"text": "Knead the dough for ten minutes."}], contributor=good)
+    with pytest.raises(AccessDeniedError, match=r"refuses contributions .* 0 wei of bond"):
+        store.contribute([{"text": "Bake at 220 degrees."}], contributor=stranger)
+    assert len(store) == 1  # the refused contribution stored nothing
+
+    start = chain.block_number()
+    record, review = "0x" + "11" * 32, "0x" + "22" * 32
+    bonds.flag(datanet, record, flagged.address, FlagKind.DUPLICATE, review, sender=owner)
+    # A flag in a datanet the epoch does not credit is not this epoch's business.
+    bonds.flag(elsewhere, "0x" + "33" * 32, good.address, FlagKind.MALICIOUS, review)
+
+    operator = chain.dev_accounts[0]
+    ledger = Ledger(protocol, [operator.address], window_start=start)
+    usage = UsageReceipt(
+        request_id="0x" + "01" * 32,
+        adapter_id="0x" + "02" * 32,
+        snapshot_root=root,
+        tokens=10,
+        contributors=(good.address, flagged.address),
+        weights=(3, 1),
+    )
+    ledger.add([ledger.sign(usage, operator)])
+    epoch = ledger.close_epoch(1_000)
+    penalty = 100 * OPEN * 1_500 // 10_000
+    assert epoch.split.bond_penalties == {flagged.address: penalty}
+    assert epoch.amount_of(good.address) == 750
+    assert epoch.amount_of(flagged.address) == 250  # reported, not charged a second time
+    page = epoch._repr_html_()
+    assert "bond slashed" in page
+    assert str(penalty) in page
+
+    # The next epoch's window starts after the previous one: the old flag is not repeated.
+    ledger.add([ledger.sign(usage.model_copy(update={"request_id": "0x" + "03" * 32}), operator)])
+    assert ledger.close_epoch(1_000).split.bond_penalties == {}

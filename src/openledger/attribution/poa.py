@@ -48,7 +48,7 @@ from openledger.crypto import (
     typed_data,
 )
 from openledger.exceptions import AttributionInputError, CryptoError, ReceiptError
-from openledger.types import Address, Hash32, to_hash32
+from openledger.types import Address, Hash32, Wei, to_hash32
 
 __all__ = ["RECEIPT_TYPES", "Epoch", "Ledger", "SignedReceipt", "UsageReceipt", "settle"]
 
@@ -236,18 +236,34 @@ class Ledger:
             settler holding the tokens).
         operators: Addresses whose receipt signatures are trusted.
         policy: Fee split applied at each epoch.
+        from_block: Where log reads start (on a long-lived network, the deployment block).
+        window_start: The first block of the first epoch's window: data-bond penalties
+            slashed from then on are reported in its split (default ``from_block``). Each
+            later epoch's window starts after the block that posted the previous one.
     """
 
     def __init__(
-        self, protocol: Protocol, operators: Sequence[str], policy: RewardPolicy | None = None
+        self,
+        protocol: Protocol,
+        operators: Sequence[str],
+        policy: RewardPolicy | None = None,
+        *,
+        from_block: int = 0,
+        window_start: int | None = None,
     ) -> None:
         if not operators:
             raise AttributionInputError("a ledger needs at least one trusted operator address")
+        window_start = from_block if window_start is None else window_start
+        for name, value in (("from_block", from_block), ("window_start", window_start)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise AttributionInputError(f"{name} must be a block number, got {value!r}")
         self.protocol = protocol
         self.operators = frozenset(to_checksum_address(a) for a in operators)
         self.policy = policy
         self.pending: list[SignedReceipt] = []
         self._seen: set[str] = set()
+        self.from_block = from_block
+        self.window_start = window_start
 
     @property
     def domain(self) -> dict[str, Any]:
@@ -307,17 +323,44 @@ class Ledger:
         """
         if not self.pending:
             raise AttributionInputError("no pending receipts: nothing to settle")
-        split = split_rewards(self.pending, pool_wei, self.policy)
+        slashed = self.bond_penalties()
+        split = split_rewards(
+            self.pending,
+            pool_wei,
+            self.policy,
+            bond_penalties={str(a): w for a, w in slashed.items()},
+        )
         tree = RewardTree({str(a): int(w) for a, w in split.payouts.items()})
         number = epoch_id if epoch_id is not None else self._next_epoch_id()
         end = deadline if deadline is not None else self.protocol.chain.block_timestamp() + DAY
         transaction = self.protocol.rewards.post_reward_tree(number, tree, end)
         epoch = Epoch(number, tree, split, list(self.pending), transaction, self.protocol)
         self.pending = []
+        self.window_start = transaction.block_number + 1
         return epoch
 
+    def bond_penalties(self) -> dict[Address, Wei]:
+        """Wei slashed from contributors' data bonds (``DataBonds`` ``RecordFlagged``) since
+        :attr:`window_start`, in the datanets whose snapshots the pending receipts credit.
+
+        Empty for a deployment without ``DataBonds``. :meth:`close_epoch` reports these in
+        the epoch's split (:attr:`~openledger.attribution.RewardSplit.bond_penalties`).
+        """
+        bonds = self.protocol.bonds
+        # NOTE: nodes refuse log reads from a block beyond the latest (anvil), so an epoch
+        # closed right after the previous one checks first
+        if (
+            bonds is None
+            or not self.pending
+            or self.window_start > self.protocol.chain.block_number()
+        ):
+            return {}
+        roots = {r.receipt.snapshot_root for r in self.pending}
+        datanets = self.protocol.datanets.datanets_of_roots(roots, self.from_block)
+        return bonds.penalties(set(datanets.values()), self.window_start)
+
     def _next_epoch_id(self) -> int:
-        return max(self.protocol.rewards.posted_epoch_ids(), default=0) + 1
+        return max(self.protocol.rewards.posted_epoch_ids(self.from_block), default=0) + 1
 
 
 def settle(
@@ -329,6 +372,7 @@ def settle(
     tokens: Sequence[int] | None = None,
     policy: RewardPolicy | None = None,
     epoch_id: int | None = None,
+    window_start: int = 0,
 ) -> Epoch:
     """Sign a receipt per report, and settle them all in one epoch (the one-call form).
 
@@ -341,6 +385,8 @@ def settle(
         tokens: Tokens served per report (default 1 each: every answer weighs the same).
         policy: Fee split.
         epoch_id: The epoch id (default: one past the highest posted).
+        window_start: Start of the epoch's window: data-bond penalties slashed since this
+            block in the reports' datanets are reported in the split (see :class:`Ledger`).
 
     Raises:
         AttributionInputError: Empty reports, a bad pool, no positive share, mismatched
@@ -352,7 +398,7 @@ def settle(
     if len(counts) != len(reports):
         raise AttributionInputError("give one token count per report")
     signer = operator or protocol.chain.default_account
-    ledger = Ledger(protocol, [signer.address], policy)
+    ledger = Ledger(protocol, [signer.address], policy, window_start=window_start)
     receipts = [
         UsageReceipt.from_report(r, tokens=n, request_id=_request_id(r, i))
         for i, (r, n) in enumerate(zip(reports, counts, strict=True))

@@ -13,6 +13,9 @@ wei left over go one each to the largest remainders ``rest * w mod W``, ties to 
 lower address (case-insensitive). So amounts always sum exactly to the pool and depend
 neither on the order of usages nor of contributors. Negative influence never pays or
 costs: it is summed (``math.fsum``, order-independent) into :attr:`RewardSplit.reputation`.
+Bond penalties (wei slashed on chain from contributors whose records validators flagged)
+are reported beside the payouts (:attr:`RewardSplit.bond_penalties`): the slash has
+already taken them from the bond, so the split neither charges them again nor pays them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -104,6 +107,8 @@ class RewardSplit:
         protocol: Wei for the protocol.
         reputation: Summed negative influence per contributor (never paid or charged).
         policy: The policy applied.
+        bond_penalties: Wei slashed from contributors' data bonds in the epoch's window
+            (flagged records), by contributor: reported, not deducted again.
     """
 
     pool: Wei
@@ -112,6 +117,7 @@ class RewardSplit:
     protocol: Wei
     reputation: dict[Address, float]
     policy: RewardPolicy
+    bond_penalties: dict[Address, Wei] = field(default_factory=dict)
 
     @property
     def payouts(self) -> dict[Address, Wei]:
@@ -171,7 +177,11 @@ def _reputation(usages: Sequence[Usage]) -> dict[Address, float]:
 
 
 def split_rewards(
-    reports: Sequence[Usage], pool_wei: int, policy: RewardPolicy | None = None
+    reports: Sequence[Usage],
+    pool_wei: int,
+    policy: RewardPolicy | None = None,
+    *,
+    bond_penalties: Mapping[str, int] | None = None,
 ) -> RewardSplit:
     """Split ``pool_wei`` by attribution (see the module docstring).
 
@@ -179,6 +189,8 @@ def split_rewards(
         reports: :class:`~openledger.attribution.AttributionReport` s or usage receipts.
         pool_wei: The pool in wei, > 0.
         policy: Fee split; default everything to contributors.
+        bond_penalties: Wei slashed from contributors' bonds in this epoch's window (e.g.
+            ``protocol.bonds.penalties(datanets, from_block)``), reported in the split.
 
     Returns:
         The :class:`RewardSplit`; its :attr:`~RewardSplit.payouts` sum to ``pool_wei``.
@@ -201,9 +213,28 @@ def split_rewards(
         )
     # NOTE: every positive-weight contributor is listed, with 0 wei when the fees take all.
     contributors = largest_remainder(weights, rest)
+    slashed = _bond_penalties(bond_penalties or {})
     return RewardSplit(
-        Wei(pool), contributors, Wei(developer), Wei(protocol), _reputation(reports), rules
+        Wei(pool),
+        contributors,
+        Wei(developer),
+        Wei(protocol),
+        _reputation(reports),
+        rules,
+        slashed,
     )
+
+
+def _bond_penalties(penalties: Mapping[str, int]) -> dict[Address, Wei]:
+    found: dict[Address, Wei] = {}
+    for address, amount in penalties.items():
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise AttributionInputError(
+                f"bond penalty of {address} must be a non-negative int (wei), got {amount!r}"
+            )
+        who = to_checksum_address(address)
+        found[who] = Wei(found.get(who, 0) + amount)
+    return {a: w for a, w in sorted(found.items(), key=lambda i: i[0].lower()) if w > 0}
 
 
 def payouts_html(split: RewardSplit, title: str = "Reward split") -> str:
@@ -216,16 +247,33 @@ def payouts_html(split: RewardSplit, title: str = "Reward split") -> str:
         if address is not None and getattr(split, role) > 0:
             roles.setdefault(address, []).append(role)
     payouts = split.payouts
+    slashed = split.bond_penalties
+    # NOTE: a contributor whose bond was slashed is listed even when the epoch pays it nothing
+    listed = dict(sorted(payouts.items(), key=lambda kv: -kv[1]))
+    listed.update({a: Wei(0) for a in slashed if a not in listed})
+    bond_head = "<th>bond slashed (wei)</th>" if slashed else ""
+
+    def bond_cell(address: Address) -> str:
+        if not slashed:
+            return ""
+        amount = slashed.get(address)
+        return f'<td style="text-align:right">{amount if amount else ""}</td>'
+
     rows = "".join(
-        f"<tr><td><code>{html.escape(a)}</code></td><td>{', '.join(roles.get(a, []))}</td>"
-        f'<td style="text-align:right">{w}</td>'
-        f'<td style="text-align:right">{w / split.pool:.2%}</td></tr>'
-        for a, w in sorted(payouts.items(), key=lambda kv: -kv[1])
+        f"<tr><td><code>{html.escape(a)}</code></td>"
+        f"<td>{', '.join(roles.get(a, []) or (['flagged contributor'] if a in slashed else []))}"
+        f'</td><td style="text-align:right">{w}</td>'
+        f'<td style="text-align:right">{w / split.pool:.2%}</td>{bond_cell(a)}</tr>'
+        for a, w in listed.items()
     )
     total = sum(payouts.values())
+    bond_total = (
+        f'<td style="text-align:right"><b>{sum(slashed.values())}</b></td>' if slashed else ""
+    )
     return (
         f"<div><b>{html.escape(title)}</b>: pool {split.pool} wei"
-        "<table><tr><th>payee</th><th>role</th><th>wei</th><th>share</th></tr>"
+        f"<table><tr><th>payee</th><th>role</th><th>wei</th><th>share</th>{bond_head}</tr>"
         f"{rows}<tr><td><b>total</b></td><td></td>"
-        f'<td style="text-align:right"><b>{total}</b></td><td></td></tr></table></div>'
+        f'<td style="text-align:right"><b>{total}</b></td><td></td>{bond_total}</tr>'
+        "</table></div>"
     )

@@ -19,6 +19,7 @@ datanet's log name the same decision.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from openledger.chain.bindings import Receipt, plain
@@ -173,6 +174,27 @@ class DataBondsClient(TokenSpender):
         """Return whether ``contributor`` holds the datanet's bond (true without a policy)."""
         return bool(self._call("isBonded", _id(datanet), to_checksum_address(contributor)))
 
+    def contribution_gate(self, datanet: str) -> Callable[[str], str | None]:
+        """Return a check that admits only contributors holding the datanet's bond.
+
+        Give it to an off-chain datanet (``Datanet.contribution_gate``): each contribution
+        asks the chain whether its contributor :meth:`is_bonded` and is refused, before
+        anything is stored, with the reason this check returns (``None`` admits).
+        """
+        datanet_id = plain(_id(datanet))
+
+        def check(contributor: str) -> str | None:
+            if self.is_bonded(datanet_id, contributor):
+                return None
+            need = self.policy(datanet_id).bond_amount
+            held = self.bond_of(datanet_id, contributor).bonded
+            return (
+                f"{contributor} holds {held} wei of bond in datanet {datanet_id} on chain; "
+                f"contributing needs {need} (DataBonds.bond)"
+            )
+
+        return check
+
     def get_flag(self, datanet: str, record_hash: str) -> FlagInfo | None:
         """Return the record's flag, or ``None`` if it was never flagged."""
         record = from_hex(record_hash, size=32, what="record_hash")
@@ -190,13 +212,17 @@ class DataBondsClient(TokenSpender):
             review_hash=plain(review),
         )
 
-    def penalties(self, datanet: str, from_block: int = 0) -> dict[Address, Wei]:
-        """Return the total penalty per contributor in the datanet, from ``RecordFlagged``
-        logs since ``from_block`` (on a long-lived network pass the deployment block)."""
-        wanted = plain(_id(datanet))
+    def penalties(self, datanet: str | Collection[str], from_block: int = 0) -> dict[Address, Wei]:
+        """Return the total penalty per contributor in one datanet or several (summed), from
+        ``RecordFlagged`` logs since ``from_block`` (on a long-lived network pass the
+        deployment block; an epoch passes the block after the previous epoch)."""
+        ids = [datanet] if isinstance(datanet, str) else list(datanet)
+        wanted = {plain(_id(d)) for d in ids}
         totals: dict[Address, Wei] = {}
+        if not wanted:
+            return totals
         for args in self._logs("RecordFlagged", from_block):
-            if args["datanetId"] == wanted:
+            if args["datanetId"] in wanted:
                 who = to_checksum_address(args["contributor"])
                 totals[who] = Wei(totals.get(who, 0) + int(args["penalty"]))
         return totals

@@ -175,6 +175,10 @@ class Chain:
         """Return the timestamp of the latest block (seconds)."""
         return int(self._rpc(self.w3.eth.get_block, "latest")["timestamp"])
 
+    def block_number(self) -> int:
+        """Return the number of the latest block (where a window of logs starts, say)."""
+        return int(self._rpc(lambda: self.w3.eth.block_number))
+
     def balance(self, address: str) -> Wei:
         """Return the native-coin balance of ``address`` in wei."""
         return Wei(int(self._rpc(self.w3.eth.get_balance, _cs(address))))

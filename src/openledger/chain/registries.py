@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from openledger.chain.bindings import ContractClient, Receipt, plain
@@ -242,6 +242,17 @@ class DatanetRegistryClient(ContractClient):
         """
         logs = self._logs("SnapshotPublished", from_block)
         return {Hash32(str(args["root"]).lower()) for args in logs}
+
+    def datanets_of_roots(self, roots: Iterable[str], from_block: int = 0) -> dict[Hash32, Hash32]:
+        """Return the datanet each of ``roots`` was published under (roots never published
+        are left out), from ``SnapshotPublished`` logs since ``from_block``."""
+        wanted = {str(r).lower() for r in roots}
+        found: dict[Hash32, Hash32] = {}
+        for args in self._logs("SnapshotPublished", from_block) if wanted else []:
+            root = Hash32(str(args["root"]).lower())
+            if root in wanted:
+                found.setdefault(root, Hash32(str(args["datanetId"]).lower()))
+        return found
 
     def snapshot_count(self, datanet: str) -> int:
         """Return how many snapshots the datanet has published."""

@@ -28,7 +28,7 @@ from openledger.data.convert import (
     from_sharegpt,
     read_jsonl,
 )
-from openledger.data.datanet import Datanet
+from openledger.data.datanet import ContributionGate, Datanet
 from openledger.data.ingest import DEFAULT_MAX_RECORD_BYTES
 from openledger.data.quality import (
     SECRET_PATTERNS,
@@ -62,6 +62,7 @@ __all__ = [
     "ChatMessage",
     "ChatRecord",
     "ClassificationRecord",
+    "ContributionGate",
     "ContributionReceipt",
     "Datanet",
     "DenyPatternRule",

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +48,11 @@ from openledger.data.store_postgres import PostgresStore
 from openledger.exceptions import AccessDeniedError, ConfigError, StoreError
 from openledger.types import Address, Hash32
 
-__all__ = ["Datanet"]
+__all__ = ["ContributionGate", "Datanet"]
+
+ContributionGate = Callable[[Address], "str | None"]
+"""A check of each contributor before anything is stored: ``None`` admits, a string is the
+reason for refusing (e.g. ``protocol.bonds.contribution_gate(datanet_id)``: a bond on chain)."""
 
 Visibility = Literal["public", "private"]
 DuplicatePolicy = Literal["error", "skip"]
@@ -63,7 +67,15 @@ class Datanet(ReadMethods, SnapshotMethods, GovernanceMethods, ExportMethods, Se
     file; a ``postgresql://`` URL in its place keeps the datanet in PostgreSQL instead
     (many writers on many machines, the ``postgres`` extra). Not thread-safe; open one
     ``Datanet`` per thread or process (many may read while one writes).
+
+    Attributes:
+        contribution_gate: Checked for every contribution before anything is stored
+            (:data:`ContributionGate`; ``None``, the default, admits everyone the datanet's
+            visibility admits). It belongs to this open handle, not to the folder: set it
+            wherever contributions are accepted, e.g. to require a bond on chain.
     """
+
+    contribution_gate: ContributionGate | None = None
 
     def __init__(
         self,
@@ -257,14 +269,21 @@ class Datanet(ReadMethods, SnapshotMethods, GovernanceMethods, ExportMethods, Se
             SchemaError, QualityError, DuplicateRecordError, SignatureError, NonceError:
                 On bad input; nothing is stored then. ``DuplicateRecordError`` also when
                 another contributor committed to a record first (see :meth:`commit`).
-            AccessDeniedError: A private datanet and no valid grant of the contributor.
+            AccessDeniedError: A private datanet and no valid grant of the contributor, or
+                the :attr:`contribution_gate` refused the contributor.
         """
         if (contributor is None) == (signed is None):
             raise ConfigError(
                 "pass exactly one of contributor=Account or signed=SignedContribution"
             )
         author = signed.contributor if signed is not None else contributor
-        self._check_write(as_account_address(author, what="contributor"), grant)
+        address = as_account_address(author, what="contributor")
+        self._check_write(address, grant)
+        gate = self.contribution_gate
+        if gate is not None and (reason := gate(address)) is not None:
+            raise AccessDeniedError(
+                f"datanet {self.name!r} refuses contributions of {address}: {reason}"
+            )
         if self.encrypted:
             self._opener()  # refuses before any work when the key is missing
         batch = self._prepare(records)
