@@ -2,7 +2,9 @@
 
 They load in milliseconds, need no files or network, and exercise the same code paths as
 real checkpoints: grouped-query attention, tied and untied embeddings, Qwen2's q/k/v
-biases, Mistral's sliding-window config. A small byte-level BPE tokenizer with a ChatML
+biases, Mistral's sliding-window config, Qwen3's q/k norms, Gemma 2's soft-capping and
+alternating sliding-window layers, Gemma 3's local RoPE base, Phi-3's fused projections
+and LongRoPE. A small byte-level BPE tokenizer with a ChatML
 chat template comes with them, so chat formatting and streaming work too.
 """
 
@@ -19,8 +21,16 @@ if TYPE_CHECKING:
 
 __all__ = ["TINY_FAMILIES", "save_tiny_model", "tiny_config", "tiny_tokenizer"]
 
-Family = Literal["llama", "mistral", "qwen2"]
-TINY_FAMILIES: tuple[Family, ...] = ("llama", "mistral", "qwen2")
+Family = Literal["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"]
+TINY_FAMILIES: tuple[Family, ...] = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+)
 """Families :func:`tiny_config` can build."""
 
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -54,6 +64,34 @@ _FAMILY: dict[str, dict[str, Any]] = {
     "llama": {"tie_word_embeddings": False, "rope_theta": 10000.0},
     "mistral": {"tie_word_embeddings": False, "rope_theta": 10000.0, "sliding_window": None},
     "qwen2": {"tie_word_embeddings": True, "rope_theta": 10000.0, "use_sliding_window": False},
+    "qwen3": {"tie_word_embeddings": True, "rope_theta": 10000.0, "head_dim": 16},
+    # NOTE: the caps are low so that they change the tiny model's outputs
+    "gemma2": {
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": 8,
+        "attn_logit_softcapping": 2.0,
+        "final_logit_softcapping": 3.0,
+    },
+    "gemma3_text": {
+        "num_hidden_layers": 3,
+        "head_dim": 16,
+        "query_pre_attn_scalar": 24,
+        "sliding_window": 8,
+        "sliding_window_pattern": 3,
+        "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0,
+    },
+    "phi3": {
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 512,
+        "original_max_position_embeddings": 32,
+        "rope_scaling": {
+            "type": "longrope",
+            "short_factor": [1.0 + i / 16 for i in range(8)],
+            "long_factor": [1.5 + i / 4 for i in range(8)],
+        },
+    },
 }
 
 
@@ -97,13 +135,15 @@ def tiny_config(family: Family = "llama", **overrides: Any) -> PretrainedConfig:
     """Build a tiny random-model config of one family.
 
     Args:
-        family: ``"llama"``, ``"mistral"`` or ``"qwen2"``.
+        family: One of :data:`TINY_FAMILIES` (a transformers ``model_type``).
         **overrides: Any config field, e.g. ``num_hidden_layers=3`` or
             ``rope_scaling={"rope_type": "llama3", ...}``.
 
     Returns:
-        A transformers config (``LlamaConfig``, ``MistralConfig`` or ``Qwen2Config``) whose
-        vocabulary matches :func:`tiny_tokenizer` unless overridden.
+        A transformers config of that family (``LlamaConfig``, ``Qwen3Config``,
+        ``Gemma2Config``, ``Gemma3TextConfig``, ``Phi3Config``, ...) whose vocabulary
+        matches :func:`tiny_tokenizer` unless overridden. Phi-3's has LongRoPE with a
+        32-position pretraining context, so short generations cross into the long factors.
 
     Raises:
         ConfigError: If ``family`` is unknown.
@@ -128,7 +168,7 @@ def save_tiny_model(
 
     Args:
         path: Folder to create (parents too); existing files are overwritten.
-        family: ``"llama"``, ``"mistral"`` or ``"qwen2"``.
+        family: One of :data:`TINY_FAMILIES`.
         seed: Seed for the random weights; the same seed gives the same weights.
         **overrides: Config fields passed to :func:`tiny_config`.
 

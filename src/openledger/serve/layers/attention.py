@@ -26,14 +26,19 @@ class PagedAttention(nn.Module):
     (:func:`openledger.serve.ops.step_attention.step_attention`). Decode rows take the Triton
     kernel when
     ``backend == "triton"``, else on CPU in float32 the compiled kernel
-    (:mod:`~openledger.serve.ops.attention_cpu`) where it is built.
+    (:mod:`~openledger.serve.ops.attention_cpu`) where it is built. A layer whose window
+    differs from the step plan's (Gemma's local and global layers) attends with
+    :meth:`~openledger.serve.ops.attention_plan.AttentionPlan.for_window`'s masks. With
+    logit soft-capping (Gemma 2) every row takes the torch path: no kernel caps scores.
 
     Args:
         num_heads: Query heads.
         num_kv_heads: Key/value heads.
         head_dim: Width of a head.
-        sliding_window: Mistral-style window, None for full attention.
+        sliding_window: This layer's window, None for full attention.
         backend: ``"reference"`` or ``"triton"``.
+        scale: Softmax scale; None for ``head_dim ** -0.5``.
+        softcap: Attention logit soft-capping, None for none.
 
     Attributes:
         use_cpu_kernels: Whether the compiled CPU decode kernel may run
@@ -50,12 +55,15 @@ class PagedAttention(nn.Module):
         *,
         sliding_window: int | None = None,
         backend: AttentionBackend = "reference",
+        scale: float | None = None,
+        softcap: float | None = None,
     ):
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
-        self.scale = head_dim**-0.5
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.softcap = softcap
         self.sliding_window = sliding_window
         self.backend: AttentionBackend = backend
         self.k_cache = torch.empty(0)
@@ -75,10 +83,11 @@ class PagedAttention(nn.Module):
             query,
             self.k_cache,
             self.v_cache,
-            batch.attention,
+            batch.attention.for_window(self.sliding_window),
             scale=self.scale,
             sliding_window=self.sliding_window,
-            decode=self._decode_kernel(query),
+            decode=None if self.softcap is not None else self._decode_kernel(query),
+            softcap=self.softcap,
         )
 
     def _decode_kernel(self, query: torch.Tensor) -> DecodeFn | None:

@@ -1,4 +1,4 @@
-"""RMSNorm, computed in float32 the way transformers' Llama does."""
+"""RMSNorm, computed in float32 the way transformers' Llama (and Gemma) norms do."""
 
 from __future__ import annotations
 
@@ -21,9 +21,15 @@ class RMSNorm(nn.Module):
     squares in another order than torch, so values may differ in the last bit. Elsewhere
     the torch path is bit for bit transformers' ``LlamaRMSNorm``.
 
+    With ``offset=True`` it is Gemma's norm: the scale is ``1 + weight`` (the checkpoint
+    stores the offset from one) and the product is taken in float32 before the cast back,
+    bit for bit ``GemmaRMSNorm`` / ``Gemma2RMSNorm`` / ``Gemma3RMSNorm`` on the torch path
+    (the float32 kernel, given ``1 + weight``, computes the same product).
+
     Args:
         size: Feature width.
         eps: Added to the mean square.
+        offset: Scale by ``1 + weight`` in float32 (Gemma).
 
     Attributes:
         use_cpu_kernels: Whether the compiled kernel may run (``EngineConfig.cpu_kernels``).
@@ -31,16 +37,23 @@ class RMSNorm(nn.Module):
 
     use_cpu_kernels = True
 
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, eps: float, *, offset: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
+        self.offset = offset
+        self.weight = nn.Parameter(
+            torch.zeros(size) if offset else torch.ones(size), requires_grad=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the last dimension of ``x``."""
         if self.use_cpu_kernels and _fits_kernel(x, self.weight):
-            return rowwise_cpu.rms_norm(x, self.weight, self.eps)
+            return rowwise_cpu.rms_norm(x, self._scale(), self.eps)
         return self._torch(x)
+
+    def _scale(self) -> torch.Tensor:
+        """The weight the float32 kernel multiplies by: ``1 + weight`` with an offset."""
+        return self.weight + 1.0 if self.offset else self.weight
 
     def add_norm(self, hidden: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
         """``hidden += delta`` in place (a residual connection; skipped for None), then
@@ -51,7 +64,7 @@ class RMSNorm(nn.Module):
             and _fits_kernel(hidden, self.weight)
             and cpu_float32(delta)
         ):
-            return rowwise_cpu.add_rms_norm(hidden, delta, self.weight, self.eps)
+            return rowwise_cpu.add_rms_norm(hidden, delta, self._scale(), self.eps)
         if delta is not None:
             hidden += delta
         normed: torch.Tensor = self(hidden)
@@ -63,6 +76,8 @@ class RMSNorm(nn.Module):
         # in place where it cannot change a bit: the same values as
         # weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype), fewer temporaries
         scale = x32.pow(2).mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+        if self.offset:
+            return (x32 * scale * (1.0 + self.weight.float())).to(dtype)
         normed = (x32 * scale).to(dtype)
         if self.weight.dtype == normed.dtype:
             return normed.mul_(self.weight)

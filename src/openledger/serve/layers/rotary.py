@@ -1,4 +1,10 @@
-"""Rotary position embeddings (default, linear and llama3 frequency scaling)."""
+"""Rotary position embeddings (default, linear, llama3 and Phi-3's LongRoPE scaling).
+
+LongRoPE keeps two tables, one row block per factor set: a token uses the long factors
+when its sequence holds more than ``original_max_position_embeddings`` tokens after this
+step (what transformers does per forward pass of one sequence), else the short ones;
+:meth:`RotaryEmbedding.table_positions` maps a step's positions onto the rows.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from openledger.serve.batch import BatchMetadata
 from openledger.serve.models.config import RopeConfig
 from openledger.serve.ops import rowwise_cpu
 from openledger.serve.ops.cpu_kernels import cpu_float32
@@ -14,9 +21,13 @@ from openledger.serve.ops.cpu_kernels import cpu_float32
 __all__ = ["RotaryEmbedding", "inverse_frequencies"]
 
 
-def inverse_frequencies(head_dim: int, rope: RopeConfig) -> torch.Tensor:
-    """Per-pair rotation frequencies ``[head_dim // 2]`` (float32), scaled per ``rope``."""
+def inverse_frequencies(head_dim: int, rope: RopeConfig, *, long: bool = False) -> torch.Tensor:
+    """Per-pair rotation frequencies ``[head_dim // 2]`` (float32), scaled per ``rope``
+    (for LongRoPE, by its long factors when ``long``, else its short ones)."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    if rope.rope_type == "longrope":
+        factors = torch.tensor(rope.long_factor if long else rope.short_factor)
+        return 1.0 / (factors * rope.theta**exponents)
     inv_freq = 1.0 / (rope.theta**exponents)
     if rope.rope_type == "linear":
         return inv_freq / rope.factor
@@ -57,16 +68,52 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_positions: int, rope: RopeConfig):
         super().__init__()
-        inv_freq = inverse_frequencies(head_dim, rope)
-        positions = torch.arange(max_positions, dtype=torch.float32)
-        freqs = positions[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos_sin", torch.stack((emb.cos(), emb.sin())), persistent=False)
+        self.head_dim = head_dim
+        self.max_positions = max_positions
+        self.rope = rope
+        self.register_buffer("cos_sin", self._table(), persistent=False)
         self._positions: torch.Tensor | None = None
         self._cos_sin_at = torch.empty(0)
+        self._batch: BatchMetadata | None = None
+        self._table_positions = torch.empty(0)
+
+    def _table(self, device: torch.device | None = None) -> torch.Tensor:
+        """``[2, rows, head_dim]`` cos and sin (float32); LongRoPE: short rows, then long."""
+        positions = torch.arange(self.max_positions, dtype=torch.float32, device=device)
+        sets = [False, True] if self.rope.rope_type == "longrope" else [False]
+        tables = []
+        for long in sets:
+            inv_freq = inverse_frequencies(self.head_dim, self.rope, long=long).to(device)
+            freqs = positions[:, None] * inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos(), emb.sin()
+            if self.rope.attention_factor != 1.0:
+                cos, sin = cos * self.rope.attention_factor, sin * self.rope.attention_factor
+            tables.append(torch.stack((cos, sin)))
+        return torch.cat(tables, dim=1).contiguous()
+
+    def reset(self, device: torch.device) -> None:
+        """Recompute the table on ``device`` (after the module was built on ``meta``)."""
+        self.cos_sin = self._table(device)
+        self._positions, self._batch = None, None
+
+    def table_positions(self, batch: BatchMetadata) -> torch.Tensor:
+        """The table row of each of the step's tokens: its position, offset into the long
+        rows (LongRoPE) when its sequence is longer than the pretraining context."""
+        if self.rope.rope_type != "longrope":
+            return batch.positions
+        if batch is not self._batch:
+            original = self.rope.original_max_position_embeddings
+            longer = [int(n > original) for n in batch.host_context_lens]
+            offsets = torch.tensor(longer, device=batch.positions.device) * self.max_positions
+            lens = torch.tensor(batch.host_query_lens, device=batch.positions.device)
+            self._table_positions = batch.positions + offsets.repeat_interleave(lens)
+            self._batch = batch
+        return self._table_positions
 
     def forward(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-        """Rotate ``heads [T, n, dim]`` (the query and key heads side by side) at ``positions``.
+        """Rotate ``heads [T, n, dim]`` (the query and key heads side by side) at ``positions``
+        (table rows: :meth:`table_positions` for LongRoPE).
 
         Returns:
             A new ``[T, n, dim]`` tensor.

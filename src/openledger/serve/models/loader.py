@@ -1,4 +1,9 @@
-"""Load a transformers safetensors checkpoint into the engine's model classes."""
+"""Load a transformers safetensors checkpoint into the engine's decoder.
+
+Separate q/k/v and gate/up projections go to their slices of our fused projections;
+Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` tensors are split along their rows into
+the same slices (q, k, v; gate, up), so every family ends up in one layout.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,16 @@ from torch import nn
 from openledger.exceptions import ModelNotAvailableError, UnsupportedModelError
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.layers.linear import Linear
+from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
-from openledger.serve.models.llama import LlamaForCausalLM
+from openledger.serve.models.decoder import DecoderForCausalLM
 
 __all__ = ["build_model", "checkpoint_tensors"]
 
-# checkpoint projection -> (our fused projection, slice index)
+# checkpoint projection -> (our fused projection, slice index; -1: all slices, split)
 _FUSED = {
+    "qkv_proj": ("qkv_proj", -1),
+    "gate_up_proj": ("gate_up_proj", -1),
     "q_proj": ("qkv_proj", 0),
     "k_proj": ("qkv_proj", 1),
     "v_proj": ("qkv_proj", 2),
@@ -29,7 +37,7 @@ _FUSED = {
     "down_proj": ("down_proj", 0),
 }
 _PROJ = re.compile(r"^(model\.layers\.\d+\.(?:self_attn|mlp))\.(\w+_proj)\.(weight|bias)$")
-_SKIPPED = re.compile(r"rotary_emb\.inv_freq$")
+_SKIPPED = re.compile(r"rotary_emb\.(?:\w+_)?inv_freq$")
 
 
 def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -61,7 +69,7 @@ def build_model(
     device: torch.device,
     max_positions: int,
     backend: AttentionBackend,
-) -> LlamaForCausalLM:
+) -> DecoderForCausalLM:
     """Build the model for ``config`` and fill it from the folder's checkpoint.
 
     Raises:
@@ -69,11 +77,13 @@ def build_model(
             weight is missing from the checkpoint.
     """
     with torch.device("meta"):
-        model = LlamaForCausalLM(config, max_positions, backend)
+        model = DecoderForCausalLM(config, max_positions, backend)
     model.to_empty(device=device)
     model.to(dtype)
-    # NOTE: to_empty leaves non-persistent buffers uninitialised; rebuild the rotary table.
-    _reset_rotary(model, config, max_positions, device)
+    # NOTE: to_empty leaves non-persistent buffers uninitialised; rebuild the rotary tables.
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.reset(device)
     loaded = _load_weights(model, folder, dtype)
     missing = {name for name, _ in model.named_parameters()} - loaded
     if missing:
@@ -81,17 +91,7 @@ def build_model(
     return model.eval()
 
 
-def _reset_rotary(
-    model: LlamaForCausalLM, config: ModelConfig, max_positions: int, device: torch.device
-) -> None:
-    from openledger.serve.layers.rotary import RotaryEmbedding
-
-    fresh = RotaryEmbedding(config.head_dim, max_positions, config.rope).to(device)
-    for layer in model.layers:
-        layer.self_attn.rotary.cos_sin = fresh.cos_sin  # type: ignore[union-attr]
-
-
-def _load_weights(model: LlamaForCausalLM, folder: Path, dtype: torch.dtype) -> set[str]:
+def _load_weights(model: DecoderForCausalLM, folder: Path, dtype: torch.dtype) -> set[str]:
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     loaded: set[str] = set()
@@ -103,14 +103,32 @@ def _load_weights(model: LlamaForCausalLM, folder: Path, dtype: torch.dtype) -> 
             raise UnsupportedModelError(f"unexpected checkpoint tensor {name!r} in {folder}")
         module_name, param_name, index = target
         if module_name:
-            linear = modules[module_name]
-            assert isinstance(linear, Linear)  # NOTE: internal invariant, not user input
-            linear.load_slice(param_name, tensor.to(dtype), index)
+            linear = modules.get(module_name)
+            if not isinstance(linear, Linear):
+                raise UnsupportedModelError(f"unexpected checkpoint tensor {name!r} in {folder}")
+            _load_projection(linear, param_name, tensor.to(dtype), index, name)
             loaded.add(f"{module_name}.{param_name}")
         elif param_name in params:
             _copy(params[param_name], tensor.to(dtype), name)
             loaded.add(param_name)
     return loaded
+
+
+def _load_projection(
+    linear: Linear, param_name: str, tensor: torch.Tensor, index: int, name: str
+) -> None:
+    """One slice of a fused projection, or (``index == -1``) all of them from one tensor."""
+    if index >= 0:
+        linear.load_slice(param_name, tensor, index)
+        return
+    total = sum(linear.output_sizes)
+    if tensor.shape[0] != total:
+        raise UnsupportedModelError(
+            f"{name}: expected {total} rows ({' + '.join(map(str, linear.output_sizes))}), "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    for i, part in enumerate(torch.split(tensor, list(linear.output_sizes), dim=0)):
+        linear.load_slice(param_name, part, i)
 
 
 def _place(name: str, config: ModelConfig) -> tuple[str, str, int] | None:

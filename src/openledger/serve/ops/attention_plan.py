@@ -7,11 +7,15 @@ context lengths, the flat cache slots of their keys and a mask; for the prompt r
 groups of similar sizes padded to one ``[Bp, max_q] x [Bp, max_k]`` layout each (so
 padding adds little to a group's work), with their gather indices and masks. A paged
 decode kernel (:class:`DecodeFn`) reads the decode rows' tables and lengths instead.
+
+The masks apply the plan's sliding window; a layer with another window (Gemma's
+alternating local and global layers) uses :meth:`AttentionPlan.for_window`, the same
+plan with that window's masks, built once per step and window and shared by those layers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -105,6 +109,7 @@ class DecodeGroup(_MaskedGroup):
     block_tables: torch.Tensor
     context_lens: torch.Tensor
     key_slots: torch.Tensor
+    seqs: list[_Seq] = field(default_factory=list, repr=False, kw_only=True)
 
 
 @dataclass(slots=True)
@@ -123,6 +128,7 @@ class PrefillGroup(_MaskedGroup):
     out_index: torch.Tensor
     out_rows: torch.Tensor
     key_slots: torch.Tensor
+    seqs: list[_Seq] = field(default_factory=list, repr=False, kw_only=True)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -139,11 +145,35 @@ class AttentionPlan:
         num_tokens: ``T``, rows of the step.
         decode: The one-token sequences, None if there are none.
         prefill: Groups of the multi-token sequences.
+        sliding_window: The window the masks apply, None for full causal attention.
     """
 
     num_tokens: int
     decode: DecodeGroup | None
     prefill: list[PrefillGroup]
+    sliding_window: int | None = None
+    _variants: dict[int | None, AttentionPlan] = field(default_factory=dict, repr=False)
+
+    def for_window(self, window: int | None) -> AttentionPlan:
+        """This plan with masks for ``window`` (None: full causal) instead of its own: the
+        same groups, index tensors shared, masks built on the first call per step."""
+        if window == self.sliding_window:
+            return self
+        if window not in self._variants:
+            device = self.prefill[0].mask.device if self.prefill else None
+            if self.decode is not None:
+                device = self.decode.mask.device
+            assert device is not None  # NOTE: a plan has decode rows or prompt groups
+            decode = None
+            if self.decode is not None:
+                mask = _decode_mask(self.decode.seqs, window).to(device)
+                decode = replace(self.decode, mask=mask, _bias=None)
+            prefill = [
+                replace(g, mask=_prefill_mask(g.seqs, window).to(device), _bias=None)
+                for g in self.prefill
+            ]
+            self._variants[window] = AttentionPlan(self.num_tokens, decode, prefill, window)
+        return self._variants[window]
 
 
 @dataclass(slots=True)
@@ -184,7 +214,7 @@ def plan_attention(
     decode = _decode_group(ones, row, block_size, sliding_window, device) if ones else None
     many = sorted((s for s in seqs if s.num_queries > 1), key=_area, reverse=True)
     groups = [_prefill_group(g, block_size, sliding_window, device) for g in _bucket(many)]
-    return AttentionPlan(row, decode, groups)
+    return AttentionPlan(row, decode, groups, sliding_window)
 
 
 def _area(seq: _Seq) -> int:
@@ -230,7 +260,6 @@ def _decode_group(
 ) -> DecodeGroup:
     span = max(s.context_len for s in seqs)
     lens = torch.tensor([s.context_len for s in seqs])
-    mask = _visible(lens[:, None] - 1, torch.arange(span)[None, :], window)
     rows = [s.row for s in seqs]
     tables = [s.block_table for s in seqs]
     width = max(map(len, tables))
@@ -241,8 +270,30 @@ def _decode_group(
         ).to(device),
         context_lens=lens.to(torch.int32).to(device),
         key_slots=_key_slots(seqs, span, block_size).flatten().to(device),
-        mask=mask[:, None, None, :].to(device),
+        mask=_decode_mask(seqs, window).to(device),
+        seqs=seqs,
     )
+
+
+def _decode_mask(seqs: list[_Seq], window: int | None) -> torch.Tensor:
+    """``[Bd, 1, 1, span]``: the key positions each one-token sequence sees."""
+    span = max(s.context_len for s in seqs)
+    lens = torch.tensor([s.context_len for s in seqs])
+    return _visible(lens[:, None] - 1, torch.arange(span)[None, :], window)[:, None, None, :]
+
+
+def _prefill_mask(seqs: list[_Seq], window: int | None) -> torch.Tensor:
+    """``[Bp, 1, max_q, max_k]``: the key positions each padded query sees."""
+    max_q = max(s.num_queries for s in seqs)
+    max_k = max(s.context_len for s in seqs)
+    lens_q = torch.tensor([s.num_queries for s in seqs])[:, None]
+    index = torch.arange(max_q)[None, :]
+    real = index < lens_q  # [Bp, max_q]
+    query_pos = torch.tensor([s.context_len for s in seqs])[:, None] - lens_q + index
+    key_pos = torch.arange(max_k)[None, None, :]
+    mask = _visible(query_pos[:, :, None], key_pos, window)
+    mask |= ~real[:, :, None] & (key_pos == 0)  # NOTE: a fully masked row would give NaN
+    return mask[:, None]
 
 
 def _prefill_group(
@@ -253,10 +304,6 @@ def _prefill_group(
     lens_q = torch.tensor([s.num_queries for s in seqs])[:, None]
     index = torch.arange(max_q)[None, :]
     real = index < lens_q  # [Bp, max_q]
-    query_pos = torch.tensor([s.context_len for s in seqs])[:, None] - lens_q + index
-    key_pos = torch.arange(max_k)[None, None, :]
-    mask = _visible(query_pos[:, :, None], key_pos, window)
-    mask |= ~real[:, :, None] & (key_pos == 0)  # NOTE: a fully masked row would give NaN
     rows = torch.tensor([s.row for s in seqs])[:, None] + index
     rows = torch.where(real, rows, 0).flatten()
     out_index = real.flatten().nonzero().flatten()
@@ -265,5 +312,6 @@ def _prefill_group(
         out_index=out_index.to(device),
         out_rows=rows[out_index].to(device),
         key_slots=_key_slots(seqs, max_k, block_size).flatten().to(device),
-        mask=mask[:, None].to(device),
+        mask=_prefill_mask(seqs, window).to(device),
+        seqs=seqs,
     )

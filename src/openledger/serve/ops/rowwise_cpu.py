@@ -4,7 +4,7 @@
   weight, eps)`` (``hidden += delta`` in place, then the norm): one pass each instead of
   six small torch ops (:class:`~openledger.serve.layers.norm.RMSNorm`);
 * ``openledger::silu_mul(gate_up)``: ``silu(gate) * up`` of the fused gate|up projection,
-  with a vectorised exp (:class:`~openledger.serve.models.llama.LlamaMLP`);
+  with a vectorised exp (:class:`~openledger.serve.models.decoder.GatedMLP`);
 * ``openledger::rotary(heads, cos_sin, positions)``: the half-split rotary embedding of a
   step's query and key heads (:class:`~openledger.serve.layers.rotary.RotaryEmbedding`);
 * ``openledger::argmax_rows(x)``: the greedy pick over a step's logits (:func:`argmax_rows`).
