@@ -147,11 +147,13 @@ def test_pickle_corrupt_and_foreign_adapters_are_refused(
     foreign = make_peft_adapter(wider, tmp_path / "foreign", r=2, targets=["o_proj"], seed=5)
     with pytest.raises(AdapterMismatchError, match="shape"):
         store.add("foreign", foreign)
-    dora = make_peft_adapter(
-        base, tmp_path / "dora", r=2, targets=["q_proj"], seed=6, use_dora=True
-    )
-    with pytest.raises(AdapterFormatError, match="use_dora"):
-        store.add("dora", dora)
+    score = make_peft_adapter(base, tmp_path / "score", r=2, targets=["q_proj"], seed=6)
+    config_path = score / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["modules_to_save"] = ["score"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(AdapterFormatError, match="modules_to_save names 'score'"):
+        store.add("score", score)
     with pytest.raises(AdapterNotFoundError, match="no folder"):
         store.add("missing", tmp_path / "nowhere")
     assert len(store) == 0  # nothing half-registered

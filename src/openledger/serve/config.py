@@ -114,6 +114,12 @@ class EngineConfig(CheckedModel):
         gt=0,
         description="Bytes of adapter weights kept in host memory; least recently used go first.",
     )
+    max_adapter_heads: int = Field(
+        default=2,
+        ge=0,
+        description="Adapters with modules_to_save (whole [vocab, hidden] copies of lm_head "
+        "and/or embed_tokens) registered at once; registering one more is refused.",
+    )
 
     @field_validator("block_size")
     @classmethod

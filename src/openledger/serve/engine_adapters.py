@@ -178,6 +178,8 @@ def _make_store(
         dtype=runner.model.embed_tokens.weight.dtype,
         device=runner.device,
         max_host_bytes=config.max_adapter_host_memory,
+        base_weights=runner.base_projection,
+        max_head_adapters=config.max_adapter_heads,
     )
 
 
@@ -190,6 +192,9 @@ class AdapterMethods:
         self, name: str, source: str | os.PathLike[str], *, sha256: str | None = None
     ) -> AdapterSpec:
         """Register a LoRA adapter; requests use it with ``SamplingParams(adapter=name)``.
+
+        PEFT LoRA, rsLoRA, ``rank_pattern``/``alpha_pattern``, DoRA and ``modules_to_save``
+        copies of ``lm_head``/``embed_tokens`` are served (docs/serve.md, Adapters).
 
         The adapter is validated against the base model now (its weights hashed) and
         loaded on first use. Downloads follow ``engine.adapters.source_policy`` (https
@@ -208,9 +213,12 @@ class AdapterMethods:
             AdapterNotFoundError: The source cannot be had.
             AdapterSourceError: The source breaks the download rules or its pin.
             AdapterFormatError: Pickle weights, corrupt safetensors, unsupported PEFT
-                options, a config field out of range, or a manifest id that is not the
-                hash of the weights.
+                options (biases; modules_to_save other than lm_head and embed_tokens), a
+                config field out of range, or a manifest id that is not the hash of the
+                weights.
             AdapterMismatchError: Made for another base model (manifest, shapes, modules).
+            AdapterCapacityError: It has modules_to_save copies and
+                ``EngineConfig.max_adapter_heads`` such adapters are registered.
             ConfigError: The name is taken or invalid, or the engine serves no adapters.
         """
         return self._adapters.require().add(name, source, sha256=sha256)

@@ -1,4 +1,12 @@
-"""Runs scheduled sequences through the model: owns the weights, the KV cache and sampling."""
+"""Runs scheduled sequences through the model: owns the weights, the KV cache and sampling.
+
+Adapters with ``modules_to_save`` copies (:attr:`~openledger.serve.layers.lora.LoraState.heads`)
+change a step's embedding and LM head per request, through the model contract
+(``embed_input(ids, weight)``, ``forward(..., inputs_embeds=)``, ``compute_logits(h, weight)``)
+that every family keeps: the base embedding for all tokens, then the rows of each slot
+whose adapter saved ``embed_tokens`` embedded again with its copy; likewise logits rows of
+slots whose adapter saved ``lm_head`` come from its copy, the others from the base head.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import torch
 
 from openledger.serve.batch import BatchMetadata
 from openledger.serve.layers.attention import AttentionBackend
+from openledger.serve.layers.linear import Linear
 from openledger.serve.layers.lora import LoraState
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.loader import build_model
@@ -85,13 +94,15 @@ class ModelRunner:
             One token per sequence with ``num_computed_tokens == len(seq)``, in order.
         """
         input_ids, batch = self.prepare(seqs, num_new_tokens)
+        embeds = None
         if self.lora is not None:
             self.lora.set_batch([seq.adapter_index for seq in seqs], batch.host_query_lens)
-        hidden = self.model(input_ids, batch)
+            embeds = self._embed(input_ids, self.lora)
+        hidden = self.model(input_ids, batch, inputs_embeds=embeds)
         done = [seq for seq in seqs if seq.num_computed_tokens == len(seq)]
         if not done:
             return SampledTokens([], [])
-        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        logits = self._logits(hidden[batch.logits_indices], [seq.adapter_index for seq in done])
         return sample(
             logits,
             [seq.params for seq in done],
@@ -101,6 +112,49 @@ class ModelRunner:
             [_banned(seq) for seq in done],
             use_kernel=self.cpu_kernels,
         )
+
+    def base_projection(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The base ``(weight, bias)`` of the fused projection ``name``
+        (``layers.0.self_attn.qkv_proj``), as DoRA adapters are loaded against."""
+        module = self.model.get_submodule(name)
+        if not isinstance(module, Linear):
+            raise TypeError(f"{name} is no projection of the model")
+        return module.weight, module.bias
+
+    def _embed(self, input_ids: torch.Tensor, lora: LoraState) -> torch.Tensor | None:
+        """The first layer's input when a slot of the step has its own ``embed_tokens``
+        (else None: the model embeds)."""
+        step = lora.step
+        runs = [] if step is None else step.segments
+        own = [(lora.heads[slot].get("embed_tokens"), start, end) for slot, start, end in runs]
+        if all(table is None for table, _, _ in own):
+            return None
+        hidden: torch.Tensor = self.model.embed_input(input_ids)
+        for table, start, end in own:
+            if table is not None:
+                hidden[start:end] = self.model.embed_input(input_ids[start:end], table)
+        return hidden
+
+    def _logits(self, hidden: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """Logits of the rows ``hidden [N, H]``, row ``i`` through the LM head of slot
+        ``slots[i]`` where its adapter saved one, else the model's."""
+        heads = self.lora.heads if self.lora is not None else None
+        rows: dict[int, list[int]] = {}
+        for row, slot in enumerate(slots):
+            own = heads is not None and slot >= 0 and "lm_head" in heads[slot]
+            rows.setdefault(slot if own else -1, []).append(row)
+        if heads is None or list(rows) == [-1]:
+            logits: torch.Tensor = self.model.compute_logits(hidden)
+            return logits
+        parts = []
+        for slot, group in rows.items():
+            index = self._tensor(group)
+            head = None if slot < 0 else heads[slot]["lm_head"]
+            parts.append((index, self.model.compute_logits(hidden[index], head)))
+        logits = parts[0][1].new_empty(len(slots), parts[0][1].shape[1])
+        for index, part in parts:
+            logits.index_copy_(0, index, part)
+        return logits
 
     def prepare(
         self, seqs: list[SequenceState], num_new_tokens: list[int]

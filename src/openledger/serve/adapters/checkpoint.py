@@ -3,7 +3,10 @@
 The weights must be ``adapter_model.safetensors`` (pickle files are refused: loading them
 can run code); every tensor must be the ``lora_A`` or ``lora_B`` of a served projection
 (:data:`PROJECTIONS`) of an existing layer, with the base model's shapes and one rank per
-module; ``openledger_manifest.json``, when present, must name the served base weights.
+module, a DoRA ``lora_magnitude_vector`` of such a module (``[out_features]``, only in a
+DoRA adapter, and then one per module), or a ``modules_to_save`` copy of ``lm_head`` or
+``embed_tokens`` (``[vocab, hidden]``, only when the config lists it);
+``openledger_manifest.json``, when present, must name the served base weights.
 Files are hashed with keccak256, as ``openledger.train`` exports adapter ids.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -24,9 +28,11 @@ __all__ = [
     "MANIFEST_FILE",
     "PROJECTIONS",
     "WEIGHTS_FILE",
+    "AdapterTensors",
     "bytes_keccak",
     "check_manifest",
     "check_shapes",
+    "check_tensors",
     "file_keccak",
     "header_shapes",
     "projection_shapes",
@@ -49,6 +55,14 @@ PROJECTIONS: dict[str, tuple[str, int]] = {
 _KEY = re.compile(
     r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$"
 )
+_MAGNITUDE = re.compile(
+    r"^base_model\.model\.(model\.layers\.\d+\.(?:self_attn|mlp)\.\w+)\.lora_magnitude_vector$"
+)
+SAVED_KEYS = {
+    "base_model.model.lm_head.weight": "lm_head",
+    "base_model.model.model.embed_tokens.weight": "embed_tokens",
+}
+"""The keys PEFT writes ``modules_to_save`` copies under, and the module each copies."""
 
 
 def projection_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
@@ -146,6 +160,78 @@ def header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterFormatError(f"{weights} is not a readable safetensors file: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterTensors:
+    """What an adapter's weights file holds, checked against the base model.
+
+    Attributes:
+        ranks: Each targeted module's rank (``model.layers.0.self_attn.q_proj``).
+        magnitudes: The modules with a DoRA magnitude vector (all of them in a DoRA
+            adapter).
+        saved: The ``modules_to_save`` copies present (``lm_head``, ``embed_tokens``).
+    """
+
+    ranks: dict[str, int]
+    magnitudes: frozenset[str]
+    saved: frozenset[str]
+
+
+def check_tensors(
+    shapes: Mapping[str, tuple[int, ...]],
+    config: ModelConfig,
+    weights: Path,
+    *,
+    dora: bool,
+    saved: frozenset[str],
+    tied: bool = False,
+) -> AdapterTensors:
+    """Check every tensor of a weights file against the base model and the adapter's
+    config (``dora``: ``use_dora``; ``saved``: the modules ``modules_to_save`` names;
+    ``tied``: ``ensure_weight_tying``, under which PEFT saves both copies of a tied pair).
+
+    Raises:
+        AdapterMismatchError: A tensor that fits no served module (see the module
+            docstring) or the base model's shapes, a DoRA module without its magnitude, or
+            a listed ``modules_to_save`` copy that is missing.
+        AdapterFormatError: A rank out of range.
+    """
+    lora: dict[str, tuple[int, ...]] = {}
+    magnitudes: dict[str, tuple[int, ...]] = {}
+    copies: set[str] = set()
+    allowed = set(SAVED_KEYS.values()) if saved and tied else saved
+    expected = projection_shapes(config)
+    for key, shape in shapes.items():
+        found = _MAGNITUDE.match(key)
+        if dora and found is not None:
+            magnitudes[found.group(1)] = shape
+        elif key in SAVED_KEYS and SAVED_KEYS[key] in allowed:
+            want = (config.vocab_size, config.hidden_size)
+            if shape != want:
+                raise AdapterMismatchError(
+                    f"{weights}: {key} has shape {shape}, the base model needs {want}"
+                )
+            copies.add(SAVED_KEYS[key])
+        else:
+            lora[key] = shape
+    ranks = check_shapes(lora, config, weights)
+    if dora:
+        for module in ranks.keys() | magnitudes.keys():
+            if module not in ranks:
+                raise AdapterMismatchError(f"{weights}: {module} has a magnitude but no LoRA")
+            rows = (expected[module.rsplit(".", 1)[1]][1],)
+            if magnitudes.get(module) != rows:
+                raise AdapterMismatchError(
+                    f"{weights}: {module}.lora_magnitude_vector has shape "
+                    f"{magnitudes.get(module)}, a DoRA adapter needs {rows}"
+                )
+    if not saved <= copies:
+        raise AdapterMismatchError(
+            f"{weights}: modules_to_save lists {sorted(saved)} but the file holds "
+            f"copies of {sorted(copies)}"
+        )
+    return AdapterTensors(ranks, frozenset(magnitudes), frozenset(copies))
 
 
 def check_shapes(

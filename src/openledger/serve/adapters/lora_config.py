@@ -4,6 +4,9 @@ An adapter's config comes from whoever published it, so nothing in it is trusted
 
 * ``lora_alpha`` and ``alpha_pattern`` values must be finite numbers > 0;
 * ``r`` (and every rank found in the weights) must be in ``1..MAX_ADAPTER_RANK``;
+* ``use_dora`` is served (the magnitude vectors come with the weights); ``modules_to_save``
+  may name ``lm_head`` and ``embed_tokens`` only (:data:`SAVED_MODULES`), the modules the
+  engine keeps per-adapter copies of; biases (``bias``, ``lora_bias``) are refused;
 * ``alpha_pattern`` keys are regular expressions (as in PEFT) and are refused unless they
   are short (``MAX_PATTERN_LENGTH``), few (``MAX_PATTERNS``) and of a shape whose matching
   time is bounded: no group, alternation or repeat inside a repeat, at most
@@ -29,6 +32,7 @@ __all__ = [
     "MAX_PATTERNS",
     "MAX_PATTERN_LENGTH",
     "MAX_PATTERN_REPEATS",
+    "SAVED_MODULES",
     "LoraOptions",
     "read_lora_options",
 ]
@@ -41,6 +45,8 @@ MAX_PATTERN_LENGTH = 256
 """Longest ``alpha_pattern`` key, in characters."""
 MAX_PATTERN_REPEATS = 4
 """Most repeat operators (``*``, ``+``, ``?``, ``{m,n}``) in one ``alpha_pattern`` key."""
+SAVED_MODULES = ("embed_tokens", "lm_head")
+"""The ``modules_to_save`` the engine serves (per-adapter copies of the embedding and head)."""
 
 _SINGLE_CHARACTER = {"LITERAL", "NOT_LITERAL", "IN", "ANY", "CATEGORY"}
 _REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
@@ -55,11 +61,19 @@ class LoraOptions:
         alpha: ``lora_alpha``.
         patterns: ``alpha_pattern`` compiled, in config order (first match wins).
         use_rslora: Scale by ``alpha / sqrt(r)`` instead of ``alpha / r``.
+        use_dora: A DoRA adapter (a magnitude vector per targeted module).
+        modules_to_save: Which of :data:`SAVED_MODULES` the adapter saves whole copies of
+            (as the config lists them; the weights file decides what is there).
+        ensure_weight_tying: PEFT kept the copies of tied ``embed_tokens`` and ``lm_head``
+            tied (it then saves both).
     """
 
     alpha: float
     patterns: tuple[tuple[re.Pattern[str], float], ...]
     use_rslora: bool
+    use_dora: bool = False
+    modules_to_save: frozenset[str] = frozenset()
+    ensure_weight_tying: bool = False
 
     def scaling(self, module: str, rank: int) -> float:
         """The scaling of ``module`` (``model.layers.0.self_attn.q_proj``) at ``rank``."""
@@ -76,8 +90,9 @@ def read_lora_options(folder: Path) -> LoraOptions:
     """Read and validate ``folder/adapter_config.json``.
 
     Raises:
-        AdapterFormatError: Unreadable, not a plain LoRA (DoRA, biases, modules_to_save),
-            or a field out of range; the message names the field.
+        AdapterFormatError: Unreadable, not a LoRA, with biases, ``modules_to_save``
+            naming another module than ``lm_head``/``embed_tokens``, or a field out of
+            range; the message names the field.
     """
     config = _read_json(folder / ADAPTER_CONFIG_FILE)
     where = f"{folder / ADAPTER_CONFIG_FILE}"
@@ -94,7 +109,32 @@ def read_lora_options(folder: Path) -> LoraOptions:
         for key, value in patterns.items()
     )
     alpha = _positive(config.get("lora_alpha", 8), f"{where}: lora_alpha")
-    return LoraOptions(alpha, compiled, bool(config.get("use_rslora", False)))
+    return LoraOptions(
+        alpha,
+        compiled,
+        bool(config.get("use_rslora", False)),
+        use_dora=bool(config.get("use_dora", False)),
+        modules_to_save=_saved_modules(config.get("modules_to_save"), where),
+        ensure_weight_tying=bool(config.get("ensure_weight_tying", False)),
+    )
+
+
+def _saved_modules(value: object, where: str) -> frozenset[str]:
+    """``modules_to_save`` as the served module names, or a refusal naming the module."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AdapterFormatError(f"{where}: modules_to_save must be a list of module names")
+    saved = set()
+    for name in value:  # NOTE: PEFT may write "model.embed_tokens" (ensure_weight_tying)
+        module = name.rsplit(".", 1)[-1]
+        if module not in SAVED_MODULES:
+            raise AdapterFormatError(
+                f"{where}: modules_to_save names {name!r}; the engine serves copies of "
+                f"{' and '.join(SAVED_MODULES)} only"
+            )
+        saved.add(module)
+    return frozenset(saved)
 
 
 def check_rank(rank: object, what: str) -> int:
@@ -120,14 +160,13 @@ def _read_json(path: Path) -> dict[str, Any]:
             f"{path.parent} is not a PEFT LoRA adapter (peft_type must be LORA)"
         )
     refused = {
-        "use_dora": bool(config.get("use_dora")),
         "bias": config.get("bias", "none") not in ("none", None),
-        "modules_to_save": bool(config.get("modules_to_save")),
+        "lora_bias": bool(config.get("lora_bias")),
     }
     for field_name, present in refused.items():
         if present:
             raise AdapterFormatError(
-                f"{path.parent}: adapters with {field_name} are not served; train a plain LoRA"
+                f"{path.parent}: adapters with {field_name} are not served; train without biases"
             )
     return config
 

@@ -17,6 +17,11 @@ shared and loaded by PEFT like any adapter. The combinations follow PEFT's
 adapter has ``lora_alpha = r`` (scaling 1), so ``B A`` is its whole update. Only ``cat``
 reproduces ``sum w_i s_i B_i A_i`` exactly; the others approximate it (``linear`` mixes
 cross terms ``B_i A_j``), as in PEFT.
+
+DoRA adapters and adapters with ``modules_to_save`` copies are refused: a DoRA update
+(``m / ||W + s B A|| * (W + s B A) - W``) is not linear in its factors, so no LoRA of the
+combined factors reproduces a weighted sum of DoRA updates, and a weighted sum of whole
+``lm_head``/``embed_tokens`` copies is no adapter PEFT combines either.
 """
 
 from __future__ import annotations
@@ -97,7 +102,8 @@ def merge_adapters(
     Raises:
         AdapterNotFoundError: A name is not registered in ``store``.
         ConfigError: No sources, a non-finite weight, an unknown combination, a bad or
-            missing density, or a non-empty ``output_dir``.
+            missing density, a non-empty ``output_dir``, or a DoRA or ``modules_to_save``
+            source.
         AdapterMismatchError: Sources with different ranks on one module (all but ``cat``),
             or manifests naming different base weights.
         AdapterFormatError: A source's weights became unreadable since registration.
@@ -127,6 +133,15 @@ def merge_adapter_specs(
     """:func:`merge_adapters` from adapter specs instead of names (same arguments, errors)."""
     if not sources:
         raise ConfigError("merge_adapters needs at least one adapter")
+    for source in sources:
+        spec = source.spec
+        if spec.use_dora or spec.saved_modules:
+            what = "a DoRA adapter" if spec.use_dora else f"saving {sorted(spec.saved_modules)}"
+            raise ConfigError(
+                f"adapter {spec.name!r} is {what}: merging is refused for DoRA and "
+                "modules_to_save adapters (their updates are not linear in their weights); "
+                "serve it alone"
+            )
     kind = _check_options(combination, density, majority_sign_method, len(sources))
     folder = output_folder(output_dir)
     base = common_base(sources)

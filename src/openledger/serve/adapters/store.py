@@ -10,9 +10,15 @@ r"""The adapter store: registered (disk) -> host memory -> device slots.
 A request names one adapter, none, or a weighted mix ``{"a": 0.7, "b": 0.3}``; a mix is
 its own slot entry whose weights are the exact concatenation of its members
 (:func:`~openledger.serve.ops.lora_torch.combine_lora_weights`), never merged into the
-base model. Names, registrations and the requests holding them are the store's
+base model (a mix of DoRA or ``modules_to_save`` adapters is refused: neither is linear in
+its weights). Names, registrations and the requests holding them are the store's
 :class:`~openledger.serve.adapters.registry.AdapterRegistry`: slots and host copies belong
 to registrations, so a removed adapter's weights serve its admitted requests to the end.
+
+Adapters with ``modules_to_save`` carry whole ``[vocab, hidden]`` copies of ``lm_head``
+and/or ``embed_tokens``; at most ``max_head_adapters`` of them are registered at once
+(registering one more is refused), which bounds the memory those copies take in host
+memory and in device slots.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from pathlib import Path
 import httpx
 import torch
 
-from openledger.exceptions import AdapterNotFoundError
+from openledger.exceptions import AdapterCapacityError, AdapterNotFoundError, InvalidRequestError
 from openledger.serve.adapters.loading import (
     AdapterSpec,
+    BaseWeights,
     LoadedAdapter,
     inspect_adapter,
     load_adapter,
@@ -66,6 +73,9 @@ class AdapterStore:
             pinning); the defaults when None.
         base_weights_hash: Returns the base model's weights hash (compared with adapter
             manifests); called once, on the first adapter with a manifest.
+        base_weights: The base projections by engine module name (DoRA adapters need
+            them to load; without it they are refused when loaded).
+        max_head_adapters: Adapters with ``modules_to_save`` registered at once.
     """
 
     def __init__(
@@ -80,8 +90,12 @@ class AdapterStore:
         http_client: httpx.Client | None = None,
         base_weights_hash: Callable[[], str | None] | None = None,
         source_policy: AdapterSourcePolicy | None = None,
+        base_weights: BaseWeights | None = None,
+        max_head_adapters: int = 2,
     ) -> None:
         self.config = config
+        self.base_weights = base_weights
+        self.max_head_adapters = max_head_adapters
         self.state = state
         self.dtype = dtype
         self.device = device
@@ -165,7 +179,19 @@ class AdapterStore:
 
         Raises:
             ConfigError: The name is registered (or invalid).
+            AdapterCapacityError: ``spec`` has ``modules_to_save`` copies and
+                :attr:`max_head_adapters` such adapters are registered (or still serve
+                requests after removal).
         """
+        if spec.saved_modules:
+            holding = [s.name for s in self.registry.specs.values() if s.saved_modules]
+            if len(holding) >= self.max_head_adapters:
+                raise AdapterCapacityError(
+                    f"adapter {spec.name!r} saves {sorted(spec.saved_modules)} (whole "
+                    f"[vocab, hidden] copies); {len(holding)} such adapters are registered "
+                    f"({', '.join(sorted(holding))}), the most this engine holds "
+                    "(EngineConfig.max_adapter_heads); remove one first"
+                )
         self.registry.register(spec)
         return spec
 
@@ -213,9 +239,20 @@ class AdapterStore:
 
         Raises:
             AdapterNotFoundError: A named adapter is not registered.
-            InvalidRequestError: A malformed mix (empty, non-finite or zero weights).
+            InvalidRequestError: A malformed mix (empty, non-finite or zero weights), or a
+                mix naming a DoRA or ``modules_to_save`` adapter.
         """
-        return self.registry.resolve(ref)
+        use = self.registry.resolve(ref)
+        if "*" in use.key:
+            for name, registration in zip(use.names, use.registrations, strict=True):
+                spec = self.registry.specs[registration]
+                if spec.use_dora or spec.saved_modules:
+                    kind = "a DoRA" if spec.use_dora else "a modules_to_save"
+                    raise InvalidRequestError(
+                        f"adapter {name!r} is {kind} adapter, whose update is not linear in "
+                        "its weights: it cannot be part of a weighted mix; name it alone"
+                    )
+        return use
 
     def load_host(self, name: str) -> LoadedAdapter:
         """The adapter's weights in host memory, read from disk on first use.
@@ -233,7 +270,7 @@ class AdapterStore:
         spec = self.registry.specs.get(registration)
         if spec is None:
             raise AdapterNotFoundError(f"adapter registration {registration!r} was removed")
-        loaded = load_adapter(spec, self.config, self.dtype)
+        loaded = load_adapter(spec, self.config, self.dtype, self.base_weights)
         self._host[registration] = loaded
         self._host_bytes += loaded.num_bytes
         while self._host_bytes > self.max_host_bytes and len(self._host) > 1:
@@ -267,7 +304,7 @@ class AdapterStore:
         slot, _ = self.slots.acquire(use.key)
         if not resident:
             try:
-                self.state.install(slot, self._device_weights(use))
+                self.state.install(slot, self._device_weights(use), self._device_heads(use))
             except Exception:
                 self.slots.release(use.key)
                 raise
@@ -291,6 +328,12 @@ class AdapterStore:
             ]
             combined[module] = combine_lora_weights(parts).to(self.device, self.dtype)
         return combined
+
+    def _device_heads(self, use: AdapterUse) -> dict[str, torch.Tensor]:
+        if "*" in use.key:  # NOTE: resolve() refuses mixes of adapters with copies
+            return {}
+        heads = self._load_registration(use.registrations[0]).heads
+        return {m: t.to(self.device, self.dtype) for m, t in heads.items()}
 
     def _unload_slot(self, key: str) -> None:
         slot = self.slots.release(key)

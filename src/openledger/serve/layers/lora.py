@@ -6,7 +6,12 @@ once before the forward pass; each :class:`~openledger.serve.layers.linear.Linea
 a :class:`LoraProjection` adds its update after the base matmul::
 
     out = x W^T (+ b)
-    out[tokens of slot s] += (x A_s^T) B_s^T      for every slot s in the step
+    out[tokens of slot s] = out * g_s + (1 - g_s) b   for every DoRA slot s (g_s = 1 elsewhere)
+    out[tokens of slot s] += (x A_s^T) B_s^T          for every slot s in the step
+
+(DoRA: :mod:`~openledger.serve.ops.lora_dora`; its ``g_s`` is folded into ``B_s``, so every
+backend serves DoRA adapters.) The state also holds each slot's ``modules_to_save`` copies
+(:attr:`LoraState.heads`), which the model runner reads.
 
 How the update is computed is the backend's business (:mod:`~openledger.serve.ops.lora_backends`:
 torch, the compiled CPU kernel, Triton), chosen once from ``EngineConfig.lora_backend``; the
@@ -32,6 +37,7 @@ from openledger.serve.ops.lora_backends import (
     TritonLoraBackend,
 )
 from openledger.serve.ops.lora_cpu import cpu_lora_kernel
+from openledger.serve.ops.lora_dora import DoraScales
 from openledger.serve.ops.lora_step import LoraStep
 from openledger.serve.ops.lora_torch import LoraWeights
 
@@ -143,6 +149,10 @@ class LoraState:
         self.slots: dict[str, list[LoraWeights | None]] = {
             name: [None] * num_slots for name in module_names
         }
+        self.dora = DoraScales(num_slots, self.device)
+        """DoRA slots' output factors per projection."""
+        self.heads: list[Mapping[str, torch.Tensor]] = [{}] * num_slots
+        """Each slot's ``modules_to_save`` copies (``embed_tokens``, ``lm_head``)."""
         self.version = 0
         """Counts slot changes (backends key their caches by it)."""
         self.step: LoraStep | None = None
@@ -150,18 +160,27 @@ class LoraState:
         """Consecutive steps before this one with its adapters and no slot changed since."""
         self._previous: tuple[tuple[int, ...], int] | None = None
 
-    def install(self, slot: int, modules: Mapping[str, LoraWeights] | None) -> None:
+    def install(
+        self,
+        slot: int,
+        modules: Mapping[str, LoraWeights] | None,
+        heads: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         """Put an adapter's weights (already on the device) into ``slot``; None empties it.
 
-        The weights are kept in the layout the backend reads (:meth:`LoraBackend.layout`).
+        The weights are kept in the layout the backend reads (:meth:`LoraBackend.layout`);
+        ``heads`` are its ``modules_to_save`` copies by module (``lm_head``,
+        ``embed_tokens``), kept by reference.
         """
         self.version += 1
+        self.heads[slot] = {} if modules is None or heads is None else dict(heads)
         for name, per_slot in self.slots.items():
             weights = None if modules is None else modules.get(name)
             if weights is not None:
                 weights = self.backend.layout(weights)
             per_slot[slot] = weights
             self.backend.install(name, slot, weights)
+            self.dora.install(name, slot, None if weights is None else weights.dora)
 
     def set_batch(self, slots: Sequence[int], query_lens: Sequence[int]) -> None:
         """Set the step: sequence ``i`` has ``query_lens[i]`` tokens of slot ``slots[i]``
@@ -180,6 +199,7 @@ class LoraState:
         self.step = step
         steady = self.steady_steps >= STEADY_STEPS
         self.backend.prepare(step, steady=steady, version=self.version)
+        self.dora.prepare(step)
 
 
 STEADY_STEPS = 2
@@ -200,9 +220,11 @@ class LoraProjection:
         self.weights = state.slots[name]
 
     def apply(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """Add the update of every token's adapter to ``out [T, O]`` in place."""
+        """Add the update of every token's adapter to ``out [T, O]`` in place (DoRA slots'
+        base outputs rescaled first)."""
         step = self.state.step
         if step is not None and not step.empty:
+            self.state.dora.apply(self.name, out)
             self.state.backend.apply(self.name, self.weights, out, x)
 
 

@@ -101,7 +101,7 @@ def kernel_layout(weights: LoraWeights) -> LoraWeights:
         bt = buffer[offset : offset + rank * cols].view(rank, cols)
         slices.append(LoraSlice(s.rank_start, s.rank_end, s.col_start, s.col_end, bt.T))
         offset += rank * cols
-    return LoraWeights(a, tuple(slices))
+    return LoraWeights(a, tuple(slices), weights.dora)
 
 
 def _buffer_of(weights: LoraWeights) -> torch.Tensor | None:

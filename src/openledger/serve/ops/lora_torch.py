@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from openledger.serve.ops.lora_dora import DoraFactors
+
 __all__ = [
     "LoraGroups",
     "LoraSlice",
@@ -58,16 +60,20 @@ class LoraWeights:
     Attributes:
         a: ``[sum of slice ranks, H]`` stacked ``lora_A`` weights.
         slices: The targeted slices, in any order.
+        dora: A DoRA adapter's output factors (its ``B`` then holds ``g s B``; see
+            :mod:`.lora_dora`); None for plain LoRA.
     """
 
     a: torch.Tensor
     slices: tuple[LoraSlice, ...]
+    dora: DoraFactors | None = None
 
     @property
     def num_bytes(self) -> int:
         """Bytes held by the tensors."""
         tensors = [self.a, *(s.b for s in self.slices)]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        extra = 0 if self.dora is None else self.dora.num_bytes
+        return sum(t.numel() * t.element_size() for t in tensors) + extra
 
     def to(self, device: torch.device, dtype: torch.dtype) -> LoraWeights:
         """A copy on ``device`` in ``dtype`` (no copy when already there)."""
@@ -75,7 +81,8 @@ class LoraWeights:
             LoraSlice(s.rank_start, s.rank_end, s.col_start, s.col_end, s.b.to(device, dtype))
             for s in self.slices
         )
-        return LoraWeights(self.a.to(device, dtype), slices)
+        dora = None if self.dora is None else self.dora.to(device, dtype)
+        return LoraWeights(self.a.to(device, dtype), slices, dora)
 
 
 def combine_lora_weights(parts: Sequence[tuple[LoraWeights, float]]) -> LoraWeights:
@@ -92,6 +99,8 @@ def combine_lora_weights(parts: Sequence[tuple[LoraWeights, float]]) -> LoraWeig
     """
     if not parts:
         raise ValueError("combine_lora_weights needs at least one adapter")
+    if any(weights.dora is not None for weights, _ in parts):
+        raise ValueError("a DoRA update is not linear in its weights: it cannot be combined")
     a_parts: list[torch.Tensor] = []
     slices: list[LoraSlice] = []
     offset = 0
@@ -118,7 +127,7 @@ def fuse_expand(weights: LoraWeights) -> LoraWeights:
     b = weights.a.new_zeros(last - first, weights.a.shape[0])
     for s in weights.slices:
         b[s.col_start - first : s.col_end - first, s.rank_start : s.rank_end] += s.b
-    return LoraWeights(weights.a, (LoraSlice(0, weights.a.shape[0], first, last, b),))
+    return LoraWeights(weights.a, (LoraSlice(0, weights.a.shape[0], first, last, b),), weights.dora)
 
 
 @dataclass(frozen=True, slots=True)
