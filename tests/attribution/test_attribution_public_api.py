@@ -32,6 +32,7 @@ PUBLIC = [
     "UsageReceipt",
     "attribute",
     "context_ablation",
+    "epoch_bond_penalties",
     "largest_remainder",
     "load_scoring_model",
     "rag_answer",

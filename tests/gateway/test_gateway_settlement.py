@@ -28,7 +28,7 @@ from tests.chain.conftest import running_anvil
 from tests.gateway.conftest import GatewayModels, Server, start_server
 
 from openledger.attribution import SHARE_UNITS, InfluenceIndex, largest_remainder
-from openledger.chain import Chain, Protocol, connect
+from openledger.chain import Chain, FlagKind, Protocol, connect
 from openledger.crypto import Account, keccak256_hex
 from openledger.data import Snapshot
 from openledger.exceptions import AttributionInputError, ConfigError, SettlementError
@@ -232,6 +232,14 @@ def test_the_worker_credits_what_the_index_says(served: Served) -> None:
 def test_settle_pays_every_receipt_once_and_serves_claims(served: Served, chain: Chain) -> None:
     path = _attributed(served, f"settle-{chain.chain_id}.db")
     protocol = _protocol(chain, served.snapshot)
+    # A validator flags a record of a bonded contributor: the epoch reports the slash.
+    bonds, flagged = protocol.require_bonds(), served.accounts[1]
+    datanet = protocol.datanets.datanet_id_of(chain.default_account.address, "facts")
+    bonds.set_policy(datanet, 10**19, 1_000, 86_400)
+    chain.fund(flagged.address, 10**17)
+    protocol.token.transfer(flagged.address, 10**19)
+    bonds.approve_and_bond(datanet, 10**19, sender=flagged)
+    bonds.flag(datanet, "0x" + "44" * 32, flagged.address, FlagKind.DUPLICATE, "0x" + "55" * 32)
     pool = 10**18 + 3
     start = protocol.token.balance_of(protocol.rewards.address)
     with ReceiptLedger(path) as ledger:
@@ -239,6 +247,7 @@ def test_settle_pays_every_receipt_once_and_serves_claims(served: Served, chain:
             ledger, protocol, operator=_operator(path), pool_wei=pool, through_window=FAR_WINDOW
         )
         assert done.epoch_id is not None
+        assert done.bond_penalties == {flagged.address: 10**18}
         assert len(done.settled) == _credited(path)
         assert len(done.nothing_owed) == ledger.count_receipts() - _credited(path)
         assert not done.waiting
@@ -249,6 +258,7 @@ def test_settle_pays_every_receipt_once_and_serves_claims(served: Served, chain:
             ledger, protocol, operator=_operator(path), pool_wei=pool, through_window=FAR_WINDOW
         )
         assert (again.epoch_id, again.settled, again.nothing_owed) == (None, [], [])
+        assert again.bond_penalties == {}
         payee = served.accounts[0].address
         (claim,) = claims_of(ledger, payee, protocol)
     assert protocol.token.balance_of(protocol.rewards.address) - start == pool

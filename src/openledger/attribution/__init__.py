@@ -25,7 +25,14 @@ from openledger.attribution.api import attribute
 from openledger.attribution.gradients import GradientLayout, Projector
 from openledger.attribution.index import IndexManifest, InfluenceIndex
 from openledger.attribution.influence import METHODS, Method
-from openledger.attribution.poa import Epoch, Ledger, SignedReceipt, UsageReceipt, settle
+from openledger.attribution.poa import (
+    Epoch,
+    Ledger,
+    SignedReceipt,
+    UsageReceipt,
+    epoch_bond_penalties,
+    settle,
+)
 from openledger.attribution.rag import (
     Ablation,
     Citation,
@@ -75,6 +82,7 @@ __all__ = [
     "UsageReceipt",
     "attribute",
     "context_ablation",
+    "epoch_bond_penalties",
     "largest_remainder",
     "load_scoring_model",
     "rag_answer",

@@ -17,7 +17,7 @@ Weights and penalties are shares times :data:`~openledger.attribution.rewards.SH
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,15 @@ from openledger.crypto import (
 from openledger.exceptions import AttributionInputError, CryptoError, ReceiptError
 from openledger.types import Address, Hash32, Wei, to_hash32
 
-__all__ = ["RECEIPT_TYPES", "Epoch", "Ledger", "SignedReceipt", "UsageReceipt", "settle"]
+__all__ = [
+    "RECEIPT_TYPES",
+    "Epoch",
+    "Ledger",
+    "SignedReceipt",
+    "UsageReceipt",
+    "epoch_bond_penalties",
+    "settle",
+]
 
 RECEIPT_TYPES = {
     "UsageReceipt": [
@@ -340,24 +348,14 @@ class Ledger:
         return epoch
 
     def bond_penalties(self) -> dict[Address, Wei]:
-        """Wei slashed from contributors' data bonds (``DataBonds`` ``RecordFlagged``) since
-        :attr:`window_start`, in the datanets whose snapshots the pending receipts credit.
-
-        Empty for a deployment without ``DataBonds``. :meth:`close_epoch` reports these in
-        the epoch's split (:attr:`~openledger.attribution.RewardSplit.bond_penalties`).
-        """
-        bonds = self.protocol.bonds
-        # NOTE: nodes refuse log reads from a block beyond the latest (anvil), so an epoch
-        # closed right after the previous one checks first
-        if (
-            bonds is None
-            or not self.pending
-            or self.window_start > self.protocol.chain.block_number()
-        ):
-            return {}
+        """Wei slashed from contributors' data bonds since :attr:`window_start`, in the
+        datanets whose snapshots the pending receipts credit (see :func:`epoch_bond_penalties`);
+        :meth:`close_epoch` reports them in the epoch's split
+        (:attr:`~openledger.attribution.RewardSplit.bond_penalties`)."""
         roots = {r.receipt.snapshot_root for r in self.pending}
-        datanets = self.protocol.datanets.datanets_of_roots(roots, self.from_block)
-        return bonds.penalties(set(datanets.values()), self.window_start)
+        return epoch_bond_penalties(
+            self.protocol, roots, window_start=self.window_start, from_block=self.from_block
+        )
 
     def _next_epoch_id(self) -> int:
         return max(self.protocol.rewards.posted_epoch_ids(self.from_block), default=0) + 1
@@ -405,6 +403,27 @@ def settle(
     ]
     ledger.add([ledger.sign(r, signer) for r in receipts])
     return ledger.close_epoch(pool_wei, epoch_id=epoch_id)
+
+
+def epoch_bond_penalties(
+    protocol: Protocol, snapshot_roots: Iterable[str], *, window_start: int, from_block: int = 0
+) -> dict[Address, Wei]:
+    """Wei slashed from contributors' data bonds (``DataBonds`` ``RecordFlagged`` logs) since
+    block ``window_start``, in the datanets the ``snapshot_roots`` were published under.
+
+    Args:
+        protocol: The deployment (empty for one without ``DataBonds``).
+        snapshot_roots: Roots an epoch credits (its receipts' ``snapshot_root``).
+        window_start: First block of the epoch's window.
+        from_block: Where reads of ``SnapshotPublished`` logs start (the deployment block).
+    """
+    bonds = protocol.bonds
+    roots = set(snapshot_roots)
+    # NOTE: nodes refuse log reads that start beyond the latest block (anvil)
+    if bonds is None or not roots or window_start > protocol.chain.block_number():
+        return {}
+    datanets = protocol.datanets.datanets_of_roots(roots, from_block)
+    return bonds.penalties(set(datanets.values()), window_start)
 
 
 def _request_id(report: AttributionReport, position: int) -> str:

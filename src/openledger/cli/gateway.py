@@ -296,6 +296,7 @@ def _settle(out: TextIO, args: argparse.Namespace) -> None:
         "total_wei": str(done.total),
         "transaction": done.transaction,
         "payouts": {a: str(w) for a, w in done.payouts.items()},
+        "bond_penalties": {a: str(w) for a, w in done.bond_penalties.items()},
         "settled": len(done.settled),
         "nothing_owed": len(done.nothing_owed),
         "waiting_for_attribution": len(done.waiting),

@@ -44,6 +44,7 @@ from openledger.attribution import (
     RewardPolicy,
     SignedReceipt,
     UsageReceipt,
+    epoch_bond_penalties,
     split_rewards,
 )
 from openledger.chain import Protocol, RewardTree
@@ -122,6 +123,9 @@ class Settlement:
         held: Request ids refused, with why (they stay pending; fix and settle again).
         recovered: Epochs of earlier, interrupted runs: ``{epoch id: "posted" | "confirmed"
             | "abandoned"}``.
+        bond_penalties: Wei slashed from contributors' data bonds since the previous epoch,
+            in the datanets this epoch credits (reported, not deducted again; see
+            :func:`~openledger.attribution.epoch_bond_penalties`).
     """
 
     epoch_id: int | None = None
@@ -134,6 +138,7 @@ class Settlement:
     waiting: list[Hash32] = field(default_factory=list)
     held: dict[Hash32, str] = field(default_factory=dict)
     recovered: dict[int, str] = field(default_factory=dict)
+    bond_penalties: dict[Address, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +237,13 @@ def settle_ledger(
     signed = [book.sign(u, operator) for u in usages] if usages and pool > 0 else []
     epoch = None
     if signed:
+        window_start = _window_start(ledger, protocol)
+        roots = {u.snapshot_root for u in usages}
+        slashed = epoch_bond_penalties(protocol, roots, window_start=window_start)
         try:
-            split = split_rewards(signed, pool, policy)
+            split = split_rewards(
+                signed, pool, policy, bond_penalties={str(a): w for a, w in slashed.items()}
+            )
         except AttributionInputError:  # NOTE: every share rounded to zero: nobody is owed
             result.nothing_owed += [r.request_id for r in owed]
             owed = []
@@ -246,7 +256,21 @@ def settle_ledger(
         result.total = int(epoch.tree.total)
         result.payouts = {a: int(w) for a, w in epoch.tree.payouts.items()}
         result.settled = [r.request_id for r in owed]
+        result.bond_penalties = dict(split.bond_penalties)
     return result
+
+
+def _window_start(ledger: ReceiptLedger, protocol: Protocol) -> int:
+    """The block after the one that posted this ledger's latest epoch (0 before the first)."""
+    rows = ledger.read(
+        "SELECT tx_hash FROM epochs WHERE state = 'posted' AND tx_hash IS NOT NULL "
+        "ORDER BY epoch_id DESC LIMIT 1"
+    )
+    for (tx_hash,) in rows:
+        found = protocol.chain.find_receipt(tx_hash)
+        if found is not None:
+            return int(found["blockNumber"]) + 1
+    return 0
 
 
 def recover_epochs(
