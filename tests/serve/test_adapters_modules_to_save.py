@@ -67,13 +67,13 @@ def test_modules_to_save_of_another_module_is_refused(
 ) -> None:
     engine = engine_of(setup)
     score = edited(setup["head"], tmp_path / "score", modules_to_save=["lm_head", "score"])
-    with pytest.raises(AdapterFormatError, match="modules_to_save names 'score'.*lm_head"):
+    with pytest.raises(AdapterFormatError, match=r"modules_to_save names 'score'.*lm_head"):
         engine.add_adapter("score", score)
     missing = edited(setup["plain"], tmp_path / "missing", modules_to_save=["lm_head"])
     with pytest.raises(AdapterMismatchError, match=r"modules_to_save lists \['lm_head'\]"):
         engine.add_adapter("missing", missing)
     unlisted = edited(setup["head"], tmp_path / "unlisted", modules_to_save=None)
-    with pytest.raises(AdapterMismatchError, match="lm_head.weight' targets no served"):
+    with pytest.raises(AdapterMismatchError, match=r"lm_head\.weight' targets no served"):
         engine.add_adapter("unlisted", unlisted)
     biased = edited(setup["dora"], tmp_path / "biased", lora_bias=True)
     with pytest.raises(AdapterFormatError, match="lora_bias"):
@@ -81,7 +81,8 @@ def test_modules_to_save_of_another_module_is_refused(
     no_magnitude = edited(setup["plain"], tmp_path / "no-magnitude", use_dora=True)
     with pytest.raises(AdapterMismatchError, match="lora_magnitude_vector has shape None"):
         engine.add_adapter("no-magnitude", no_magnitude)
-    assert engine.adapters is not None and len(engine.adapters) == 0
+    assert engine.adapters is not None
+    assert len(engine.adapters) == 0
 
 
 def test_head_copies_are_bounded(setup: dict[str, Path]) -> None:
@@ -101,7 +102,7 @@ def test_dora_and_saved_modules_refuse_mixes_and_merges(
     engine = engine_of(setup)
     for name in ("dora", "plain", "head"):
         engine.add_adapter(name, setup[name])
-    with pytest.raises(InvalidRequestError, match="'dora' is a DoRA adapter.*weighted mix"):
+    with pytest.raises(InvalidRequestError, match=r"'dora' is a DoRA adapter.*weighted mix"):
         engine.add_request([1, 2], SamplingParams(adapter={"dora": 0.5, "plain": 0.5}))
     with pytest.raises(InvalidRequestError, match="'head' is a modules_to_save adapter"):
         engine.add_request([1, 2], SamplingParams(adapter={"head": 1.0}))
@@ -119,8 +120,9 @@ def test_dora_needs_the_base_weights(setup: dict[str, Path]) -> None:
         config, LoraState(names, 2), dtype=torch.float32, device=torch.device("cpu")
     )
     spec = store.add("dora", setup["dora"])
-    assert spec.use_dora and spec.saved_modules == frozenset()
-    with pytest.raises(AdapterFormatError, match="'dora' is a DoRA adapter.*base weights"):
+    assert spec.use_dora
+    assert spec.saved_modules == frozenset()
+    with pytest.raises(AdapterFormatError, match=r"'dora' is a DoRA adapter.*base weights"):
         store.load_host("dora")
 
 
