@@ -56,6 +56,8 @@ class _FactorCapture:
         self.grad: torch.Tensor | None = None
 
     def forward_hook(self, module: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        if inputs[0].dim() < 3:  # NOTE: DoRA's weight-norm pass, lora_B(lora_A(eye)): no tokens
+            return
         x = inputs[0].detach()
         if self.mask is not None:
             x = x * self.mask[..., None].to(x)
