@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from openledger.attribution import InfluenceIndex
     from openledger.train import Adapter
 
-__all__ = ["AttributionPass", "AttributionWorker"]
+__all__ = ["AttributionPass", "AttributionWorker", "record_attributions"]
 
 logger = logging.getLogger("openledger.gateway")
 
@@ -262,25 +262,7 @@ class AttributionWorker:
         self, adapter_id: Hash32, rows: list[tuple[Hash32, dict[str, Any]]], method: str
     ) -> None:
         adapter, _ = self._sources[adapter_id]
-        manifest = adapter.manifest
-        now = int(time.time())
-        values = [
-            (
-                request_id,
-                adapter_id,
-                manifest.snapshot_root,
-                manifest.datanet_id,
-                manifest.snapshot_id,
-                method,
-                json.dumps(shares, sort_keys=True),
-                now,
-            )
-            for request_id, shares in rows
-        ]
-        with self.ledger.transaction() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values
-            )
+        record_attributions(self.ledger, adapter.manifest, rows, method)
 
     def _scored_shares(self, adapter_id: Hash32, epoch: int) -> list[dict[str, Any]]:
         """The scored (not estimated) credits of an adapter in one window."""
@@ -290,6 +272,45 @@ class AttributionWorker:
             (adapter_id, epoch, ESTIMATED),
         )
         return [json.loads(shares) for (shares,) in rows]
+
+
+def record_attributions(
+    ledger: ReceiptLedger,
+    manifest: Any,
+    rows: Sequence[tuple[Hash32, Mapping[str, Any]]],
+    method: str,
+) -> None:
+    """Write one adapter's attributions of receipts into the ledger (one transaction).
+
+    A (receipt, adapter) credited already keeps its first attribution.
+
+    Args:
+        ledger: The ledger holding the receipts.
+        manifest: The adapter's :class:`~openledger.train.AdapterManifest` (its id,
+            snapshot root, datanet and snapshot are recorded with each row).
+        rows: ``(request id, shares)``, shares as
+            :func:`~openledger.gateway.attribution_policy.averaged` gives them
+            (``{"weights": {address: units}, "penalties": {address: units}}``).
+        method: How the shares were found (the attribution method's name).
+    """
+    now = int(time.time())
+    values = [
+        (
+            request_id,
+            manifest.adapter_id,
+            manifest.snapshot_root,
+            manifest.datanet_id,
+            manifest.snapshot_id,
+            method,
+            json.dumps(dict(shares), sort_keys=True),
+            now,
+        )
+        for request_id, shares in rows
+    ]
+    with ledger.transaction() as conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO attributions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values
+        )
 
 
 def _folder_of(index: InfluenceIndex) -> str:
