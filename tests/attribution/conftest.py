@@ -76,3 +76,33 @@ def colour_run(
     records = colour_records()
     snapshot = make_snapshot(folder / "dn", [records[:6], records[6:]], accounts)
     return snapshot, train(memorising_llama_dir, snapshot, folder / "adapter"), accounts
+
+
+def random_lora_model(base: Path, rank: int, seed: int) -> tuple[Any, list[Any]]:
+    """The tiny model in ``base`` with random, non-zero LoRA factors of ``rank`` on the
+    attention and MLP projections, in eval mode, and its LoRA pairs (only they train)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from openledger.attribution.gradients import lora_pairs
+    from openledger.models import load_base_model
+
+    torch.manual_seed(seed)
+    model, _ = load_base_model(str(base), dtype="float32", device="cpu")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(model, config).eval()
+    return peft_model, lora_pairs(peft_model)
+
+
+def random_example(length: int, learnt_from: int, seed: int) -> tuple[list[int], list[int]]:
+    """``length`` random token ids, learnt from position ``learnt_from`` on."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 200, (length,), generator=generator).tolist()
+    return ids, [-100] * learnt_from + ids[learnt_from:]

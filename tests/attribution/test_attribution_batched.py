@@ -9,11 +9,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.attribution.conftest import random_example, random_lora_model
 from tests.numerics import assert_rows_close, backward_terms
 
 from openledger.attribution import InfluenceIndex
 from openledger.attribution.batched import batch_gradients, iter_batch_gradients, length_batches
-from openledger.attribution.gradients import Projector, example_gradient, lora_pairs
+from openledger.attribution.gradients import Projector, example_gradient
 from openledger.crypto import Account
 from openledger.data import Snapshot
 from openledger.exceptions import AttributionInputError
@@ -25,25 +26,10 @@ Example = tuple[list[int], list[int]]
 @pytest.fixture(scope="module")
 def lora_model(tiny_llama_dir: Path) -> tuple[Any, list[Any]]:
     """A tiny Llama with random, non-zero LoRA factors on attention and MLP projections."""
-    from peft import LoraConfig, get_peft_model
-
-    from openledger.models import load_base_model
-
-    torch.manual_seed(0)
-    base, _ = load_base_model(str(tiny_llama_dir), dtype="float32", device="cpu")
-    config = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-        init_lora_weights=False,
-    )
-    model = get_peft_model(base, config).eval()
-    return model, lora_pairs(model)
+    return random_lora_model(tiny_llama_dir, rank=4, seed=0)
 
 
-def example(length: int, learnt_from: int, seed: int) -> Example:
-    ids = torch.randint(3, 200, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
-    return ids, [-100] * learnt_from + ids[learnt_from:]
+example = random_example
 
 
 def reference(model: Any, pairs: list[Any], projector: Projector, examples: list[Example]) -> Any:

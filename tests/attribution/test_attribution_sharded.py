@@ -116,3 +116,27 @@ def test_ray_tasks_write_the_same_bytes(
     finally:
         ray.shutdown()
     assert digest(tmp_path / "single") == digest(tmp_path / "ray")
+
+
+def test_16_bit_shards_write_the_same_bytes_and_resume(
+    trained: tuple[Snapshot, TrainingRun], tmp_path: Path
+) -> None:
+    fast = {"compute_dtype": "bfloat16", "storage_dtype": "bfloat16"}
+    single = build(trained, tmp_path / "single", **fast)
+    assert single.grads[0].dtype.itemsize == 2
+    with pytest.raises(Crash):
+        build(trained, tmp_path / "resumed", executor=Counting(limit=2), shards=3, **fast)
+    rest = Counting()
+    resumed = build(trained, tmp_path / "resumed", executor=rest, shards=3, **fast)
+    assert rest.calls == 1
+    assert digest(tmp_path / "single") == digest(tmp_path / "resumed")
+    assert resumed.manifest.storage_dtype == "bfloat16"
+
+
+def test_shards_left_in_another_dtype_are_refused(
+    trained: tuple[Snapshot, TrainingRun], tmp_path: Path
+) -> None:
+    with pytest.raises(Crash):
+        build(trained, tmp_path / "idx", executor=Counting(limit=1), shards=3)
+    with pytest.raises(AttributionInputError, match="holds float32 rows"):
+        build(trained, tmp_path / "idx", executor=Counting(), shards=3, storage_dtype="float16")

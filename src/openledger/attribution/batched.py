@@ -18,12 +18,17 @@ gradients are never formed::
 which are exactly the values :meth:`Projector.project` gives for the per-record path
 (:func:`~openledger.attribution.gradients.example_gradient`, the slow reference).
 Padded positions are zeroed in ``x`` so they add nothing.
+
+Lower-precision compute (``compute_dtype="bfloat16"``, or ``"float16"`` on a GPU) runs the
+forward and backward passes under ``torch.autocast`` on the model's device; the captured
+inputs and output-gradients are cast to float32 before the projection and the sum over
+tokens, so only the passes themselves are rounded to the lower precision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from openledger.attribution.gradients import LoraPair, Projector
@@ -31,10 +36,19 @@ from openledger.attribution.gradients import LoraPair, Projector
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "batch_gradients", "iter_batch_gradients", "length_batches"]
+__all__ = [
+    "COMPUTE_DTYPES",
+    "DEFAULT_BATCH_TOKENS",
+    "batch_gradients",
+    "iter_batch_gradients",
+    "length_batches",
+]
 
 DEFAULT_BATCH_TOKENS = 1024
 """Padded tokens per forward/backward pass when building an index (memory vs speed)."""
+
+COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+"""Precisions of the forward and backward passes (``float32``: the reference)."""
 
 Example = tuple[Sequence[int], Sequence[int]]
 
@@ -56,24 +70,36 @@ class _FactorCapture:
         self.grad: torch.Tensor | None = None
 
     def forward_hook(self, module: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        import torch
+
         if inputs[0].dim() < 3:  # NOTE: DoRA's weight-norm pass, lora_B(lora_A(eye)): no tokens
             return
-        x = inputs[0].detach()
-        if self.mask is not None:
-            x = x * self.mask[..., None].to(x)
-        if self.projected_side == "in" and self.matrix is not None:
-            x = x @ self.matrix.T.to(x)
+        x = _widened(inputs[0].detach())
+        # NOTE: float32 here even inside an autocast pass (the captures are sums over tokens)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.mask is not None:
+                x = x * self.mask[..., None].to(x)
+            if self.projected_side == "in" and self.matrix is not None:
+                x = x @ self.matrix.T.to(x)
         self.inputs = x
         output.register_hook(self._backward_hook)  # type: ignore[no-untyped-call]
 
     def _backward_hook(self, grad: torch.Tensor) -> None:
         import torch
 
+        grad = _widened(grad)
         if self.projected_side == "out" and self.matrix is not None:
             grad = grad @ self.matrix.T.to(grad)
         # NOTE: a factor runs once per forward; a second call would overwrite, not add.
         self.grad = torch.einsum("bto,bti->boi", grad, self.inputs)
         self.inputs = None
+
+
+def _widened(values: torch.Tensor) -> torch.Tensor:
+    """Half-precision values (from an autocast pass) as float32; others unchanged."""
+    import torch
+
+    return values.float() if values.dtype in (torch.bfloat16, torch.float16) else values
 
 
 @contextmanager
@@ -137,8 +163,29 @@ def _summed_example_losses(
     return (losses.sum(dim=1) / counts).sum()
 
 
+def _autocast(model: Any, compute_dtype: str) -> AbstractContextManager[Any]:
+    """``torch.autocast`` to ``compute_dtype`` on the model's device (nothing for float32).
+
+    Raises:
+        ValueError: An unknown ``compute_dtype``.
+    """
+    import torch
+
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+        )
+    if compute_dtype == "float32":
+        return nullcontext()
+    return torch.autocast(model.device.type, dtype=getattr(torch, compute_dtype))
+
+
 def batch_gradients(
-    model: Any, pairs: Sequence[LoraPair], projector: Projector, examples: Sequence[Example]
+    model: Any,
+    pairs: Sequence[LoraPair],
+    projector: Projector,
+    examples: Sequence[Example],
+    compute_dtype: str = "float32",
 ) -> torch.Tensor:
     """Return each example's flat (projected) LoRA gradient, ``len(examples) x width``.
 
@@ -150,12 +197,15 @@ def batch_gradients(
         pairs: Its LoRA layers, in the order of the flat layout.
         projector: The per-factor projection.
         examples: ``(input_ids, labels)`` pairs (labels ``-100`` where nothing is learnt).
+        compute_dtype: Precision of the forward and backward passes (one of
+            :data:`COMPUTE_DTYPES`); the per-example sums are float32 in every case.
 
     Returns:
         float32 rows on the CPU.
 
     Raises:
-        ValueError: If ``examples`` is empty or an example learns no token.
+        ValueError: If ``examples`` is empty, an example learns no token, or
+            ``compute_dtype`` is unknown.
     """
     import torch
 
@@ -163,7 +213,8 @@ def batch_gradients(
         raise ValueError("no example to take gradients of")
     ids, labels, mask = _padded(examples, model.device)
     with _captured(model, pairs, projector, mask) as captures:
-        loss = _summed_example_losses(model, ids, labels, mask)
+        with _autocast(model, compute_dtype):
+            loss = _summed_example_losses(model, ids, labels, mask)
         torch.autograd.grad(loss, [p for pair in pairs for p in (pair.a, pair.b)])
     count = len(examples)
     parts = []
@@ -199,7 +250,9 @@ def iter_batch_gradients(
     projector: Projector,
     examples: Sequence[Example],
     max_tokens: int = DEFAULT_BATCH_TOKENS,
+    compute_dtype: str = "float32",
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield ``(indices, rows)`` batch by batch: the gradients of ``examples[indices]``."""
     for indices in length_batches([len(ids) for ids, _ in examples], max_tokens):
-        yield indices, batch_gradients(model, pairs, projector, [examples[i] for i in indices])
+        batch = [examples[i] for i in indices]
+        yield indices, batch_gradients(model, pairs, projector, batch, compute_dtype)

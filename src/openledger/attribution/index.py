@@ -8,8 +8,12 @@
     (prompt, completion) ── query gradient ── scorer (method) ──┴── AttributionReport
 
 A record costs ``4 * width`` bytes on disk (``width``: :attr:`InfluenceIndex.width`, the sum
-of projected LoRA layer sizes, see :mod:`.gradients`) per checkpoint. Without
-``output_dir`` the gradients stay in memory.
+of projected LoRA layer sizes, see :mod:`.gradients`) per checkpoint, half that with 16-bit
+rows (``storage_dtype``, see :mod:`.storage`). Without ``output_dir`` the gradients stay
+in memory.
+
+Format ``openledger.influence_index/3`` added ``storage_dtype`` and ``compute_dtype`` to
+the manifest; an index of format ``/2`` (float32 rows, float32 passes) still loads.
 
 NOTE: ``index.json`` names each record by its hash, contributor and gradient row, never by
 its text: an index of a private datanet may be copied or kept after access ends without
@@ -38,6 +42,7 @@ from openledger.attribution.examples import (
 from openledger.attribution.gradients import GradientLayout, Projector, lora_pairs
 from openledger.attribution.index_checks import (
     check_batch_tokens,
+    check_dtypes,
     check_index_snapshot,
     check_settings,
     check_snapshot,
@@ -53,6 +58,7 @@ from openledger.attribution.loading import (
 )
 from openledger.attribution.report import AttributionReport, RecordScore
 from openledger.attribution.sharded import Executor, build_shards
+from openledger.attribution.storage import load_rows
 from openledger.data import Snapshot
 from openledger.exceptions import AttributionInputError, SnapshotMismatchError
 from openledger.types import Address, Hash32
@@ -67,13 +73,16 @@ __all__ = [
     "INDEX_FILE",
     "INDEX_FORMAT",
     "QUERY_CACHE",
+    "READABLE_FORMATS",
     "IndexManifest",
     "IndexedRecord",
     "InfluenceIndex",
 ]
 
 INDEX_FILE = "index.json"
-INDEX_FORMAT = "openledger.influence_index/2"
+INDEX_FORMAT = "openledger.influence_index/3"
+READABLE_FORMATS = (INDEX_FORMAT, "openledger.influence_index/2")
+"""Index formats :meth:`InfluenceIndex.load` reads (``/2``: float32 rows, no dtype fields)."""
 _PREVIEW_CHARS = 500
 QUERY_CACHE = 256
 """Answers whose query gradients an index keeps (least recently used go first)."""
@@ -108,6 +117,8 @@ class IndexManifest(BaseModel):
     checkpoints: tuple[str, ...]
     num_skipped: int
     records: tuple[IndexedRecord, ...]
+    storage_dtype: str = "float32"
+    compute_dtype: str = "float32"
 
 
 class InfluenceIndex:
@@ -148,7 +159,8 @@ class InfluenceIndex:
 
     @property
     def width(self) -> int:
-        """Values stored per record and checkpoint (bytes per record = 4 x this x checkpoints)."""
+        """Values stored per record and checkpoint (bytes per record = 4 x this x checkpoints
+        for float32 rows, 2 x for 16-bit)."""
         return self.layout.width
 
     def __len__(self) -> int:
@@ -173,6 +185,8 @@ class InfluenceIndex:
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         executor: Executor | None = None,
         shards: int = 1,
+        compute_dtype: str = "float32",
+        storage_dtype: str = "float32",
     ) -> InfluenceIndex:
         """Compute and cache the per-example LoRA gradients of the snapshot's records.
 
@@ -199,6 +213,13 @@ class InfluenceIndex:
                 interrupted part way resumes (see :mod:`openledger.attribution.sharded`).
                 Needs ``output_dir``.
             shards: How many tasks (with ``executor``).
+            compute_dtype: Precision of the forward and backward passes: ``float32`` (the
+                reference), ``bfloat16`` (under ``torch.autocast``; faster where the device
+                has bfloat16 matrix units) or ``float16`` (GPUs). Queries use the same.
+                Per-example sums are float32 in every case (:mod:`.batched`).
+            storage_dtype: Dtype of the stored rows: ``float32``, ``bfloat16`` or
+                ``float16`` (half the bytes; scoring still accumulates in float32, see
+                :mod:`.storage`).
 
         Raises:
             SnapshotMismatchError: The adapter's manifest names another snapshot.
@@ -208,6 +229,7 @@ class InfluenceIndex:
         check_snapshot(found, snapshot)
         check_settings(method, projection_dim, damping_scale, checkpoints, learning_rates)
         check_batch_tokens(batch_tokens)
+        check_dtypes(compute_dtype, storage_dtype)
         model, tokenizer = load_adapter(found, device)
         stored = list(snapshot.records(grant=grant))
         examples, skipped = training_examples(stored, tokenizer, found.recipe)
@@ -216,13 +238,20 @@ class InfluenceIndex:
         projector = Projector(projection_dim, projection_seed)
         layout = GradientLayout.of(lora_pairs(model), projector)
         rates = tuple(learning_rates or [found.recipe.learning_rate] * max(1, len(checkpoints)))
-        settings = _Settings(method, projector, damping_scale, rates, tuple(map(str, checkpoints)))
+        settings = _Settings(
+            method,
+            projector,
+            damping_scale,
+            rates,
+            tuple(map(str, checkpoints)),
+            compute_dtype,
+            storage_dtype,
+        )
         manifest = _manifest(found, snapshot, settings, layout, skipped, examples)
         folder = None if output_dir is None else Path(output_dir)
         if executor is None:
-            width = layout.width
             grads = _gradients(
-                model, projector, examples, checkpoints, folder, width, progress, batch_tokens
+                model, examples, folder, layout.width, progress, batch_tokens, settings
             )
         elif folder is None:
             raise AttributionInputError("a sharded build writes its shards to output_dir: give one")
@@ -238,6 +267,8 @@ class InfluenceIndex:
                 shards=shards,
                 executor=executor,
                 device=str(device or "cpu"),
+                compute_dtype=compute_dtype,
+                storage_dtype=storage_dtype,
             )
         if folder is not None:
             (folder / INDEX_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -266,15 +297,13 @@ class InfluenceIndex:
 
         Raises:
             SnapshotMismatchError: The index was built for another adapter or snapshot.
-            AttributionInputError: The folder is not an index (or an older format).
+            AttributionInputError: The folder is not an index (or of a format older than
+                ``/2``), or its gradient files do not match its manifest.
             AccessDeniedError: The snapshot's datanet is private and ``grant`` does not
                 let its holder read it now.
         """
-        import numpy as np
-        import torch
-
         root = Path(folder)
-        manifest = read_manifest(root, INDEX_FILE, INDEX_FORMAT)
+        manifest = read_manifest(root, INDEX_FILE, READABLE_FORMATS)
         if snapshot is not None:
             check_index_snapshot(manifest, snapshot)
             snapshot.records(grant=grant)  # refuses now, not at the first report
@@ -285,7 +314,7 @@ class InfluenceIndex:
                 f"not {found.id}; build a new index for this adapter"
             )
         grads = [
-            torch.from_numpy(np.load(root / f"gradients-{c}.npy", mmap_mode="r"))
+            load_rows(root / f"gradients-{c}.npy", manifest.storage_dtype)
             for c in range(len(manifest.learning_rates))
         ]
         index = cls(manifest, grads, found, snapshot, grant)
@@ -336,7 +365,13 @@ class InfluenceIndex:
             recipe = self.adapter.recipe
             examples = [query_example(p, c, self._tokenizer, recipe) for p, c in missing]
             projector = Projector(self.manifest.projection_dim, self.manifest.projection_seed)
-            found = query_gradients(self._model, projector, examples, self.manifest.checkpoints)
+            found = query_gradients(
+                self._model,
+                projector,
+                examples,
+                self.manifest.checkpoints,
+                compute_dtype=self.manifest.compute_dtype,
+            )
             for position, answer in enumerate(missing):
                 self._queries[answer] = [rows[position] for rows in found]
         for answer in answers:
@@ -417,6 +452,8 @@ class _Settings:
     damping_scale: float
     learning_rates: tuple[float, ...]
     checkpoints: tuple[str, ...]
+    compute_dtype: str
+    storage_dtype: str
 
 
 def _manifest(
@@ -445,25 +482,36 @@ def _manifest(
         checkpoints=settings.checkpoints,
         num_skipped=skipped,
         records=records,
+        storage_dtype=settings.storage_dtype,
+        compute_dtype=settings.compute_dtype,
     )
 
 
 def _gradients(
     model: Any,
-    projector: Projector,
     examples: list[IndexedExample],
-    checkpoints: Sequence[str | os.PathLike[str]],
     folder: Path | None,
     width: int,
     progress: bool | None,
     batch_tokens: int,
+    settings: _Settings,
 ) -> list[torch.Tensor]:
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     grads = []
-    for number, weights in enumerate(checkpoint_weights(model, checkpoints)):
+    for number, weights in enumerate(checkpoint_weights(model, settings.checkpoints)):
         target = None if folder is None else folder / f"gradients-{number}.npy"
         with weights:
-            rows = gradient_rows(model, projector, examples, width, target, progress, batch_tokens)
+            rows = gradient_rows(
+                model,
+                settings.projector,
+                examples,
+                width,
+                target,
+                progress,
+                batch_tokens,
+                compute_dtype=settings.compute_dtype,
+                storage_dtype=settings.storage_dtype,
+            )
             grads.append(rows)
     return grads

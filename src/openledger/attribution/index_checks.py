@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_batch_tokens",
+    "check_dtypes",
     "check_index_snapshot",
     "check_settings",
     "check_snapshot",
@@ -24,14 +25,16 @@ __all__ = [
 ]
 
 
-def read_manifest(root: Path, file: str, fmt: str) -> IndexManifest:
-    """Read and validate ``root/file``; refuse another format with a clear error."""
+def read_manifest(root: Path, file: str, formats: Sequence[str]) -> IndexManifest:
+    """Read and validate ``root/file``; refuse a format not in ``formats`` with a clear
+    error."""
     from openledger.attribution.index import IndexManifest
 
     try:
         raw = json.loads((root / file).read_text())
-        if isinstance(raw, dict) and raw.get("format") != fmt:
-            raise ValueError(f"format {raw.get('format')!r}, not {fmt!r}; rebuild it")
+        if isinstance(raw, dict) and raw.get("format") not in formats:
+            readable = " or ".join(map(repr, formats))
+            raise ValueError(f"format {raw.get('format')!r}, not {readable}; rebuild it")
         return IndexManifest.model_validate(raw)
     except (OSError, ValueError) as exc:
         raise AttributionInputError(f"{root} is not an influence index: {exc}") from None
@@ -89,3 +92,16 @@ def check_batch_tokens(batch_tokens: Any) -> None:
     """Raise unless ``batch_tokens`` is an int >= 1."""
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
         raise AttributionInputError(f"batch_tokens must be an int >= 1, got {batch_tokens!r}")
+
+
+def check_dtypes(compute_dtype: Any, storage_dtype: Any) -> None:
+    """Raise unless both dtypes are known (:data:`~.batched.COMPUTE_DTYPES`,
+    :data:`~.storage.STORAGE_DTYPES`)."""
+    from openledger.attribution.batched import COMPUTE_DTYPES
+    from openledger.attribution.storage import check_storage_dtype
+
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise AttributionInputError(
+            f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+        )
+    check_storage_dtype(storage_dtype)

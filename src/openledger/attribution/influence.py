@@ -20,6 +20,8 @@ query's loss (it helped produce the completion), negative when it raised it.
 
 Products with the (float32, possibly memory-mapped) gradient rows are computed in float32
 and accumulated per layer in float64; the small per-layer systems are solved in float64.
+16-bit rows (an index's ``storage_dtype``) are widened to float32 a block of rows at a
+time before each product, so they too are accumulated in float32.
 
 Methods other than ``tracin`` use the last checkpoint's gradients (the final adapter unless
 checkpoints were given). The damping is DataInf's ``lambda_l = 0.1 * mean_i |g_il|^2 / d_l``
@@ -221,15 +223,31 @@ def _rows(scores: torch.Tensor, single: bool) -> torch.Tensor:
     return scores[:, 0] if single else scores.T
 
 
-def _times(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """``matrix @ vector`` in the matrix's float32 (no float64 copy of it), as float64.
+_WIDEN_ROWS = 4096
+"""Rows of a 16-bit matrix widened to float32 at once by :func:`_times`."""
 
-    NOTE: the gradient rows are float32 (possibly memory-mapped); converting a 2,000-record
-    index to float64 on every query cost more than the query gradient itself. Small
-    systems (Cholesky factors, damping, weights) stay in float64.
+
+def _times(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``matrix @ vector`` in float32 (no float64 copy of the matrix), as float64.
+
+    16-bit matrices are widened to float32 :data:`_WIDEN_ROWS` rows at a time, so the
+    products accumulate in float32 and no float32 copy of the whole matrix is made.
+
+    NOTE: the gradient rows are float32 or 16-bit (possibly memory-mapped); converting a
+    2,000-record index to float64 on every query cost more than the query gradient itself.
+    Small systems (Cholesky factors, damping, weights) stay in float64.
     """
-    product: torch.Tensor = matrix @ vector.to(matrix.dtype)
-    return product.double()
+    import torch
+
+    if matrix.dtype in (torch.float32, torch.float64):
+        product: torch.Tensor = matrix @ vector.to(matrix.dtype)
+        return product.double()
+    wide = vector.float()
+    blocks = [
+        matrix[start : start + _WIDEN_ROWS].float() @ wide
+        for start in range(0, matrix.shape[0], _WIDEN_ROWS)
+    ]
+    return torch.cat(blocks).double()
 
 
 def make_scorer(

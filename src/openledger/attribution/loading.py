@@ -16,6 +16,7 @@ from openledger.attribution.batched import (
 )
 from openledger.attribution.examples import IndexedExample
 from openledger.attribution.gradients import Projector, lora_pairs
+from openledger.attribution.storage import load_rows, new_rows, put_rows, rows_tensor
 from openledger.exceptions import AttributionInputError, ManifestError
 
 if TYPE_CHECKING:
@@ -103,27 +104,27 @@ def gradient_rows(
     target: Path | None,
     progress: bool | None,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    *,
+    compute_dtype: str = "float32",
+    storage_dtype: str = "float32",
 ) -> torch.Tensor:
-    """Return an ``n x width`` float32 matrix of per-example gradients.
+    """Return an ``n x width`` matrix of per-example gradients in ``storage_dtype``.
 
     Examples are grouped by length into batches of at most ``batch_tokens`` padded tokens,
-    one forward and backward pass each (:mod:`.batched`). With ``target`` the rows are
-    written to a memory-mapped ``.npy`` file batch by batch (so the matrix never has to
-    fit in memory twice) and the returned tensor maps that file.
+    one forward and backward pass each (:mod:`.batched`, in ``compute_dtype``). With
+    ``target`` the rows are written to a memory-mapped ``.npy`` file batch by batch (so the
+    matrix never has to fit in memory twice) and the returned tensor maps that file
+    (:mod:`.storage`).
     """
     import numpy as np
-    import torch
 
-    shape = (len(examples), width)
-    rows: Any = (
-        np.zeros(shape, dtype=np.float32)
-        if target is None
-        else np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape)
-    )
+    rows = new_rows(target, (len(examples), width), storage_dtype)
     pairs, bar = lora_pairs(model), _bar(len(examples), progress)
     tokens = [(e.input_ids, e.labels) for e in examples]
-    for indices, block in iter_batch_gradients(model, pairs, projector, tokens, batch_tokens):
-        rows[np.asarray(indices)] = block.numpy()
+    for indices, block in iter_batch_gradients(
+        model, pairs, projector, tokens, batch_tokens, compute_dtype
+    ):
+        put_rows(rows, np.asarray(indices), block, storage_dtype)
         if bar is not None:
             bar.update(len(indices))
     if bar is not None:
@@ -131,8 +132,8 @@ def gradient_rows(
     if target is not None:
         rows.flush()
         del rows
-        return torch.from_numpy(np.load(target, mmap_mode="r"))
-    return torch.from_numpy(rows)
+        return load_rows(target, storage_dtype)
+    return rows_tensor(rows, storage_dtype)
 
 
 def query_gradients(
@@ -141,10 +142,11 @@ def query_gradients(
     queries: Sequence[tuple[list[int], list[int]]],
     checkpoints: Sequence[str | os.PathLike[str]],
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    compute_dtype: str = "float32",
 ) -> list[torch.Tensor]:
-    """Return the queries' gradient rows ``[Q, D]`` under each checkpoint (the final
-    weights without any), in batches of at most ``batch_tokens`` padded tokens (one forward
-    and backward pass each, :mod:`.batched`)."""
+    """Return the queries' float32 gradient rows ``[Q, D]`` under each checkpoint (the
+    final weights without any), in batches of at most ``batch_tokens`` padded tokens (one
+    forward and backward pass each in ``compute_dtype``, :mod:`.batched`)."""
     import torch
 
     pairs = lora_pairs(model)
@@ -153,7 +155,7 @@ def query_gradients(
         with weights:
             rows: dict[int, torch.Tensor] = {}
             for indices, block in iter_batch_gradients(
-                model, pairs, projector, list(queries), batch_tokens
+                model, pairs, projector, list(queries), batch_tokens, compute_dtype
             ):
                 rows.update(zip(indices, block, strict=True))
             found.append(torch.stack([rows[i] for i in range(len(queries))]))

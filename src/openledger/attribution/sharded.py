@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from openledger.attribution.batched import length_batches
 from openledger.attribution.gradients import Projector, lora_pairs
+from openledger.attribution.storage import load_rows, new_rows, put_rows
 from openledger.exceptions import AttributionInputError
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class ShardTask:
         examples: ``(input_ids, labels)`` of the shard's examples, batch after batch.
         batches: Each batch as indices into ``examples``.
         target: The shard file to write.
+        compute_dtype: Precision of the forward and backward passes.
+        storage_dtype: Dtype of the stored rows (see :mod:`.storage`).
     """
 
     adapter: str
@@ -67,6 +70,8 @@ class ShardTask:
     examples: list[tuple[list[int], list[int]]]
     batches: list[list[int]]
     target: str
+    compute_dtype: str = "float32"
+    storage_dtype: str = "float32"
 
 
 def run_shard(task: ShardTask) -> str:
@@ -81,12 +86,13 @@ def run_shard(task: ShardTask) -> str:
     model, _ = load_adapter(open_adapter(task.adapter), task.device)
     projector = Projector(*task.projection)
     pairs = lora_pairs(model)
-    rows = np.zeros((len(task.examples), task.width), dtype=np.float32)
+    rows = new_rows(None, (len(task.examples), task.width), task.storage_dtype)
     checkpoints = [task.checkpoint] if task.checkpoint else []
     with checkpoint_weights(model, checkpoints)[0]:
         for batch in task.batches:
-            block = batch_gradients(model, pairs, projector, [task.examples[i] for i in batch])
-            rows[np.asarray(batch)] = block.numpy()
+            examples = [task.examples[i] for i in batch]
+            block = batch_gradients(model, pairs, projector, examples, task.compute_dtype)
+            put_rows(rows, np.asarray(batch), block, task.storage_dtype)
     partial = Path(task.target + ".partial")
     with partial.open("wb") as handle:
         np.save(handle, rows)
@@ -108,11 +114,14 @@ def build_shards(
     shards: int,
     executor: Executor,
     device: str,
+    compute_dtype: str = "float32",
+    storage_dtype: str = "float32",
 ) -> list[torch.Tensor]:
     """Build every checkpoint's gradient file through ``executor`` (see the module docstring).
 
     Returns:
-        One memory-mapped ``n x width`` tensor per checkpoint (final weights: one).
+        One memory-mapped ``n x width`` tensor per checkpoint (final weights: one), in
+        ``storage_dtype``.
 
     Raises:
         AttributionInputError: ``shards`` below one.
@@ -151,20 +160,27 @@ def build_shards(
                     examples=[(examples[i].input_ids, examples[i].labels) for i in order],
                     batches=local,
                     target=str(target),
+                    compute_dtype=compute_dtype,
+                    storage_dtype=storage_dtype,
                 )
             )
         list(executor.map(run_shard, tasks))
         path = folder / f"gradients-{number}.npy"
-        rows: Any = np.lib.format.open_memmap(
-            path, mode="w+", dtype=np.float32, shape=(len(examples), width)
-        )
+        rows = new_rows(path, (len(examples), width), storage_dtype)
         for target, order in placements:
-            rows[np.asarray(order, dtype=np.int64)] = np.load(target)
+            shard = np.load(target)
+            if shard.dtype != rows.dtype:
+                raise AttributionInputError(
+                    f"{target} (left by an earlier build) holds {shard.dtype} rows, not "
+                    f"{rows.dtype} as storage_dtype={storage_dtype!r} stores; remove "
+                    f"{staging} or build with that earlier build's settings"
+                )
+            rows[np.asarray(order, dtype=np.int64)] = shard
         rows.flush()
         del rows
         for target, _ in placements:
             target.unlink()
-        found.append(torch.from_numpy(np.load(path, mmap_mode="r")))
+        found.append(load_rows(path, storage_dtype))
     staging.rmdir()
     return found
 
