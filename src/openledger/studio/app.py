@@ -41,6 +41,7 @@ def build_app(config: StudioConfig) -> FastAPI:
             job.cancel_event.set()
         state.jobs.wait(timeout=30)
         await state.chat.close()
+        state.rewards.close()
 
     app = FastAPI(title="openledger studio", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.studio = state

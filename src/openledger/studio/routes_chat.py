@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openledger.attribution.rag import build_messages, citations_of
 from openledger.exceptions import ConfigError, OpenLedgerError
+from openledger.studio.rewards import AnswerPart
 from openledger.studio.state import StudioState
 
 __all__ = ["router"]
@@ -33,12 +34,12 @@ class ChatBody(BaseModel):
 
 
 class AttributeBody(BaseModel):
-    """Body of ``POST /api/attribute``: an adapter's answer to attribute."""
+    """Body of ``POST /api/attribute``: an adapter's part of a metered answer to attribute."""
 
+    request_id: str
     adapter: str
     prompt: str
     completion: str
-    tokens: int = 1
 
 
 def _state(request: Request) -> StudioState:
@@ -65,6 +66,10 @@ async def chat(body: ChatBody, request: Request) -> StreamingResponse:
         raise ConfigError(f"max_tokens must be within 1..4096, got {body.max_tokens}")
     state = _state(request)
     engine, base = await state.chat.prepare(body.adapter, body.base_model)
+    parts = []
+    if body.adapter:
+        handle = await run_in_threadpool(state.workspace.adapter, body.adapter)
+        parts = [AnswerPart(body.adapter, str(handle.manifest.adapter_id), 1.0)]
     params = SamplingParams(max_tokens=body.max_tokens, adapter=body.adapter or None)
     messages = [{"role": "user", "content": body.message}]
     sources: list[dict[str, Any]] = []
@@ -95,8 +100,23 @@ async def chat(body: ChatBody, request: Request) -> StreamingResponse:
                     yield _event({"delta": output.delta_text})
                 if output.finished:
                     usage = output.usage
-                    tokens = usage.prompt_tokens + usage.completion_tokens if usage else 1
-                    done: dict[str, Any] = {"done": True, "text": output.text, "tokens": tokens}
+                    prompt_tokens = usage.prompt_tokens if usage else 0
+                    completion_tokens = usage.completion_tokens if usage else 0
+                    request_id = await run_in_threadpool(
+                        state.rewards.record,
+                        parts,
+                        question=body.message,
+                        answer=output.text,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        finish_reason=str(output.finish_reason or "stop"),
+                    )
+                    done: dict[str, Any] = {
+                        "done": True,
+                        "text": output.text,
+                        "tokens": prompt_tokens + completion_tokens,
+                        "request_id": request_id,
+                    }
                     if sources:
                         done["cited"] = [c.number for c in citations_of(output.text, passages)]
                     yield _event(done)
@@ -125,13 +145,14 @@ def _retrieve(state: StudioState, datanet: str, question: str, k: int) -> list[A
 
 @router.post("/attribute")
 def attribute_answer(body: AttributeBody, request: Request) -> dict[str, Any]:
-    """Attribute an adapter's answer to the contributors of the snapshot it learnt from.
-
-    The report joins the answers waiting for the next reward epoch.
+    """Attribute an adapter's part of a metered answer to the contributors of the snapshot
+    the adapter learnt from; the attribution is written into the Studio's ledger, where the
+    answer waits for the next reward epoch.
     """
     from openledger.attribution import attribute
 
     state = _state(request)
+    state.rewards.check_answer(body.request_id, body.adapter, body.prompt, body.completion)
     adapter = state.workspace.adapter(body.adapter)
     manifest = adapter.manifest
     if manifest.datanet_id is None or manifest.snapshot_id is None:
@@ -140,11 +161,11 @@ def attribute_answer(body: AttributeBody, request: Request) -> dict[str, Any]:
     with state.workspace.open_datanet(name) as datanet:
         snapshot = datanet.snapshot_at(manifest.snapshot_id)
         report = attribute(adapter, snapshot, prompt=body.prompt, completion=body.completion)
-    state.rewards.add(report, max(1, body.tokens), body.adapter)
+    state.rewards.credit(body.request_id, manifest, report)
     names = state.workspace.names_by_address()
     shares = sorted(report.contributor_shares().items(), key=lambda kv: -kv[1])
     return {
         "method": report.method,
         "shares": [{"contributor": a, "name": names.get(a, ""), "share": s} for a, s in shares],
-        "pending": len(state.rewards.pending),
+        "pending": state.rewards.counts()["attributed"],
     }

@@ -1,4 +1,4 @@
-"""The Rewards tab's API: answers waiting, settle an epoch, claimable amounts, claims."""
+"""The Rewards tab's API: metered answers, settle an epoch, claimable amounts, claims."""
 
 from __future__ import annotations
 
@@ -52,19 +52,30 @@ def _state(request: Request) -> StudioState:
 
 @router.get("/rewards")
 def rewards_overview(request: Request) -> dict[str, Any]:
-    """Answers waiting for an epoch, and each settled epoch's payees."""
+    """Answers metered and waiting for an epoch, and each posted epoch's payees."""
     state = _state(request)
     names = state.workspace.names_by_address()
-    pending = [{"adapter": p.adapter, "tokens": p.tokens} for p in state.rewards.pending]
-    return {"pending": pending, "epochs": state.rewards.rows(names)}
+    return {**state.rewards.counts(), "epochs": state.rewards.rows(names)}
 
 
 @router.post("/rewards/settle")
 def settle_epoch(body: SettleBody, request: Request) -> dict[str, Any]:
-    """Settle the waiting answers in one epoch on the chain."""
+    """Pay the attributed answers not settled yet in one epoch on the chain."""
     state = _state(request)
-    epoch = state.rewards.settle(tokens_to_wei(body.pool))
-    return {"epoch_id": epoch.epoch_id, "root": epoch.tree.root}
+    done = state.rewards.settle(tokens_to_wei(body.pool))
+    names = state.workspace.names_by_address()
+    return {
+        "epoch_id": done.epoch_id,
+        "root": done.root,
+        "total": str(done.total),
+        "settled": len(done.settled),
+        "nothing_owed": len(done.nothing_owed),
+        "held": done.held,
+        "bond_penalties": [
+            {"address": a, "name": names.get(a, ""), "amount": str(w)}
+            for a, w in sorted(done.bond_penalties.items())
+        ],
+    }
 
 
 @router.post("/rewards/claim")

@@ -34,6 +34,6 @@ class StudioState:
             workspace,
             TrainingJobs(workspace),
             ChatEngines(workspace),
-            Rewards(config.chain_url),
+            Rewards(config.home / "rewards", config.chain_url),
             Evaluations(workspace),
         )

@@ -319,19 +319,20 @@ $("ch-send").addEventListener("click", guarded("ch-message", async () => {
     if (event.error) say("ch-message", event.error, "error");
     if (event.done) {
       turn.dataset.done = "true";
-      if (adapter) turn.append(attributeButton(adapter, message, event.text, event.tokens));
+      turn.dataset.requestId = event.request_id;
+      if (adapter) turn.append(attributeButton(event.request_id, adapter, message, event.text));
     }
   });
 }));
 
-function attributeButton(adapter, prompt, completion, count) {
+function attributeButton(requestId, adapter, prompt, completion) {
   const bars = el("div", { class: "bars" });
   const button = el("button", { class: "attribute" }, "Attribute this answer");
   button.addEventListener("click", guarded("ch-message", async () => {
     button.disabled = true;
     button.textContent = "attributing…";
     try {
-      const result = await api("POST", "/api/attribute", { adapter, prompt, completion, tokens: count });
+      const result = await api("POST", "/api/attribute", { request_id: requestId, adapter, prompt, completion });
       bars.replaceChildren(...result.shares.map((s) => el("div", { class: "bar" },
         el("span", { class: "mono" }, s.name || short(s.contributor)),
         el("div", { class: "fill", style: `width: ${(100 * s.share).toFixed(1)}%` }),
@@ -346,25 +347,35 @@ function attributeButton(adapter, prompt, completion, count) {
 // -- Rewards --------------------------------------------------------------------------------
 async function refreshRewards() {
   const data = await api("GET", "/api/rewards");
-  $("rw-pending").textContent = `${data.pending.length} attributed answer(s) wait for the next epoch`;
+  $("rw-pending").textContent = `${data.answers} answer(s) metered; ${data.unsettled} not settled yet, ` +
+    `${data.attributed} attributed answer(s) wait for the next epoch`;
   $("rw-epochs").tBodies[0].replaceChildren(...data.epochs.flatMap((epoch) => epoch.payees.map((p) => {
     const claim = el("button", { class: "claim" }, "Claim");
-    claim.disabled = p.claimed;
+    claim.disabled = p.claimed || !epoch.live;
     claim.addEventListener("click", guarded("rw-message", async () => {
       const done = await api("POST", "/api/rewards/claim", { epoch_id: epoch.epoch_id, address: p.address });
       say("rw-message", `claimed: ${p.name || p.address} now holds ${tokens(done.balance)} tokens`);
       await refreshRewards();
     }));
-    return el("tr", { "data-address": p.address },
+    const state = p.claimed ? "claimed" : (epoch.live ? tokens(p.amount) : `${tokens(p.amount)} (chain gone)`);
+    return el("tr", { "data-address": p.address, "data-epoch": epoch.epoch_id },
       el("td", {}, epoch.epoch_id), el("td", { class: "mono" }, p.name || p.address),
-      el("td", { class: "claimable" }, p.claimed ? "claimed" : tokens(p.amount)),
+      el("td", { class: "claimable" }, state),
       el("td", { class: "balance" }, tokens(p.balance)), el("td", {}, claim));
   })));
+  const slashed = data.epochs.flatMap((epoch) => epoch.bond_penalties.map((b) => el("tr", {},
+    el("td", {}, epoch.epoch_id), el("td", { class: "mono" }, b.name || b.address), el("td", {}, tokens(b.amount)))));
+  $("rw-bonds").hidden = slashed.length === 0;
+  $("rw-bonds").tBodies[0].replaceChildren(...slashed);
 }
 
 $("rw-settle").addEventListener("click", guarded("rw-message", async () => {
   const epoch = await api("POST", "/api/rewards/settle", { pool: $("rw-pool").value });
-  say("rw-message", `epoch ${epoch.epoch_id} settled, reward root ${epoch.root}`);
+  const closed = epoch.nothing_owed ? `; ${epoch.nothing_owed} unattributed answer(s) closed with nothing owed` : "";
+  const bonds = epoch.bond_penalties.length ? `; ${epoch.bond_penalties.length} data bond(s) slashed in its window` : "";
+  say("rw-message", epoch.epoch_id === null
+    ? `nothing was owed${closed}`
+    : `epoch ${epoch.epoch_id} settled (${epoch.settled} answer(s)), reward root ${epoch.root}${closed}${bonds}`);
   await refreshRewards();
 }));
 
