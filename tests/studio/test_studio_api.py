@@ -149,6 +149,10 @@ def test_cancelled_training_leaves_no_adapter_and_no_folder(
     def job() -> dict[str, Any]:
         return client.get(f"/api/train/jobs/{job_id}").json()
 
+    rewards = client.app.state.studio.rewards  # type: ignore[attr-defined]
+    chain = rewards.chain()
+    rewards.protocol()  # NOTE: deployed now, so a registration would add a block
+    block = chain.block_number()
     wait_for(lambda: job()["step"] >= 1, 120, "the first training step")
     second = client.post("/api/train", json={**body, "name": "other"})
     assert "a training run is going" in second.json()["error"]
@@ -161,6 +165,10 @@ def test_cancelled_training_leaves_no_adapter_and_no_folder(
     adapters = studio_home / "adapters"
     assert not (adapters / "never").exists()
     assert [p.name for p in adapters.rglob("*")] in ([], [".staging"])
+    # Nothing registered: no transaction at all reached the chain, and nothing was noted.
+    assert final["model"] is None
+    assert chain.block_number() == block
+    assert rewards.models() == {}
 
 
 def test_only_loopback_hosts_unless_allowed(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def train_adapter(client: TestClient, studio_home: Path, name: str = "colours-r4
     assert client.post("/api/datanets/colours/snapshot").status_code == 200
     base = str((studio_home / "models" / "tiny-llama").resolve())
     body = {"name": name, "datanet": "colours", "snapshot_id": 1, "base_model": base}
-    started = client.post("/api/train", json={**body, "recipe": TINY_RECIPE})
+    started = client.post("/api/train", json={**body, "recipe": TINY_RECIPE, "registrant": "alice"})
     assert started.status_code == 200, started.text
     job_id = started.json()["id"]
 
@@ -34,6 +34,21 @@ def train_adapter(client: TestClient, studio_home: Path, name: str = "colours-r4
 
     assert wait_for(lambda: state() in ("done", "failed", "cancelled") and state(), 300, "training")
     assert state() == "done"
+    # The adapter is registered on the chain under the id its manifest and registrant give.
+    from openledger.chain import model_id
+    from openledger.train import Adapter
+
+    model = client.get(f"/api/train/jobs/{job_id}").json()["model"]
+    adapter = Adapter.open(studio_home / "adapters" / name)
+    alice = client.app.state.studio.workspace.account("alice")  # type: ignore[attr-defined]
+    assert model["registrant"] == alice.address
+    assert model["model_id"] == model_id(adapter.model_manifest(), alice.address)
+    protocol = client.app.state.studio.rewards.protocol()  # type: ignore[attr-defined]
+    info = protocol.models.get_model(model["model_id"])
+    assert info.owner == alice.address
+    assert info.manifest == adapter.model_manifest()
+    listed = {a["name"]: a for a in client.get("/api/adapters").json()}
+    assert listed[name]["model"] == model
 
 
 def ask(client: TestClient, question: str, adapter: str = "colours-r4") -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Training in the background: one run at a time, progress for the page, clean cancels.
 
-A run trains into ``adapters/.staging/<job id>`` and is moved to ``adapters/<name>`` only
-once the adapter is complete, so a cancelled or failed run leaves no adapter behind and
-nothing half-written in ``adapters/``::
+A run trains into ``adapters/.staging/<job id>``. Once the adapter is complete and the run
+was not cancelled, it is registered in the chain's ModelRegistry and only then moved to
+``adapters/<name>``, so a cancelled or failed run leaves no adapter behind, nothing
+half-written in ``adapters/`` and nothing registered::
 
-    queued -> running -> done
+    queued -> running -> (registered) -> done
                      \\-> cancelled | failed      (staging folder removed)
 """
 
@@ -16,6 +17,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +39,9 @@ class TrainingRequest:
     datanet: str
     snapshot_id: int
     recipe: dict[str, Any]
+    registrant: str | None = None
+    """The local account that registers the result on the chain (None: the chain's default
+    account)."""
 
 
 @dataclass
@@ -53,6 +58,8 @@ class TrainingJob:
         logs: Lines for the log panel.
         error: Why it failed.
         adapter: The adapter's name once done.
+        model: Its registration on the chain once done (``model_id``, ``registrant``,
+            ``chain_id``).
         started_at: Unix time the run started.
     """
 
@@ -65,6 +72,7 @@ class TrainingJob:
     logs: list[str] = field(default_factory=list)
     error: str | None = None
     adapter: str | None = None
+    model: dict[str, Any] | None = None
     started_at: float = field(default_factory=time.time)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -88,6 +96,7 @@ class TrainingJob:
             "logs": self.logs[-200:],
             "error": self.error,
             "adapter": self.adapter,
+            "model": self.model,
             "elapsed": elapsed,
             "eta": eta,
         }
@@ -102,10 +111,20 @@ class TrainingJobs:
 
     Args:
         workspace: Where data is read and adapters are written.
+        register: Registers a finished adapter on the chain, given the adapter and the
+            registering local account (or None); returns what the job shows as ``model``.
+        note: Called with the adapter's name and that registration once it is in place.
     """
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        register: Callable[[Any, Any], dict[str, Any]],
+        note: Callable[[str, dict[str, Any]], None],
+    ) -> None:
         self.workspace = workspace
+        self.register = register
+        self.note = note
         self.jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -122,6 +141,8 @@ class TrainingJobs:
 
         name = check_name(request.name, "adapter")
         LoraRecipe.from_dict(request.recipe)
+        if request.registrant:
+            self.workspace.account(request.registrant)
         with self.workspace.open_datanet(request.datanet) as datanet:
             if request.snapshot_id not in datanet.snapshots():
                 raise DataNotFoundError(
@@ -200,10 +221,19 @@ class TrainingJobs:
         # NOTE: checkpoints are for resuming this run; the adapter folder needs none.
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         target = self.workspace.adapters_dir / job.request.name
+        registrant = job.request.registrant
+        account = self.workspace.account(registrant) if registrant else None
         with self._lock:
             if target.exists():
                 raise ConfigError(f"an adapter called {job.request.name!r} appeared meanwhile")
+            if job.cancel_event.is_set():
+                raise Cancelled
+            # NOTE: registered last of all that can fail, and before the folder is in place:
+            # a cancel or an error up to here leaves nothing on chain and nothing in adapters/
+            job.model = self.register(run.adapter, account)
             os.replace(staging, target)
+        self.note(job.request.name, job.model)
         job.adapter = job.request.name
         job.state = "done"
         job.log(f"adapter {run.adapter.id} saved as {job.request.name}")
+        job.log(f"registered on chain {job.model['chain_id']} as model {job.model['model_id']}")

@@ -8,6 +8,7 @@ to a :class:`~openledger.gateway.ReceiptLedger` in the Studio's folder::
     HOME/rewards/ledger.sqlite    receipts, attributions, epochs (fsync'd SQLite)
     HOME/rewards/operator.key     the key that signs them (0600)
     HOME/rewards/epochs.json      each epoch's data-bond penalties, for the page
+    HOME/rewards/models.json      adapters registered on the chain: model id, registrant
 
 "Attribute this answer" writes the answer's attribution into the same ledger
 (:func:`~openledger.gateway.attribution_worker.record_attributions`), and *Settle* pays
@@ -114,6 +115,44 @@ class Rewards:
                 domain = receipt_domain(self.chain().chain_id)
                 pin_settings(self.ledger, self.operator.address, EPOCH_SECONDS, domain)
                 self._pinned = True
+
+    # -- models ------------------------------------------------------------------------------
+
+    def register_model(self, adapter: Any, account: Any | None) -> dict[str, Any]:
+        """Register a finished adapter in the chain's ModelRegistry; returns its model id
+        and registrant.
+
+        ``account`` (a local account, given gas on a dev chain) registers it and owns the
+        model; without one, the chain's default account does.
+
+        Raises:
+            ContractRevertError: The chain refused it (the same manifest registered by the
+                same account already, say).
+        """
+        with self._lock:
+            protocol = self.protocol()
+            manifest = adapter.model_manifest()
+            sender = account if account is not None else self.chain().default_account
+            if account is not None:
+                self.chain().fund(account.address, GAS_WEI)
+            protocol.models.register_model(manifest, sender=sender)
+            model_id = str(protocol.models.model_id(manifest, sender.address))
+            return {
+                "model_id": model_id,
+                "registrant": str(sender.address),
+                "chain_id": int(protocol.chain.chain_id),
+            }
+
+    def note_model(self, name: str, registration: dict[str, Any]) -> None:
+        """Remember the registration of the adapter called ``name`` (for the page)."""
+        with self._lock:
+            notes = self.models()
+            notes[name] = registration
+            _write_json(self.folder / "models.json", notes)
+
+    def models(self) -> dict[str, Any]:
+        """The registrations noted so far, by adapter name."""
+        return _read_json(self.folder / "models.json")
 
     # -- receipts and attributions -----------------------------------------------------------
 
@@ -255,20 +294,14 @@ class Rewards:
             return settlement
 
     def _notes(self) -> dict[str, Any]:
-        path = self.folder / "epochs.json"
-        if not path.is_file():
-            return {}
-        found: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return found
+        return _read_json(self.folder / "epochs.json")
 
     def _note(self, epoch_id: int, bond_penalties: dict[Any, int]) -> None:
         notes = self._notes()
         notes[str(epoch_id)] = {
             "bond_penalties": {str(a): str(w) for a, w in bond_penalties.items()}
         }
-        temporary = self.folder / "epochs.json.tmp"
-        temporary.write_text(json.dumps(notes, sort_keys=True), encoding="utf-8")
-        os.replace(temporary, self.folder / "epochs.json")
+        _write_json(self.folder / "epochs.json", notes)
 
     def _live(self, epoch_id: int, root: str, chain_id: int, contract: str) -> bool:
         """Whether the ledger's epoch is posted with its root on this Studio's chain."""
@@ -365,3 +398,17 @@ class Rewards:
                     }
                 )
             return found
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    found: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return found
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Replace ``path`` in one step (a reader sees the old file or the new one)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, path)

@@ -78,6 +78,8 @@ class StartTraining(BaseModel):
     snapshot_id: int
     base_model: str
     recipe: dict[str, Any] = {}
+    registrant: str | None = None
+    """A local account that registers the adapter on the chain (default: the chain's own)."""
 
 
 def _state(request: Request) -> StudioState:
@@ -110,7 +112,9 @@ def start_training(body: StartTraining, request: Request) -> dict[str, Any]:
     if isinstance(modules, str) and modules != "all-linear":
         recipe["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()]
     recipe["base_model"] = body.base_model
-    request_ = TrainingRequest(body.name, body.datanet, body.snapshot_id, recipe)
+    request_ = TrainingRequest(
+        body.name, body.datanet, body.snapshot_id, recipe, body.registrant or None
+    )
     return _state(request).jobs.start(request_).to_dict()
 
 
@@ -158,13 +162,15 @@ def get_evaluation(job_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/adapters")
 def list_adapters(request: Request) -> list[dict[str, Any]]:
-    """Finished adapters with their base model, data and final loss."""
+    """Finished adapters with their base model, data, final loss and on-chain model id."""
     workspace = _state(request).workspace
+    models = _state(request).rewards.models()
     rows = []
     for name in workspace.adapter_names():
         manifest = workspace.adapter(name).manifest
         rows.append(
             {
+                "model": models.get(name),
                 "name": name,
                 "id": manifest.adapter_id,
                 "base_model": manifest.base_model,

@@ -29,11 +29,12 @@ class StudioState:
     def from_config(cls, config: StudioConfig) -> StudioState:
         """Open (or create) the home folder and build empty state around it."""
         workspace = Workspace(config.home)
+        rewards = Rewards(config.home / "rewards", config.chain_url)
         return cls(
             config,
             workspace,
-            TrainingJobs(workspace),
+            TrainingJobs(workspace, rewards.register_model, rewards.note_model),
             ChatEngines(workspace),
-            Rewards(config.home / "rewards", config.chain_url),
+            rewards,
             Evaluations(workspace),
         )

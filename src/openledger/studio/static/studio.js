@@ -171,10 +171,14 @@ async function refreshTrain() {
   const datanets = await api("GET", "/api/datanets");
   fillSelect($("tr-snapshot"), datanets.flatMap((d) => d.snapshots.map((s) =>
     [`${d.name}|${s.id}`, `${d.name} #${s.id} (${s.count} records, root ${short(s.root)})`])));
+  const accounts = await api("GET", "/api/accounts");
+  fillSelect($("tr-registrant"), [["", "the chain's default account"], ...accounts.map((a) => [a.name, a.name])]);
   const adapters = await api("GET", "/api/adapters");
-  $("adapters").tBodies[0].replaceChildren(...adapters.map((a) => el("tr", {},
+  $("adapters").tBodies[0].replaceChildren(...adapters.map((a) => el("tr", { "data-name": a.name },
     el("td", {}, a.name), el("td", { title: a.base_model }, baseName(a.base_model)), el("td", {}, a.steps),
-    el("td", {}, a.train_loss == null ? "" : a.train_loss.toFixed(4)), el("td", { class: "mono" }, short(a.id)))));
+    el("td", {}, a.train_loss == null ? "" : a.train_loss.toFixed(4)), el("td", { class: "mono" }, short(a.id)),
+    el("td", { class: "mono model-id", title: a.model ? `registered by ${a.model.registrant} on chain ${a.model.chain_id}` : "" },
+      a.model ? a.model.model_id : "not registered"))));
 }
 
 function applyPreset() {
@@ -236,7 +240,9 @@ function showJob(job) {
   $("tr-start").disabled = running;
   $("tr-cancel").disabled = !running;
   if (job.state === "failed") say("tr-message", job.error, "error");
-  if (job.state === "done") say("tr-message", `adapter ${job.adapter} is ready`);
+  if (job.state === "done") {
+    say("tr-message", `adapter ${job.adapter} is ready, registered on chain ${job.model.chain_id} as model ${job.model.model_id}`);
+  }
   if (job.state === "cancelled") say("tr-message", "training cancelled; nothing was kept");
   return running;
 }
@@ -254,7 +260,7 @@ $("tr-start").addEventListener("click", guarded("tr-message", async () => {
   if (!datanet) throw new Error("take a snapshot of a datanet first (Datanets tab)");
   const job = await api("POST", "/api/train", {
     name: $("tr-name").value.trim(), datanet, snapshot_id: Number(snapshot),
-    base_model: $("tr-base").value, recipe: recipeFields(),
+    base_model: $("tr-base").value, recipe: recipeFields(), registrant: $("tr-registrant").value || null,
   });
   say("tr-message", "training started");
   $("tr-cancel").dataset.job = job.id;
