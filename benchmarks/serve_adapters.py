@@ -14,7 +14,15 @@ prints the LoRA share of one mixed-8 run (torch.profiler). Then: cold load of on
 (safetensors on local disk -> usable in a device slot) p50/p99; resident memory with 1, 100
 and 1,000 registered adapters; 1,000 adapters served round-robin through 32 device slots.
 
+DoRA mixed-8 (``--dora``, or ``--dora-only`` for just these rows and ours LoRA mixed-8):
+the same workload with 8 DoRA adapters (rank 16, all linear, random B and magnitudes).
+PEFT refuses a mixed batch of DoRA adapters (``generate(adapter_names=...)``: "Cannot pass
+`adapter_names` when DoRA is enabled"), so its baseline is PEFT's DoRA ``generate`` once per
+adapter over that adapter's requests (8 batched calls of 2), one after another; the greedy
+tokens of both are compared.
+
     python benchmarks/serve_adapters.py [--repeats 3] [--threads N] [--skip-thousand] [--profile]
+        [--dora | --dora-only]
 """
 
 from __future__ import annotations
@@ -27,7 +35,17 @@ from typing import Any
 
 import torch
 from _scratch import scratch_dir
-from serve_throughput import NEW_TOKENS, Timing, clock, machine, prompts, run_hf, run_ours, since
+from serve_throughput import (
+    NEW_TOKENS,
+    Timing,
+    clock,
+    load_average,
+    machine,
+    prompts,
+    run_hf,
+    run_ours,
+    since,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openledger.models import resolve_model
@@ -37,21 +55,27 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 NUM_ADAPTERS = 8
 
 
-def make_adapters(folder: str, root: Path) -> list[Path]:
-    """8 rank-16 all-linear PEFT adapters with random non-zero A and B."""
+def make_adapters(folder: str, root: Path, *, dora: bool = False) -> list[Path]:
+    """8 rank-16 all-linear PEFT adapters with random non-zero A and B (DoRA: and random
+    magnitudes, within 10% of the weight norms)."""
     from peft import LoraConfig, get_peft_model
 
     paths = []
+    prefix = "d" if dora else "a"
     for index in range(NUM_ADAPTERS):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False)
+        config = LoraConfig(
+            r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False, use_dora=dora
+        )
         torch.manual_seed(index)
         peft_model = get_peft_model(model, config)
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.data.normal_(0.0, 0.01)
-        peft_model.save_pretrained(root / f"a{index}")
-        paths.append(root / f"a{index}")
+            elif "lora_magnitude_vector" in name:
+                param.data.mul_(torch.empty_like(param).uniform_(0.9, 1.1))
+        peft_model.save_pretrained(root / f"{prefix}{index}")
+        paths.append(root / f"{prefix}{index}")
     return paths
 
 
@@ -77,6 +101,27 @@ def run_peft(model: torch.nn.Module, tokenizer: object, texts: list[str]) -> Tim
             adapter_names=names,
         )  # fmt: skip
     return since(start)
+
+
+def run_peft_grouped(
+    model: torch.nn.Module, tokenizer: object, texts: list[str]
+) -> tuple[Timing, list[list[int]]]:
+    """PEFT's DoRA generate, one batched call per adapter over its requests (round-robin
+    assignment, as in the mixed batch); returns (timing, new tokens per prompt)."""
+    tokens: list[list[int]] = [[] for _ in texts]
+    start = clock()
+    for adapter in range(NUM_ADAPTERS):
+        rows = list(range(adapter, len(texts), NUM_ADAPTERS))
+        batch = tokenizer([texts[r] for r in rows], return_tensors="pt", padding=True)  # type: ignore[operator]
+        model.set_adapter(f"a{adapter}")  # type: ignore[operator]
+        with torch.inference_mode():
+            out = model.generate(  # type: ignore[operator]
+                **batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
+            )
+        width = batch["input_ids"].shape[1]
+        for row, generated in zip(rows, out, strict=True):
+            tokens[row] = generated[width:].tolist()
+    return since(start), tokens
 
 
 def run_mixed(engine: Engine, texts: list[str]) -> tuple[Timing, list[RequestOutput]]:
@@ -189,6 +234,8 @@ def main() -> None:
     parser.add_argument("--skip-thousand", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--dora", action="store_true", help="also the DoRA mixed-8 rows")
+    parser.add_argument("--dora-only", action="store_true", help="only the DoRA mixed-8 rows")
     args = parser.parse_args()
     if args.threads:  # NOTE: on a loaded machine one thread avoids contended thread pools
         torch.set_num_threads(args.threads)
@@ -197,6 +244,10 @@ def main() -> None:
     adapters = make_adapters(folder, root)
     texts = prompts()
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    if args.dora or args.dora_only:
+        dora_mixed(args.model, folder, root, adapters, tokenizer, texts, args.repeats)
+        if args.dora_only:
+            return
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     peft = peft_model(folder, adapters)
     engine = engine_with(args.model, adapters)
@@ -220,6 +271,56 @@ def main() -> None:
     if not args.skip_thousand:
         del engine, peft, hf
         thousand(args.model, adapters[0])
+
+
+def dora_mixed(
+    model: str,
+    folder: str,
+    root: Path,
+    lora_adapters: list[Path],
+    tokenizer: object,
+    texts: list[str],
+    repeats: int,
+) -> None:
+    """DoRA mixed-8 against PEFT's DoRA generate per adapter, and against ours LoRA mixed-8
+    (DoRA's cost over LoRA in the engine), alternating for ``repeats`` rounds."""
+    from peft import PeftModel
+
+    adapters = make_adapters(folder, root, dora=True)
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, adapters[0], adapter_name="a0")
+    for index, path in enumerate(adapters[1:], start=1):
+        peft.load_adapter(path, adapter_name=f"a{index}")
+    peft.eval()
+    engine = engine_with(model, adapters)
+    lora = engine_with(model, lora_adapters)
+    backend = engine.adapters.state.backend_name if engine.adapters is not None else "none"
+    print(f"machine: {machine()}; load {load_average()}; LoRA backend: {backend}", flush=True)
+    _, want = run_peft_grouped(peft, tokenizer, texts)
+    _, outputs = run_mixed(engine, texts)
+    same = sum(o.token_ids == w for o, w in zip(outputs, want, strict=True))
+    print(f"DoRA mixed-8: greedy tokens equal to PEFT's for {same}/{len(texts)} requests")
+    run_mixed(lora, texts[:8])
+    runs = {
+        "PEFT DoRA per-adapter generate": lambda: run_peft_grouped(peft, tokenizer, texts)[0],
+        "ours DoRA mixed-8": lambda: run_mixed(engine, texts)[0],
+        "ours LoRA mixed-8": lambda: run_mixed(lora, texts)[0],
+    }
+    times: dict[str, list[Timing]] = {label: [] for label in runs}
+    for round_ in range(repeats):
+        for label, run in runs.items():
+            times[label].append(run())
+        shown = ", ".join(f"{label} {t[-1][0]:.1f}" for label, t in times.items())
+        print(f"round {round_ + 1} (wall s): {shown}", flush=True)
+    total = len(texts) * NEW_TOKENS
+    rates = {label: total / statistics.median(t[0] for t in ts) for label, ts in times.items()}
+    for label, rate in rates.items():
+        print(f"{label:32s} {rate:7.1f} tokens/s")
+    dora = rates["ours DoRA mixed-8"]
+    peft_rate = rates["PEFT DoRA per-adapter generate"]
+    print(f"ours DoRA mixed-8 / PEFT DoRA:         {dora / peft_rate:.2f}x")
+    print(f"ours DoRA mixed-8 / ours LoRA mixed-8: {dora / rates['ours LoRA mixed-8']:.2f}x")
+    print(f"load after: {load_average()}", flush=True)
 
 
 def measure(
