@@ -163,21 +163,20 @@ def _hf_logprobs(folder: Path, prompt: list[int], new: int) -> tuple[list[int], 
     return tokens, torch.log_softmax(torch.cat(out.logits).double(), dim=-1)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_logprobs_within_float32_rounding_of_transformers(
-    name: str, checkpoint: Callable[[str], Path]
-) -> None:
+def _compare_logprobs(name: str, folder: Path, mutate: Callable[[Any], None] | None = None) -> None:
+    """The engine's log-probabilities of 12 greedy tokens against transformers' (the
+    engine's model changed by ``mutate`` first, when given)."""
     from transformers import AutoConfig
 
-    folder = checkpoint(name)
     config = AutoConfig.from_pretrained(folder)
     vocab, new = config.vocab_size, 12
     engine = Engine(folder, EngineConfig(block_size=4, num_blocks=128))
+    if mutate is not None:
+        mutate(engine.runner.model)
     prompt = engine.tokenizer(_prompts(name)[1]).input_ids
     params = SamplingParams(max_tokens=new, min_tokens=new, logprobs=vocab)
     output = engine.generate(prompt, params)[0]
-    tokens, want = _hf_logprobs(folder, prompt, new)
-    assert output.token_ids == tokens
+    _, want = _hf_logprobs(folder, prompt, new)
     assert output.logprobs is not None
     got = torch.tensor(
         [[row[t] for t in range(vocab)] for row in output.logprobs], dtype=torch.float64
@@ -186,6 +185,62 @@ def test_logprobs_within_float32_rounding_of_transformers(
     terms = forward_terms(config, len(prompt) + new) + config.num_hidden_layers * 256
     terms += config.hidden_size + vocab
     assert_rows_close(got, want, dtype=torch.float32, terms=terms, msg=f"{name}: ")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_logprobs_within_float32_rounding_of_transformers(
+    name: str, checkpoint: Callable[[str], Path]
+) -> None:
+    _compare_logprobs(name, checkpoint(name))
+
+
+def _attention(model: Any) -> list[Any]:
+    return [layer.self_attn for layer in model.layers]
+
+
+def _no_attn_softcap(model: Any) -> None:
+    for attn in model.attention_layers():
+        attn.softcap = None
+
+
+def _no_windows(model: Any) -> None:
+    for attn in model.attention_layers():
+        attn.sliding_window = None
+
+
+def _no_qk_norm(model: Any) -> None:
+    for attn in _attention(model):
+        attn.q_norm = attn.k_norm = None
+
+
+def _global_rope_everywhere(model: Any) -> None:
+    for attn in _attention(model):
+        attn.rotary = _attention(model)[-1].rotary
+
+
+def _short_rope_only(model: Any) -> None:
+    for attn in _attention(model):
+        attn.rotary.table_positions = lambda batch: batch.positions
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate"),
+    [
+        ("qwen3-gqa2-d64", _no_qk_norm),
+        ("gemma2-window8-capped", _no_attn_softcap),
+        ("gemma2-window8-capped", _no_windows),
+        ("gemma3-pattern3-window8", _no_qk_norm),
+        ("gemma3-pattern3-window8", _global_rope_everywhere),
+        ("phi3-longrope", _short_rope_only),
+    ],
+)
+def test_each_family_feature_changes_the_outputs(
+    name: str, mutate: Callable[[Any], None], checkpoint: Callable[[str], Path]
+) -> None:
+    """The comparison above fails when a family's feature is taken out of the engine's
+    model: it checks them, not only what the families share."""
+    with pytest.raises(AssertionError, match="exceed gamma"):
+        _compare_logprobs(name, checkpoint(name), mutate)
 
 
 def _config(name: str, **changes: Any) -> ModelConfig:
