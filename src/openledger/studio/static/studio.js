@@ -85,12 +85,20 @@ async function showDatanet(datanet) {
   $("snapshots").replaceChildren();
   $("records").tBodies[0].replaceChildren();
   if (!datanet) { $("dn-summary").textContent = "no datanet yet"; return; }
-  $("dn-summary").textContent = `${datanet.schema}, ${datanet.records} records`;
+  $("dn-summary").textContent = `${datanet.schema}, ${datanet.visibility}, ${datanet.records} records`;
   for (const s of datanet.snapshots) {
     $("snapshots").append(el("p", { class: "snapshot" }, `snapshot #${s.id}: ${s.count} records, root `,
       el("span", { class: "mono root" }, s.root)));
   }
-  const { records } = await api("GET", `/api/datanets/${encodeURIComponent(datanet.name)}/records`);
+  await showAccess(datanet);
+  $("records-note").textContent = "";
+  const query = new URLSearchParams({ reader: $("account").value });
+  let records = [];
+  try {
+    ({ records } = await api("GET", `/api/datanets/${encodeURIComponent(datanet.name)}/records?${query}`));
+  } catch (error) {
+    $("records-note").textContent = error.message;
+  }
   $("records").tBodies[0].replaceChildren(...records.map((r) => el("tr", { "data-hash": r.record_hash },
     el("td", { class: `status-${r.status}` }, r.status),
     el("td", { class: "mono" }, r.contributor_name || short(r.contributor)),
@@ -98,6 +106,36 @@ async function showDatanet(datanet) {
     el("td", { class: "mono" }, short(r.record_hash)),
     el("td", {}, reviewButton(datanet.name, r.record_hash, true), reviewButton(datanet.name, r.record_hash, false)))));
 }
+
+// Access requests of a private datanet: filed, approved, denied, revoked as Sign as.
+async function showAccess(datanet) {
+  $("access").hidden = datanet.visibility !== "private";
+  $("access-requests").tBodies[0].replaceChildren();
+  if ($("access").hidden) return;
+  const access = await api("GET", `/api/datanets/${encodeURIComponent(datanet.name)}/access`);
+  $("access-requests").tBodies[0].replaceChildren(...access.requests.map((r) => el("tr", { "data-request": r.id },
+    el("td", {}, r.id), el("td", { class: "mono" }, r.name || short(r.requester)), el("td", {}, r.purpose),
+    el("td", { class: "access-status" }, r.status),
+    el("td", {}, ...["approve", "deny", "revoke"].map((d) => decisionButton(datanet.name, r.id, d))))));
+}
+
+function decisionButton(datanet, id, decision) {
+  const button = el("button", { class: decision }, decision);
+  button.addEventListener("click", guarded("dn-message", async () => {
+    const done = await api("POST", `/api/datanets/${encodeURIComponent(datanet)}/access/${id}/${decision}`,
+      { owner: $("account").value, days: Number($("access-days").value) });
+    await refreshDatanets();
+    say("dn-message", `access request ${id} ${done.status} by ${$("account").value}`);
+  }));
+  return button;
+}
+
+$("access-request").addEventListener("click", guarded("dn-message", async () => {
+  const done = await api("POST", `/api/datanets/${encodeURIComponent($("dn-select").value)}/access`,
+    { account: $("account").value, purpose: $("access-purpose").value });
+  await refreshDatanets();
+  say("dn-message", `access request ${done.id} filed by ${$("account").value}; its owner decides`);
+}));
 
 // A validator's signed decision on one record, as the account chosen above.
 function reviewButton(datanet, hash, accept) {
@@ -131,11 +169,12 @@ $("account-create").addEventListener("click", guarded("dn-message", async () => 
 $("dn-create").addEventListener("click", guarded("dn-message", async () => {
   const made = await api("POST", "/api/datanets", {
     name: $("dn-name").value.trim(), schema_id: $("dn-schema").value, owner: $("account").value || null,
+    private: $("dn-private").checked,
   });
   await refreshDatanets();
   $("dn-select").value = made.name;
   await refreshDatanets();
-  say("dn-message", `datanet ${made.name} created (${made.schema})`);
+  say("dn-message", `datanet ${made.name} created (${made.schema}, ${made.visibility})`);
 }));
 $("upload-btn").addEventListener("click", guarded("dn-message", async () => {
   const file = $("upload-file").files[0];

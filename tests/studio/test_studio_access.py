@@ -1,0 +1,94 @@
+"""Private datanets in the Studio: access requests, the owner's approve, deny and revoke,
+reads and writes with the grant, and the messages of every refusal."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from tests.studio.conftest import colour_rows, jsonl
+
+
+def private_datanet(client: TestClient) -> None:
+    for name in ("alice", "bob", "carol"):
+        assert client.post("/api/accounts", json={"name": name}).status_code == 200
+    body = {"name": "secret", "schema_id": "openledger.instruction/1", "private": True}
+    ownerless = client.post("/api/datanets", json=body)
+    assert "a private datanet needs an owner" in ownerless.json()["error"]
+    made = client.post("/api/datanets", json={**body, "owner": "alice"})
+    assert made.json()["visibility"] == "private", made.text
+
+
+def upload_as(client: TestClient, account: str, rows: list[dict[str, str]]) -> dict:
+    params = {"filename": "rows.jsonl", "account": account}
+    answer = client.post("/api/datanets/secret/upload", params=params, content=jsonl(rows))
+    return dict(answer.json())
+
+
+def records_as(client: TestClient, reader: str | None) -> dict:
+    params = {"reader": reader} if reader else {}
+    return dict(client.get("/api/datanets/secret/records", params=params).json())
+
+
+def decide(client: TestClient, request_id: int, decision: str, owner: str) -> dict:
+    body = {"owner": owner, "days": 1}
+    return dict(
+        client.post(f"/api/datanets/secret/access/{request_id}/{decision}", json=body).json()
+    )
+
+
+def test_access_requests_approve_deny_and_revoke(client: TestClient) -> None:
+    private_datanet(client)
+    assert upload_as(client, "alice", colour_rows()[:4])["stored"] == 4  # the owner needs no grant
+    refused = upload_as(client, "bob", colour_rows()[4:])
+    assert "'secret' is private and bob has no approved access request" in refused["error"]
+    assert "pick an account with approved access" in records_as(client, None)["error"]
+    assert "bob has no approved access request" in records_as(client, "bob")["error"]
+
+    empty = client.post("/api/datanets/secret/access", json={"account": "bob", "purpose": " "})
+    assert "purpose must say what the data is for" in empty.json()["error"]
+    filed = client.post("/api/datanets/secret/access", json={"account": "bob", "purpose": "eval"})
+    assert filed.json() == {
+        "id": 1,
+        "requester": filed.json()["requester"],
+        "name": "bob",
+        "purpose": "eval",
+        "status": "pending",
+    }
+    carol = client.post("/api/datanets/secret/access", json={"account": "carol", "purpose": "x"})
+    assert carol.json()["id"] == 2
+
+    assert "only the owner" in decide(client, 1, "approve", "bob")["error"]
+    assert "unknown decision 'grant'" in decide(client, 1, "grant", "alice")["error"]
+    assert "is pending, not approved" in decide(client, 1, "revoke", "alice")["error"]
+    approved = decide(client, 1, "approve", "alice")
+    assert approved["status"] == "approved"
+    assert approved["expires_at"] > 0
+    assert decide(client, 2, "deny", "alice")["status"] == "denied"
+    assert "is denied, not pending" in decide(client, 2, "approve", "alice")["error"]
+
+    # bob reads and contributes with his grant; carol still cannot.
+    assert upload_as(client, "bob", colour_rows()[4:])["stored"] == 4
+    assert records_as(client, "bob")["total"] == 8
+    assert "carol has no approved access request" in records_as(client, "carol")["error"]
+    listed = client.get("/api/datanets/secret/access").json()
+    assert listed["visibility"] == "private"
+    assert listed["owner_name"] == "alice"
+    assert [(r["name"], r["status"]) for r in listed["requests"]] == [
+        ("bob", "approved"),
+        ("carol", "denied"),
+    ]
+
+    # A revoked grant stops working at once.
+    assert decide(client, 1, "revoke", "alice")["status"] == "revoked"
+    assert "bob has no approved access request" in records_as(client, "bob")["error"]
+    assert "no approved access request" in upload_as(client, "bob", colour_rows())["error"]
+    missing = decide(client, 9, "approve", "alice")
+    assert "9" in missing["error"]
+
+
+def test_public_datanets_need_no_access_request(client: TestClient) -> None:
+    assert client.post("/api/accounts", json={"name": "alice"}).status_code == 200
+    body = {"name": "open", "schema_id": "openledger.instruction/1", "owner": "alice"}
+    assert client.post("/api/datanets", json=body).json()["visibility"] == "public"
+    asked = client.post("/api/datanets/open/access", json={"account": "alice", "purpose": "x"})
+    assert "is public; reading it needs no grant" in asked.json()["error"]
+    assert client.get("/api/datanets/open/access").json()["requests"] == []
