@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -107,7 +107,7 @@ def create_datanet(body: NewDatanet, request: Request) -> dict[str, Any]:
     owner = workspace.account(body.owner) if body.owner else None
     if body.private and owner is None:
         raise ConfigError("a private datanet needs an owner to approve access: pick one in Sign as")
-    visibility = "private" if body.private else "public"
+    visibility: Literal["public", "private"] = "private" if body.private else "public"
     folder = workspace.datanets_dir / name
     with workspace.lock:
         if folder.exists():
