@@ -4,7 +4,8 @@ gives, per request, the greedy tokens and the log-probabilities of transformers 
 The adapters differ in rank, targets, ``alpha_pattern``/``rank_pattern`` and in which of
 ``lm_head``/``embed_tokens`` they save; all of them, and a request without adapter, run in
 the same steps. Bases: a SmolLM2-shaped tiny Llama (tied embeddings, 3:1 grouped-query
-attention, head dim 64), and the tiny Qwen3 and Gemma 2 configs.
+attention, head dim 64), and the tiny Qwen3, Gemma 2 and Phi-3 configs (Phi-3's adapters
+target its fused ``qkv_proj`` and ``gate_up_proj``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ BASES: dict[str, tuple[str, dict[str, Any]]] = {
                                  "num_attention_heads": 3, "num_key_value_heads": 1}),
     "qwen3": ("qwen3", {}),
     "gemma2": ("gemma2", {}),
+    "phi3": ("phi3", {}),
 }  # fmt: skip
+FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+         "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}  # fmt: skip
+"""Phi-3's checkpoints (and so PEFT's adapters of them) fuse q|k|v and gate|up."""
+
+
+def targets_of(family: str, targets: list[str]) -> list[str]:
+    if family != "phi3":
+        return targets
+    return sorted({FUSED.get(t, t) for t in targets})
 
 
 @pytest.fixture(scope="module", params=list(BASES))
@@ -53,7 +64,9 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp(f"dora-{request.param}")
     base = save_tiny_model(root / "base", family, seed=3, **overrides)
     folders = {
-        name: make_rich_adapter(base, root / name, r=r, targets=t, seed=40 + i, **kw)
+        name: make_rich_adapter(
+            base, root / name, r=r, targets=targets_of(family, t), seed=40 + i, **kw
+        )
         for i, (name, (r, t, kw)) in enumerate(SPECS.items())
     }
     return base, folders

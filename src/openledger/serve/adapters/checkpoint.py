@@ -25,9 +25,11 @@ from openledger.serve.adapters.lora_config import check_rank
 from openledger.serve.models.config import ModelConfig
 
 __all__ = [
+    "FUSED_PROJECTIONS",
     "MANIFEST_FILE",
     "PROJECTIONS",
     "WEIGHTS_FILE",
+    "WHOLE",
     "AdapterTensors",
     "bytes_keccak",
     "check_manifest",
@@ -42,6 +44,8 @@ __all__ = [
 WEIGHTS_FILE = "adapter_model.safetensors"
 MANIFEST_FILE = "openledger_manifest.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+WHOLE = -1
+"""The slice index of a fused checkpoint projection: every output of the engine's module."""
 PROJECTIONS: dict[str, tuple[str, int]] = {
     "q_proj": ("self_attn.qkv_proj", 0),
     "k_proj": ("self_attn.qkv_proj", 1),
@@ -50,8 +54,14 @@ PROJECTIONS: dict[str, tuple[str, int]] = {
     "gate_proj": ("mlp.gate_up_proj", 0),
     "up_proj": ("mlp.gate_up_proj", 1),
     "down_proj": ("mlp.down_proj", 0),
+    "qkv_proj": ("self_attn.qkv_proj", WHOLE),
+    "gate_up_proj": ("mlp.gate_up_proj", WHOLE),
 }
-"""Each checkpoint projection's fused projection in the engine's model, and its slice."""
+"""Each checkpoint projection's fused projection in the engine's model, and its slice
+(:data:`WHOLE`: all of it, for checkpoints that store q|k|v and gate|up fused, as Phi-3's;
+a PEFT adapter of such a model targets the fused modules)."""
+FUSED_PROJECTIONS = ("qkv_proj", "gate_up_proj")
+"""Checkpoint projections only models with ``ModelConfig.fused_checkpoint`` have."""
 _KEY = re.compile(
     r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$"
 )
@@ -70,7 +80,7 @@ def projection_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
     q_size = config.num_heads * config.head_dim
     kv_size = config.num_kv_heads * config.head_dim
     hidden, width = config.hidden_size, config.intermediate_size
-    return {
+    shapes = {
         "q_proj": (hidden, q_size),
         "k_proj": (hidden, kv_size),
         "v_proj": (hidden, kv_size),
@@ -79,6 +89,12 @@ def projection_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
         "up_proj": (hidden, width),
         "down_proj": (width, hidden),
     }
+    if getattr(config, "fused_checkpoint", False):
+        for separate in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            del shapes[separate]
+        shapes["qkv_proj"] = (hidden, q_size + 2 * kv_size)
+        shapes["gate_up_proj"] = (hidden, 2 * width)
+    return shapes
 
 
 def file_keccak(path: Path) -> tuple[str, int]:

@@ -37,6 +37,7 @@ from openledger.serve.adapters.checkpoint import (
     PROJECTIONS,
     SAVED_KEYS,
     WEIGHTS_FILE,
+    WHOLE,
     AdapterTensors,
     bytes_keccak,
     check_manifest,
@@ -277,11 +278,14 @@ def _fuse(
     a_parts: list[torch.Tensor] = []
     out: list[LoraSlice] = []
     rank_at = col_at = 0
-    projections = _FUSED_SLICES[name.rsplit(".", 1)[1]]
-    width_all = sum(shapes[proj][1] for proj in projections)
-    dora = _DoraParts(name, width_all, base_weights)
-    for index, proj in enumerate(projections):
-        width = shapes[proj][1]
+    fused = name.rsplit(".", 1)[1]
+    if WHOLE in slices:  # NOTE: a checkpoint with this module fused (Phi-3): one slice
+        slices = {0: slices[WHOLE]}
+        widths = [shapes[fused][1]]
+    else:
+        widths = [shapes[proj][1] for proj in _FUSED_SLICES[fused]]
+    dora = _DoraParts(name, sum(widths), base_weights)
+    for index, width in enumerate(widths):
         if index in slices:
             a, b, magnitude = slices[index]
             if magnitude is not None:

@@ -62,7 +62,10 @@ __all__ = [
 Combination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties"]
 _COMBINATIONS = ("linear", "cat", "ties", "dare_linear", "dare_ties")
 _PRUNED = ("ties", "dare_linear", "dare_ties")
-_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_PROJECTIONS = (
+    "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj",
+    "down_proj",
+)  # fmt: skip
 
 
 def merge_adapters(
