@@ -51,9 +51,14 @@ def train_adapter(client: TestClient, studio_home: Path, name: str = "colours-r4
     assert listed[name]["model"] == model
 
 
-def ask(client: TestClient, question: str, adapter: str = "colours-r4") -> dict[str, Any]:
-    """One chat answer; returns its ``done`` event."""
-    body = {"message": question, "adapter": adapter, "max_tokens": 6}
+def ask(
+    client: TestClient,
+    question: str,
+    adapter: str | None = "colours-r4",
+    mix: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """One chat answer (of an adapter, or a weighted mix); returns its ``done`` event."""
+    body = {"message": question, "adapter": adapter, "mix": mix, "max_tokens": 6}
     with client.stream("POST", "/api/chat", json=body) as response:
         assert response.status_code == 200
         events = [
@@ -67,13 +72,22 @@ def ask(client: TestClient, question: str, adapter: str = "colours-r4") -> dict[
 
 
 def attribute(client: TestClient, done: dict[str, Any], question: str) -> Any:
+    """Attribute an answer of colours-r4 and wait for the job; returns the last response."""
     body = {
         "request_id": done["request_id"],
         "adapter": "colours-r4",
         "prompt": question,
         "completion": done["text"],
     }
-    return client.post("/api/attribute", json=body)
+    started = client.post("/api/attribute", json=body)
+    if started.status_code != 200:
+        return started
+
+    def job() -> Any:
+        found = client.get(f"/api/attribute/{started.json()['id']}")
+        return found if found.json()["state"] != "running" else None
+
+    return wait_for(job, 300, "the attribution")
 
 
 def reopen(home: Path) -> TestClient:

@@ -37,6 +37,7 @@ def build_app(config: StudioConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        state.attributions.cancel_all()
         for job in state.jobs.jobs.values():
             job.cancel_event.set()
         state.jobs.wait(timeout=30)

@@ -7,6 +7,7 @@ adapters are registered on it the first time they are asked for.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -30,29 +31,43 @@ class ChatEngines:
         self.adapters: set[str] = set()
         self._lock = asyncio.Lock()
 
-    async def prepare(self, adapter: str | None, base_model: str | None) -> tuple[Any, str]:
-        """Return the engine to answer with and the base model it serves.
+    async def prepare(
+        self, adapters: Sequence[str], base_model: str | None
+    ) -> tuple[Any, str, dict[str, Any]]:
+        """Return the engine to answer with, the base model it serves and each adapter's
+        manifest.
 
-        With ``adapter``, its manifest's base model is used and the adapter registered.
+        With ``adapters`` (one, or the adapters of a mix), their manifests' base model is
+        used and the adapters are registered on the engine.
 
         Raises:
-            ConfigError: Neither an adapter nor a base model.
+            ConfigError: Neither adapters nor a base model, or adapters of different base
+                models.
             DataNotFoundError: No such adapter.
-            OpenLedgerError: The base model or adapter cannot be loaded.
+            OpenLedgerError: The base model or an adapter cannot be loaded.
         """
         from openledger.exceptions import ConfigError
 
-        if adapter:
-            handle = await run_in_threadpool(self.workspace.adapter, adapter)
-            base_model = handle.manifest.base_model
+        manifests = {}
+        for name in adapters:
+            handle = await run_in_threadpool(self.workspace.adapter, name)
+            manifests[name] = handle.manifest
+        bases = sorted({m.base_model for m in manifests.values()})
+        if len(bases) > 1:
+            raise ConfigError(
+                f"the adapters of a mix must share one base model; these use {', '.join(bases)}"
+            )
+        if bases:
+            base_model = bases[0]
         if not base_model:
             raise ConfigError("pick an adapter or a base model to chat with")
         async with self._lock:
             engine = await self._engine(base_model)
-            if adapter and adapter not in self.adapters:
-                await engine.add_adapter(adapter, self.workspace.adapters_dir / adapter)
-                self.adapters.add(adapter)
-        return engine, base_model
+            for name in adapters:
+                if name not in self.adapters:
+                    await engine.add_adapter(name, self.workspace.adapters_dir / name)
+                    self.adapters.add(name)
+        return engine, base_model, manifests
 
     async def _engine(self, base_model: str) -> Any:
         from openledger.serve import AsyncEngine, Engine

@@ -26,6 +26,8 @@ class ChatBody(BaseModel):
 
     message: str
     adapter: str | None = None
+    mix: dict[str, float] | None = None
+    """A weighted mix of adapters, ``{name: weight}`` (weights > 0), instead of ``adapter``."""
     base_model: str | None = None
     max_tokens: int = 64
     retrieval: str | None = None
@@ -65,12 +67,18 @@ async def chat(body: ChatBody, request: Request) -> StreamingResponse:
     if not 1 <= body.max_tokens <= 4096:
         raise ConfigError(f"max_tokens must be within 1..4096, got {body.max_tokens}")
     state = _state(request)
-    engine, base = await state.chat.prepare(body.adapter, body.base_model)
-    parts = []
-    if body.adapter:
-        handle = await run_in_threadpool(state.workspace.adapter, body.adapter)
-        parts = [AnswerPart(body.adapter, str(handle.manifest.adapter_id), 1.0)]
-    params = SamplingParams(max_tokens=body.max_tokens, adapter=body.adapter or None)
+    weights = _weights(body)
+    engine, base, manifests = await state.chat.prepare(list(weights), body.base_model)
+    chosen: str | dict[str, float] | None = body.adapter or None
+    if body.mix:
+        chosen = weights
+    params = SamplingParams(max_tokens=body.max_tokens, adapter=chosen)
+    # NOTE: each adapter's part of the answer (its weight over the mix's total) for the receipt
+    total = sum(weights.values())
+    parts = [
+        AnswerPart(name, str(manifests[name].adapter_id), weight / total)
+        for name, weight in weights.items()
+    ]
     messages = [{"role": "user", "content": body.message}]
     sources: list[dict[str, Any]] = []
     passages: list[Any] = []
@@ -127,6 +135,22 @@ async def chat(body: ChatBody, request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
+def _weights(body: ChatBody) -> dict[str, float]:
+    """The adapters answering and their weights (one adapter weighs 1).
+
+    Raises:
+        ConfigError: Both an adapter and a mix, or a mix weight that is not positive.
+    """
+    if body.mix:
+        if body.adapter:
+            raise ConfigError("pick one adapter or a weighted mix, not both")
+        for name, weight in body.mix.items():
+            if not 0 < weight < float("inf"):
+                raise ConfigError(f"the weight of {name!r} in the mix must be > 0, got {weight}")
+        return dict(body.mix)
+    return {body.adapter: 1.0} if body.adapter else {}
+
+
 def _retrieve(state: StudioState, datanet: str, question: str, k: int) -> list[Any]:
     """The ``k`` records of ``datanet``'s latest snapshot that best match ``question``.
 
@@ -145,27 +169,28 @@ def _retrieve(state: StudioState, datanet: str, question: str, k: int) -> list[A
 
 @router.post("/attribute")
 def attribute_answer(body: AttributeBody, request: Request) -> dict[str, Any]:
-    """Attribute an adapter's part of a metered answer to the contributors of the snapshot
-    the adapter learnt from; the attribution is written into the Studio's ledger, where the
-    answer waits for the next reward epoch.
+    """Start attributing an adapter's part of a metered answer to the contributors of the
+    snapshot the adapter learnt from, in the background; the page polls the job. Once done,
+    the attribution is in the Studio's ledger, where the answer waits for the next epoch.
     """
-    from openledger.attribution import attribute
-
     state = _state(request)
-    state.rewards.check_answer(body.request_id, body.adapter, body.prompt, body.completion)
-    adapter = state.workspace.adapter(body.adapter)
-    manifest = adapter.manifest
-    if manifest.datanet_id is None or manifest.snapshot_id is None:
-        raise ConfigError(f"adapter {body.adapter!r} was not trained on a datanet snapshot")
-    name = state.workspace.datanet_for(manifest.datanet_id)
-    with state.workspace.open_datanet(name) as datanet:
-        snapshot = datanet.snapshot_at(manifest.snapshot_id)
-        report = attribute(adapter, snapshot, prompt=body.prompt, completion=body.completion)
-    state.rewards.credit(body.request_id, manifest, report)
-    names = state.workspace.names_by_address()
-    shares = sorted(report.contributor_shares().items(), key=lambda kv: -kv[1])
-    return {
-        "method": report.method,
-        "shares": [{"contributor": a, "name": names.get(a, ""), "share": s} for a, s in shares],
-        "pending": state.rewards.counts()["attributed"],
-    }
+    job = state.attributions.start(body.request_id, body.adapter, body.prompt, body.completion)
+    return job.to_dict(state.workspace.names_by_address())
+
+
+@router.get("/attribute/{job_id}")
+def get_attribution(job_id: str, request: Request) -> dict[str, Any]:
+    """An attribution's state; once done its shares and how many answers wait for an epoch."""
+    state = _state(request)
+    job = state.attributions.get(job_id)
+    found = job.to_dict(state.workspace.names_by_address())
+    if job.state == "done":
+        found["pending"] = state.rewards.counts()["attributed"]
+    return found
+
+
+@router.post("/attribute/{job_id}/cancel")
+def cancel_attribution(job_id: str, request: Request) -> dict[str, Any]:
+    """Stop an attribution at once; nothing of it is written."""
+    state = _state(request)
+    return state.attributions.cancel(job_id).to_dict(state.workspace.names_by_address())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from openledger.studio.attributions import Attributions
 from openledger.studio.chat import ChatEngines
 from openledger.studio.config import StudioConfig
 from openledger.studio.evaluations import Evaluations
@@ -24,6 +25,7 @@ class StudioState:
     chat: ChatEngines
     rewards: Rewards
     evaluations: Evaluations
+    attributions: Attributions
 
     @classmethod
     def from_config(cls, config: StudioConfig) -> StudioState:
@@ -37,4 +39,5 @@ class StudioState:
             ChatEngines(workspace),
             rewards,
             Evaluations(workspace),
+            Attributions(workspace, rewards),
         )

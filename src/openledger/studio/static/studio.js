@@ -315,9 +315,22 @@ async function refreshChat() {
   fillSelect($("ch-adapter"), [["", "none (base model)"], ...adapters.map((a) => [a.name, `${a.name} (on ${baseName(a.base_model)})`])]);
   if (!options) options = await api("GET", "/api/train/options");
   fillSelect($("ch-base"), options.base_models.map((m) => [m.value, m.label]));
+  const kept = mixWeights();
+  $("ch-mix").replaceChildren(...adapters.map((a) => el("label", {}, `${a.name} `,
+    el("input", { class: "mix-weight", type: "number", min: "0", step: "0.1", value: kept[a.name] ?? "0", "data-adapter": a.name }))));
   const datanets = await api("GET", "/api/datanets");
   fillSelect($("ch-retrieval"), [["", "no retrieval"], ...datanets.filter((d) => d.snapshots.length)
     .map((d) => [d.name, `${d.name} (latest snapshot)`])]);
+}
+
+// The mix's adapters with a weight above zero, {name: weight}.
+function mixWeights() {
+  const found = {};
+  for (const input of document.querySelectorAll(".mix-weight")) {
+    const weight = Number(input.value);
+    if (weight > 0) found[input.dataset.adapter] = weight;
+  }
+  return found;
 }
 
 // Numbered sources under an answer; the ones the answer cites are marked.
@@ -346,15 +359,18 @@ async function readEvents(response, onEvent) {
 
 $("ch-send").addEventListener("click", guarded("ch-message", async () => {
   const message = $("ch-input").value.trim();
-  const adapter = $("ch-adapter").value || null;
-  const body = { message, adapter, base_model: adapter ? null : $("ch-base").value, max_tokens: Number($("ch-max").value),
-    retrieval: $("ch-retrieval").value || null };
+  const mix = mixWeights();
+  const mixed = Object.keys(mix).length > 0;
+  const adapter = mixed ? null : ($("ch-adapter").value || null);
+  const body = { message, adapter, mix: mixed ? mix : null, base_model: adapter || mixed ? null : $("ch-base").value,
+    max_tokens: Number($("ch-max").value), retrieval: $("ch-retrieval").value || null };
   const response = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) throw new Error((await response.json()).error);
   say("ch-message", "");
   $("ch-log").append(el("div", { class: "turn user" }, el("span", { class: "who" }, "you"), message));
   const text = el("span", { class: "answer" });
-  const turn = el("div", { class: "turn assistant" }, el("span", { class: "who" }, adapter || "base"), text);
+  const who = mixed ? Object.entries(mix).map(([n, w]) => `${n}×${w}`).join(" + ") : (adapter || "base");
+  const turn = el("div", { class: "turn assistant" }, el("span", { class: "who" }, who), text);
   $("ch-log").append(turn);
   let list = null;
   await readEvents(response, (event) => {
@@ -365,28 +381,58 @@ $("ch-send").addEventListener("click", guarded("ch-message", async () => {
     if (event.done) {
       turn.dataset.done = "true";
       turn.dataset.requestId = event.request_id;
-      if (adapter) turn.append(attributeButton(event.request_id, adapter, message, event.text));
+      const parts = mixed ? Object.keys(mix) : (adapter ? [adapter] : []);
+      for (const part of parts) turn.append(attributeButton(event.request_id, part, message, event.text, mixed));
     }
   });
 }));
 
-function attributeButton(requestId, adapter, prompt, completion) {
+// "Attribute this answer": a background job the page polls, with a cancel button.
+function attributeButton(requestId, adapter, prompt, completion, mixed) {
   const bars = el("div", { class: "bars" });
-  const button = el("button", { class: "attribute" }, "Attribute this answer");
+  const label = mixed ? `Attribute ${adapter}'s part` : "Attribute this answer";
+  const button = el("button", { class: "attribute", "data-adapter": adapter }, label);
+  const cancel = el("button", { class: "attribute-cancel", hidden: "" }, "Cancel");
+  const status = el("span", { class: "attribute-status" });
+  let job = null;
+  cancel.addEventListener("click", guarded("ch-message", async () => {
+    if (job) await api("POST", `/api/attribute/${job}/cancel`);
+  }));
   button.addEventListener("click", guarded("ch-message", async () => {
     button.disabled = true;
-    button.textContent = "attributing…";
+    cancel.hidden = false;
+    status.dataset.state = "running";
+    status.textContent = "attributing…";
     try {
-      const result = await api("POST", "/api/attribute", { request_id: requestId, adapter, prompt, completion });
+      let result = await api("POST", "/api/attribute", { request_id: requestId, adapter, prompt, completion });
+      job = result.id;
+      while (result.state === "running") {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        result = await api("GET", `/api/attribute/${job}`);
+        status.textContent = `attributing… ${result.elapsed.toFixed(0)} s`;
+      }
+      status.dataset.state = result.state;
+      if (result.state === "failed") throw new Error(result.error);
+      if (result.state === "cancelled") {
+        status.textContent = "cancelled; nothing was written";
+        button.disabled = false;
+        say("ch-message", "attribution cancelled; nothing was written");
+        return;
+      }
+      status.textContent = `attributed (${result.method})`;
       bars.replaceChildren(...result.shares.map((s) => el("div", { class: "bar" },
         el("span", { class: "mono" }, s.name || short(s.contributor)),
         el("div", { class: "fill", style: `width: ${(100 * s.share).toFixed(1)}%` }),
         el("span", {}, `${(100 * s.share).toFixed(1)}%`))));
       if (!result.shares.length) bars.textContent = "no record helped this answer";
       say("ch-message", `attributed (${result.method}); ${result.pending} answer(s) wait for the next reward epoch`);
-    } finally { button.textContent = "Attribute this answer"; }
+    } catch (error) {
+      button.disabled = false;
+      status.textContent = "";
+      throw error;
+    } finally { cancel.hidden = true; }
   }));
-  return el("div", {}, button, bars);
+  return el("div", { class: "attribution" }, button, cancel, status, bars);
 }
 
 // -- Rewards --------------------------------------------------------------------------------

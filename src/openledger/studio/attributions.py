@@ -1,0 +1,211 @@
+"""The Chat tab's "attribute this answer", in the background and cancellable.
+
+Each attribution runs :func:`openledger.attribution.attribute` in a child process (spawned,
+so it shares no state with the server), which writes nothing: it sends the report back.
+The Studio then writes the answer's attribution into its ledger in one transaction. A
+cancel ends the child at once, and nothing is written; a cancel that comes after the
+write finds the job done::
+
+    running -> done                      (attribution written to the ledger)
+            \\-> cancelled | failed       (nothing written)
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from openledger.exceptions import ConfigError, DataNotFoundError, OpenLedgerError
+from openledger.studio.rewards import Rewards
+from openledger.studio.workspace import Workspace
+
+__all__ = ["AttributionJob", "Attributions"]
+
+logger = logging.getLogger("openledger.studio")
+
+AttributionState = Literal["running", "done", "cancelled", "failed"]
+
+
+@dataclass
+class AttributionJob:
+    """One attribution as the page sees it.
+
+    Attributes:
+        id: Job id.
+        request_id: The metered answer.
+        adapter: The adapter whose part of the answer is attributed.
+        state: Where it is.
+        method: The attribution method, once done.
+        shares: ``(address, share)`` of each contributor, largest first, once done.
+        error: Why it failed.
+        started_at: Unix time it started.
+    """
+
+    id: str
+    request_id: str
+    adapter: str
+    state: AttributionState = "running"
+    method: str | None = None
+    shares: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def to_dict(self, names: dict[str, str]) -> dict[str, Any]:
+        """The job as JSON, contributors named after local accounts where known."""
+        return {
+            "id": self.id,
+            "request_id": self.request_id,
+            "adapter": self.adapter,
+            "state": self.state,
+            "method": self.method,
+            "shares": [
+                {"contributor": a, "name": names.get(a, ""), "share": s} for a, s in self.shares
+            ],
+            "error": self.error,
+            "elapsed": time.time() - self.started_at,
+        }
+
+
+class Attributions:
+    """Attribution jobs of one Studio.
+
+    Args:
+        workspace: Where adapters and datanets are.
+        rewards: The ledger the attributions are written to.
+    """
+
+    def __init__(self, workspace: Workspace, rewards: Rewards) -> None:
+        self.workspace = workspace
+        self.rewards = rewards
+        self.jobs: dict[str, AttributionJob] = {}
+        self._lock = threading.Lock()
+
+    def start(self, request_id: str, adapter: str, prompt: str, completion: str) -> AttributionJob:
+        """Check the answer and start attributing it in the background.
+
+        Raises:
+            DataNotFoundError: No such answer, adapter or datanet.
+            ConfigError: Texts other than the metered ones, an adapter that did not answer,
+                an answer settled or attributed already (or being attributed), an adapter
+                not trained on a datanet snapshot.
+        """
+        self.rewards.check_answer(request_id, adapter, prompt, completion)
+        manifest = self.workspace.adapter(adapter).manifest
+        if manifest.datanet_id is None or manifest.snapshot_id is None:
+            raise ConfigError(f"adapter {adapter!r} was not trained on a datanet snapshot")
+        datanet = self.workspace.datanet_for(manifest.datanet_id)
+        with self._lock:
+            busy = [
+                j
+                for j in self.jobs.values()
+                if j.state == "running" and (j.request_id, j.adapter) == (request_id, adapter)
+            ]
+            if busy:
+                raise ConfigError(f"answer {request_id} is being attributed to {adapter!r}")
+            job = AttributionJob(uuid.uuid4().hex[:12], request_id, adapter)
+            self.jobs[job.id] = job
+        work = (
+            str(self.workspace.adapters_dir / adapter),
+            str(self.workspace.datanets_dir / datanet),
+            int(manifest.snapshot_id),
+            prompt,
+            completion,
+        )
+        thread = threading.Thread(
+            target=self._run, args=(job, manifest, work), name=f"studio-attr-{job.id}", daemon=True
+        )
+        thread.start()
+        return job
+
+    def get(self, job_id: str) -> AttributionJob:
+        """One job.
+
+        Raises:
+            DataNotFoundError: No such job.
+        """
+        with self._lock:
+            job = self.jobs.get(job_id)
+        if job is None:
+            raise DataNotFoundError(f"no attribution {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str) -> AttributionJob:
+        """Stop a running attribution; nothing of it is written."""
+        job = self.get(job_id)
+        job.cancel_event.set()
+        return job
+
+    def cancel_all(self) -> None:
+        """Stop every running attribution (at shutdown)."""
+        with self._lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            job.cancel_event.set()
+
+    def _run(self, job: AttributionJob, manifest: Any, work: tuple[Any, ...]) -> None:
+        context = multiprocessing.get_context("spawn")
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_attribute, args=(sender, *work), daemon=True)
+        try:
+            process.start()
+            sender.close()
+            while not receiver.poll(0.1):
+                if job.cancel_event.is_set():
+                    job.state = "cancelled"
+                    return
+                if not process.is_alive() and not receiver.poll(0):
+                    raise ConfigError(f"the attribution process ended ({process.exitcode})")
+            outcome, value = receiver.recv()
+            if outcome == "error":
+                job.error, job.state = str(value), "failed"
+                return
+            with self._lock:
+                # NOTE: written in one transaction, or (cancelled meanwhile) not at all
+                if job.cancel_event.is_set():
+                    job.state = "cancelled"
+                    return
+                self.rewards.credit(job.request_id, manifest, value)
+                job.method = str(value.method)
+                shares = value.contributor_shares().items()
+                job.shares = sorted(((str(a), float(s)) for a, s in shares), key=lambda x: -x[1])
+                job.state = "done"
+        except OpenLedgerError as exc:
+            job.error, job.state = str(exc), "failed"
+        except Exception as exc:  # NOTE: shown to the page as a message, logged in full
+            logger.exception("attribution %s failed", job.id)
+            job.error, job.state = f"attribution failed: {type(exc).__name__}: {exc}", "failed"
+        finally:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=10)
+            receiver.close()
+
+
+def _attribute(
+    sender: Any, adapter: str, datanet: str, snapshot_id: int, prompt: str, completion: str
+) -> None:
+    """The child process: attribute one answer and send back its report (or the error)."""
+    from openledger.attribution import attribute
+    from openledger.data import Datanet
+
+    try:
+        opened = Datanet.open(Path(datanet))
+        try:
+            snapshot = opened.snapshot_at(snapshot_id)
+            report = attribute(adapter, snapshot, prompt=prompt, completion=completion)
+        finally:
+            opened.close()
+        sender.send(("ok", report))
+    except OpenLedgerError as exc:
+        sender.send(("error", str(exc)))
+    except Exception as exc:
+        sender.send(("error", f"attribution failed: {type(exc).__name__}: {exc}"))
+    finally:
+        sender.close()
