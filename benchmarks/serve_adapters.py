@@ -306,12 +306,7 @@ def dora_mixed(
         "ours DoRA mixed-8": lambda: run_mixed(engine, texts)[0],
         "ours LoRA mixed-8": lambda: run_mixed(lora, texts)[0],
     }
-    times: dict[str, list[Timing]] = {label: [] for label in runs}
-    for round_ in range(repeats):
-        for label, run in runs.items():
-            times[label].append(run())
-        shown = ", ".join(f"{label} {t[-1][0]:.1f}" for label, t in times.items())
-        print(f"round {round_ + 1} (wall s): {shown}", flush=True)
+    times = alternate(runs, repeats)
     total = len(texts) * NEW_TOKENS
     rates = {label: total / statistics.median(t[0] for t in ts) for label, ts in times.items()}
     for label, rate in rates.items():
@@ -345,6 +340,11 @@ def measure(
     run_peft(peft, tokenizer, texts[:2])
     for warm in (engine, *torch_paths.values()):
         run_mixed(warm, texts[:8])
+    return alternate(runs, repeats)
+
+
+def alternate(runs: dict[str, Any], repeats: int) -> dict[str, list[Timing]]:
+    """Each run once per round, in order, for ``repeats`` rounds; the timings by label."""
     times: dict[str, list[Timing]] = {label: [] for label in runs}
     for round_ in range(repeats):
         for label, run in runs.items():

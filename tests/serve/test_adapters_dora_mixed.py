@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from tests.numerics import assert_rows_close, forward_terms  # noqa: E402
-from tests.serve.serve_dora_factory import make_rich_adapter  # noqa: E402
+from tests.serve.serve_lora_factory import make_peft_adapter, peft_generate  # noqa: E402
 
 from openledger.models import TINY_FAMILIES, save_tiny_model  # noqa: E402
 from openledger.serve import Engine, EngineConfig, SamplingParams  # noqa: E402
@@ -64,34 +64,12 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp(f"dora-{request.param}")
     base = save_tiny_model(root / "base", family, seed=3, **overrides)
     folders = {
-        name: make_rich_adapter(
+        name: make_peft_adapter(
             base, root / name, r=r, targets=targets_of(family, t), seed=40 + i, **kw
         )
         for i, (name, (r, t, kw)) in enumerate(SPECS.items())
     }
     return base, folders
-
-
-def peft_reference(base: Path, folders: dict[str, Path], prompt: list[int], name: str | None):
-    """PEFT's greedy tokens and log-probabilities [NEW, vocab] for one request."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    if name is not None:  # NOTE: one model per adapter: modules_to_save copies swap modules
-        model = PeftModel.from_pretrained(model, folders[name]).eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([prompt]),
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    tokens = [int(t) for t in out.sequences[0, len(prompt) :]]
-    logprobs = torch.log_softmax(torch.cat(out.logits).double(), dim=-1)
-    return tokens, logprobs
 
 
 def engine_for(base: Path, folders: dict[str, Path], backend: str) -> Engine:
@@ -132,7 +110,7 @@ def test_one_mixed_batch_matches_peft(setup: Any, backend: str) -> None:
     terms += config.hidden_size + config.vocab_size  # the head, then the log-softmax
     plain = {}
     for prompt, choice, output in zip(prompts, choices, outputs, strict=True):
-        tokens, want = peft_reference(base, folders, prompt, choice)
+        tokens, want = peft_generate(base, choice and folders[choice], prompt, NEW)
         assert output.token_ids == tokens, choice
         assert output.logprobs is not None
         got = torch.tensor(
@@ -141,5 +119,5 @@ def test_one_mixed_batch_matches_peft(setup: Any, backend: str) -> None:
         assert_rows_close(got, want, dtype=torch.float32, terms=terms, msg=f"{choice}: ")
         plain[choice] = want
     # NOTE: each feature changes the outputs: serving it as a plain LoRA would not pass
-    _, base_alone = peft_reference(base, {}, prompts[0], None)
+    _, base_alone = peft_generate(base, None, prompts[0], NEW)
     assert not torch.allclose(plain["lora"], base_alone, atol=1e-3)

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from tests.serve.serve_dora_factory import make_rich_adapter  # noqa: E402
+from tests.serve.serve_lora_factory import make_peft_adapter, peft_generate  # noqa: E402
 
 from openledger.exceptions import (  # noqa: E402
     AdapterCapacityError,
@@ -36,14 +36,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = save_tiny_model(root / "base", "llama", seed=4, tie_word_embeddings=True)
     return {
         "base": base,
-        "dora": make_rich_adapter(base, root / "dora", r=4, targets=["q_proj"], seed=1,
+        "dora": make_peft_adapter(base, root / "dora", r=4, targets=["q_proj"], seed=1,
                                   use_dora=True),
-        "plain": make_rich_adapter(base, root / "plain", r=2, targets=["o_proj"], seed=2),
-        "head": make_rich_adapter(base, root / "head", r=2, targets=["v_proj"], seed=3,
+        "plain": make_peft_adapter(base, root / "plain", r=2, targets=["o_proj"], seed=2),
+        "head": make_peft_adapter(base, root / "head", r=2, targets=["v_proj"], seed=3,
                                   modules_to_save=["lm_head"]),
-        "embed": make_rich_adapter(base, root / "embed", r=2, targets=["k_proj"], seed=4,
+        "embed": make_peft_adapter(base, root / "embed", r=2, targets=["k_proj"], seed=4,
                                    modules_to_save=["embed_tokens"]),
-        "tied": make_rich_adapter(base, root / "tied", r=2, targets=["q_proj"], seed=5,
+        "tied": make_peft_adapter(base, root / "tied", r=2, targets=["q_proj"], seed=5,
                                   modules_to_save=["embed_tokens"], ensure_weight_tying=True),
     }  # fmt: skip
 
@@ -126,20 +126,6 @@ def test_dora_needs_the_base_weights(setup: dict[str, Path]) -> None:
         store.load_host("dora")
 
 
-def peft_tokens(base: Path, folder: Path, prompt: list[int]) -> list[int]:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, folder).eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([prompt]), max_new_tokens=NEW, min_new_tokens=NEW,
-            do_sample=False,
-        )  # fmt: skip
-    return [int(t) for t in out[0, len(prompt) :]]
-
-
 def test_tied_copies_are_served_as_peft_serves_them(setup: dict[str, Path]) -> None:
     """PEFT's ``ensure_weight_tying`` saves both copies of a tied pair (and lists the
     embedding as ``model.embed_tokens``): both are served; without it, a tied base keeps
@@ -155,4 +141,4 @@ def test_tied_copies_are_served_as_peft_serves_them(setup: dict[str, Path]) -> N
         [prompt] * 3, [SamplingParams(max_tokens=NEW, min_tokens=NEW, adapter=n) for n in names]
     )
     for name, output in zip(names, outputs, strict=True):
-        assert output.token_ids == peft_tokens(setup["base"], setup[name], prompt), name
+        assert output.token_ids == peft_generate(setup["base"], setup[name], prompt, NEW)[0], name
