@@ -4,7 +4,7 @@ gives, per request, the greedy tokens and the log-probabilities of transformers 
 The adapters differ in rank, targets, ``alpha_pattern``/``rank_pattern`` and in which of
 ``lm_head``/``embed_tokens`` they save; all of them, and a request without adapter, run in
 the same steps. Bases: a SmolLM2-shaped tiny Llama (tied embeddings, 3:1 grouped-query
-attention, head dim 64), and the tiny Qwen3, Gemma 2 and Phi-3 configs (Phi-3's adapters
+attention, head dim 64), and the tiny Qwen3, Gemma 2, Gemma 3 and Phi-3 configs (Phi-3's adapters
 target its fused ``qkv_proj`` and ``gate_up_proj``).
 """
 
@@ -43,6 +43,7 @@ BASES: dict[str, tuple[str, dict[str, Any]]] = {
                                  "num_attention_heads": 3, "num_key_value_heads": 1}),
     "qwen3": ("qwen3", {}),
     "gemma2": ("gemma2", {}),
+    "gemma3": ("gemma3_text", {}),
     "phi3": ("phi3", {}),
 }  # fmt: skip
 FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
