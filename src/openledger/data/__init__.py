@@ -21,6 +21,11 @@ from openledger.data.access import AccessGrant, AccessRequest
 from openledger.data.audit import AuditReport
 from openledger.data.canonical import canonical_bytes, record_hash
 from openledger.data.commitments import commitment_of
+from openledger.data.contribution_files import (
+    CONTRIBUTION_SUFFIXES,
+    read_contribution_file,
+    read_csv_rows,
+)
 from openledger.data.convert import (
     from_alpaca,
     from_openai_messages,
@@ -53,6 +58,7 @@ from openledger.data.signing import SignedContribution, records_root, sign_contr
 from openledger.data.snapshot import SNAPSHOT_LEAF_ENCODING, Snapshot, verify_proof
 
 __all__ = [
+    "CONTRIBUTION_SUFFIXES",
     "DEFAULT_MAX_RECORD_BYTES",
     "SECRET_PATTERNS",
     "SNAPSHOT_LEAF_ENCODING",
@@ -85,6 +91,8 @@ __all__ = [
     "from_openai_messages",
     "from_prompt_completion",
     "from_sharegpt",
+    "read_contribution_file",
+    "read_csv_rows",
     "read_jsonl",
     "record_hash",
     "records_root",
