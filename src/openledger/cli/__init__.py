@@ -13,7 +13,7 @@
     openledger keys create --ledger PATH [--payer ADDRESS] [--name LABEL] [--admin]
     openledger account new|address KEY_FILE
     openledger datanet create FOLDER --name NAME --owner-key KEY [--schema S] [--private]
-    openledger datanet contribute FOLDER FILE.jsonl|.parquet --key KEY
+    openledger datanet contribute FOLDER FILE.jsonl|.csv|.parquet --key KEY
     openledger datanet snapshot FOLDER
     openledger datanet export FOLDER OUT.jsonl|.parquet [--grant GRANT]
     openledger datanet access request|approve|deny|revoke FOLDER ...

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -78,7 +77,9 @@ def _add_datanet_parsers(commands: Commands) -> None:
     create.add_argument("--owner-key", required=True, help="the owner's key file")
     contribute = verbs.add_parser("contribute", help="sign and add a JSONL or Parquet file")
     _add_where(contribute)
-    contribute.add_argument("file", help="rows of the datanet's schema (.jsonl or .parquet)")
+    contribute.add_argument(
+        "file", help="rows of the datanet's schema (.jsonl, .csv with a header row, or .parquet)"
+    )
     contribute.add_argument("--key", required=True, help="the contributor's key file")
     snapshot = verbs.add_parser("snapshot", help="freeze the accepted records (Merkle root)")
     _add_where(snapshot)
@@ -214,16 +215,12 @@ def _snapshot(datanet: Datanet | RemoteDatanet, owner_key: str | None) -> Any:
 def _contribute(
     out: TextIO, datanet: Datanet | RemoteDatanet, path: Path, contributor: Account
 ) -> None:
+    from openledger.data import read_contribution_file
+
     if not path.is_file():
         raise ConfigError(f"no file at {path}")
-    suffix = path.suffix.lower()
-    # NOTE: one batch for the whole file: a bad row stores nothing of it
-    if suffix == ".jsonl":
-        receipts = datanet.import_jsonl(path, contributor=contributor, batch_size=sys.maxsize)
-    elif suffix == ".parquet":
-        receipts = datanet.import_parquet(path, contributor=contributor, batch_size=sys.maxsize)
-    else:
-        raise ConfigError(f"{path}: give a .jsonl or .parquet file, not {suffix or 'no suffix'}")
+    # NOTE: the reader the Studio's upload uses; one contribution: a bad row stores nothing
+    receipts = datanet.contribute(read_contribution_file(path), contributor=contributor)
     flagged = sum(1 for r in receipts if r.near_duplicates)
     body = {"contributor": contributor.address, "records": len(receipts)}
     _print(out, {**body, "near_duplicates_flagged": flagged})
