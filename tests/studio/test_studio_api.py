@@ -61,6 +61,17 @@ def test_csv_upload_stores_rows(client: TestClient) -> None:
     assert fields[1]["input"] == "ctx"
 
 
+def test_parquet_upload_stores_rows(client: TestClient, tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    pa = pytest.importorskip("pyarrow")
+    make_datanet(client)
+    pq.write_table(pa.Table.from_pylist(colour_rows()[:3]), tmp_path / "rows.parquet")
+    done = upload(client, (tmp_path / "rows.parquet").read_bytes(), "rows.parquet")
+    assert done.status_code == 200, done.text
+    records = client.get("/api/datanets/colours/records").json()["records"]
+    assert [r["fields"] for r in records] == colour_rows()[:3]
+
+
 @pytest.mark.parametrize(
     ("body", "filename", "named"),
     [
@@ -73,7 +84,8 @@ def test_csv_upload_stores_rows(client: TestClient) -> None:
             "bad.jsonl:2",
         ),
         (b"instruction,response\nCode red?,RED ok.,extra\n", "rows.csv", "more cells"),
-        (jsonl(colour_rows()), "rows.parquet", ".parquet"),
+        (jsonl(colour_rows()), "rows.parquet", "rows.parquet is not a readable Parquet file"),
+        (jsonl(colour_rows()), "rows.txt", "not .txt"),
         (b"\xff\xfe", "rows.csv", "UTF-8"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Contributions files from the browser: JSONL or CSV bytes to rows, size-capped.
+"""Contributions files from the browser: JSONL, CSV or Parquet bytes to rows, size-capped.
 
 The rows go to :meth:`openledger.data.Datanet.contribute` in one call, so a file with one
 bad row stores nothing.
@@ -6,19 +6,19 @@ bad row stores nothing.
 
 from __future__ import annotations
 
-import csv
-import io
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from openledger.exceptions import ConfigError, SchemaError
+from openledger.data.contribution_files import CONTRIBUTION_SUFFIXES
+from openledger.exceptions import ConfigError
 
 __all__ = ["SUFFIXES", "read_capped", "rows_of"]
 
-SUFFIXES = (".jsonl", ".csv")
-"""File kinds the Datanets tab accepts."""
+SUFFIXES = CONTRIBUTION_SUFFIXES
+"""File kinds the Datanets tab accepts (what :func:`openledger.data.read_contribution_file`
+reads)."""
 
 
 async def read_capped(chunks: AsyncIterator[bytes], limit: int, filename: str) -> bytes:
@@ -39,50 +39,21 @@ async def read_capped(chunks: AsyncIterator[bytes], limit: int, filename: str) -
 
 
 def rows_of(filename: str, body: bytes) -> list[dict[str, Any]]:
-    """Parse a ``.jsonl`` or ``.csv`` contributions file into rows of fields.
-
-    CSV cells that are empty are left out (an optional field stays unset).
+    """Parse an uploaded ``.jsonl``, ``.csv`` or ``.parquet`` contributions file into rows,
+    with the SDK's reader (:func:`openledger.data.read_contribution_file`, what
+    ``openledger datanet contribute`` reads files with).
 
     Raises:
         ConfigError: Another file kind, or an empty file.
-        SchemaError: Text that is not UTF-8, JSON or CSV, naming the line.
+        SchemaError: Text that is not UTF-8, JSON or CSV, naming the line; an unreadable
+            Parquet file.
     """
+    from openledger.data import read_contribution_file
+
     suffix = Path(filename).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ConfigError(f"{filename}: give a .jsonl or .csv file, not {suffix or 'no suffix'}")
-    rows = _jsonl_rows(filename, body) if suffix == ".jsonl" else _csv_rows(filename, body)
-    if not rows:
-        raise ConfigError(f"{filename} holds no rows")
-    return rows
-
-
-def _jsonl_rows(filename: str, body: bytes) -> list[dict[str, Any]]:
-    from openledger.data import read_jsonl
-
     with tempfile.TemporaryDirectory(prefix="openledger-upload-") as folder:
-        path = Path(folder) / "upload.jsonl"
+        # NOTE: the upload's own suffix (a path part cannot hold a separator), inside a
+        # folder of our own; the reader refuses the kinds it does not read
+        path = Path(folder) / f"upload{suffix}"
         path.write_bytes(body)
-        try:
-            return list(read_jsonl(path))
-        except SchemaError as exc:
-            # NOTE: the message names the temporary file; the user knows the upload's name.
-            raise SchemaError(str(exc).replace(str(path), filename)) from None
-
-
-def _csv_rows(filename: str, body: bytes) -> list[dict[str, Any]]:
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SchemaError(f"{filename} is not valid UTF-8 ({exc.reason})") from None
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-        rows = [_csv_row(filename, reader.line_num, row) for row in reader]
-    except csv.Error as exc:
-        raise SchemaError(f"{filename} is not valid CSV: {exc}") from None
-    return rows
-
-
-def _csv_row(filename: str, line: int, row: dict[str | Any, Any]) -> dict[str, Any]:
-    if None in row:
-        raise SchemaError(f"{filename}:{line} has more cells than the header has columns")
-    return {key: value for key, value in row.items() if value not in (None, "")}
+        return read_contribution_file(path, name=filename)

@@ -178,7 +178,7 @@ $("dn-create").addEventListener("click", guarded("dn-message", async () => {
 }));
 $("upload-btn").addEventListener("click", guarded("dn-message", async () => {
   const file = $("upload-file").files[0];
-  if (!file) throw new Error("choose a .jsonl or .csv file first");
+  if (!file) throw new Error("choose a .jsonl, .csv or .parquet file first");
   if (!$("account").value) throw new Error("create a local account to sign with first");
   const query = new URLSearchParams({ filename: file.name, account: $("account").value });
   const name = encodeURIComponent($("dn-select").value);
