@@ -94,7 +94,7 @@ class DoraScales:
         """``[num_slots, O]`` per projection with a bias that held one."""
         self.present: dict[str, list[bool]] = {}
         self._step: LoraStep | None = None
-        self._rows: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor] | slice] = {}
+        self._rows: dict[tuple[int, ...], _Rows] = {}
 
     def install(self, module: str, slot: int, factors: DoraFactors | None) -> None:
         """Put a slot's factors of ``module`` in place (None: the slot's adapter is no DoRA
@@ -144,14 +144,17 @@ class DoraScales:
                 part.add_(shifts[slot])
             return
         index, slot_of_row = rows
+        if index is None:  # NOTE: every token of the step, in order (sorted decode steps)
+            out.mul_(scales.index_select(0, slot_of_row))
+            if shifts is not None:
+                out.add_(shifts.index_select(0, slot_of_row))
+            return
         scaled = out.index_select(0, index).mul_(scales.index_select(0, slot_of_row))
         if shifts is not None:
             scaled.add_(shifts.index_select(0, slot_of_row))
         out.index_copy_(0, index, scaled)
 
-    def _rows_of(
-        self, step: LoraStep, slots: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor] | slice:
+    def _rows_of(self, step: LoraStep, slots: tuple[int, ...]) -> _Rows:
         runs = [(slot, start, end) for slot in slots for start, end in step.runs[slot]]
         if len(runs) == 1:
             return slice(runs[0][1], runs[0][2])
@@ -161,4 +164,10 @@ class DoraScales:
         def to_device(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
 
-        return to_device(index), to_device(slot_of_row)
+        every_row = index == list(range(step.num_tokens))
+        return None if every_row else to_device(index), to_device(slot_of_row)
+
+
+_Rows = tuple[torch.Tensor | None, torch.Tensor] | slice
+"""The rows a step's DoRA slots rescale: one run (a slice), or the rows (None: every row
+of the step, in order) and each row's slot."""
