@@ -1,8 +1,10 @@
 """The Studio in a real headless Chromium against a real server process on 127.0.0.1.
 
-One walk through the four tabs with a tiny Llama: accounts, a datanet, a refused upload,
-two signed uploads, a snapshot; a training run whose loss curve fills in; a streamed
-answer from the adapter and its attribution bars; an epoch settled and a claim. Each tab
+One walk through the tabs with a tiny Llama: accounts, a datanet, a refused upload, two
+signed uploads, a snapshot; a private datanet, an access request and the owner's approval;
+a training run whose loss curve fills in and its model id on the chain; a streamed answer
+from the adapter and its attribution bars, another answer's attribution cancelled; an
+epoch settled and a claim. Each tab
 is photographed; with ``OPENLEDGER_UPDATE_SCREENSHOTS=1`` the pictures replace those in
 docs/images/studio/ that docs/studio.md shows (otherwise they go to a temporary folder, so
 a test run leaves the working tree as it was).
@@ -145,7 +147,42 @@ def datanets_tab(page: Any, images: Path) -> None:
     page.locator("#records tbody tr").last.locator("button.reject").click()
     expect_message(page, "#dn-message", "rejected, signed by bob")
     expect(page.locator("#records tbody tr td.status-rejected")).to_have_count(1, timeout=SLOW)
+    expect(page.locator("#access")).to_be_hidden()
     shoot(page, images, "datanets")
+
+
+def access_requests(page: Any, images: Path) -> None:
+    """A private datanet: bob is refused, asks for access, alice (its owner) approves."""
+    from playwright.sync_api import expect
+
+    page.select_option("#account", "alice")
+    page.fill("#dn-name", "clinic")
+    page.check("#dn-private")
+    page.click("#dn-create")
+    expect_message(
+        page, "#dn-message", "datanet clinic created (openledger.instruction/1, private)"
+    )
+    page.uncheck("#dn-private")
+    page.select_option("#account", "bob")
+    expect(page.locator("#records-note")).to_contain_text(
+        "bob has no approved access request", timeout=SLOW
+    )
+    page.click("#access-request")
+    expect_message(page, "#dn-message", "purpose must say what the data is for", kind="error")
+    page.fill("#access-purpose", "a held-out evaluation")
+    page.click("#access-request")
+    expect_message(page, "#dn-message", "access request 1 filed by bob")
+    row = page.locator("#access-requests tbody tr[data-request='1']")
+    row.locator("button.approve").click()
+    expect_message(page, "#dn-message", "only the owner", kind="error")
+    page.select_option("#account", "alice")
+    row.locator("button.approve").click()
+    expect_message(page, "#dn-message", "access request 1 approved by alice")
+    expect(row.locator(".access-status")).to_have_text("approved")
+    page.select_option("#account", "bob")
+    expect(page.locator("#records-note")).to_have_text("", timeout=SLOW)
+    shoot(page, images, "access")
+    page.select_option("#dn-select", "colours")
 
 
 def train_tab(page: Any, images: Path, studio_home: Path) -> None:
@@ -159,6 +196,7 @@ def train_tab(page: Any, images: Path, studio_home: Path) -> None:
     page.select_option("#tr-preset", "quick look")
     page.fill("#tr-field-max_steps", "30")
     page.fill("#tr-name", "colours-r4")
+    page.select_option("#tr-registrant", "alice")
     page.click("#tr-start")
     curve = page.locator("#tr-curve")
     expect(curve).not_to_have_attribute("data-points", "0", timeout=SLOW)
@@ -166,6 +204,11 @@ def train_tab(page: Any, images: Path, studio_home: Path) -> None:
     assert curve.get_attribute("data-points") == "30"
     assert page.locator("#tr-curve polyline").count() == 1
     expect(page.locator("#adapters tbody tr")).to_have_count(1, timeout=SLOW)
+    expect_message(page, "#tr-message", "registered on chain")
+    model_id = page.locator("#adapters tbody tr .model-id").inner_text()
+    assert model_id.startswith("0x")
+    assert len(model_id) == 66
+    assert model_id in page.locator("#tr-message").inner_text()
     shoot(page, images, "train")
 
 
@@ -208,6 +251,15 @@ def chat_tab(page: Any, images: Path) -> None:
     sources = page.locator(".turn.assistant").nth(1).locator(".sources li")
     expect(sources).to_have_count(3)
     assert "Code blue?" in sources.first.inner_text()
+    # The second answer's attribution is cancelled: nothing is written, it can run again.
+    second = page.locator(".turn.assistant").nth(1)
+    second.locator("button.attribute").click()
+    expect(second.locator("button.attribute-cancel")).to_be_visible(timeout=SLOW)
+    second.locator("button.attribute-cancel").click()
+    expect_message(page, "#ch-message", "attribution cancelled; nothing was written")
+    expect(second.locator(".attribute-status")).to_have_attribute("data-state", "cancelled")
+    expect(second.locator("button.attribute")).to_be_enabled()
+    assert second.locator(".bar").count() == 0
     shoot(page, images, "chat")
 
 
@@ -215,7 +267,9 @@ def rewards_tab(page: Any, images: Path) -> None:
     from playwright.sync_api import expect
 
     page.click("nav [data-tab=rewards]")
-    expect(page.locator("#rw-pending")).to_contain_text("1 attributed answer(s)", timeout=SLOW)
+    expect(page.locator("#rw-pending")).to_contain_text(
+        "2 answer(s) metered; 2 not settled yet, 1 attributed answer(s)", timeout=SLOW
+    )
     page.fill("#rw-pool", "100")
     page.click("#rw-settle")
     expect_message(page, "#rw-message", "epoch 1 settled")
@@ -236,6 +290,7 @@ def test_the_five_tabs_in_a_browser(
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(studio_url)
     datanets_tab(page, images)
+    access_requests(page, images)
     train_tab(page, images, studio_home)
     evaluate_tab(page, images)
     chat_tab(page, images)
