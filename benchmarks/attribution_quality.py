@@ -7,7 +7,10 @@ rank-2 LoRA on q/v projections trained with full-batch steps (60 steps, lr 1e-2)
 retrained model depends on its data only. The datanet has 20 instruction records from 5
 contributors (colour codes, some sharing answers, some conflicting).
 
-Printed, for each method (exact, datainf, tracin, gradcos):
+Printed, for each method (exact, datainf, tracin, gradcos; ``exact`` and ``datainf`` again
+from an index of bfloat16 rows, and from one of bfloat16 passes and rows; and ``spans``, the
+longest spans of the answer that records hold, from the tiny model's tokenizer, records
+holding no span scoring 0):
 
 - Pearson correlation of its scores with ``exact`` over all records, per query (mean);
 - LDS (linear datamodeling score): for ``--subsets`` random halves S of the records,
@@ -15,7 +18,10 @@ Printed, for each method (exact, datainf, tracin, gradcos):
   subsets, between ``-sum_{i in S} score_i`` and the measured loss, averaged over queries;
 - leave-one-contributor-out: Spearman, over the 5 contributors, between the summed
   contributor score and the rise in query loss when that contributor's records are
-  removed and the model retrained, averaged over queries.
+  removed and the model retrained, averaged over queries;
+- top-1 contributor: in how many queries the contributor with the largest summed score is
+  the one whose removal raised the query loss most (the part of the leave-one-contributor-
+  out ranking that is reproducible across training seeds: ``attribution_loco_study.py``).
 
 Baseline in the same run: a random attribution (scores drawn from a normal distribution),
 whose LDS should be near 0.
@@ -39,8 +45,9 @@ from _machine import describe_machine  # benchmarks/ is the script folder
 from _scratch import scratch_dir
 from tests.attribution.conftest import make_snapshot, train
 from tests.attribution.test_attribution_quality import pearson, spearman
+from transformers import AutoTokenizer
 
-from openledger.attribution import InfluenceIndex
+from openledger.attribution import InfluenceIndex, SpanIndex
 from openledger.attribution.examples import query_example
 from openledger.attribution.gradients import example_loss
 from openledger.crypto import Account
@@ -140,6 +147,18 @@ def main() -> None:
         m: [[r.score for r in index.with_method(m).attribute(*q).records] for q in queries]
         for m in METHODS
     }
+    variants = {
+        "bfloat16 rows": {"storage_dtype": "bfloat16"},
+        "bfloat16 passes and rows": {"compute_dtype": "bfloat16", "storage_dtype": "bfloat16"},
+    }
+    for label, dtypes in variants.items():
+        fast = InfluenceIndex.build(run.adapter, snapshot, "exact", **dtypes)
+        for method in ("exact", "datainf"):
+            scores[f"{method}, {label}"] = [
+                [r.score for r in fast.with_method(method).attribute(*q).records] for q in queries
+            ]
+    spans = SpanIndex.build(snapshot, AutoTokenizer.from_pretrained(str(base)))
+    scores["spans"] = [[spans.attribute(*q).scores().get(h, 0.0) for h in hashes] for q in queries]
     scores["random"] = [torch.randn(len(hashes), generator=rng).tolist() for _ in queries]
 
     picker = random.Random(0)
@@ -166,8 +185,11 @@ def main() -> None:
         f"{len(subsets)} half-subsets, {len(subsets) + 6} trainings; "
         f"{time.perf_counter() - started:.0f} s in all"
     )
-    print("| method | Pearson with exact | LDS | leave-one-contributor-out Spearman |")
-    print("|---|---|---|---|")
+    print(
+        "| method | Pearson with exact | LDS | leave-one-contributor-out Spearman "
+        "| top-1 contributor |"
+    )
+    print("|---|---|---|---|---|")
     owner = {r.record_hash: r.contributor for r in index.manifest.records}
     for method, per_query in scores.items():
         corr = statistics.mean(pearson(s, scores["exact"][q]) for q, s in enumerate(per_query))
@@ -175,14 +197,19 @@ def main() -> None:
             spearman([-sum(s[i] for i in subset) for subset in subsets], [a[q] for a in actual])
             for q, s in enumerate(per_query)
         )
-        contributor = []
+        contributor, top = [], 0
         for q, s in enumerate(per_query):
             totals = [
                 sum(v for h, v in zip(hashes, s, strict=True) if owner[h] == a.address)
                 for a in accounts
             ]
-            contributor.append(spearman(totals, [change[q] for change in loco]))
-        print(f"| {method} | {corr:.3f} | {lds:.3f} | {statistics.mean(contributor):.3f} |")
+            rises = [change[q] for change in loco]
+            contributor.append(spearman(totals, rises))
+            top += totals.index(max(totals)) == rises.index(max(rises))
+        print(
+            f"| {method} | {corr:.3f} | {lds:.3f} | {statistics.mean(contributor):.3f} "
+            f"| {top}/{len(per_query)} |"
+        )
 
 
 if __name__ == "__main__":

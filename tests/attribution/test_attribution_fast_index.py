@@ -165,19 +165,27 @@ def test_a_format_2_index_still_loads_and_a_damaged_one_is_refused(
             InfluenceIndex.build(run.adapter, snapshot, **bad)  # type: ignore[arg-type]
 
 
-def test_the_fast_index_scores_as_the_reference_one(colour_run: Run) -> None:
-    """bfloat16 passes and rows against float32 (the per-record reference path gives the
-    float32 rows: test_attribution_batched): Pearson >= 0.99, the issue's tolerance."""
+def test_bfloat16_rows_score_as_the_float32_ones(colour_run: Run) -> None:
+    """bfloat16 rows of float32 passes against float32 rows (which equal the per-record
+    reference's: test_attribution_batched): Pearson >= 0.99, the issue's tolerance. (bfloat16
+    passes are held to their rounding bound above; on SmolLM2 their DataInf scores fell
+    below this tolerance: benchmarks/RESULTS.md.)"""
     snapshot, run, _ = colour_run
     reference = InfluenceIndex.build(run.adapter, snapshot, "datainf")
-    fast = InfluenceIndex.build(
-        run.adapter, snapshot, "datainf", compute_dtype="bfloat16", storage_dtype="bfloat16"
-    )
-    assert fast.manifest.compute_dtype == "bfloat16"
+    narrow = InfluenceIndex.build(run.adapter, snapshot, "datainf", storage_dtype="bfloat16")
+    passes = InfluenceIndex.build(run.adapter, snapshot, "datainf", compute_dtype="bfloat16")
+    assert passes.manifest.compute_dtype == "bfloat16"
     for prompt, answer in QUERIES:
         want = [r.score for r in reference.attribute(prompt, answer).records]
-        got = [r.score for r in fast.attribute(prompt, answer).records]
+        got = [r.score for r in narrow.attribute(prompt, answer).records]
         assert pearson(got, want) >= 0.99
+        assert got != want
+        # the index's queries take its own passes: bfloat16 ones differ from float32's
+        q16, q32 = (
+            passes.query_gradients(prompt, answer)[0],
+            reference.query_gradients(prompt, answer)[0],
+        )
+        assert not torch.equal(q16, q32)
 
 
 def test_projected_scores_follow_the_unprojected_ones(colour_run: Run) -> None:

@@ -6,6 +6,7 @@ Tiny Llamas trained near convergence on CPU. The retraining test trains six adap
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,18 @@ def greedy(adapter: Adapter, prompt: str) -> str:
     with torch.no_grad():
         out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+
+
+def test_a_report_says_how_reliable_its_method_was_on_the_benchmark() -> None:
+    from openledger.attribution import METHOD_RELIABILITY, METHODS, AttributionReport
+
+    assert set(METHOD_RELIABILITY) == {*METHODS, "spans"}
+    zero = "0x" + "00" * 32
+    for method in (*METHODS, "spans"):
+        report = AttributionReport(method, zero, zero, None, "Code red?", "RED ok.", ())
+        assert report.reliability.startswith(method)
+        assert "LDS" in report.reliability
+        assert "top contributor" in report.reliability
+        assert html.escape(report.reliability) in report._repr_html_()
+    unknown = AttributionReport("other", zero, zero, None, "Code red?", "RED ok.", ())
+    assert unknown.reliability == "not measured on the attribution benchmark"

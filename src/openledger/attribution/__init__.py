@@ -22,6 +22,7 @@ Methods, formulas, storage costs and encodings are described in docs/attribution
 from __future__ import annotations
 
 from openledger.attribution.api import attribute
+from openledger.attribution.batched import COMPUTE_DTYPES
 from openledger.attribution.gradients import GradientLayout, Projector
 from openledger.attribution.index import IndexManifest, InfluenceIndex
 from openledger.attribution.influence import METHODS, Method
@@ -41,7 +42,12 @@ from openledger.attribution.rag import (
     load_scoring_model,
 )
 from openledger.attribution.rag import answer as rag_answer
-from openledger.attribution.report import AttributionReport, MatchedSpan, RecordScore
+from openledger.attribution.report import (
+    METHOD_RELIABILITY,
+    AttributionReport,
+    MatchedSpan,
+    RecordScore,
+)
 from openledger.attribution.retrieval import DenseEncoder, Passage, Retriever
 from openledger.attribution.rewards import (
     BPS,
@@ -53,11 +59,15 @@ from openledger.attribution.rewards import (
 )
 from openledger.attribution.sharded import RayExecutor
 from openledger.attribution.spans import SpanIndex
+from openledger.attribution.storage import STORAGE_DTYPES
 
 __all__ = [
     "BPS",
+    "COMPUTE_DTYPES",
     "METHODS",
+    "METHOD_RELIABILITY",
     "SHARE_UNITS",
+    "STORAGE_DTYPES",
     "Ablation",
     "AttributionReport",
     "Citation",
