@@ -1,17 +1,21 @@
 """The gateway on Ray Serve: 1 vs 2 engine replicas, and adapter loads by routing.
 
 A local Ray instance (127.0.0.1, ``--cpus`` CPU resources) serves a tiny random Llama with
-6 rank-4 adapters; each engine replica has 2 sequences and 2 adapter slots. The same
-request sequence (6 adapters, uniformly shuffled, fixed seed) is sent through the
-``openai`` client with ``--concurrency`` requests in flight:
+6 rank-4 adapters; each engine replica has 2 sequences and 2 adapter slots, and keeps
+``--adapters-per-replica`` adapters registered (host memory, paged through the slots; a
+registration is a load). The same request sequence (6 adapters, uniformly shuffled, fixed
+seed) is sent through the ``openai`` client with ``--concurrency`` requests in flight:
 
-- 1 replica, then 2 replicas, adapter routing (Ray Serve multiplexing): throughput;
-- 2 replicas with Ray's default routing (``ray.routing: any``): adapter loads;
-- round-robin over 2 replicas, each an LRU of 2 adapters, simulated on the same sequence.
+- 1 replica, then 2 replicas, adapter routing (each adapter has a home replica): throughput
+  and adapter loads;
+- 2 replicas with Ray Serve's multiplexed routing (``ray.routing: multiplex``) and with
+  Ray's default routing (``ray.routing: any``): adapter loads;
+- 2 replicas, adapter routing, with only 2 adapters registered per replica (= the slots);
+- round-robin over 2 replicas, each an LRU of the same size, simulated on the same sequence.
 
 Adapter loads are the replicas' own counters (``GET /v1/replicas``). On a 2-core machine
 the scaling figure says little (both replicas share the cores); the load counts are the
-point. Prints the machine and a ratio against the 1-replica run of the same process.
+point. Prints the machine and ratios against runs of the same process.
 """
 
 from __future__ import annotations
@@ -115,6 +119,9 @@ def main() -> None:
     parser.add_argument("--per-adapter", type=int, default=8, help="requests per adapter")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--adapters-per-replica", type=int, default=3, help="adapters registered per replica"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray
@@ -137,9 +144,13 @@ def main() -> None:
     session = Path(ray._private.worker._global_node.get_session_dir_path())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        one = run_case(base, adapters, folder, args, replicas=1)
-        two = run_case(base, adapters, folder, args, replicas=2)
-        anywhere = run_case(base, adapters, folder, args, replicas=2, routing="any")
+        held = {"adapters_per_replica": args.adapters_per_replica}
+        one = run_case(base, adapters, folder, args, replicas=1, **held)
+        two = run_case(base, adapters, folder, args, replicas=2, **held)
+        multiplex = run_case(base, adapters, folder, args, replicas=2, routing="multiplex", **held)
+        anywhere = run_case(base, adapters, folder, args, replicas=2, routing="any", **held)
+        slots = ENGINE["max_adapter_slots"]
+        tight = run_case(base, adapters, folder, args, replicas=2, adapters_per_replica=slots)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -147,23 +158,32 @@ def main() -> None:
     rng = random.Random(args.seed)
     sequence = [name for name in ADAPTERS for _ in range(args.per_adapter)]
     rng.shuffle(sequence)
-    rr = round_robin_loads(sequence, 2, ENGINE["max_adapter_slots"])
+    rr = round_robin_loads(sequence, 2, args.adapters_per_replica)
+    rr_tight = round_robin_loads(sequence, 2, ENGINE["max_adapter_slots"])
+    held = args.adapters_per_replica
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,")
     print(f"  load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}")
     print(f"workload: {len(sequence)} chat requests, 6 adapters shuffled (seed {args.seed}),")
     print(f"  {args.tokens} new tokens each, {args.concurrency} in flight, {args.cpus} Ray CPUs")
-    print(f"1 replica  (adapter routing): {one['tok_s']:7.1f} tok/s, {one['loads']:3.0f} loads")
-    print(f"2 replicas (adapter routing): {two['tok_s']:7.1f} tok/s, {two['loads']:3.0f} loads")
-    other = anywhere
-    print(f"2 replicas (Ray's default):   {other['tok_s']:7.1f} tok/s, {other['loads']:3.0f} loads")
-    print(f"2 replicas, round-robin (simulated LRU of 2 each):  {rr:3d} loads")
+    print(f"engine: 2 adapter slots per replica; {held} adapters registered per replica")
+    rows = [
+        ("1 replica,  adapter routing", one),
+        ("2 replicas, adapter routing", two),
+        ("2 replicas, Ray multiplexing", multiplex),
+        ("2 replicas, Ray's default", anywhere),
+    ]
+    for label, case in rows:
+        print(f"{label:30s} {case['tok_s']:7.1f} tok/s, {case['loads']:3.0f} loads")
+    print(f"2 replicas, round-robin (simulated LRU of {held} each):  {rr:3d} loads")
     print(f"throughput 2 / 1 replicas: {two['tok_s'] / one['tok_s']:.2f}x")
-    print(f"adapter loads, adapter routing / round-robin: {two['loads'] / rr:.2f}")
-    print(f"adapter loads, Ray's default / round-robin:   {anywhere['loads'] / rr:.2f}")
+    for label, case in rows[1:]:
+        print(f"adapter loads, {label[12:]:20s} / round-robin: {case['loads'] / rr:.2f}")
     print(
-        "receipts = requests:",
-        all(c["receipts"] == c["requests"] for c in (one, two, anywhere)),
+        f"with {ENGINE['max_adapter_slots']} registered per replica (= slots): adapter routing "
+        f"{tight['loads']:.0f} loads, round-robin {rr_tight}: {tight['loads'] / rr_tight:.2f}"
     )
+    cases = (one, two, multiplex, anywhere, tight)
+    print("receipts = requests:", all(c["receipts"] == c["requests"] for c in cases))
 
 
 if __name__ == "__main__":

@@ -92,8 +92,11 @@ def start_server(
     ledger: Path | None = None,
     key: str | None = None,
     extra: dict[str, Any] | None = None,
+    flags: tuple[str, ...] = (),
+    timeout: float = 90,
 ) -> Server:
-    """Start a gateway on a free port and wait until /health answers."""
+    """Start a gateway on a free port (``flags`` added to ``openledger serve``) and wait
+    until /health answers."""
     from openledger.gateway import ReceiptLedger
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,10 +122,13 @@ def start_server(
     command = [sys.executable, "-m", "openledger.cli", "-v", "serve", "--config", str(config_file)]
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [*command, "--port", str(port)], stdout=handle, stderr=subprocess.STDOUT, env=env
+            [*command, *flags, "--port", str(port)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     server = Server(process, port, ledger, key, log, config)
-    _wait_healthy(server)
+    _wait_healthy(server, timeout)
     return server
 
 

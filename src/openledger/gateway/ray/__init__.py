@@ -9,8 +9,9 @@
         first token
       the ledger: every receipt, signed once
 
-Requests for an adapter carry it as Ray Serve's multiplexed model id, so they go to a
-replica that holds it; replicas never meter. ``openledger serve --ray`` runs it on a local
+Requests for an adapter carry it as Ray Serve's multiplexed model id, and
+:class:`AdapterAffinityRouter` sends every request for it to its one home replica;
+replicas never meter. ``openledger serve --ray`` runs it on a local
 Ray instance or joins a cluster (:func:`run_ray_server`); :func:`build_application` gives the
 application to deploy yourself. Ray is the ``[ray]`` extra, imported only here, on use.
 The guide is docs/deployment.md.
@@ -27,8 +28,10 @@ from openledger.gateway.ray.config import RayServeConfig
 if TYPE_CHECKING:
     from openledger.gateway.ray.deploy import build_application, run_ray_server
     from openledger.gateway.ray.remote_engine import RemoteEngine
+    from openledger.gateway.ray.router import AdapterAffinityRouter
 
 __all__ = [
+    "AdapterAffinityRouter",
     "RayServeConfig",
     "RemoteEngine",
     "build_application",
@@ -40,6 +43,7 @@ _LAZY = {
     "build_application": "openledger.gateway.ray.deploy",
     "run_ray_server": "openledger.gateway.ray.deploy",
     "RemoteEngine": "openledger.gateway.ray.remote_engine",
+    "AdapterAffinityRouter": "openledger.gateway.ray.router",
 }
 
 

@@ -47,10 +47,17 @@ class RayServeConfig(BaseModel):
         description="Engine requests (choices) one replica takes at once before Ray routes "
         "elsewhere or queues. None: twice the engine's max_num_seqs.",
     )
-    routing: Literal["adapter", "any"] = Field(
+    routing: Literal["adapter", "multiplex", "any"] = Field(
         default="adapter",
-        description="'adapter': Ray Serve model multiplexing sends a request to a replica "
-        "holding its adapter; 'any': Ray's default routing (for comparison).",
+        description="'adapter': each adapter (or mix) has one home replica, the live one "
+        "with the fewest when first asked for (AdapterAffinityRouter); 'multiplex': Ray "
+        "Serve's multiplexed routing (replicas reporting the adapter resident, else any); "
+        "'any': Ray's default routing. The last two are for comparison.",
+    )
+    spill: bool = Field(
+        default=True,
+        description="With routing='adapter': a request whose home replica is at "
+        "max_ongoing_requests tries the others instead of waiting for it.",
     )
     retries: int = Field(
         default=2,

@@ -23,6 +23,8 @@ ENGINE_DEPLOYMENT = "EngineReplica"
 INGRESS_DEPLOYMENT = "GatewayIngress"
 # NOTE: Ray's resource of its head node; a tiny share pins an actor there
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+# NOTE: by path: Ray Serve imports the router where the deployment's handles live
+AFFINITY_ROUTER = "openledger.gateway.ray.router:AdapterAffinityRouter"
 
 
 def build_application(config: GatewayConfig) -> Application:
@@ -44,12 +46,19 @@ def build_application(config: GatewayConfig) -> Application:
     config = _absolute_paths(config)
     settings, engine = config.ray, config.engine
     slots = engine.max_num_seqs if engine.max_adapter_slots is None else engine.max_adapter_slots
+    routing: dict[str, Any] = {}
+    if settings.routing == "adapter":
+        routing["request_router_config"] = {
+            "request_router_class": AFFINITY_ROUTER,
+            "request_router_kwargs": {"spill": settings.spill},
+        }
     replica = serve.deployment(
         name=ENGINE_DEPLOYMENT,
         num_replicas=settings.replicas,
         ray_actor_options={"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
         max_ongoing_requests=settings.max_ongoing_requests or 2 * engine.max_num_seqs,
         graceful_shutdown_timeout_s=config.drain_timeout,
+        **routing,
     )(engine_replica_class(settings.adapters_per_replica or max(1, slots)))
     ingress_options: dict[str, Any] = {"num_cpus": settings.ingress_num_cpus}
     if settings.ingress_on_head:

@@ -192,7 +192,7 @@ class RemoteEngine:
     ) -> AsyncGenerator[RequestOutput | None, None]:
         """One replica's outputs; a single None if it was lost before the first."""
         key = adapter_key([a.engine_name for a in adapters])
-        routed = key if self.settings.routing == "adapter" else ""
+        routed = key if self.settings.routing != "any" else ""
         handle = self._handle.options(stream=True, multiplexed_model_id=routed)
         call = handle.generate.remote(prompt, params, adapters)
         stream = cast("DeploymentResponseGenerator[Any]", call)
