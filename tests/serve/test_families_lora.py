@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from tests.numerics import assert_rows_close, forward_terms
-from tests.serve.serve_lora_factory import make_peft_adapter
+from tests.serve.serve_lora_factory import make_peft_adapter, peft_generate
 
 from openledger.models import save_tiny_model
 from openledger.serve import Engine, EngineConfig, SamplingParams
@@ -25,26 +25,6 @@ FAMILIES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "phi3": ({}, ["o_proj", "down_proj"]),
 }
 NEW = 8
-
-
-def _peft_logprobs(base: Path, adapter: Path | None, prompt: list[int]) -> tuple[list[int], Any]:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter).eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([prompt]),
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    tokens = [int(t) for t in out.sequences[0, len(prompt) :]]
-    return tokens, torch.log_softmax(torch.cat(out.logits).double(), dim=-1)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -67,7 +47,7 @@ def test_lora_on_every_projection_matches_peft(family: str, tmp_path: Path) -> N
     terms = forward_terms(config, len(prompt) + NEW) + config.hidden_size + vocab
     wants = {}
     for choice, output in zip(("lora", None), outputs, strict=True):
-        tokens, want = _peft_logprobs(base, adapter if choice else None, prompt)
+        tokens, want = peft_generate(base, adapter if choice else None, prompt, NEW)
         assert output.token_ids == tokens, (family, choice)
         assert output.logprobs is not None
         got = torch.tensor(

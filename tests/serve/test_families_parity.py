@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from tests.numerics import assert_rows_close, forward_terms
+from tests.serve.serve_lora_factory import peft_generate
 from tests.serve.test_serve_parity import PROMPTS, _run_staggered
 
 from openledger.exceptions import UnsupportedModelError
@@ -146,23 +147,6 @@ def test_windows_with_chunked_prefill_and_prefix_caching(
         assert output.token_ids == hf_greedy(folder, output.prompt_token_ids, 10), (name, key)
 
 
-def _hf_logprobs(folder: Path, prompt: list[int], new: int) -> tuple[list[int], torch.Tensor]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([prompt]),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    tokens = [int(t) for t in out.sequences[0, len(prompt) :]]
-    return tokens, torch.log_softmax(torch.cat(out.logits).double(), dim=-1)
-
-
 def _compare_logprobs(name: str, folder: Path, mutate: Callable[[Any], None] | None = None) -> None:
     """The engine's log-probabilities of 12 greedy tokens against transformers' (the
     engine's model changed by ``mutate`` first, when given)."""
@@ -176,7 +160,7 @@ def _compare_logprobs(name: str, folder: Path, mutate: Callable[[Any], None] | N
     prompt = engine.tokenizer(_prompts(name)[1]).input_ids
     params = SamplingParams(max_tokens=new, min_tokens=new, logprobs=vocab)
     output = engine.generate(prompt, params)[0]
-    _, want = _hf_logprobs(folder, prompt, new)
+    _, want = peft_generate(folder, None, prompt, new)
     assert output.logprobs is not None
     got = torch.tensor(
         [[row[t] for t in range(vocab)] for row in output.logprobs], dtype=torch.float64
