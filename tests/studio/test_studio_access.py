@@ -3,8 +3,10 @@ reads and writes with the grant, and the messages of every refusal."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi.testclient import TestClient
-from tests.studio.conftest import colour_rows, jsonl
+from tests.studio.conftest import TINY_RECIPE, colour_rows, jsonl, wait_for
 
 
 def private_datanet(client: TestClient) -> None:
@@ -92,3 +94,31 @@ def test_public_datanets_need_no_access_request(client: TestClient) -> None:
     asked = client.post("/api/datanets/open/access", json={"account": "alice", "purpose": "x"})
     assert "is public; reading it needs no grant" in asked.json()["error"]
     assert client.get("/api/datanets/open/access").json()["requests"] == []
+
+
+def test_training_on_a_private_snapshot_needs_the_trainers_grant(
+    client: TestClient, studio_home: Path
+) -> None:
+    private_datanet(client)
+    assert upload_as(client, "alice", colour_rows())["stored"] == 8
+    snapshot = client.post("/api/datanets/secret/snapshot").json()
+    base = str((studio_home / "models" / "tiny-llama").resolve())
+    body = {"name": "secret-r4", "datanet": "secret", "snapshot_id": 1, "base_model": base}
+    body["recipe"] = TINY_RECIPE
+    nobody = client.post("/api/train", json=body)
+    assert "is private: pick the local account that trains on it" in nobody.json()["error"]
+    stranger = client.post("/api/train", json={**body, "registrant": "bob"})
+    assert "bob has no approved access request" in stranger.json()["error"]
+    filed = client.post("/api/datanets/secret/access", json={"account": "bob", "purpose": "lora"})
+    decide(client, filed.json()["id"], "approve", "alice")
+    started = client.post("/api/train", json={**body, "registrant": "bob"})
+    assert started.status_code == 200, started.text
+    job_id = started.json()["id"]
+
+    def state() -> str:
+        return str(client.get(f"/api/train/jobs/{job_id}").json()["state"])
+
+    assert wait_for(lambda: state() != "running" and state(), 300, "training") == "done"
+    adapter = {a["name"]: a for a in client.get("/api/adapters").json()}["secret-r4"]
+    assert adapter["snapshot_root"] == snapshot["root"]
+    assert adapter["model"]["registrant"] == filed.json()["requester"]

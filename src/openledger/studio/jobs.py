@@ -21,7 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from openledger.exceptions import ConfigError, DataNotFoundError, OpenLedgerError
+from openledger.exceptions import (
+    AccessDeniedError,
+    ConfigError,
+    DataNotFoundError,
+    OpenLedgerError,
+)
 from openledger.studio.workspace import Workspace, check_name
 
 __all__ = ["JobState", "TrainingJob", "TrainingJobs", "TrainingRequest"]
@@ -40,8 +45,9 @@ class TrainingRequest:
     snapshot_id: int
     recipe: dict[str, Any]
     registrant: str | None = None
-    """The local account that registers the result on the chain (None: the chain's default
-    account)."""
+    """The local account that trains: it reads a private datanet with its grant and
+    registers the result on the chain (None: the chain's default account; public datanets
+    only)."""
 
 
 @dataclass
@@ -148,6 +154,7 @@ class TrainingJobs:
                 raise DataNotFoundError(
                     f"datanet {request.datanet!r} has no snapshot {request.snapshot_id}"
                 )
+            self._grant(datanet, request)
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise ConfigError("a training run is going; wait for it or cancel it first")
@@ -183,6 +190,25 @@ class TrainingJobs:
         if thread is not None:
             thread.join(timeout)
 
+    def _grant(self, datanet: Any, request: TrainingRequest) -> Any:
+        """The grant a private datanet's snapshot is read with: the registrant's.
+
+        Raises:
+            AccessDeniedError: A private datanet, and no registrant or one without an
+                approved access request.
+        """
+        from openledger.studio.access import grant_of
+
+        if datanet.visibility != "private":
+            return None
+        if not request.registrant:
+            raise AccessDeniedError(
+                f"datanet {request.datanet!r} is private: pick the local account that trains "
+                "on it (Train and register as), one its owner approved"
+            )
+        account = self.workspace.account(request.registrant)
+        return grant_of(datanet, account, request.registrant)
+
     def _run(self, job: TrainingJob) -> None:
         staging = self.workspace.staging_dir / job.id
         job.state = "running"
@@ -212,6 +238,7 @@ class TrainingJobs:
                 job.request.recipe,
                 snapshot,
                 staging,
+                grant=self._grant(datanet, job.request),
                 callbacks=[progress_callback(job, Cancelled)],
                 progress=False,
                 live_plot=False,
