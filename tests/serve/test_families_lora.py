@@ -1,6 +1,6 @@
-"""A PEFT LoRA on every linear projection of Qwen3, Gemma 2 and Gemma 3 (text), served in
-one batch beside the base model, matches transformers + PEFT (fp32, CPU); Phi-3 adapters
-on its separate projections likewise."""
+"""A PEFT LoRA on every linear projection of Qwen3, Gemma 2, Gemma 3 (text) and Phi-3 (its
+fused ``qkv_proj`` and ``gate_up_proj`` included), served in one batch beside the base
+model, matches transformers + PEFT (fp32, CPU)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ FAMILIES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "qwen3": ({"head_dim": 32}, ALL),
     "gemma2": ({}, ALL),
     "gemma3_text": ({"num_key_value_heads": 1}, ALL),
-    # NOTE: Phi-3's q/k/v and gate/up are single fused modules in transformers; see the
-    # serving docs for adapters targeting them.
-    "phi3": ({}, ["o_proj", "down_proj"]),
+    # Phi-3's q|k|v and gate|up are single fused modules in transformers, and PEFT's targets
+    "phi3": ({}, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
 }
 NEW = 8
 
