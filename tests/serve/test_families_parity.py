@@ -11,6 +11,7 @@ Llama could not pass.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -305,3 +306,19 @@ def test_unsupported_models_are_refused_by_name(changes: dict[str, Any], match: 
     with pytest.raises(UnsupportedModelError, match=match):
         ModelConfig.from_dict(raw)
     assert set(SUPPORTED_MODEL_TYPES) >= {"qwen3", "gemma2", "gemma3_text", "phi3"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+@pytest.mark.parametrize("name", ["gemma3-gqa4-d128-window5", "gemma2-window8-capped"])
+def test_triton_backend_gives_transformers_tokens(
+    name: str, checkpoint: Callable[[str], Path], hf_greedy: HfGreedy
+) -> None:
+    """Gemma 3's decode rows take the Triton kernel with each layer's window and its
+    ``query_pre_attn_scalar`` scale; Gemma 2's soft-capped layers the torch path."""
+    folder = checkpoint(name)
+    config = EngineConfig(block_size=4, num_blocks=64, attention_backend="triton")
+    engine = Engine(folder, config)
+    assert engine.runner.model.attention_layers()[0].backend == "triton"
+    outputs = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=6))
+    for output in outputs:
+        assert output.token_ids == hf_greedy(folder, output.prompt_token_ids, 6), name
