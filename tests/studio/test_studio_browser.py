@@ -279,6 +279,8 @@ def rewards_tab(page: Any, images: Path) -> None:
     expect_message(page, "#rw-message", "claimed")
     expect(first.locator(".claimable")).to_have_text("claimed", timeout=SLOW)
     assert float(first.locator(".balance").inner_text()) > 0
+    alice = page.locator("#rw-balances tr[data-account=alice] .tokens")
+    expect(alice).to_have_text(first.locator(".balance").inner_text())
     shoot(page, images, "rewards")
 
 

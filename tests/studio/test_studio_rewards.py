@@ -174,6 +174,8 @@ def test_receipts_persist_pay_once_and_report_slashed_bonds(studio_home: Path) -
         claimed = client.post("/api/rewards/claim", json={"epoch_id": 1, "address": alice})
         assert claimed.status_code == 200, claimed.text
         assert int(claimed.json()["balance"]) == before + int(payees[alice]["amount"])
+        balances = {b["name"]: b for b in client.get("/api/rewards").json()["balances"]}
+        assert balances["alice"]["balance"] == claimed.json()["balance"]
         repeat = client.post("/api/rewards/claim", json={"epoch_id": 1, "address": alice})
         assert "claimed epoch 1 already" in repeat.json()["error"]
 

@@ -219,8 +219,8 @@ class Rewards:
         settled = self.ledger.read("SELECT 1 FROM settled WHERE request_id = ?", (request_id,))
         if settled:
             raise ConfigError(
-                f"answer {request_id} was settled already (with nothing owed: it had no "
-                "attribution when its epoch was settled)"
+                f"answer {request_id} was settled already; an attribution written now would "
+                "never be paid (attribute answers before settling their epoch)"
             )
         adapter_id = receipt.adapter_ids[receipt.adapter_names.index(adapter)]
         done = self.ledger.read(
@@ -356,6 +356,18 @@ class Rewards:
                     sender=self.chain().default_account,
                 )
             return int(protocol.token.balance_of(claim.account))
+
+    def balances(self, accounts: dict[str, str]) -> list[dict[str, str]]:
+        """Token balances of the local accounts (``{name: address}``) once the protocol is
+        deployed (empty before: the page does not deploy it just to show zeros)."""
+        with self._lock:
+            if self._protocol is None:
+                return []
+            token = self._protocol.token
+            return [
+                {"name": name, "address": address, "balance": str(token.balance_of(address))}
+                for name, address in sorted(accounts.items())
+            ]
 
     def rows(self, names: dict[str, str]) -> list[dict[str, Any]]:
         """Every posted epoch's payees with amount, claimed state and token balance."""

@@ -52,10 +52,14 @@ def _state(request: Request) -> StudioState:
 
 @router.get("/rewards")
 def rewards_overview(request: Request) -> dict[str, Any]:
-    """Answers metered and waiting for an epoch, and each posted epoch's payees."""
+    """Answers metered and waiting for an epoch, each posted epoch's payees, and the local
+    accounts' token balances."""
     state = _state(request)
     names = state.workspace.names_by_address()
-    return {**state.rewards.counts(), "epochs": state.rewards.rows(names)}
+    epochs = state.rewards.rows(names)
+    accounts = {name: address for address, name in names.items()}
+    balances = state.rewards.balances(accounts)
+    return {**state.rewards.counts(), "epochs": epochs, "balances": balances}
 
 
 @router.post("/rewards/settle")

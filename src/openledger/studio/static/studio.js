@@ -456,6 +456,9 @@ async function refreshRewards() {
   })));
   const slashed = data.epochs.flatMap((epoch) => epoch.bond_penalties.map((b) => el("tr", {},
     el("td", {}, epoch.epoch_id), el("td", { class: "mono" }, b.name || b.address), el("td", {}, tokens(b.amount)))));
+  $("rw-balances").hidden = data.balances.length === 0;
+  $("rw-balances").tBodies[0].replaceChildren(...data.balances.map((b) => el("tr", { "data-account": b.name },
+    el("td", {}, b.name), el("td", { class: "mono" }, b.address), el("td", { class: "tokens" }, tokens(b.balance)))));
   $("rw-bonds").hidden = slashed.length === 0;
   $("rw-bonds").tBodies[0].replaceChildren(...slashed);
 }
