@@ -78,11 +78,12 @@ class RotaryEmbedding(nn.Module):
         self._table_positions = torch.empty(0)
 
     def _table(self, device: torch.device | None = None) -> torch.Tensor:
-        """``[2, rows, head_dim]`` cos and sin (float32); LongRoPE: short rows, then long."""
-        positions = torch.arange(self.max_positions, dtype=torch.float32, device=device)
-        sets = [False, True] if self.rope.rope_type == "longrope" else [False]
+        """``[2, rows, head_dim]`` cos and sin (float32). LongRoPE: the short factors' rows
+        for the positions of sequences within the pretraining context, then the long
+        factors' rows for every position."""
         tables = []
-        for long in sets:
+        for long, rows in self._row_blocks():
+            positions = torch.arange(rows, dtype=torch.float32, device=device)
             inv_freq = inverse_frequencies(self.head_dim, self.rope, long=long).to(device)
             freqs = positions[:, None] * inv_freq[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
@@ -91,6 +92,13 @@ class RotaryEmbedding(nn.Module):
                 cos, sin = cos * self.rope.attention_factor, sin * self.rope.attention_factor
             tables.append(torch.stack((cos, sin)))
         return torch.cat(tables, dim=1).contiguous()
+
+    def _row_blocks(self) -> list[tuple[bool, int]]:
+        """``(long factors, rows)`` of each block of the table."""
+        if self.rope.rope_type != "longrope":
+            return [(False, self.max_positions)]
+        short = min(self.rope.original_max_position_embeddings, self.max_positions)
+        return [(False, short), (True, self.max_positions)]
 
     def reset(self, device: torch.device) -> None:
         """Recompute the table on ``device`` (after the module was built on ``meta``)."""
@@ -105,7 +113,8 @@ class RotaryEmbedding(nn.Module):
         if batch is not self._batch:
             original = self.rope.original_max_position_embeddings
             longer = [int(n > original) for n in batch.host_context_lens]
-            offsets = torch.tensor(longer, device=batch.positions.device) * self.max_positions
+            offset = min(original, self.max_positions)  # the short rows come first
+            offsets = torch.tensor(longer, device=batch.positions.device) * offset
             lens = torch.tensor(batch.host_query_lens, device=batch.positions.device)
             self._table_positions = batch.positions + offsets.repeat_interleave(lens)
             self._batch = batch
