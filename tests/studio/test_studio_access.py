@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from tests.studio.conftest import TINY_RECIPE, colour_rows, jsonl, wait_for
+from tests.studio.test_studio_rewards import ask, attribute
 
 
 def private_datanet(client: TestClient) -> None:
@@ -122,3 +123,13 @@ def test_training_on_a_private_snapshot_needs_the_trainers_grant(
     adapter = {a["name"]: a for a in client.get("/api/adapters").json()}["secret-r4"]
     assert adapter["snapshot_root"] == snapshot["root"]
     assert adapter["model"]["registrant"] == filed.json()["requester"]
+
+    # Its answers are attributed with the trainer's grant, until the owner revokes it.
+    first = ask(client, "Code red?", adapter="secret-r4")
+    credited = attribute(client, first, "Code red?", adapter="secret-r4")
+    assert credited.json()["state"] == "done", credited.json()
+    assert credited.json()["shares"]
+    decide(client, filed.json()["id"], "revoke", "alice")
+    second = ask(client, "Code blue?", adapter="secret-r4")
+    refused = attribute(client, second, "Code blue?", adapter="secret-r4")
+    assert "bob has no approved access request" in refused.json()["error"]

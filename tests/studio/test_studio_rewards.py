@@ -71,11 +71,13 @@ def ask(
     return done
 
 
-def attribute(client: TestClient, done: dict[str, Any], question: str) -> Any:
-    """Attribute an answer of colours-r4 and wait for the job; returns the last response."""
+def attribute(
+    client: TestClient, done: dict[str, Any], question: str, adapter: str = "colours-r4"
+) -> Any:
+    """Attribute an adapter's answer and wait for the job; returns the last response."""
     body = {
         "request_id": done["request_id"],
-        "adapter": "colours-r4",
+        "adapter": adapter,
         "prompt": question,
         "completion": done["text"],
     }

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from openledger.exceptions import ConfigError, DataNotFoundError, OpenLedgerError
+from openledger.exceptions import (
+    AccessDeniedError,
+    ConfigError,
+    DataNotFoundError,
+    OpenLedgerError,
+)
 from openledger.studio.rewards import Rewards
 from openledger.studio.workspace import Workspace
 
@@ -101,6 +106,7 @@ class Attributions:
         if manifest.datanet_id is None or manifest.snapshot_id is None:
             raise ConfigError(f"adapter {adapter!r} was not trained on a datanet snapshot")
         datanet = self.workspace.datanet_for(manifest.datanet_id)
+        grant = self._grant(adapter, datanet)
         with self._lock:
             busy = [
                 j
@@ -117,12 +123,35 @@ class Attributions:
             int(manifest.snapshot_id),
             prompt,
             completion,
+            grant,
         )
         thread = threading.Thread(
             target=self._run, args=(job, manifest, work), name=f"studio-attr-{job.id}", daemon=True
         )
         thread.start()
         return job
+
+    def _grant(self, adapter: str, datanet: str) -> str | None:
+        """The grant (JSON) a private datanet's snapshot is read with: that of the local
+        account that trained and registered the adapter.
+
+        Raises:
+            AccessDeniedError: The datanet is private and that account is not known here or
+                has no approved access request any more.
+        """
+        from openledger.studio.access import grant_of
+
+        with self.workspace.open_datanet(datanet) as opened:
+            if opened.visibility != "private":
+                return None
+            registrant = (self.rewards.models().get(adapter) or {}).get("registrant")
+            name = self.workspace.names_by_address().get(str(registrant))
+            if name is None:
+                raise AccessDeniedError(
+                    f"datanet {datanet!r} is private and adapter {adapter!r} was not trained by "
+                    "a local account here, whose grant would read it"
+                )
+            return str(grant_of(opened, self.workspace.account(name), name).model_dump_json())
 
     def get(self, job_id: str) -> AttributionJob:
         """One job.
@@ -189,17 +218,24 @@ class Attributions:
 
 
 def _attribute(
-    sender: Any, adapter: str, datanet: str, snapshot_id: int, prompt: str, completion: str
+    sender: Any,
+    adapter: str,
+    datanet: str,
+    snapshot_id: int,
+    prompt: str,
+    completion: str,
+    grant_json: str | None,
 ) -> None:
     """The child process: attribute one answer and send back its report (or the error)."""
     from openledger.attribution import attribute
-    from openledger.data import Datanet
+    from openledger.data import AccessGrant, Datanet
 
     try:
+        grant = AccessGrant.model_validate_json(grant_json) if grant_json else None
         opened = Datanet.open(Path(datanet))
         try:
             snapshot = opened.snapshot_at(snapshot_id)
-            report = attribute(adapter, snapshot, prompt=prompt, completion=completion)
+            report = attribute(adapter, snapshot, prompt=prompt, completion=completion, grant=grant)
         finally:
             opened.close()
         sender.send(("ok", report))
