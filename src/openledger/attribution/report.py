@@ -46,10 +46,10 @@ METHOD_RELIABILITY: dict[str, str] = {
         "holds earns nobody anything"
     ),
 }
-"""How reliable each method was on the attribution benchmark (``benchmarks/
-attribution_quality.py``: a tiny Llama with LoRA, 20 records from 5 contributors, 6 answers,
-50 retrainings on random halves and 5 without one contributor): what
-:attr:`AttributionReport.reliability` says."""
+"""How reliable each method was on the attribution benchmark
+(``benchmarks/attribution_quality.py``: a tiny Llama with LoRA, 20 records from 5
+contributors, 6 answers, 50 retrainings on random halves and 5 without one contributor):
+what :attr:`AttributionReport.reliability` says."""
 
 
 @dataclass(frozen=True, slots=True)
