@@ -20,6 +20,9 @@ scores (which equal the per-record reference's: their largest row difference is 
 and with the per-record reference on its records; and, on the reference records,
 Pearson between projected (``--projection``, and 4x that) and unprojected scores.
 The load average is printed before and after: the machine is shared.
+
+``--scoring-only`` times one DataInf query over 2,000 random rows of the SmolLM2 r=8,
+k=16 shape stored as float32 and as bfloat16 (the cost of 16-bit rows at query time).
 """
 
 from __future__ import annotations
@@ -106,6 +109,32 @@ def query_rows(model: Any, tokenizer: Any, recipe: Any, projector: Any, count: i
     return query_gradients(model, projector, answers, (), compute_dtype=dtype)[0]
 
 
+def scoring_times(count: int, layers: int = 210, width: int = 256, repeats: int = 3) -> None:
+    """Seconds per query of DataInf over ``count`` random rows (SmolLM2 r=8, k=16 shape),
+    stored as float32 and as bfloat16 (widened to float32 block by block), alternating."""
+    from openledger.attribution.gradients import GradientLayout
+    from openledger.attribution.influence import DataInfScorer
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(count, layers * width, generator=generator)
+    layout = GradientLayout(
+        tuple(f"layer{i}" for i in range(layers)), tuple(range(0, layers * width + 1, width))
+    )
+    query = torch.randn(layers * width, generator=generator)
+    scorers = {
+        "float32": DataInfScorer(rows, layout),
+        "bfloat16": DataInfScorer(rows.to(torch.bfloat16), layout),
+    }
+    times: dict[str, list[float]] = {name: [] for name in scorers}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, scorer in scorers.items():
+            started = time.perf_counter()
+            scorer.scores([query])
+            times[name].append(time.perf_counter() - started)
+    cells = ", ".join(f"{n} rows {statistics.median(t[1:]):.3f} s" for n, t in times.items())
+    print(f"DataInf scoring of one query over {count} records ({layers * width:,} values): {cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=64)
@@ -116,8 +145,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--func", action="store_true", help="also time torch.func per-sample")
+    parser.add_argument("--scoring-only", action="store_true", help="time query scoring only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scoring_only:
+        print(f"machine: {machine()}; load average {load()}")
+        scoring_times(2000)
+        print(f"load average at end: {load()}")
+        return
 
     from openledger.attribution.examples import training_examples
     from openledger.attribution.gradients import GradientLayout, Projector, lora_pairs

@@ -159,7 +159,7 @@ class DataInfScorer:
         count = self.grads.shape[0]
         total = torch.zeros(count, query.shape[1], dtype=torch.float64)
         for index, part in enumerate(self.slices):
-            g, q = self.grads[:, part], query[part]
+            g, q = _widened(self.grads[:, part]), query[part]
             dots = _times(g, q)
             correction = _times(g.T, dots * self._weights[index][:, None]) / count
             total += _times(g, (q - correction) / self.dampings[index])
@@ -221,6 +221,14 @@ def _columns(query: torch.Tensor) -> tuple[torch.Tensor, bool]:
 def _rows(scores: torch.Tensor, single: bool) -> torch.Tensor:
     """Scores ``[n, Q]`` as ``[n]`` for one query, else ``[Q, n]``."""
     return scores[:, 0] if single else scores.T
+
+
+def _widened(layer: torch.Tensor) -> torch.Tensor:
+    """One layer's 16-bit rows as float32, once for the several products a scorer takes
+    with them (float32 and float64 rows unchanged)."""
+    import torch
+
+    return layer if layer.dtype in (torch.float32, torch.float64) else layer.float()
 
 
 _WIDEN_ROWS = 4096
