@@ -298,6 +298,7 @@ def test_older_config_files_give_the_same_layout() -> None:
         ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "yarn"),
         ({"layer_types": ["full_attention", "chunked_attention"]}, "chunked_attention"),
+        ({"model_type": "gemma3_text", "use_bidirectional_attention": True}, "bidirectional"),
     ],
 )
 def test_unsupported_models_are_refused_by_name(changes: dict[str, Any], match: str) -> None:

@@ -167,6 +167,11 @@ class ModelConfig:
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         gemma = model_type in _GEMMA
+        if raw.get("use_bidirectional_attention"):
+            raise UnsupportedModelError(
+                f"{model_type} with use_bidirectional_attention (an embedding model) is not "
+                "served: the engine serves causal language models"
+            )
         activation = str(raw.get("hidden_activation") or raw.get("hidden_act") or "silu")
         if activation not in _ACTIVATIONS:
             raise UnsupportedModelError(
