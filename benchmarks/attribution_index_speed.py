@@ -19,7 +19,9 @@ with the path's own compute dtype) from each path's rows, Pearson with today's f
 scores (which equal the per-record reference's: their largest row difference is printed)
 and with the per-record reference on its records; and, on the reference records,
 Pearson between projected (``--projection``, and 4x that) and unprojected scores.
-The load average is printed before and after: the machine is shared.
+The load average is printed before and after: the machine is shared. ``--device cuda``
+runs the passes on a GPU (the adapter is still trained on the CPU; rows come back as
+float32 on the CPU, which also synchronises each batch for the timings).
 
 ``--scoring-only`` times one DataInf query over 2,000 random rows of the SmolLM2 r=8,
 k=16 shape stored as float32 and as bfloat16 (the cost of 16-bit rows at query time).
@@ -146,6 +148,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--func", action="store_true", help="also time torch.func per-sample")
     parser.add_argument("--scoring-only", action="store_true", help="time query scoring only")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the passes (cuda on a GPU)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scoring_only:
@@ -167,7 +172,11 @@ def main() -> None:
         base_model="smollm2-135m-instruct", r=8, alpha=16, max_steps=args.steps, batch_size=4
     )
     run = finetune(recipe, snapshot, work / "adapter", progress=False)
-    model, tokenizer = load_adapter(run.adapter, None)
+    model, tokenizer = load_adapter(run.adapter, args.device)
+    print(
+        f"passes on {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if "cuda" in args.device else "")
+    )
     examples, _ = training_examples(list(snapshot.records()), tokenizer, run.adapter.recipe)
     tokens = statistics.mean(len(e.input_ids) for e in examples)
     print(f"{len(examples)} records, {tokens:.0f} tokens on average; {args.steps} steps trained")
