@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from openledger.attribution import SHARE_UNITS
+from openledger.attribution import SHARE_UNITS, Retriever
 from openledger.cli import main
-from openledger.demo import DemoConfig, DemoResult, load_datasets, run_demo
+from openledger.data import Datanet, InstructionRecord, Snapshot
+from openledger.demo import DemoConfig, DemoDataset, DemoResult, load_datasets, run_demo
 from openledger.demo.report import bar_chart, line_chart
-from openledger.demo.stages import demo_account
+from openledger.demo.stages import demo_account, rag_messages, retrieval_answer
 from openledger.exceptions import ConfigError
 from openledger.gateway import ReceiptLedger, ledger_settings, load_operator_key
 
@@ -125,6 +126,20 @@ def test_the_html_report_shows_every_section(fast_run: tuple[DemoResult, str]) -
         assert row["root"] in page
 
 
+def test_every_answer_with_a_known_fact_gets_an_honest_verdict(
+    fast_run: tuple[DemoResult, str],
+) -> None:
+    result, text = fast_run
+    assert "has not learned" not in text
+    checked = [a for a in result.answers if a.expected]
+    assert len(checked) == 6  # four adapter answers, two retrieval answers
+    for answer in checked:
+        # NOTE: the tiny random model's answers are gibberish: each must be called wrong
+        assert answer.states_fact is False, answer.text
+    assert text.count("WRONG: the answer does not state the datanet's fact") == 6
+    assert "right: the answer states" not in text
+
+
 def test_demo_accounts_are_derived_from_their_names() -> None:
     assert demo_account("alice") == demo_account("alice")
     assert demo_account("alice").address != demo_account("bob").address
@@ -146,7 +161,67 @@ def test_the_shipped_datanets_teach_each_answer_through_one_contributor() -> Non
                 if any(question.expected in r["response"] for r in records)
             }
             assert holders == {question.teacher}, question.text
+            # NOTE: a fact stated once is rarely learnt in a short run: several records
+            # (differently worded questions) state each fact the demo asks about
+            stating = [r for _, r in dataset.records if question.expected in r["response"]]
+            assert len(stating) >= 2, question.text
+            assert len({r["instruction"] for r in stating}) == len(stating)
         assert {len(g) for g in dataset.by_contributor(6).values()} == {6}
+
+
+def _snapshot(folder: Path, dataset: DemoDataset) -> Snapshot:
+    datanet = Datanet.create(
+        folder / dataset.name,
+        name=dataset.name,
+        schema=InstructionRecord,
+        owner=demo_account("olivia"),
+    )
+    for name, records in dataset.by_contributor().items():
+        datanet.contribute(records, contributor=demo_account(name))
+    return datanet.snapshot()
+
+
+def test_retrieval_finds_the_teachers_record_for_every_question(tmp_path: Path) -> None:
+    for dataset in load_datasets():
+        retriever = Retriever(_snapshot(tmp_path, dataset))
+        for question in (*dataset.questions, dataset.rag_question):
+            first = retriever.search(question.text, 3)[0]
+            assert first.contributor == demo_account(question.teacher).address, question.text
+            assert question.expected in first.text, question.text
+
+
+def test_rag_messages_number_the_sources_and_end_with_the_question() -> None:
+    records = [
+        InstructionRecord(instruction="Q one?", response="A one."),
+        InstructionRecord(instruction="Q two?", response="A two."),
+    ]
+    system, user = rag_messages("Why?", records)
+    assert system["role"] == "system"
+    assert user == {
+        "role": "user",
+        "content": "Sources:\n[1] Q: Q one? A: A one.\n[2] Q: Q two? A: A two.\n\nQuestion: Why?",
+    }
+
+
+@pytest.mark.slow
+def test_the_base_model_answers_from_its_sources_and_the_teacher_gets_the_top_share(
+    smollm2_dir: Path, tmp_path: Path
+) -> None:
+    from openledger.models import load_base_model
+    from openledger.serve import Engine
+
+    engine = Engine(smollm2_dir)
+    model, tokenizer = load_base_model(smollm2_dir)
+    for dataset in load_datasets():
+        question = dataset.rag_question
+        found, _, loo, effect = retrieval_answer(
+            question.text, _snapshot(tmp_path, dataset), engine, model, tokenizer
+        )
+        assert question.expected in found.text, found.text
+        assert len(loo) == len(found.passages) == 3
+        teacher = demo_account(question.teacher).address
+        assert max(effect, key=lambda a: effect[a]) == teacher, (found.text, effect)
+        assert effect[teacher] > 0
 
 
 def test_a_folder_the_demo_did_not_make_is_refused_and_kept(tmp_path: Path) -> None:

@@ -142,16 +142,25 @@ def _answer_block(answer: DemoAnswer) -> str:
     )
     shares = ""
     if answer.shares:
-        method = "context ablation (leave-one-out)" if answer.retrieval else "influence (exact)"
+        method = (
+            "context ablation (leave one contributor out)"
+            if answer.retrieval
+            else "influence (exact)"
+        )
         ordered = dict(sorted(answer.shares.items(), key=lambda kv: -kv[1]))
         note = f" — taught by <b>{_esc(answer.teacher)}</b>" if answer.teacher else ""
         shares = f"<p>Contributor shares by {method}{note}:</p>" + bar_chart(
             ordered, highlight=answer.teacher
         )
+    fact = ""
+    if answer.states_fact is not None:
+        said = "states" if answer.states_fact else "<b>does not state</b>"
+        fact = f"<p>The answer {said} the datanet's fact: <i>{_esc(answer.expected or '')}</i></p>"
     return (
         f"<h3>{_esc(answer.question)} <small>({_esc(who)})</small></h3>"
         f'<div class="answer">{_esc(answer.text) or "<i>(empty)</i>"}</div>'
-        f"<p><small>{answer.tokens} tokens, {answer.seconds:.2f} s</small></p>"
+        + fact
+        + f"<p><small>{answer.tokens} tokens, {answer.seconds:.2f} s</small></p>"
         + (f"<ul>{citations}</ul>" if citations else "")
         + shares
     )

@@ -102,6 +102,11 @@ class DemoAnswer:
     expected: str | None = None
     receipt_id: str | None = None
 
+    @property
+    def states_fact(self) -> bool | None:
+        """Whether the answer states ``expected`` (None when the demo knows no fact)."""
+        return None if not self.expected else self.expected.casefold() in self.text.casefold()
+
 
 @dataclass
 class DemoResult:

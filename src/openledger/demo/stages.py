@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,16 +14,23 @@ from openledger.demo.corpus import DemoDataset, DemoQuestion
 from openledger.demo.runner import DemoAnswer, DemoResult
 
 if TYPE_CHECKING:
-    from openledger.attribution import AttributionReport, InfluenceIndex
+    from openledger.attribution import AttributionReport, InfluenceIndex, RagAnswer
     from openledger.chain import Chain, Protocol
     from openledger.data import Snapshot
     from openledger.demo.runner import Console, DemoConfig
     from openledger.serve import Engine
     from openledger.train import TrainingRun
+    from openledger.types import Address
 
-__all__ = ["Stages", "demo_account"]
+__all__ = ["RAG_PASSAGES", "Stages", "demo_account", "rag_messages", "retrieval_answer"]
 
 ETH = 10**18
+RAG_PASSAGES = 3
+"""Records retrieved for each retrieval-augmented answer."""
+RAG_SYSTEM = (
+    "You answer questions from the sources you are given. Reply with the one sentence "
+    "of the sources that answers the question."
+)
 
 
 def demo_account(name: str) -> Account:
@@ -30,11 +38,93 @@ def demo_account(name: str) -> Account:
     return Account.from_key(keccak256(f"openledger-demo/{name}".encode()))
 
 
+def rag_messages(question: str, records: Sequence[Any]) -> list[dict[str, str]]:
+    """The chat messages of a retrieval-augmented question over instruction records.
+
+    Each record is one numbered source written ``[n] Q: <instruction> A: <response>``, after
+    a system message asking for the one sentence of the sources that answers the question
+    (what a 135M model follows: it copies the answer instead of reasoning about it).
+
+    Args:
+        question: The user's question.
+        records: The retrieved records (with ``instruction`` and ``response``), in order.
+    """
+    sources = "\n".join(
+        f"[{n}] Q: {r.instruction} A: {r.response}" for n, r in enumerate(records, start=1)
+    )
+    return [
+        {"role": "system", "content": RAG_SYSTEM},
+        {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}"},
+    ]
+
+
+def retrieval_answer(
+    question: str,
+    snapshot: Snapshot,
+    engine: Engine,
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_tokens: int = 40,
+    model_name: str = "engine",
+) -> tuple[RagAnswer, list[dict[str, str]], list[float], dict[Address | None, float]]:
+    """Answer ``question`` from the records BM25 retrieves, and measure what each gave.
+
+    The engine answers greedily with :func:`rag_messages`, one sentence (generation stops
+    at the first line break; no repetition penalty, which would push the model away from
+    the very words of its sources). The answer's log-probability under ``model`` (the
+    engine's base model in transformers) is then compared with the context cut down:
+
+    * leave-one-out, per passage: ``log p(answer | all) - log p(answer | all but i)``;
+    * leave one contributor out: the same with all of a contributor's passages removed.
+      One contributor often holds several retrieved records stating the same fact, and
+      leaving one of them out costs the answer nothing while its twins remain; removing
+      them together measures what that contributor's records gave.
+
+    Args:
+        question: The question (also the retrieval query).
+        snapshot: The snapshot of instruction records to retrieve from.
+        engine: The serving engine that answers (its base model).
+        model: The same base model in transformers, for the log-probabilities.
+        tokenizer: Its tokenizer.
+        max_tokens: Longest answer.
+        model_name: The name reports give the answering model.
+
+    Returns:
+        ``(answer, messages, leave_one_out, by_contributor)``: the answer with its
+        passages and citations, the messages it was asked with, one leave-one-out effect
+        per passage, and each retrieved contributor's effect.
+    """
+    from openledger.attribution import RagAnswer, Retriever
+    from openledger.attribution.rag import answer_logprob, citations_of
+    from openledger.serve import SamplingParams
+
+    passages = tuple(Retriever(snapshot).search(question, RAG_PASSAGES))
+    records = [snapshot.get(p.record_hash).record for p in passages]
+    messages = rag_messages(question, records)
+    params = SamplingParams(max_tokens=max_tokens, stop=("\n",))
+    text = engine.generate(messages, params)[0].text.strip()
+    found = RagAnswer(question, text, passages, citations_of(text, passages), model_name, snapshot)
+
+    def logp(kept: list[int]) -> float:
+        context = rag_messages(question, [records[i] for i in kept])
+        return answer_logprob(model, tokenizer, context, text)
+
+    everything = list(range(len(passages)))
+    full = logp(everything)
+    loo = [full - logp([j for j in everything if j != i]) for i in everything]
+    owners = [p.contributor for p in passages]
+    effect = {
+        owner: full - logp([j for j in everything if owners[j] != owner])
+        for owner in dict.fromkeys(owners)
+    }
+    return found, messages, loo, effect
+
+
 @dataclass(frozen=True, slots=True)
 class _Settings:
     records_per_contributor: int | None
     recipe: dict[str, Any]
-    num_ablations: int
 
 
 _FULL = _Settings(
@@ -51,7 +141,6 @@ _FULL = _Settings(
         "warmup_ratio": 0.05,
         "seed": 0,
     },
-    num_ablations=8,
 )
 _FAST = _Settings(
     records_per_contributor=6,
@@ -66,7 +155,6 @@ _FAST = _Settings(
         "max_length": 96,
         "seed": 0,
     },
-    num_ablations=4,
 )
 
 
@@ -307,46 +395,45 @@ class Stages:
         return answer
 
     def rag(self) -> None:
-        """Base model answers from retrieved records, citing them; context ablation."""
-        from openledger.attribution import Retriever, context_ablation, rag_answer
-        from openledger.attribution.rag import build_messages
+        """Base model answers from retrieved records; credit by leaving each contributor's
+        passages out of the context (context ablation at the contributor's level)."""
         from openledger.models import load_base_model
-        from openledger.serve import SamplingParams
 
         assert self.engine is not None
         model, tokenizer = load_base_model(self.result.base_model)
-        params = SamplingParams(max_tokens=self.config.max_tokens + 24, repetition_penalty=1.15)
         for dataset in self.datasets:
             question = dataset.rag_question
-            retriever = Retriever(self.snapshots[dataset.name])
             started = time.perf_counter()
-            found = rag_answer(question.text, self.engine, retriever, k=3, params=params)
-            seconds = time.perf_counter() - started
-            ablation = context_ablation(
-                found, model, tokenizer, num_ablations=self.settings.num_ablations
+            found, messages, loo, effect = retrieval_answer(
+                question.text,
+                self.snapshots[dataset.name],
+                self.engine,
+                model,
+                tokenizer,
+                max_tokens=self.config.max_tokens,
+                model_name=self.base_name,
             )
+            owners = [p.contributor for p in found.passages]
+            scores = [effect[owner] / owners.count(owner) for owner in owners]
+            seconds = time.perf_counter() - started
             self._say(f"[base + retrieval] user> {question.text}")
             self._say(f"[base + retrieval] assistant> {_one_line(found.text)}")
             citations = [
                 (c.number, str(c.record_hash), self.name_of(c.contributor)) for c in found.citations
             ]
             for number, passage in enumerate(found.passages, start=1):
-                loo = ablation.leave_one_out[number - 1]
                 cited = "cited" if any(c[0] == number for c in citations) else "     "
                 self._say(
                     f"  [{number}] {cited} {self.name_of(passage.contributor):<6} "
-                    f"{passage.record_hash[:12]}... leave-one-out {loo:+.2f} "
+                    f"{passage.record_hash[:12]}... leave-one-out {loo[number - 1]:+.2f} "
                     f"{_one_line(passage.text)[:70]}"
                 )
-            # NOTE: a 135M model rarely writes [n] markers, so rewards follow what the answer
-            # really used: each passage's leave-one-out effect (negative effects never pay).
-            report = found.report(list(ablation.leave_one_out), method="context ablation")
+            effects = ", ".join(f"{self.name_of(o)} {v:+.2f}" for o, v in effect.items())
+            self._say(f"  leave one contributor out: {effects}")
+            report = found.report(scores, method="context ablation (leave one contributor out)")
             # NOTE: billed like the engine's own answers: prompt (with the sources) + completion.
             prompt: Any = tokenizer.apply_chat_template(
-                build_messages(question.text, found.passages),
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True
             )
             tokens = len(prompt["input_ids"]) + len(tokenizer(found.text)["input_ids"])
             answer = DemoAnswer(
@@ -364,10 +451,12 @@ class Stages:
             self.result.answers.append(answer)
             if answer.shares:
                 self.reports.append((answer, report))
-                shown = ", ".join(f"{n} {v:.0%}" for n, v in sorted(answer.shares.items()))
-                self._say(f"  context-ablation shares: {shown}")
+                top = sorted(answer.shares.items(), key=lambda kv: -kv[1])
+                self._say("  shares: " + ", ".join(f"{n} {v:.0%}" for n, v in top))
+                self._say("  " + _verdict(answer, top[0][0], dataset))
             else:
                 self._say("  no retrieved record helped this answer: no reward for it")
+                self._say("  " + _verdict(answer, None, dataset))
 
     def attribute(self) -> None:
         """Build each adapter's influence index; the attribution worker credits the
@@ -407,8 +496,9 @@ class Stages:
             top = sorted(answer.shares.items(), key=lambda kv: -kv[1])
             shown = ", ".join(f"{n} {s:.0%}" for n, s in top[:4])
             self._say(f"{answer.question!r}: {shown}")
+            dataset = next(d for d in self.datasets if d.name == answer.adapter)
             if answer.teacher:
-                self._say("  " + _verdict(answer, top[0][0] if top else None))
+                self._say("  " + _verdict(answer, top[0][0] if top else None, dataset))
 
     def settle(self) -> None:
         """One epoch over the gateway's receipts (and the retrieval answers), built from
@@ -490,15 +580,22 @@ class Stages:
         return self.result
 
 
-def _verdict(answer: DemoAnswer, top: str | None) -> str:
-    """Say whether the answer states the teacher's fact and who got the top share."""
+def _verdict(answer: DemoAnswer, top: str | None, dataset: DemoDataset) -> str:
+    """Check the answer against the datanet's fact and say who got the top share."""
     teacher, expected = answer.teacher, answer.expected
-    if expected and expected in answer.text:
-        result = f"and {teacher} gets the top share" if top == teacher else f"but {top} is on top"
-        return f"the answer states {teacher}'s fact ({expected}), {result}"
+    source = next(
+        (r["response"] for _, r in dataset.records if expected and expected in r["response"]),
+        None,
+    )
+    if answer.states_fact:
+        if top == teacher:
+            credit = f"{teacher} gets the top share"
+        else:
+            credit = f"but {top or 'nobody'} gets the top share, not {teacher}"
+        return f"right: the answer states {teacher}'s fact ({expected}), and {credit}"
     return (
-        f"the answer does not state {teacher}'s fact ({expected}): the adapter has not "
-        "learned it in this short run, so the shares follow the records it did draw on"
+        f"WRONG: the answer does not state the datanet's fact ({expected}; {teacher}'s "
+        f"record says {source!r})"
     )
 
 
