@@ -13,6 +13,7 @@ import openledger.data
 def test_data_all_is_pinned() -> None:
     assert sorted(openledger.data.__all__) == sorted(
         [
+            "CONTRIBUTION_SUFFIXES",
             "DEFAULT_MAX_RECORD_BYTES",
             "SECRET_PATTERNS",
             "SNAPSHOT_LEAF_ENCODING",
@@ -22,6 +23,7 @@ def test_data_all_is_pinned() -> None:
             "ChatMessage",
             "ChatRecord",
             "ClassificationRecord",
+            "ContributionGate",
             "ContributionReceipt",
             "Datanet",
             "DenyPatternRule",
@@ -44,6 +46,8 @@ def test_data_all_is_pinned() -> None:
             "from_openai_messages",
             "from_prompt_completion",
             "from_sharegpt",
+            "read_contribution_file",
+            "read_csv_rows",
             "read_jsonl",
             "record_hash",
             "records_root",
