@@ -13,7 +13,12 @@ from openledger.cli import main
 from openledger.data import Datanet, InstructionRecord, Snapshot
 from openledger.demo import DemoConfig, DemoDataset, DemoResult, load_datasets, run_demo
 from openledger.demo.report import bar_chart, line_chart
-from openledger.demo.stages import demo_account, rag_messages, retrieval_answer
+from openledger.demo.stages import (
+    answer_sentence,
+    demo_account,
+    rag_messages,
+    retrieval_answer,
+)
 from openledger.exceptions import ConfigError
 from openledger.gateway import ReceiptLedger, ledger_settings, load_operator_key
 
@@ -188,6 +193,21 @@ def test_retrieval_finds_the_teachers_record_for_every_question(tmp_path: Path) 
             first = retriever.search(question.text, 3)[0]
             assert first.contributor == demo_account(question.teacher).address, question.text
             assert question.expected in first.text, question.text
+
+
+@pytest.mark.parametrize(
+    ("generated", "answer"),
+    [
+        (" A: Turn the compost heap every two weeks.", "Turn the compost heap every two weeks."),
+        ("a:Water mint often.", "Water mint often."),
+        ("Night bus N3 runs from Quay 2.", "Night bus N3 runs from Quay 2."),
+        ("A dog barks: loudly.", "A dog barks: loudly."),
+    ],
+)
+def test_a_retrieval_answer_drops_the_label_of_its_sources_layout(
+    generated: str, answer: str
+) -> None:
+    assert answer_sentence(generated) == answer
 
 
 def test_rag_messages_number_the_sources_and_end_with_the_question() -> None:

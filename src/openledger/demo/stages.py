@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from openledger.train import TrainingRun
     from openledger.types import Address
 
-__all__ = ["RAG_PASSAGES", "Stages", "demo_account", "rag_messages", "retrieval_answer"]
+__all__ = [
+    "RAG_PASSAGES",
+    "Stages",
+    "answer_sentence",
+    "demo_account",
+    "rag_messages",
+    "retrieval_answer",
+]
 
 ETH = 10**18
 RAG_PASSAGES = 3
@@ -56,6 +63,13 @@ def rag_messages(question: str, records: Sequence[Any]) -> list[dict[str, str]]:
         {"role": "system", "content": RAG_SYSTEM},
         {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}"},
     ]
+
+
+def answer_sentence(generated: str) -> str:
+    """The answer without the ``A:`` label the sources' ``Q: ... A: ...`` layout invites
+    the model to repeat (``"A: Turn the compost heap every two weeks."``)."""
+    text = generated.strip()
+    return text[2:].lstrip() if text[:2].upper() == "A:" else text
 
 
 def retrieval_answer(
@@ -103,7 +117,7 @@ def retrieval_answer(
     records = [snapshot.get(p.record_hash).record for p in passages]
     messages = rag_messages(question, records)
     params = SamplingParams(max_tokens=max_tokens, stop=("\n",))
-    text = engine.generate(messages, params)[0].text.strip()
+    text = answer_sentence(engine.generate(messages, params)[0].text)
     found = RagAnswer(question, text, passages, citations_of(text, passages), model_name, snapshot)
 
     def logp(kept: list[int]) -> float:
