@@ -24,9 +24,9 @@ from typing import Any, Literal
 from openledger.exceptions import (
     AccessDeniedError,
     ConfigError,
-    DataNotFoundError,
     OpenLedgerError,
 )
+from openledger.studio.job_table import JobTable
 from openledger.studio.rewards import Rewards
 from openledger.studio.workspace import Workspace
 
@@ -89,7 +89,7 @@ class Attributions:
     def __init__(self, workspace: Workspace, rewards: Rewards) -> None:
         self.workspace = workspace
         self.rewards = rewards
-        self.jobs: dict[str, AttributionJob] = {}
+        self.jobs: JobTable[AttributionJob] = JobTable("attribution")
         self._lock = threading.Lock()
 
     def start(self, request_id: str, adapter: str, prompt: str, completion: str) -> AttributionJob:
@@ -116,7 +116,7 @@ class Attributions:
             if busy:
                 raise ConfigError(f"answer {request_id} is being attributed to {adapter!r}")
             job = AttributionJob(uuid.uuid4().hex[:12], request_id, adapter)
-            self.jobs[job.id] = job
+            self.jobs.add(job)
         work = (
             str(self.workspace.adapters_dir / adapter),
             str(self.workspace.datanets_dir / datanet),
@@ -159,11 +159,7 @@ class Attributions:
         Raises:
             DataNotFoundError: No such job.
         """
-        with self._lock:
-            job = self.jobs.get(job_id)
-        if job is None:
-            raise DataNotFoundError(f"no attribution {job_id!r}")
-        return job
+        return self.jobs.get(job_id)
 
     def cancel(self, job_id: str) -> AttributionJob:
         """Stop a running attribution; nothing of it is written."""
@@ -173,9 +169,7 @@ class Attributions:
 
     def cancel_all(self) -> None:
         """Stop every running attribution (at shutdown)."""
-        with self._lock:
-            jobs = list(self.jobs.values())
-        for job in jobs:
+        for job in self.jobs.values():
             job.cancel_event.set()
 
     def _run(self, job: AttributionJob, manifest: Any, work: tuple[Any, ...]) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openledger.exceptions import DataNotFoundError, OpenLedgerError
+from openledger.studio.job_table import JobTable
 from openledger.studio.workspace import Workspace, check_name
 
 __all__ = ["EvaluationJob", "Evaluations"]
@@ -68,8 +69,7 @@ class Evaluations:
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
-        self.jobs: dict[str, EvaluationJob] = {}
-        self._lock = threading.Lock()
+        self.jobs: JobTable[EvaluationJob] = JobTable("evaluation")
 
     def start(
         self, adapter: str, datanet: str, snapshot_id: int, num_generate: int = 8
@@ -87,8 +87,7 @@ class Evaluations:
             root = opened.snapshot_at(snapshot_id).root
         job = EvaluationJob(uuid.uuid4().hex[:12], adapter, datanet, snapshot_id)
         job.trained_on = found.manifest.snapshot_root == root
-        with self._lock:
-            self.jobs[job.id] = job
+        self.jobs.add(job)
         thread = threading.Thread(
             target=self._run, args=(job, num_generate), name=f"studio-eval-{job.id}", daemon=True
         )
@@ -101,11 +100,7 @@ class Evaluations:
         Raises:
             DataNotFoundError: No such job.
         """
-        with self._lock:
-            job = self.jobs.get(job_id)
-        if job is None:
-            raise DataNotFoundError(f"no evaluation {job_id!r}")
-        return job
+        return self.jobs.get(job_id)
 
     def _run(self, job: EvaluationJob, num_generate: int) -> None:
         from openledger.train import evaluate

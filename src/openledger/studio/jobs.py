@@ -27,6 +27,7 @@ from openledger.exceptions import (
     DataNotFoundError,
     OpenLedgerError,
 )
+from openledger.studio.job_table import JobTable
 from openledger.studio.workspace import Workspace, check_name
 
 __all__ = ["JobState", "TrainingJob", "TrainingJobs", "TrainingRequest"]
@@ -131,7 +132,7 @@ class TrainingJobs:
         self.workspace = workspace
         self.register = register
         self.note = note
-        self.jobs: dict[str, TrainingJob] = {}
+        self.jobs: JobTable[TrainingJob] = JobTable("training job")
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -161,7 +162,7 @@ class TrainingJobs:
             if (self.workspace.adapters_dir / name).exists():
                 raise ConfigError(f"an adapter called {name!r} exists already")
             job = TrainingJob(uuid.uuid4().hex[:12], request)
-            self.jobs[job.id] = job
+            self.jobs.add(job)
             self._thread = threading.Thread(target=self._run, args=(job,), daemon=True)
             self._thread.start()
         return job
@@ -172,9 +173,7 @@ class TrainingJobs:
         Raises:
             DataNotFoundError: No such job.
         """
-        if job_id not in self.jobs:
-            raise DataNotFoundError(f"no training job {job_id!r}")
-        return self.jobs[job_id]
+        return self.jobs.get(job_id)
 
     def cancel(self, job_id: str) -> TrainingJob:
         """Ask a job to stop; it stops at its next step and leaves nothing behind."""
