@@ -250,6 +250,40 @@ def test_streamed_mix_and_completions_equal_one_engine(
     assert texts == [greedy(reference, p, 6, "a5").text for p in prompts]
 
 
+def test_choices_of_one_request_are_routed_as_separate_calls(
+    ray_gateway: RayGateway, reference: Any
+) -> None:
+    # NOTE: three choices of one HTTP request for an adapter no replica holds yet: each
+    # handle call must be its own request in Ray Serve's router or one is never assigned
+    client = ray_gateway.client(max_retries=0, timeout=60)
+    reply = client.chat.completions.create(
+        model="a3", messages=MESSAGES, max_tokens=5, temperature=0, n=3
+    )
+    expected = greedy(reference, MESSAGES, 5, "a3").text
+    assert sorted(c.index for c in reply.choices) == [0, 1, 2]
+    assert [c.message.content for c in reply.choices] == [expected] * 3
+
+
+def test_each_handle_call_gets_its_own_internal_request_id() -> None:
+    import contextvars
+
+    from ray.serve import context as serve_context
+
+    from openledger.gateway.ray.remote_engine import _own_request
+
+    def within_request() -> list[Any]:
+        serve_context._set_request_context(request_id="client-id", _internal_request_id="one")
+        seen = [_own_request(serve_context._get_serve_request_context) for _ in range(3)]
+        return [*seen, serve_context._get_serve_request_context()]
+
+    *calls, after = contextvars.copy_context().run(within_request)
+    assert {c.request_id for c in calls} == {"client-id"}
+    ids = [c._internal_request_id for c in calls]
+    assert len(set(ids)) == 3
+    assert "one" not in ids
+    assert after._internal_request_id == "one"  # NOTE: the request's own context is untouched
+
+
 async def send_all(gateway: RayGateway, sequence: list[str], concurrency: int) -> list[Any]:
     client = gateway.async_client(max_retries=0, timeout=120)
     gate = asyncio.Semaphore(concurrency)

@@ -17,9 +17,12 @@ outside the replicas: a restarted replica learns them again from the next reques
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -194,7 +197,7 @@ class RemoteEngine:
         key = adapter_key([a.engine_name for a in adapters])
         routed = key if self.settings.routing != "any" else ""
         handle = self._handle.options(stream=True, multiplexed_model_id=routed)
-        call = handle.generate.remote(prompt, params, adapters)
+        call = _own_request(handle.generate.remote, prompt, params, adapters)
         stream = cast("DeploymentResponseGenerator[Any]", call)
         produced = done = False
         try:
@@ -239,6 +242,32 @@ class RemoteEngine:
     def adapter_loads(self) -> int:
         """Adapter loads over every replica this ingress has heard from."""
         return sum(seen.info.adapter_loads for seen in self.replicas.values())
+
+
+def _own_request(remote: Any, *args: Any) -> Any:
+    """Call ``remote`` as a request of its own in Ray Serve's router.
+
+    A handle call made while serving an HTTP request inherits that request's internal id,
+    and Ray Serve's router keys its pending calls by it: two choices of one request (a
+    completion with several prompts, ``n`` > 1) would share one entry, one of them would
+    never be assigned, and its routing task would spin on the ingress's event loop. Each
+    call therefore gets a fresh internal id (the request id, for logs, is kept).
+    """
+    from ray.serve import context as serve_context
+
+    variable: contextvars.ContextVar[Any] | None = getattr(
+        serve_context, "_serve_request_context", None
+    )
+    current = variable.get() if variable is not None else None
+    if variable is None or current is None or not hasattr(current, "_internal_request_id"):
+        return remote(*args)  # NOTE: outside a request: Ray Serve makes a fresh id
+    held = variable
+
+    def call() -> Any:
+        held.set(dataclasses.replace(current, _internal_request_id=str(uuid.uuid4())))
+        return remote(*args)
+
+    return contextvars.copy_context().run(call)
 
 
 def _cause(exc: ray_errors.RayTaskError) -> BaseException:
