@@ -96,3 +96,150 @@ def test_a_failing_step_surfaces_as_engine_dead(
                 await aengine.generate("The capital", PARAMS)
 
     asyncio.run(main())
+
+
+class _GatedSteps:
+    """Wraps ``engine.step`` so a test can hold a step open (the engine lock held)."""
+
+    def __init__(self, engine: Engine) -> None:
+        import threading
+
+        self.inner = engine.step
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.steps = 0
+        self.queued: list[int] = []  # NOTE: requests in the scheduler as each step starts
+        self.engine = engine
+        engine.step = self  # type: ignore[method-assign]
+
+    def __call__(self) -> list:  # type: ignore[type-arg]
+        self.steps += 1
+        scheduler = self.engine.scheduler
+        self.queued.append(len(scheduler.waiting) + len(scheduler.running))
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the step"
+        return self.inner()
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.release.clear()
+
+
+async def _until(event: object, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, event.wait, timeout)  # type: ignore[attr-defined]
+
+
+def test_requests_arriving_during_a_step_never_block_the_event_loop(engine: Engine) -> None:
+    expected = [out.text for out in engine.generate(PROMPTS, PARAMS)]
+    gate = _GatedSteps(engine)
+
+    async def main() -> tuple[list[str], int]:
+        async with AsyncEngine(engine=engine) as aengine:
+            gate.hold()
+            first = asyncio.create_task(_collect(aengine, PROMPTS[0]))
+            await _until(gate.entered)  # NOTE: a step is running and holds the lock
+            later = [asyncio.create_task(_collect(aengine, p)) for p in PROMPTS[1:]]
+            ticks = 0
+            for _ in range(20):  # NOTE: the loop stays free while the step is held
+                await asyncio.sleep(0.001)
+                ticks += 1
+            assert not any(task.done() for task in [first, *later])
+            gate.release.set()
+            return list(await asyncio.gather(first, *later)), ticks
+
+    texts, ticks = asyncio.run(main())
+    assert texts == expected
+    assert ticks == 20
+    assert not engine.has_unfinished_requests()
+
+
+def test_an_inbox_request_joins_the_next_step(engine: Engine) -> None:
+    gate = _GatedSteps(engine)
+
+    async def main() -> int:
+        async with AsyncEngine(engine=engine) as aengine:
+            gate.hold()
+            first = asyncio.create_task(aengine.generate(PROMPTS[0], PARAMS))
+            await _until(gate.entered)
+            held_at = gate.steps
+            second = asyncio.create_task(aengine.generate(PROMPTS[1], PARAMS))
+            await asyncio.sleep(0.01)
+            gate.release.set()
+            await asyncio.gather(first, second)
+            return held_at
+
+    held_at = asyncio.run(main())
+    # NOTE: one request in the held step; the waiting one was admitted before the next
+    assert gate.queued[held_at - 1] == 1
+    assert gate.queued[held_at] == 2
+
+
+def test_a_refusal_from_the_inbox_reaches_only_its_caller(engine: Engine) -> None:
+    expected = engine.generate(PROMPTS[0], PARAMS)[0].text
+    gate = _GatedSteps(engine)
+    too_long = "word " * 5000
+
+    async def main() -> str:
+        async with AsyncEngine(engine=engine) as aengine:
+            gate.hold()
+            first = asyncio.create_task(_collect(aengine, PROMPTS[0]))
+            await _until(gate.entered)
+            refused = asyncio.create_task(_collect(aengine, too_long))
+            await asyncio.sleep(0.01)
+            gate.release.set()
+            with pytest.raises(InvalidRequestError):
+                await refused
+            return await first
+
+    assert asyncio.run(main()) == expected
+    assert not engine.has_unfinished_requests()
+
+
+def test_a_caller_leaving_while_its_request_waits_in_the_inbox_aborts_it(engine: Engine) -> None:
+    gate = _GatedSteps(engine)
+
+    async def main() -> None:
+        async with AsyncEngine(engine=engine) as aengine:
+            gate.hold()
+            first = asyncio.create_task(aengine.generate(PROMPTS[0], PARAMS))
+            await _until(gate.entered)
+            left = asyncio.create_task(aengine.generate(PROMPTS[1], SamplingParams(max_tokens=200)))
+            await asyncio.sleep(0.01)
+            left.cancel()
+            await asyncio.gather(left, return_exceptions=True)
+            gate.release.set()
+            await first
+            for _ in range(50):  # NOTE: the abort lands with the next step
+                if not engine.has_unfinished_requests():
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert not engine.has_unfinished_requests()
+
+
+def test_closing_answers_requests_still_in_the_inbox(engine: Engine) -> None:
+    gate = _GatedSteps(engine)
+
+    async def main() -> None:
+        aengine = AsyncEngine(engine=engine)
+        gate.hold()
+        first = asyncio.create_task(aengine.generate(PROMPTS[0], PARAMS))
+        await _until(gate.entered)
+        waiting = asyncio.create_task(aengine.generate(PROMPTS[1], PARAMS))
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(aengine.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(EngineDeadError, match="closed"):
+            await waiting
+        assert not closing.done()  # NOTE: its aborts wait for the held step, off the loop
+        gate.release.set()
+        await closing
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+
+    asyncio.run(main())
+    engine.step()  # NOTE: an abort's final output comes with the next step
+    assert not engine.has_unfinished_requests()

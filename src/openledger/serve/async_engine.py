@@ -3,15 +3,26 @@
 Everything that touches the engine's state (admitting, aborting, stepping, registering
 or removing adapters) holds one lock, so adapter changes land between steps, never
 inside one. Fetching and validating an adapter (downloads, hashing) runs outside it.
+
+The event loop never waits for that lock while a step runs (a prefill step can take
+hundreds of milliseconds, and a server must go on reading requests meanwhile)::
+
+    submit   lock free  -> admitted at once, on the event loop
+             lock held  -> put in the inbox; the step thread admits it under the lock
+                           before its next step (so it joins that step) and answers it
+    abort    lock free  -> at once;   lock held -> the abort inbox, before the next step
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from openledger.exceptions import ConfigError, EngineDeadError
@@ -27,6 +38,16 @@ if TYPE_CHECKING:
 __all__ = ["AsyncEngine"]
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Admission:
+    """A request waiting in the inbox for the step thread to admit it."""
+
+    request_id: str
+    prompt: PromptInput
+    params: SamplingParams | None
+    answer: asyncio.Future[None]
 
 
 class AsyncEngine:
@@ -65,6 +86,10 @@ class AsyncEngine:
         self._work = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
+        # NOTE: admissions and aborts (request ids) in arrival order: filled on the event
+        # loop, emptied by the step thread (a deque's append and popleft are thread-safe)
+        self._inbox: deque[_Admission | str] = deque()
+        self._numbers = itertools.count()
 
     async def __aenter__(self) -> AsyncEngine:
         return self
@@ -78,8 +103,22 @@ class AsyncEngine:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        for request_id in list(self._queues):
-            self._abort(request_id)
+        # NOTE: no step runs any more, but one may still hold the lock in its thread: the
+        # aborts wait for it there, not on the event loop
+        closed = EngineDeadError("the engine was closed")
+        aborts = [item for item in self._inbox if isinstance(item, str)]
+        for item in self._inbox:
+            if not isinstance(item, str):
+                _settle(item.answer, closed)
+        self._inbox.clear()
+        aborts += list(self._queues)
+        self._queues.clear()
+        if aborts:
+            await self._in_thread(self._locked, self._abort_all, aborts)
+
+    def _abort_all(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self.engine.abort_request(request_id)
 
     async def stream_outputs(
         self, prompt: PromptInput, params: SamplingParams | None = None
@@ -90,8 +129,9 @@ class AsyncEngine:
             InvalidRequestError: The request is refused (before anything is yielded).
             EngineDeadError: The step loop failed.
         """
-        request_id, queue = self._submit(prompt, params)
+        request_id = f"async-{next(self._numbers)}"
         try:
+            queue = await self._submit(request_id, prompt, params)
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
@@ -169,27 +209,79 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
-    def _submit(
-        self, prompt: PromptInput, params: SamplingParams | None
-    ) -> tuple[str, asyncio.Queue[RequestOutput | BaseException]]:
+    async def _submit(
+        self, request_id: str, prompt: PromptInput, params: SamplingParams | None
+    ) -> asyncio.Queue[RequestOutput | BaseException]:
+        """Admit a request and return its output queue (see the module docstring).
+
+        Raises:
+            InvalidRequestError, AdapterError: The engine refused it.
+        """
         if self._error is not None:
             raise EngineDeadError(f"the engine's step loop failed earlier: {self._error!r}")
-        with self._lock:
-            request_id = self.engine.add_request(prompt, params)
+        # NOTE: registered first: the step that admits it from the inbox may also produce
+        # its first output
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
+        try:
+            if self._lock.acquire(blocking=False):
+                try:
+                    self.engine.add_request(prompt, params, request_id=request_id)
+                finally:
+                    self._lock.release()
+                self._wake()
+            else:
+                answer = asyncio.get_running_loop().create_future()
+                self._inbox.append(_Admission(request_id, prompt, params, answer))
+                self._wake()
+                await answer
+        except asyncio.CancelledError:
+            # NOTE: the caller left while the request waited in the inbox: its abort goes
+            # after its admission, so the step thread never runs it unobserved
+            if self._queues.pop(request_id, None) is not None and self._error is None:
+                self._inbox.append(request_id)
+            raise
+        except BaseException:
+            self._queues.pop(request_id, None)
+            raise
+        return queue
+
+    def _wake(self) -> None:
+        """Make sure the step loop runs (it goes idle when nothing is left to do)."""
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
         self._work.set()
-        return request_id, queue
 
     def _abort(self, request_id: str) -> None:
-        if self._queues.pop(request_id, None) is not None:
-            with self._lock:
+        """Abort a request without waiting for a running step (see the module docstring)."""
+        if self._queues.pop(request_id, None) is None:
+            return
+        if self._lock.acquire(blocking=False):
+            try:
                 self.engine.abort_request(request_id)
+            finally:
+                self._lock.release()
+        elif self._error is None:
+            self._inbox.append(request_id)
+            self._wake()
 
-    def _step(self) -> list[RequestOutput]:
+    def _admit_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the step thread, under the lock: admissions and aborts, in arrival order."""
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, str):
+                self.engine.abort_request(item)
+                continue
+            try:
+                self.engine.add_request(item.prompt, item.params, request_id=item.request_id)
+            except Exception as exc:
+                loop.call_soon_threadsafe(_settle, item.answer, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, item.answer, None)
+
+    def _step(self, loop: asyncio.AbstractEventLoop) -> list[RequestOutput]:
         with self._lock:
+            self._admit_waiting(loop)
             return self.engine.step()
 
     async def _run(self) -> None:
@@ -197,7 +289,7 @@ class AsyncEngine:
         while True:
             await self._work.wait()
             try:
-                outputs = await loop.run_in_executor(None, self._step)
+                outputs = await loop.run_in_executor(None, self._step, loop)
             except Exception as exc:
                 self._fail(exc)
                 return
@@ -205,6 +297,10 @@ class AsyncEngine:
                 queue = self._queues.get(output.request_id)
                 if queue is not None:
                     queue.put_nowait(output)
+            # NOTE: the inbox is filled on this thread and the step thread is done: nothing
+            # can be added between this check and the wait above
+            if self._inbox:
+                continue
             with self._lock:
                 if not self.engine.has_unfinished_requests():
                     self._work.clear()
@@ -213,3 +309,18 @@ class AsyncEngine:
         self._error = exc
         for queue in self._queues.values():
             queue.put_nowait(exc)
+        dead = EngineDeadError(f"the engine's step loop failed: {exc!r}")
+        while self._inbox:
+            item = self._inbox.popleft()
+            if not isinstance(item, str):
+                _settle(item.answer, dead)
+
+
+def _settle(answer: asyncio.Future[None], error: BaseException | None) -> None:
+    """Answer an inbox admission (on the event loop); a caller who left is skipped."""
+    if answer.done():
+        return
+    if error is None:
+        answer.set_result(None)
+    else:
+        answer.set_exception(error)
