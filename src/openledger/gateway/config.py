@@ -152,7 +152,7 @@ class GatewayConfig(BaseModel):
         default=None, description="JSON file of the deployed protocol's contract addresses."
     )
     batch_window: float = Field(
-        default=0.0,
+        default=0.0015,
         ge=0,
         description="Seconds an idle engine waits for more of a burst once a request arrives: "
         "each arrival extends the wait by this much (0: off; see gateway/batching.py).",
