@@ -27,7 +27,7 @@ which would send a request to another key's home).
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
@@ -39,13 +39,19 @@ class AdapterAffinityRouter(RequestRouter):
     """Routes each multiplexed key to its home replica (see the module docstring).
 
     Configured through ``request_router_kwargs``: ``spill`` (bool, default True): when the
-    home replica is at ``max_ongoing_requests``, try the other replicas rather than wait.
+    home replica is at ``max_ongoing_requests``, try the other replicas rather than wait;
+    ``max_homes`` (int, default 4096): keys remembered, the least recently routed
+    forgotten first (a forgotten key gets a home again on its next request, as a new one
+    does). Keys come and go (adapter versions, weighted mixes), so the map is bounded.
     """
 
-    def initialize_state(self, spill: bool = True, **kwargs: Any) -> None:
+    def initialize_state(self, spill: bool = True, max_homes: int = 4096, **kwargs: Any) -> None:
         """Set the router's own state (Ray Serve calls this once, with the kwargs)."""
+        if max_homes < 1:
+            raise ValueError(f"max_homes must be at least 1, got {max_homes}")
         self.spill = bool(spill)
-        self.homes: dict[str, ReplicaID] = {}
+        self.max_homes = int(max_homes)
+        self.homes: OrderedDict[str, ReplicaID] = OrderedDict()
 
     async def choose_replicas(
         self,
@@ -66,6 +72,9 @@ class AdapterAffinityRouter(RequestRouter):
         if home not in live or keys[home] > keys[fewest] + 1:
             home = self.homes[key] = fewest
             keys = self._keys_per_replica(live)
+        self.homes.move_to_end(key)
+        while len(self.homes) > self.max_homes:
+            self.homes.popitem(last=False)
         if not self.spill:
             return [[live[home]]]
         others = sorted(
@@ -77,7 +86,7 @@ class AdapterAffinityRouter(RequestRouter):
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         """Forget the homes on a dead replica (their keys find new ones)."""
         super().on_replica_actor_died(replica_id)
-        self.homes = {k: rid for k, rid in self.homes.items() if rid != replica_id}
+        self.homes = OrderedDict((k, rid) for k, rid in self.homes.items() if rid != replica_id)
 
     def _fewest(self, live: dict[ReplicaID, RunningReplica], keys: Counter[ReplicaID]) -> ReplicaID:
         """The live replica with the fewest homed keys (ties: shorter queue, then id)."""
