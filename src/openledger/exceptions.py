@@ -27,6 +27,7 @@ Python keeps working, while ``except OpenLedgerError`` catches everything of our
     │   │   └── NonceError                  the contributor's nonce was used or skipped
     │   ├── AccessDeniedError(PermissionError)  reading a private datanet without a grant
     │   ├── DataNotFoundError(LookupError)  no such datanet, snapshot, record or request
+    │   ├── PayloadTooLargeError(ValueError)  a request body over a datanet service's limit
     │   └── StoreError(OSError)             the store file is unusable or from a newer version
     ├── ServeError                          the serving engine (openledger.serve)
     │   ├── InvalidRequestError(ValueError) a prompt or sampling parameter is unusable; only
@@ -121,6 +122,7 @@ __all__ = [
     "NonceError",
     "OpenLedgerError",
     "OverloadedError",
+    "PayloadTooLargeError",
     "PermissionDeniedError",
     "QualityError",
     "RateLimitError",
@@ -208,6 +210,11 @@ class AccessDeniedError(DataError, PermissionError):
 
 class DataNotFoundError(DataError, LookupError):
     """No such datanet, snapshot, record or access request."""
+
+
+class PayloadTooLargeError(DataError, ValueError):
+    """A request body over a datanet service's ``max_body_bytes`` (HTTP 413); nothing of it
+    was read past the limit or stored."""
 
 
 class StoreError(DataError, OSError):

@@ -272,6 +272,38 @@ def test_the_service_mounts_beside_other_routes(tmp_path: Path) -> None:
     service.close()
 
 
+def test_a_body_over_the_limit_is_a_413_and_stores_nothing(tmp_path: Path) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from openledger.data.wire import ERROR_CODES, error_from_code
+    from openledger.exceptions import PayloadTooLargeError
+    from openledger.gateway.datanets import DatanetService, mount_datanets
+
+    dn = Datanet.create(tmp_path / "dn", name="small", schema=InstructionRecord)
+    app = FastAPI()
+    service = DatanetService([dn], max_body_bytes=2048)
+    mount_datanets(app, service)
+    records = [{"instruction": "x" * 3000, "response": "y"}]
+    body = json.dumps({"records": records, "signed": {}}).encode()
+
+    def chunks() -> Iterator[bytes]:  # NOTE: no content-length: cut while it is read
+        for start in range(0, len(body), 512):
+            yield body[start : start + 512]
+
+    with TestClient(app) as client:
+        url = "/v1/datanets/small/contributions"
+        for sent in (body, chunks()):
+            response = client.post(url, content=sent, headers={"content-type": "application/json"})
+            assert response.status_code == 413, response.text
+            assert response.json()["error"]["code"] == "request_too_large"
+            assert "2048 bytes" in response.json()["error"]["message"]
+    assert ERROR_CODES["request_too_large"][0] == 413
+    assert isinstance(error_from_code("request_too_large", "x"), PayloadTooLargeError)
+    assert len(dn) == 0
+    service.close()
+
+
 def test_the_cli_serves_a_folder_and_contributes_to_it_by_url(tmp_path: Path) -> None:
     import os
     import signal

@@ -22,6 +22,7 @@ from openledger.exceptions import (
     DataNotFoundError,
     DuplicateRecordError,
     NonceError,
+    PayloadTooLargeError,
     QualityError,
     SchemaError,
     SignatureError,
@@ -64,6 +65,7 @@ ERROR_CODES: dict[str, tuple[int, type[Exception]]] = {
     "access_denied": (403, AccessDeniedError),
     "not_found": (404, DataNotFoundError),
     "invalid_request": (400, ConfigError),
+    "request_too_large": (413, PayloadTooLargeError),
     "store_unavailable": (503, StoreError),
 }
 """Each refusal's ``code``: its HTTP status and the exception the client raises."""
@@ -82,6 +84,7 @@ def error_code(exc: BaseException) -> str | None:
         (AccessDeniedError, "access_denied"),
         (DataNotFoundError, "not_found"),
         (StoreError, "store_unavailable"),
+        (PayloadTooLargeError, "request_too_large"),
         (ConfigError, "invalid_request"),
         (DataError, "invalid_request"),
     )

@@ -13,6 +13,7 @@ SignatureError, any other                  400     bad_signature
 AccessDeniedError                          403     access_denied
 DataNotFoundError                          404     not_found
 ConfigError, a malformed body or field     400     invalid_request
+PayloadTooLargeError (``max_body_bytes``)  413     request_too_large
 StoreError                                 503     store_unavailable
 =========================================  ======  ==================
 

@@ -61,7 +61,7 @@ from openledger.data.wire import (
     snapshot_json,
     stored_json,
 )
-from openledger.exceptions import AccessDeniedError, ConfigError
+from openledger.exceptions import AccessDeniedError, ConfigError, PayloadTooLargeError
 from openledger.gateway.datanets.service import DatanetService, HostedDatanet, parse_model
 
 __all__ = ["add_datanet_routes"]
@@ -115,13 +115,16 @@ async def _on(hosted: HostedDatanet, work: Callable[[Datanet], T]) -> T:
 
 
 async def _body(request: Request, model: type[T], service: DatanetService) -> T:
+    limit = service.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > service.max_body_bytes:
-        raise ConfigError(f"the request body is over {service.max_body_bytes} bytes")
-    raw = await request.body()
-    if len(raw) > service.max_body_bytes:
-        raise ConfigError(f"the request body is over {service.max_body_bytes} bytes")
-    parsed = parse_model(model, raw, "the request body")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the request body is over {limit} bytes")
+    read = bytearray()
+    async for chunk in request.stream():  # NOTE: a body without a length is cut at the limit
+        read += chunk
+        if len(read) > limit:
+            raise PayloadTooLargeError(f"the request body is over {limit} bytes")
+    parsed = parse_model(model, bytes(read), "the request body")
     if parsed is None:
         raise ConfigError("the request needs a JSON body")
     return parsed
