@@ -115,6 +115,43 @@ def test_context_ablation_finds_the_passage_the_answer_used(
     assert max(shares, key=shares.__getitem__) == given[vault].contributor
 
 
+def test_leaving_a_contributor_out_finds_the_fact_its_twin_records_hide(
+    facts: tuple[Snapshot, list[Account]], smollm2: tuple[Any, Any]
+) -> None:
+    snapshot, accounts = facts
+    alice, bob = accounts[0].address, accounts[1].address
+    # NOTE: two of alice's records state the code (twins), bob's is about bananas
+    given = (
+        Passage(f"0x{'01' * 32}", alice, "The vault code is 4721.", 1.0),
+        Passage(f"0x{'02' * 32}", bob, "Ripe bananas are yellow.", 0.9),
+        Passage(f"0x{'03' * 32}", alice, "Remember: the vault code is 4721.", 0.8),
+    )
+    rag = RagAnswer("What is the vault code?", "The vault code is 4721.", given, (), "m", snapshot)
+    model, tokenizer = smollm2
+    asked: list[int] = []
+
+    def prompt(question: str, kept: Any) -> list[dict[str, str]]:
+        asked.append(len(kept))
+        return [{"role": "user", "content": "\n".join(p.text for p in kept) + "\n" + question}]
+
+    scores = context_ablation(rag, model, tokenizer, num_ablations=0, prompt=prompt)
+    assert sorted(asked) == [1, 2, 2, 2, 2, 3]  # NOTE: all, 3 leave-one-out, 2 contributors
+    assert scores.surrogate == ()
+    effects = dict(scores.by_contributor)
+    assert list(effects) == [alice, bob]
+    # NOTE: either twin alone costs the answer less than both together
+    assert effects[alice] > max(scores.leave_one_out[0], scores.leave_one_out[2]) + 1.0
+    assert effects[alice] > effects[bob]
+    per_passage = scores.contributor_scores(given)
+    assert per_passage[0] == per_passage[2] == pytest.approx(effects[alice] / 2)
+    shares = rag.report(per_passage, "context ablation").contributor_shares()
+    assert max(shares, key=shares.__getitem__) == alice
+    with pytest.raises(AttributionInputError, match="passages"):
+        scores.contributor_scores(given[:2])
+    with pytest.raises(AttributionInputError, match="num_ablations"):
+        context_ablation(rag, model, tokenizer, num_ablations=-1)
+
+
 def test_answer_asks_the_engine_with_numbered_sources(
     facts: tuple[Snapshot, list[Account]], smollm2_dir: Path
 ) -> None:

@@ -11,9 +11,13 @@ Retrieval is BM25, dense or hybrid (:mod:`.retrieval`). The engine answers with 
 model or a registered adapter. Context ablation (as in ContextCite) scores passage ``i``
 two ways: leave-one-out ``log p(answer | all) - log p(answer | all but i)``, and the
 weights of a sparse linear surrogate ``log p(answer | mask) ~ w0 + sum_i w_i mask_i``
-fitted (L1, coordinate descent) to random half-ablations. The answer's log-probability is
-summed over its tokens after the chat-formatted prompt, under the model that answered
-(for an adapter: the base model with that PEFT adapter, :func:`load_scoring_model`).
+fitted (L1, coordinate descent) to random half-ablations. It also leaves each
+contributor out at once (all of their passages): one contributor often holds several
+retrieved records stating the same fact, and leaving one of them out costs the answer
+nothing while its twins remain (:meth:`Ablation.contributor_scores`). The answer's
+log-probability is summed over its tokens after the chat-formatted prompt, under the model
+that answered (for an adapter: the base model with that PEFT adapter,
+:func:`load_scoring_model`).
 Reports from RAG name the model by :attr:`RagAnswer.model_id` in their ``adapter_id``.
 """
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,13 +247,32 @@ class Ablation:
 
     Attributes:
         leave_one_out: ``log p(answer | all) - log p(answer | all but i)``.
-        surrogate: Weights of the sparse linear surrogate over random ablations.
+        surrogate: Weights of the sparse linear surrogate over random ablations (empty
+            when ``num_ablations`` was 0).
         num_ablations: Random ablations the surrogate was fitted to.
+        by_contributor: ``(contributor, log p(answer | all) - log p(answer | all but that
+            contributor's passages))`` for each contributor of the passages, in order of
+            their first passage.
     """
 
     leave_one_out: tuple[float, ...]
     surrogate: tuple[float, ...]
     num_ablations: int
+    by_contributor: tuple[tuple[Address | None, float], ...] = ()
+
+    def contributor_scores(self, passages: Sequence[Passage]) -> tuple[float, ...]:
+        """One score per passage for :meth:`RagAnswer.report`: each contributor's effect
+        split evenly over their passages, so the report's contributor shares follow
+        :attr:`by_contributor` (twins do not hide each other).
+
+        Raises:
+            AttributionInputError: ``passages`` are not the ones ablated.
+        """
+        effects = dict(self.by_contributor)
+        owners = [p.contributor for p in passages]
+        if len(owners) != len(self.leave_one_out) or set(owners) != set(effects):
+            raise AttributionInputError("give the passages this ablation was computed over")
+        return tuple(effects[owner] / owners.count(owner) for owner in owners)
 
 
 def answer_logprob(model: Any, tokenizer: Any, messages: list[dict[str, str]], text: str) -> float:
@@ -293,6 +316,7 @@ def context_ablation(
     num_ablations: int = 32,
     l1: float = 0.01,
     seed: int = 0,
+    prompt: Callable[[str, Sequence[Passage]], list[dict[str, str]]] = build_messages,
 ) -> Ablation:
     """Score how much the answer depended on each passage (see the module docstring).
 
@@ -301,9 +325,12 @@ def context_ablation(
         model: The causal LM that answered (Hugging Face model; with the answer's adapter
             on top when it came through one, see :func:`load_scoring_model`).
         tokenizer: Its tokenizer (with its chat template).
-        num_ablations: Random half-ablations for the surrogate.
+        num_ablations: Random half-ablations for the surrogate (0: leave-one-out and
+            leave-one-contributor-out only).
         l1: L1 penalty of the surrogate.
         seed: Seed of the ablation masks.
+        prompt: The messages the answer was asked with, from the question and the kept
+            passages (the default is :func:`answer`'s own, :func:`build_messages`).
 
     Raises:
         AttributionInputError: The answer came through an adapter and ``model`` has no
@@ -316,16 +343,24 @@ def context_ablation(
             f"the answer came from adapter {rag.adapter!r} but the model has no LoRA layers; "
             "score it with load_scoring_model(base_model, adapter_folder)"
         )
+    if num_ablations < 0:
+        raise AttributionInputError(f"num_ablations must be 0 or more, got {num_ablations}")
     passages = list(rag.passages)
 
     def logp(mask: list[bool]) -> float:
         kept = [p for p, keep in zip(passages, mask, strict=True) if keep]
-        return answer_logprob(model, tokenizer, build_messages(rag.question, kept), rag.text)
+        return answer_logprob(model, tokenizer, prompt(rag.question, kept), rag.text)
 
     full = logp([True] * len(passages))
     loo = [full - logp([j != i for j in range(len(passages))]) for i in range(len(passages))]
-    generator = torch.Generator().manual_seed(seed)
-    masks = torch.rand(num_ablations, len(passages), generator=generator) < 0.5
-    targets = torch.tensor([logp(m.tolist()) for m in masks], dtype=torch.float64)
-    weights = lasso(masks.double(), targets, l1)
-    return Ablation(tuple(loo), tuple(weights), num_ablations)
+    owners = [p.contributor for p in passages]
+    by_contributor = tuple(
+        (owner, full - logp([o != owner for o in owners])) for owner in dict.fromkeys(owners)
+    )
+    weights: list[float] = []
+    if num_ablations:
+        generator = torch.Generator().manual_seed(seed)
+        masks = torch.rand(num_ablations, len(passages), generator=generator) < 0.5
+        targets = torch.tensor([logp(m.tolist()) for m in masks], dtype=torch.float64)
+        weights = lasso(masks.double(), targets, l1)
+    return Ablation(tuple(loo), tuple(weights), num_ablations, by_contributor)

@@ -14,7 +14,7 @@ from openledger.demo.corpus import DemoDataset, DemoQuestion
 from openledger.demo.runner import DemoAnswer, DemoResult
 
 if TYPE_CHECKING:
-    from openledger.attribution import AttributionReport, InfluenceIndex, RagAnswer
+    from openledger.attribution import AttributionReport, InfluenceIndex, Passage, RagAnswer
     from openledger.chain import Chain, Protocol
     from openledger.data import Snapshot
     from openledger.demo.runner import Console, DemoConfig
@@ -109,30 +109,22 @@ def retrieval_answer(
         passages and citations, the messages it was asked with, one leave-one-out effect
         per passage, and each retrieved contributor's effect.
     """
-    from openledger.attribution import RagAnswer, Retriever
-    from openledger.attribution.rag import answer_logprob, citations_of
+    from openledger.attribution import RagAnswer, Retriever, context_ablation
+    from openledger.attribution.rag import citations_of
     from openledger.serve import SamplingParams
 
     passages = tuple(Retriever(snapshot).search(question, RAG_PASSAGES))
-    records = [snapshot.get(p.record_hash).record for p in passages]
-    messages = rag_messages(question, records)
+    records = {p.record_hash: snapshot.get(p.record_hash).record for p in passages}
+    messages = rag_messages(question, list(records.values()))
     params = SamplingParams(max_tokens=max_tokens, stop=("\n",))
     text = answer_sentence(engine.generate(messages, params)[0].text)
     found = RagAnswer(question, text, passages, citations_of(text, passages), model_name, snapshot)
 
-    def logp(kept: list[int]) -> float:
-        context = rag_messages(question, [records[i] for i in kept])
-        return answer_logprob(model, tokenizer, context, text)
+    def prompt(asked: str, kept: Sequence[Passage]) -> list[dict[str, str]]:
+        return rag_messages(asked, [records[p.record_hash] for p in kept])
 
-    everything = list(range(len(passages)))
-    full = logp(everything)
-    loo = [full - logp([j for j in everything if j != i]) for i in everything]
-    owners = [p.contributor for p in passages]
-    effect = {
-        owner: full - logp([j for j in everything if owners[j] != owner])
-        for owner in dict.fromkeys(owners)
-    }
-    return found, messages, loo, effect
+    ablation = context_ablation(found, model, tokenizer, num_ablations=0, prompt=prompt)
+    return found, messages, list(ablation.leave_one_out), dict(ablation.by_contributor)
 
 
 @dataclass(frozen=True, slots=True)
