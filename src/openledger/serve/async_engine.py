@@ -5,7 +5,8 @@ or removing adapters) holds one lock, so adapter changes land between steps, nev
 inside one. Fetching and validating an adapter (downloads, hashing) runs outside it.
 
 The event loop never waits for that lock while a step runs (a prefill step can take
-hundreds of milliseconds, and a server must go on reading requests meanwhile)::
+hundreds of milliseconds, and a server must go on reading requests meanwhile), nor for an
+adapter's weights to be read from disk (a worker thread reads a cold adapter first)::
 
     submit   lock free  -> admitted at once, on the event loop
              lock held  -> put in the inbox; the step thread admits it under the lock
@@ -219,6 +220,7 @@ class AsyncEngine:
         """
         if self._error is not None:
             raise EngineDeadError(f"the engine's step loop failed earlier: {self._error!r}")
+        await self._prefetch(params)
         # NOTE: registered first: the step that admits it from the inbox may also produce
         # its first output
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
@@ -245,6 +247,22 @@ class AsyncEngine:
             self._queues.pop(request_id, None)
             raise
         return queue
+
+    async def _prefetch(self, params: SamplingParams | None) -> None:
+        """Read a cold adapter's weights in a worker thread before admission, so that
+        admitting it (which reads what is not in memory yet) does not hold up the event
+        loop for the read (tens of milliseconds per adapter). Errors are left to the
+        admission, which raises them to the caller."""
+        store = self.engine.adapters
+        if params is None or params.adapter is None or store is None:
+            return
+        try:
+            use = store.resolve(params.adapter)
+            if store.is_prefetched(use):
+                return
+            await self._in_thread(store.prefetch, use)
+        except Exception:  # NOTE: add_request raises it for this request
+            pass
 
     def _wake(self) -> None:
         """Make sure the step loop runs (it goes idle when nothing is left to do)."""
