@@ -118,6 +118,19 @@ def private(tmp_path: Path, owner: Account, alice: Account) -> Datanet:
     return dn
 
 
+def test_the_same_purpose_filed_again_while_pending_is_the_same_request(
+    private: Datanet, owner: Account, bob: Account
+) -> None:
+    first = private.request_access(bob, "train a triage model")
+    assert private.request_access(bob, "train a triage model") == first
+    other = private.request_access(bob, "evaluate a triage model")
+    assert other.id != first.id
+    private.deny(first.id, owner=owner)
+    again = private.request_access(bob, "train a triage model")  # NOTE: a new ask now
+    assert again.id not in (first.id, other.id)
+    assert [r.id for r in private.access_requests("pending")] == [other.id, again.id]
+
+
 def test_private_reads_need_a_valid_grant(private: Datanet, owner: Account, bob: Account) -> None:
     with pytest.raises(AccessDeniedError, match="this datanet is private: pass grant="):
         list(private.records())

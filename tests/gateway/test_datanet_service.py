@@ -222,6 +222,17 @@ def test_a_private_datanets_records_are_unreadable_without_a_grant(hosted: Hoste
     with pytest.raises(AccessDeniedError):
         clinic.contribute(rows(1, "guess"), contributor=BOB)  # not even whether it is stored
     request = clinic.request_access(BOB, "triage research")
+    # NOTE: the same signed call sent again (a retry, a replay) files nothing new
+    replayed = sign_call(clinic.id, "request-access", BOB, detail="triage research")
+    for _ in range(2):
+        response = httpx.post(
+            base + "/access-requests",
+            json={"purpose": "triage research"},
+            headers={"X-OpenLedger-Call": replayed.model_dump_json()},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["id"] == request.id
     with pytest.raises(AccessDeniedError):
         clinic.grant_for(request.id, requester=BOB)  # pending
     with pytest.raises(AccessDeniedError):

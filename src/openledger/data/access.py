@@ -102,10 +102,22 @@ class AccessGrant(BaseModel):
 
 
 def new_request(store: DatanetStore, requester: Address, purpose: str) -> AccessRequest:
-    """Store a pending request and return it."""
+    """Store a pending request and return it.
+
+    Filing the same purpose again while it is pending returns that request: a signed
+    ``request-access`` call is good for minutes, and a copy of it sent again (a retry, or
+    someone replaying it) must not pile up requests in the requester's name.
+    """
     if not purpose.strip():
         raise ConfigError("purpose must say what the data is for; got an empty string")
     with store.write() as conn:
+        found = conn.execute(
+            "SELECT id FROM access_requests WHERE requester = ? AND purpose = ?"
+            " AND status = 'pending' ORDER BY id LIMIT 1",
+            (requester, purpose),
+        ).fetchone()
+        if found is not None:
+            return AccessRequest(int(found[0]), requester, purpose, "pending")
         rows = conn.execute(
             "INSERT INTO access_requests (requester, purpose, created_at) VALUES (?, ?, ?)"
             " RETURNING id",
