@@ -41,7 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,37 +102,52 @@ async def in_process(engine: AsyncEngine, texts: list[str]) -> Round:
     return result
 
 
-async def over_http(client: httpx.AsyncClient, texts: list[str]) -> Round:
-    """The 16 requests as streaming completions through the gateway."""
+def burst_body(texts: list[str], index: int) -> dict[str, Any]:
+    """Request ``index`` of the burst: its prompt and adapter, 32 tokens, streamed."""
+    return {
+        "model": f"a{index % NUM_ADAPTERS}",
+        "prompt": texts[index],
+        "max_tokens": NEW_TOKENS,
+        "min_tokens": NEW_TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def timed_burst(
+    count: int, events_of: Callable[[int], AsyncIterator[dict[str, Any]]]
+) -> Round:
+    """Run requests ``0..count-1`` at once; each one's events come from ``events_of``."""
     result = Round()
 
     async def one(index: int) -> None:
-        body = {
-            "model": f"a{index % NUM_ADAPTERS}",
-            "prompt": texts[index],
-            "max_tokens": NEW_TOKENS,
-            "min_tokens": NEW_TOKENS,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
         start, events, tokens = time.perf_counter(), [], 0
-        async with client.stream("POST", "/v1/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if any(choice.get("text") for choice in chunk["choices"]):
-                    events.append(time.perf_counter())
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+        async for chunk in events_of(index):
+            if any(choice.get("text") for choice in chunk["choices"]):
+                events.append(time.perf_counter())
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
         result.add(start, events, tokens)
 
     start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(len(texts))))
+    await asyncio.gather(*(one(i) for i in range(count)))
     result.seconds = time.perf_counter() - start
     return result
+
+
+async def over_http(client: httpx.AsyncClient, texts: list[str]) -> Round:
+    """The 16 requests as streaming completions through the gateway."""
+
+    async def events_of(index: int) -> AsyncIterator[dict[str, Any]]:
+        body = burst_body(texts, index)
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    yield json.loads(line[6:])
+
+    return await timed_burst(len(texts), events_of)
 
 
 class RawClient:
@@ -191,36 +206,9 @@ class RawClient:
 
 async def over_raw_http(client: RawClient, texts: list[str]) -> Round:
     """The 16 requests through the gateway with :class:`RawClient`."""
-    result = Round()
-    requests = [
-        client.encode(
-            {
-                "model": f"a{index % NUM_ADAPTERS}",
-                "prompt": texts[index],
-                "max_tokens": NEW_TOKENS,
-                "min_tokens": NEW_TOKENS,
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-        )
-        for index in range(len(texts))
-    ]
+    requests = [client.encode(burst_body(texts, index)) for index in range(len(texts))]
     streams = await client.connect(len(texts))
-
-    async def one(index: int) -> None:
-        start, events, tokens = time.perf_counter(), [], 0
-        async for chunk in client.events(streams[index], requests[index]):
-            if any(choice.get("text") for choice in chunk["choices"]):
-                events.append(time.perf_counter())
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-        result.add(start, events, tokens)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(len(texts))))
-    result.seconds = time.perf_counter() - start
-    return result
+    return await timed_burst(len(texts), lambda i: client.events(streams[i], requests[i]))
 
 
 async def one_at_a_time(

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,13 @@ class _GatedSteps:
         self.entered.clear()
         self.release.clear()
 
+    async def held_with(self, request: Any) -> asyncio.Task[Any]:
+        """Start ``request`` (a coroutine) and return once its first step is held open."""
+        self.hold()
+        task = asyncio.create_task(request)
+        await _until(self.entered)
+        return task
+
 
 async def _until(event: object, timeout: float = 30) -> None:
     loop = asyncio.get_running_loop()
@@ -139,9 +147,8 @@ def test_requests_arriving_during_a_step_never_block_the_event_loop(engine: Engi
 
     async def main() -> tuple[list[str], int]:
         async with AsyncEngine(engine=engine) as aengine:
-            gate.hold()
-            first = asyncio.create_task(_collect(aengine, PROMPTS[0]))
-            await _until(gate.entered)  # NOTE: a step is running and holds the lock
+            # NOTE: a step is running and holds the lock
+            first = await gate.held_with(_collect(aengine, PROMPTS[0]))
             later = [asyncio.create_task(_collect(aengine, p)) for p in PROMPTS[1:]]
             ticks = 0
             for _ in range(20):  # NOTE: the loop stays free while the step is held
@@ -162,9 +169,7 @@ def test_an_inbox_request_joins_the_next_step(engine: Engine) -> None:
 
     async def main() -> int:
         async with AsyncEngine(engine=engine) as aengine:
-            gate.hold()
-            first = asyncio.create_task(aengine.generate(PROMPTS[0], PARAMS))
-            await _until(gate.entered)
+            first = await gate.held_with(aengine.generate(PROMPTS[0], PARAMS))
             held_at = gate.steps
             second = asyncio.create_task(aengine.generate(PROMPTS[1], PARAMS))
             await asyncio.sleep(0.01)
@@ -185,9 +190,7 @@ def test_a_refusal_from_the_inbox_reaches_only_its_caller(engine: Engine) -> Non
 
     async def main() -> str:
         async with AsyncEngine(engine=engine) as aengine:
-            gate.hold()
-            first = asyncio.create_task(_collect(aengine, PROMPTS[0]))
-            await _until(gate.entered)
+            first = await gate.held_with(_collect(aengine, PROMPTS[0]))
             refused = asyncio.create_task(_collect(aengine, too_long))
             await asyncio.sleep(0.01)
             gate.release.set()
@@ -204,9 +207,7 @@ def test_a_caller_leaving_while_its_request_waits_in_the_inbox_aborts_it(engine:
 
     async def main() -> None:
         async with AsyncEngine(engine=engine) as aengine:
-            gate.hold()
-            first = asyncio.create_task(aengine.generate(PROMPTS[0], PARAMS))
-            await _until(gate.entered)
+            first = await gate.held_with(aengine.generate(PROMPTS[0], PARAMS))
             left = asyncio.create_task(aengine.generate(PROMPTS[1], SamplingParams(max_tokens=200)))
             await asyncio.sleep(0.01)
             left.cancel()
@@ -227,9 +228,7 @@ def test_closing_answers_requests_still_in_the_inbox(engine: Engine) -> None:
 
     async def main() -> None:
         aengine = AsyncEngine(engine=engine)
-        gate.hold()
-        first = asyncio.create_task(aengine.generate(PROMPTS[0], PARAMS))
-        await _until(gate.entered)
+        first = await gate.held_with(aengine.generate(PROMPTS[0], PARAMS))
         waiting = asyncio.create_task(aengine.generate(PROMPTS[1], PARAMS))
         await asyncio.sleep(0.01)
         closing = asyncio.create_task(aengine.close())
