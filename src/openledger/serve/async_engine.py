@@ -11,7 +11,7 @@ adapter's weights to be read from disk (a worker thread reads a cold adapter fir
     submit   lock free  -> admitted at once, on the event loop
              lock held  -> put in the inbox; the step thread admits it under the lock
                            before its next step (so it joins that step) and answers it
-    abort    lock free  -> at once;   lock held -> the abort inbox, before the next step
+    abort    lock free  -> at once;   lock held -> the same inbox, after what came before it
 """
 
 from __future__ import annotations
