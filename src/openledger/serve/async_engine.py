@@ -5,8 +5,9 @@ or removing adapters) holds one lock, so adapter changes land between steps, nev
 inside one. Fetching and validating an adapter (downloads, hashing) runs outside it.
 
 The event loop never waits for that lock while a step runs (a prefill step can take
-hundreds of milliseconds, and a server must go on reading requests meanwhile), nor for an
-adapter's weights to be read from disk (a worker thread reads a cold adapter first)::
+hundreds of milliseconds, and a server must go on reading requests meanwhile). Adapter
+changes wait for the requests submitted before them to be admitted, so a request sent
+before ``remove_adapter`` still runs on that adapter::
 
     submit   lock free  -> admitted at once, on the event loop
              lock held  -> put in the inbox; the step thread admits it under the lock
@@ -172,12 +173,15 @@ class AsyncEngine:
         """
         store = self._store()
         spec = await self._in_thread(store.prepare, name, source, sha256=sha256)
+        await self._admitted_before()
         return await self._in_thread(self._locked, store.register, spec)
 
     async def remove_adapter(self, name: str) -> None:
         """Unregister an adapter between two steps; admitted requests using it finish
         with its weights (see :meth:`AdapterStore.remove`)."""
-        await self._in_thread(self._locked, self._store().remove, name)
+        store = self._store()
+        await self._admitted_before()
+        await self._in_thread(self._locked, store.remove, name)
 
     async def replace_adapter(
         self, name: str, source: str | os.PathLike[str], *, sha256: str | None = None
@@ -195,7 +199,21 @@ class AsyncEngine:
             store.remove(name)
             return store.register(spec)
 
+        await self._admitted_before()
         return await self._in_thread(self._locked, swap)
+
+    async def _admitted_before(self) -> None:
+        """Wait until the requests submitted before now are admitted (or refused).
+
+        Requests that arrive during a step wait in the inbox until the next one; an
+        adapter change made after them must not land first (a request for an adapter
+        removed right after it was sent would then be refused). Leaving this wait early
+        does not cancel them.
+        """
+        waiting = {item.answer for item in self._inbox if not isinstance(item, str)}
+        if waiting:
+            self._wake()
+            await asyncio.wait(waiting)
 
     def _store(self) -> AdapterStore:
         if self.engine.adapters is None:
@@ -220,7 +238,6 @@ class AsyncEngine:
         """
         if self._error is not None:
             raise EngineDeadError(f"the engine's step loop failed earlier: {self._error!r}")
-        await self._prefetch(params)
         # NOTE: registered first: the step that admits it from the inbox may also produce
         # its first output
         queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
@@ -247,22 +264,6 @@ class AsyncEngine:
             self._queues.pop(request_id, None)
             raise
         return queue
-
-    async def _prefetch(self, params: SamplingParams | None) -> None:
-        """Read a cold adapter's weights in a worker thread before admission, so that
-        admitting it (which reads what is not in memory yet) does not hold up the event
-        loop for the read (tens of milliseconds per adapter). Errors are left to the
-        admission, which raises them to the caller."""
-        store = self.engine.adapters
-        if params is None or params.adapter is None or store is None:
-            return
-        try:
-            use = store.resolve(params.adapter)
-            if store.is_prefetched(use):
-                return
-            await self._in_thread(store.prefetch, use)
-        except Exception:  # NOTE: add_request raises it for this request
-            pass
 
     def _wake(self) -> None:
         """Make sure the step loop runs (it goes idle when nothing is left to do)."""

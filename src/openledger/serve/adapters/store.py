@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -115,9 +114,6 @@ class AdapterStore:
         self.registry = AdapterRegistry()
         self._host: OrderedDict[str, LoadedAdapter] = OrderedDict()  # by registration
         self._host_bytes = 0
-        # NOTE: the host cache is filled from two threads: a server's prefetch of a cold
-        # adapter (AsyncEngine, off the event loop) and the step thread
-        self._host_lock = threading.RLock()
 
     def __contains__(self, name: object) -> bool:
         return name in self.registry
@@ -268,32 +264,18 @@ class AdapterStore:
         return self._load_registration(self.registry.registration(name))
 
     def _load_registration(self, registration: str) -> LoadedAdapter:
-        with self._host_lock:
-            if registration in self._host:
-                self._host.move_to_end(registration)
-                return self._host[registration]
-            spec = self.registry.specs.get(registration)
+        if registration in self._host:
+            self._host.move_to_end(registration)
+            return self._host[registration]
+        spec = self.registry.specs.get(registration)
         if spec is None:
             raise AdapterNotFoundError(f"adapter registration {registration!r} was removed")
-        # NOTE: read outside the lock; a copy another thread read meanwhile wins
         loaded = load_adapter(spec, self.config, self.dtype, self.base_weights)
-        with self._host_lock:
-            if registration in self._host:
-                self._host.move_to_end(registration)
-                return self._host[registration]
-            self._host[registration] = loaded
-            self._host_bytes += loaded.num_bytes
-            while self._host_bytes > self.max_host_bytes and len(self._host) > 1:
-                self._drop_host(next(iter(self._host)))
+        self._host[registration] = loaded
+        self._host_bytes += loaded.num_bytes
+        while self._host_bytes > self.max_host_bytes and len(self._host) > 1:
+            self._drop_host(next(iter(self._host)))
         return loaded
-
-    def is_prefetched(self, use: AdapterUse) -> bool:
-        """Whether ``use`` needs no read from disk: resident in a device slot, or every
-        registration of it in host memory."""
-        if self.slots.slot_of(use.key) is not None:
-            return True
-        with self._host_lock:
-            return all(r in self._host for r in use.registrations)
 
     def prefetch(self, use: AdapterUse) -> None:
         """Read ``use``'s weights into host memory ahead of its first step, so unreadable
@@ -359,10 +341,9 @@ class AdapterStore:
             self.state.install(slot, None)
 
     def _drop_host(self, registration: str) -> None:
-        with self._host_lock:
-            loaded = self._host.pop(registration, None)
-            if loaded is not None:
-                self._host_bytes -= loaded.num_bytes
+        loaded = self._host.pop(registration, None)
+        if loaded is not None:
+            self._host_bytes -= loaded.num_bytes
 
     def _base_weights_hash(self, folder: Path) -> str | None:
         if self._hash_fn is None or not (folder / "openledger_manifest.json").is_file():
