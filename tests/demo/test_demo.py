@@ -145,6 +145,25 @@ def test_every_answer_with_a_known_fact_gets_an_honest_verdict(
     assert "right: the answer states" not in text
 
 
+def test_a_verdict_names_the_right_answer_and_who_got_the_top_share() -> None:
+    from openledger.demo.runner import DemoAnswer
+    from openledger.demo.stages import _verdict
+
+    dataset = load_datasets()[0]
+    question = dataset.questions[0]
+    answer = DemoAnswer(
+        question.text, dataset.name, f"So: {question.expected}.", 10, 0.1,
+        teacher=question.teacher, expected=question.expected,
+    )  # fmt: skip
+    assert _verdict(answer, question.teacher, dataset) == (
+        f"right: the answer states {question.teacher}'s fact ({question.expected}), "
+        f"and {question.teacher} gets the top share"
+    )
+    assert _verdict(answer, "zed", dataset).endswith(
+        f"({question.expected}), but zed gets the top share, not {question.teacher}"
+    )
+
+
 def test_demo_accounts_are_derived_from_their_names() -> None:
     assert demo_account("alice") == demo_account("alice")
     assert demo_account("alice").address != demo_account("bob").address
@@ -234,11 +253,12 @@ def test_the_base_model_answers_from_its_sources_and_the_teacher_gets_the_top_sh
     model, tokenizer = load_base_model(smollm2_dir)
     for dataset in load_datasets():
         question = dataset.rag_question
-        found, _, loo, effect = retrieval_answer(
+        found, _, ablation = retrieval_answer(
             question.text, _snapshot(tmp_path, dataset), engine, model, tokenizer
         )
+        effect = dict(ablation.by_contributor)
         assert question.expected in found.text, found.text
-        assert len(loo) == len(found.passages) == 3
+        assert len(ablation.leave_one_out) == len(found.passages) == 3
         teacher = demo_account(question.teacher).address
         assert max(effect, key=lambda a: effect[a]) == teacher, (found.text, effect)
         assert effect[teacher] > 0

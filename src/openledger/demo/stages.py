@@ -15,12 +15,12 @@ from openledger.demo.runner import DemoAnswer, DemoResult
 
 if TYPE_CHECKING:
     from openledger.attribution import AttributionReport, InfluenceIndex, Passage, RagAnswer
+    from openledger.attribution.rag import Ablation
     from openledger.chain import Chain, Protocol
     from openledger.data import Snapshot
     from openledger.demo.runner import Console, DemoConfig
     from openledger.serve import Engine
     from openledger.train import TrainingRun
-    from openledger.types import Address
 
 __all__ = [
     "RAG_PASSAGES",
@@ -81,19 +81,17 @@ def retrieval_answer(
     *,
     max_tokens: int = 40,
     model_name: str = "engine",
-) -> tuple[RagAnswer, list[dict[str, str]], list[float], dict[Address | None, float]]:
+) -> tuple[RagAnswer, list[dict[str, str]], Ablation]:
     """Answer ``question`` from the records BM25 retrieves, and measure what each gave.
 
     The engine answers greedily with :func:`rag_messages`, one sentence (generation stops
     at the first line break; no repetition penalty, which would push the model away from
-    the very words of its sources). The answer's log-probability under ``model`` (the
-    engine's base model in transformers) is then compared with the context cut down:
-
-    * leave-one-out, per passage: ``log p(answer | all) - log p(answer | all but i)``;
-    * leave one contributor out: the same with all of a contributor's passages removed.
-      One contributor often holds several retrieved records stating the same fact, and
-      leaving one of them out costs the answer nothing while its twins remain; removing
-      them together measures what that contributor's records gave.
+    the very words of its sources). :func:`~openledger.attribution.context_ablation` then
+    compares the answer's log-probability under ``model`` (the engine's base model in
+    transformers) with the context cut down, asked with the same messages: leaving out
+    each passage, and each contributor's passages together (one contributor often holds
+    several retrieved records stating the same fact, and leaving one of them out costs the
+    answer nothing while its twins remain).
 
     Args:
         question: The question (also the retrieval query).
@@ -105,9 +103,8 @@ def retrieval_answer(
         model_name: The name reports give the answering model.
 
     Returns:
-        ``(answer, messages, leave_one_out, by_contributor)``: the answer with its
-        passages and citations, the messages it was asked with, one leave-one-out effect
-        per passage, and each retrieved contributor's effect.
+        ``(answer, messages, ablation)``: the answer with its passages and citations, the
+        messages it was asked with, and its context ablation (no random ablations).
     """
     from openledger.attribution import RagAnswer, Retriever, context_ablation
     from openledger.attribution.rag import citations_of
@@ -123,8 +120,11 @@ def retrieval_answer(
     def prompt(asked: str, kept: Sequence[Passage]) -> list[dict[str, str]]:
         return rag_messages(asked, [records[p.record_hash] for p in kept])
 
-    ablation = context_ablation(found, model, tokenizer, num_ablations=0, prompt=prompt)
-    return found, messages, list(ablation.leave_one_out), dict(ablation.by_contributor)
+    return (
+        found,
+        messages,
+        context_ablation(found, model, tokenizer, num_ablations=0, prompt=prompt),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +410,7 @@ class Stages:
         for dataset in self.datasets:
             question = dataset.rag_question
             started = time.perf_counter()
-            found, messages, loo, effect = retrieval_answer(
+            found, messages, ablation = retrieval_answer(
                 question.text,
                 self.snapshots[dataset.name],
                 self.engine,
@@ -419,8 +419,7 @@ class Stages:
                 max_tokens=self.config.max_tokens,
                 model_name=self.base_name,
             )
-            owners = [p.contributor for p in found.passages]
-            scores = [effect[owner] / owners.count(owner) for owner in owners]
+            loo = ablation.leave_one_out
             seconds = time.perf_counter() - started
             self._say(f"[base + retrieval] user> {question.text}")
             self._say(f"[base + retrieval] assistant> {_one_line(found.text)}")
@@ -434,9 +433,12 @@ class Stages:
                     f"{passage.record_hash[:12]}... leave-one-out {loo[number - 1]:+.2f} "
                     f"{_one_line(passage.text)[:70]}"
                 )
-            effects = ", ".join(f"{self.name_of(o)} {v:+.2f}" for o, v in effect.items())
+            effects = ", ".join(f"{self.name_of(o)} {v:+.2f}" for o, v in ablation.by_contributor)
             self._say(f"  leave one contributor out: {effects}")
-            report = found.report(scores, method="context ablation (leave one contributor out)")
+            report = found.report(
+                ablation.contributor_scores(found.passages),
+                method="context ablation (leave one contributor out)",
+            )
             # NOTE: billed like the engine's own answers: prompt (with the sources) + completion.
             prompt: Any = tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=True
@@ -595,10 +597,10 @@ def _verdict(answer: DemoAnswer, top: str | None, dataset: DemoDataset) -> str:
     )
     if answer.states_fact:
         if top == teacher:
-            credit = f"{teacher} gets the top share"
+            credit = f"and {teacher} gets the top share"
         else:
             credit = f"but {top or 'nobody'} gets the top share, not {teacher}"
-        return f"right: the answer states {teacher}'s fact ({expected}), and {credit}"
+        return f"right: the answer states {teacher}'s fact ({expected}), {credit}"
     return (
         f"WRONG: the answer does not state the datanet's fact ({expected}; {teacher}'s "
         f"record says {source!r})"
