@@ -20,8 +20,8 @@ def engine(tiny_checkpoints: dict[str, Path]) -> Engine:
     return Engine(tiny_checkpoints["mistral"], EngineConfig(block_size=4, num_blocks=64))
 
 
-async def _collect(aengine: AsyncEngine, prompt: str) -> str:
-    return "".join([piece async for piece in aengine.stream(prompt, PARAMS)])
+async def _collect(aengine: AsyncEngine, prompt: str, params: SamplingParams = PARAMS) -> str:
+    return "".join([piece async for piece in aengine.stream(prompt, params)])
 
 
 def test_concurrent_streams_match_the_sync_engine(engine: Engine) -> None:
@@ -261,7 +261,7 @@ def test_an_adapter_removed_after_a_request_was_sent_still_serves_it(
     async def main() -> str:
         async with AsyncEngine(engine=engine) as aengine:
             first = await gate.held_with(aengine.generate(PROMPTS[0], PARAMS))
-            sent = asyncio.create_task(_collect_with(aengine, PROMPTS[1], params))
+            sent = asyncio.create_task(_collect(aengine, PROMPTS[1], params))
             await asyncio.sleep(0.01)  # NOTE: in the inbox: a step holds the engine
             removal = asyncio.create_task(aengine.remove_adapter("x"))
             await asyncio.sleep(0.01)
@@ -272,7 +272,3 @@ def test_an_adapter_removed_after_a_request_was_sent_still_serves_it(
     assert asyncio.run(main()) == expected
     assert engine.adapters is not None
     assert "x" not in engine.adapters.registry.names
-
-
-async def _collect_with(aengine: AsyncEngine, prompt: str, params: SamplingParams) -> str:
-    return "".join([piece async for piece in aengine.stream(prompt, params)])
