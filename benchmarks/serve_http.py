@@ -154,10 +154,9 @@ class RawClient:
     """A lean HTTP/1.1 client: pre-encoded requests on sockets opened before the clock
     starts, and server-sent events read straight from the chunked body.
 
-    httpx spends ~1-1.5 ms of CPU per streamed request on these two cores, which the
-    server and the engine share; a burst of 16 then reaches the server over ~20 ms, and
-    that client time is measured as if it were the gateway's. This client keeps its own
-    share small, so what remains is the gateway's.
+    The client runs on the cores the server and the engine share, so its own time to send
+    a burst counts in the gateway's figure; this one does as little as it can per request,
+    to tell the two apart.
     """
 
     def __init__(self, port: int, key: str) -> None:
