@@ -100,6 +100,28 @@ class EngineConfig(CheckedModel):
         "kernels' panels, else oneDNN's layout) for decode-sized matmuls; off: plain GEMMs "
         "and no second copy of the weights.",
     )
+    quantization: Literal["int8", "fp8"] | None = Field(
+        default=None,
+        description="Store the base model's projection weights (and its LM head) quantised "
+        "at load, with one float scale per output channel: 'int8' (weight-only; on CPU the "
+        "compiled kernel reads the int8 weights, elsewhere they are dequantised per call), "
+        "'fp8' (E4M3; torch._scaled_mm on CUDA devices of compute capability 8.9 and up, "
+        "else dequantised per call). LoRA updates stay in the activation dtype. None: the "
+        "checkpoint's weights in `dtype`.",
+    )
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="Processes the model is split over (Megatron-style: attention heads and "
+        "MLP columns per rank, one all-reduce after each row-parallel projection); the "
+        "engine starts the other ranks itself. NCCL on CUDA, gloo on CPU.",
+    )
+    cuda_graphs: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Capture decode steps as CUDA graphs (per batch-size bucket) and replay "
+        "them; prefill and mixed steps run eagerly. 'auto': on for CUDA devices, off "
+        "elsewhere; True on a device without CUDA is refused.",
+    )
     seed: int = Field(
         default=0, ge=0, description="Seed of the stream for requests without their own seed."
     )
