@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from openledger.models import save_tiny_model  # noqa: E402
 from openledger.serve import Engine, EngineConfig, SamplingParams  # noqa: E402
 from openledger.serve.ops.cpu_kernels import c_compiler, cpu_kernels  # noqa: E402
-from openledger.serve.ops.cpu_ops import OP_NAMES, load_ops  # noqa: E402
+from openledger.serve.ops.cpu_ops import INT8_OP_NAMES, OP_NAMES, load_ops  # noqa: E402
 
 Call = tuple[Any, tuple[Any, ...], dict[str, Any]]
 
@@ -66,19 +66,36 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def decode_calls(engine: Engine) -> dict[str, Call]:
-    """The last call of each op in one decode step, and ``pack_linear``'s from a new weight."""
+def int8_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """The same tiny Llama quantised to int8, its first prompt step already run."""
+    if c_compiler() is None or cpu_kernels() is None:
+        missing_reference("no C compiler for the kernels")
+    base = save_tiny_model(tmp_path_factory.mktemp("cpu-ops-int8") / "base", "llama", seed=3)
+    config = EngineConfig(block_size=4, num_blocks=32, max_num_seqs=4, quantization="int8")
+    engine = Engine(base, config)
+    engine.add_request([5, 6, 7], SamplingParams(max_tokens=8, ignore_eos=True))
+    engine.step()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def decode_calls(engine: Engine, int8_engine: Engine) -> dict[str, Call]:
+    """The last call of each op in one decode step of each engine, and ``pack_linear``'s
+    and ``pack_linear_int8``'s from a new weight."""
     with _Recorder() as recorder:
         outputs = engine.step()
         assert [len(o.token_ids) for o in outputs] == [2, 2]  # a decode step of both
         linear = next(m for m in engine.runner.model.modules() if hasattr(m, "packed"))
         linear.packed.invalidate()
         linear(torch.randn(2, linear.input_size))
+        assert [len(o.token_ids) for o in int8_engine.step()] == [2]
+        torch.ops.openledger.pack_linear_int8(torch.ones(30, 8, dtype=torch.int8))
     return recorder.calls
 
 
 def test_a_decode_step_runs_every_op(decode_calls: dict[str, Call]) -> None:
     assert sorted(decode_calls) == sorted(OP_NAMES)
+    assert set(INT8_OP_NAMES) <= set(OP_NAMES)
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
@@ -96,7 +113,8 @@ def test_the_profiler_names_the_ops(engine: Engine) -> None:
         engine.step()
         engine.step()
     names = {event.key for event in prof.key_averages()}
-    want = {f"openledger::{name}" for name in OP_NAMES if name != "pack_linear"}
+    packing = ("pack_linear", *INT8_OP_NAMES)
+    want = {f"openledger::{name}" for name in OP_NAMES if name not in packing}
     assert want <= names, sorted(want - names)
 
 

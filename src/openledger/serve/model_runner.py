@@ -18,6 +18,7 @@ from openledger.serve.batch import BatchMetadata
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.layers.linear import Linear
 from openledger.serve.layers.lora import LoraState
+from openledger.serve.layers.quant import Quantization, quantize_model
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.loader import build_model
 from openledger.serve.ops.step_attention import plan_attention
@@ -48,6 +49,8 @@ class ModelRunner:
         seed: Seed of the stream used by requests without their own seed.
         cpu_kernels: Let the compiled CPU kernels run where they are built.
         weight_packing: Keep packed copies of float32 CPU projection weights.
+        quantization: Quantise the projections and the LM head at load (``"int8"``,
+            ``"fp8"``; see :mod:`~openledger.serve.layers.quant`); None keeps ``dtype``.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ModelRunner:
         seed: int = 0,
         cpu_kernels: bool = True,
         weight_packing: bool = True,
+        quantization: Quantization | None = None,
     ):
         self.config = config
         self.device = device
@@ -72,6 +76,9 @@ class ModelRunner:
             folder, config, dtype=dtype, device=device, max_positions=max_positions, backend=backend
         )
         self.model.set_cpu_paths(kernels=cpu_kernels, packing=weight_packing)
+        self.quantization = quantization
+        if quantization is not None:
+            quantize_model(self.model, quantization)
         self.cpu_kernels = cpu_kernels
         shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
         for attn in self.model.attention_layers():
@@ -115,11 +122,12 @@ class ModelRunner:
 
     def base_projection(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The base ``(weight, bias)`` of the fused projection ``name``
-        (``layers.0.self_attn.qkv_proj``), as DoRA adapters are loaded against."""
+        (``layers.0.self_attn.qkv_proj``), as DoRA adapters are loaded against
+        (dequantised when the base is quantised: the weight the projection computes with)."""
         module = self.model.get_submodule(name)
         if not isinstance(module, Linear):
             raise TypeError(f"{name} is no projection of the model")
-        return module.weight, module.bias
+        return module.base_weight(), module.bias
 
     def _embed(self, input_ids: torch.Tensor, lora: LoraState) -> torch.Tensor | None:
         """The first layer's input when a slot of the step has its own ``embed_tokens``

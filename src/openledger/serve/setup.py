@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from openledger.serve.config import EngineConfig
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.model_runner import ModelRunner, kv_block_bytes
 from openledger.serve.models.config import ModelConfig
+from openledger.serve.parallel.runner import ParallelModelRunner, start_parallel_runner
 
 __all__ = ["EngineParts", "build_components", "pick_backend"]
 
@@ -33,6 +35,8 @@ class EngineParts:
     max_model_len: int
     num_blocks: int
     eos_token_ids: frozenset[int]
+    close: Callable[[], None] | None = None
+    """Stops what the parts started (a tensor-parallel engine's worker processes)."""
 
 
 def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -> EngineParts:
@@ -46,19 +50,33 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
     max_model_len = _max_model_len(model_config, config)
     num_blocks = _num_blocks(model_config, config, dtype)
     backend = pick_backend(config.attention_backend, device)
-    runner = ModelRunner(
-        folder,
-        model_config,
-        dtype=dtype,
-        device=device,
-        num_blocks=num_blocks,
-        block_size=config.block_size,
-        max_positions=max_model_len,
-        backend=backend,
-        seed=config.seed,
-        cpu_kernels=config.cpu_kernels,
-        weight_packing=config.weight_packing,
-    )
+    runner: ModelRunner
+    if config.tensor_parallel_size > 1:
+        runner = start_parallel_runner(
+            folder,
+            model_config,
+            config,
+            dtype=dtype,
+            device=device,
+            num_blocks=num_blocks,
+            max_positions=max_model_len,
+            backend=backend,
+        )
+    else:
+        runner = ModelRunner(
+            folder,
+            model_config,
+            dtype=dtype,
+            device=device,
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            max_positions=max_model_len,
+            backend=backend,
+            seed=config.seed,
+            cpu_kernels=config.cpu_kernels,
+            weight_packing=config.weight_packing,
+            quantization=config.quantization,
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
@@ -71,7 +89,10 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
         num_blocks,
         backend,
     )
-    return EngineParts(model_config, tokenizer, runner, max_model_len, num_blocks, frozenset(eos))
+    close = runner.close if isinstance(runner, ParallelModelRunner) else None
+    return EngineParts(
+        model_config, tokenizer, runner, max_model_len, num_blocks, frozenset(eos), close
+    )
 
 
 def pick_backend(choice: str, device: torch.device) -> AttentionBackend:
@@ -112,8 +133,14 @@ def _max_model_len(model_config: ModelConfig, config: EngineConfig) -> int:
 
 
 def _num_blocks(model_config: ModelConfig, config: EngineConfig, dtype: torch.dtype) -> int:
+    """KV blocks per rank: ``kv_cache_memory`` is each rank's budget, and a rank of a
+    tensor-parallel engine holds its share of the KV heads."""
     if config.num_blocks is not None:
         return config.num_blocks
+    if config.tensor_parallel_size > 1:
+        from openledger.serve.parallel.sharding import shard_config
+
+        model_config = shard_config(model_config, 0, config.tensor_parallel_size)
     per_block = kv_block_bytes(model_config, config.block_size, dtype)
     num_blocks = config.kv_cache_memory // per_block
     if num_blocks < 1:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openledger.serve.layers.quant import Quantization, QuantizedWeight
 from openledger.serve.ops import linear_cpu
 from openledger.serve.ops.cpu_kernels import cpu_kernels
 
@@ -39,9 +40,13 @@ class PackedWeight:
     version changes (call :meth:`invalidate` after writing through ``.data``); on GPU,
     other dtypes, while autograd records, with neither packing at hand or when turned off
     (:meth:`configure`; ``EngineConfig.weight_packing``) it is unused.
+
+    A quantised weight (:meth:`quantize`, ``EngineConfig.quantization``) replaces both:
+    :meth:`linear` then computes with the :class:`~openledger.serve.layers.quant.
+    QuantizedWeight` and ignores the weight it is passed.
     """
 
-    __slots__ = ("_key", "_kind", "_packed", "packing", "use_kernel")
+    __slots__ = ("_key", "_kind", "_packed", "packing", "quantized", "use_kernel")
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
@@ -49,6 +54,17 @@ class PackedWeight:
         self._kind: _Packing = "onednn"
         self.packing = True
         self.use_kernel = True
+        self.quantized: QuantizedWeight | None = None
+
+    def quantize(self, weight: torch.Tensor, scheme: Quantization) -> None:
+        """Compute with ``weight`` quantised (``"int8"`` or ``"fp8"``) from now on; the
+        caller may free ``weight``.
+
+        Raises:
+            ValueError: An unknown scheme or a weight that cannot be quantised.
+        """
+        self.quantized = QuantizedWeight(weight, scheme)
+        self.invalidate()
 
     def configure(self, *, packing: bool, use_kernel: bool) -> None:
         """Pack at all (``packing``), and into the compiled kernel's panels where it is built
@@ -64,7 +80,9 @@ class PackedWeight:
     def linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """``x W^T + b``, through the packed weight where it applies."""
+        """``x W^T + b``, through the packed or quantised weight where it applies."""
+        if self.quantized is not None:
+            return self.quantized.linear(x, bias, use_kernel=self.use_kernel)
         packed = self._get(weight) if x.dim() == 2 and x.dtype == torch.float32 else None
         if packed is None or (
             torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
@@ -154,12 +172,37 @@ class Linear(nn.Module):
         self.lora: OutputHook | None = None
         self.packed = PackedWeight()
 
+    def quantize(self, scheme: Quantization) -> None:
+        """Quantise the weight (``"int8"`` or ``"fp8"``, see :mod:`~openledger.serve.layers.
+        quant`) and free the full-precision one: ``weight`` becomes an empty
+        ``[0, input_size]`` tensor and :meth:`base_weight` dequantises.
+
+        Raises:
+            ValueError: An unknown scheme, a weight that cannot be quantised, or one
+                already quantised.
+        """
+        if self.packed.quantized is not None:
+            raise ValueError("this projection is already quantised")
+        self.packed.quantize(self.weight.data, scheme)
+        self.weight = nn.Parameter(
+            self.weight.data.new_empty(0, self.input_size), requires_grad=False
+        )
+
+    def base_weight(self) -> torch.Tensor:
+        """The weight ``[sum(output_sizes), input_size]`` the projection computes with
+        (dequantised when quantised)."""
+        quantized = self.packed.quantized
+        return self.weight if quantized is None else quantized.dequantize()
+
     def load_slice(self, param_name: str, tensor: torch.Tensor, index: int = 0) -> None:
         """Copy a checkpoint tensor into slice ``index`` of ``weight`` or ``bias``.
 
         Raises:
-            ValueError: The tensor's shape does not fit the slice.
+            ValueError: The tensor's shape does not fit the slice, or the weight is
+                quantised already (load first, then quantise).
         """
+        if param_name == "weight" and self.packed.quantized is not None:
+            raise ValueError("the weight is quantised: slices are loaded before quantising")
         param = self.weight if param_name == "weight" else self.bias
         if param is None:
             raise ValueError(f"this projection has no {param_name}")

@@ -148,6 +148,16 @@ class CpuKernels:
             restype=None,
         )
         """``openledger_linear`` (``openledger::linear``, :mod:`.linear_cpu`)."""
+        self.pack_linear_int8 = self._bind(
+            "openledger_pack_linear_int8", [ptr, i64, i64, i64, ptr, ctypes.c_int], restype=None
+        )
+        """``openledger_pack_linear_int8`` (``openledger::pack_linear_int8``)."""
+        self.linear_int8 = self._bind(
+            "openledger_linear_int8",
+            [ptr, i64, i64, ptr, ptr, i64, i64, ptr, ptr, i64, ctypes.c_int],
+            restype=None,
+        )
+        """``openledger_linear_int8`` (``openledger::linear_int8``, :mod:`.linear_cpu`)."""
 
     def _bind(
         self, name: str, argtypes: list[type], restype: type | None = ctypes.c_int

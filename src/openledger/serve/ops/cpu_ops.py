@@ -42,6 +42,7 @@ import torch
 from openledger.serve.ops.cpu_kernels import CpuKernels, cpu_kernels
 
 __all__ = [
+    "INT8_OP_NAMES",
     "LIBRARY",
     "OP_NAMES",
     "CheckedOnce",
@@ -66,8 +67,13 @@ OP_NAMES = (
     "silu_mul",
     "rotary",
     "argmax_rows",
+    "linear_int8",
+    "pack_linear_int8",
 )
 """Every op of the namespace (``torch.ops.openledger.<name>``)."""
+INT8_OP_NAMES = ("linear_int8", "pack_linear_int8")
+"""The ops of :data:`OP_NAMES` only an int8-quantised engine runs
+(``EngineConfig(quantization="int8")``)."""
 
 
 def load_ops() -> None:

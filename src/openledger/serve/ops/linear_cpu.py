@@ -2,7 +2,11 @@
 
 * ``openledger::pack_linear(weight)``: ``W [N, K]`` into ``[ceil(N / P), K, P]`` panels of
   ``P`` output columns (the last one padded with zero columns), each read front to back;
-* ``openledger::linear(x, packed, out_features, bias)``: ``x W^T + b`` for ``x [M, K]``.
+* ``openledger::linear(x, packed, out_features, bias)``: ``x W^T + b`` for ``x [M, K]``;
+* ``openledger::pack_linear_int8(q)`` and ``openledger::linear_int8(x, packed, scale,
+  out_features, bias)``: the same over a weight-only int8 ``Q [N, K]`` with one float32
+  scale per output, ``x (Q * scale)^T + b`` (one byte a weight streamed, widened to float32
+  in the kernel; :class:`~openledger.serve.layers.quant.QuantizedWeight` uses them).
 
 At decode-sized row counts a projection is bound by streaming its weight; the kernel
 reads the panels of a weight in order, several token rows sharing each load
@@ -19,7 +23,7 @@ import torch
 
 from openledger.serve.ops.cpu_ops import check_contiguous, check_rows, define, library_or_raise
 
-__all__ = ["linear", "pack_linear", "panel_width"]
+__all__ = ["linear", "linear_int8", "pack_linear", "pack_linear_int8", "panel_width"]
 
 
 @functools.cache
@@ -46,10 +50,14 @@ def _pack_linear(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _check_linear(
-    x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+    packed_dtype: torch.dtype = torch.float32,
 ) -> None:
     check_rows("x", x)
-    check_contiguous("packed", packed)
+    check_contiguous("packed", packed, packed_dtype)
     width = packed.shape[-1] if packed.dim() == 3 else 0
     if not (
         packed.dim() == 3
@@ -101,6 +109,74 @@ _PACK_LINEAR = torch.ops.openledger.pack_linear.default
 _LINEAR = torch.ops.openledger.linear.default
 
 
+def _check_pack_int8(q: torch.Tensor) -> None:
+    if not (q.dtype is torch.int8 and q.is_cpu and q.dim() == 2 and q.stride(1) == 1):
+        raise ValueError(
+            f"q: an int8 CPU tensor [N, K] with unit stride along its rows expected, got "
+            f"{q.dtype} {q.device} shape {tuple(q.shape)} strides {q.stride()}"
+        )
+
+
+def _pack_linear_int8(q: torch.Tensor) -> torch.Tensor:
+    _check_pack_int8(q)
+    outputs, inputs = q.shape
+    width = panel_width()
+    packed = torch.empty(-(-outputs // width), inputs, width, dtype=torch.int8)
+    library_or_raise().pack_linear_int8(
+        q.data_ptr(), q.stride(0), outputs, inputs, packed.data_ptr(), torch.get_num_threads()
+    )
+    return packed
+
+
+def _check_linear_int8(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> None:
+    _check_linear(x, packed, out_features, bias, torch.int8)
+    check_contiguous("scale", scale)
+    if scale.shape != (out_features,):
+        raise ValueError(f"scale {tuple(scale.shape)} for {out_features} outputs")
+
+
+def _linear_int8(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    _check_linear_int8(x, packed, scale, out_features, bias)
+    if packed.shape[2] != panel_width():
+        raise ValueError(f"packed weight {tuple(packed.shape)}: panels of {panel_width()} expected")
+    rows, inputs = x.shape
+    out = torch.empty(rows, out_features, dtype=torch.float32)
+    library_or_raise().linear_int8(
+        x.data_ptr(), x.stride(0), rows, packed.data_ptr(), scale.data_ptr(), out_features,
+        inputs, None if bias is None else bias.data_ptr(), out.data_ptr(), out_features,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+define(
+    "pack_linear_int8(Tensor q) -> Tensor",
+    _pack_linear_int8,
+    check=_check_pack_int8,
+    out=lambda q: q.new_empty(-(-q.shape[0] // panel_width()), q.shape[1], panel_width()),
+)
+define(
+    "linear_int8(Tensor x, Tensor packed, Tensor scale, int out_features, Tensor? bias) -> Tensor",
+    _linear_int8,
+    check=_check_linear_int8,
+    out=lambda x, packed, scale, out_features, bias: x.new_empty(x.shape[0], out_features),
+)
+_PACK_LINEAR_INT8 = torch.ops.openledger.pack_linear_int8.default
+_LINEAR_INT8 = torch.ops.openledger.linear_int8.default
+
+
 def pack_linear(weight: torch.Tensor) -> torch.Tensor:
     """``openledger::pack_linear``: ``weight [N, K]`` (float32 CPU, unit stride along
     ``K``) in the panels :func:`linear` reads.
@@ -124,4 +200,35 @@ def linear(
         RuntimeError: The kernels are not built here.
     """
     out: torch.Tensor = _LINEAR(x, packed, out_features, bias)
+    return out
+
+
+def pack_linear_int8(q: torch.Tensor) -> torch.Tensor:
+    """``openledger::pack_linear_int8``: ``q [N, K]`` (int8 CPU, unit stride along ``K``)
+    in the panels :func:`linear_int8` reads.
+
+    Raises:
+        ValueError: Another dtype, device or layout.
+        RuntimeError: The kernels are not built here.
+    """
+    packed: torch.Tensor = _PACK_LINEAR_INT8(q)
+    return packed
+
+
+def linear_int8(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    out_features: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``openledger::linear_int8``: ``x (Q * scale[:, None])^T (+ bias)`` for ``x [M, K]``
+    (float32 CPU rows) over ``Q [out_features, K]`` packed by :func:`pack_linear_int8`,
+    ``scale [out_features]`` float32.
+
+    Raises:
+        ValueError: Tensors that do not fit each other or the kernel.
+        RuntimeError: The kernels are not built here.
+    """
+    out: torch.Tensor = _LINEAR_INT8(x, packed, scale, out_features, bias)
     return out

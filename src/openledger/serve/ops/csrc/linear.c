@@ -1,5 +1,7 @@
 /* Projections of a step's token rows over a packed weight (openledger::linear and
-   openledger::pack_linear, cpu_ops.py; used by layers/linear.py, PackedWeight). */
+   openledger::pack_linear, cpu_ops.py; used by layers/linear.py, PackedWeight), float32 or
+   weight-only int8 (openledger::linear_int8, openledger::pack_linear_int8; used by
+   layers/quant.py, QuantizedWeight). */
 #include "common.h"
 
 /* Projections: out = x W^T (+ b) for a step's token rows, over W packed in panels.
@@ -106,6 +108,95 @@ void openledger_linear(const float *x, int64_t x_stride, int64_t M, const float 
         for (int64_t j = 0; j < cols; j++) o[j] = row[j] + bias[n0 + j];
       else
         for (int64_t j = 0; j < cols; j++) o[j] = row[j];
+    }
+  }
+}
+
+/* Weight-only INT8 projections: out = (x Q^T) * scale (+ b), Q [N, K] int8 with one float
+   scale per output column (openledger::linear_int8 and openledger::pack_linear_int8).
+
+   The same panels as above, one byte per weight: a decode step streams a quarter of the
+   fp32 bytes. Per (panel, run of rows) item, each LIN_KC-deep slice of the panel is
+   widened to floats once into a buffer that stays in L1, and every 4-row block runs the
+   fp32 block over it; the scale multiplies each column's sum at the end, so the result is
+   x (Q * scale)^T up to rounding. The int8 stream is prefetched one slice ahead. */
+#if defined(__AVX2__)
+#include <immintrin.h>
+/* dst[0..7] = 8 int8 at p widened to floats: one sign extension, one conversion (AVX2). */
+static inline void widen_i8x8(const int8_t *p, float *dst) {
+  _mm256_storeu_ps(dst,
+                   _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))));
+}
+#else
+/* dst[0..7] = 8 int8 at p widened to floats (a loop the compiler vectorises). */
+static inline void widen_i8x8(const int8_t *p, float *dst) {
+  for (int i = 0; i < 8; i++) dst[i] = (float)p[i];
+}
+#endif
+
+/* Bytes of the packed copy of an int8 weight [N, K]. */
+int64_t openledger_packed_linear_int8_size(int64_t N, int64_t K) {
+  return openledger_packed_linear_size(N, K);
+}
+
+/* packed [ceil(N / LIN_NR)][K][LIN_NR] int8 from q [N, K] (row stride q_stride). */
+void openledger_pack_linear_int8(const int8_t *q, int64_t q_stride, int64_t N, int64_t K,
+                                 int8_t *packed, int nthreads) {
+  const int64_t P = (N + LIN_NR - 1) / LIN_NR;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t p = 0; p < P; p++) {
+    int8_t *dst = packed + p * K * LIN_NR;
+    for (int64_t j = 0; j < LIN_NR; j++) {
+      const int64_t n = p * LIN_NR + j;
+      const int8_t *src = q + n * q_stride;
+      for (int64_t k = 0; k < K; k++) dst[k * LIN_NR + j] = n < N ? src[k] : 0;
+    }
+  }
+}
+
+/* out [M, N] (row stride out_stride) = x [M, K] (row stride x_stride) (Q * scale)^T + bias
+   (NULL: none), Q packed by openledger_pack_linear_int8, scale [N]. */
+void openledger_linear_int8(const float *x, int64_t x_stride, int64_t M, const int8_t *packed,
+                            const float *scale, int64_t N, int64_t K, const float *bias,
+                            float *out, int64_t out_stride, int nthreads) {
+  const int64_t P = (N + LIN_NR - 1) / LIN_NR, C = (M + LIN_MC - 1) / LIN_MC;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t item = 0; item < P * C; item++) {
+    const int64_t p = item / C, m0 = item % C * LIN_MC;
+    const int64_t m = M - m0 < LIN_MC ? M - m0 : LIN_MC, blocks = (m + 3) / 4;
+    const int64_t n0 = p * LIN_NR, cols = N - n0 < LIN_NR ? N - n0 : LIN_NR;
+    const int8_t *panel = packed + p * K * LIN_NR;
+    float slice[LIN_KC * LIN_NR] __attribute__((aligned(64)));
+    f32x8 acc[LIN_MC / 4][12];
+    for (int64_t b = 0; b < blocks; b++)
+      for (int i = 0; i < 12; i++) acc[b][i] = (f32x8){0};
+    for (int64_t k0 = 0; k0 < K; k0 += LIN_KC) {
+      const int64_t k1 = K - k0 < LIN_KC ? K : k0 + LIN_KC, depth = k1 - k0;
+      const int8_t *src = panel + k0 * LIN_NR;
+      for (int64_t k = 0; k < depth; k++) {
+        if ((k & 7) == 0) /* the next slice's bytes: 8 depth steps are 3 cache lines */
+          for (int64_t line = 0; line < 8 * LIN_NR; line += 64)
+            __builtin_prefetch(src + (LIN_KC + k) * LIN_NR + line);
+        for (int j = 0; j < LIN_NR; j += 8)
+          widen_i8x8(src + k * LIN_NR + j, slice + k * LIN_NR + j);
+      }
+      for (int64_t b = 0; b < blocks; b++) {
+        const int64_t rows = m - 4 * b < 4 ? m - 4 * b : 4;
+        linear_block(x + (m0 + 4 * b) * x_stride + k0, x_stride, rows, slice, 0, depth, acc[b],
+                     0);
+      }
+    }
+    for (int64_t r = 0; r < m; r++) {
+      float row[LIN_NR];
+      *(f32x8 *)row = acc[r / 4][r % 4];
+      *(f32x8 *)(row + 8) = acc[r / 4][4 + r % 4];
+      *(f32x8 *)(row + 16) = acc[r / 4][8 + r % 4];
+      float *o = out + (m0 + r) * out_stride + n0;
+      const float *s = scale + n0;
+      if (bias)
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j] * s[j] + bias[n0 + j];
+      else
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j] * s[j];
     }
   }
 }

@@ -1,0 +1,202 @@
+"""Quantised base weights: int8 (weight-only) and FP8 (E4M3), one scale per output channel.
+
+``EngineConfig(quantization="int8" | "fp8")`` quantises every projection of the base model
+and its LM head once, at load (:func:`quantize_model`); the embeddings, norms and the KV
+cache keep the model's dtype, and LoRA updates are added to the projection's output in
+the activation dtype, as without quantisation.
+
+A weight ``W [N, K]`` becomes ``Q [N, K]`` and ``scale [N]`` with ``W ~ Q * scale[:, None]``:
+
+* ``int8``: ``scale = max|W[n]| / 127``, ``Q = round(W / scale)`` in ``[-127, 127]``
+  (symmetric). On CPU with float32 activations the compiled kernel
+  (``openledger::linear_int8``, :mod:`~openledger.serve.ops.linear_cpu`) streams the int8
+  panels and widens them to float32 in registers: a decode step reads a quarter of the
+  fp32 bytes. Elsewhere (no C compiler, CUDA, other dtypes, prompts longer than
+  :data:`~openledger.serve.layers.linear.KERNEL_MAX_ROWS` rows, autograd) the weight is
+  dequantised for the call.
+* ``fp8``: ``scale = max|W[n]| / 448``, ``Q = W / scale`` rounded to ``float8_e4m3fn``. On
+  CUDA devices of compute capability 8.9 and up with bfloat16 activations, each call
+  quantises the activations per token and runs ``torch._scaled_mm`` with row-wise scales
+  (W8A8); elsewhere the weight is dequantised for the call (weight-only).
+
+Results equal the dequantised weight's (``x (Q * scale)^T``) up to the summation order,
+except the FP8 ``_scaled_mm`` path, whose activations are rounded to FP8 as well.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["QUANTIZATIONS", "Quantization", "QuantizedWeight", "quantize_model"]
+
+Quantization = Literal["int8", "fp8"]
+QUANTIZATIONS: tuple[Quantization, ...] = ("int8", "fp8")
+"""The schemes :class:`QuantizedWeight` knows."""
+
+_INT8_MAX = 127.0
+_FP8 = torch.float8_e4m3fn
+_FP8_MAX = float(torch.finfo(_FP8).max)  # 448
+
+
+class QuantizedWeight:
+    """A projection weight ``[N, K]`` stored as ``int8`` or ``float8_e4m3fn`` with one
+    float32 scale per output row.
+
+    Args:
+        weight: The weight to quantise (any float dtype, any device; it is not kept).
+        scheme: ``"int8"`` or ``"fp8"``.
+
+    Raises:
+        ValueError: An unknown scheme, or a weight that is not 2-D floating point or holds
+            non-finite values.
+    """
+
+    __slots__ = ("_packed", "data", "dtype", "scale", "scheme")
+
+    def __init__(self, weight: torch.Tensor, scheme: Quantization) -> None:
+        if scheme not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {scheme!r}")
+        if weight.dim() != 2 or not weight.is_floating_point():
+            raise ValueError(
+                f"a 2-D floating-point weight is quantised, got {weight.dtype} "
+                f"shape {tuple(weight.shape)}"
+            )
+        w = weight.detach().float()
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("the weight holds inf or NaN values: it cannot be quantised")
+        limit = _INT8_MAX if scheme == "int8" else _FP8_MAX
+        scale = w.abs().amax(dim=1) / limit
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # NOTE: all-zero rows
+        scaled = w / scale[:, None]
+        if scheme == "int8":
+            self.data = scaled.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+        else:
+            self.data = scaled.clamp_(-_FP8_MAX, _FP8_MAX).to(_FP8)
+        self.scale = scale.contiguous()
+        self.scheme: Quantization = scheme
+        self.dtype = weight.dtype
+        """The activation dtype the weight was loaded in (what dequantising returns)."""
+        self._packed: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(N, K)``."""
+        return self.data.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the quantised weight, its scales and the kernel's packed copy."""
+        packed = 0 if self._packed is None else self._packed.nbytes
+        return self.data.nbytes + self.scale.nbytes + packed
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``Q * scale[:, None]`` in ``dtype`` (default the activation dtype): the weight
+        this projection computes with."""
+        w = self.data.float() * self.scale[:, None]
+        return w.to(dtype or self.dtype)
+
+    def linear(
+        self, x: torch.Tensor, bias: torch.Tensor | None, *, use_kernel: bool = True
+    ) -> torch.Tensor:
+        """``x (Q * scale)^T + bias`` for ``x [..., K]``; the compiled int8 kernel where
+        it applies and ``use_kernel`` allows it (``EngineConfig.cpu_kernels``)."""
+        from openledger.serve.layers.linear import KERNEL_MAX_ROWS
+
+        grad = torch.is_grad_enabled() and x.requires_grad
+        if (
+            self.scheme == "int8"
+            and use_kernel
+            and not grad
+            and x.dim() == 2
+            and 0 < x.shape[0] <= KERNEL_MAX_ROWS
+            and x.shape[1] == self.data.shape[1]
+            and x.dtype is torch.float32
+            and x.is_cpu
+            and x.stride(1) == 1
+            and self.data.is_cpu
+            and (bias is None or (bias.dtype is torch.float32 and bias.is_contiguous()))
+        ):
+            packed = self._kernel_panels()
+            if packed is not None:
+                from openledger.serve.ops import linear_cpu
+
+                return linear_cpu.linear_int8(x, packed, self.scale, self.data.shape[0], bias)
+        if self.scheme == "fp8" and not grad and _scaled_mm_fits(x, self.data):
+            return _fp8_scaled_mm(x, self.data, self.scale, bias)
+        return F.linear(x, self.dequantize(x.dtype), bias)
+
+    def _kernel_panels(self) -> torch.Tensor | None:
+        if self._packed is None:
+            from openledger.serve.ops.cpu_kernels import cpu_kernels
+
+            if cpu_kernels() is None:
+                return None
+            from openledger.serve.ops import linear_cpu
+
+            self._packed = linear_cpu.pack_linear_int8(self.data.contiguous())
+        return self._packed
+
+    def __repr__(self) -> str:
+        n, k = self.data.shape
+        return f"QuantizedWeight({self.scheme}, [{n}, {k}], {self.dtype})"
+
+
+def _scaled_mm_fits(x: torch.Tensor, q: torch.Tensor) -> bool:
+    """Whether ``torch._scaled_mm`` with row-wise scales takes these operands here: CUDA
+    of compute capability >= 8.9, bfloat16 rows, both sizes multiples of 16."""
+    if not (x.is_cuda and q.is_cuda and x.dtype is torch.bfloat16 and x.dim() == 2):
+        return False
+    if torch.cuda.get_device_capability(x.device) < (8, 9):
+        return False
+    n, k = q.shape
+    return k % 16 == 0 and n % 16 == 0 and x.shape[1] == k
+
+
+def _fp8_scaled_mm(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """W8A8 FP8: the rows of ``x`` quantised per token, one ``_scaled_mm`` with row-wise
+    scales (activations ``[M, 1]``, weights ``[1, N]``), bfloat16 out."""
+    amax = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-12)
+    x_scale = amax / _FP8_MAX
+    xq = (x.float() / x_scale).clamp_(-_FP8_MAX, _FP8_MAX).to(_FP8)
+    out: torch.Tensor = torch._scaled_mm(
+        xq, q.t(), scale_a=x_scale, scale_b=scale[None, :], bias=bias, out_dtype=x.dtype
+    )
+    return out
+
+
+def quantize_model(model: nn.Module, scheme: Quantization) -> int:
+    """Quantise every projection of ``model`` (its :class:`~openledger.serve.layers.linear.
+    Linear` modules) and its LM head in place; returns the bytes the base weights take now
+    (quantised weights, scales, packed copies made so far).
+
+    Raises:
+        ValueError: An unknown scheme, or a weight that cannot be quantised.
+    """
+    from openledger.serve.layers.linear import Linear
+
+    if scheme not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {scheme!r}")
+    total = 0
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.quantize(scheme)
+            assert module.packed.quantized is not None
+            total += module.packed.quantized.nbytes
+    from openledger.serve.models.decoder import DecoderForCausalLM
+
+    if isinstance(model, DecoderForCausalLM):
+        # NOTE: the LM head's matmul goes through the model's own PackedWeight (``_head``);
+        # a tied head keeps the embedding table (the lookup reads it) beside its copy.
+        head = model.embed_tokens.weight if model.lm_head is None else model.lm_head
+        model._head.quantize(head, scheme)
+        if model.lm_head is not None:
+            model.lm_head = nn.Parameter(head.data.new_empty(0, head.shape[1]), requires_grad=False)
+        assert model._head.quantized is not None
+        total += model._head.quantized.nbytes
+    return total

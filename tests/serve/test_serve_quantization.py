@@ -1,0 +1,289 @@
+"""Quantised base weights (``EngineConfig.quantization``): int8 weight-only and FP8.
+
+The reference for a quantised engine is the same model with every quantised weight
+replaced by its dequantised value (``Q * scale``), written as an ordinary fp32 checkpoint
+and served by transformers (+ PEFT for adapters) or by our fp32 engine: the two compute
+the same function, so they agree up to float32 rounding, whatever the quantisation error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.conftest import missing_reference
+from tests.numerics import abs_products, assert_rows_close, assert_within_rounding, forward_terms
+from tests.serve.serve_lora_factory import make_peft_adapter, peft_generate
+
+from openledger.models import save_tiny_model
+from openledger.serve import Engine, EngineConfig, SamplingParams
+from openledger.serve.layers.linear import KERNEL_MAX_ROWS, Linear
+from openledger.serve.layers.quant import Quantization, QuantizedWeight
+from openledger.serve.ops.cpu_kernels import cpu_kernels
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _kernels() -> None:
+    if cpu_kernels() is None:
+        missing_reference("no C compiler for the kernels")
+
+
+def dequantised_checkpoint(base: Path, out: Path, scheme: Quantization) -> Path:
+    """``base`` with every projection and the LM head replaced by their dequantised
+    values (a tied head becomes an untied one: the embedding lookup keeps full precision,
+    as the engine does)."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True)
+    config = json.loads((base / "config.json").read_text())
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(base.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    for name, tensor in list(tensors.items()):
+        if name.endswith(".weight") and name.split(".")[-2] in _PROJECTIONS:
+            tensors[name] = QuantizedWeight(tensor, scheme).dequantize(torch.float32)
+    head = tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"])
+    tensors["lm_head.weight"] = QuantizedWeight(head, scheme).dequantize(torch.float32)
+    config["tie_word_embeddings"] = False
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(config))
+    for file in base.iterdir():
+        if file.suffix != ".safetensors" and file.name != "config.json" and file.is_file():
+            (out / file.name).write_bytes(file.read_bytes())
+    return out
+
+
+# --- the quantised weight itself ---------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 70),
+    spread=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_int8_rounds_each_row_to_its_own_scale(
+    rows: int, cols: int, spread: float, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * spread
+    w[0] = 0.0  # an all-zero row keeps scale 1 and zeros
+    q = QuantizedWeight(w, "int8")
+    assert q.data.dtype == torch.int8
+    assert q.scale.dtype == torch.float32
+    amax = w.abs().amax(dim=1)
+    want_scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    assert torch.equal(q.scale, want_scale)
+    assert int(q.data.abs().max()) <= 127
+    assert torch.equal(q.data[0], torch.zeros(cols, dtype=torch.int8))
+    # round to nearest: each weight within half a step of its row's grid
+    error = (q.dequantize(torch.float64) - w.double()).abs()
+    step = q.scale.double()[:, None]
+    assert bool((error <= step * (0.5 + 1e-6)).all())
+    # the row's largest weight is represented exactly (up to the scale's rounding)
+    assert bool((q.data.abs().amax(dim=1)[1:] == 127).all())
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 30), cols=st.integers(1, 50), seed=st.integers(0, 2**16))
+def test_fp8_keeps_e4m3_relative_precision(rows: int, cols: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    q = QuantizedWeight(w, "fp8")
+    assert q.data.dtype == torch.float8_e4m3fn
+    assert torch.equal(q.scale, w.abs().amax(dim=1) / 448)
+    scaled = w.double() / q.scale.double()[:, None]
+    got = q.data.double()
+    normal = scaled.abs() >= 2.0**-6  # E4M3's smallest normal
+    # 3 mantissa bits: a normal value within 2^-4 of itself; subnormals within 2^-10
+    assert bool(((got - scaled).abs()[normal] <= scaled.abs()[normal] * 2.0**-4).all())
+    assert bool(((got - scaled).abs()[~normal] <= 2.0**-10).all())
+
+
+def test_bad_weights_and_schemes_are_refused() -> None:
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        QuantizedWeight(torch.randn(3, 4), "int4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="2-D floating-point"):
+        QuantizedWeight(torch.randn(3), "int8")
+    with pytest.raises(ValueError, match="2-D floating-point"):
+        QuantizedWeight(torch.ones(3, 4, dtype=torch.int32), "int8")
+    bad = torch.randn(3, 4)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="inf or NaN"):
+        QuantizedWeight(bad, "fp8")
+    linear = Linear(4, (3,))
+    linear.load_slice("weight", torch.randn(3, 4))
+    linear.quantize("int8")
+    assert linear.weight.shape == (0, 4)  # the full-precision weight is freed
+    with pytest.raises(ValueError, match="already quantised"):
+        linear.quantize("int8")
+    with pytest.raises(ValueError, match="loaded before quantising"):
+        linear.load_slice("weight", torch.randn(3, 4))
+
+
+# --- the projection ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 33, 70, KERNEL_MAX_ROWS + 1])
+def test_quantised_projection_equals_the_dequantised_weight(
+    scheme: Quantization, kernels: bool, rows: int
+) -> None:
+    if kernels:
+        _kernels()
+    torch.manual_seed(rows)
+    outputs, inputs = 50, 300  # panels of 24 do not divide 50, depth slices do not divide 300
+    weight, bias = torch.randn(outputs, inputs), torch.randn(outputs)
+    linear = Linear(inputs, (20, 30), bias=True)
+    linear.load_slice("weight", weight[:20], 0)
+    linear.load_slice("weight", weight[20:], 1)
+    linear.load_slice("bias", bias[:20], 0)
+    linear.load_slice("bias", bias[20:], 1)
+    linear.packed.configure(packing=True, use_kernel=kernels)
+    linear.quantize(scheme)
+    deq = linear.base_weight()
+    assert deq.shape == (outputs, inputs)
+    assert deq.dtype == torch.float32
+    assert torch.equal(deq, QuantizedWeight(weight, scheme).dequantize())
+    x = torch.randn(rows, inputs)
+    got = linear(x)
+    want = x.double() @ deq.double().T + bias.double()
+    # one more rounding than the dot product: the scale multiplies the sum
+    bound = abs_products(x, deq) + bias.double().abs()
+    assert_within_rounding(got, want, bound=bound, dtype=torch.float32, terms=inputs + 3,
+                           both_rounded=False)  # fmt: skip
+
+
+def test_the_int8_kernel_reads_packed_panels_and_refuses_misfits() -> None:
+    _kernels()
+    from openledger.serve.ops import linear_cpu
+
+    q = torch.randint(-127, 128, (50, 40), dtype=torch.int8)
+    scale = torch.rand(50) + 0.5
+    packed = linear_cpu.pack_linear_int8(q)
+    assert packed.dtype == torch.int8
+    assert packed.shape[1] == 40
+    x = torch.randn(3, 40)
+    deq = q.float() * scale[:, None]
+    got = linear_cpu.linear_int8(x, packed, scale, 50, None)
+    assert_within_rounding(got, x.double() @ deq.double().T, bound=abs_products(x, deq),
+                           dtype=torch.float32, terms=42, both_rounded=False)  # fmt: skip
+    with pytest.raises(ValueError, match="int8 CPU tensor"):
+        linear_cpu.pack_linear_int8(q.float())
+    with pytest.raises(ValueError, match="does not hold 80 outputs"):
+        linear_cpu.linear_int8(x, packed, scale, 80, None)
+    with pytest.raises(ValueError, match="scale"):
+        linear_cpu.linear_int8(x, packed, scale[:10], 50, None)
+    with pytest.raises(ValueError, match=r"packed: a contiguous torch\.int8"):
+        linear_cpu.linear_int8(x, packed.float(), scale, 50, None)
+
+
+# --- the engine --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "scheme", "kernels"),
+    [("llama", "int8", True), ("qwen2", "int8", True), ("qwen2", "fp8", True),
+     ("llama", "int8", False)],
+)  # fmt: skip
+def test_quantised_engine_with_mixed_adapters_equals_dequantised_base_with_peft(
+    family: str, scheme: Quantization, kernels: bool, tmp_path: Path
+) -> None:
+    """A batch of two LoRA adapters and the base on a quantised base (qwen2: tied head,
+    q/k/v biases) gives the tokens and log-probabilities transformers + PEFT give on the
+    dequantised checkpoint."""
+    from transformers import AutoConfig
+
+    if kernels:
+        _kernels()
+    base = save_tiny_model(tmp_path / "base", family, seed=7)  # type: ignore[arg-type]
+    reference = dequantised_checkpoint(base, tmp_path / "dequantised", scheme)
+    targets = list(_PROJECTIONS)
+    adapters = {
+        name: make_peft_adapter(reference, tmp_path / name, r=4, targets=targets, seed=seed)
+        for name, seed in (("a", 1), ("b", 2))
+    }
+    engine = Engine(
+        base,
+        EngineConfig(block_size=4, num_blocks=96, quantization=scheme, cpu_kernels=kernels),
+    )
+    for name, folder in adapters.items():
+        engine.add_adapter(name, folder)
+    config = AutoConfig.from_pretrained(reference)
+    vocab, new = config.vocab_size, 8
+    prompt = engine.tokenizer("Quantised weights, full-precision adapters").input_ids
+    choices = ("a", None, "b")
+    params = [
+        SamplingParams(max_tokens=new, min_tokens=new, adapter=c, logprobs=vocab) for c in choices
+    ]
+    outputs = engine.generate([prompt] * len(choices), params)
+    terms = forward_terms(config, len(prompt) + new) + config.hidden_size + vocab
+    for choice, output in zip(choices, outputs, strict=True):
+        tokens, want = peft_generate(reference, adapters[choice] if choice else None, prompt, new)
+        assert output.token_ids == tokens, (family, scheme, choice)
+        assert output.logprobs is not None
+        got = torch.tensor(
+            [[row[t] for t in range(vocab)] for row in output.logprobs], dtype=torch.float64
+        )
+        assert_rows_close(got, want, dtype=torch.float32, terms=terms, msg=f"{choice}: ")
+    # quantisation is real: the full-precision base gives other log-probabilities
+    full = Engine(base, EngineConfig(block_size=4, num_blocks=96))
+    plain = full.generate([prompt], SamplingParams(max_tokens=1, logprobs=vocab))[0]
+    quantised = engine.generate([prompt], SamplingParams(max_tokens=1, logprobs=vocab))[0]
+    assert plain.logprobs is not None
+    assert quantised.logprobs is not None
+    first = [plain.logprobs[0][t] for t in range(vocab)]
+    assert max(abs(a - quantised.logprobs[0][t]) for t, a in enumerate(first)) > 1e-4
+
+
+def test_quantised_engine_keeps_a_quarter_of_the_projection_bytes(tmp_path: Path) -> None:
+    base = save_tiny_model(tmp_path / "base", "llama", seed=3)
+    engine = Engine(base, EngineConfig(block_size=4, num_blocks=16, quantization="int8"))
+    model = engine.runner.model
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert linears
+    assert all(m.weight.numel() == 0 for m in linears)
+    assert model.lm_head is not None
+    assert model.lm_head.numel() == 0
+    for m in linears:
+        q = m.packed.quantized
+        assert q is not None
+        assert q.data.dtype == torch.int8
+        assert q.data.numel() == m.input_size * sum(m.output_sizes)
+    with pytest.raises(ValueError, match="quantization"):
+        Engine(base, EngineConfig(quantization="int4"))  # type: ignore[arg-type]
+
+
+def test_int8_smollm2_answers_the_demo_questions_as_its_dequantised_weights(
+    tmp_path: Path,
+) -> None:
+    """SmolLM2 in int8 against the fp32 engine on its dequantised checkpoint: the same 32
+    greedy tokens for every question of the demo."""
+    _kernels()
+    from openledger.demo.corpus import load_datasets
+    from openledger.models import resolve_model
+
+    base = Path(resolve_model("smollm2-135m-instruct").path)
+    reference = dequantised_checkpoint(base, tmp_path / "dequantised", "int8")
+    config = EngineConfig(max_num_seqs=8, kv_cache_memory=64 * 2**20)
+    quantised = Engine(base, config.model_copy(update={"quantization": "int8"}))
+    want_engine = Engine(reference, config)
+    questions = [q.text for d in load_datasets() for q in d.questions]
+    assert len(questions) >= 4
+    prompts = [
+        quantised.tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+        )
+        for q in questions
+    ]
+    params = SamplingParams(max_tokens=32, min_tokens=32)
+    got = [o.token_ids for o in quantised.generate(prompts, params)]
+    want = [o.token_ids for o in want_engine.generate(prompts, params)]
+    assert got == want
