@@ -79,9 +79,30 @@ class Engine(AdapterMethods):
         self._by_seq: dict[int, RequestState] = {}
         self._aborted: list[RequestOutput] = []
         self._ids = itertools.count()
-        self._adapters = EngineAdapters(self.config, self.model_config, self.runner)
+        self._close = parts.close
+        try:
+            self._adapters = EngineAdapters(self.config, self.model_config, self.runner)
+        except BaseException:
+            self.close()
+            raise
         self.adapters = self._adapters.store
         """The adapter store (None when ``EngineConfig.max_adapter_slots`` is 0)."""
+
+    def close(self) -> None:
+        """Stop the worker processes of a tensor-parallel engine (``tensor_parallel_size
+        > 1``) and leave its process group; its steps raise
+        :class:`~openledger.exceptions.EngineDeadError` afterwards. Idempotent; nothing to
+        do for a one-process engine. Also done when the engine is garbage collected and
+        at interpreter exit.
+        """
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def add_request(
         self,

@@ -23,10 +23,11 @@ from openledger.serve.sequence import SequenceState
 
 if TYPE_CHECKING:  # NOTE: the adapter store imports torch; the engine stays importable without
     from openledger.serve.adapters import AdapterSpec, AdapterStore, AdapterUse
+    from openledger.serve.layers.lora import LoraState
     from openledger.serve.model_runner import ModelRunner
     from openledger.serve.models.config import ModelConfig
 
-__all__ = ["AdapterMethods", "EngineAdapters"]
+__all__ = ["AdapterMethods", "EngineAdapters", "attach_adapter_slots"]
 
 Combination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties"]
 
@@ -150,10 +151,13 @@ class EngineAdapters:
         return path
 
 
-def _make_store(
-    config: EngineConfig, model_config: ModelConfig, runner: ModelRunner
-) -> AdapterStore | None:
-    from openledger.serve.adapters import AdapterStore
+def attach_adapter_slots(config: EngineConfig, runner: ModelRunner) -> LoraState | None:
+    """Give ``runner``'s model the adapter slots ``config`` asks for (``runner.lora``);
+    None when it serves no adapters. Every tensor-parallel rank calls it alike.
+
+    Raises:
+        ConfigError: Fewer adapter slots than running sequences.
+    """
     from openledger.serve.layers.lora import attach_lora
 
     slots = config.max_num_seqs if config.max_adapter_slots is None else config.max_adapter_slots
@@ -172,14 +176,36 @@ def _make_store(
         cpu_kernel=config.cpu_kernels,
         batched=config.lora_batched_decode,
     )
+    return runner.lora
+
+
+def _make_store(
+    config: EngineConfig, model_config: ModelConfig, runner: ModelRunner
+) -> AdapterStore | None:
+    from openledger.serve.adapters import AdapterStore
+
+    state = attach_adapter_slots(config, runner)
+    if state is None:
+        return None
+    from openledger.serve.parallel.runner import ParallelModelRunner
+
+    parallel = isinstance(runner, ParallelModelRunner)
     return AdapterStore(
         model_config,
-        runner.lora,
+        state,
         dtype=runner.model.embed_tokens.weight.dtype,
         device=runner.device,
         max_host_bytes=config.max_adapter_host_memory,
-        base_weights=runner.base_projection,
+        base_weights=None if parallel else runner.base_projection,
         max_head_adapters=config.max_adapter_heads,
+        install=runner.install_adapter if isinstance(runner, ParallelModelRunner) else None,
+        dora_refusal=(
+            f"DoRA adapters are not served with tensor_parallel_size="
+            f"{config.tensor_parallel_size} (their magnitudes need whole base weights); "
+            "serve them on an engine of size 1"
+            if parallel
+            else None
+        ),
     )
 
 
@@ -219,7 +245,8 @@ class AdapterMethods:
             AdapterMismatchError: Made for another base model (manifest, shapes, modules).
             AdapterCapacityError: It has modules_to_save copies and
                 ``EngineConfig.max_adapter_heads`` such adapters are registered.
-            ConfigError: The name is taken or invalid, or the engine serves no adapters.
+            ConfigError: The name is taken or invalid, the engine serves no adapters, or
+                a DoRA adapter on an engine with ``tensor_parallel_size > 1``.
         """
         return self._adapters.require().add(name, source, sha256=sha256)
 

@@ -26,13 +26,18 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
 import torch
 
-from openledger.exceptions import AdapterCapacityError, AdapterNotFoundError, InvalidRequestError
+from openledger.exceptions import (
+    AdapterCapacityError,
+    AdapterNotFoundError,
+    ConfigError,
+    InvalidRequestError,
+)
 from openledger.serve.adapters.loading import (
     AdapterSpec,
     BaseWeights,
@@ -53,7 +58,13 @@ from openledger.serve.layers.lora import LoraState
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.ops.lora_torch import LoraWeights, combine_lora_weights
 
-__all__ = ["AdapterRef", "AdapterStore", "AdapterUse"]
+__all__ = ["AdapterRef", "AdapterStore", "AdapterUse", "SlotInstall"]
+
+SlotInstall = Callable[
+    [int, Mapping[str, LoraWeights] | None, Mapping[str, torch.Tensor] | None], None
+]
+"""Puts an adapter's weights (and ``modules_to_save`` copies) into a device slot; None
+empties it (:meth:`~openledger.serve.layers.lora.LoraState.install`'s signature)."""
 
 
 class AdapterStore:
@@ -76,6 +87,10 @@ class AdapterStore:
         base_weights: The base projections by engine module name (DoRA adapters need
             them to load; without it they are refused when loaded).
         max_head_adapters: Adapters with ``modules_to_save`` registered at once.
+        install: Puts weights into a slot instead of ``state.install`` (same arguments;
+            a tensor-parallel engine's rank 0 installs on every rank).
+        dora_refusal: Why DoRA adapters are refused at registration (a tensor-parallel
+            engine); None serves them.
     """
 
     def __init__(
@@ -92,11 +107,15 @@ class AdapterStore:
         source_policy: AdapterSourcePolicy | None = None,
         base_weights: BaseWeights | None = None,
         max_head_adapters: int = 2,
+        install: SlotInstall | None = None,
+        dora_refusal: str | None = None,
     ) -> None:
         self.config = config
         self.base_weights = base_weights
         self.max_head_adapters = max_head_adapters
         self.state = state
+        self._install: SlotInstall = install or state.install
+        self._dora_refusal = dora_refusal
         self.dtype = dtype
         self.device = device
         self.max_host_bytes = max_host_bytes
@@ -178,11 +197,14 @@ class AdapterStore:
         """Register a spec from :meth:`prepare` under its name.
 
         Raises:
-            ConfigError: The name is registered (or invalid).
+            ConfigError: The name is registered (or invalid), or a DoRA adapter where
+                ``dora_refusal`` says why not.
             AdapterCapacityError: ``spec`` has ``modules_to_save`` copies and
                 :attr:`max_head_adapters` such adapters are registered (or still serve
                 requests after removal).
         """
+        if spec.use_dora and self._dora_refusal is not None:
+            raise ConfigError(f"adapter {spec.name!r}: {self._dora_refusal}")
         if spec.saved_modules:
             holding = [s.name for s in self.registry.specs.values() if s.saved_modules]
             if len(holding) >= self.max_head_adapters:
@@ -304,7 +326,7 @@ class AdapterStore:
         slot, _ = self.slots.acquire(use.key)
         if not resident:
             try:
-                self.state.install(slot, self._device_weights(use), self._device_heads(use))
+                self._install(slot, self._device_weights(use), self._device_heads(use))
             except Exception:
                 self.slots.release(use.key)
                 raise
@@ -338,7 +360,7 @@ class AdapterStore:
     def _unload_slot(self, key: str) -> None:
         slot = self.slots.release(key)
         if slot is not None:
-            self.state.install(slot, None)
+            self._install(slot, None, None)
 
     def _drop_host(self, registration: str) -> None:
         loaded = self._host.pop(registration, None)

@@ -18,6 +18,11 @@ Phi-3 / Phi-3.5     LongRoPE; fused ``qkv_proj`` / ``gate_up_proj`` checkpoints 
 
 Every model has q|k|v and gate|up fused into one :class:`~openledger.serve.layers.linear.
 Linear` each (the projections LoRA adapters apply to, slice by slice).
+
+Built from a rank's :class:`~openledger.serve.parallel.sharding.ShardedModelConfig`, the
+model is that rank's share of a tensor-parallel split: its heads and MLP columns, one
+all-reduce after each row-parallel projection (o, down), and its vocabulary rows of the LM
+head, whose logits are gathered to rank 0 (:mod:`openledger.serve.parallel`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig, RopeConfig
 from openledger.serve.ops import rowwise_cpu
 from openledger.serve.ops.cpu_kernels import cpu_float32
+from openledger.serve.parallel.collectives import all_reduce_sum, gather_columns
+from openledger.serve.parallel.sharding import shard_rows, tensor_parallel_of
 
 __all__ = ["DecoderForCausalLM"]
 
@@ -49,6 +56,7 @@ class Attention(nn.Module):
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
+        self.reduce = tensor_parallel_of(config)[1] > 1
         q_size = config.num_heads * config.head_dim
         kv_size = config.num_kv_heads * config.head_dim
         self.qkv_proj = Linear(config.hidden_size, (q_size, kv_size, kv_size), bias=config.qkv_bias)
@@ -85,7 +93,7 @@ class Attention(nn.Module):
         v = qkv[:, q_size + kv_size :].view(-1, self.num_kv_heads, self.head_dim)
         out = self.attn(q, k, v, batch)
         projected: torch.Tensor = self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
-        return projected
+        return all_reduce_sum(projected) if self.reduce else projected
 
 
 class GatedMLP(nn.Module):
@@ -103,6 +111,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         width = config.intermediate_size
         self.gelu = config.hidden_act == "gelu_pytorch_tanh"
+        self.reduce = tensor_parallel_of(config)[1] > 1
         self.gate_up_proj = Linear(config.hidden_size, (width, width), bias=config.mlp_bias)
         self.down_proj = Linear(width, (config.hidden_size,), bias=config.mlp_bias)
 
@@ -116,7 +125,7 @@ class GatedMLP(nn.Module):
             gated = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
             act = gated.mul_(up)
         down: torch.Tensor = self.down_proj(act)
-        return down
+        return all_reduce_sum(down) if self.reduce else down
 
 
 class DecoderLayer(nn.Module):
@@ -176,6 +185,7 @@ class DecoderForCausalLM(nn.Module):
     ):
         super().__init__()
         self.config = config
+        self.tp_rank, self.tp_size = tensor_parallel_of(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_tokens.weight.requires_grad_(False)
         rotaries: dict[RopeConfig, RotaryEmbedding] = {}
@@ -191,8 +201,9 @@ class DecoderForCausalLM(nn.Module):
         self._head = PackedWeight()
         self.lm_head = None
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Parameter(
-                torch.empty(config.vocab_size, config.hidden_size), requires_grad=False
+            self.lm_head = nn.Parameter(  # NOTE: this rank's vocabulary rows
+                torch.empty(config.vocab_size // self.tp_size, config.hidden_size),
+                requires_grad=False,
             )
 
     def embed_input(
@@ -240,20 +251,25 @@ class DecoderForCausalLM(nn.Module):
         """Logits ``[N, vocab]`` of hidden states ``[N, hidden]``, soft-capped when the
         model caps them (Gemma 2: ``cap * tanh(logits / cap)``).
 
+        Split over tensor-parallel ranks, each rank computes its vocabulary rows and rank 0
+        gets all of them; the other ranks get their ``[N, vocab / size]`` share.
+
         Args:
             hidden: Final hidden states.
             weight: An LM head ``[vocab, hidden]`` to use instead of the model's (an
-                adapter's own ``lm_head``); None for the model's.
+                adapter's own ``lm_head``; split, this rank's rows); None for the model's.
         """
         if weight is not None:
             logits = F.linear(hidden, weight)
         else:
             head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
+            if self.lm_head is None and self.tp_size > 1:  # tied: this rank's rows
+                head = shard_rows(head, self.tp_rank, self.tp_size)
             logits = self._head.linear(hidden, head, None)
         cap = self.config.final_softcap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
-        return logits
+        return gather_columns(logits, self.tp_size) if self.tp_size > 1 else logits
 
     def set_cpu_paths(self, *, kernels: bool, packing: bool) -> None:
         """Let the compiled CPU kernels run (where they are built) or not, and keep packed

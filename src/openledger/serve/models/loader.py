@@ -3,6 +3,12 @@
 Separate q/k/v and gate/up projections go to their slices of our fused projections;
 Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` tensors are split along their rows into
 the same slices (q, k, v; gate, up), so every family ends up in one layout.
+
+A tensor-parallel rank's model (built from a
+:class:`~openledger.serve.parallel.sharding.ShardedModelConfig`) gets its share of each
+tensor: the rows of each q/k/v and gate/up slice and of the LM head, the input columns
+of o and down; the bias of o and down on rank 0 only (it is added once, before their
+outputs are summed); everything else whole.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +28,7 @@ from openledger.serve.layers.linear import Linear
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.decoder import DecoderForCausalLM
+from openledger.serve.parallel.sharding import COLUMN_PARALLEL, shard_rows, tensor_parallel_of
 
 __all__ = ["build_model", "checkpoint_tensors"]
 
@@ -106,29 +114,59 @@ def _load_weights(model: DecoderForCausalLM, folder: Path, dtype: torch.dtype) -
             linear = modules.get(module_name)
             if not isinstance(linear, Linear):
                 raise UnsupportedModelError(f"unexpected checkpoint tensor {name!r} in {folder}")
-            _load_projection(linear, param_name, tensor.to(dtype), index, name)
+            share = _Share(
+                module_name.rsplit(".", 1)[-1], param_name, *tensor_parallel_of(model.config)
+            )
+            _load_projection(linear, param_name, tensor.to(dtype), index, name, share)
             loaded.add(f"{module_name}.{param_name}")
         elif param_name in params:
+            rank, size = tensor_parallel_of(model.config)
+            if param_name == "lm_head" and size > 1:
+                tensor = shard_rows(tensor, rank, size)
             _copy(params[param_name], tensor.to(dtype), name)
             loaded.add(param_name)
     return loaded
 
 
+@dataclass(frozen=True, slots=True)
+class _Share:
+    """Which part of a projection's checkpoint tensor this rank keeps."""
+
+    kind: str  # the projection's name: qkv_proj, o_proj ...
+    param: str  # weight or bias
+    rank: int
+    size: int
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        if self.kind in COLUMN_PARALLEL:
+            return shard_rows(tensor, self.rank, self.size)
+        if self.param == "weight":
+            return shard_rows(tensor, self.rank, self.size, dim=1)
+        return tensor if self.rank == 0 else torch.zeros_like(tensor)  # NOTE: bias added once
+
+
 def _load_projection(
-    linear: Linear, param_name: str, tensor: torch.Tensor, index: int, name: str
+    linear: Linear, param_name: str, tensor: torch.Tensor, index: int, name: str, share: _Share
 ) -> None:
-    """One slice of a fused projection, or (``index == -1``) all of them from one tensor."""
+    """One slice of a fused projection, or (``index == -1``) all of them from one tensor;
+    this rank's share of it."""
     if index >= 0:
-        linear.load_slice(param_name, tensor, index)
+        linear.load_slice(param_name, share.of(tensor), index)
         return
-    total = sum(linear.output_sizes)
-    if tensor.shape[0] != total:
+    sizes = (
+        [size * share.size for size in linear.output_sizes]
+        if share.kind in COLUMN_PARALLEL
+        else list(linear.output_sizes)
+    )
+    if tensor.shape[0] != sum(sizes):
         raise UnsupportedModelError(
-            f"{name}: expected {total} rows ({' + '.join(map(str, linear.output_sizes))}), "
+            f"{name}: expected {sum(sizes)} rows ({' + '.join(map(str, sizes))}), "
             f"got shape {tuple(tensor.shape)}"
         )
-    for i, part in enumerate(torch.split(tensor, list(linear.output_sizes), dim=0)):
-        linear.load_slice(param_name, part, i)
+    for i, part in enumerate(torch.split(tensor, sizes, dim=0)):
+        linear.load_slice(param_name, share.of(part), i)
 
 
 def _place(name: str, config: ModelConfig) -> tuple[str, str, int] | None:
