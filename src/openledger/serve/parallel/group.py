@@ -88,6 +88,21 @@ class WorkerSpec:
     pdeathsig: bool
     num_threads: int
 
+    def runner_options(self, device: torch.device) -> dict[str, Any]:
+        """Keyword arguments of every rank's :class:`ModelRunner` (on ``device``)."""
+        config = self.engine_config
+        return {
+            "dtype": self.dtype,
+            "device": device,
+            "num_blocks": self.num_blocks,
+            "block_size": config.block_size,
+            "max_positions": self.max_positions,
+            "backend": self.backend,
+            "seed": config.seed,
+            "cpu_kernels": config.cpu_kernels,
+            "weight_packing": config.weight_packing,
+        }
+
 
 @dataclass(slots=True)
 class _State:

@@ -129,20 +129,8 @@ def start_parallel_runner(
     )
     try:
         group.join()
-        runner = ParallelModelRunner(
-            group,
-            folder,
-            shard_config(model_config, 0, size),
-            dtype=dtype,
-            device=device,
-            num_blocks=num_blocks,
-            block_size=config.block_size,
-            max_positions=max_positions,
-            backend=backend,
-            seed=config.seed,
-            cpu_kernels=config.cpu_kernels,
-            weight_packing=config.weight_packing,
-        )
+        options = group.spec.runner_options(device)
+        runner = ParallelModelRunner(group, folder, shard_config(model_config, 0, size), **options)
         group.wait_for("ready")
     except BaseException:
         group.close()

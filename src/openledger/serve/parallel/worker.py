@@ -106,21 +106,9 @@ def _device(spec: WorkerSpec, rank: int) -> torch.device:
 
 
 def _build_runner(spec: WorkerSpec, rank: int, device: torch.device) -> WorkerRunner:
-    config = spec.engine_config
-    runner = WorkerRunner(
-        spec.folder,
-        shard_config(spec.model_config, rank, spec.size),
-        dtype=spec.dtype,
-        device=device,
-        num_blocks=spec.num_blocks,
-        block_size=config.block_size,
-        max_positions=spec.max_positions,
-        backend=spec.backend,
-        seed=config.seed,
-        cpu_kernels=config.cpu_kernels,
-        weight_packing=config.weight_packing,
-    )
-    attach_adapter_slots(config, runner)
+    config = shard_config(spec.model_config, rank, spec.size)
+    runner = WorkerRunner(spec.folder, config, **spec.runner_options(device))
+    attach_adapter_slots(spec.engine_config, runner)
     return runner
 
 
