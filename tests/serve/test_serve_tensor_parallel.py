@@ -5,6 +5,7 @@ one process, adapters included; bad sizes are refused; workers never outlive the
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -190,6 +191,14 @@ def test_close_stops_every_worker_and_later_steps_say_so(models: dict[str, Path]
         engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2))
 
 
+def test_garbage_collecting_the_engine_stops_its_worker(models: dict[str, Path]) -> None:
+    engine = Engine(models["qwen2"], EngineConfig(num_blocks=16, tensor_parallel_size=2))
+    pids = engine.runner.group.pids  # type: ignore[attr-defined]
+    del engine
+    gc.collect()
+    assert _wait_gone(pids, 6.0), "a collected engine left its worker running"
+
+
 def test_refused_sizes_name_the_numbers(models: dict[str, Path]) -> None:
     with pytest.raises(ConfigError) as caught:
         Engine(models["qwen2"], EngineConfig(tensor_parallel_size=5))
@@ -202,6 +211,11 @@ def test_refused_sizes_name_the_numbers(models: dict[str, Path]) -> None:
     assert "attention heads" not in str(caught.value)  # 4 heads split 4 ways
     with pytest.raises(ConfigError, match="quantization='int8' with tensor_parallel_size=2"):
         Engine(models["qwen2"], EngineConfig(tensor_parallel_size=2, quantization="int8"))
+    with pytest.raises(ConfigError, match="max_adapter_slots=1 is below max_num_seqs=2"):
+        Engine(
+            models["qwen2"],
+            EngineConfig(tensor_parallel_size=2, max_num_seqs=2, max_adapter_slots=1, num_blocks=8),
+        )
 
 
 def _bounded(call: Callable[[], object], within_s: float) -> BaseException | None:

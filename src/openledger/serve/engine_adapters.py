@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # NOTE: the adapter store imports torch; the engine stays imp
     from openledger.serve.model_runner import ModelRunner
     from openledger.serve.models.config import ModelConfig
 
-__all__ = ["AdapterMethods", "EngineAdapters", "attach_adapter_slots"]
+__all__ = ["AdapterMethods", "EngineAdapters", "adapter_slots", "attach_adapter_slots"]
 
 Combination = Literal["linear", "cat", "ties", "dare_linear", "dare_ties"]
 
@@ -151,6 +151,21 @@ class EngineAdapters:
         return path
 
 
+def adapter_slots(config: EngineConfig) -> int:
+    """The adapter slots ``config`` asks for (0: no adapters).
+
+    Raises:
+        ConfigError: Fewer adapter slots than running sequences.
+    """
+    slots = config.max_num_seqs if config.max_adapter_slots is None else config.max_adapter_slots
+    if 0 < slots < config.max_num_seqs:
+        raise ConfigError(
+            f"max_adapter_slots={slots} is below max_num_seqs={config.max_num_seqs}; "
+            "every running request's adapter needs a slot"
+        )
+    return slots
+
+
 def attach_adapter_slots(config: EngineConfig, runner: ModelRunner) -> LoraState | None:
     """Give ``runner``'s model the adapter slots ``config`` asks for (``runner.lora``);
     None when it serves no adapters. Every tensor-parallel rank calls it alike.
@@ -160,14 +175,9 @@ def attach_adapter_slots(config: EngineConfig, runner: ModelRunner) -> LoraState
     """
     from openledger.serve.layers.lora import attach_lora
 
-    slots = config.max_num_seqs if config.max_adapter_slots is None else config.max_adapter_slots
+    slots = adapter_slots(config)
     if slots == 0:
         return None
-    if slots < config.max_num_seqs:
-        raise ConfigError(
-            f"max_adapter_slots={slots} is below max_num_seqs={config.max_num_seqs}; "
-            "every running request's adapter needs a slot"
-        )
     runner.lora = attach_lora(
         runner.model,
         slots,

@@ -11,6 +11,7 @@ import torch
 from openledger.exceptions import ConfigError
 from openledger.serve.batch import BatchMetadata
 from openledger.serve.config import EngineConfig
+from openledger.serve.engine_adapters import adapter_slots
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.model_runner import ModelRunner
 from openledger.serve.models.config import ModelConfig
@@ -104,11 +105,13 @@ def start_parallel_runner(
 
     Raises:
         ConfigError: The model does not split ``tensor_parallel_size`` ways, a quantised
-            base was asked for, or a process group already exists in this process.
+            base was asked for, fewer adapter slots than sequences, or a process group
+            already exists in this process.
         EngineDeadError: A worker failed to start (its error is in the message).
     """
     size = config.tensor_parallel_size
     check_divisible(model_config, size)
+    adapter_slots(config)  # NOTE: refuse bad settings here, not in a worker
     if config.quantization is not None:
         raise ConfigError(
             f"quantization={config.quantization!r} with tensor_parallel_size={size} is not "
