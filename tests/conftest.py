@@ -35,6 +35,7 @@ NUMERICS_MODULES = frozenset(
         "tests/serve/test_serve_merge.py",
         "tests/serve/test_serve_mixed_steps.py",
         "tests/serve/test_serve_parity.py",
+        "tests/serve/test_serve_quantization.py",
         "tests/serve/test_serve_sampling.py",
         "tests/train/test_batching.py",
         "tests/train/test_finetune.py",

@@ -65,21 +65,42 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return engine
 
 
+def _bf16_dot() -> bool:
+    from openledger.serve.ops.linear_cpu import has_bf16_dot
+
+    return has_bf16_dot()
+
+
+def _expected_ops() -> list[str]:
+    """Every op, less the bfloat16 int8 ones where the CPU lacks AVX512-BF16."""
+    return sorted(n for n in OP_NAMES if _bf16_dot() or not n.endswith("_bf16"))
+
+
 @pytest.fixture(scope="module")
-def int8_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    """The same tiny Llama quantised to int8, its first prompt step already run."""
+def int8_engines(tmp_path_factory: pytest.TempPathFactory) -> list[Engine]:
+    """The same tiny Llama quantised to int8, in float32 and bfloat16 arithmetic, their
+    first prompt step already run."""
     if c_compiler() is None or cpu_kernels() is None:
         missing_reference("no C compiler for the kernels")
     base = save_tiny_model(tmp_path_factory.mktemp("cpu-ops-int8") / "base", "llama", seed=3)
-    config = EngineConfig(block_size=4, num_blocks=32, max_num_seqs=4, quantization="int8")
-    engine = Engine(base, config)
-    engine.add_request([5, 6, 7], SamplingParams(max_tokens=8, ignore_eos=True))
-    engine.step()
-    return engine
+    engines = []
+    for compute in ("float32", "bfloat16"):
+        config = EngineConfig(
+            block_size=4,
+            num_blocks=32,
+            max_num_seqs=4,
+            quantization="int8",
+            quantized_compute=compute,
+        )
+        engine = Engine(base, config)
+        engine.add_request([5, 6, 7], SamplingParams(max_tokens=8, ignore_eos=True))
+        engine.step()
+        engines.append(engine)
+    return engines
 
 
 @pytest.fixture(scope="module")
-def decode_calls(engine: Engine, int8_engine: Engine) -> dict[str, Call]:
+def decode_calls(engine: Engine, int8_engines: list[Engine]) -> dict[str, Call]:
     """The last call of each op in one decode step of each engine, and ``pack_linear``'s
     and ``pack_linear_int8``'s from a new weight."""
     with _Recorder() as recorder:
@@ -88,18 +109,24 @@ def decode_calls(engine: Engine, int8_engine: Engine) -> dict[str, Call]:
         linear = next(m for m in engine.runner.model.modules() if hasattr(m, "packed"))
         linear.packed.invalidate()
         linear(torch.randn(2, linear.input_size))
-        assert [len(o.token_ids) for o in int8_engine.step()] == [2]
-        torch.ops.openledger.pack_linear_int8(torch.ones(30, 8, dtype=torch.int8))
+        for int8_engine in int8_engines:
+            assert [len(o.token_ids) for o in int8_engine.step()] == [2]
+        q = torch.ones(30, 8, dtype=torch.int8)
+        torch.ops.openledger.pack_linear_int8(q)
+        if _bf16_dot():
+            torch.ops.openledger.pack_linear_int8_bf16(q)
     return recorder.calls
 
 
 def test_a_decode_step_runs_every_op(decode_calls: dict[str, Call]) -> None:
-    assert sorted(decode_calls) == sorted(OP_NAMES)
+    assert sorted(decode_calls) == _expected_ops()
     assert set(INT8_OP_NAMES) <= set(OP_NAMES)
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_every_op_of_a_decode_step_passes_opcheck(decode_calls: dict[str, Call], name: str) -> None:
+    if name not in _expected_ops():
+        pytest.skip(f"{name}: this CPU has no AVX512-BF16 dot products")
     op, args, kwargs = decode_calls[name]
     result = torch.library.opcheck(op, args, kwargs)
     assert set(result.values()) == {"SUCCESS"}

@@ -185,6 +185,92 @@ def test_the_int8_kernel_reads_packed_panels_and_refuses_misfits() -> None:
         linear_cpu.linear_int8(x, packed.float(), scale, 50, None)
 
 
+def _bf16_dot() -> None:
+    _kernels()
+    from openledger.serve.ops.linear_cpu import has_bf16_dot
+
+    if not has_bf16_dot():
+        pytest.skip("this CPU has no AVX512-BF16 dot products (int8 computes in float32)")
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 33, 70])
+@pytest.mark.parametrize(("outputs", "inputs"), [(50, 33), (64, 300), (7, 1)])
+def test_the_bf16_int8_kernel_equals_rounded_activations_times_the_dequantised_weight(
+    rows: int, outputs: int, inputs: int
+) -> None:
+    """bfloat16 products of int8 weights are exact in float32: the kernel is the float64
+    product of the bfloat16-rounded activations up to float32 sums."""
+    _bf16_dot()
+    from openledger.serve.ops import linear_cpu
+
+    torch.manual_seed(rows * inputs)
+    q = torch.randint(-127, 128, (outputs, inputs), dtype=torch.int8)
+    scale, bias = torch.rand(outputs) + 0.5, torch.randn(outputs)
+    packed = linear_cpu.pack_linear_int8_bf16(q)
+    x = torch.randn(rows, inputs)
+    got = linear_cpu.linear_int8_bf16(x, packed, scale, outputs, bias)
+    deq = q.double() * scale.double()[:, None]
+    rounded = x.bfloat16().double()
+    want = rounded @ deq.T + bias.double()
+    bound = rounded.abs() @ deq.abs().T + bias.double().abs()
+    assert_within_rounding(got, want, bound=bound, dtype=torch.float32, terms=inputs + 3,
+                           both_rounded=False)  # fmt: skip
+    # and the rounding is real: float32 activations give another result
+    if inputs > 1:
+        exact = x.double() @ deq.T + bias.double()
+        assert not torch.allclose(got.double(), exact, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="does not hold"):
+        linear_cpu.linear_int8_bf16(x, linear_cpu.pack_linear_int8(q), scale, outputs, bias)
+
+
+def test_bf16_compute_falls_back_to_float32_without_avx512_bf16() -> None:
+    _kernels()
+    from openledger.serve.ops.linear_cpu import has_bf16_dot
+
+    if has_bf16_dot():
+        pytest.skip("this CPU has AVX512-BF16 (the fallback runs on the lower CPU paths)")
+    weight, x = torch.randn(40, 64), torch.randn(5, 64)
+    results = []
+    for compute in ("float32", "bfloat16"):
+        q = QuantizedWeight(weight, "int8", compute=compute)  # type: ignore[arg-type]
+        assert not q.uses_bf16_dot
+        results.append(q.linear(x, None))
+    assert torch.equal(results[0], results[1])
+
+
+def test_bf16_compute_engine_stays_within_bfloat16_rounding_of_the_dequantised_base(
+    tmp_path: Path,
+) -> None:
+    """``quantized_compute="bfloat16"``: each projection's input is rounded to bfloat16
+    once, so logits stay within that many bfloat16 roundings (4 projections a layer and
+    the head) of the dequantised checkpoint's, and the greedy tokens agree."""
+    _bf16_dot()
+    from transformers import AutoConfig
+
+    base = save_tiny_model(tmp_path / "base", "llama", seed=7)
+    reference = dequantised_checkpoint(base, tmp_path / "dequantised", "int8")
+    config = AutoConfig.from_pretrained(reference)
+    settings_ = {"block_size": 4, "num_blocks": 96, "quantization": "int8"}
+    fast = Engine(base, EngineConfig(**settings_, quantized_compute="bfloat16"))  # type: ignore[arg-type]
+    assert all(
+        m.packed.quantized is not None and m.packed.quantized.uses_bf16_dot
+        for m in fast.runner.model.modules()
+        if isinstance(m, Linear)
+    )
+    prompt = fast.tokenizer("Rounded activations, exact int8 weights").input_ids
+    vocab, new = config.vocab_size, 8
+    params = SamplingParams(max_tokens=new, min_tokens=new, logprobs=vocab)
+    output = fast.generate([prompt], params)[0]
+    tokens, want = peft_generate(reference, None, prompt, new)
+    assert output.logprobs is not None
+    got = torch.tensor(
+        [[row[t] for t in range(vocab)] for row in output.logprobs], dtype=torch.float64
+    )
+    roundings = 4 * config.num_hidden_layers + 1
+    assert_rows_close(got, want, dtype=torch.bfloat16, terms=roundings, both_rounded=False)
+    assert output.token_ids == tokens
+
+
 # --- the engine --------------------------------------------------------------------------
 
 

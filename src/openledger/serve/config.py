@@ -109,6 +109,13 @@ class EngineConfig(CheckedModel):
         "else dequantised per call). LoRA updates stay in the activation dtype. None: the "
         "checkpoint's weights in `dtype`.",
     )
+    quantized_compute: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Arithmetic of int8 projections on CPU: 'float32' (the dequantised "
+        "weight's result up to rounding) or 'bfloat16' (the activations rounded to "
+        "bfloat16 for AVX512-BF16 dot products with float32 sums: about twice the "
+        "multiply-adds per instruction, where the CPU has them; float32 elsewhere).",
+    )
     tensor_parallel_size: int = Field(
         default=1,
         ge=1,

@@ -6,19 +6,32 @@ change a step's embedding and LM head per request, through the model contract
 that every family keeps: the base embedding for all tokens, then the rows of each slot
 whose adapter saved ``embed_tokens`` embedded again with its copy; likewise logits rows of
 slots whose adapter saved ``lm_head`` come from its copy, the others from the base head.
+
+Decode steps may replay CUDA graphs (:mod:`~openledger.serve.cuda_graphs`,
+``EngineConfig.cuda_graphs``): the KV cache has one block more than the block pool hands
+out, the scratch block their padding rows write to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from openledger.serve.batch import BatchMetadata
+from openledger.serve.cuda_graphs import (
+    GRAPH_BATCH_SIZES,
+    CudaGraphCapture,
+    DecodeGraphs,
+    GraphCapture,
+    resolve_cuda_graphs,
+)
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.layers.linear import Linear
 from openledger.serve.layers.lora import LoraState
-from openledger.serve.layers.quant import Quantization, quantize_model
+from openledger.serve.layers.quant import Compute, Quantization, quantize_model
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.loader import build_model
 from openledger.serve.ops.step_attention import plan_attention
@@ -51,6 +64,14 @@ class ModelRunner:
         weight_packing: Keep packed copies of float32 CPU projection weights.
         quantization: Quantise the projections and the LM head at load (``"int8"``,
             ``"fp8"``; see :mod:`~openledger.serve.layers.quant`); None keeps ``dtype``.
+        cuda_graphs: Replay decode steps from CUDA graphs (``EngineConfig.cuda_graphs``:
+            ``"auto"`` where they apply on a CUDA device; see
+            :func:`~openledger.serve.cuda_graphs.resolve_cuda_graphs`).
+
+    Raises:
+        ConfigError: ``cuda_graphs=True`` where graphs cannot run.
+        quantized_compute: Arithmetic of int8 projections on CPU (``"float32"``, or
+            ``"bfloat16"`` dot products where the CPU has AVX512-BF16).
     """
 
     def __init__(
@@ -68,6 +89,8 @@ class ModelRunner:
         cpu_kernels: bool = True,
         weight_packing: bool = True,
         quantization: Quantization | None = None,
+        cuda_graphs: bool | Literal["auto"] = "auto",
+        quantized_compute: Compute = "float32",
     ):
         self.config = config
         self.device = device
@@ -78,15 +101,42 @@ class ModelRunner:
         self.model.set_cpu_paths(kernels=cpu_kernels, packing=weight_packing)
         self.quantization = quantization
         if quantization is not None:
-            quantize_model(self.model, quantization)
+            quantize_model(self.model, quantization, compute=quantized_compute)
         self.cpu_kernels = cpu_kernels
-        shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        self.max_positions = max_positions
+        self.scratch_block = num_blocks
+        """The KV block past the pool's, where padding rows of replayed steps write."""
+        shape = (num_blocks + 1, block_size, config.num_kv_heads, config.head_dim)
         for attn in self.model.attention_layers():
             attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.lora: LoraState | None = None  # set by the engine when adapters are served
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        self.graphs: DecodeGraphs | None = None
+        """The decode steps' CUDA graphs, None when steps run eagerly."""
+        on, self.graphs_off_reason = resolve_cuda_graphs(cuda_graphs, device, self.model)
+        if on:
+            self.enable_decode_graphs(CudaGraphCapture(device))
+
+    def enable_decode_graphs(
+        self, capture: GraphCapture, sizes: Sequence[int] = GRAPH_BATCH_SIZES
+    ) -> DecodeGraphs:
+        """Replay decode steps from recordings made by ``capture`` (a
+        :class:`~openledger.serve.cuda_graphs.CudaGraphCapture` on a GPU; the engine does
+        this itself under ``EngineConfig.cuda_graphs``), in batch-size buckets ``sizes``."""
+        self.graphs = DecodeGraphs(
+            self.model,
+            capture,
+            block_size=self.block_size,
+            scratch_block=self.scratch_block,
+            table_width=-(-self.max_positions // self.block_size),
+            sliding_window=self.config.sliding_window,
+            device=self.device,
+            sizes=sizes,
+        )
+        self.graphs_off_reason = ""
+        return self.graphs
 
     @torch.inference_mode()
     def run(self, seqs: list[SequenceState], num_new_tokens: list[int]) -> SampledTokens:
@@ -100,16 +150,27 @@ class ModelRunner:
         Returns:
             One token per sequence with ``num_computed_tokens == len(seq)``, in order.
         """
-        input_ids, batch = self.prepare(seqs, num_new_tokens)
-        embeds = None
-        if self.lora is not None:
-            self.lora.set_batch([seq.adapter_index for seq in seqs], batch.host_query_lens)
-            embeds = self._embed(input_ids, self.lora)
-        hidden = self.model(input_ids, batch, inputs_embeds=embeds)
-        done = [seq for seq in seqs if seq.num_computed_tokens == len(seq)]
-        if not done:
-            return SampledTokens([], [])
-        logits = self._logits(hidden[batch.logits_indices], [seq.adapter_index for seq in done])
+        replayed = None
+        if self.graphs is not None:
+            replayed = self.graphs.run(seqs, num_new_tokens, self.lora)
+        if replayed is not None:
+            rows = [i for i, seq in enumerate(seqs) if seq.num_computed_tokens == len(seq)]
+            done = [seqs[i] for i in rows]
+            if not done:
+                return SampledTokens([], [])
+            last = replayed if len(rows) == len(seqs) else replayed[self._tensor(rows)]
+        else:
+            input_ids, batch = self.prepare(seqs, num_new_tokens)
+            embeds = None
+            if self.lora is not None:
+                self.lora.set_batch([seq.adapter_index for seq in seqs], batch.host_query_lens)
+                embeds = self._embed(input_ids, self.lora)
+            hidden = self.model(input_ids, batch, inputs_embeds=embeds)
+            done = [seq for seq in seqs if seq.num_computed_tokens == len(seq)]
+            if not done:
+                return SampledTokens([], [])
+            last = hidden[batch.logits_indices]
+        logits = self._logits(last, [seq.adapter_index for seq in done])
         return sample(
             logits,
             [seq.params for seq in done],

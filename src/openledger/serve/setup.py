@@ -76,6 +76,7 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
             cpu_kernels=config.cpu_kernels,
             weight_packing=config.weight_packing,
             quantization=config.quantization,
+            quantized_compute=config.quantized_compute,
         )
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     eos = set(model_config.eos_token_ids)

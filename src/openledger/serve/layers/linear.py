@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openledger.serve.layers.quant import Quantization, QuantizedWeight
+from openledger.serve.layers.quant import Compute, Quantization, QuantizedWeight
 from openledger.serve.ops import linear_cpu
 from openledger.serve.ops.cpu_kernels import cpu_kernels
 
@@ -56,14 +56,16 @@ class PackedWeight:
         self.use_kernel = True
         self.quantized: QuantizedWeight | None = None
 
-    def quantize(self, weight: torch.Tensor, scheme: Quantization) -> None:
-        """Compute with ``weight`` quantised (``"int8"`` or ``"fp8"``) from now on; the
-        caller may free ``weight``.
+    def quantize(
+        self, weight: torch.Tensor, scheme: Quantization, *, compute: Compute = "float32"
+    ) -> None:
+        """Compute with ``weight`` quantised (``"int8"`` or ``"fp8"``; int8 on CPU in
+        ``compute`` arithmetic) from now on; the caller may free ``weight``.
 
         Raises:
             ValueError: An unknown scheme or a weight that cannot be quantised.
         """
-        self.quantized = QuantizedWeight(weight, scheme)
+        self.quantized = QuantizedWeight(weight, scheme, compute=compute)
         self.invalidate()
 
     def configure(self, *, packing: bool, use_kernel: bool) -> None:
@@ -172,10 +174,11 @@ class Linear(nn.Module):
         self.lora: OutputHook | None = None
         self.packed = PackedWeight()
 
-    def quantize(self, scheme: Quantization) -> None:
-        """Quantise the weight (``"int8"`` or ``"fp8"``, see :mod:`~openledger.serve.layers.
-        quant`) and free the full-precision one: ``weight`` becomes an empty
-        ``[0, input_size]`` tensor and :meth:`base_weight` dequantises.
+    def quantize(self, scheme: Quantization, *, compute: Compute = "float32") -> None:
+        """Quantise the weight (``"int8"`` or ``"fp8"``, int8 computing in ``compute`` on
+        CPU; see :mod:`~openledger.serve.layers.quant`) and free the full-precision one:
+        ``weight`` becomes an empty ``[0, input_size]`` tensor and :meth:`base_weight`
+        dequantises.
 
         Raises:
             ValueError: An unknown scheme, a weight that cannot be quantised, or one
@@ -183,7 +186,7 @@ class Linear(nn.Module):
         """
         if self.packed.quantized is not None:
             raise ValueError("this projection is already quantised")
-        self.packed.quantize(self.weight.data, scheme)
+        self.packed.quantize(self.weight.data, scheme, compute=compute)
         self.weight = nn.Parameter(
             self.weight.data.new_empty(0, self.input_size), requires_grad=False
         )

@@ -11,7 +11,13 @@ A weight ``W [N, K]`` becomes ``Q [N, K]`` and ``scale [N]`` with ``W ~ Q * scal
   (symmetric). On CPU with float32 activations the compiled kernel
   (``openledger::linear_int8``, :mod:`~openledger.serve.ops.linear_cpu`) streams the int8
   panels and widens them to float32 in registers: a decode step reads a quarter of the
-  fp32 bytes. Elsewhere (no C compiler, CUDA, other dtypes, prompts longer than
+  fp32 bytes. With ``EngineConfig(quantized_compute="bfloat16")`` on a CPU with
+  AVX512-BF16, the kernel (``openledger::linear_int8_bf16``) rounds the activations to
+  bfloat16 instead and multiplies with bfloat16 dot products (float32 sums): twice the
+  multiply-adds per instruction, which is what bounds a projection of a few dozen rows on
+  a CPU with few cores; the int8 weights widen to bfloat16 exactly, so the only extra
+  error is the activations' rounding (``2^-9`` of each). Elsewhere (no C compiler, CUDA,
+  other dtypes, prompts longer than
   :data:`~openledger.serve.layers.linear.KERNEL_MAX_ROWS` rows, autograd) the weight is
   dequantised for the call.
 * ``fp8``: ``scale = max|W[n]| / 448``, ``Q = W / scale`` rounded to ``float8_e4m3fn``. On
@@ -20,7 +26,8 @@ A weight ``W [N, K]`` becomes ``Q [N, K]`` and ``scale [N]`` with ``W ~ Q * scal
   (W8A8); elsewhere the weight is dequantised for the call (weight-only).
 
 Results equal the dequantised weight's (``x (Q * scale)^T``) up to the summation order,
-except the FP8 ``_scaled_mm`` path, whose activations are rounded to FP8 as well.
+except the bfloat16 compute and the FP8 ``_scaled_mm`` paths, whose activations are
+rounded to bfloat16 and FP8 respectively.
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["QUANTIZATIONS", "Quantization", "QuantizedWeight", "quantize_model"]
+__all__ = ["QUANTIZATIONS", "Compute", "Quantization", "QuantizedWeight", "quantize_model"]
 
 Quantization = Literal["int8", "fp8"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("int8", "fp8")
 """The schemes :class:`QuantizedWeight` knows."""
+Compute = Literal["float32", "bfloat16"]
+"""The arithmetic of int8 projections on CPU (``EngineConfig.quantized_compute``)."""
 
 _INT8_MAX = 127.0
 _FP8 = torch.float8_e4m3fn
@@ -49,17 +58,23 @@ class QuantizedWeight:
     Args:
         weight: The weight to quantise (any float dtype, any device; it is not kept).
         scheme: ``"int8"`` or ``"fp8"``.
+        compute: The arithmetic of the int8 CPU kernel: ``"float32"``, or ``"bfloat16"``
+            dot products where the CPU has AVX512-BF16 (float32 elsewhere).
 
     Raises:
         ValueError: An unknown scheme, or a weight that is not 2-D floating point or holds
             non-finite values.
     """
 
-    __slots__ = ("_packed", "data", "dtype", "scale", "scheme")
+    __slots__ = ("_packed", "compute", "data", "dtype", "scale", "scheme")
 
-    def __init__(self, weight: torch.Tensor, scheme: Quantization) -> None:
+    def __init__(
+        self, weight: torch.Tensor, scheme: Quantization, *, compute: Compute = "float32"
+    ) -> None:
         if scheme not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {scheme!r}")
+        if compute not in ("float32", "bfloat16"):
+            raise ValueError(f"quantized_compute must be float32 or bfloat16, got {compute!r}")
         if weight.dim() != 2 or not weight.is_floating_point():
             raise ValueError(
                 f"a 2-D floating-point weight is quantised, got {weight.dtype} "
@@ -80,6 +95,7 @@ class QuantizedWeight:
         self.scheme: Quantization = scheme
         self.dtype = weight.dtype
         """The activation dtype the weight was loaded in (what dequantising returns)."""
+        self.compute: Compute = compute
         self._packed: torch.Tensor | None = None
 
     @property
@@ -120,25 +136,47 @@ class QuantizedWeight:
             and self.data.is_cpu
             and (bias is None or (bias.dtype is torch.float32 and bias.is_contiguous()))
         ):
-            packed = self._kernel_panels()
+            packed, bf16 = self._kernel_panels()
             if packed is not None:
                 from openledger.serve.ops import linear_cpu
 
-                return linear_cpu.linear_int8(x, packed, self.scale, self.data.shape[0], bias)
+                n = self.data.shape[0]
+                if bf16:
+                    return linear_cpu.linear_int8_bf16(x, packed, self.scale, n, bias)
+                return linear_cpu.linear_int8(x, packed, self.scale, n, bias)
         if self.scheme == "fp8" and not grad and _scaled_mm_fits(x, self.data):
             return _fp8_scaled_mm(x, self.data, self.scale, bias)
         return F.linear(x, self.dequantize(x.dtype), bias)
 
-    def _kernel_panels(self) -> torch.Tensor | None:
+    @property
+    def uses_bf16_dot(self) -> bool:
+        """Whether the CPU kernel multiplies in bfloat16 here (``compute="bfloat16"`` and
+        the kernels built with AVX512-BF16)."""
+        if self.compute != "bfloat16":
+            return False
+        from openledger.serve.ops.cpu_kernels import cpu_kernels
+
+        if cpu_kernels() is None:
+            return False
+        from openledger.serve.ops import linear_cpu
+
+        return linear_cpu.has_bf16_dot()
+
+    def _kernel_panels(self) -> tuple[torch.Tensor | None, bool]:
+        """The kernel's packed copy (made on first use), and whether it is the bfloat16
+        kernel's; None where the kernels are not built."""
+        bf16 = self.uses_bf16_dot
         if self._packed is None:
             from openledger.serve.ops.cpu_kernels import cpu_kernels
 
             if cpu_kernels() is None:
-                return None
+                return None, False
             from openledger.serve.ops import linear_cpu
 
-            self._packed = linear_cpu.pack_linear_int8(self.data.contiguous())
-        return self._packed
+            q = self.data.contiguous()
+            pack = linear_cpu.pack_linear_int8_bf16 if bf16 else linear_cpu.pack_linear_int8
+            self._packed = pack(q)
+        return self._packed, bf16
 
     def __repr__(self) -> str:
         n, k = self.data.shape
@@ -170,10 +208,11 @@ def _fp8_scaled_mm(
     return out
 
 
-def quantize_model(model: nn.Module, scheme: Quantization) -> int:
+def quantize_model(model: nn.Module, scheme: Quantization, *, compute: Compute = "float32") -> int:
     """Quantise every projection of ``model`` (its :class:`~openledger.serve.layers.linear.
-    Linear` modules) and its LM head in place; returns the bytes the base weights take now
-    (quantised weights, scales, packed copies made so far).
+    Linear` modules) and its LM head in place, int8 ones computing in ``compute`` on CPU;
+    returns the bytes the base weights take now (quantised weights, scales, packed copies
+    made so far).
 
     Raises:
         ValueError: An unknown scheme, or a weight that cannot be quantised.
@@ -185,7 +224,7 @@ def quantize_model(model: nn.Module, scheme: Quantization) -> int:
     total = 0
     for module in model.modules():
         if isinstance(module, Linear):
-            module.quantize(scheme)
+            module.quantize(scheme, compute=compute)
             assert module.packed.quantized is not None
             total += module.packed.quantized.nbytes
     from openledger.serve.models.decoder import DecoderForCausalLM
@@ -194,7 +233,7 @@ def quantize_model(model: nn.Module, scheme: Quantization) -> int:
         # NOTE: the LM head's matmul goes through the model's own PackedWeight (``_head``);
         # a tied head keeps the embedding table (the lookup reads it) beside its copy.
         head = model.embed_tokens.weight if model.lm_head is None else model.lm_head
-        model._head.quantize(head, scheme)
+        model._head.quantize(head, scheme, compute=compute)
         if model.lm_head is not None:
             model.lm_head = nn.Parameter(head.data.new_empty(0, head.shape[1]), requires_grad=False)
         assert model._head.quantized is not None

@@ -158,6 +158,19 @@ class CpuKernels:
             restype=None,
         )
         """``openledger_linear_int8`` (``openledger::linear_int8``, :mod:`.linear_cpu`)."""
+        self.has_bf16_dot = self._bind("openledger_has_bf16_dot", [], restype=ctypes.c_int64)
+        """``openledger_has_bf16_dot``: 1 where the build has AVX512-BF16 dot products."""
+        self.pack_linear_int8_bf16 = self._bind(
+            "openledger_pack_linear_int8_bf16",
+            [ptr, i64, i64, i64, ptr, ctypes.c_int],
+            restype=None,
+        )
+        """``openledger_pack_linear_int8_bf16`` (``openledger::pack_linear_int8_bf16``)."""
+        self.linear_int8_bf16 = self._bind(
+            "openledger_linear_int8_bf16",
+            [ptr, i64, i64, ptr, ptr, i64, i64, ptr, ptr, i64, ptr, ctypes.c_int],
+        )
+        """``openledger_linear_int8_bf16`` (``openledger::linear_int8_bf16``)."""
 
     def _bind(
         self, name: str, argtypes: list[type], restype: type | None = ctypes.c_int

@@ -69,11 +69,14 @@ OP_NAMES = (
     "argmax_rows",
     "linear_int8",
     "pack_linear_int8",
+    "linear_int8_bf16",
+    "pack_linear_int8_bf16",
 )
 """Every op of the namespace (``torch.ops.openledger.<name>``)."""
-INT8_OP_NAMES = ("linear_int8", "pack_linear_int8")
+INT8_OP_NAMES = ("linear_int8", "pack_linear_int8", "linear_int8_bf16", "pack_linear_int8_bf16")
 """The ops of :data:`OP_NAMES` only an int8-quantised engine runs
-(``EngineConfig(quantization="int8")``)."""
+(``EngineConfig(quantization="int8")``; the ``_bf16`` ones with
+``quantized_compute="bfloat16"`` on a CPU with AVX512-BF16)."""
 
 
 def load_ops() -> None:

@@ -200,3 +200,144 @@ void openledger_linear_int8(const float *x, int64_t x_stride, int64_t M, const i
     }
   }
 }
+
+/* Int8 weights with bfloat16 dot products (openledger::linear_int8_bf16): where the CPU has
+   AVX512-BF16, one VDPBF16PS multiplies 32 bfloat16 pairs and adds them into 16 float32
+   sums, twice the multiply-adds of float32 FMAs per instruction. The int8 weights widen to
+   bfloat16 exactly (|q| <= 127 needs 7 bits); the activations are rounded to bfloat16 once
+   per call (the only extra rounding: 2^-9 of each input), and sums stay float32.
+
+   Panels of BF_NR = 32 output columns, depth in pairs: packed [ceil(N / 32)][ceil(K / 2)][32][2]
+   int8 (column j's weights at depths 2p and 2p + 1 side by side; padding zero). Per item,
+   each BF_KC-pair slice of a panel widens once into a bfloat16 buffer; every 8-row block
+   runs over it with 16 accumulators (8 rows x 2 vectors of 16 columns). Without AVX512-BF16
+   the entry points report so (openledger_has_bf16_dot) and are never called. */
+#define BF_NR 32
+#define BF_MC 32
+#define BF_KC 64
+
+int64_t openledger_has_bf16_dot(void) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+/* Bytes of the packed copy of an int8 weight [N, K] for openledger_linear_int8_bf16. */
+int64_t openledger_packed_linear_int8_bf16_size(int64_t N, int64_t K) {
+  return (N + BF_NR - 1) / BF_NR * BF_NR * ((K + 1) / 2 * 2);
+}
+
+void openledger_pack_linear_int8_bf16(const int8_t *q, int64_t q_stride, int64_t N, int64_t K,
+                                      int8_t *packed, int nthreads) {
+  const int64_t P = (N + BF_NR - 1) / BF_NR, K2 = (K + 1) / 2;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t p = 0; p < P; p++) {
+    int8_t *dst = packed + p * K2 * BF_NR * 2;
+    for (int64_t j = 0; j < BF_NR; j++) {
+      const int64_t n = p * BF_NR + j;
+      const int8_t *src = q + n * q_stride;
+      for (int64_t k = 0; k < 2 * K2; k++)
+        dst[(k / 2) * BF_NR * 2 + j * 2 + (k & 1)] = n < N && k < K ? src[k] : 0;
+    }
+  }
+}
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+
+/* f rounded to bfloat16, to nearest even (as VCVTNE2PS2BF16 rounds; NaN stays NaN). */
+static inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* acc[0..15] += 8 rows of xb (bfloat16 pairs as uint32, row stride xb_stride) . slice. */
+static inline void bf16_block(const uint32_t *xb, int64_t xb_stride, int64_t rows,
+                              const __m512bh *slice, int64_t pairs, __m512 *acc) {
+  const uint32_t *x[8];
+  for (int r = 0; r < 8; r++) x[r] = xb + (r < rows ? r : 0) * xb_stride;
+  __m512 a[16];
+  for (int i = 0; i < 16; i++) a[i] = acc[i];
+  for (int64_t p = 0; p < pairs; p++) {
+    const __m512bh w0 = slice[2 * p], w1 = slice[2 * p + 1];
+    for (int r = 0; r < 8; r++) {
+      const __m512bh s = (__m512bh)_mm512_set1_epi32((int)x[r][p]);
+      a[2 * r] = _mm512_dpbf16_ps(a[2 * r], w0, s);
+      a[2 * r + 1] = _mm512_dpbf16_ps(a[2 * r + 1], w1, s);
+    }
+  }
+  for (int i = 0; i < 16; i++) acc[i] = a[i];
+}
+#endif
+
+/* out [M, N] = bf16(x) (Q * scale)^T + bias, Q packed by openledger_pack_linear_int8_bf16;
+   xb: scratch of M * ceil(K / 2) uint32 (the rows of x as bfloat16 pairs). Returns 0, or -1
+   where the CPU build lacks AVX512-BF16 (nothing written). */
+int openledger_linear_int8_bf16(const float *x, int64_t x_stride, int64_t M,
+                                const int8_t *packed, const float *scale, int64_t N, int64_t K,
+                                const float *bias, float *out, int64_t out_stride, uint32_t *xb,
+                                int nthreads) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+  const int64_t P = (N + BF_NR - 1) / BF_NR, C = (M + BF_MC - 1) / BF_MC, K2 = (K + 1) / 2;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t m = 0; m < M; m++) {
+    const float *row = x + m * x_stride;
+    uint32_t *dst = xb + m * K2;
+    int64_t p = 0;
+    for (; p + 16 <= K / 2; p += 16) {
+      const __m512 lo = _mm512_loadu_ps(row + 2 * p), hi = _mm512_loadu_ps(row + 2 * p + 16);
+      _mm512_storeu_si512(dst + p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    for (; p < K2; p++)
+      dst[p] = bf16_bits(row[2 * p]) | (uint32_t)bf16_bits(2 * p + 1 < K ? row[2 * p + 1] : 0.f) << 16;
+  }
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t item = 0; item < P * C; item++) {
+    const int64_t p = item / C, m0 = item % C * BF_MC;
+    const int64_t m = M - m0 < BF_MC ? M - m0 : BF_MC, blocks = (m + 7) / 8;
+    const int64_t n0 = p * BF_NR, cols = N - n0 < BF_NR ? N - n0 : BF_NR;
+    const int8_t *panel = packed + p * K2 * BF_NR * 2;
+    __m512bh slice[BF_KC * 2];
+    __m512 acc[BF_MC / 8][16];
+    for (int64_t b = 0; b < blocks; b++)
+      for (int i = 0; i < 16; i++) acc[b][i] = _mm512_setzero_ps();
+    for (int64_t p0 = 0; p0 < K2; p0 += BF_KC) {
+      const int64_t pairs = K2 - p0 < BF_KC ? K2 - p0 : BF_KC;
+      const int8_t *src = panel + p0 * BF_NR * 2;
+      for (int64_t i = 0; i < pairs; i++) {
+        const int8_t *s = src + i * BF_NR * 2;
+        _mm_prefetch((const char *)(s + BF_KC * BF_NR * 2), _MM_HINT_T0); /* next slice */
+        __m512 f[4];
+        for (int h = 0; h < 4; h++)
+          f[h] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(s + 16 * h))));
+        slice[2 * i] = _mm512_cvtne2ps_pbh(f[1], f[0]);
+        slice[2 * i + 1] = _mm512_cvtne2ps_pbh(f[3], f[2]);
+      }
+      for (int64_t b = 0; b < blocks; b++) {
+        const int64_t rows = m - 8 * b < 8 ? m - 8 * b : 8;
+        bf16_block(xb + (m0 + 8 * b) * K2 + p0, K2, rows, slice, pairs, acc[b]);
+      }
+    }
+    for (int64_t r = 0; r < m; r++) {
+      float row[BF_NR];
+      _mm512_storeu_ps(row, acc[r / 8][2 * (r % 8)]);
+      _mm512_storeu_ps(row + 16, acc[r / 8][2 * (r % 8) + 1]);
+      float *o = out + (m0 + r) * out_stride + n0;
+      const float *s = scale + n0;
+      if (bias)
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j] * s[j] + bias[n0 + j];
+      else
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j] * s[j];
+    }
+  }
+  return 0;
+#else
+  (void)x, (void)x_stride, (void)M, (void)packed, (void)scale, (void)N, (void)K, (void)bias;
+  (void)out, (void)out_stride, (void)xb, (void)nthreads;
+  return -1;
+#endif
+}
