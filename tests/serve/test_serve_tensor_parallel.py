@@ -218,9 +218,8 @@ def test_refused_sizes_name_the_numbers(models: dict[str, Path]) -> None:
         )
 
 
-def _bounded(call: Callable[[], object], within_s: float) -> BaseException | None:
-    """Run ``call`` in a thread; its exception, or fail if it is still running after
-    ``within_s`` (a hang)."""
+def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``call`` in a thread; the list gets its exception."""
     caught: list[BaseException] = []
 
     def target() -> None:
@@ -231,6 +230,12 @@ def _bounded(call: Callable[[], object], within_s: float) -> BaseException | Non
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
+    return thread, caught
+
+
+def _bounded(call: Callable[[], object], within_s: float) -> BaseException | None:
+    """``call``'s exception; fails if it still runs after ``within_s`` (a hang)."""
+    thread, caught = _in_thread(call)
     thread.join(within_s)
     assert not thread.is_alive(), f"still running after {within_s} s"
     return caught[0] if caught else None
@@ -248,6 +253,29 @@ def test_a_dead_worker_fails_the_engine_with_a_clear_error(models: dict[str, Pat
         assert f"rank 1 (pid {pid}) was killed by signal 9" in str(error)
         again = _bounded(lambda: engine.generate([[1, 2]], SamplingParams(max_tokens=2)), 30)
         assert isinstance(again, EngineDeadError)
+    finally:
+        engine.close()
+
+
+def test_a_worker_dying_inside_a_collective_fails_the_step(models: dict[str, Path]) -> None:
+    """Rank 0 waits in an all-reduce on a stopped worker; killing the worker ends the wait
+    with an error naming it (gloo sees the closed connection), not a hang."""
+    engine = Engine(models["qwen2"], EngineConfig(num_blocks=32, tensor_parallel_size=2))
+    try:
+        (pid,) = engine.runner.group.pids  # type: ignore[attr-defined]
+        engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2))
+        os.kill(pid, signal.SIGSTOP)
+        thread, caught = _in_thread(
+            lambda: engine.generate([[5, 6, 7]], SamplingParams(max_tokens=4))
+        )
+        thread.join(0.5)
+        assert thread.is_alive(), "the step did not wait for the stopped worker"
+        os.kill(pid, signal.SIGKILL)
+        thread.join(30)
+        assert not thread.is_alive(), "rank 0 still waits for a dead worker"
+        assert len(caught) == 1
+        assert isinstance(caught[0], EngineDeadError)
+        assert f"rank 1 (pid {pid}) was killed by signal 9" in str(caught[0])
     finally:
         engine.close()
 
@@ -287,7 +315,7 @@ def test_smollm2_split_three_ways_matches_one_process(smollm2_dir: Path, tmp_pat
     adapter = make_peft_adapter(smollm2_dir, tmp_path / "smol", r=8, seed=3,
                                 targets=["q_proj", "v_proj", "o_proj", "down_proj"])  # fmt: skip
     chat = [{"role": "user", "content": "What is the capital of France?"}]
-    prompts: list[Any] = [chat, "def fibonacci(n):", "Once upon a time"]
+    prompts: list[Any] = [chat, "Once upon a time", "Once upon a time"]
     names = [None, None, "smol"]
 
     def run(**config: Any) -> tuple[list[RequestOutput], Engine]:
@@ -302,10 +330,7 @@ def test_smollm2_split_three_ways_matches_one_process(smollm2_dir: Path, tmp_pat
     split, engine = run(tensor_parallel_size=3)
     try:
         assert one[0].text == "The capital of France is Paris."
-        assert (
-            one[2].token_ids
-            != engine.generate(prompts[2], SamplingParams(max_tokens=16))[0].token_ids
-        )
+        assert one[2].token_ids != one[1].token_ids  # the adapter changes them
         _assert_same(one, split, logprob_tolerance(config.intermediate_size, config.num_layers),
                      "smollm2")  # fmt: skip
     finally:
