@@ -8,11 +8,17 @@ SmolLM2-135M-Instruct, fp32, CPU; 16 concurrent requests with short prompts (~16
 Baseline in the same run: transformers ``generate`` on the same 16 prompts as one
 left-padded batch. Both are warmed up once; then they alternate for ``--repeats`` rounds.
 Prints median tokens/s of both, the median of the per-round ratios, and per-request time
-to first token (TTFT) and inter-token latency (ITL) of our engine. Besides wall time,
+to first token (TTFT) and inter-token latency (ITL) of our engine.
+
+In the same rounds, unless ``--no-int8``: the engine on int8 base weights
+(``EngineConfig(quantization="int8")``, float32 arithmetic) and on int8 weights with
+bfloat16 dot products (``quantized_compute="bfloat16"``, where the CPU has AVX512-BF16),
+each against the fp32 engine (median of per-round ratios), with the bytes of the base's
+projection weights and the share of greedy tokens equal to the fp32 engine's. Besides wall time,
 the process's CPU time is compared too: on a shared, oversubscribed machine it is the
 steadier measure of work done.
 
-    python benchmarks/serve_throughput.py [--repeats 3] [--threads N] [--model NAME]
+    python benchmarks/serve_throughput.py [--repeats 3] [--threads N] [--model NAME] [--no-int8]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openledger.models import resolve_model
 from openledger.serve import Engine, EngineConfig, RequestOutput, SamplingParams
+from openledger.serve.layers.linear import Linear
 
 TOPICS = [
     "the water cycle", "black holes", "photosynthesis", "the Roman empire", "prime numbers",
@@ -110,6 +117,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 engines")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,12 +126,25 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     engine = Engine(args.model, EngineConfig(device="cpu", dtype="float32"))
+    variants: dict[str, Engine] = {}
+    if not args.no_int8:
+        for name, compute in (("int8", "float32"), ("int8 bf16-dot", "bfloat16")):
+            config = EngineConfig(
+                device="cpu",
+                dtype="float32",
+                quantization="int8",
+                quantized_compute=compute,  # type: ignore[arg-type]
+            )
+            variants[name] = Engine(args.model, config)
     print(f"machine: {machine()}", flush=True)
     print(f"load average at start (1/5/15 min): {load_average()}", flush=True)
     run_hf(model, tokenizer, texts[:2])
-    run_ours(engine, texts[:2])
+    for warm in (engine, *variants.values()):
+        run_ours(warm, texts)  # NOTE: the first steps pack the weights
     hf_times: list[Timing] = []
     our_times: list[Timing] = []
+    variant_times: dict[str, list[Timing]] = {name: [] for name in variants}
+    variant_last: dict[str, list[RequestOutput]] = {}
     for round_ in range(args.repeats):
         timing, hf_tokens = run_hf(model, tokenizer, texts)
         hf_times.append(timing)
@@ -132,9 +153,73 @@ def main() -> None:
         shown = (
             f"HF {hf_times[-1][0]:.1f}/{hf_times[-1][1]:.1f}, ours {timing[0]:.1f}/{timing[1]:.1f}"
         )
+        for name, variant in variants.items():
+            timing, variant_last[name] = run_ours(variant, texts)
+            variant_times[name].append(timing)
+            shown += f", {name} {timing[0]:.1f}/{timing[1]:.1f}"
         print(f"round {round_ + 1} (wall/CPU s): {shown}", flush=True)
     report(texts, hf_times, our_times, last, hf_tokens)
+    for name, variant in variants.items():
+        report_variant(name, variant, engine, variant_times[name], our_times,
+                       variant_last[name], last, len(texts))  # fmt: skip
     print(f"load average at end (1/5/15 min): {load_average()}")
+
+
+def projection_bytes(engine: Engine) -> int:
+    """Bytes of the base's projection weights and LM head as the engine computes with them
+    (quantised weights and scales, or float32 weights; packed copies not counted)."""
+    model = engine.runner.model
+    total = 0
+    for module in model.modules():
+        if isinstance(module, Linear):
+            q = module.packed.quantized
+            total += module.weight.nbytes if q is None else q.data.nbytes + q.scale.nbytes
+    head = model.quantized_head
+    if head is not None:
+        total += head.data.nbytes + head.scale.nbytes
+    else:
+        weight = model.embed_tokens.weight if model.lm_head is None else model.lm_head
+        total += weight.nbytes
+    return total
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Tokens before the first difference."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def report_variant(
+    name: str,
+    variant: Engine,
+    engine: Engine,
+    times: list[Timing],
+    fp32_times: list[Timing],
+    last: list[RequestOutput],
+    fp32_last: list[RequestOutput],
+    requests: int,
+) -> None:
+    """An int8 engine against the fp32 engine of the same rounds."""
+    total = requests * NEW_TOKENS
+    rate = total / statistics.median(t[0] for t in times)
+    ratio = statistics.median(f[0] / t[0] for f, t in zip(fp32_times, times, strict=True))
+    cpu_ratio = statistics.median(f[1] / t[1] for f, t in zip(fp32_times, times, strict=True))
+    same = sum(
+        common_prefix(o.token_ids, f.token_ids) for o, f in zip(last, fp32_last, strict=True)
+    )
+    quantized = [
+        m.packed.quantized for m in variant.runner.model.modules() if isinstance(m, Linear)
+    ]
+    bf16 = any(q is not None and q.uses_bf16_dot for q in quantized)
+    print(
+        f"{name} ({'bfloat16' if bf16 else 'float32'} arithmetic): {rate:7.1f} tok/s wall, "
+        f"{ratio:.2f}x the fp32 engine (CPU time {cpu_ratio:.2f}x); projection weights "
+        f"{projection_bytes(variant) / 2**20:.0f} MiB vs {projection_bytes(engine) / 2**20:.0f} "
+        f"MiB; greedy tokens before the first difference from fp32's: {same}/{total}; "
+        f"{latency_summary(last)}"
+    )
 
 
 def report(

@@ -227,15 +227,7 @@ def quantize_model(model: nn.Module, scheme: Quantization, *, compute: Compute =
             module.quantize(scheme, compute=compute)
             assert module.packed.quantized is not None
             total += module.packed.quantized.nbytes
-    from openledger.serve.models.decoder import DecoderForCausalLM
-
-    if isinstance(model, DecoderForCausalLM):
-        # NOTE: the LM head's matmul goes through the model's own PackedWeight (``_head``);
-        # a tied head keeps the embedding table (the lookup reads it) beside its copy.
-        head = model.embed_tokens.weight if model.lm_head is None else model.lm_head
-        model._head.quantize(head, scheme, compute=compute)
-        if model.lm_head is not None:
-            model.lm_head = nn.Parameter(head.data.new_empty(0, head.shape[1]), requires_grad=False)
-        assert model._head.quantized is not None
-        total += model._head.quantized.nbytes
+    quantize_head = getattr(model, "quantize_head", None)  # the served decoder's LM head
+    if quantize_head is not None:
+        total += int(quantize_head(scheme, compute=compute))
     return total

@@ -35,6 +35,7 @@ from openledger.serve.batch import BatchMetadata
 from openledger.serve.layers.attention import AttentionBackend, PagedAttention
 from openledger.serve.layers.linear import Linear, PackedWeight
 from openledger.serve.layers.norm import RMSNorm
+from openledger.serve.layers.quant import Compute, Quantization, QuantizedWeight
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig, RopeConfig
 from openledger.serve.ops import rowwise_cpu
@@ -280,6 +281,28 @@ class DecoderForCausalLM(nn.Module):
             elif isinstance(module, Linear):
                 module.packed.configure(packing=packing, use_kernel=kernels)
         self._head.configure(packing=packing, use_kernel=kernels)
+
+    def quantize_head(self, scheme: Quantization, *, compute: Compute = "float32") -> int:
+        """Compute the logits with the LM head quantised (``"int8"`` or ``"fp8"``, see
+        :mod:`~openledger.serve.layers.quant`); an untied head's full-precision weight is
+        freed, a tied one stays (the embedding lookup reads it). Returns the bytes of the
+        quantised head.
+
+        Raises:
+            ValueError: An unknown scheme, or a head split over tensor-parallel ranks.
+        """
+        if self.tp_size > 1:
+            raise ValueError("a quantised LM head is not split over tensor-parallel ranks")
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
+        self._head.quantize(head, scheme, compute=compute)
+        if self.lm_head is not None:
+            self.lm_head = nn.Parameter(head.data.new_empty(0, head.shape[1]), requires_grad=False)
+        return self.quantized_head.nbytes if self.quantized_head is not None else 0
+
+    @property
+    def quantized_head(self) -> QuantizedWeight | None:
+        """The LM head the logits are computed with, when quantised (else None)."""
+        return self._head.quantized
 
     def attention_layers(self) -> list[PagedAttention]:
         """Each layer's paged attention, in order (the runner binds their KV caches)."""
