@@ -64,14 +64,14 @@ class ModelRunner:
         weight_packing: Keep packed copies of float32 CPU projection weights.
         quantization: Quantise the projections and the LM head at load (``"int8"``,
             ``"fp8"``; see :mod:`~openledger.serve.layers.quant`); None keeps ``dtype``.
+        quantized_compute: Arithmetic of int8 projections on CPU (``"float32"``, or
+            ``"bfloat16"`` dot products where the CPU has AVX512-BF16).
         cuda_graphs: Replay decode steps from CUDA graphs (``EngineConfig.cuda_graphs``:
             ``"auto"`` where they apply on a CUDA device; see
             :func:`~openledger.serve.cuda_graphs.resolve_cuda_graphs`).
 
     Raises:
         ConfigError: ``cuda_graphs=True`` where graphs cannot run.
-        quantized_compute: Arithmetic of int8 projections on CPU (``"float32"``, or
-            ``"bfloat16"`` dot products where the CPU has AVX512-BF16).
     """
 
     def __init__(
