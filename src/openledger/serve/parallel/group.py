@@ -17,6 +17,7 @@ parent dies (``PR_SET_PDEATHSIG`` on Linux, and a watchdog polling the parent's 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import pickle
@@ -31,7 +32,7 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,8 @@ from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.models.config import ModelConfig
 
 __all__ = ["COLLECTIVE_TIMEOUT_S", "STARTUP_TIMEOUT_S", "WorkerGroup", "WorkerSpec"]
+
+logger = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = 120.0
 """How long a rank waits in a collective for a peer that neither answers nor dies."""
@@ -203,14 +206,23 @@ class WorkerGroup:
         """
         self.wait_for("started")
         _prefer_loopback(self.spec.dist_backend)
-        dist.init_process_group(
-            self.spec.dist_backend,
-            init_method=self.spec.init_method,
-            rank=0,
-            world_size=self.size,
-            timeout=timedelta(seconds=self.spec.timeout_s),
-        )
+        try:
+            dist.init_process_group(
+                self.spec.dist_backend,
+                init_method=self.spec.init_method,
+                rank=0,
+                world_size=self.size,
+                timeout=timedelta(seconds=self.spec.timeout_s),
+            )
+        except Exception as exc:
+            self.raise_failure(exc)
         self._state.joined = True
+        logger.info(
+            "tensor parallel: %d ranks over %s, workers %s",
+            self.size,
+            self.spec.dist_backend,
+            self.pids,
+        )
 
     def wait_for(self, kind: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         """Wait until every worker has said ``kind`` (``"started"``, ``"ready"``).
@@ -266,19 +278,23 @@ class WorkerGroup:
             if not worker.process.is_alive():
                 raise self._dead(worker)
 
-    def failure(self, exc: BaseException) -> BaseException:
-        """The error to raise for ``exc``, raised by rank 0 during a step: an
+    def raise_failure(self, exc: BaseException) -> NoReturn:
+        """Raise for ``exc``, raised on rank 0 while the ranks work together: an
         :class:`EngineDeadError` naming a worker that died, else ``exc`` itself. Either
-        way the group is broken from now on (the ranks may be out of step)."""
+        way the group is broken from now on (the ranks may be out of step).
+
+        Raises:
+            EngineDeadError: A worker is gone (``exc`` is its cause).
+        """
         for worker in self._workers:
             worker.process.join(1.0)  # NOTE: a peer's closed connection arrives before its exit
             if not worker.process.is_alive():
-                return self._dead(worker)
+                raise self._dead(worker) from exc
         self._broken = (
             f"a tensor-parallel step failed ({type(exc).__name__}: {exc}); the ranks may be "
             "out of step: close this engine and build a new one"
         )
-        return exc
+        raise exc
 
     def close(self) -> None:
         """Stop the workers (told to exit, killed after a grace period) and leave the

@@ -52,10 +52,7 @@ class ParallelModelRunner(ModelRunner):
         try:
             return super().run(seqs, num_new_tokens)
         except Exception as exc:
-            failure = self.group.failure(exc)
-            if failure is exc:
-                raise
-            raise failure from exc
+            self.group.raise_failure(exc)
 
     def prepare(
         self, seqs: list[SequenceState], num_new_tokens: list[int]
