@@ -211,6 +211,8 @@ def test_refused_sizes_name_the_numbers(models: dict[str, Path]) -> None:
     assert "attention heads" not in str(caught.value)  # 4 heads split 4 ways
     with pytest.raises(ConfigError, match="quantization='int8' with tensor_parallel_size=2"):
         Engine(models["qwen2"], EngineConfig(tensor_parallel_size=2, quantization="int8"))
+    with pytest.raises(ConfigError, match="cuda_graphs=True with tensor_parallel_size=2"):
+        Engine(models["qwen2"], EngineConfig(tensor_parallel_size=2, cuda_graphs=True))
     with pytest.raises(ConfigError, match="max_adapter_slots=1 is below max_num_seqs=2"):
         Engine(
             models["qwen2"],

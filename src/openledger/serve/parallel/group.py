@@ -104,6 +104,7 @@ class WorkerSpec:
             "seed": config.seed,
             "cpu_kernels": config.cpu_kernels,
             "weight_packing": config.weight_packing,
+            "cuda_graphs": False,  # NOTE: rank 0 sends every step's inputs (eager steps)
         }
 
 

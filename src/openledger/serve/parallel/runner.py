@@ -102,8 +102,8 @@ def start_parallel_runner(
 
     Raises:
         ConfigError: The model does not split ``tensor_parallel_size`` ways, a quantised
-            base was asked for, fewer adapter slots than sequences, or a process group
-            already exists in this process.
+            base or CUDA graphs were asked for, fewer adapter slots than sequences, or a
+            process group already exists in this process.
         EngineDeadError: A worker failed to start (its error is in the message).
     """
     size = config.tensor_parallel_size
@@ -113,6 +113,11 @@ def start_parallel_runner(
         raise ConfigError(
             f"quantization={config.quantization!r} with tensor_parallel_size={size} is not "
             "served yet; use one of them"
+        )
+    if config.cuda_graphs is True:
+        raise ConfigError(
+            f"cuda_graphs=True with tensor_parallel_size={size} is not served yet; a split "
+            "model runs its steps eagerly (leave cuda_graphs='auto' or set it False)"
         )
     if device.type == "cuda":
         device = torch.device("cuda", device.index or 0)
