@@ -78,7 +78,13 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
             quantization=config.quantization,
             quantized_compute=config.quantized_compute,
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    close = runner.close if isinstance(runner, ParallelModelRunner) else None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except BaseException:
+        if close is not None:  # NOTE: no engine will own the workers to close them
+            close()
+        raise
     eos = set(model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
@@ -90,7 +96,6 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
         num_blocks,
         backend,
     )
-    close = runner.close if isinstance(runner, ParallelModelRunner) else None
     return EngineParts(
         model_config, tokenizer, runner, max_model_len, num_blocks, frozenset(eos), close
     )
