@@ -103,6 +103,7 @@ def _load_weights(model: DecoderForCausalLM, folder: Path, dtype: torch.dtype) -
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     loaded: set[str] = set()
+    rank, size = tensor_parallel_of(model.config)
     for name, tensor in checkpoint_tensors(folder):
         if _SKIPPED.search(name):
             continue
@@ -114,14 +115,11 @@ def _load_weights(model: DecoderForCausalLM, folder: Path, dtype: torch.dtype) -
             linear = modules.get(module_name)
             if not isinstance(linear, Linear):
                 raise UnsupportedModelError(f"unexpected checkpoint tensor {name!r} in {folder}")
-            share = _Share(
-                module_name.rsplit(".", 1)[-1], param_name, *tensor_parallel_of(model.config)
-            )
+            share = _Share(module_name.rsplit(".", 1)[-1], param_name, rank, size)
             _load_projection(linear, param_name, tensor.to(dtype), index, name, share)
             loaded.add(f"{module_name}.{param_name}")
         elif param_name in params:
-            rank, size = tensor_parallel_of(model.config)
-            if param_name == "lm_head" and size > 1:
+            if param_name == "lm_head" and size > 1:  # NOTE: this rank's vocabulary rows
                 tensor = shard_rows(tensor, rank, size)
             _copy(params[param_name], tensor.to(dtype), name)
             loaded.add(param_name)
