@@ -63,9 +63,22 @@ def test_layers_load_lazily() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("layer", ["crypto", "data", "chain"])
+@pytest.mark.parametrize("layer", ["crypto", "data", "chain", "gateway"])
 def test_torch_free_layers_do_not_load_torch(layer: str) -> None:
     code = f"import sys, openledger.{layer}; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_attribution_names_load_on_first_use() -> None:
+    """The reward arithmetic (what the gateway's receipts need) imports without the
+    influence index's transformers and PEFT; every exported name still resolves."""
+    code = (
+        "import sys, openledger.attribution as a; from openledger.attribution.rewards import BPS; "
+        "assert not {'peft', 'transformers', 'torch'} & set(sys.modules), sorted(sys.modules); "
+        "assert sorted(a._EXPORTS) == sorted(a.__all__); "
+        "assert a.InfluenceIndex.__module__ == 'openledger.attribution.index'; "
+        "assert 'InfluenceIndex' in dir(a)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
