@@ -42,7 +42,13 @@ from openledger.serve.config import EngineConfig
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.models.config import ModelConfig
 
-__all__ = ["COLLECTIVE_TIMEOUT_S", "STARTUP_TIMEOUT_S", "WorkerGroup", "WorkerSpec"]
+__all__ = [
+    "COLLECTIVE_TIMEOUT_S",
+    "STARTUP_TIMEOUT_S",
+    "WorkerGroup",
+    "WorkerSpec",
+    "prefer_loopback",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +212,7 @@ class WorkerGroup:
             EngineDeadError: A worker died before joining.
         """
         self.wait_for("started")
-        _prefer_loopback(self.spec.dist_backend)
+        prefer_loopback(self.spec.dist_backend)
         try:
             dist.init_process_group(
                 self.spec.dist_backend,
@@ -343,7 +349,7 @@ def _spawn(spec: WorkerSpec) -> list[_Worker]:
     return workers
 
 
-def _prefer_loopback(backend: str) -> None:
+def prefer_loopback(backend: str) -> None:
     """Let gloo listen on the loopback interface only (all ranks are on this host)."""
     if backend == "gloo" and sys.platform == "linux":
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import pickle
 import signal
@@ -27,12 +28,14 @@ import torch.distributed as dist
 from openledger.serve.engine_adapters import attach_adapter_slots
 from openledger.serve.model_runner import ModelRunner
 from openledger.serve.ops.lora_torch import LoraWeights
-from openledger.serve.parallel.group import WorkerSpec, _prefer_loopback
+from openledger.serve.parallel.group import WorkerSpec, prefer_loopback
 from openledger.serve.parallel.lora import shard_adapter
 from openledger.serve.parallel.sharding import shard_config
 from openledger.serve.parallel.step import StepInputs
 
 __all__ = ["WorkerRunner", "run_worker"]
+
+logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _WATCHDOG_PERIOD_S = 0.2
@@ -78,7 +81,7 @@ def run_worker(spec: WorkerSpec, rank: int, conn: Connection) -> None:
     try:
         torch.set_num_threads(spec.num_threads)
         conn.send(("started",))
-        _prefer_loopback(spec.dist_backend)
+        prefer_loopback(spec.dist_backend)
         device = _device(spec, rank)
         dist.init_process_group(
             spec.dist_backend,
@@ -91,6 +94,7 @@ def run_worker(spec: WorkerSpec, rank: int, conn: Connection) -> None:
         conn.send(("ready",))
         _serve(conn, runner)
     except BaseException:  # NOTE: report anything to rank 0, then go
+        logger.exception("tensor-parallel worker rank %d failed", rank)
         with contextlib.suppress(OSError):
             conn.send(("error", traceback.format_exc()))
         os._exit(1)
