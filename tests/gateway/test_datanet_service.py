@@ -29,6 +29,7 @@ from openledger.data import (
     sign_contribution,
 )
 from openledger.data.remote_signing import sign_call
+from openledger.data.wire import CALL_HEADER
 from openledger.exceptions import (
     AccessDeniedError,
     DataNotFoundError,
@@ -176,6 +177,36 @@ def test_reviews_and_validators_are_signed_where_the_keys_are(hosted: Hosted) ->
     assert (response.status_code, response.json()["error"]["code"]) == (409, "replayed")
     assert dn.get(target).status == "accepted"
     assert dn.reputation(BOB).rejected == 0
+
+
+def test_a_signed_snapshot_call_freezes_once(hosted: Hosted) -> None:
+    """Whoever saw the owner's signed call cannot replay it into more snapshots; the owner's
+    own snapshots in quick succession are separate calls."""
+    dn = hosted.remote("medqa")
+    dn.contribute(rows(2, "replay"), contributor=ALICE)
+    call = sign_call(dn.id, "snapshot", OWNER, detail="once")
+    url, header = hosted.server.url("medqa") + "/snapshots", {CALL_HEADER: call.model_dump_json()}
+    first = httpx.post(url, headers=header, timeout=30)
+    assert first.status_code == 201, first.text
+    before = dn.snapshots()
+    again = httpx.post(url, headers=header, timeout=30)
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "replayed")
+    assert dn.snapshots() == before  # the replay froze nothing
+    a, b = dn.snapshot(owner=OWNER), dn.snapshot(owner=OWNER)  # within one second: two calls
+    assert dn.snapshots() == [*before, a.id, b.id]
+
+
+def test_spent_calls_are_forgotten_once_stale() -> None:
+    from openledger.data.remote_signing import CALL_TTL
+    from openledger.gateway.datanets.service import DatanetService
+
+    service = DatanetService([])
+    call = sign_call("0x" + "11" * 32, "snapshot", OWNER, at=1_000)
+    service.spend_call(call, now=1_000)
+    with pytest.raises(NonceError, match="used already"):
+        service.spend_call(call, now=1_000 + CALL_TTL)
+    # past its freshness the service forgets it (check_call refuses it as too old by then)
+    service.spend_call(call, now=1_001 + CALL_TTL)
 
 
 def test_a_proof_served_over_http_verifies_on_the_embedded_chain(hosted: Hosted) -> None:

@@ -17,6 +17,7 @@ hash. Refusals come back as the exceptions the datanet raised (:mod:`.wire`).
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -316,8 +317,12 @@ class RemoteDatanet(RemoteGovernanceMethods, ExportMethods):
     # -- snapshots ----------------------------------------------------------------------------
 
     def snapshot(self, *, owner: Account) -> RemoteSnapshot:
-        """Have the service freeze the accepted records into a new snapshot (the owner asks)."""
-        call = sign_call(self.id, "snapshot", owner)
+        """Have the service freeze the accepted records into a new snapshot (the owner asks).
+
+        The signed call carries a fresh random detail, so two snapshots asked for within
+        one second are two calls (the service takes each signed call once).
+        """
+        call = sign_call(self.id, "snapshot", owner, detail=secrets.token_hex(16))
         return RemoteSnapshot.from_json(self._request("POST", "snapshots", call=call), self)
 
     def snapshots(self) -> list[int]:

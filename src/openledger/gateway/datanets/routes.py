@@ -309,14 +309,11 @@ def _required(call: SignedCall | None) -> SignedCall:
     return call
 
 
-def _owner_call(hosted: HostedDatanet, request: Request, action: str) -> None:
-    owner = hosted.datanet.owner
-    check_call(
-        _call(request),
-        datanet_id=hosted.datanet.id,
-        action=action,
-        signers={owner} if owner else set(),
-    )
+def _owner_call(hosted: HostedDatanet, request: Request, action: str) -> SignedCall:
+    owner, call = hosted.datanet.owner, _call(request)
+    signers = {owner} if owner else set()
+    check_call(call, datanet_id=hosted.datanet.id, action=action, signers=signers)
+    return _required(call)
 
 
 def _add_read_routes(app: FastAPI, service: DatanetService) -> None:
@@ -360,7 +357,7 @@ def _add_snapshot_routes(app: FastAPI, service: DatanetService) -> None:
     @app.post(base, status_code=201)
     async def freeze(ref: str, request: Request) -> dict[str, Any]:
         hosted = service.find(ref)
-        _owner_call(hosted, request, "snapshot")
+        service.spend_call(_owner_call(hosted, request, "snapshot"))  # NOTE: once per signed call
         return snapshot_json(await _on(hosted, lambda d: d.snapshot()))
 
     @app.get(base + "/{snapshot_id}")

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from openledger.data import AccessGrant, Datanet
-from openledger.data.remote_signing import SignedCall
+from openledger.data.remote_signing import CALL_TTL, SignedCall
 from openledger.data.schemas import schema_hash, schema_ref
 from openledger.data.store import Durability
-from openledger.exceptions import ConfigError, DataNotFoundError
+from openledger.exceptions import ConfigError, DataNotFoundError, NonceError
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DatanetService", "HostedDatanet"]
 
@@ -90,6 +91,29 @@ class DatanetService:
             self.hosted[datanet.id] = HostedDatanet(datanet)
             self._names[datanet.name] = datanet.id
         self.max_body_bytes = max_body_bytes
+        self._spent: dict[str, float] = {}
+        self._spent_lock = threading.Lock()
+
+    def spend_call(self, call: SignedCall, *, now: float | None = None) -> None:
+        """Accept ``call`` for a state-changing action once: the same signed call sent
+        again (a replay by whoever saw it) is refused while it is still fresh; after
+        :data:`~openledger.data.remote_signing.CALL_TTL` it is refused as too old anyway.
+
+        NOTE: remembered in memory: a restarted service accepts a call it had taken
+        before the restart until the call goes stale (at most ``CALL_TTL`` seconds).
+
+        Raises:
+            NonceError: This signed call was used already.
+        """
+        moment = time.time() if now is None else now
+        with self._spent_lock:
+            for signature in [s for s, until in self._spent.items() if until < moment]:
+                del self._spent[signature]
+            if call.signature in self._spent:
+                raise NonceError(
+                    f"this signed {call.action!r} call was used already (replayed); sign a new one"
+                )
+            self._spent[call.signature] = call.at + CALL_TTL
 
     @classmethod
     def open(
