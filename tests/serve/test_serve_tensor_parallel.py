@@ -91,10 +91,12 @@ ADAPTERS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def _prompts(adapters: list[str]) -> list[tuple[list[int], str | None]]:
-    """Prompts of several lengths (a chunked one too), each adapter and the base side by side."""
+    """One prompt for the base and for each adapter, then prompts of other lengths (one
+    longer than a step's token budget: computed in chunks) spread over them."""
     names: list[str | None] = [None, *adapters]
-    prompts = [[5, 9, 33, 70, 101], list(range(40, 77)), [7, 8], list(range(200, 213))]
-    return [(prompt, names[i % len(names)]) for i, prompt in enumerate(prompts)]
+    same = [([5, 9, 33, 70, 101], name) for name in names]
+    others = [list(range(40, 77)), [7, 8], list(range(200, 213))]
+    return same + [(prompt, names[(i + 1) % len(names)]) for i, prompt in enumerate(others)]
 
 
 def _run(
@@ -149,7 +151,7 @@ def _wait_gone(pids: list[int], within_s: float) -> bool:
 
 
 @pytest.mark.parametrize("name", ["qwen2", "llama-bias", "phi3"])
-def test_size_two_matches_size_one_with_adapters(
+def test_size_two_matches_size_one_with_adapters_and_close_stops_it(
     models: dict[str, Path], tmp_path: Path, name: str
 ) -> None:
     folder = models[name]
@@ -164,9 +166,12 @@ def test_size_two_matches_size_one_with_adapters(
     config = base.model_config
     split, engine = _run(folder, adapters, prompts, tensor_parallel_size=2)
     try:
-        # NOTE: the adapters change the tokens, so equal tokens are no accident of the base
-        if adapters:
-            assert {o.token_ids[0] for o in one} != {one[0].token_ids[0]}
+        pids = engine.runner.group.pids  # type: ignore[attr-defined]
+        assert len(pids) == 1
+        assert not _gone(pids[0])
+        # NOTE: each adapter changes the base's tokens, so equal tokens are no accident
+        for k in range(1, len(adapters) + 1):
+            assert one[k].token_ids != one[0].token_ids, f"adapter {k} changes nothing"
         tolerance = logprob_tolerance(config.intermediate_size, config.num_layers)
         _assert_same(one, split, tolerance, name)
         if name == "qwen2":
@@ -174,21 +179,13 @@ def test_size_two_matches_size_one_with_adapters(
                                      use_dora=True)  # fmt: skip
             with pytest.raises(ConfigError, match="DoRA adapters are not served with tensor_par"):
                 engine.add_adapter("dora", dora)
+        engine.close()
+        assert _wait_gone(pids, 1.0), "close() returned with a live worker"
+        engine.close()  # idempotent
+        with pytest.raises(EngineDeadError, match="closed"):
+            engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2))
     finally:
         engine.close()
-
-
-def test_close_stops_every_worker_and_later_steps_say_so(models: dict[str, Path]) -> None:
-    engine = Engine(models["qwen2"], EngineConfig(num_blocks=32, tensor_parallel_size=2))
-    pids = engine.runner.group.pids  # type: ignore[attr-defined]
-    assert len(pids) == 1
-    assert not _gone(pids[0])
-    engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2))
-    engine.close()
-    assert _wait_gone(pids, 1.0), "close() returned with a live worker"
-    engine.close()  # idempotent
-    with pytest.raises(EngineDeadError, match="closed"):
-        engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2))
 
 
 def test_garbage_collecting_the_engine_stops_its_worker(models: dict[str, Path]) -> None:
