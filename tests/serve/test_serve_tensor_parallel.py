@@ -334,3 +334,56 @@ def test_smollm2_split_three_ways_matches_one_process(smollm2_dir: Path, tmp_pat
                      "smollm2")  # fmt: skip
     finally:
         engine.close()
+
+
+ROUNDING = 16 * torch.finfo(torch.float64).eps
+"""float64 rounding of the few-term sums of products of unit normals in :func:`_dense`
+(the same products either way; a matmul of another shape may order them differently)."""
+
+
+def _dense(weights: Any, rows: int) -> Any:
+    """The update ``[rows, in]`` that ``weights`` adds: ``B_s A_s`` in each slice's rows."""
+    update = torch.zeros(rows, weights.a.shape[1], dtype=torch.float64)
+    for s in weights.slices:
+        update[s.col_start : s.col_end] += (
+            s.b.double() @ weights.a[s.rank_start : s.rank_end].double()
+        )
+    return update
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_split_lora_updates_add_up_to_the_whole(size: int) -> None:
+    """Each rank's part of an update is the whole update's rows (column-parallel) or
+    columns (row-parallel) of that rank, for slices per q/k/v, one fused slice over all
+    three (the layout CPU backends use) and a slice over part of one."""
+    from openledger.serve.layers.linear import Linear
+    from openledger.serve.ops.lora_torch import LoraSlice, LoraWeights, fuse_expand
+    from openledger.serve.parallel.lora import shard_lora_weights
+
+    generator = torch.Generator().manual_seed(size)
+
+    def rand(*shape: int) -> Any:
+        return torch.randn(*shape, generator=generator)
+
+    hidden, sizes = 8, (16, 8, 8)  # q, k, v rows of the whole projection
+    starts = [0, 16, 24, 32]
+    per_part = LoraWeights(
+        rand(9, hidden),
+        tuple(LoraSlice(3 * j, 3 * j + 3, starts[j], starts[j + 1], rand(sizes[j], 3))
+              for j in range(3)),
+    )  # fmt: skip
+    partial = LoraWeights(rand(2, hidden), (LoraSlice(0, 2, 4, 14, rand(10, 2)),))
+    for whole in (per_part, fuse_expand(per_part), partial):
+        expected = _dense(whole, 32)
+        local = Linear(hidden, [n // size for n in sizes])
+        for rank in range(size):
+            got = _dense(shard_lora_weights(whole, local, "qkv_proj", rank, size), 32 // size)
+            rows = [expected[starts[j] : starts[j + 1]].chunk(size)[rank] for j in range(3)]
+            torch.testing.assert_close(got, torch.cat(rows), rtol=0, atol=ROUNDING)
+    down = LoraWeights(rand(4, 16), (LoraSlice(0, 4, 0, hidden, rand(hidden, 4)),))
+    local = Linear(16 // size, [hidden])
+    parts = [
+        _dense(shard_lora_weights(down, local, "down_proj", rank, size), hidden)
+        for rank in range(size)
+    ]
+    torch.testing.assert_close(torch.cat(parts, dim=1), _dense(down, hidden), rtol=0, atol=ROUNDING)
