@@ -277,3 +277,53 @@ def test_a_key_over_its_tokens_per_minute_gets_429_with_retry_after(admin_server
         )
     other = admin_server.client(key=new_key(admin_server))
     assert other.completions.create(model="tiny", prompt="x", max_tokens=1).choices
+
+
+def test_a_restarted_gateway_serves_what_the_admin_api_loaded(
+    gateway_models: GatewayModels, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """Adapters loaded or replaced through /v1/adapters survive kill -9 and a restart with
+    the same ids; a deleted one stays deleted; one whose source now holds other weights is
+    not served (its receipts would name the wrong id); the configuration decides its own
+    names."""
+    import shutil
+    import signal
+
+    first = start_server(tmp_path / "one", gateway_models)
+    key = new_key(first, admin=True)
+    ids = {}
+    try:
+        for name, source in (("gamma", sources["gamma"]), ("zeta", sources["alpha2"])):
+            loaded = call(first, "POST", "/v1/adapters", key, {"name": name, "source": str(source)})
+            assert loaded.status_code == 201, loaded.text
+            ids[name] = loaded.json()["adapter_id"]
+        moved = tmp_path / "moving"
+        shutil.copytree(sources["gamma"], moved)
+        loaded = call(first, "POST", "/v1/adapters", key, {"name": "eta", "source": str(moved)})
+        assert loaded.status_code == 201, loaded.text
+        configured = models(first)["alpha"]["adapter_id"]
+        replaced = call(first, "PUT", "/v1/adapters/alpha", key, {"source": str(sources["alpha2"])})
+        assert replaced.status_code == 200, replaced.text
+        assert call(first, "DELETE", "/v1/adapters/zeta", key).status_code == 200
+    finally:
+        first.stop(signal.SIGKILL)
+    shutil.rmtree(moved)
+    shutil.copytree(sources["alpha2"], moved)  # eta's source now holds other weights
+
+    second = start_server(tmp_path / "two", gateway_models, ledger=first.ledger, key=key)
+    try:
+        served = models(second)
+        assert set(served) == {"tiny", "alpha", "beta", "gamma"}
+        assert served["gamma"]["adapter_id"] == ids["gamma"]
+        assert served["alpha"]["adapter_id"] == configured  # the configuration's version
+        reply = second.client(key=key).completions.create(
+            model="gamma", prompt="Hi", max_tokens=2, temperature=0
+        )
+        assert reply.usage.model_dump()["adapters"][0]["adapter_id"] == ids["gamma"]
+    finally:
+        second.stop()
+    with ReceiptLedger(first.ledger) as ledger:
+        assert [row[0] for row in ledger.saved_adapters()] == ["gamma"]
+    log = second.output()
+    assert "eta could not be served again" in log
+    assert "the configuration names it" in log

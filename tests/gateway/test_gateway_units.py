@@ -231,3 +231,24 @@ def test_round_robin_loads_counts_lru_misses_per_replica() -> None:
     assert round_robin_loads(["a", "b", "a", "b"], replicas=2, slots=1) == 2
     assert round_robin_loads(["a", "b", "c", "a"], replicas=1, slots=2) == 4
     assert round_robin_loads(["a", "b", "a", "c", "a"], replicas=1, slots=2) == 3
+
+
+def test_a_version_2_ledger_gains_saved_adapters_and_keeps_its_keys(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    with ReceiptLedger(path) as ledger:
+        key, _ = ledger.create_key(name="old")
+    with sqlite3.connect(path) as conn:  # the ledger as version 2 wrote it
+        conn.execute("DROP TABLE served_adapters")
+        conn.execute("PRAGMA user_version=2")
+    with ReceiptLedger(path) as ledger:
+        assert ledger.find_key(key) is not None
+        assert ledger.saved_adapters() == []
+        ledger.save_adapter("medqa", "/adapters/medqa", "0x" + "ab" * 32, None)
+        latest = ("medqa", "/adapters/medqa2", "0x" + "cd" * 32, "ef" * 32)
+        ledger.save_adapter(*latest)
+        assert ledger.saved_adapters() == [latest]
+        assert ledger.forget_adapter("medqa")
+        assert not ledger.forget_adapter("medqa")
+        assert ledger.read("PRAGMA user_version") == [(3,)]

@@ -8,11 +8,14 @@
     GET    /v1/adapters          the served adapters, with their sources
     DELETE /v1/adapters/{name}   returns once the requests using it have finished
 
-A refused source changes nothing: the version being served keeps serving.
+A refused source changes nothing: the version being served keeps serving. What these
+endpoints serve is saved in the ledger (``served_adapters``) before they answer, and a
+restarted gateway serves it again (:func:`~openledger.gateway.server.restore_adapters`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -93,6 +96,7 @@ def add_adapter_routes(app: FastAPI, state: GatewayState) -> None:
     async def delete(name: str, request: Request) -> Response:
         await state.authenticate_admin(request.headers.get("authorization"))
         served = await state.adapters.delete(name)
+        await asyncio.get_running_loop().run_in_executor(None, state.ledger.forget_adapter, name)
         body = {"id": name, "object": "model", "deleted": True, "adapter_id": served.adapter_id}
         return JSONResponse(body)
 
@@ -107,6 +111,10 @@ async def _put(state: GatewayState, name: str, body: AdapterPut, replace: bool) 
     except AdapterError as exc:
         error = adapter_http_error(exc)
         return JSONResponse(dict(error.body), status_code=error.status)
+    # NOTE: saved before the answer: a restarted gateway serves what the admin was told it does
+    await asyncio.get_running_loop().run_in_executor(
+        None, state.ledger.save_adapter, name, body.source, served.adapter_id, body.sha256
+    )
     card = adapter_card(served, state.config.model_name, source=True)
     if previous is not None:
         card["replaced_adapter_id"] = previous.adapter_id

@@ -49,7 +49,7 @@ from openledger.types import Hash32
 
 __all__ = ["ReceiptLedger", "pin_settings"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
@@ -108,6 +108,13 @@ CREATE INDEX IF NOT EXISTS settled_by_epoch ON settled (epoch_id);
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS served_adapters (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    adapter_id TEXT NOT NULL,
+    sha256 TEXT,
+    saved_at INTEGER NOT NULL
 );
 """
 
@@ -274,6 +281,29 @@ class ReceiptLedger:
         """Return how many live keys the ledger holds."""
         rows = self._read("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL", ())
         return int(rows[0][0])
+
+    def save_adapter(self, name: str, source: str, adapter_id: str, sha256: str | None) -> None:
+        """Remember that ``name`` serves ``adapter_id`` from ``source`` (loaded or replaced
+        through the admin API), so that a restarted gateway serves it again."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO served_adapters VALUES (?, ?, ?, ?, ?)",
+                (name, source, adapter_id, sha256, int(time.time())),
+            )
+
+    def forget_adapter(self, name: str) -> bool:
+        """Forget a saved adapter registration; returns whether there was one."""
+        with self._write() as conn:
+            cursor = conn.execute("DELETE FROM served_adapters WHERE name = ?", (name,))
+        return cursor.rowcount > 0
+
+    def saved_adapters(self) -> list[tuple[str, str, str, str | None]]:
+        """The saved registrations, ``(name, source, adapter_id, sha256)``, oldest first."""
+        rows = self._read(
+            "SELECT name, source, adapter_id, sha256 FROM served_adapters ORDER BY saved_at, name",
+            (),
+        )
+        return [(str(n), str(s), str(i), None if h is None else str(h)) for n, s, i, h in rows]
 
     def setting(self, name: str, default: str) -> str:
         """Return a fixed setting of the ledger, storing ``default`` the first time.

@@ -11,10 +11,11 @@ import importlib.util
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from openledger.exceptions import MissingDependencyError
+from openledger.exceptions import AdapterError, AdapterIdMismatchError, MissingDependencyError
 from openledger.gateway.adapters import ServedAdapter, ServedAdapters
 from openledger.gateway.attribution_worker import AttributionWorker
 from openledger.gateway.config import GatewayConfig
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     from openledger.gateway.state import GatewayState
 
-__all__ = ["create_app", "run_server"]
+__all__ = ["create_app", "restore_adapters", "run_server"]
 
 logger = logging.getLogger("openledger.gateway")
 
@@ -81,8 +82,9 @@ def create_app(
 def build_state(config: GatewayConfig, engine: ServingEngine | None = None) -> GatewayState:
     """Open the ledger and operator key, build the engine, register the adapters.
 
-    An in-process engine gets ``config.adapters`` now, before it serves; any other engine
-    (replicas on Ray) gets them from its owner, through ``state.adapters.put``.
+    An in-process engine gets ``config.adapters`` now, before it serves, then the adapters
+    the admin API had loaded before a restart (the ledger's saved registrations); any other
+    engine (replicas on Ray) gets both from its owner (:func:`restore_adapters`).
     """
     from openledger.gateway.state import GatewayState
 
@@ -94,6 +96,7 @@ def build_state(config: GatewayConfig, engine: ServingEngine | None = None) -> G
         adapters = ServedAdapters(engine, config.adapter_resolver, config.drain_timeout)
         if isinstance(engine, AsyncEngine):
             _register_adapters(engine, adapters, config.adapters)
+            _restore_adapters(engine, adapters, ledger, config.adapters)
     except BaseException:
         ledger.close()
         raise
@@ -185,3 +188,82 @@ def _draining_server_class() -> Any:
             super().handle_exit(sig, frame)
 
     return DrainingServer
+
+
+def _restore_adapters(
+    engine: AsyncEngine,
+    served: ServedAdapters,
+    ledger: ReceiptLedger,
+    configured: Mapping[str, str],
+) -> None:
+    """Serve again what ``/v1/adapters`` had loaded before a restart (in-process engine).
+
+    See :func:`restore_adapters`; this is its synchronous twin for an engine that does not
+    serve yet.
+    """
+    for name, source, adapter_id, sha256 in _saved(ledger, configured):
+        engine_name = served.engine_name(name)
+        try:
+            spec = engine.engine.add_adapter(engine_name, source, sha256=sha256)
+        except AdapterError as exc:
+            _drop(ledger, name, source, str(exc))
+            continue
+        got = to_hash32(spec.adapter_id or spec.weights_hash, what="adapter id")
+        if got != adapter_id:
+            engine.engine.remove_adapter(engine_name)
+            _drop(ledger, name, source, f"it now holds adapter {got}, not {adapter_id}")
+            continue
+        served.adopt(ServedAdapter(name, engine_name, got, source, int(time.time())))
+        logger.info("adapter %s served again from %s: id %s", name, source, got)
+
+
+async def restore_adapters(
+    served: ServedAdapters, ledger: ReceiptLedger, configured: Mapping[str, str]
+) -> None:
+    """Serve again the adapters ``/v1/adapters`` had loaded before a restart.
+
+    Each saved registration is loaded from its source again and must hold the weights it
+    was saved with (its adapter id): receipts name that id. One that cannot be loaded, or
+    whose source now holds other weights, is not served, is forgotten (its source is
+    logged, to load it again by hand), and the others still load. A name the configuration
+    gives (``config.adapters``) is served as configured; a registration saved for it at
+    run time is forgotten.
+    """
+    for name, source, adapter_id, sha256 in _saved(ledger, configured):
+        try:
+            await served.put(name, source, sha256=sha256, adapter_id=adapter_id)
+        except (AdapterError, AdapterIdMismatchError) as exc:
+            _drop(ledger, name, source, str(exc))
+            continue
+        logger.info("adapter %s served again from %s: id %s", name, source, adapter_id)
+
+
+def _saved(
+    ledger: ReceiptLedger, configured: Mapping[str, str]
+) -> list[tuple[str, str, str, str | None]]:
+    """The saved registrations to restore; those of configured names are forgotten."""
+    restore = []
+    for name, source, adapter_id, sha256 in ledger.saved_adapters():
+        if name in configured:
+            ledger.forget_adapter(name)
+            logger.warning(
+                "adapter %s: the configuration names it (%s); the registration saved at run "
+                "time (%s) is forgotten",
+                name,
+                configured[name],
+                source,
+            )
+            continue
+        restore.append((name, source, adapter_id, sha256))
+    return restore
+
+
+def _drop(ledger: ReceiptLedger, name: str, source: str, reason: str) -> None:
+    ledger.forget_adapter(name)
+    logger.error(
+        "adapter %s could not be served again from %s (%s); it is no longer served: load "
+        "it again through /v1/adapters",
+        name,
+        source,
+        reason,
+    )

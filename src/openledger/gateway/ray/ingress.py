@@ -19,7 +19,7 @@ from ray import serve
 from openledger.gateway.app import build_app
 from openledger.gateway.config import GatewayConfig
 from openledger.gateway.ray.remote_engine import RemoteEngine
-from openledger.gateway.server import build_state
+from openledger.gateway.server import build_state, restore_adapters
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -43,7 +43,8 @@ class GatewayIngress:
         self.engines = engines
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        """Ask a replica for its engine's limits, open the ledger, register the adapters."""
+        """Ask a replica for its engine's limits, open the ledger, register the configured
+        adapters and those the admin API had loaded before a restart."""
         config = self.config
         facts = await self.engines.describe.remote()
         remote = RemoteEngine(self.engines, facts, config.ray, config.engine)
@@ -51,6 +52,7 @@ class GatewayIngress:
         try:
             for name, source in config.adapters.items():
                 await state.adapters.put(name, source)
+            await restore_adapters(state.adapters, state.ledger, config.adapters)
         except BaseException:
             await state.shutdown()
             raise
