@@ -327,3 +327,37 @@ def test_a_restarted_gateway_serves_what_the_admin_api_loaded(
     log = second.output()
     assert "eta could not be served again" in log
     assert "the configuration names it" in log
+
+
+def test_restore_adapters_on_a_serving_engine(
+    gateway_models: GatewayModels, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """The path a Ray ingress takes (the engine serves already): saved registrations load
+    through ``ServedAdapters.put`` with their ids pinned."""
+    import asyncio
+
+    from openledger.gateway.adapters import ServedAdapters
+    from openledger.gateway.server import restore_adapters
+    from openledger.serve import AsyncEngine, EngineConfig
+    from openledger.types import to_hash32
+
+    async def scenario() -> tuple[dict[str, str], str]:
+        engine = AsyncEngine(gateway_models.base, EngineConfig(block_size=4, num_blocks=64))
+        try:
+            served = ServedAdapters(engine, None, drain_timeout=5)
+            with ReceiptLedger(tmp_path / "ledger.db") as ledger:
+                ids = {}
+                for name in ("gamma", "alpha2"):
+                    spec = engine.engine.add_adapter(f"probe-{name}", sources[name])
+                    ids[name] = to_hash32(spec.adapter_id or spec.weights_hash)
+                ledger.save_adapter("gamma", str(sources["gamma"]), ids["gamma"], None)
+                ledger.save_adapter("wrong", str(sources["gamma"]), ids["alpha2"], None)
+                ledger.save_adapter("alpha", str(sources["alpha2"]), ids["alpha2"], None)
+                await restore_adapters(served, ledger, {"alpha": "configured elsewhere"})
+                assert [row[0] for row in ledger.saved_adapters()] == ["gamma"]
+                return {name: a.adapter_id for name, a in served.current.items()}, ids["gamma"]
+        finally:
+            await engine.close()
+
+    current, gamma = asyncio.run(scenario())
+    assert current == {"gamma": gamma}  # "wrong" holds other weights; "alpha" is configured
