@@ -180,12 +180,14 @@ class CudaGraphCapture:
         self.device = device
         self.warmups = warmups
         self.pool: Any = None  # NOTE: torch.cuda.graph_pool_handle()
-        self._graphs: list[torch.cuda.CUDAGraph] = []
+        self._stream: torch.cuda.Stream | None = None
 
     def capture(self, forward: Replay) -> Replay:
         """Warm up on a side stream, record on it, and return the replay."""
         current = torch.cuda.current_stream(self.device)
-        stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        stream = self._stream
         stream.wait_stream(current)
         with torch.cuda.stream(stream):
             for _ in range(self.warmups):
@@ -194,9 +196,12 @@ class CudaGraphCapture:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+        # NOTE: thread_local: another thread of the process (an async engine's caller,
+        # an adapter load) may use the device while this one records.
+        with torch.cuda.graph(
+            graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"
+        ):
             output = forward()
-        self._graphs.append(graph)
 
         def replay() -> torch.Tensor:
             graph.replay()
