@@ -21,9 +21,7 @@ import logging
 import multiprocessing
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -36,6 +34,7 @@ from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
+from torch.distributed import TCPStore  # type: ignore[attr-defined]  # public, not in the stubs
 
 from openledger.exceptions import ConfigError, EngineDeadError
 from openledger.serve.config import EngineConfig
@@ -45,6 +44,7 @@ from openledger.serve.models.config import ModelConfig
 __all__ = [
     "COLLECTIVE_TIMEOUT_S",
     "STARTUP_TIMEOUT_S",
+    "STORE_HOST",
     "WorkerGroup",
     "WorkerSpec",
     "prefer_loopback",
@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = 120.0
 """How long a rank waits in a collective for a peer that neither answers nor dies."""
+STORE_HOST = "127.0.0.1"
+"""Where rank 0's rendezvous store listens (all ranks run on this host)."""
 STARTUP_TIMEOUT_S = 600.0
 """How long rank 0 waits for the workers to load their share of the model."""
 
@@ -72,7 +74,7 @@ class WorkerSpec:
         max_positions: Longest sequence served.
         backend: Decode attention path.
         size: Ranks in all.
-        init_method: The process group's rendezvous (a file in a private folder).
+        store_port: Port of rank 0's rendezvous store on 127.0.0.1.
         dist_backend: ``"gloo"`` or ``"nccl"``.
         timeout_s: The process group's timeout.
         parent_pid: The engine's process; workers exit when it is gone.
@@ -90,7 +92,7 @@ class WorkerSpec:
     max_positions: int
     backend: AttentionBackend
     size: int
-    init_method: str
+    store_port: int
     dist_backend: str
     timeout_s: float
     parent_pid: int
@@ -175,7 +177,15 @@ class WorkerGroup:
                 f"{torch.cuda.device_count()} present"
             )
         self.size = size
-        self._folder = tempfile.mkdtemp(prefix="openledger-tp-")
+        # NOTE: port 0: the OS picks a free port, and no other process can take it meanwhile
+        self._store = TCPStore(
+            STORE_HOST,
+            0,
+            size,
+            True,
+            timeout=timedelta(seconds=STARTUP_TIMEOUT_S),
+            wait_for_workers=False,
+        )
         self.spec = WorkerSpec(
             folder=folder,
             model_config=model_config,
@@ -186,7 +196,7 @@ class WorkerGroup:
             max_positions=max_positions,
             backend=backend,
             size=size,
-            init_method=Path(self._folder, "rendezvous").as_uri(),
+            store_port=self._store.port,
             dist_backend="nccl" if device.type == "cuda" else "gloo",
             timeout_s=COLLECTIVE_TIMEOUT_S,
             parent_pid=os.getpid(),
@@ -196,9 +206,7 @@ class WorkerGroup:
         self._state = _State()
         self._broken: str | None = None
         self._workers = _spawn(self.spec)
-        self._finalizer = weakref.finalize(
-            self, _shutdown, list(self._workers), self._folder, self._state
-        )
+        self._finalizer = weakref.finalize(self, _shutdown, list(self._workers), self._state)
 
     @property
     def pids(self) -> list[int]:
@@ -216,7 +224,7 @@ class WorkerGroup:
         try:
             dist.init_process_group(
                 self.spec.dist_backend,
-                init_method=self.spec.init_method,
+                store=self._store,
                 rank=0,
                 world_size=self.size,
                 timeout=timedelta(seconds=self.spec.timeout_s),
@@ -355,7 +363,7 @@ def prefer_loopback(backend: str) -> None:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
-def _shutdown(workers: list[_Worker], folder: str, state: _State) -> None:
+def _shutdown(workers: list[_Worker], state: _State) -> None:
     """Tell each worker to exit, kill it after a grace period, leave the group."""
     state.closed = True
     data = pickle.dumps(("close",))
@@ -370,4 +378,3 @@ def _shutdown(workers: list[_Worker], folder: str, state: _State) -> None:
         worker.conn.close()
     if state.joined and dist.is_initialized():
         dist.destroy_process_group()
-    shutil.rmtree(folder, ignore_errors=True)

@@ -24,11 +24,12 @@ from multiprocessing.connection import Connection
 
 import torch
 import torch.distributed as dist
+from torch.distributed import TCPStore  # type: ignore[attr-defined]  # public, not in the stubs
 
 from openledger.serve.engine_adapters import attach_adapter_slots
 from openledger.serve.model_runner import ModelRunner
 from openledger.serve.ops.lora_torch import LoraWeights
-from openledger.serve.parallel.group import WorkerSpec, prefer_loopback
+from openledger.serve.parallel.group import STORE_HOST, WorkerSpec, prefer_loopback
 from openledger.serve.parallel.lora import shard_adapter
 from openledger.serve.parallel.sharding import shard_config
 from openledger.serve.parallel.step import StepInputs
@@ -83,12 +84,10 @@ def run_worker(spec: WorkerSpec, rank: int, conn: Connection) -> None:
         conn.send(("started",))
         prefer_loopback(spec.dist_backend)
         device = _device(spec, rank)
+        timeout = timedelta(seconds=spec.timeout_s)
+        store = TCPStore(STORE_HOST, spec.store_port, spec.size, False, timeout=timeout)
         dist.init_process_group(
-            spec.dist_backend,
-            init_method=spec.init_method,
-            rank=rank,
-            world_size=spec.size,
-            timeout=timedelta(seconds=spec.timeout_s),
+            spec.dist_backend, store=store, rank=rank, world_size=spec.size, timeout=timeout
         )
         runner = _build_runner(spec, rank, device)
         conn.send(("ready",))
