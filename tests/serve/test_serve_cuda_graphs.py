@@ -178,6 +178,23 @@ def test_replayed_decode_steps_give_the_eager_tokens_and_logprobs(
         assert layer.k_cache[runner.scratch_block].any()
 
 
+def test_replayed_steps_with_the_triton_decode_kernel_read_only_tables_and_lengths(
+    tiny_checkpoints: dict[str, Path],
+) -> None:
+    """The CUDA default: paged Triton decode attention (the interpreter here), whose
+    recorded plan holds no gathered keys or masks, only the static tables and lengths."""
+    folder = tiny_checkpoints["mistral-window"]
+    eager = _engine(folder)  # NOTE: the reference attention: the interpreter is slow
+    replayed = _engine(folder, attention_backend="triton")
+    graphs = replayed.runner.enable_decode_graphs(RerunCapture())
+    assert not graphs.gathers
+    vocab = eager.model_config.vocab_size
+    prompts, lengths = _requests(3, vocab, seed=7, step=1)
+    params = [SamplingParams(max_tokens=n, min_tokens=n, logprobs=vocab) for n in lengths]
+    _assert_same(replayed.generate(prompts, params), eager.generate(prompts, params), folder, 20)
+    assert {size for size, _ in graphs.graph_keys()} == {1, 2, 4}
+
+
 def test_a_step_larger_than_the_largest_bucket_runs_eagerly(
     tiny_checkpoints: dict[str, Path],
 ) -> None:
