@@ -196,6 +196,23 @@ def test_garbage_collecting_the_engine_stops_its_worker(models: dict[str, Path])
     assert _wait_gone(pids, 6.0), "a collected engine left its worker running"
 
 
+def test_closing_an_async_engine_stops_the_workers(models: dict[str, Path]) -> None:
+    import asyncio
+
+    from openledger.serve import AsyncEngine
+
+    engine = Engine(models["qwen2"], EngineConfig(num_blocks=16, tensor_parallel_size=2))
+    pids = engine.runner.group.pids  # type: ignore[attr-defined]
+
+    async def serve_then_close() -> list[int]:
+        async with AsyncEngine(engine=engine) as served:
+            output = await served.generate([5, 6, 7], SamplingParams(max_tokens=3))
+        return output.token_ids
+
+    assert len(asyncio.run(serve_then_close())) == 3
+    assert _wait_gone(pids, 6.0), "AsyncEngine.close() left a worker running"
+
+
 def test_refused_sizes_name_the_numbers(models: dict[str, Path]) -> None:
     with pytest.raises(ConfigError) as caught:
         Engine(models["qwen2"], EngineConfig(tensor_parallel_size=5))

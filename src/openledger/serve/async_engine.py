@@ -100,7 +100,8 @@ class AsyncEngine:
         await self.close()
 
     async def close(self) -> None:
-        """Stop the step loop; requests still running are aborted."""
+        """Stop the step loop; requests still running are aborted, and the engine is
+        closed (:meth:`Engine.close`: a tensor-parallel engine's workers stop)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -117,6 +118,7 @@ class AsyncEngine:
         self._queues.clear()
         if aborts:
             await self._in_thread(self._locked, self._abort_all, aborts)
+        await self._in_thread(self.engine.close)
 
     def _abort_all(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
