@@ -76,6 +76,15 @@ def test_graphs_are_resolved_from_the_device_and_the_model(
     assert resolve_cuda_graphs(True, _CUDA, model) == (True, "")
     paged = _engine(tiny_checkpoints["llama"], attention_backend="triton").runner.model
     assert resolve_cuda_graphs("auto", _CUDA, paged) == (True, "")
+    # the runner's keyword: True where graphs cannot run is refused when it is built
+    from openledger.serve.model_runner import ModelRunner
+    from openledger.serve.models.config import ModelConfig
+
+    folder = tiny_checkpoints["llama"]
+    with pytest.raises(ConfigError, match=r"cuda_graphs=True cannot be served.*runs on cpu"):
+        ModelRunner(folder, ModelConfig.from_folder(folder), dtype=torch.float32,
+                    device=torch.device("cpu"), num_blocks=8, block_size=4, max_positions=64,
+                    backend="reference", cuda_graphs=True)  # fmt: skip
     # LongRoPE (Phi-3) picks table rows on the host: refused, or off under "auto"
     phi3 = _engine(save_tiny_model(tmp_path / "phi3", "phi3", seed=1)).runner.model
     with pytest.raises(ConfigError, match="LongRoPE"):
