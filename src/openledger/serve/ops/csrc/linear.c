@@ -29,20 +29,24 @@ int64_t openledger_packed_linear_size(int64_t N, int64_t K) {
   return (N + LIN_NR - 1) / LIN_NR * LIN_NR * K;
 }
 
-/* packed [ceil(N / LIN_NR)][K][LIN_NR] from w [N, K] (row stride w_stride). */
-void openledger_pack_linear(const float *w, int64_t w_stride, int64_t N, int64_t K,
-                            float *packed, int nthreads) {
-  const int64_t P = (N + LIN_NR - 1) / LIN_NR;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t p = 0; p < P; p++) {
-    float *dst = packed + p * K * LIN_NR;
-    for (int64_t j = 0; j < LIN_NR; j++) {
-      const int64_t n = p * LIN_NR + j;
-      const float *src = w + n * w_stride;
-      for (int64_t k = 0; k < K; k++) dst[k * LIN_NR + j] = n < N ? src[k] : 0.f;
-    }
+/* packed [ceil(N / LIN_NR)][K][LIN_NR] from w [N, K] (row stride w_stride), for weights of
+   any element type (float32 here, int8 below). */
+#define DEFINE_PACK_LINEAR(name, type)                                                      \
+  void name(const type *w, int64_t w_stride, int64_t N, int64_t K, type *packed,           \
+            int nthreads) {                                                                 \
+    const int64_t P = (N + LIN_NR - 1) / LIN_NR;                                            \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                      \
+    for (int64_t p = 0; p < P; p++) {                                                       \
+      type *dst = packed + p * K * LIN_NR;                                                  \
+      for (int64_t j = 0; j < LIN_NR; j++) {                                                \
+        const int64_t n = p * LIN_NR + j;                                                   \
+        const type *src = w + n * w_stride;                                                 \
+        for (int64_t k = 0; k < K; k++) dst[k * LIN_NR + j] = n < N ? src[k] : (type)0;     \
+      }                                                                                     \
+    }                                                                                       \
   }
-}
+
+DEFINE_PACK_LINEAR(openledger_pack_linear, float)
 
 /* acc[0..11] += x[4 rows, k0:k1] . panel[k0:k1, 24 columns]; rows past `rows` repeat row 0
    (computed, never stored). */
@@ -134,25 +138,8 @@ static inline void widen_i8x8(const int8_t *p, float *dst) {
 }
 #endif
 
-/* Bytes of the packed copy of an int8 weight [N, K]. */
-int64_t openledger_packed_linear_int8_size(int64_t N, int64_t K) {
-  return openledger_packed_linear_size(N, K);
-}
-
 /* packed [ceil(N / LIN_NR)][K][LIN_NR] int8 from q [N, K] (row stride q_stride). */
-void openledger_pack_linear_int8(const int8_t *q, int64_t q_stride, int64_t N, int64_t K,
-                                 int8_t *packed, int nthreads) {
-  const int64_t P = (N + LIN_NR - 1) / LIN_NR;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t p = 0; p < P; p++) {
-    int8_t *dst = packed + p * K * LIN_NR;
-    for (int64_t j = 0; j < LIN_NR; j++) {
-      const int64_t n = p * LIN_NR + j;
-      const int8_t *src = q + n * q_stride;
-      for (int64_t k = 0; k < K; k++) dst[k * LIN_NR + j] = n < N ? src[k] : 0;
-    }
-  }
-}
+DEFINE_PACK_LINEAR(openledger_pack_linear_int8, int8_t)
 
 /* out [M, N] (row stride out_stride) = x [M, K] (row stride x_stride) (Q * scale)^T + bias
    (NULL: none), Q packed by openledger_pack_linear_int8, scale [N]. */
@@ -224,11 +211,7 @@ int64_t openledger_has_bf16_dot(void) {
 #endif
 }
 
-/* Bytes of the packed copy of an int8 weight [N, K] for openledger_linear_int8_bf16. */
-int64_t openledger_packed_linear_int8_bf16_size(int64_t N, int64_t K) {
-  return (N + BF_NR - 1) / BF_NR * BF_NR * ((K + 1) / 2 * 2);
-}
-
+/* packed [ceil(N / 32)][ceil(K / 2)][32][2] int8 from q [N, K] (row stride q_stride). */
 void openledger_pack_linear_int8_bf16(const int8_t *q, int64_t q_stride, int64_t N, int64_t K,
                                       int8_t *packed, int nthreads) {
   const int64_t P = (N + BF_NR - 1) / BF_NR, K2 = (K + 1) / 2;
