@@ -231,6 +231,9 @@ def adapters(
         "b": make_peft_adapter(base, root / "b", r=8, targets=["q_proj", "v_proj"], seed=2),
         "wide": make_peft_adapter(base, root / "wide", r=20, targets=["o_proj"], seed=3),
         "dora": make_peft_adapter(base, root / "dora", r=4, targets=_ALL, seed=4, use_dora=True),
+        "head": make_peft_adapter(
+            base, root / "head", r=4, targets=["q_proj"], seed=5, modules_to_save=["lm_head"]
+        ),
     }
 
 
@@ -256,7 +259,8 @@ def test_triton_lora_steps_replay_with_each_tokens_slot_and_rerecord_when_stacks
 ) -> None:
     """Mixed adapters and no adapter in one replayed step (BGMV reads each token's slot
     from the static buffer); then an adapter of a larger rank grows the stacks, so the
-    LoRA recordings are dropped and made again; a DoRA adapter's steps run eagerly. (The
+    LoRA recordings are dropped and made again; a DoRA adapter's steps run eagerly; an
+    adapter's own LM head serves its rows after the replay. (The
     eager engine takes the torch backend: the interpreter runs Triton kernels slowly.)"""
     folder = tiny_checkpoints["llama"]
     eager = _engine(folder, lora_backend="torch", max_num_seqs=4)
@@ -270,8 +274,8 @@ def test_triton_lora_steps_replay_with_each_tokens_slot_and_rerecord_when_stacks
     keys = set(graphs.graph_keys())
     assert {(4, True), (2, False)} <= keys
     assert graphs.stats.dropped == 0
-    later = {"wide": adapters["wide"], "dora": adapters["dora"]}
-    batches2: list[list[str | None]] = [["wide", "a"], ["dora", None]]
+    later = {name: adapters[name] for name in ("wide", "dora", "head")}
+    batches2: list[list[str | None]] = [["wide", "a"], ["dora", None], ["head", "a"]]
     want += _lora_run(eager, later, batches2)
     eager_before = graphs.stats.eager_decode
     got += _lora_run(replayed, later, batches2)
