@@ -427,7 +427,7 @@ def engine_report(layers: int, device: str = "cuda", shape: dict[str, int] = LLA
         engine.runner.graphs = graphs
         if graphs is not None:
             print(
-                f"{label} graph replays: {graphs.stats.replayed}, eager decode steps: "
+                f"[{precision}] graph replays: {graphs.stats.replayed}, eager decode steps: "
                 f"{graphs.stats.eager_decode}, recordings: {dict(graphs.stats.captured)}"
             )
         del engine, store, graphs
