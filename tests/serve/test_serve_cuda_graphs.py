@@ -85,6 +85,10 @@ def test_graphs_are_resolved_from_the_device_and_the_model(
         ModelRunner(folder, ModelConfig.from_folder(folder), dtype=torch.float32,
                     device=torch.device("cpu"), num_blocks=8, block_size=4, max_positions=64,
                     backend="reference", cuda_graphs=True)  # fmt: skip
+    # and the engine's setting reaches it
+    with pytest.raises(ConfigError, match=r"cuda_graphs=True cannot be served.*runs on cpu"):
+        Engine(folder, EngineConfig(num_blocks=8, cuda_graphs=True))
+    assert Engine(folder, EngineConfig(num_blocks=8, cuda_graphs=False)).runner.graphs is None
     # LongRoPE (Phi-3) picks table rows on the host: refused, or off under "auto"
     phi3 = _engine(save_tiny_model(tmp_path / "phi3", "phi3", seed=1)).runner.model
     with pytest.raises(ConfigError, match="LongRoPE"):

@@ -77,6 +77,7 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
             weight_packing=config.weight_packing,
             quantization=config.quantization,
             quantized_compute=config.quantized_compute,
+            cuda_graphs=config.cuda_graphs,
         )
     close = runner.close if isinstance(runner, ParallelModelRunner) else None
     try:
