@@ -141,6 +141,33 @@ static inline void widen_i8x8(const int8_t *p, float *dst) {
 /* packed [ceil(N / LIN_NR)][K][LIN_NR] int8 from q [N, K] (row stride q_stride). */
 DEFINE_PACK_LINEAR(openledger_pack_linear_int8, int8_t)
 
+#if defined(__AVX2__)
+#define LIN_ROWS_DIRECT 2
+/* acc[0..2] += x[0:K] . panel[0:K, 24 columns], the int8 weights widened in registers: for
+   one or two rows a step, the slice buffer's store and reload would cost more than the
+   widening they share. */
+static inline void linear_i8_row(const float *x, const int8_t *panel, int64_t K, f32x8 *acc) {
+  f32x8 a = acc[0], b = acc[1], c = acc[2];
+  for (int64_t k = 0; k < K; k++) {
+    const int8_t *wk = panel + k * LIN_NR;
+    if ((k & 7) == 0) /* 8 depth steps are 3 cache lines; LIN_PF bytes ahead */
+      for (int64_t line = 0; line < 8 * LIN_NR; line += 64) __builtin_prefetch(wk + LIN_PF + line);
+    __m256 w[3];
+    for (int j = 0; j < 3; j++)
+      w[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wk + 8 * j))));
+    f32x8 w0, w1, w2;
+    __builtin_memcpy(&w0, &w[0], sizeof w0);
+    __builtin_memcpy(&w1, &w[1], sizeof w1);
+    __builtin_memcpy(&w2, &w[2], sizeof w2);
+    const float s = x[k];
+    a += w0 * s, b += w1 * s, c += w2 * s;
+  }
+  acc[0] = a, acc[1] = b, acc[2] = c;
+}
+#else
+#define LIN_ROWS_DIRECT 0
+#endif
+
 /* out [M, N] (row stride out_stride) = x [M, K] (row stride x_stride) (Q * scale)^T + bias
    (NULL: none), Q packed by openledger_pack_linear_int8, scale [N]. */
 void openledger_linear_int8(const float *x, int64_t x_stride, int64_t M, const int8_t *packed,
@@ -153,6 +180,20 @@ void openledger_linear_int8(const float *x, int64_t x_stride, int64_t M, const i
     const int64_t m = M - m0 < LIN_MC ? M - m0 : LIN_MC, blocks = (m + 3) / 4;
     const int64_t n0 = p * LIN_NR, cols = N - n0 < LIN_NR ? N - n0 : LIN_NR;
     const int8_t *panel = packed + p * K * LIN_NR;
+    const float *s = scale + n0;
+#if LIN_ROWS_DIRECT
+    if (M <= LIN_ROWS_DIRECT) {
+      for (int64_t r = 0; r < m; r++) {
+        f32x8 acc[3] = {{0}, {0}, {0}};
+        linear_i8_row(x + (m0 + r) * x_stride, panel, K, acc);
+        float row[LIN_NR];
+        __builtin_memcpy(row, acc, sizeof row);
+        float *o = out + (m0 + r) * out_stride + n0;
+        for (int64_t j = 0; j < cols; j++) o[j] = row[j] * s[j] + (bias ? bias[n0 + j] : 0.f);
+      }
+      continue;
+    }
+#endif
     float slice[LIN_KC * LIN_NR] __attribute__((aligned(64)));
     f32x8 acc[LIN_MC / 4][12];
     for (int64_t b = 0; b < blocks; b++)
@@ -179,7 +220,6 @@ void openledger_linear_int8(const float *x, int64_t x_stride, int64_t M, const i
       *(f32x8 *)(row + 8) = acc[r / 4][4 + r % 4];
       *(f32x8 *)(row + 16) = acc[r / 4][8 + r % 4];
       float *o = out + (m0 + r) * out_stride + n0;
-      const float *s = scale + n0;
       if (bias)
         for (int64_t j = 0; j < cols; j++) o[j] = row[j] * s[j] + bias[n0 + j];
       else
