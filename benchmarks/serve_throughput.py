@@ -14,7 +14,9 @@ In the same rounds, unless ``--no-int8``: the engine on int8 base weights
 (``EngineConfig(quantization="int8")``, float32 arithmetic) and on int8 weights with
 bfloat16 dot products (``quantized_compute="bfloat16"``, where the CPU has AVX512-BF16),
 each against the fp32 engine (median of per-round ratios), with the bytes of the base's
-projection weights and the share of greedy tokens equal to the fp32 engine's. Besides wall time,
+projection weights and the share of greedy tokens equal to the fp32 engine's; then one
+request at a time (64 new tokens, the engines alternating, 5 rounds): each engine's
+inter-token latency, what a single chat user sees. Besides wall time,
 the process's CPU time is compared too: on a shared, oversubscribed machine it is the
 steadier measure of work done.
 
@@ -162,7 +164,25 @@ def main() -> None:
     for name, variant in variants.items():
         report_variant(name, variant, engine, variant_times[name], our_times,
                        variant_last[name], last, len(texts))  # fmt: skip
+    if variants:
+        single_stream({"fp32": engine, **variants}, texts[0])
     print(f"load average at end (1/5/15 min): {load_average()}")
+
+
+def single_stream(engines: dict[str, Engine], text: str, rounds: int = 5) -> None:
+    """One request at a time on each engine, alternating: median inter-token latency."""
+    params = SamplingParams(max_tokens=64, min_tokens=64)
+    itls: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, each in engines.items():
+            output = each.generate([text], params)[0]
+            itls[name].append(1000 * (output.metrics.mean_inter_token_latency or 0.0))
+    base = statistics.median(itls["fp32"])
+    shown = ", ".join(
+        f"{name} {statistics.median(values):.1f} ms ({base / statistics.median(values):.2f}x)"
+        for name, values in itls.items()
+    )
+    print(f"one request at a time, ITL median of {rounds} (speed vs fp32): {shown}")
 
 
 def projection_bytes(engine: Engine) -> int:
