@@ -193,13 +193,14 @@ def _bf16_dot() -> None:
         pytest.skip("this CPU has no AVX512-BF16 dot products (int8 computes in float32)")
 
 
-@pytest.mark.parametrize("rows", [1, 7, 8, 9, 33, 70])
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 33, 70])
 @pytest.mark.parametrize(("outputs", "inputs"), [(50, 33), (64, 300), (7, 1)])
 def test_the_bf16_int8_kernel_equals_rounded_activations_times_the_dequantised_weight(
     rows: int, outputs: int, inputs: int
 ) -> None:
     """bfloat16 products of int8 weights are exact in float32: the kernel is the float64
-    product of the bfloat16-rounded activations up to float32 sums."""
+    product of the bfloat16-rounded activations up to float32 sums; one or two rows take
+    float32 arithmetic over the same panels (unrounded activations)."""
     _bf16_dot()
     from openledger.serve.ops import linear_cpu
 
@@ -210,13 +211,13 @@ def test_the_bf16_int8_kernel_equals_rounded_activations_times_the_dequantised_w
     x = torch.randn(rows, inputs)
     got = linear_cpu.linear_int8_bf16(x, packed, scale, outputs, bias)
     deq = q.double() * scale.double()[:, None]
-    rounded = x.bfloat16().double()
+    rounded = x.double() if rows <= 2 else x.bfloat16().double()
     want = rounded @ deq.T + bias.double()
     bound = rounded.abs() @ deq.abs().T + bias.double().abs()
     assert_within_rounding(got, want, bound=bound, dtype=torch.float32, terms=inputs + 3,
                            both_rounded=False)  # fmt: skip
-    # and the rounding is real: float32 activations give another result
-    if inputs > 1:
+    # and the rounding is real: float32 activations give another result (3 rows and more)
+    if inputs > 1 and rows > 2:
         exact = x.double() @ deq.T + bias.double()
         assert not torch.allclose(got.double(), exact, rtol=0, atol=1e-7)
     with pytest.raises(ValueError, match="does not hold"):

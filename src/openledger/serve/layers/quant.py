@@ -16,7 +16,9 @@ A weight ``W [N, K]`` becomes ``Q [N, K]`` and ``scale [N]`` with ``W ~ Q * scal
   bfloat16 instead and multiplies with bfloat16 dot products (float32 sums): twice the
   multiply-adds per instruction, which is what bounds a projection of a few dozen rows on
   a CPU with few cores; the int8 weights widen to bfloat16 exactly, so the only extra
-  error is the activations' rounding (``2^-9`` of each). Elsewhere (no C compiler, CUDA,
+  error is the activations' rounding (``2^-9`` of each). Steps of one or two rows, bound
+  by the weight stream rather than the multiplies, compute in float32 over the same
+  panels. Elsewhere (no C compiler, CUDA,
   other dtypes, prompts longer than
   :data:`~openledger.serve.layers.linear.KERNEL_MAX_ROWS` rows, autograd) the weight is
   dequantised for the call.

@@ -237,7 +237,8 @@ void openledger_linear_int8(const float *x, int64_t x_stride, int64_t M, const i
    Panels of BF_NR = 32 output columns, depth in pairs: packed [ceil(N / 32)][ceil(K / 2)][32][2]
    int8 (column j's weights at depths 2p and 2p + 1 side by side; padding zero). Per item,
    each BF_KC-pair slice of a panel widens once into a bfloat16 buffer; every 8-row block
-   runs over it with 16 accumulators (8 rows x 2 vectors of 16 columns). Without AVX512-BF16
+   runs over it with 16 accumulators (8 rows x 2 vectors of 16 columns). One or two rows are
+   computed in float32 straight from the panels instead (bf16_panel_row_f32). Without AVX512-BF16
    the entry points report so (openledger_has_bf16_dot) and are never called. */
 #define BF_NR 32
 #define BF_MC 32
@@ -295,6 +296,34 @@ static inline void bf16_block(const uint32_t *xb, int64_t xb_stride, int64_t row
   }
   for (int i = 0; i < 16; i++) acc[i] = a[i];
 }
+
+/* row[0..31] = x[0:K] . the 32 columns of a depth-paired int8 panel, in float32: for one
+   or two rows a step the weight stream, not the multiplies, bounds the step, and the
+   panel's bytes are widened straight into float32 registers (no bfloat16 rounding). Each
+   16-float vector holds 8 columns at depths 2p and 2p + 1 side by side; the two halves of
+   each column's sum are added at the end. */
+static inline void bf16_panel_row_f32(const float *x, int64_t K, const int8_t *panel,
+                                      float *row) {
+  const int64_t K2 = (K + 1) / 2;
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+  for (int64_t p = 0; p < K2; p++) {
+    const int8_t *w = panel + p * BF_NR * 2;
+    _mm_prefetch((const char *)(w + 16 * BF_NR * 2), _MM_HINT_T0);
+    const float second = 2 * p + 1 < K ? x[2 * p + 1] : 0.f;
+    const __m512 pair = _mm512_mask_blend_ps(0xAAAA, _mm512_set1_ps(x[2 * p]), _mm512_set1_ps(second));
+    for (int c = 0; c < 4; c++) {
+      const __m512 wc =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 16 * c))));
+      acc[c] = _mm512_fmadd_ps(wc, pair, acc[c]);
+    }
+  }
+  for (int c = 0; c < 4; c++) {
+    float t[16];
+    _mm512_storeu_ps(t, acc[c]);
+    for (int j = 0; j < 8; j++) row[8 * c + j] = t[2 * j] + t[2 * j + 1];
+  }
+}
 #endif
 
 /* out [M, N] = bf16(x) (Q * scale)^T + bias, Q packed by openledger_pack_linear_int8_bf16;
@@ -306,6 +335,18 @@ int openledger_linear_int8_bf16(const float *x, int64_t x_stride, int64_t M,
                                 int nthreads) {
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
   const int64_t P = (N + BF_NR - 1) / BF_NR, C = (M + BF_MC - 1) / BF_MC, K2 = (K + 1) / 2;
+  if (M <= 2) { /* float32 arithmetic over the same panels: faster at one or two rows */
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t item = 0; item < P * M; item++) {
+      const int64_t p = item / M, r = item % M;
+      const int64_t n0 = p * BF_NR, cols = N - n0 < BF_NR ? N - n0 : BF_NR;
+      float row[BF_NR];
+      bf16_panel_row_f32(x + r * x_stride, K, packed + p * K2 * BF_NR * 2, row);
+      float *o = out + r * out_stride + n0;
+      for (int64_t j = 0; j < cols; j++) o[j] = row[j] * scale[n0 + j] + (bias ? bias[n0 + j] : 0.f);
+    }
+    return 0;
+  }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t m = 0; m < M; m++) {
     const float *row = x + m * x_stride;
