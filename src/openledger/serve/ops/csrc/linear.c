@@ -154,7 +154,8 @@ static inline void linear_i8_row(const float *x, const int8_t *panel, int64_t K,
       for (int64_t line = 0; line < 8 * LIN_NR; line += 64) __builtin_prefetch(wk + LIN_PF + line);
     __m256 w[3];
     for (int j = 0; j < 3; j++)
-      w[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wk + 8 * j))));
+      w[j] = _mm256_cvtepi32_ps(
+          _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wk + 8 * j))));
     f32x8 w0, w1, w2;
     __builtin_memcpy(&w0, &w[0], sizeof w0);
     __builtin_memcpy(&w1, &w[1], sizeof w1);
@@ -311,7 +312,8 @@ static inline void bf16_panel_row_f32(const float *x, int64_t K, const int8_t *p
     const int8_t *w = panel + p * BF_NR * 2;
     _mm_prefetch((const char *)(w + 16 * BF_NR * 2), _MM_HINT_T0);
     const float second = 2 * p + 1 < K ? x[2 * p + 1] : 0.f;
-    const __m512 pair = _mm512_mask_blend_ps(0xAAAA, _mm512_set1_ps(x[2 * p]), _mm512_set1_ps(second));
+    const __m512 pair =
+        _mm512_mask_blend_ps(0xAAAA, _mm512_set1_ps(x[2 * p]), _mm512_set1_ps(second));
     for (int c = 0; c < 4; c++) {
       const __m512 wc =
           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + 16 * c))));
@@ -343,7 +345,8 @@ int openledger_linear_int8_bf16(const float *x, int64_t x_stride, int64_t M,
       float row[BF_NR];
       bf16_panel_row_f32(x + r * x_stride, K, packed + p * K2 * BF_NR * 2, row);
       float *o = out + r * out_stride + n0;
-      for (int64_t j = 0; j < cols; j++) o[j] = row[j] * scale[n0 + j] + (bias ? bias[n0 + j] : 0.f);
+      for (int64_t j = 0; j < cols; j++)
+        o[j] = row[j] * scale[n0 + j] + (bias ? bias[n0 + j] : 0.f);
     }
     return 0;
   }
@@ -357,7 +360,8 @@ int openledger_linear_int8_bf16(const float *x, int64_t x_stride, int64_t M,
       _mm512_storeu_si512(dst + p, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
     for (; p < K2; p++)
-      dst[p] = bf16_bits(row[2 * p]) | (uint32_t)bf16_bits(2 * p + 1 < K ? row[2 * p + 1] : 0.f) << 16;
+      dst[p] = bf16_bits(row[2 * p]) |
+               (uint32_t)bf16_bits(2 * p + 1 < K ? row[2 * p + 1] : 0.f) << 16;
   }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t item = 0; item < P * C; item++) {
@@ -377,7 +381,8 @@ int openledger_linear_int8_bf16(const float *x, int64_t x_stride, int64_t M,
         _mm_prefetch((const char *)(s + BF_KC * BF_NR * 2), _MM_HINT_T0); /* next slice */
         __m512 f[4];
         for (int h = 0; h < 4; h++)
-          f[h] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(s + 16 * h))));
+          f[h] = _mm512_cvtepi32_ps(
+              _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(s + 16 * h))));
         slice[2 * i] = _mm512_cvtne2ps_pbh(f[1], f[0]);
         slice[2 * i + 1] = _mm512_cvtne2ps_pbh(f[3], f[2]);
       }
