@@ -186,17 +186,18 @@ def single_stream(engines: dict[str, Engine], text: str, rounds: int = 5) -> Non
 
 
 def projection_bytes(engine: Engine) -> int:
-    """Bytes of the base's projection weights and LM head as the engine computes with them
-    (quantised weights and scales, or float32 weights; packed copies not counted)."""
+    """Bytes of the base's projection weights and LM head as the engine keeps them: int8
+    weights (the kernel's panels once packed) and scales, or float32 weights (their
+    packed float32 copies not counted)."""
     model = engine.runner.model
     total = 0
     for module in model.modules():
         if isinstance(module, Linear):
             q = module.packed.quantized
-            total += module.weight.nbytes if q is None else q.data.nbytes + q.scale.nbytes
+            total += module.weight.nbytes if q is None else q.nbytes
     head = model.quantized_head
     if head is not None:
-        total += head.data.nbytes + head.scale.nbytes
+        total += head.nbytes
     else:
         weight = model.embed_tokens.weight if model.lm_head is None else model.lm_head
         total += weight.nbytes

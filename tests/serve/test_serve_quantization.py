@@ -161,6 +161,29 @@ def test_quantised_projection_equals_the_dequantised_weight(
                            both_rounded=False)  # fmt: skip
 
 
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("outputs", "inputs"), [(50, 33), (24, 64), (7, 1)])
+def test_the_packed_copy_replaces_the_row_major_weight(
+    compute: str, outputs: int, inputs: int
+) -> None:
+    """Once the kernel has packed an int8 weight only the panels are kept (a byte a weight,
+    plus the panels' padding); the weight unpacked from them is the one quantised."""
+    _kernels()
+    weight = torch.randn(outputs, inputs)
+    q = QuantizedWeight(weight, "int8", compute=compute)  # type: ignore[arg-type]
+    original = q.data.clone()
+    before = q.nbytes
+    q.linear(torch.randn(3, inputs), None)  # packs
+    assert q._data is None
+    assert torch.equal(q.data, original)
+    assert q.shape == (outputs, inputs)
+    width = 32 if q.uses_bf16_dot else 24
+    padded = -(-outputs // width) * width * (inputs + (inputs % 2 if q.uses_bf16_dot else 0))
+    assert q.nbytes == padded + q.scale.nbytes
+    assert before == original.nbytes + q.scale.nbytes  # the row-major weight, before
+    assert torch.equal(q.dequantize(), original.float() * q.scale[:, None])
+
+
 def test_the_int8_kernel_reads_packed_panels_and_refuses_misfits() -> None:
     _kernels()
     from openledger.serve.ops import linear_cpu

@@ -68,7 +68,7 @@ class QuantizedWeight:
             non-finite values.
     """
 
-    __slots__ = ("_packed", "compute", "data", "dtype", "scale", "scheme")
+    __slots__ = ("_bf16", "_data", "_packed", "_shape", "compute", "dtype", "scale", "scheme")
 
     def __init__(
         self, weight: torch.Tensor, scheme: Quantization, *, compute: Compute = "float32"
@@ -89,27 +89,51 @@ class QuantizedWeight:
         scale = w.abs().amax(dim=1) / limit
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # NOTE: all-zero rows
         scaled = w / scale[:, None]
+        self._data: torch.Tensor | None
         if scheme == "int8":
-            self.data = scaled.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+            self._data = scaled.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
         else:
-            self.data = scaled.clamp_(-_FP8_MAX, _FP8_MAX).to(_FP8)
+            self._data = scaled.clamp_(-_FP8_MAX, _FP8_MAX).to(_FP8)
+        self._shape = self._data.shape
         self.scale = scale.contiguous()
         self.scheme: Quantization = scheme
         self.dtype = weight.dtype
         """The activation dtype the weight was loaded in (what dequantising returns)."""
         self.compute: Compute = compute
         self._packed: torch.Tensor | None = None
+        self._bf16 = False
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The quantised weight ``Q [N, K]`` (``int8`` or ``float8_e4m3fn``).
+
+        NOTE: once the CPU kernel has packed it, only the packed copy is kept (one byte a
+        weight in all); this unpacks it again.
+        """
+        if self._data is not None:
+            return self._data
+        assert self._packed is not None
+        n, k = self._shape
+        if self._bf16:  # [P, ceil(K / 2), 32, 2] -> [P * 32, 2 * ceil(K / 2)]
+            p, k2, width, _ = self._packed.shape
+            rows = self._packed.permute(0, 2, 1, 3).reshape(p * width, 2 * k2)
+        else:  # [P, K, 24] -> [P * 24, K]
+            p, _, width = self._packed.shape
+            rows = self._packed.permute(0, 2, 1).reshape(p * width, k)
+        return rows[:n, :k].contiguous()
 
     @property
     def shape(self) -> torch.Size:
         """``(N, K)``."""
-        return self.data.shape
+        return self._shape
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the quantised weight, its scales and the kernel's packed copy."""
-        packed = 0 if self._packed is None else self._packed.nbytes
-        return self.data.nbytes + self.scale.nbytes + packed
+        """Bytes held: the quantised weight (or the kernel's packed copy of it, which
+        replaces it once made) and its scales."""
+        held = self._data if self._data is not None else self._packed
+        assert held is not None
+        return held.nbytes + self.scale.nbytes
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``Q * scale[:, None]`` in ``dtype`` (default the activation dtype): the weight
@@ -131,23 +155,25 @@ class QuantizedWeight:
             and not grad
             and x.dim() == 2
             and 0 < x.shape[0] <= KERNEL_MAX_ROWS
-            and x.shape[1] == self.data.shape[1]
+            and x.shape[1] == self._shape[1]
             and x.dtype is torch.float32
             and x.is_cpu
             and x.stride(1) == 1
-            and self.data.is_cpu
+            and self.scale.is_cpu
             and (bias is None or (bias.dtype is torch.float32 and bias.is_contiguous()))
         ):
             packed, bf16 = self._kernel_panels()
             if packed is not None:
                 from openledger.serve.ops import linear_cpu
 
-                n = self.data.shape[0]
+                n = self._shape[0]
                 if bf16:
                     return linear_cpu.linear_int8_bf16(x, packed, self.scale, n, bias)
                 return linear_cpu.linear_int8(x, packed, self.scale, n, bias)
         if self.scheme == "fp8" and not grad and _scaled_mm_fits(x, self.data):
             return _fp8_scaled_mm(x, self.data, self.scale, bias)
+        # NOTE: a packed weight is unpacked for this call (no compiler here any more, the
+        # kernels turned off, or a prompt longer than the kernel's rows)
         return F.linear(x, self.dequantize(x.dtype), bias)
 
     @property
@@ -165,9 +191,8 @@ class QuantizedWeight:
         return linear_cpu.has_bf16_dot()
 
     def _kernel_panels(self) -> tuple[torch.Tensor | None, bool]:
-        """The kernel's packed copy (made on first use), and whether it is the bfloat16
-        kernel's; None where the kernels are not built."""
-        bf16 = self.uses_bf16_dot
+        """The kernel's packed copy (made on first use, replacing the row-major weight),
+        and whether it is the bfloat16 kernel's; None where the kernels are not built."""
         if self._packed is None:
             from openledger.serve.ops.cpu_kernels import cpu_kernels
 
@@ -175,13 +200,15 @@ class QuantizedWeight:
                 return None, False
             from openledger.serve.ops import linear_cpu
 
+            bf16 = self.uses_bf16_dot
             q = self.data.contiguous()
             pack = linear_cpu.pack_linear_int8_bf16 if bf16 else linear_cpu.pack_linear_int8
-            self._packed = pack(q)
-        return self._packed, bf16
+            self._packed, self._bf16 = pack(q), bf16
+            self._data = None
+        return self._packed, self._bf16
 
     def __repr__(self) -> str:
-        n, k = self.data.shape
+        n, k = self._shape
         return f"QuantizedWeight({self.scheme}, [{n}, {k}], {self.dtype})"
 
 
