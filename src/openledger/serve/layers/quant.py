@@ -18,10 +18,9 @@ A weight ``W [N, K]`` becomes ``Q [N, K]`` and ``scale [N]`` with ``W ~ Q * scal
   a CPU with few cores; the int8 weights widen to bfloat16 exactly, so the only extra
   error is the activations' rounding (``2^-9`` of each). Steps of one or two rows, bound
   by the weight stream rather than the multiplies, compute in float32 over the same
-  panels. Elsewhere (no C compiler, CUDA,
-  other dtypes, prompts longer than
+  panels. Elsewhere (no C compiler, CUDA, other dtypes, prompts longer than
   :data:`~openledger.serve.layers.linear.KERNEL_MAX_ROWS` rows, autograd) the weight is
-  dequantised for the call.
+  dequantised for the call. Once packed, only the kernel's panels are kept.
 * ``fp8``: ``scale = max|W[n]| / 448``, ``Q = W / scale`` rounded to ``float8_e4m3fn``. On
   CUDA devices of compute capability 8.9 and up with bfloat16 activations, each call
   quantises the activations per token and runs ``torch._scaled_mm`` with row-wise scales
