@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from openledger.serve.batch import BatchMetadata
+from openledger.serve.config import EngineConfig
 from openledger.serve.cuda_graphs import (
     GRAPH_BATCH_SIZES,
     CudaGraphCapture,
@@ -38,13 +39,40 @@ from openledger.serve.ops.step_attention import plan_attention
 from openledger.serve.sampling import SampledTokens, sample
 from openledger.serve.sequence import SequenceState
 
-__all__ = ["ModelRunner", "kv_block_bytes"]
+__all__ = ["ModelRunner", "kv_block_bytes", "runner_options"]
 
 
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     """Bytes one KV-cache block takes across all layers (keys and values)."""
     itemsize = torch.empty(0, dtype=dtype).element_size()
     return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * itemsize
+
+
+def runner_options(
+    config: EngineConfig,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    num_blocks: int,
+    max_positions: int,
+    backend: AttentionBackend,
+) -> dict[str, Any]:
+    """:class:`ModelRunner`'s keyword arguments for an engine's settings and the sizes
+    derived from them (the one-process engine's runner and every tensor-parallel rank's)."""
+    return {
+        "dtype": dtype,
+        "device": device,
+        "num_blocks": num_blocks,
+        "block_size": config.block_size,
+        "max_positions": max_positions,
+        "backend": backend,
+        "seed": config.seed,
+        "cpu_kernels": config.cpu_kernels,
+        "weight_packing": config.weight_packing,
+        "quantization": config.quantization,
+        "quantized_compute": config.quantized_compute,
+        "cuda_graphs": config.cuda_graphs,
+    }
 
 
 class ModelRunner:

@@ -16,7 +16,7 @@ from openledger.models.loading import parse_device, parse_dtype
 from openledger.models.resolve import resolve_model
 from openledger.serve.config import EngineConfig
 from openledger.serve.layers.attention import AttentionBackend
-from openledger.serve.model_runner import ModelRunner, kv_block_bytes
+from openledger.serve.model_runner import ModelRunner, kv_block_bytes, runner_options
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.parallel.runner import ParallelModelRunner, start_parallel_runner
 
@@ -63,22 +63,15 @@ def build_components(base_model: str | os.PathLike[str], config: EngineConfig) -
             backend=backend,
         )
     else:
-        runner = ModelRunner(
-            folder,
-            model_config,
+        options = runner_options(
+            config,
             dtype=dtype,
             device=device,
             num_blocks=num_blocks,
-            block_size=config.block_size,
             max_positions=max_model_len,
             backend=backend,
-            seed=config.seed,
-            cpu_kernels=config.cpu_kernels,
-            weight_packing=config.weight_packing,
-            quantization=config.quantization,
-            quantized_compute=config.quantized_compute,
-            cuda_graphs=config.cuda_graphs,
         )
+        runner = ModelRunner(folder, model_config, **options)
     close = runner.close if isinstance(runner, ParallelModelRunner) else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))

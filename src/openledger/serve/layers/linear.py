@@ -12,16 +12,13 @@ from torch import nn
 from openledger.serve.layers.quant import Compute, Quantization, QuantizedWeight
 from openledger.serve.ops import linear_cpu
 from openledger.serve.ops.cpu_kernels import cpu_kernels
+from openledger.serve.ops.linear_cpu import KERNEL_MAX_ROWS
 
 __all__ = ["KERNEL_MAX_ROWS", "Linear", "OutputHook", "PackedWeight"]
 
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(  # type: ignore[no-untyped-call]
     torch.ops.mkldnn, "_linear_pointwise"
 )
-KERNEL_MAX_ROWS = 1024
-"""Token rows up to which a projection runs through the compiled kernel's packed weight;
-above, the default GEMM over the row-major weight (the crossover measured on 2 cores:
-benchmarks/RESULTS.md, Serving)."""
 
 _Packing = Literal["kernel", "onednn"]
 

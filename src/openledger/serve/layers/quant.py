@@ -19,7 +19,7 @@ A weight ``W [N, K]`` becomes ``Q [N, K]`` and ``scale [N]`` with ``W ~ Q * scal
   error is the activations' rounding (``2^-9`` of each). Steps of one or two rows, bound
   by the weight stream rather than the multiplies, compute in float32 over the same
   panels. Elsewhere (no C compiler, CUDA, other dtypes, prompts longer than
-  :data:`~openledger.serve.layers.linear.KERNEL_MAX_ROWS` rows, autograd) the weight is
+  :data:`~openledger.serve.ops.linear_cpu.KERNEL_MAX_ROWS` rows, autograd) the weight is
   dequantised for the call. Once packed, only the kernel's panels are kept.
 * ``fp8``: ``scale = max|W[n]| / 448``, ``Q = W / scale`` rounded to ``float8_e4m3fn``. On
   CUDA devices of compute capability 8.9 and up with bfloat16 activations, each call
@@ -38,6 +38,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from openledger.serve.ops import linear_cpu
+from openledger.serve.ops.cpu_kernels import cpu_kernels
 
 __all__ = ["QUANTIZATIONS", "Compute", "Quantization", "QuantizedWeight", "quantize_model"]
 
@@ -67,7 +70,7 @@ class QuantizedWeight:
             non-finite values.
     """
 
-    __slots__ = ("_bf16", "_data", "_packed", "_shape", "compute", "dtype", "scale", "scheme")
+    __slots__ = ("_data", "_packed", "_shape", "compute", "dtype", "scale", "scheme")
 
     def __init__(
         self, weight: torch.Tensor, scheme: Quantization, *, compute: Compute = "float32"
@@ -100,7 +103,6 @@ class QuantizedWeight:
         """The activation dtype the weight was loaded in (what dequantising returns)."""
         self.compute: Compute = compute
         self._packed: torch.Tensor | None = None
-        self._bf16 = False
 
     @property
     def data(self) -> torch.Tensor:
@@ -113,10 +115,10 @@ class QuantizedWeight:
             return self._data
         assert self._packed is not None
         n, k = self._shape
-        if self._bf16:  # [P, ceil(K / 2), 32, 2] -> [P * 32, 2 * ceil(K / 2)]
+        if self._packed.dim() == 4:  # bfloat16 kernel's [P, ceil(K / 2), 32, 2]
             p, k2, width, _ = self._packed.shape
             rows = self._packed.permute(0, 2, 1, 3).reshape(p * width, 2 * k2)
-        else:  # [P, K, 24] -> [P * 24, K]
+        else:  # [P, K, 24]
             p, _, width = self._packed.shape
             rows = self._packed.permute(0, 2, 1).reshape(p * width, k)
         return rows[:n, :k].contiguous()
@@ -145,15 +147,13 @@ class QuantizedWeight:
     ) -> torch.Tensor:
         """``x (Q * scale)^T + bias`` for ``x [..., K]``; the compiled int8 kernel where
         it applies and ``use_kernel`` allows it (``EngineConfig.cpu_kernels``)."""
-        from openledger.serve.layers.linear import KERNEL_MAX_ROWS
-
         grad = torch.is_grad_enabled() and x.requires_grad
         if (
             self.scheme == "int8"
             and use_kernel
             and not grad
             and x.dim() == 2
-            and 0 < x.shape[0] <= KERNEL_MAX_ROWS
+            and 0 < x.shape[0] <= linear_cpu.KERNEL_MAX_ROWS
             and x.shape[1] == self._shape[1]
             and x.dtype is torch.float32
             and x.is_cpu
@@ -163,8 +163,6 @@ class QuantizedWeight:
         ):
             packed, bf16 = self._kernel_panels()
             if packed is not None:
-                from openledger.serve.ops import linear_cpu
-
                 n = self._shape[0]
                 if bf16:
                     return linear_cpu.linear_int8_bf16(x, packed, self.scale, n, bias)
@@ -179,32 +177,20 @@ class QuantizedWeight:
     def uses_bf16_dot(self) -> bool:
         """Whether the CPU kernel multiplies in bfloat16 here (``compute="bfloat16"`` and
         the kernels built with AVX512-BF16)."""
-        if self.compute != "bfloat16":
-            return False
-        from openledger.serve.ops.cpu_kernels import cpu_kernels
-
-        if cpu_kernels() is None:
-            return False
-        from openledger.serve.ops import linear_cpu
-
-        return linear_cpu.has_bf16_dot()
+        kernels = cpu_kernels() is not None
+        return self.compute == "bfloat16" and kernels and linear_cpu.has_bf16_dot()
 
     def _kernel_panels(self) -> tuple[torch.Tensor | None, bool]:
         """The kernel's packed copy (made on first use, replacing the row-major weight),
         and whether it is the bfloat16 kernel's; None where the kernels are not built."""
         if self._packed is None:
-            from openledger.serve.ops.cpu_kernels import cpu_kernels
-
             if cpu_kernels() is None:
                 return None, False
-            from openledger.serve.ops import linear_cpu
-
             bf16 = self.uses_bf16_dot
-            q = self.data.contiguous()
             pack = linear_cpu.pack_linear_int8_bf16 if bf16 else linear_cpu.pack_linear_int8
-            self._packed, self._bf16 = pack(q), bf16
+            self._packed = pack(self.data.contiguous())
             self._data = None
-        return self._packed, self._bf16
+        return self._packed, self._packed.dim() == 4  # NOTE: the bfloat16 kernel's layout
 
     def __repr__(self) -> str:
         n, k = self._shape

@@ -28,6 +28,7 @@ import torch
 from openledger.serve.ops.cpu_ops import check_contiguous, check_rows, define, library_or_raise
 
 __all__ = [
+    "KERNEL_MAX_ROWS",
     "has_bf16_dot",
     "linear",
     "linear_int8",
@@ -37,6 +38,11 @@ __all__ = [
     "pack_linear_int8_bf16",
     "panel_width",
 ]
+
+KERNEL_MAX_ROWS = 1024
+"""Token rows up to which a projection runs through these kernels (float32 and int8
+weights); above, the default GEMM over the row-major (or dequantised) weight: the
+crossover measured on 2 cores (benchmarks/RESULTS.md, Serving)."""
 
 
 @functools.cache

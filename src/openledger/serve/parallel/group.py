@@ -101,19 +101,18 @@ class WorkerSpec:
 
     def runner_options(self, device: torch.device) -> dict[str, Any]:
         """Keyword arguments of every rank's :class:`ModelRunner` (on ``device``)."""
-        config = self.engine_config
-        return {
-            "dtype": self.dtype,
-            "device": device,
-            "num_blocks": self.num_blocks,
-            "block_size": config.block_size,
-            "max_positions": self.max_positions,
-            "backend": self.backend,
-            "seed": config.seed,
-            "cpu_kernels": config.cpu_kernels,
-            "weight_packing": config.weight_packing,
-            "cuda_graphs": False,  # NOTE: rank 0 sends every step's inputs (eager steps)
-        }
+        from openledger.serve.model_runner import runner_options
+
+        options = runner_options(
+            self.engine_config,
+            dtype=self.dtype,
+            device=device,
+            num_blocks=self.num_blocks,
+            max_positions=self.max_positions,
+            backend=self.backend,
+        )
+        # NOTE: rank 0 sends every step's inputs (eager steps)
+        return {**options, "cuda_graphs": False}
 
 
 @dataclass(slots=True)
