@@ -3,6 +3,7 @@ reads and writes with the grant, and the messages of every refusal."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -124,6 +125,47 @@ def test_training_on_a_private_snapshot_needs_the_trainers_grant(
     assert adapter["snapshot_root"] == snapshot["root"]
     assert adapter["model"]["registrant"] == filed.json()["requester"]
 
+    # Evaluation and retrieval read it as an account the page names, with its grant.
+    evaluation = {"adapter": "secret-r4", "datanet": "secret", "snapshot_id": 1}
+    evaluation["num_generate"] = 2
+    unnamed = client.post("/api/evaluate", json=evaluation)
+    assert (unnamed.status_code, unnamed.json()["kind"]) == (400, "AccessDeniedError")
+    assert "is private: pick the local account that reads it (read as)" in unnamed.json()["error"]
+    carol = client.post("/api/evaluate", json={**evaluation, "reader": "carol"})
+    assert "carol has no approved access request" in carol.json()["error"]
+    unknown = client.post("/api/evaluate", json={**evaluation, "reader": "mallory"})
+    assert unknown.status_code == 404
+    assert "mallory" in unknown.json()["error"]
+    started_eval = client.post("/api/evaluate", json={**evaluation, "reader": "bob"})
+    assert started_eval.status_code == 200, started_eval.text
+
+    def evaluated() -> dict | None:
+        found = client.get(f"/api/evaluate/{started_eval.json()['id']}").json()
+        return None if found["state"] == "running" else dict(found)
+
+    done_eval = wait_for(evaluated, 300, "the evaluation")
+    assert done_eval["state"] == "done", done_eval
+    assert done_eval["trained_on"] is True
+    assert done_eval["result"]["num_records"] == 8
+    assert done_eval["result"]["num_generated"] == 2
+    sourced = {"message": "Code red?", "adapter": "secret-r4", "max_tokens": 2}
+    sourced |= {"retrieval": "secret", "k": 2}
+    no_reader = client.post("/api/chat", json=sourced)
+    assert (no_reader.status_code, no_reader.json()["kind"]) == (400, "AccessDeniedError")
+    assert "pick the local account that reads it (sources read as)" in no_reader.json()["error"]
+    assert (
+        "carol has no approved"
+        in client.post("/api/chat", json={**sourced, "reader": "carol"}).json()["error"]
+    )
+    with client.stream("POST", "/api/chat", json={**sourced, "reader": "bob"}) as response:
+        assert response.status_code == 200
+        events = [
+            json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")
+        ]
+    assert [s["number"] for s in events[0]["sources"]] == [1, 2]
+    assert "Code red?" in events[0]["sources"][0]["text"]
+    assert events[-1]["done"] is True
+
     # Its answers are attributed with the trainer's grant, until the owner revokes it.
     first = ask(client, "Code red?", adapter="secret-r4")
     credited = attribute(client, first, "Code red?", adapter="secret-r4")
@@ -133,3 +175,7 @@ def test_training_on_a_private_snapshot_needs_the_trainers_grant(
     second = ask(client, "Code blue?", adapter="secret-r4")
     refused = attribute(client, second, "Code blue?", adapter="secret-r4")
     assert "bob has no approved access request" in refused.json()["error"]
+    revoked = client.post("/api/evaluate", json={**evaluation, "reader": "bob"})
+    assert "bob has no approved access request" in revoked.json()["error"]
+    gone = client.post("/api/chat", json={**sourced, "reader": "bob"})
+    assert "bob has no approved access request" in gone.json()["error"]

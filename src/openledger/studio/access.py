@@ -11,7 +11,7 @@ from typing import Any
 
 from openledger.exceptions import AccessDeniedError
 
-__all__ = ["grant_of"]
+__all__ = ["grant_of", "reader_grant"]
 
 
 def grant_of(datanet: Any, account: Any, name: str) -> Any:
@@ -30,3 +30,22 @@ def grant_of(datanet: Any, account: Any, name: str) -> Any:
         )
     grant = datanet.grant_for(approved[-1].id, requester=account)
     return grant.bind(account) if datanet.grants == "bound" else grant
+
+
+def reader_grant(workspace: Any, datanet: Any, reader: str | None, doing: str, field: str) -> Any:
+    """The grant the local account called ``reader`` reads ``datanet`` with (None if it is
+    public); ``doing`` and ``field`` word the refusal when no account was picked.
+
+    Raises:
+        AccessDeniedError: The datanet is private and no account was picked, or the one
+            picked has no approved access request.
+        DataNotFoundError: No local account is called ``reader``.
+    """
+    if datanet.visibility != "private":
+        return None
+    if not reader:
+        raise AccessDeniedError(
+            f"datanet {datanet.name!r} is private: pick the local account that {doing} "
+            f"({field}), one its owner approved"
+        )
+    return grant_of(datanet, workspace.account(reader), reader)

@@ -72,24 +72,38 @@ class Evaluations:
         self.jobs: JobTable[EvaluationJob] = JobTable("evaluation")
 
     def start(
-        self, adapter: str, datanet: str, snapshot_id: int, num_generate: int = 8
+        self,
+        adapter: str,
+        datanet: str,
+        snapshot_id: int,
+        num_generate: int = 8,
+        reader: str | None = None,
     ) -> EvaluationJob:
-        """Start evaluating ``adapter`` on snapshot ``snapshot_id`` of ``datanet``.
+        """Start evaluating ``adapter`` on snapshot ``snapshot_id`` of ``datanet``; a
+        private datanet is read with the grant of the local account called ``reader``.
 
         Raises:
-            DataNotFoundError: No such adapter, datanet or snapshot.
+            DataNotFoundError: No such adapter, datanet, snapshot or account.
             ConfigError: A malformed name.
+            AccessDeniedError: A private datanet, and no reader or one without an approved
+                access request.
         """
+        from openledger.studio.access import reader_grant
+
         found = self.workspace.adapter(check_name(adapter, "adapter"))
         with self.workspace.open_datanet(datanet) as opened:
             if snapshot_id not in opened.snapshots():
                 raise DataNotFoundError(f"datanet {datanet!r} has no snapshot {snapshot_id}")
             root = opened.snapshot_at(snapshot_id).root
+            grant = reader_grant(self.workspace, opened, reader, "reads it", "read as")
         job = EvaluationJob(uuid.uuid4().hex[:12], adapter, datanet, snapshot_id)
         job.trained_on = found.manifest.snapshot_root == root
         self.jobs.add(job)
         thread = threading.Thread(
-            target=self._run, args=(job, num_generate), name=f"studio-eval-{job.id}", daemon=True
+            target=self._run,
+            args=(job, num_generate, grant),
+            name=f"studio-eval-{job.id}",
+            daemon=True,
         )
         thread.start()
         return job
@@ -102,14 +116,16 @@ class Evaluations:
         """
         return self.jobs.get(job_id)
 
-    def _run(self, job: EvaluationJob, num_generate: int) -> None:
+    def _run(self, job: EvaluationJob, num_generate: int, grant: Any) -> None:
         from openledger.train import evaluate
 
         try:
             adapter = self.workspace.adapter(job.adapter)
             with self.workspace.open_datanet(job.datanet) as datanet:
                 snapshot = datanet.snapshot_at(job.snapshot_id)
-                report = evaluate(adapter, snapshot, num_generate=num_generate, max_new_tokens=32)
+                report = evaluate(
+                    adapter, snapshot, grant=grant, num_generate=num_generate, max_new_tokens=32
+                )
             job.result = report.to_dict()
             job.state = "done"
         except OpenLedgerError as exc:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openledger.exceptions import (
-    AccessDeniedError,
     ConfigError,
     DataNotFoundError,
     OpenLedgerError,
@@ -196,17 +195,15 @@ class TrainingJobs:
             AccessDeniedError: A private datanet, and no registrant or one without an
                 approved access request.
         """
-        from openledger.studio.access import grant_of
+        from openledger.studio.access import reader_grant
 
-        if datanet.visibility != "private":
-            return None
-        if not request.registrant:
-            raise AccessDeniedError(
-                f"datanet {request.datanet!r} is private: pick the local account that trains "
-                "on it (Train and register as), one its owner approved"
-            )
-        account = self.workspace.account(request.registrant)
-        return grant_of(datanet, account, request.registrant)
+        return reader_grant(
+            self.workspace,
+            datanet,
+            request.registrant,
+            "trains on it",
+            "Train and register as",
+        )
 
     def _run(self, job: TrainingJob) -> None:
         staging = self.workspace.staging_dir / job.id

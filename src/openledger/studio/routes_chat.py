@@ -33,6 +33,8 @@ class ChatBody(BaseModel):
     retrieval: str | None = None
     """A datanet to retrieve sources from (its latest snapshot), numbered in the prompt."""
     k: int = 3
+    reader: str | None = None
+    """The local account whose approved access reads a private ``retrieval`` datanet."""
 
 
 class AttributeBody(BaseModel):
@@ -85,7 +87,9 @@ async def chat(body: ChatBody, request: Request) -> StreamingResponse:
     if body.retrieval:
         if not 1 <= body.k <= 10:
             raise ConfigError(f"k must be within 1..10 sources, got {body.k}")
-        passages = await run_in_threadpool(_retrieve, state, body.retrieval, body.message, body.k)
+        passages = await run_in_threadpool(
+            _retrieve, state, body.retrieval, body.message, body.k, body.reader or None
+        )
         messages = build_messages(body.message, passages)
         names = state.workspace.names_by_address()
         sources = [
@@ -151,20 +155,27 @@ def _weights(body: ChatBody) -> dict[str, float]:
     return {body.adapter: 1.0} if body.adapter else {}
 
 
-def _retrieve(state: StudioState, datanet: str, question: str, k: int) -> list[Any]:
-    """The ``k`` records of ``datanet``'s latest snapshot that best match ``question``.
+def _retrieve(
+    state: StudioState, datanet: str, question: str, k: int, reader: str | None
+) -> list[Any]:
+    """The ``k`` records of ``datanet``'s latest snapshot that best match ``question``; a
+    private datanet is read with the grant of the local account called ``reader``.
 
     Raises:
-        DataNotFoundError: No such datanet.
+        DataNotFoundError: No such datanet or account.
         ConfigError: It has no snapshot yet.
+        AccessDeniedError: A private datanet, and no reader or one without an approved
+            access request.
     """
     from openledger.attribution import Retriever
+    from openledger.studio.access import reader_grant
 
     with state.workspace.open_datanet(datanet) as opened:
         snapshot = opened.latest_snapshot()
         if snapshot is None:
             raise ConfigError(f"datanet {datanet!r} has no snapshot to retrieve from")
-        return Retriever(snapshot).search(question, k=k)
+        grant = reader_grant(state.workspace, opened, reader, "reads it", "sources read as")
+        return Retriever(snapshot, grant=grant).search(question, k=k)
 
 
 @router.post("/attribute")

@@ -144,13 +144,17 @@ class StartEvaluation(BaseModel):
     datanet: str
     snapshot_id: int
     num_generate: int = Field(default=8, ge=0, le=64)
+    reader: str | None = None
+    """The local account whose approved access reads a private datanet."""
 
 
 @router.post("/evaluate")
 def start_evaluation(body: StartEvaluation, request: Request) -> dict[str, Any]:
     """Evaluate an adapter against its base model on a snapshot, in the background."""
     evaluations = _state(request).evaluations
-    job = evaluations.start(body.adapter, body.datanet, body.snapshot_id, body.num_generate)
+    job = evaluations.start(
+        body.adapter, body.datanet, body.snapshot_id, body.num_generate, body.reader or None
+    )
     return job.to_dict()
 
 

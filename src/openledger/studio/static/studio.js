@@ -320,7 +320,14 @@ async function refreshChat() {
     el("input", { class: "mix-weight", type: "number", min: "0", step: "0.1", value: kept[a.name] ?? "0", "data-adapter": a.name }))));
   const datanets = await api("GET", "/api/datanets");
   fillSelect($("ch-retrieval"), [["", "no retrieval"], ...datanets.filter((d) => d.snapshots.length)
-    .map((d) => [d.name, `${d.name} (latest snapshot)`])]);
+    .map((d) => [d.name, `${d.name} (latest snapshot${d.visibility === "private" ? ", private" : ""})`])]);
+  await fillReaders($("ch-reader"));
+}
+
+// Local accounts that may read a private datanet with their approved access ("" for public ones).
+async function fillReaders(select) {
+  const accounts = await api("GET", "/api/accounts");
+  fillSelect(select, [["", "nobody (public datanets)"], ...accounts.map((a) => [a.name, a.name])]);
 }
 
 // The mix's adapters with a weight above zero, {name: weight}.
@@ -363,7 +370,8 @@ $("ch-send").addEventListener("click", guarded("ch-message", async () => {
   const mixed = Object.keys(mix).length > 0;
   const adapter = mixed ? null : ($("ch-adapter").value || null);
   const body = { message, adapter, mix: mixed ? mix : null, base_model: adapter || mixed ? null : $("ch-base").value,
-    max_tokens: Number($("ch-max").value), retrieval: $("ch-retrieval").value || null };
+    max_tokens: Number($("ch-max").value), retrieval: $("ch-retrieval").value || null,
+    reader: $("ch-reader").value || null };
   const response = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) throw new Error((await response.json()).error);
   say("ch-message", "");
@@ -479,7 +487,8 @@ async function refreshEvaluate() {
   fillSelect($("ev-adapter"), adapters.map((a) => [a.name, a.name]));
   const datanets = await api("GET", "/api/datanets");
   fillSelect($("ev-snapshot"), datanets.flatMap((d) => d.snapshots.map((s) =>
-    [`${d.name}|${s.id}`, `${d.name} #${s.id} (${s.count} records)`])));
+    [`${d.name}|${s.id}`, `${d.name} #${s.id} (${s.count} records${d.visibility === "private" ? ", private" : ""})`])));
+  await fillReaders($("ev-reader"));
 }
 
 function score(value, digits = 4) { return value == null ? "n/a" : Number(value).toFixed(digits); }
@@ -502,7 +511,7 @@ function showEvaluation(job) {
 $("ev-start").addEventListener("click", guarded("ev-message", async () => {
   const [datanet, snapshot] = $("ev-snapshot").value.split("|");
   const body = { adapter: $("ev-adapter").value, datanet, snapshot_id: Number(snapshot),
-    num_generate: Number($("ev-generate").value) };
+    num_generate: Number($("ev-generate").value), reader: $("ev-reader").value || null };
   let job = await api("POST", "/api/evaluate", body);
   $("ev-scores").tBodies[0].replaceChildren();
   $("ev-samples").tBodies[0].replaceChildren();
