@@ -20,6 +20,14 @@ Then one request at a time (the same prompts and adapters, 4 new tokens, the two
 alternating): the TTFT the gateway adds to a request when no batch forms around it
 (parsing, authentication, planning, admission, the SSE framing, the client's own HTTP).
 
+Each round also reads the engine's own TTFT of every request (from its arrival in the
+engine to its first token: ``RequestOutput.metrics`` in process, the gateway's
+``openledger_time_to_first_token_seconds`` histogram, read before and after the round,
+over HTTP) and prints what each path adds on top of it, mean per request. Their
+difference is the gateway's overhead paired with the work of the same round, without the
+round-to-round change in the prefill step's own time (which moves tens of milliseconds
+between rounds on shared cores and dominates the p50 difference).
+
 ``--client raw`` sends the burst as pre-encoded requests on sockets opened before the
 clock starts, reading the events straight from the chunked body (:class:`RawClient`), to
 keep the client's own CPU time, on the cores the server shares, out of the comparison.
@@ -58,6 +66,7 @@ from openledger.models import resolve_model
 from openledger.serve import AsyncEngine, EngineConfig, SamplingParams
 
 ENGINE = {"device": "cpu", "dtype": "float32"}
+TTFT_METRIC = "openledger_time_to_first_token_seconds"
 
 
 @dataclass
@@ -68,10 +77,17 @@ class Round:
     tokens: int = 0
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
+    engine_ttft: float = 0.0
+    """The engine's own TTFT (arrival in the engine to first token), mean per request."""
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
+
+    @property
+    def added(self) -> float:
+        """What the path adds to the engine's own TTFT, mean per request (seconds)."""
+        return statistics.mean(self.ttft) - self.engine_ttft
 
     def add(self, start: float, events: Sequence[float], tokens: int) -> None:
         """Record one request: its start and the times its text events arrived."""
@@ -84,6 +100,7 @@ class Round:
 async def in_process(engine: AsyncEngine, texts: list[str]) -> Round:
     """The 16 requests as coroutines on the engine."""
     result = Round()
+    engine_ttft: list[float] = []
 
     async def one(index: int) -> None:
         params = SamplingParams(
@@ -94,12 +111,29 @@ async def in_process(engine: AsyncEngine, texts: list[str]) -> Round:
             if out.delta_text:
                 events.append(time.perf_counter())
             tokens = len(out.token_ids)
+            first = out.metrics.time_to_first_token if out.finished else None
+            if first is not None:
+                engine_ttft.append(first)
         result.add(start, events, tokens)
 
     start = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(len(texts))))
     result.seconds = time.perf_counter() - start
+    result.engine_ttft = statistics.mean(engine_ttft)
     return result
+
+
+def engine_ttft_total(port: int) -> tuple[float, float]:
+    """The gateway's TTFT histogram: (sum of seconds, count of requests)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (f"{TTFT_METRIC}_sum", f"{TTFT_METRIC}_count"):
+            found[name.rsplit("_", 1)[1]] = float(value)
+    if set(found) != {"sum", "count"}:
+        raise RuntimeError(f"the gateway's /metrics has no {TTFT_METRIC} histogram")
+    return found["sum"], found["count"]
 
 
 def burst_body(texts: list[str], index: int) -> dict[str, Any]:
@@ -307,7 +341,13 @@ async def measure(
         lean = RawClient(port, key)
 
         async def remote_round() -> Round:
-            return await (over_raw_http(lean, texts) if raw else over_http(client, texts))
+            total, count = engine_ttft_total(port)
+            found = await (over_raw_http(lean, texts) if raw else over_http(client, texts))
+            total_after, count_after = engine_ttft_total(port)
+            if count_after - count != len(texts):
+                raise RuntimeError(f"{count_after - count} TTFTs observed for {len(texts)}")
+            found.engine_ttft = (total_after - total) / len(texts)
+            return found
 
         await in_process(engine, texts)
         await remote_round()
@@ -361,6 +401,15 @@ def report(
         f"TTFT overhead p50 (HTTP - in process, median over rounds): "
         f"{statistics.median(overheads):.1f} ms (target <= 5 ms); pooled p50s of every "
         f"round: {pooled[1] - pooled[0]:.1f} ms"
+    )
+    added = [(1000 * r[0].added, 1000 * r[1].added) for r in rounds]
+    paired = [remote - local for local, remote in added]
+    print(
+        "added to the engine's own TTFT, mean per request, median over rounds: in process "
+        f"{statistics.median(a[0] for a in added):.1f} ms, HTTP "
+        f"{statistics.median(a[1] for a in added):.1f} ms; the gateway's overhead paired "
+        f"by round {statistics.median(paired):.1f} ms (rounds "
+        f"{', '.join(f'{p:.1f}' for p in paired)})"
     )
     local, remote = alone
     print(
