@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from tests.serve.serve_lora_factory import make_peft_adapter, peft_generate
 from openledger.models import save_tiny_model
 from openledger.serve import Engine, EngineConfig, SamplingParams
 from openledger.serve.layers.linear import KERNEL_MAX_ROWS, Linear
-from openledger.serve.layers.quant import Quantization, QuantizedWeight
+from openledger.serve.layers.quant import Quantization, QuantizedWeight, quantize_model
 from openledger.serve.ops.cpu_kernels import cpu_kernels
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -397,3 +398,113 @@ def test_int8_smollm2_answers_the_demo_questions_as_its_dequantised_weights(
     got = [o.token_ids for o in quantised.generate(prompts, params)]
     want = [o.token_ids for o in want_engine.generate(prompts, params)]
     assert got == want
+
+
+def _quantised_weights(model: torch.nn.Module) -> list[QuantizedWeight]:
+    found = [m.packed.quantized for m in model.modules() if isinstance(m, Linear)]
+    found.append(model.quantized_head)  # type: ignore[arg-type, operator]
+    assert found
+    assert all(q is not None for q in found)
+    return found  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("family", "scheme"), [("llama", "int8"), ("qwen2", "int8"), ("qwen2", "fp8")]
+)
+def test_quantising_while_loading_equals_quantising_the_loaded_model(
+    tmp_path: Path, family: str, scheme: Quantization
+) -> None:
+    base = save_tiny_model(tmp_path / "base", family, seed=11)  # type: ignore[arg-type]
+    settings = {"block_size": 4, "num_blocks": 32}
+    streamed = Engine(base, EngineConfig(**settings, quantization=scheme))
+    whole = Engine(base, EngineConfig(**settings))
+    quantize_model(whole.runner.model, scheme)
+    ours, reference = (_quantised_weights(e.runner.model) for e in (streamed, whole))
+    assert len(ours) == len(reference)
+    for mine, theirs in zip(ours, reference, strict=True):
+        assert mine.data.dtype == theirs.data.dtype
+        assert torch.equal(mine.data.view(torch.uint8), theirs.data.view(torch.uint8))
+        assert torch.equal(mine.scale, theirs.scale)
+    biases = [
+        (a.bias, b.bias)
+        for a, b in zip(streamed.runner.model.modules(), whole.runner.model.modules(), strict=True)
+        if isinstance(a, Linear) and isinstance(b, Linear) and a.bias is not None
+    ]
+    assert (family == "qwen2") == bool(biases)
+    assert all(torch.equal(a, b) for a, b in biases)
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    prompts = [[1, 5, 9, 3], [2, 8, 4, 4, 7, 1]]
+    assert [o.token_ids for o in streamed.generate(prompts, params)] == [
+        o.token_ids for o in whole.generate(prompts, params)
+    ]
+
+
+def test_a_quantised_load_holds_at_most_two_projections_in_full_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = save_tiny_model(tmp_path / "base", "llama", seed=2)
+    # NOTE: a projection counts while its weight is allocated in full precision (not on
+    # meta, not yet quantised away); the count is taken after every slice loaded
+    projections: list[Linear] = []
+    held: list[int] = []
+    init, load_slice = Linear.__init__, Linear.load_slice
+
+    def tracked(self: Linear, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        projections.append(self)
+
+    def counting(self: Linear, param_name: str, tensor: torch.Tensor, index: int = 0) -> None:
+        load_slice(self, param_name, tensor, index)
+        held.append(sum(1 for p in projections if not p.weight.is_meta and p.weight.numel()))
+
+    monkeypatch.setattr(Linear, "__init__", tracked)
+    monkeypatch.setattr(Linear, "load_slice", counting)
+    Engine(base, EngineConfig(block_size=4, num_blocks=16, quantization="int8"))
+    count = len(projections)
+    assert count >= 4 * 2  # two layers or more, four projections each (qkv, o, gate_up, down)
+    assert held
+    assert max(held) <= 2
+    projections.clear()
+    held.clear()
+    Engine(base, EngineConfig(block_size=4, num_blocks=16))
+    assert max(held) == count  # without quantisation every projection is loaded whole
+
+
+def test_a_projection_stored_twice_is_refused_when_quantising_while_loading(
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from openledger.exceptions import UnsupportedModelError
+
+    base = save_tiny_model(tmp_path / "base", "llama", seed=2)
+    (weights,) = base.glob("*.safetensors")
+    tensors = load_file(str(weights))
+    name = "model.layers.0.self_attn.o_proj.weight"
+    save_file({name: tensors[name]}, str(base / "zz-extra.safetensors"))
+    with pytest.raises(UnsupportedModelError, match=r"o_proj\.weight: the checkpoint holds"):
+        Engine(base, EngineConfig(block_size=4, num_blocks=16, quantization="int8"))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+@pytest.mark.parametrize("rows_per_block", [1, 5, 37, 100])
+def test_quantising_block_by_block_equals_the_whole_weight_at_once(
+    scheme: Quantization, rows_per_block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openledger.serve.layers import quant
+
+    generator = torch.Generator().manual_seed(rows_per_block)
+    weight = torch.randn(37, 19, generator=generator) * torch.rand(37, 1, generator=generator)
+    weight[3] = 0.0  # an all-zero row keeps scale 1
+    monkeypatch.setattr(quant, "_BLOCK_ELEMENTS", 19 * rows_per_block)
+    found = QuantizedWeight(weight, scheme)
+    limit = 127.0 if scheme == "int8" else 448.0
+    scale = weight.abs().amax(dim=1) / limit
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scaled = weight / scale[:, None]
+    if scheme == "int8":
+        expected = scaled.round().clamp(-127, 127).to(torch.int8)
+    else:
+        expected = scaled.clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(found.scale, scale)
+    assert torch.equal(found.data.view(torch.uint8), expected.view(torch.uint8))

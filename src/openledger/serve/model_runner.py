@@ -32,7 +32,7 @@ from openledger.serve.cuda_graphs import (
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.layers.linear import Linear
 from openledger.serve.layers.lora import LoraState
-from openledger.serve.layers.quant import Compute, Quantization, quantize_model
+from openledger.serve.layers.quant import Compute, Quantization
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.loader import build_model
 from openledger.serve.ops.step_attention import plan_attention
@@ -123,13 +123,19 @@ class ModelRunner:
         self.config = config
         self.device = device
         self.block_size = block_size
+        # NOTE: a quantised base is quantised projection by projection while it loads
         self.model = build_model(
-            folder, config, dtype=dtype, device=device, max_positions=max_positions, backend=backend
+            folder,
+            config,
+            dtype=dtype,
+            device=device,
+            max_positions=max_positions,
+            backend=backend,
+            quantization=quantization,
+            quantized_compute=quantized_compute,
         )
         self.model.set_cpu_paths(kernels=cpu_kernels, packing=weight_packing)
         self.quantization = quantization
-        if quantization is not None:
-            quantize_model(self.model, quantization, compute=quantized_compute)
         self.cpu_kernels = cpu_kernels
         self.max_positions = max_positions
         self.scratch_block = num_blocks

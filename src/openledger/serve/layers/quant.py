@@ -84,19 +84,31 @@ class QuantizedWeight:
                 f"a 2-D floating-point weight is quantised, got {weight.dtype} "
                 f"shape {tuple(weight.shape)}"
             )
-        w = weight.detach().float()
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError("the weight holds inf or NaN values: it cannot be quantised")
+        # NOTE: block by block of rows, so the float32 temporaries stay a few MiB even
+        # for an LM head (the weight itself is not copied when it is float32 already)
+        blocks = _row_blocks(weight)
+        amax = []
+        for block in blocks:
+            w = block.detach().float()
+            if not bool(torch.isfinite(w).all()):
+                raise ValueError("the weight holds inf or NaN values: it cannot be quantised")
+            amax.append(w.abs().amax(dim=1))
         limit = _INT8_MAX if scheme == "int8" else _FP8_MAX
-        scale = w.abs().amax(dim=1) / limit
+        scale = torch.cat(amax) / limit
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # NOTE: all-zero rows
-        scaled = w / scale[:, None]
-        self._data: torch.Tensor | None
-        if scheme == "int8":
-            self._data = scaled.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
-        else:
-            self._data = scaled.clamp_(-_FP8_MAX, _FP8_MAX).to(_FP8)
-        self._shape = self._data.shape
+        data = torch.empty(weight.shape, dtype=torch.int8 if scheme == "int8" else _FP8)
+        data = data.to(weight.device)
+        start = 0
+        for block in blocks:
+            rows = slice(start, start + block.shape[0])
+            scaled = block.detach().float() / scale[rows, None]
+            if scheme == "int8":
+                data[rows] = scaled.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+            else:
+                data[rows] = scaled.clamp_(-_FP8_MAX, _FP8_MAX).to(_FP8)
+            start = rows.stop
+        self._data: torch.Tensor | None = data
+        self._shape = data.shape
         self.scale = scale.contiguous()
         self.scheme: Quantization = scheme
         self.dtype = weight.dtype
@@ -195,6 +207,16 @@ class QuantizedWeight:
     def __repr__(self) -> str:
         n, k = self._shape
         return f"QuantizedWeight({self.scheme}, [{n}, {k}], {self.dtype})"
+
+
+_BLOCK_ELEMENTS = 1 << 20
+"""Weights quantised per block of rows of about this many elements (4 MiB in float32)."""
+
+
+def _row_blocks(weight: torch.Tensor) -> list[torch.Tensor]:
+    """``weight [N, K]`` as views of consecutive rows, about :data:`_BLOCK_ELEMENTS` each."""
+    rows = max(1, _BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    return list(torch.split(weight, rows, dim=0))
 
 
 def _scaled_mm_fits(x: torch.Tensor, q: torch.Tensor) -> bool:

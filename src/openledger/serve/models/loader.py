@@ -4,6 +4,12 @@ Separate q/k/v and gate/up projections go to their slices of our fused projectio
 Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` tensors are split along their rows into
 the same slices (q, k, v; gate, up), so every family ends up in one layout.
 
+With a quantisation (``EngineConfig.quantization``) each projection is quantised as soon
+as its last slice is loaded, and its full-precision weight freed: projections are
+allocated one at a time, when their first slice arrives, so loading never holds the whole
+model in full precision (the embedding and, after loading, the LM head stay as they are
+until the head is quantised).
+
 A tensor-parallel rank's model (built from a
 :class:`~openledger.serve.parallel.sharding.ShardedModelConfig`) gets its share of each
 tensor: the rows of each q/k/v and gate/up slice and of the LM head, the input columns
@@ -25,6 +31,7 @@ from torch import nn
 from openledger.exceptions import ModelNotAvailableError, UnsupportedModelError
 from openledger.serve.layers.attention import AttentionBackend
 from openledger.serve.layers.linear import Linear
+from openledger.serve.layers.quant import Compute, Quantization
 from openledger.serve.layers.rotary import RotaryEmbedding
 from openledger.serve.models.config import ModelConfig
 from openledger.serve.models.decoder import DecoderForCausalLM
@@ -77,29 +84,86 @@ def build_model(
     device: torch.device,
     max_positions: int,
     backend: AttentionBackend,
+    quantization: Quantization | None = None,
+    quantized_compute: Compute = "float32",
 ) -> DecoderForCausalLM:
-    """Build the model for ``config`` and fill it from the folder's checkpoint.
+    """Build the model for ``config`` and fill it from the folder's checkpoint; with a
+    ``quantization``, quantise every projection while loading and the LM head after (int8
+    computing in ``quantized_compute`` on CPU; see :mod:`~openledger.serve.layers.quant`).
 
     Raises:
-        UnsupportedModelError: A checkpoint tensor has no place in the model, or a model
-            weight is missing from the checkpoint.
+        UnsupportedModelError: A checkpoint tensor has no place in the model, a model
+            weight is missing from the checkpoint, or a projection's slice comes twice.
+        ValueError: An unknown quantisation, or a weight that cannot be quantised.
     """
     with torch.device("meta"):
         model = DecoderForCausalLM(config, max_positions, backend)
-    model.to_empty(device=device)
+    quantizer = None
+    if quantization is None:
+        model.to_empty(device=device)
+    else:
+        quantizer = _Quantizer(quantization, quantized_compute, device, dtype)
+        quantizer.allocate_all_but_projections(model)
     model.to(dtype)
     # NOTE: to_empty leaves non-persistent buffers uninitialised; rebuild the rotary tables.
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.reset(device)
-    loaded = _load_weights(model, folder, dtype)
+    loaded = _load_weights(model, folder, dtype, quantizer)
     missing = {name for name, _ in model.named_parameters()} - loaded
     if missing:
         raise UnsupportedModelError(f"checkpoint in {folder} lacks {sorted(missing)[:5]}")
+    if quantizer is not None:
+        model.quantize_head(quantizer.scheme, compute=quantizer.compute)
     return model.eval()
 
 
-def _load_weights(model: DecoderForCausalLM, folder: Path, dtype: torch.dtype) -> set[str]:
+class _Quantizer:
+    """Quantises each projection once all its weight slices are loaded (see the module
+    docstring); until its first slice arrives a projection's weight stays on ``meta``."""
+
+    def __init__(
+        self, scheme: Quantization, compute: Compute, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.scheme, self.compute = scheme, compute
+        self.device, self.dtype = device, dtype
+        self.slices: dict[str, set[int]] = {}
+
+    def allocate_all_but_projections(self, model: nn.Module) -> None:
+        """Give every parameter and buffer its memory, but the projections' weights."""
+        for module in model.modules():
+            if not isinstance(module, Linear):
+                module.to_empty(device=self.device, recurse=False)
+            elif module.bias is not None:
+                module.bias = nn.Parameter(
+                    torch.empty(module.bias.shape, device=self.device), requires_grad=False
+                )
+
+    def before(self, linear: Linear, param_name: str, name: str) -> None:
+        """Allocate ``linear``'s weight when its first slice comes."""
+        if param_name != "weight":
+            return
+        if linear.packed.quantized is not None:
+            raise UnsupportedModelError(f"{name}: the checkpoint holds this projection twice")
+        if linear.weight.is_meta:
+            linear.weight = nn.Parameter(
+                torch.empty(linear.weight.shape, dtype=self.dtype, device=self.device),
+                requires_grad=False,
+            )
+
+    def after(self, linear: Linear, module_name: str, param_name: str, index: int) -> None:
+        """Quantise ``linear`` (and free its full-precision weight) once every slice is in."""
+        if param_name != "weight":
+            return
+        done = self.slices.setdefault(module_name, set())
+        done.update(range(len(linear.output_sizes)) if index < 0 else (index,))
+        if len(done) == len(linear.output_sizes):
+            linear.quantize(self.scheme, compute=self.compute)
+
+
+def _load_weights(
+    model: DecoderForCausalLM, folder: Path, dtype: torch.dtype, quantizer: _Quantizer | None
+) -> set[str]:
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     loaded: set[str] = set()
@@ -116,7 +180,11 @@ def _load_weights(model: DecoderForCausalLM, folder: Path, dtype: torch.dtype) -
             if not isinstance(linear, Linear):
                 raise UnsupportedModelError(f"unexpected checkpoint tensor {name!r} in {folder}")
             share = _Share(module_name.rsplit(".", 1)[-1], param_name, rank, size)
+            if quantizer is not None:
+                quantizer.before(linear, param_name, name)
             _load_projection(linear, param_name, tensor.to(dtype), index, name, share)
+            if quantizer is not None:
+                quantizer.after(linear, module_name, param_name, index)
             loaded.add(f"{module_name}.{param_name}")
         elif param_name in params:
             if param_name == "lm_head" and size > 1:  # NOTE: this rank's vocabulary rows
