@@ -61,9 +61,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                                       "original_max_position_embeddings": 64,
                                       "rope_scaling": _longrope(32)}),
 }  # fmt: skip
-# NOTE: transformers recomputes a Phi-3 sequence's whole cache with the long factors when
-# it grows past the pretraining context mid-generation; the engine keeps the keys it
-# cached (as vLLM does), so parity holds for sequences on one side of the threshold.
 LONG_PROMPTS = [" ".join([p] * 6) for p in PROMPTS]
 
 
@@ -126,8 +123,8 @@ def test_windows_with_chunked_prefill_and_prefix_caching(
 ) -> None:
     """Prompts cut into 5-token chunks, sharing cached prefix blocks, a decode row beside
     them: each local layer sees only its window, whichever way the steps fall.
-    (Phi-3's prompts stay within its 32 pretraining positions here: see the docs on
-    LongRoPE and chunking.)"""
+    (Phi-3's prompts stay within its 64 pretraining positions here; prompts past them:
+    the LongRoPE tests below.)"""
     folder = checkpoint(name)
     config = EngineConfig(
         block_size=4,
@@ -146,6 +143,57 @@ def test_windows_with_chunked_prefill_and_prefix_caching(
     assert engine.block_pool.num_free_blocks == engine.block_pool.num_blocks
     for key, output in outputs.items():
         assert output.token_ids == hf_greedy(folder, output.prompt_token_ids, 10), (name, key)
+
+
+def test_longrope_sequences_growing_past_the_pretraining_context_are_recomputed(
+    checkpoint: Callable[[str], Path], hf_greedy: HfGreedy
+) -> None:
+    """Sequences that start within Phi-3's 32 pretraining positions and generate past
+    them, joining one another mid-generation: transformers recomputes such a sequence's
+    whole cache with the long factors when it crosses, and so does the engine (the
+    sequence is preempted once and prefilled again), so the tokens stay equal."""
+    folder = checkpoint("phi3-longrope")
+    engine = Engine(folder, EngineConfig(block_size=4, num_blocks=256, max_num_seqs=3))
+    prompts = [p[:20] for p in PROMPTS]
+    assert all(len(engine.tokenizer(p).input_ids) <= 32 for p in prompts)
+    new = 40
+    outputs = _run_staggered(engine, prompts, max_tokens=new)
+    for prompt, output in outputs.items():
+        assert len(output.token_ids) == new
+        assert output.token_ids == hf_greedy(folder, output.prompt_token_ids, new), prompt
+    assert engine.block_pool.num_free_blocks == engine.block_pool.num_blocks
+
+
+def test_longrope_prompts_in_chunks_and_cached_prefixes_keep_one_regime(
+    checkpoint: Callable[[str], Path], hf_greedy: HfGreedy
+) -> None:
+    """A prompt longer than the pretraining context, computed in 5-token chunks, is rotated
+    with the long factors from its first chunk; a short prompt's cached blocks (short
+    factors) never serve a long prompt that starts the same way, and the reverse."""
+    folder = checkpoint("phi3-longrope")
+    config = EngineConfig(
+        block_size=4,
+        num_blocks=256,
+        max_num_seqs=4,
+        max_num_batched_tokens=5,
+        enable_chunked_prefill=True,
+        enable_prefix_caching=True,
+    )
+    engine = Engine(folder, config)
+    short = PROMPTS[0]
+    long = " ".join([short] * 6)
+    params = SamplingParams(max_tokens=6)
+    cached = []
+    for prompt in (short, long, short, long):
+        output = engine.generate(prompt, params)[0]
+        assert output.token_ids == hf_greedy(folder, output.prompt_token_ids, 6), prompt
+        cached.append(output.metrics.num_cached_tokens)
+    assert len(engine.tokenizer(long).input_ids) > 32 >= len(engine.tokenizer(short).input_ids)
+    # the long prompt finds none of the short one's blocks, then its own; the short, its own
+    assert cached[0] == cached[1] == 0
+    assert cached[2] > 0
+    assert cached[3] > cached[2]
+    assert engine.block_pool.num_free_blocks == engine.block_pool.num_blocks
 
 
 def _compare_logprobs(name: str, folder: Path, mutate: Callable[[Any], None] | None = None) -> None:

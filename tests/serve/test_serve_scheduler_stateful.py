@@ -47,6 +47,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         extra_budget=st.integers(0, 14),
         caching=st.booleans(),
         chunked=st.booleans(),
+        recompute_past=st.one_of(st.none(), st.integers(1, 12)),
     )
     def setup(
         self,
@@ -56,6 +57,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         extra_budget: int,
         caching: bool,
         chunked: bool,
+        recompute_past: int | None,
     ) -> None:
         self.pool = BlockPool(num_blocks, block_size, enable_prefix_caching=caching)
         self.budget = max_num_seqs + extra_budget
@@ -64,8 +66,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=self.budget,
             enable_chunked_prefill=chunked,
+            recompute_past=recompute_past,
         )
-        self.slots: dict[tuple[int, int], int] = {}
+        # NOTE: what each KV slot holds: the token and the regime (LongRoPE's long
+        # context or not) it was computed in; a sequence reads only its own regime's KV
+        self.slots: dict[tuple[int, int], tuple[int, bool]] = {}
         self.seqs: list[SequenceState] = []
         self.prompts: dict[int, list[int]] = {}
         self.preempted = 0
@@ -98,11 +103,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         self._check_budget(work, running_before)
         self.preempted += len(work.preempted)
         sampled = work.sampled
+        past = self.scheduler.recompute_past
         for seq, num_new in zip(work.seqs, work.num_new_tokens, strict=True):
+            # a sequence longer than the pretraining context is computed in the long regime
+            assert seq.long_context == (past is not None and len(seq) > past)
             start = seq.num_computed_tokens - num_new
             self._check_reads(seq, start)
             for pos in range(start, seq.num_computed_tokens):
-                self.slots[self._slot(seq, pos)] = seq.token_ids[pos]
+                self.slots[self._slot(seq, pos)] = (seq.token_ids[pos], seq.long_context)
         for seq in sampled:
             reason = seq.append_token(fake_next(seq.token_ids))
             if reason is not None:
@@ -136,7 +144,8 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def _check_reads(self, seq: SequenceState, start: int) -> None:
         for pos in range(start):
-            assert self.slots.get(self._slot(seq, pos)) == seq.token_ids[pos], (seq.seq_id, pos)
+            expected = (seq.token_ids[pos], seq.long_context)
+            assert self.slots.get(self._slot(seq, pos)) == expected, (seq.seq_id, pos)
 
     @invariant()
     def blocks_are_accounted_for(self) -> None:

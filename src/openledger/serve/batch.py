@@ -31,6 +31,8 @@ class BatchMetadata:
             this step (those whose prompt chunk does not reach their end are not).
         host_query_lens: Query lengths as Python ints (the reference path loops on them).
         host_context_lens: Context lengths as Python ints.
+        host_long_context: Whether each sequence is computed in a LongRoPE model's
+            long-context regime (``SequenceState.long_context``; read by LongRoPE only).
         attention: Gather indices and masks of the step's attention, built once for all
             layers.
     """
@@ -43,6 +45,7 @@ class BatchMetadata:
     logits_indices: torch.Tensor
     host_query_lens: list[int]
     host_context_lens: list[int]
+    host_long_context: list[bool]
     attention: AttentionPlan
 
     @property

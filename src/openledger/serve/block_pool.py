@@ -131,7 +131,7 @@ class BlockPool:
         # NOTE: the block holding the last token is never taken from the cache.
         for start in range(0, len(seq) - self.block_size, self.block_size):
             tokens = tuple(seq.token_ids[start : start + self.block_size])
-            parent = hash_block(parent, tokens, seq.cache_salt)
+            parent = hash_block(parent, tokens, seq.kv_salt)
             hit = self._lookup(parent, tokens)
             if hit is None:
                 break
@@ -156,7 +156,7 @@ class BlockPool:
             parent = b""
             if index > 0:
                 parent = self.blocks[seq.block_table[index - 1]].block_hash or b""
-            block.block_hash = hash_block(parent, tokens, seq.cache_salt)
+            block.block_hash = hash_block(parent, tokens, seq.kv_salt)
             block.token_ids = tokens
             self._cached.setdefault(block.block_hash, block.block_id)
         seq.num_sealed_blocks = max(seq.num_sealed_blocks, num_full)

@@ -458,7 +458,8 @@ class DecodeGraphs:
                 context_lens=lens,
                 logits_indices=inputs.rows.view(size),
                 host_query_lens=[1] * size,
-                host_context_lens=[1] * size,  # NOTE: read by LongRoPE only (no graphs)
+                host_context_lens=[1] * size,  # NOTE: host lists are not read in a graph
+                host_long_context=[False] * size,  # (LongRoPE models run no graphs)
                 attention=self._plan(tables, lens),
             )
             hidden: torch.Tensor = model(ids, batch)

@@ -70,6 +70,7 @@ class Engine(AdapterMethods):
             max_num_seqs=self.config.max_num_seqs,
             max_num_batched_tokens=self.config.max_num_batched_tokens,
             enable_chunked_prefill=self.config.enable_chunked_prefill,
+            recompute_past=self.model_config.rope.long_context_from,
         )
         self.limits = RequestLimits(
             self.model_config.vocab_size, self.max_model_len, self.block_pool

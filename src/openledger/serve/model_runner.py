@@ -299,6 +299,7 @@ class ModelRunner:
             logits_indices=self._tensor(last_rows),
             host_query_lens=list(query_lens),
             host_context_lens=context_lens,
+            host_long_context=[seq.long_context for seq in seqs],
             attention=plan_attention(
                 query_lens,
                 context_lens,

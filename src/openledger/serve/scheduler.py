@@ -77,6 +77,11 @@ class Scheduler:
         enable_chunked_prefill: Split prompts over steps to fit the budget; when off, a
             prompt longer than ``max_num_batched_tokens`` can never be admitted (the
             engine refuses it up front).
+        recompute_past: A LongRoPE model's pretraining context (None for other models): a
+            sequence longer than this is computed in the long regime from its first token
+            (``SequenceState.long_context``), and one that grows past it while running is
+            preempted once, so its whole KV is recomputed in that regime, as transformers
+            does when generating.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         enable_chunked_prefill: bool = True,
+        recompute_past: int | None = None,
     ):
         if max_num_seqs < 1 or max_num_batched_tokens < max_num_seqs:
             raise ConfigError(
@@ -96,6 +102,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
+        self.recompute_past = recompute_past
         self.waiting: deque[SequenceState] = deque()
         self.running: deque[SequenceState] = deque()
 
@@ -148,6 +155,10 @@ class Scheduler:
         scheduled: list[SequenceState] = []
         while self.running:
             seq = self.running.popleft()
+            if self._crosses(seq):
+                self._preempt(seq)  # NOTE: its KV is of the short regime; recompute it all
+                work.preempted.append(seq)
+                continue
             if not self._make_room(seq, work.preempted):
                 continue
             # NOTE: max_num_seqs <= max_num_batched_tokens, so after reserving one token
@@ -181,12 +192,22 @@ class Scheduler:
             if not self.block_pool.can_allocate(seq):
                 break
             self.waiting.popleft()
+            seq.long_context = self._long(seq)  # NOTE: before the prefix-cache lookup
             seq.num_computed_tokens = self.block_pool.allocate(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             budget -= num_new
             self._take(seq, num_new, work)
+
+    def _long(self, seq: SequenceState) -> bool:
+        """Whether ``seq`` is longer than the pretraining context (LongRoPE models)."""
+        return self.recompute_past is not None and len(seq) > self.recompute_past
+
+    def _crosses(self, seq: SequenceState) -> bool:
+        """Whether running ``seq`` has grown past the pretraining context with its KV
+        computed in the short regime."""
+        return not seq.long_context and self._long(seq)
 
     def _take(self, seq: SequenceState, num_new: int, work: SchedulerOutput) -> None:
         seq.num_computed_tokens += num_new

@@ -54,6 +54,9 @@ class SequenceState:
         status: Waiting, running or finished.
         finish_reason: Why it finished, once it has.
         num_preemptions: How often it was preempted (its KV recomputed).
+        long_context: Whether its KV is computed in the long-context regime of a LongRoPE
+            model (set at admission: the sequence is longer than the pretraining context;
+            see :class:`~openledger.serve.scheduler.Scheduler`'s ``recompute_past``).
     """
 
     seq_id: int
@@ -71,9 +74,16 @@ class SequenceState:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    long_context: bool = False
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def kv_salt(self) -> str:
+        """What prefix-cache hashes fold in: the cache salt, and the long-context regime
+        (blocks computed in one regime never serve the other)."""
+        return self.cache_salt + "\x00long-context" if self.long_context else self.cache_salt
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -1,9 +1,11 @@
 """Rotary position embeddings (default, linear, llama3 and Phi-3's LongRoPE scaling).
 
-LongRoPE keeps two tables, one row block per factor set: a token uses the long factors
-when its sequence holds more than ``original_max_position_embeddings`` tokens after this
-step (what transformers does per forward pass of one sequence), else the short ones;
-:meth:`RotaryEmbedding.table_positions` maps a step's positions onto the rows.
+LongRoPE keeps two tables, one row block per factor set: a sequence longer than
+``original_max_position_embeddings`` is computed with the long factors from its first
+token, else with the short ones (``BatchMetadata.host_long_context``, decided by the
+scheduler: a sequence that grows past that length is recomputed whole in the long regime,
+as transformers does when it generates); :meth:`RotaryEmbedding.table_positions` maps a
+step's positions onto the rows.
 """
 
 from __future__ import annotations
@@ -107,12 +109,12 @@ class RotaryEmbedding(nn.Module):
 
     def table_positions(self, batch: BatchMetadata) -> torch.Tensor:
         """The table row of each of the step's tokens: its position, offset into the long
-        rows (LongRoPE) when its sequence is longer than the pretraining context."""
+        rows (LongRoPE) when its sequence is in the long-context regime."""
         if self.rope.rope_type != "longrope":
             return batch.positions
         if batch is not self._batch:
             original = self.rope.original_max_position_embeddings
-            longer = [int(n > original) for n in batch.host_context_lens]
+            longer = [int(long) for long in batch.host_long_context]
             offset = min(original, self.max_positions)  # the short rows come first
             offsets = torch.tensor(longer, device=batch.positions.device) * offset
             lens = torch.tensor(batch.host_query_lens, device=batch.positions.device)

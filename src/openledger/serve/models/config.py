@@ -55,6 +55,12 @@ class RopeConfig:
     long_factor: tuple[float, ...] = ()
     attention_factor: float = 1.0
 
+    @property
+    def long_context_from(self) -> int | None:
+        """LongRoPE: the length past which a sequence is rotated with the long factors
+        (its pretraining context); None for other rotary types."""
+        return self.original_max_position_embeddings if self.rope_type == "longrope" else None
+
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:

@@ -29,6 +29,7 @@ class StepInputs:
         logits_indices: Rows whose logits are computed (one per completed sequence).
         query_lens: Tokens of each sequence in this step.
         context_lens: Tokens of each sequence visible after this step's writes.
+        long_context: Whether each sequence is in a LongRoPE model's long regime.
         block_tables: Each sequence's block ids.
         adapter_slots: Each sequence's adapter slot (-1: none).
         logits_slots: The adapter slot of each row of ``logits_indices``.
@@ -40,6 +41,7 @@ class StepInputs:
     logits_indices: list[int]
     query_lens: list[int]
     context_lens: list[int]
+    long_context: list[bool]
     block_tables: list[list[int]]
     adapter_slots: list[int]
     logits_slots: list[int]
@@ -57,6 +59,7 @@ class StepInputs:
             logits_indices=batch.logits_indices.tolist(),
             query_lens=list(batch.host_query_lens),
             context_lens=list(batch.host_context_lens),
+            long_context=list(batch.host_long_context),
             block_tables=[list(seq.block_table) for seq in seqs],
             adapter_slots=[seq.adapter_index for seq in seqs],
             logits_slots=[seq.adapter_index for seq in done],
@@ -81,6 +84,7 @@ class StepInputs:
             logits_indices=tensor(self.logits_indices, torch.int64),
             host_query_lens=list(self.query_lens),
             host_context_lens=list(self.context_lens),
+            host_long_context=list(self.long_context),
             attention=plan_attention(
                 self.query_lens,
                 self.context_lens,
