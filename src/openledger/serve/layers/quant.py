@@ -96,8 +96,8 @@ class QuantizedWeight:
         limit = _INT8_MAX if scheme == "int8" else _FP8_MAX
         scale = torch.cat(amax) / limit
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # NOTE: all-zero rows
-        data = torch.empty(weight.shape, dtype=torch.int8 if scheme == "int8" else _FP8)
-        data = data.to(weight.device)
+        kind = torch.int8 if scheme == "int8" else _FP8
+        data = torch.empty(weight.shape, dtype=kind, device=weight.device)
         start = 0
         for block in blocks:
             rows = slice(start, start + block.shape[0])
