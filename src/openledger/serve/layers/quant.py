@@ -84,29 +84,28 @@ class QuantizedWeight:
                 f"a 2-D floating-point weight is quantised, got {weight.dtype} "
                 f"shape {tuple(weight.shape)}"
             )
-        # NOTE: block by block of rows, so the float32 temporaries stay a few MiB even
-        # for an LM head (the weight itself is not copied when it is float32 already)
-        blocks = _row_blocks(weight)
-        amax = []
-        for block in blocks:
-            w = block.detach().float()
-            if not bool(torch.isfinite(w).all()):
-                raise ValueError("the weight holds inf or NaN values: it cannot be quantised")
-            amax.append(w.abs().amax(dim=1))
+        # NOTE: block by block of rows (a row's scale is its own), so the float32
+        # temporaries stay a few MiB even for an LM head
         limit = _INT8_MAX if scheme == "int8" else _FP8_MAX
-        scale = torch.cat(amax) / limit
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # NOTE: all-zero rows
         kind = torch.int8 if scheme == "int8" else _FP8
         data = torch.empty(weight.shape, dtype=kind, device=weight.device)
+        scales = []
         start = 0
-        for block in blocks:
+        for block in _row_blocks(weight):
+            w = block.detach().float()  # NOTE: no copy when float32 already
+            if not bool(torch.isfinite(w).all()):
+                raise ValueError("the weight holds inf or NaN values: it cannot be quantised")
+            scale = w.abs().amax(dim=1) / limit
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # NOTE: zero rows
+            scaled = w / scale[:, None]
             rows = slice(start, start + block.shape[0])
-            scaled = block.detach().float() / scale[rows, None]
             if scheme == "int8":
-                data[rows] = scaled.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
+                data[rows] = scaled.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(kind)
             else:
-                data[rows] = scaled.clamp_(-_FP8_MAX, _FP8_MAX).to(_FP8)
+                data[rows] = scaled.clamp_(-_FP8_MAX, _FP8_MAX).to(kind)
+            scales.append(scale)
             start = rows.stop
+        scale = torch.cat(scales)
         self._data: torch.Tensor | None = data
         self._shape = data.shape
         self.scale = scale.contiguous()
