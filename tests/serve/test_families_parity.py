@@ -115,6 +115,18 @@ def test_greedy_tokens_match_transformers_with_joins(
     assert engine.block_pool.num_free_blocks == engine.block_pool.num_blocks
 
 
+def _chunked_and_cached(num_blocks: int) -> EngineConfig:
+    """Prompts cut into 5-token chunks, prefix caching on, up to 4 sequences."""
+    return EngineConfig(
+        block_size=4,
+        num_blocks=num_blocks,
+        max_num_seqs=4,
+        max_num_batched_tokens=5,
+        enable_chunked_prefill=True,
+        enable_prefix_caching=True,
+    )
+
+
 @pytest.mark.parametrize(
     "name", ["gemma2-window8-capped", "gemma3-gqa4-d128-window5", "phi3-mha-d64-window6"]
 )
@@ -126,15 +138,7 @@ def test_windows_with_chunked_prefill_and_prefix_caching(
     (Phi-3's prompts stay within its 64 pretraining positions here; prompts past them:
     the LongRoPE tests below.)"""
     folder = checkpoint(name)
-    config = EngineConfig(
-        block_size=4,
-        num_blocks=128,
-        max_num_seqs=4,
-        max_num_batched_tokens=5,
-        enable_chunked_prefill=True,
-        enable_prefix_caching=True,
-    )
-    engine = Engine(folder, config)
+    engine = Engine(folder, _chunked_and_cached(num_blocks=128))
     shared = "The capital of France is Paris. The capital of"
     prompts = [shared + " Italy is", shared + " Spain is", "def add(a, b):", shared + " Italy is"]
     params = SamplingParams(max_tokens=10)
@@ -169,17 +173,10 @@ def test_longrope_prompts_in_chunks_and_cached_prefixes_keep_one_regime(
 ) -> None:
     """A prompt longer than the pretraining context, computed in 5-token chunks, is rotated
     with the long factors from its first chunk; a short prompt's cached blocks (short
-    factors) never serve a long prompt that starts the same way, and the reverse."""
+    factors) never serve a long prompt that starts the same way. (Every KV read in either
+    regime: tests/serve/test_serve_scheduler_stateful.py.)"""
     folder = checkpoint("phi3-longrope")
-    config = EngineConfig(
-        block_size=4,
-        num_blocks=256,
-        max_num_seqs=4,
-        max_num_batched_tokens=5,
-        enable_chunked_prefill=True,
-        enable_prefix_caching=True,
-    )
-    engine = Engine(folder, config)
+    engine = Engine(folder, _chunked_and_cached(num_blocks=256))
     short = PROMPTS[0]
     long = " ".join([short] * 6)
     params = SamplingParams(max_tokens=6)
