@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from openledger._version import __version__
 from openledger.crypto import to_checksum_address
@@ -24,6 +25,7 @@ from openledger.exceptions import (
     RequestFieldError,
 )
 from openledger.gateway.adapter_routes import adapter_card, add_adapter_routes
+from openledger.gateway.batching import Arrival
 from openledger.gateway.errors import http_error
 from openledger.gateway.ledger import request_hash_of
 from openledger.gateway.planning import plan_request
@@ -33,9 +35,56 @@ from openledger.gateway.settlement import Claim, claims_of
 from openledger.gateway.state import Admission, GatewayState
 from openledger.gateway.wire import error_payload
 
-__all__ = ["build_app"]
+__all__ = ["GatewayAPI", "build_app"]
 
 logger = logging.getLogger("openledger.gateway")
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class GatewayAPI(FastAPI):
+    """The gateway's FastAPI application, serving its two generation routes directly.
+
+    ``POST /v1/chat/completions`` and ``POST /v1/completions`` skip FastAPI's middleware
+    stack, routing and dependency solving (about 35 microseconds a request on one event
+    loop, which a burst of requests pays one after the other before its first token);
+    their errors go to the application's own exception handlers, as through the stack.
+    Everything else, and every route once middleware has been added with
+    ``add_middleware``, goes through FastAPI as usual.
+    """
+
+    generation_routes: dict[str, Endpoint]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not self.user_middleware:
+            endpoint = self.generation_routes.get(_route_path(scope))
+            if endpoint is not None:
+                scope["app"] = self
+                request = Request(scope, receive, send)
+                try:
+                    response = await endpoint(request)
+                except Exception as exc:
+                    response = await self._handle(request, exc)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _handle(self, request: Request, exc: Exception) -> Response:
+        """Answer ``exc`` with the handler registered for its nearest class."""
+        for cls in type(exc).__mro__:
+            handler = self.exception_handlers.get(cls)
+            if handler is not None:
+                response = await handler(request, exc)  # type: ignore[misc]
+                return cast(Response, response)
+        raise exc  # NOTE: unreachable while a handler for Exception is registered
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path below the application's root path (where it is mounted)."""
+    path = str(scope["path"])
+    root = str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def build_app(state: GatewayState) -> FastAPI:
@@ -46,7 +95,7 @@ def build_app(state: GatewayState) -> FastAPI:
         yield
         await state.shutdown()
 
-    app = FastAPI(title="openledger gateway", version=__version__, lifespan=lifespan)
+    app = GatewayAPI(title="openledger gateway", version=__version__, lifespan=lifespan)
     app.state.gateway = state
     _add_error_handlers(app, state)
     _add_info_routes(app, state)
@@ -55,7 +104,7 @@ def build_app(state: GatewayState) -> FastAPI:
     return app
 
 
-def _add_generation_routes(app: FastAPI, state: GatewayState) -> None:
+def _add_generation_routes(app: GatewayAPI, state: GatewayState) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await _generate(state, request, ChatCompletionRequest)
@@ -64,33 +113,43 @@ def _add_generation_routes(app: FastAPI, state: GatewayState) -> None:
     async def completions(request: Request) -> Response:
         return await _generate(state, request, CompletionRequest)
 
+    app.generation_routes = {
+        "/v1/chat/completions": chat_completions,
+        "/v1/completions": completions,
+    }
+
 
 async def _generate(
     state: GatewayState,
     request: Request,
     schema: type[ChatCompletionRequest] | type[CompletionRequest],
 ) -> Response:
-    caller = await state.authenticate(request.headers.get("authorization"))
-    body = await _read_json(request, state.config.limits.max_body_bytes)
-    if body is None:
-        return _too_large(state.config.limits.max_body_bytes)
-    parsed: ChatCompletionRequest | CompletionRequest
-    if schema is ChatCompletionRequest:
-        parsed = parse_request(body, ChatCompletionRequest)
-    else:
-        parsed = parse_request(body, CompletionRequest)
-    await state.adapters.ensure(_adapter_names(state, parsed))
-    plan = plan_request(state, caller, parsed)
-    need = len(plan.choices)
-    admission = state.admit(caller, plan.engine_names, need, plan.prompt_estimate)
+    # NOTE: counted in before reading it, so a burst the server holds goes in together
+    arrival = await state.window.arrive()
     try:
-        if not await _wait_turn(admission, request):
+        caller = await state.authenticate(request.headers.get("authorization"))
+        body = await _read_json(request, state.config.limits.max_body_bytes)
+        if body is None:
+            return _too_large(state.config.limits.max_body_bytes)
+        parsed: ChatCompletionRequest | CompletionRequest
+        if schema is ChatCompletionRequest:
+            parsed = parse_request(body, ChatCompletionRequest)
+        else:
+            parsed = parse_request(body, CompletionRequest)
+        await state.adapters.ensure(_adapter_names(state, parsed))
+        plan = plan_request(state, caller, parsed)
+        need = len(plan.choices)
+        admission = state.admit(caller, plan.engine_names, need, plan.prompt_estimate)
+        try:
+            if not await _wait_turn(admission, arrival, request):
+                admission.release()
+                return Response(status_code=499)  # NOTE: the client left while it waited
+            await arrival.ready()
+        except BaseException:
             admission.release()
-            return Response(status_code=499)  # NOTE: the client left while it waited
-        await state.window.wait()
-    except BaseException:
-        admission.release()
-        raise
+            raise
+    finally:
+        arrival.leave()
     return await run_plan(state, request, plan, admission)
 
 
@@ -103,10 +162,11 @@ def _adapter_names(
     return [] if parsed.model == state.config.model_name else [parsed.model]
 
 
-async def _wait_turn(admission: Admission, request: Request) -> bool:
+async def _wait_turn(admission: Admission, arrival: Arrival, request: Request) -> bool:
     """Wait for the fair queue's turn; False if the client disconnects first."""
     if admission.turn is None or admission.turn.granted:
         return True
+    arrival.leave()  # NOTE: a window forming now need not wait for it
     turn = asyncio.ensure_future(admission.wait_turn())
     gone = asyncio.ensure_future(_disconnected(request))
     try:

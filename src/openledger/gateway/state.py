@@ -132,6 +132,7 @@ class GatewayState:
         self._in_flight = 0
         self._per_key: Counter[str] = Counter()
         self._keys: dict[str, tuple[float, ApiKey]] = {}
+        self._key_lookups: dict[str, asyncio.Future[ApiKey | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.attribution: AttributionWorker | None = None
         self._protocol: Protocol | None = None
@@ -282,15 +283,39 @@ class GatewayState:
         logger.info("gateway stopped")
 
     async def _find_key(self, key: str) -> ApiKey | None:
+        """The key's record, from a cache that holds each answer for
+        ``_KEY_CACHE_SECONDS`` (a revoked key is refused within that time).
+
+        Concurrent requests with the same key share one ledger lookup, and a key in use is
+        looked up again in the background once its answer is half that old, so a steady
+        stream of requests never waits for the ledger.
+        """
         now = time.monotonic()
         digest = hash_api_key(key)
         cached = self._keys.get(digest)
         if cached is not None and now - cached[0] < _KEY_CACHE_SECONDS:
+            if now - cached[0] >= _KEY_CACHE_SECONDS / 2 and digest not in self._key_lookups:
+                self._look_up_key(key, digest)
             return cached[1]
+        lookup = self._key_lookups.get(digest) or self._look_up_key(key, digest)
+        return await asyncio.shield(lookup)
+
+    def _look_up_key(self, key: str, digest: str) -> asyncio.Future[ApiKey | None]:
+        """Start the one ledger lookup of a key; its answer replaces the cached one."""
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
-        record = await loop.run_in_executor(None, self.ledger.find_key, key)
-        if record is not None:
-            self._keys[digest] = (now, record)
-        else:
-            self._keys.pop(digest, None)
-        return record
+        lookup = loop.run_in_executor(None, self.ledger.find_key, key)
+        self._key_lookups[digest] = lookup
+
+        def done(future: asyncio.Future[ApiKey | None]) -> None:
+            del self._key_lookups[digest]
+            if future.cancelled() or future.exception() is not None:
+                return  # NOTE: the requests that await it see the error
+            record = future.result()
+            if record is not None:
+                self._keys[digest] = (started, record)
+            else:
+                self._keys.pop(digest, None)
+
+        lookup.add_done_callback(done)
+        return lookup

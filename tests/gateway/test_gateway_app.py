@@ -1,0 +1,232 @@
+"""The gateway's ASGI application in process: its direct generation routes answer as FastAPI
+would, and API keys are looked up once per key however many requests carry them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
+from tests.gateway.conftest import ENGINE, GatewayModels
+
+from openledger.exceptions import AuthenticationError
+from openledger.gateway import GatewayConfig, ReceiptLedger
+from openledger.gateway.app import GatewayAPI
+from openledger.gateway.server import create_app
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+T = TypeVar("T")
+
+
+class CountingMiddleware:
+    """Counts the requests it sees and marks their responses."""
+
+    def __init__(self, app: ASGIApp, seen: list[str]) -> None:
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.seen.append(scope["path"])
+
+        async def marked(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-seen", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, marked)
+
+
+@dataclass
+class InProcess:
+    """The app, an API key, and the one event loop its engine runs on."""
+
+    app: GatewayAPI
+    key: str
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    gateway_models: GatewayModels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcess]:
+    folder = tmp_path_factory.mktemp("gateway-app")
+    ledger = folder / "ledger.db"
+    with ReceiptLedger(ledger) as book:
+        key, _ = book.create_key(name="tests")
+    config = GatewayConfig(
+        model=str(gateway_models.base),
+        served_model_name="tiny",
+        adapters={name: str(path) for name, path in gateway_models.adapters.items()},
+        ledger=ledger,
+        operator_key_file=folder / "operator.key",
+        engine=ENGINE,
+    )
+    app = create_app(config)
+    assert isinstance(app, GatewayAPI)
+    loop = asyncio.new_event_loop()
+    yield InProcess(app, key, loop)
+    loop.run_until_complete(app.state.gateway.shutdown())
+    loop.close()
+
+
+GREEDY = {"temperature": 0, "max_tokens": 3}
+CASES: list[tuple[str, dict[str, Any], bool, int]] = [
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", **GREEDY}, True, 200),
+    (
+        "/v1/completions",
+        {"model": "alpha", "prompt": [1, 2, 3], **GREEDY},
+        True,
+        200,
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": "beta", "messages": [{"role": "user", "content": "hi"}], **GREEDY},
+        True,
+        200,
+    ),
+    ("/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 4}, False, 401),
+    ("/v1/completions", {"model": "nobody", "prompt": "hello"}, True, 404),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "best_of": 3}, True, 400),
+    ("/v1/completions", {"model": "tiny", "prompt": "hi", "temperature": -1}, True, 400),
+    ("/v1/chat/completions", {"model": "tiny", "messages": "not a list"}, True, 400),
+]
+
+
+async def _answers(app: ASGIApp, key: str, root: str = "") -> list[tuple[int, Any]]:
+    transport = httpx.ASGITransport(app=app, root_path=root)
+    answers = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        for path, body, with_key, _ in CASES:
+            headers = {"Authorization": f"Bearer {key}"} if with_key else {}
+            response = await client.post(root + path, json=body, headers=headers)
+            payload = response.json()
+            if response.status_code == 200:
+                # NOTE: ids, times and receipt ids differ between two runs of one request
+                payload = [c.get("text") or c["message"]["content"] for c in payload["choices"]]
+            answers.append((response.status_code, payload))
+    return answers
+
+
+@contextmanager
+def counted_by_middleware(app: GatewayAPI) -> Iterator[list[str]]:
+    """``app`` with :class:`CountingMiddleware` added (so every route goes through FastAPI);
+    yields the paths it sees."""
+    seen: list[str] = []
+    app.middleware_stack = None  # NOTE: built by an earlier test; add_middleware refuses then
+    app.add_middleware(CountingMiddleware, seen=seen)
+    try:
+        yield seen
+    finally:
+        app.user_middleware.clear()
+        app.middleware_stack = None
+
+
+def test_direct_routes_answer_as_fastapi_does(gateway: InProcess) -> None:
+    direct = gateway.run(_answers(gateway.app, gateway.key))
+    mounted = gateway.run(_answers(gateway.app, gateway.key, root="/gateway"))
+    assert [status for status, _ in direct] == [case[3] for case in CASES]
+    assert mounted == direct
+    with counted_by_middleware(gateway.app) as seen:
+        through_fastapi = gateway.run(_answers(gateway.app, gateway.key))
+    assert through_fastapi == direct
+    assert seen == [path for path, *_ in CASES]
+
+
+def test_added_middleware_sees_the_generation_routes(gateway: InProcess) -> None:
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=gateway.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:
+            body = {"model": "tiny", "prompt": "hello", "max_tokens": 2}
+            headers = {"Authorization": f"Bearer {gateway.key}"}
+            return await client.post("/v1/completions", json=body, headers=headers)
+
+    with counted_by_middleware(gateway.app) as seen:
+        response = gateway.run(post())
+    assert response.status_code == 200
+    assert response.headers["x-seen"] == "1"
+    assert seen == ["/v1/completions"]
+
+
+def test_a_key_is_looked_up_once_however_many_requests_carry_it(
+    gateway: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, state = gateway.key, gateway.app.state.gateway
+    lookups: list[str] = []
+    find = state.ledger.find_key
+
+    def counted(raw: str) -> Any:
+        lookups.append(raw)
+        time.sleep(0.05)  # NOTE: a slow ledger: every request below arrives during it
+        return find(raw)
+
+    monkeypatch.setattr(state.ledger, "find_key", counted)
+
+    async def burst() -> list[Any]:
+        state._keys.clear()
+        return await asyncio.gather(*(state.authenticate(f"Bearer {key}") for _ in range(20)))
+
+    callers = gateway.run(burst())
+    assert len(lookups) == 1
+    assert len({(c.key_id, c.payer) for c in callers}) == 1
+
+
+def test_a_key_in_use_is_refreshed_ahead_and_a_revoked_one_refused(
+    gateway: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openledger.gateway import state as state_module
+
+    state = gateway.app.state.gateway
+    key, record = state.ledger.create_key(name="refreshed")
+    lookups: list[str] = []
+    find = state.ledger.find_key
+
+    def counted(raw: str) -> Any:
+        lookups.append(raw)
+        return find(raw)
+
+    monkeypatch.setattr(state.ledger, "find_key", counted)
+    monkeypatch.setattr(state_module, "_KEY_CACHE_SECONDS", 0.4)
+    header = f"Bearer {key}"
+
+    async def scenario() -> None:
+        await state.authenticate(header)
+        assert len(lookups) == 1
+        await asyncio.sleep(0.25)  # NOTE: past half the cache time: answered, then refreshed
+        await state.authenticate(header)
+        await asyncio.sleep(0.05)
+        assert len(lookups) == 2
+        await asyncio.sleep(0.25)  # NOTE: the refresh renewed it: still cached, no lookup
+        await state.authenticate(header)
+        assert len(lookups) == 2
+        assert state.ledger.revoke_key(record.key_id)
+        await asyncio.sleep(0.45)  # NOTE: the cache time is up: the revocation is seen
+        with pytest.raises(AuthenticationError):
+            await state.authenticate(header)
+
+    gateway.run(scenario())
+
+
+def test_the_server_keeps_start_up_objects_out_of_collections() -> None:
+    import gc
+
+    from openledger.gateway.server import _freeze_startup_objects
+
+    before = gc.get_freeze_count()
+    try:
+        _freeze_startup_objects()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
