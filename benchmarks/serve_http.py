@@ -185,56 +185,86 @@ async def over_http(client: httpx.AsyncClient, texts: list[str]) -> Round:
 
 
 class RawClient:
-    """A lean HTTP/1.1 client: pre-encoded requests on sockets opened before the clock
-    starts, and server-sent events read straight from the chunked body.
+    """A lean HTTP/1.1 client: pre-encoded requests on keep-alive connections opened before
+    the first round, and server-sent events read straight from the chunked body.
 
     The client runs on the cores the server and the engine share, so its own time to send
     a burst counts in the gateway's figure; this one does as little as it can per request,
-    to tell the two apart.
+    to tell the two apart. Its connections stay open from round to round, as a client's
+    pool does (the server's accepting them is not part of a request).
     """
 
     def __init__(self, port: int, key: str) -> None:
         self.port = port
         self.key = key
+        self.streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     def encode(self, body: dict[str, object]) -> bytes:
         payload = json.dumps(body).encode()
         head = (
             f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
             f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
         )
         return head.encode() + payload
 
     async def connect(self, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-        return list(
-            await asyncio.gather(
-                *(asyncio.open_connection("127.0.0.1", self.port) for _ in range(count))
-            )
-        )
+        """``count`` open connections, each just checked with ``GET /health`` (the server
+        closes a connection idle for a few seconds: a closed one is opened again)."""
+        streams = []
+        for index in range(count):
+            if index == len(self.streams):
+                self.streams.append(await self._open())
+            try:
+                await self._check(self.streams[index])
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                self.streams[index][1].close()
+                self.streams[index] = await self._open()
+                await self._check(self.streams[index])
+            streams.append(self.streams[index])
+        return streams
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def _check(self, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        reader, writer = stream
+        writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode())
+        if b" 200 " not in await reader.readline():
+            raise ValueError("the connection did not answer")
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+
+    def close(self) -> None:
+        for _, writer in self.streams:
+            writer.close()
+        self.streams.clear()
 
     @staticmethod
     async def events(
         stream: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
     ) -> AsyncIterator[dict[str, Any]]:
-        """Send ``request`` and yield each ``data: {...}`` event of the response."""
+        """Send ``request`` and yield each ``data: {...}`` event of the response (read to
+        its end, so the connection can carry the next request)."""
         reader, writer = stream
         writer.write(request)
-        try:
-            status = await reader.readline()
-            if b" 200 " not in status:
-                raise RuntimeError(f"the gateway answered {status!r}")
-            while (await reader.readline()) not in (b"\r\n", b""):
-                pass  # NOTE: headers; the body is chunked (a stream)
-            pending = b""
-            while size := int((await reader.readline()).strip() or b"0", 16):
-                pending += await reader.readexactly(size + 2)
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if line.startswith(b"data: {"):
-                        yield json.loads(line[6:])
-        finally:
-            writer.close()
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"the gateway answered {status!r}")
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # NOTE: headers; the body is chunked (a stream)
+        pending = b""
+        while size := int((await reader.readline()).strip() or b"0", 16):
+            pending += await reader.readexactly(size + 2)
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.startswith(b"data: {"):
+                    yield json.loads(line[6:])
+        await reader.readline()  # NOTE: the blank line that ends the chunked body
 
 
 async def over_raw_http(client: RawClient, texts: list[str]) -> Round:
@@ -366,6 +396,7 @@ async def measure(
                 f"{percentile(local.ttft, 50):.1f} ms, HTTP {percentile(remote.ttft, 50):.1f} ms",
                 flush=True,
             )
+        lean.close()
         alone = await one_at_a_time(engine, client, texts * 2)
         return rounds, alone
 
