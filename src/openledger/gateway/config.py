@@ -154,8 +154,9 @@ class GatewayConfig(BaseModel):
     batch_window: float = Field(
         default=0.0015,
         ge=0,
-        description="Seconds an idle engine waits for more of a burst once a request arrives: "
-        "each arrival extends the wait by this much (0: off; see gateway/batching.py).",
+        description="Seconds an idle engine waits for more of a burst after the last arrival "
+        "(requests still being read and planned are waited for too; 0: off; see "
+        "gateway/batching.py).",
     )
     batch_window_limit: float = Field(
         default=0.02, ge=0, description="Longest such wait, in seconds."
