@@ -8,6 +8,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
@@ -198,23 +199,31 @@ def test_a_key_in_use_is_refreshed_ahead_and_a_revoked_one_refused(
         return find(raw)
 
     monkeypatch.setattr(state.ledger, "find_key", counted)
-    monkeypatch.setattr(state_module, "_KEY_CACHE_SECONDS", 0.4)
+    clock = [1000.0]
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(state_module, "time", fake_time)
+    cache = state_module._KEY_CACHE_SECONDS
     header = f"Bearer {key}"
+
+    async def background_lookups() -> None:
+        await asyncio.gather(*list(state._key_lookups.values()))
 
     async def scenario() -> None:
         await state.authenticate(header)
         assert len(lookups) == 1
-        await asyncio.sleep(0.25)  # NOTE: past half the cache time: answered, then refreshed
+        clock[0] += 0.6 * cache  # NOTE: past half the cache time: answered, then refreshed
         await state.authenticate(header)
-        await asyncio.sleep(0.05)
+        await background_lookups()
         assert len(lookups) == 2
-        await asyncio.sleep(0.25)  # NOTE: the refresh renewed it: still cached, no lookup
+        clock[0] += 0.4 * cache  # NOTE: the refresh renewed it: still fresh, no lookup
         await state.authenticate(header)
+        assert not state._key_lookups
         assert len(lookups) == 2
         assert state.ledger.revoke_key(record.key_id)
-        await asyncio.sleep(0.45)  # NOTE: the cache time is up: the revocation is seen
+        clock[0] += 1.1 * cache  # NOTE: the cache time is up: the revocation is seen
         with pytest.raises(AuthenticationError):
             await state.authenticate(header)
+        assert len(lookups) == 3
 
     gateway.run(scenario())
 
