@@ -135,15 +135,28 @@ def counted_by_middleware(app: GatewayAPI) -> Iterator[list[str]]:
         app.middleware_stack = None
 
 
-def test_direct_routes_answer_as_fastapi_does(gateway: InProcess) -> None:
+def test_direct_routes_answer_as_fastapi_does(
+    gateway: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi import FastAPI
+
+    through: list[str] = []
+    fastapi_call = FastAPI.__call__
+
+    async def counted(self: FastAPI, scope: Scope, receive: Receive, send: Send) -> None:
+        through.append(scope["path"])
+        await fastapi_call(self, scope, receive, send)
+
+    monkeypatch.setattr(FastAPI, "__call__", counted)
     direct = gateway.run(_answers(gateway.app, gateway.key))
     mounted = gateway.run(_answers(gateway.app, gateway.key, root="/gateway"))
+    assert through == []  # NOTE: neither went through FastAPI
     assert [status for status, _ in direct] == [case[3] for case in CASES]
     assert mounted == direct
     with counted_by_middleware(gateway.app) as seen:
         through_fastapi = gateway.run(_answers(gateway.app, gateway.key))
     assert through_fastapi == direct
-    assert seen == [path for path, *_ in CASES]
+    assert seen == through == [path for path, *_ in CASES]
 
 
 def test_added_middleware_sees_the_generation_routes(gateway: InProcess) -> None:
