@@ -8,6 +8,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -59,22 +60,27 @@ class InProcess:
         return self.loop.run_until_complete(coro)
 
 
-@pytest.fixture(scope="module")
-def gateway(
-    gateway_models: GatewayModels, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InProcess]:
-    folder = tmp_path_factory.mktemp("gateway-app")
+def app_config(models: GatewayModels, folder: Path) -> tuple[GatewayConfig, str]:
+    """A gateway over the tiny model and its two adapters, and an API key of its ledger."""
     ledger = folder / "ledger.db"
     with ReceiptLedger(ledger) as book:
         key, _ = book.create_key(name="tests")
     config = GatewayConfig(
-        model=str(gateway_models.base),
+        model=str(models.base),
         served_model_name="tiny",
-        adapters={name: str(path) for name, path in gateway_models.adapters.items()},
+        adapters={name: str(path) for name, path in models.adapters.items()},
         ledger=ledger,
         operator_key_file=folder / "operator.key",
         engine=ENGINE,
     )
+    return config, key
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    gateway_models: GatewayModels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcess]:
+    config, key = app_config(gateway_models, tmp_path_factory.mktemp("gateway-app"))
     app = create_app(config)
     assert isinstance(app, GatewayAPI)
     loop = asyncio.new_event_loop()
@@ -252,3 +258,59 @@ def test_the_server_keeps_start_up_objects_out_of_collections() -> None:
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_configured_adapters_are_read_before_the_first_request(
+    gateway_models: GatewayModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openledger.serve.adapters import store as store_module
+
+    reads: list[str] = []
+    real = store_module.load_adapter
+
+    def counting(spec: Any, *args: Any) -> Any:
+        reads.append(spec.name)
+        return real(spec, *args)
+
+    monkeypatch.setattr(store_module, "load_adapter", counting)
+    config, key = app_config(gateway_models, tmp_path)
+    app = create_app(config)
+    loop = asyncio.new_event_loop()
+    try:
+        state = app.state.gateway
+        engine_names = sorted(s.engine_name for s in state.adapters.current.values())
+        assert sorted(reads) == engine_names  # NOTE: read once each, at start-up
+        reads.clear()
+        body = {"model": "alpha", "prompt": "hi", **GREEDY}
+
+        async def post() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://g") as client:
+                headers = {"Authorization": f"Bearer {key}"}
+                return await client.post("/v1/completions", json=body, headers=headers)
+
+        assert loop.run_until_complete(post()).status_code == 200
+        assert reads == []  # NOTE: the first request read nothing from disk
+    finally:
+        loop.run_until_complete(app.state.gateway.shutdown())
+        loop.close()
+
+
+def test_an_adapter_unreadable_at_start_up_does_not_stop_the_server(
+    gateway_models: GatewayModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openledger.exceptions import AdapterFormatError
+    from openledger.serve.adapters import AdapterStore
+
+    def unreadable(self: AdapterStore, names: Any) -> list[str]:
+        raise AdapterFormatError("the weights changed since registration")
+
+    monkeypatch.setattr(AdapterStore, "warm", unreadable)
+    config, _ = app_config(gateway_models, tmp_path)
+    app = create_app(config)
+    loop = asyncio.new_event_loop()
+    try:
+        assert sorted(app.state.gateway.adapters.current) == ["alpha", "beta"]
+    finally:
+        loop.run_until_complete(app.state.gateway.shutdown())
+        loop.close()

@@ -293,3 +293,39 @@ def test_prefetch_reads_only_adapters_not_in_a_slot(
     assert reads == ["all8", "qv4", "all8", "qv4"]  # one host copy fits: each pushes out the other
     with pytest.raises(AdapterNotFoundError):
         store.prefetch(store.resolve("nope"))
+
+
+def test_warm_reads_adapters_ahead_while_the_host_budget_holds_them(
+    base: Path, adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openledger.serve.adapters import store as store_module
+
+    reads: list[str] = []
+    real = store_module.load_adapter
+
+    def counting(spec, *args):  # type: ignore[no-untyped-def]
+        reads.append(spec.name)
+        return real(spec, *args)
+
+    monkeypatch.setattr(store_module, "load_adapter", counting)
+    one = new_store(base)
+    one.add("x", adapters["all8"])
+    size = one.load_host("x").num_bytes
+    store = new_store(base, max_host_bytes=2 * size + size // 2)  # room for two
+    for i in range(5):
+        store.add(f"a{i}", adapters["all8"])
+    reads.clear()
+    # NOTE: the third read pushes the first out: warming stops there, not at the fifth
+    assert store.warm([f"a{i}" for i in range(5)]) == ["a1", "a2"]
+    assert reads == ["a0", "a1", "a2"]
+    assert [store.in_host(f"a{i}") for i in range(5)] == [False, True, True, False, False]
+    assert store.host_bytes <= 2 * size + size // 2
+    reads.clear()
+    store.prefetch(store.resolve("a1"))  # a first request: nothing read
+    assert reads == []
+    roomy = new_store(base)
+    for name, folder in adapters.items():
+        roomy.add(name, folder)
+    assert roomy.warm(list(adapters)) == list(adapters)
+    with pytest.raises(AdapterNotFoundError):
+        roomy.warm(["nobody"])

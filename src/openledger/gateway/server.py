@@ -98,6 +98,7 @@ def build_state(config: GatewayConfig, engine: ServingEngine | None = None) -> G
         if isinstance(engine, AsyncEngine):
             _register_adapters(engine, adapters, config.adapters)
             _restore_adapters(engine, adapters, ledger, config.adapters)
+            _warm_adapters(engine, adapters)
     except BaseException:
         ledger.close()
         raise
@@ -139,6 +140,28 @@ def _register_adapters(
         adapter_id = to_hash32(spec.adapter_id or spec.weights_hash, what="adapter id")
         served.adopt(ServedAdapter(name, engine_name, adapter_id, str(source), int(time.time())))
         logger.info("adapter %s from %s: id %s", name, source, adapter_id)
+
+
+def _warm_adapters(engine: AsyncEngine, served: ServedAdapters) -> None:
+    """Read the registered adapters into host memory before serving (as many as its
+    budget holds), so no first request reads weights on the event loop. An adapter that
+    cannot be read now is left to its first request, which is refused as it always was."""
+    store = engine.engine.adapters
+    if store is None or not served.current:
+        return
+    start = time.perf_counter()
+    names = [adapter.engine_name for adapter in served.current.values()]
+    try:
+        warmed = store.warm(names)
+    except AdapterError as exc:  # NOTE: as before, its requests will be refused with this
+        logger.warning("adapters not read ahead: %s", exc)
+        return
+    logger.info(
+        "%d of %d adapters read into host memory in %.2f s",
+        len(warmed),
+        len(names),
+        time.perf_counter() - start,
+    )
 
 
 def run_server(config: GatewayConfig) -> None:

@@ -4,6 +4,7 @@ r"""The adapter store: registered (disk) -> host memory -> device slots.
 
     add()        validate from config + safetensors header; keep the spec only   (disk)
     load_host()  read the weights once; LRU within max_host_bytes               (host)
+    warm()       load_host() ahead of first use, while the budget has room
     prefetch()   load_host() for a request's adapters unless already in a slot
     acquire()    put an adapter (or a weighted mix) in a device slot; LRU, pins  (device)
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import httpx
@@ -284,6 +285,38 @@ class AdapterStore:
             AdapterFormatError: The weights changed since registration or are unreadable.
         """
         return self._load_registration(self.registry.registration(name))
+
+    def warm(self, names: Iterable[str]) -> list[str]:
+        """Read registered adapters into host memory ahead of their first request, in
+        order, while they fit in :attr:`max_host_bytes`.
+
+        The first request for an adapter otherwise reads (and checks the hash of) its
+        weights as it is admitted, on the caller's thread: on a server's event loop every
+        request waits for it. Stops at the first adapter that fills the budget (the least
+        recently used is then dropped, as on any load).
+
+        Returns:
+            The names now in host memory.
+
+        Raises:
+            AdapterNotFoundError, AdapterFormatError: As :meth:`load_host`.
+        """
+        warmed: list[str] = []
+        for name in names:
+            self.load_host(name)
+            warmed.append(name)
+            full = self._host_bytes >= self.max_host_bytes
+            if full or not all(self.in_host(n) for n in warmed):
+                break  # NOTE: more would only push out what was just read
+        return [name for name in warmed if self.in_host(name)]
+
+    def in_host(self, name: str) -> bool:
+        """Whether the adapter registered as ``name`` is in host memory.
+
+        Raises:
+            AdapterNotFoundError: Unknown name.
+        """
+        return self.registry.registration(name) in self._host
 
     def _load_registration(self, registration: str) -> LoadedAdapter:
         if registration in self._host:
