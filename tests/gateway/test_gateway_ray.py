@@ -103,20 +103,21 @@ def start_ray_gateway(
     with ReceiptLedger(ledger) as book:
         key, _ = book.create_key(name="tests")
         admin_key, _ = book.create_key(name="admin", role="admin")
-    port = free_port()
-    config = GatewayConfig(
-        model=str(base),
-        served_model_name="tiny",
-        adapters={name: str(path) for name, path in adapters.items()},
-        ledger=str(ledger),
-        port=port,
-        drain_timeout=10,
-        engine=ENGINE,
-        ray={**RAY, **ray},
-    )
     ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     session = Path(ray_module._private.worker._global_node.get_session_dir_path())
     try:
+        # NOTE: picked once Ray's own processes hold their ports (one of them once took it)
+        port = free_port()
+        config = GatewayConfig(
+            model=str(base),
+            served_model_name="tiny",
+            adapters={name: str(path) for name, path in adapters.items()},
+            ledger=str(ledger),
+            port=port,
+            drain_timeout=10,
+            engine=ENGINE,
+            ray={**RAY, **ray},
+        )
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_application(config), name="openledger", route_prefix="/")
         _wait_healthy(f"http://127.0.0.1:{port}")
