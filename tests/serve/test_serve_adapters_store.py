@@ -261,9 +261,8 @@ def test_thousand_registered_with_bounded_host_memory(
     assert len(store.slots.resident()) == 4
 
 
-def test_prefetch_reads_only_adapters_not_in_a_slot(
-    base: Path, adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the adapters the store reads from disk from now on, in order."""
     from openledger.serve.adapters import store as store_module
 
     reads: list[str] = []
@@ -274,9 +273,21 @@ def test_prefetch_reads_only_adapters_not_in_a_slot(
         return real(spec, *args)
 
     monkeypatch.setattr(store_module, "load_adapter", counting)
+    return reads
+
+
+def host_size(base: Path, folder: Path) -> int:
+    """Bytes one host copy of the adapter in ``folder`` takes."""
     one = new_store(base)
-    one.add("x", adapters["all8"])
-    size = one.load_host("x").num_bytes
+    one.add("x", folder)
+    return one.load_host("x").num_bytes
+
+
+def test_prefetch_reads_only_adapters_not_in_a_slot(
+    base: Path, adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_reads(monkeypatch)
+    size = host_size(base, adapters["all8"])
     store = new_store(base, num_slots=2, max_host_bytes=size)  # room for one host copy
     for name in ("all8", "qv4"):
         store.add(name, adapters[name])
@@ -298,19 +309,8 @@ def test_prefetch_reads_only_adapters_not_in_a_slot(
 def test_warm_reads_adapters_ahead_while_the_host_budget_holds_them(
     base: Path, adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openledger.serve.adapters import store as store_module
-
-    reads: list[str] = []
-    real = store_module.load_adapter
-
-    def counting(spec, *args):  # type: ignore[no-untyped-def]
-        reads.append(spec.name)
-        return real(spec, *args)
-
-    monkeypatch.setattr(store_module, "load_adapter", counting)
-    one = new_store(base)
-    one.add("x", adapters["all8"])
-    size = one.load_host("x").num_bytes
+    reads = count_reads(monkeypatch)
+    size = host_size(base, adapters["all8"])
     store = new_store(base, max_host_bytes=2 * size + size // 2)  # room for two
     for i in range(5):
         store.add(f"a{i}", adapters["all8"])
