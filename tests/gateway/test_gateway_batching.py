@@ -175,3 +175,16 @@ def test_every_schedule_ends_with_nothing_counted_and_nobody_held_past_the_limit
         assert window._closed is None  # NOTE: no window left open
 
     run(scenario())
+
+
+def test_a_request_cancelled_as_it_is_counted_in_is_not_counted() -> None:
+    async def scenario() -> int:
+        window = ArrivalWindow(0.01, 30.0, idle=lambda: True)
+        task = asyncio.ensure_future(window.arrive())
+        await asyncio.sleep(0)  # NOTE: it is counted in and yields
+        assert window.arriving == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return window.arriving
+
+    assert run(scenario()) == 0

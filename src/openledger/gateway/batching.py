@@ -86,7 +86,11 @@ class ArrivalWindow:
         self._last = time.perf_counter()
         arrival = Arrival(self, counted=True)
         if self._closed is not None or self._idle():
-            await asyncio.sleep(0)
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                arrival.leave()  # NOTE: cancelled here, it would hold every window to its limit
+                raise
         return arrival
 
     async def wait(self) -> None:
