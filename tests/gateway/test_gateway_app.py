@@ -16,6 +16,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.gateway.conftest import ENGINE, GatewayModels
+from tests.serve.test_serve_adapters_store import count_reads
 
 from openledger.exceptions import AuthenticationError
 from openledger.gateway import GatewayConfig, ReceiptLedger
@@ -263,16 +264,7 @@ def test_the_server_keeps_start_up_objects_out_of_collections() -> None:
 def test_configured_adapters_are_read_before_the_first_request(
     gateway_models: GatewayModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from openledger.serve.adapters import store as store_module
-
-    reads: list[str] = []
-    real = store_module.load_adapter
-
-    def counting(spec: Any, *args: Any) -> Any:
-        reads.append(spec.name)
-        return real(spec, *args)
-
-    monkeypatch.setattr(store_module, "load_adapter", counting)
+    reads = count_reads(monkeypatch)
     config, key = app_config(gateway_models, tmp_path)
     app = create_app(config)
     loop = asyncio.new_event_loop()

@@ -303,11 +303,11 @@ class AdapterStore:
         """
         warmed: list[str] = []
         for name in names:
+            held = len(self._host) + (not self.in_host(name))
             self.load_host(name)
             warmed.append(name)
-            full = self._host_bytes >= self.max_host_bytes
-            if full or not all(self.in_host(n) for n in warmed):
-                break  # NOTE: more would only push out what was just read
+            if self._host_bytes >= self.max_host_bytes or len(self._host) < held:
+                break  # NOTE: full, or this read pushed another out: more would only do so
         return [name for name in warmed if self.in_host(name)]
 
     def in_host(self, name: str) -> bool:
